@@ -70,3 +70,7 @@ clean:
 ## help: list the targets
 help:
 	@grep -hE '^## ' $(MAKEFILE_LIST) | sed 's/^## /  make /'
+
+# print-VAR: show a make variable (used by tests/test_packaging.py)
+print-%:
+	@echo '$($*)'
