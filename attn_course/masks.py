@@ -76,7 +76,7 @@ def check_window(window) -> tuple[int, int]:
     """Validate a flash-attn style ``(left, right)`` window: two ints, each ``>= 0`` or ``-1``."""
     if not isinstance(window, (tuple, list)) or len(window) != 2:
         raise ValueError(f"window must be a pair (left, right), got {window!r}")
-    for side, w in zip(("left", "right"), window):
+    for side, w in zip(("left", "right"), window, strict=True):
         if isinstance(w, bool) or not isinstance(w, int):
             raise TypeError(f"window {side} must be an int, got {type(w).__name__} {w!r}")
         if w < -1:
