@@ -1,0 +1,33 @@
+"""Triton FlashAttention kernels, forward and backward, for CUDA GPUs and (interpreted) CPUs.
+
+Import as ``attn_course.kernels`` (never as a top-level ``kernels``: that name belongs to another package)::
+
+    from attn_course.kernels import flash_attention, flash_attention_varlen, flash_attn_func
+
+Files, in reading order:
+
+* ``flash_fwd.py``: the forward kernel, written like a Triton tutorial;
+* ``flash_bwd.py``: the backward kernels (FlashAttention-2: recompute P from the saved logsumexp);
+* ``_tiles.py``: masks and loop bounds shared by both (full tiles vs masked tiles);
+* ``flash_attention.py``: the ``torch.autograd.Function`` and the public functions;
+* ``_checks.py``: input checks; ``_runtime.py``: compiled vs interpreted kernels, chosen per device.
+
+CPU tensors run in Triton's interpreter, picked automatically and without touching the rest of the
+process: expect seconds for shapes a GPU does in microseconds.
+"""
+
+from .flash_attention import (
+    FlashAttentionFunction,
+    flash_attention,
+    flash_attention_varlen,
+    flash_attn_func,
+    swap_seq_and_heads,
+)
+
+__all__ = [
+    "FlashAttentionFunction",
+    "flash_attention",
+    "flash_attention_varlen",
+    "flash_attn_func",
+    "swap_seq_and_heads",
+]

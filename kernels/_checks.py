@@ -1,0 +1,136 @@
+"""Input checks for the kernels' public functions.
+
+Triton would happily compile a kernel for a head dim of 48 or a float64 tensor and then fail deep in
+its compiler (or, worse, read out of bounds). Every check here runs first and raises a ``ValueError``
+(``TypeError`` for a non-tensor) that names the argument and says what would work.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from attn_course.masks import check_cu_seqlens, check_window
+
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+UNBOUNDED = 1 << 30  # a window side of "-1" (unbounded) becomes this; lengths must stay below it
+
+
+def _require_tensors(**tensors) -> None:
+    for name, x in tensors.items():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+
+
+def _check_common(q, k, v, layout: str) -> None:
+    """dtype, device and head-dim checks shared by the fixed-length and packed entry points."""
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k and v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"the kernels support float16, bfloat16 and float32, got {q.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got q {q.device}, k {k.device}, v {v.device}")
+    if q.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"the kernels run on CUDA (compiled) or CPU (interpreted) tensors, got {q.device}")
+    D, D_k, D_v = q.shape[-1], k.shape[-1], v.shape[-1]
+    if not (D == D_k == D_v):
+        raise ValueError(f"q, k and v must share the head dim (last dim of {layout}), got {D}, {D_k}, {D_v}")
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(
+            f"head dim {D} is not supported: the kernels tile the head dim whole, as a power of two; use one of "
+            f"{SUPPORTED_HEAD_DIMS} (pad the head dim with zeros if yours is different)"
+        )
+
+
+def _check_heads(H: int, H_kv: int) -> None:
+    if H_kv < 1 or H % H_kv != 0:
+        raise ValueError(
+            f"the number of query heads H={H} must be a multiple of the number of key/value heads H_kv={H_kv} "
+            f"(grouped-query attention shares each key/value head among H / H_kv query heads)"
+        )
+
+
+def check_scale(scale, D: int) -> float:
+    """``None`` -> ``1 / sqrt(D)``; otherwise a finite real number."""
+    if scale is None:
+        return 1.0 / math.sqrt(D)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number (or None for 1/sqrt(D)), got {scale!r}")
+    return float(scale)
+
+
+def kernel_window(window, causal: bool) -> tuple[int, int]:
+    """flash-attn's ``window_size=(left, right)`` (``-1`` = unbounded) plus ``causal`` -> the kernel's
+    ``(left, right)``: causal caps the right side at 0; unbounded sides become :data:`UNBOUNDED`."""
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be True or False, got {causal!r}")
+    left, right = check_window(window)
+    if causal:
+        right = 0
+    return (UNBOUNDED if left < 0 else left), (UNBOUNDED if right < 0 else right)
+
+
+def check_fixed(q, k, v) -> None:
+    """q ``[B, H, T_q, D]``, k and v ``[B, H_kv, T_k, D]``."""
+    _require_tensors(q=q, k=k, v=v)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 4:
+            raise ValueError(
+                f"{name} must be 4-D [B, H, T, D] (batch, heads, time, head dim), got shape {tuple(x.shape)}; "
+                f"for flash-attn's [B, T, H, D] layout use flash_attn_func, for packed [total_T, H, D] "
+                f"sequences use flash_attention_varlen"
+            )
+        if min(x.shape) < 1:
+            raise ValueError(f"{name} has an empty dimension: shape {tuple(x.shape)}")
+    _check_common(q, k, v, "[B, H, T, D]")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape [B, H_kv, T_k, D], got {tuple(k.shape)} and "
+                         f"{tuple(v.shape)}")
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"q and k must have the same batch size B, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    _check_heads(q.shape[1], k.shape[1])
+    if max(q.shape[2], k.shape[2]) >= UNBOUNDED:
+        raise ValueError(f"sequences must be shorter than {UNBOUNDED} tokens")
+
+
+def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    """Packed q ``[total_q, H, D]``, k and v ``[total_k, H_kv, D]``; returns int32 ``cu_seqlens`` on
+    q's device."""
+    _require_tensors(q=q, k=k, v=v)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 3:
+            raise ValueError(
+                f"{name} must be 3-D [total_T, H, D] (packed sequences, end to end), got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] < 1:
+            raise ValueError(f"{name} has no heads: shape {tuple(x.shape)}")
+    _check_common(q, k, v, "[total_T, H, D]")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape [total_k, H_kv, D], got {tuple(k.shape)} and "
+                         f"{tuple(v.shape)}")
+    _check_heads(q.shape[1], k.shape[1])
+    cus = []
+    for name, cu, x, max_len in (("cu_seqlens_q", cu_seqlens_q, q, max_seqlen_q),
+                                 ("cu_seqlens_k", cu_seqlens_k, k, max_seqlen_k)):
+        try:
+            cu = check_cu_seqlens(cu).to("cpu")
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{name}: {e}") from None
+        if int(cu[-1]) != x.shape[0]:
+            raise ValueError(f"{name} must end at the number of packed tokens ({x.shape[0]}), got {cu.tolist()}")
+        if isinstance(max_len, bool) or not isinstance(max_len, int):
+            raise ValueError(f"max_seqlen for {name} must be an int, got {max_len!r}")
+        longest = int((cu[1:] - cu[:-1]).max())
+        if max_len < longest:
+            raise ValueError(f"max_seqlen for {name} is {max_len} but its longest sequence has {longest} tokens")
+        if max_len >= UNBOUNDED:
+            raise ValueError(f"sequences must be shorter than {UNBOUNDED} tokens")
+        cus.append(cu)
+    if cus[0].numel() != cus[1].numel():
+        raise ValueError(
+            f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
+            f"{cus[0].numel() - 1} and {cus[1].numel() - 1}"
+        )
+    return tuple(cu.to(device=q.device, dtype=torch.int32) for cu in cus)

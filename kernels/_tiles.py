@@ -1,0 +1,97 @@
+"""Small ``@triton.jit`` helpers shared by the forward and backward kernels.
+
+Everything about *which* (query, key) pairs may interact lives here, so that the forward pass and the
+two backward kernels agree on it by construction:
+
+* ``seq_bounds``: where sequence ``b`` starts in memory and how long it is (fixed-length batch or packed).
+* ``allowed``: the mask of a tile. Query ``i`` sits at absolute position ``i + T_k - T_q`` (bottom-right
+  alignment) and may see key ``j`` iff ``j < T_k`` and ``pos - left <= j <= pos + right``. Causal is the
+  window ``(left, 0)``; an unbounded side is passed as a huge number, so there is no special case.
+* ``key_tiles`` / ``query_tiles``: the loop bounds. The keys a block of queries may see split into
+  ``[lo, a)`` masked tiles (the window's left edge), ``[a, b)`` *full* tiles where every pair is allowed
+  (no mask is built, no ``where`` is paid) and ``[b, hi)`` masked tiles (the causal diagonal, the window's
+  right edge, the ragged tail of ``T_k``). Tiles outside ``[lo, hi)`` are never visited: a causal kernel
+  does half the work. ``query_tiles`` is the same split seen from a block of keys (for dK, dV).
+
+      causal, T_q = T_k = 8, BLOCK = 2           keys ->  0 1 | 2 3 | 4 5 | 6 7
+      query block 4..5:  full [0, 4)  masked [4, 6)        F F   F F   M M   . .
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def seq_bounds(cu_seqlens, b, T, IS_VARLEN: tl.constexpr):
+    """``(start, length)`` of sequence ``b``: ``(cu[b], cu[b+1] - cu[b])`` when packed, else ``(0, T)``."""
+    if IS_VARLEN:
+        start = tl.load(cu_seqlens + b)
+        length = tl.load(cu_seqlens + b + 1) - start
+    else:
+        start = b * 0  # a tensor, like the packed case, so callers can .to(tl.int64) it
+        length = T
+    return start, length
+
+
+@triton.jit
+def dot(a, b, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """``a @ b`` accumulated in float32.
+
+    ``UPCAST``: compute in float32 (works around the interpreter's wrong bfloat16 ``tl.dot``, triton
+    issue #11584). ``IEEE``: full float32 products instead of TF32 (for float32 inputs: TF32 keeps only
+    10 mantissa bits and would miss the float32 tolerance).
+    """
+    if UPCAST:
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif IEEE:
+        c = tl.dot(a, b, input_precision="ieee")
+    else:
+        c = tl.dot(a, b)
+    return c
+
+
+@triton.jit
+def allowed(offs_m, offs_n, T_q, T_k, window_left, window_right):
+    """``[BLOCK_M, BLOCK_N]`` bools: query ``offs_m[i]`` may see key ``offs_n[j]`` (and both exist)."""
+    pos = offs_m[:, None] + (T_k - T_q)  # (BLOCK_M, 1) absolute positions, bottom-right aligned
+    keys = offs_n[None, :]  # (1, BLOCK_N)
+    ok = (keys < T_k) & (offs_m[:, None] < T_q)
+    return ok & (keys >= pos - window_left) & (keys <= pos + window_right)
+
+
+@triton.jit
+def key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """For queries ``[m_start, m_start + BLOCK_M)``: key bounds ``lo <= a <= b <= hi`` (multiples of
+    ``BLOCK_N`` except ``hi``) with ``[a, b)`` the tiles that need no mask."""
+    off = T_k - T_q
+    m_last = tl.minimum(m_start + BLOCK_M, T_q) - 1  # the last real query of the block
+    lo = tl.maximum(m_start + off - window_left, 0)
+    lo = (lo // BLOCK_N) * BLOCK_N
+    hi = tl.minimum(m_last + off + window_right + 1, T_k)
+    # full tiles: every real query sees every key: left edge of the *last* query, right edge of the *first*
+    full_lo = tl.maximum(m_last + off - window_left, lo)
+    full_lo = ((full_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
+    full_hi = tl.maximum(tl.minimum(m_start + off + window_right + 1, T_k), 0)
+    full_hi = (full_hi // BLOCK_N) * BLOCK_N
+    a = tl.minimum(full_lo, hi)
+    b = tl.minimum(tl.maximum(full_hi, a), hi)
+    return lo, a, b, hi
+
+
+@triton.jit
+def query_tiles(n_start, T_q, T_k, window_left, window_right, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """For keys ``[n_start, n_start + BLOCK_N)``: query bounds ``lo <= a <= b <= hi`` (multiples of
+    ``BLOCK_M`` except ``hi``) with ``[a, b)`` the tiles that need no mask. Key ``j`` is seen by the
+    queries at absolute positions ``j - right ... j + left``."""
+    off = T_k - T_q
+    n_last = tl.minimum(n_start + BLOCK_N, T_k) - 1  # the last real key of the block
+    lo = tl.maximum(n_start - window_right - off, 0)
+    lo = (lo // BLOCK_M) * BLOCK_M
+    hi = tl.minimum(n_last + window_left - off + 1, T_q)
+    full_lo = tl.maximum(n_last - window_right - off, lo)
+    full_lo = ((full_lo + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
+    full_hi = tl.maximum(tl.minimum(n_start + window_left - off + 1, T_q), 0)
+    full_hi = (full_hi // BLOCK_M) * BLOCK_M
+    a = tl.minimum(full_lo, hi)
+    b = tl.minimum(tl.maximum(full_hi, a), hi)
+    return lo, a, b, hi

@@ -1,0 +1,130 @@
+"""The public API: FlashAttention as a differentiable PyTorch function, shaped like flash-attn's.
+
+    flash_attention(q, k, v, *, causal=False, scale=None, window=(-1, -1), return_lse=False)
+        q [B, H, T_q, D], k and v [B, H_kv, T_k, D]  ->  out [B, H, T_q, D]  (and lse [B, H, T_q])
+    flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, ...)
+        packed q [total_q, H, D], k and v [total_k, H_kv, D]  ->  out [total_q, H, D]  (and lse [H, total_q])
+    flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1))
+        flash-attn's own layout [B, T, H, D], converted by :func:`swap_seq_and_heads`
+
+``causal`` is aligned bottom-right (query ``i`` sits at position ``T_k - T_q + i``), as in flash-attn
+>= 2.1 and :func:`attn_course.causal_mask`. With ``T_q = 3, T_k = 5``::
+
+    keys ->  0 1 2 3 4
+    q0       1 1 1 0 0
+    q1       1 1 1 1 0
+    q2       1 1 1 1 1
+
+``window=(left, right)`` lets query position ``p`` see keys ``p - left ... p + right`` (``-1``: no limit);
+``causal=True`` is ``right = 0``. A query with no allowed key returns zeros and ``lse = -inf``.
+
+The backward pass is FlashAttention-2's: it saves q, k, v, out and the logsumexp (never a ``[T_q, T_k]``
+tensor) and recomputes the probabilities tile by tile. CUDA tensors run compiled kernels; CPU tensors run
+the same kernels in Triton's interpreter (correct, but orders of magnitude slower: see ``_runtime``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_fixed, check_scale, check_varlen, kernel_window
+from ._runtime import kernel_module
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    """``out = softmax(scale q k^T + mask) v`` forward and backward in Triton; ``lse`` is returned but
+    not differentiable. ``varlen`` is ``None`` or ``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)``."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, window, varlen):
+        fwd = kernel_module("flash_fwd", q.device)
+        if varlen is None:
+            out, lse = fwd.attn_fwd_launch(q, k, v, scale=scale, window=window)
+            ctx.save_for_backward(q, k, v, out, lse)
+        else:
+            cu_q, cu_k, max_q, max_k = varlen
+            out, lse = fwd.attn_fwd_launch(q, k, v, scale=scale, window=window, cu_seqlens_q=cu_q,
+                                           cu_seqlens_k=cu_k, max_seqlen_q=max_q)
+            ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+            ctx.max_seqlens = (max_q, max_k)
+        ctx.scale, ctx.window, ctx.varlen = scale, window, varlen is not None
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        bwd = kernel_module("flash_bwd", dout.device)
+        if ctx.varlen:
+            q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+            dq, dk, dv = bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=ctx.scale, window=ctx.window,
+                                             cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlens=ctx.max_seqlens)
+        else:
+            q, k, v, out, lse = ctx.saved_tensors
+            dq, dk, dv = bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=ctx.scale, window=ctx.window)
+        return dq, dk, dv, None, None, None
+
+
+def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None, window=(-1, -1),
+                    return_lse: bool = False):
+    """FlashAttention on ``[B, H, T, D]`` tensors, differentiable in q, k and v.
+
+    Args:
+        q: queries ``[B, H, T_q, D]``; D in 16, 32, 64, 128; float16, bfloat16 or float32; any strides.
+        k, v: keys and values ``[B, H_kv, T_k, D]`` with ``H % H_kv == 0`` (GQA; ``H_kv = 1`` is MQA).
+        causal: bottom-right aligned causal mask (see the module docstring).
+        scale: multiplies ``q k^T``; defaults to ``1 / sqrt(D)``.
+        window: flash-attn's ``window_size=(left, right)``; ``-1`` = unbounded.
+        return_lse: also return ``lse [B, H, T_q]`` (float32, natural log; ``-inf`` where no key is allowed).
+
+    Returns:
+        ``out [B, H, T_q, D]`` in q's dtype, or ``(out, lse)``.
+    """
+    check_fixed(q, k, v)
+    scale = check_scale(scale, q.shape[-1])
+    out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), None)
+    return (out, lse) if return_lse else out
+
+
+def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, *,
+                           causal: bool = False, scale: float | None = None, window=(-1, -1),
+                           return_lse: bool = False):
+    """FlashAttention on sequences packed end to end (flash-attn's ``flash_attn_varlen_func``).
+
+    Args:
+        q: ``[total_q, H, D]``, sequence ``b`` at rows ``cu_seqlens_q[b] : cu_seqlens_q[b + 1]``.
+        k, v: ``[total_k, H_kv, D]``, sequence ``b`` at rows ``cu_seqlens_k[b] : cu_seqlens_k[b + 1]``.
+        cu_seqlens_q, cu_seqlens_k: ``[0, l1, l1 + l2, ...]``, one entry more than there are sequences.
+        max_seqlen_q, max_seqlen_k: the longest sequence lengths (at least; they size the grid).
+        causal, scale, window: as :func:`flash_attention`, per sequence (bottom-right within each).
+
+    Returns:
+        ``out [total_q, H, D]``, or ``(out, lse [H, total_q])`` with ``return_lse``. Sequences never see
+        each other.
+    """
+    cu_q, cu_k = check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    scale = check_scale(scale, q.shape[-1])
+    varlen = (cu_q, cu_k, max_seqlen_q, max_seqlen_k)
+    out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), varlen)
+    return (out, lse) if return_lse else out
+
+
+def swap_seq_and_heads(x: torch.Tensor) -> torch.Tensor:
+    """flash-attn's layout ``[B, T, H, D]`` <-> ours ``[B, H, T, D]`` (its own inverse).
+
+    A view, no copy: the kernels read any strides, so the transposed tensor costs nothing.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"expected a 4-D tensor [B, T, H, D] or [B, H, T, D], got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    return x.transpose(1, 2)  # (B, T, H, D) <-> (B, H, T, D)
+
+
+def flash_attn_func(q, k, v, softmax_scale: float | None = None, causal: bool = False, window_size=(-1, -1),
+                    return_lse: bool = False):
+    """flash-attn's signature and layout: q ``[B, T_q, H, D]``, k, v ``[B, T_k, H_kv, D]`` -> out
+    ``[B, T_q, H, D]`` (lse stays ``[B, H, T_q]``, as flash-attn returns it)."""
+    q, k, v = (swap_seq_and_heads(x) for x in (q, k, v))  # (B, H, T, D)
+    res = flash_attention(q, k, v, causal=causal, scale=softmax_scale, window=window_size, return_lse=return_lse)
+    if return_lse:
+        return swap_seq_and_heads(res[0]), res[1]
+    return swap_seq_and_heads(res)  # (B, T_q, H, D)

@@ -1,0 +1,236 @@
+"""
+FlashAttention-2, forward pass
+==============================
+
+In this file you will learn how to write attention as **one** fused Triton kernel that never builds the
+``[T_q, T_k]`` score matrix. You will learn about:
+
+* the online softmax in a kernel: a running max ``m``, a running sum ``l`` and an unnormalised output
+  ``acc`` per query row, rescaled whenever the max grows (the same loop as
+  :func:`attn_course.flash_attention_reference`, now one program per block of queries);
+* ``exp2`` with ``log2(e)`` folded into the softmax scale (``exp(x) = 2^(x log2 e)``: the GPU's ``ex2``
+  instruction is what ``exp`` compiles to anyway, so we save a multiply per score);
+* splitting the key loop into *full* tiles (no mask at all) and *masked* tiles (the causal diagonal,
+  the sliding window's edges, the ragged tail), and skipping the tiles a causal mask hides;
+* grouped-query attention by index arithmetic: query head ``h`` reads key/value head ``h // group``;
+* packed variable-length batches (``cu_seqlens``) with the same kernel;
+* saving the logsumexp ``lse = m + log(l)`` so the backward pass can recompute the probabilities.
+
+Per program (one block of ``BLOCK_M`` queries of one head of one sequence), the memory traffic is
+``Q`` block read once, ``K`` and ``V`` streamed through once, ``O`` and ``lse`` written once: ``O(T)``
+extra memory, where the naive version writes and reads ``O(T^2)`` scores.
+"""
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from attn_course.kernels._runtime import interpreter_scope, is_interpreted
+
+from ._tiles import allowed, dot, key_tiles, seq_bounds
+
+LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E)
+LN2 = tl.constexpr(0.6931471805599453)  # ln(2): log(x) = log2(x) * LN2 (a constexpr: used inside the kernel)
+
+
+@triton.jit
+def _fwd_tiles(
+    acc, l_i, m_i, q,  # running state (BLOCK_M x HEAD_DIM, BLOCK_M, BLOCK_M) and the query block
+    K, V,  # pointers to this (sequence, kv head)'s first key / value row
+    stride_kt, stride_kd, stride_vt, stride_vd,  # strides of K and V along time and head dim
+    offs_m,  # (BLOCK_M,) query indices of this block, within the sequence
+    start, end,  # key range to walk, [start, end)
+    T_q, T_k, window_left, window_right, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,  # build the (query, key) mask? False on full tiles
+    UPCAST: tl.constexpr, IEEE: tl.constexpr,  # see _tiles.dot
+):
+    offs_d = tl.arange(0, HEAD_DIM)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        kT_ptrs = K + offs_n[None, :] * stride_kt + offs_d[:, None] * stride_kd  # (HEAD_DIM, BLOCK_N)
+        v_ptrs = V + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd  # (BLOCK_N, HEAD_DIM)
+        if MASKED:
+            kT = tl.load(kT_ptrs, mask=offs_n[None, :] < T_k, other=0.0)
+            v = tl.load(v_ptrs, mask=offs_n[:, None] < T_k, other=0.0)
+        else:  # full tile: every key exists, no bounds check
+            kT = tl.load(kT_ptrs)
+            v = tl.load(v_ptrs)
+        s = dot(q, kT, UPCAST, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N) scores in log2 units
+        if MASKED:
+            s = tl.where(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right), s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_use = m_new
+        alpha = tl.math.exp2(m_i - m_use)  # (BLOCK_M,) rescales what we summed under the old max
+        p = tl.math.exp2(s - m_use[:, None])  # (BLOCK_M, BLOCK_N) unnormalised probabilities
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, UPCAST, IEEE)  # (BLOCK_M, HEAD_DIM)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, Out, Lse,  # pointers: q (B, H, T_q, D), k and v (B, H_kv, T_k, D), out like q, lse (B, H, T_q)
+    stride_qb, stride_qh, stride_qt, stride_qd,  # strides of q (batch, head, time, dim); any layout works
+    stride_kb, stride_kh, stride_kt, stride_kd,
+    stride_vb, stride_vh, stride_vt, stride_vd,
+    stride_ob, stride_oh, stride_ot, stride_od,
+    stride_lb, stride_lh, stride_lt,
+    cu_seqlens_q, cu_seqlens_k,  # int32 (B + 1,) sequence starts when IS_VARLEN (then the batch strides are 0)
+    T_q, T_k,  # lengths for a fixed-length batch (ignored when IS_VARLEN)
+    H, GROUP,  # number of query heads; query heads per key/value head (1 = MHA, H = MQA)
+    qk_scale,  # softmax scale * log2(e)
+    window_left, window_right,  # sliding window; a huge value means unbounded; causal is right = 0
+    HEAD_DIM: tl.constexpr,  # D, a power of two
+    BLOCK_M: tl.constexpr,  # queries per program
+    BLOCK_N: tl.constexpr,  # keys per loop step
+    IS_VARLEN: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    h_kv = h // GROUP  # grouped-query attention: heads h_kv*GROUP ... share one key/value head
+    q_start, T_q = seq_bounds(cu_seqlens_q, b, T_q, IS_VARLEN)
+    k_start, T_k = seq_bounds(cu_seqlens_k, b, T_k, IS_VARLEN)
+    m_start = pid_m * BLOCK_M
+    if m_start >= T_q:  # packed batches: this sequence is shorter than the longest one
+        return
+
+    b64, h64 = b.to(tl.int64), h.to(tl.int64)  # 64-bit offsets: B * H * T * D can exceed 2^31
+    Q += b64 * stride_qb + h64 * stride_qh + q_start.to(tl.int64) * stride_qt
+    K += b64 * stride_kb + h_kv.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kt
+    V += b64 * stride_vb + h_kv.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vt
+    Out += b64 * stride_ob + h64 * stride_oh + q_start.to(tl.int64) * stride_ot
+    Lse += b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
+
+    offs_m = m_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=offs_m[:, None] < T_q,
+                other=0.0)  # (BLOCK_M, HEAD_DIM), stays in registers for the whole loop
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max (log2 units)
+    l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)  # running sum of exp2(s - m)
+    acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)  # running sum of exp2(s - m) * v
+
+    lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
+    # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+                               lo, a, T_q, T_k, window_left, window_right, qk_scale,
+                               HEAD_DIM, BLOCK_N, True, UPCAST, IEEE)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+                               a, b_full, T_q, T_k, window_left, window_right, qk_scale,
+                               HEAD_DIM, BLOCK_N, False, UPCAST, IEEE)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+                               b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
+                               HEAD_DIM, BLOCK_N, True, UPCAST, IEEE)
+
+    # epilogue: normalise; a row that saw no allowed key has l = 0 and gets out = 0, lse = -inf
+    alive = l_i > 0.0
+    l_safe = tl.where(alive, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(alive, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # natural log
+    row_ok = offs_m < T_q
+    tl.store(Out + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od, out.to(Out.dtype.element_ty),
+             mask=row_ok[:, None])
+    tl.store(Lse + offs_m * stride_lt, lse, mask=row_ok)
+
+
+INTERPRET = is_interpreted(_attn_fwd)
+
+
+def _configs():
+    """Tile shapes to try on a GPU (Hopper/Ampere); the autotuner keeps the fastest per shape."""
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [
+            (128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 4), (128, 32, 4, 4),
+            (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 3), (128, 128, 8, 2),
+        ]
+    ]
+
+
+# On a GPU the tile shape is autotuned per (length, head dim, window); the interpreter uses one small tile.
+attn_fwd = _attn_fwd if INTERPRET else triton.autotune(
+    configs=_configs(), key=["T_q", "T_k", "HEAD_DIM", "window_left", "window_right", "IS_VARLEN"]
+)(_attn_fwd)
+INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
+
+
+def _strides(x: torch.Tensor, ndim: int):
+    """Strides padded on the left with zeros to ``ndim`` dims (a packed [T, H, D] has no batch stride)."""
+    return (0,) * (ndim - x.dim()) + tuple(x.stride())
+
+
+def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+                    blocks=None):
+    """Run the forward kernel. Inputs are already checked by :mod:`attn_course.kernels.flash_attention`.
+
+    Fixed length: q ``[B, H, T_q, D]``, k, v ``[B, H_kv, T_k, D]`` -> out like q, lse ``[B, H, T_q]``.
+    Packed: q ``[total_q, H, D]``, k, v ``[total_k, H_kv, D]`` -> out like q, lse ``[H, total_q]``.
+    ``window = (left, right)`` with huge numbers for unbounded sides.
+    """
+    varlen = cu_seqlens_q is not None
+    if varlen:
+        B = cu_seqlens_q.numel() - 1
+        H, D = q.shape[1], q.shape[2]
+        T_q, T_k = max_seqlen_q, 0  # grid size; the kernel reads the real lengths from cu_seqlens
+        # view the packed tensors as (batch=1 stride 0, head, time, dim): time is dim 0 of the packed layout
+        sq, sk, sv = ((0, x.stride(1), x.stride(0), x.stride(2)) for x in (q, k, v))
+        out = torch.empty_like(q)
+        so = (0, out.stride(1), out.stride(0), out.stride(2))
+        lse = torch.empty(H, q.shape[0], device=q.device, dtype=torch.float32)  # (H, total_q)
+        sl = (0, lse.stride(0), lse.stride(1))
+        H_kv = k.shape[1]
+    else:
+        B, H, T_q, D = q.shape
+        H_kv, T_k = k.shape[1], k.shape[2]
+        sq, sk, sv = _strides(q, 4), _strides(k, 4), _strides(v, 4)
+        out = torch.empty(q.shape, device=q.device, dtype=q.dtype)  # (B, H, T_q, D), contiguous
+        so = out.stride()
+        lse = torch.empty(B, H, T_q, device=q.device, dtype=torch.float32)  # (B, H, T_q)
+        sl = lse.stride()
+        cu_seqlens_q = cu_seqlens_k = lse  # unused placeholders (IS_VARLEN=False)
+    upcast = INTERPRET and q.dtype == torch.bfloat16
+
+    def grid(meta):
+        return (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)
+
+    extra = dict(blocks or INTERPRETER_BLOCKS) if INTERPRET else {}
+    with interpreter_scope() if INTERPRET else contextlib.nullcontext():
+        attn_fwd[grid](
+            q, k, v, out, lse, *sq, *sk, *sv, *so, *sl, cu_seqlens_q, cu_seqlens_k,
+            T_q, T_k, H, H // H_kv, scale * LOG2E, window[0], window[1],
+            HEAD_DIM=D, IS_VARLEN=varlen, UPCAST=upcast, IEEE=q.dtype == torch.float32, **extra,
+        )
+    return out, lse
+
+
+if __name__ == "__main__":
+    # A check against torch, then (on a GPU) a small benchmark; `make bench` runs the full one.
+    from attn_course import attention
+    from attn_course.cost import attention_flops
+    from attn_course.kernels import flash_attention
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 203, 64, device=device, dtype=torch.float16) for _ in range(3))
+    for causal in (False, True):
+        err = (flash_attention(q, k, v, causal=causal).float() - attention(q.float(), k.float(), v.float(),
+                                                                          causal=causal)).abs().max().item()
+        print(f"forward causal={causal}: max |kernel - attn_course.attention| = {err:.2e} ({device})")
+    if device == "cuda":
+        for T in (1024, 4096, 16384):
+            q, k, v = (torch.randn(4, 16, T, 128, device=device, dtype=torch.float16) for _ in range(3))
+            ms = triton.testing.do_bench(lambda q=q, k=k, v=v: flash_attention(q, k, v, causal=True))
+            tflops = attention_flops(4, 16, T, T, 128, causal=True) / ms * 1e-9
+            print(f"T={T:6d} D=128 causal fp16: {ms:.3f} ms, {tflops:.0f} TFLOP/s")
+    else:
+        print("no GPU: the kernel ran in Triton's interpreter, slow by design; the benchmark needs CUDA")
