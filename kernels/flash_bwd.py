@@ -1,0 +1,334 @@
+"""
+FlashAttention-2, backward pass
+===============================
+
+In this file you will learn how the backward pass gets ``dQ, dK, dV`` without the ``[T_q, T_k]``
+probability matrix the forward pass never stored. You will learn about:
+
+* **recomputation**: the forward saved one number per query row, ``lse = log sum_j exp(s_ij)``, so
+  ``P_ij = exp(s_ij - lse_i)`` is one ``exp2`` away, tile by tile;
+* the softmax gradient in FlashAttention-2's form. With ``dP = dO V^T`` and
+  ``delta_i = sum_j P_ij dP_ij = sum_d dO_id O_id`` (a row dot product, computed first, see
+  ``_bwd_preprocess``)::
+
+      dV = P^T dO          dS = P * (dP - delta)          dQ = scale dS K          dK = scale dS^T Q
+
+* **two passes without atomics**: one program per block of *keys* walks over the queries and
+  accumulates ``dK, dV`` in registers (``_bwd_dkdv``); one program per block of *queries* walks over
+  the keys and accumulates ``dQ`` (``_bwd_dq``). The probabilities are recomputed in both;
+* **grouped-query attention**: a key/value head is shared by ``GROUP`` query heads, so its gradient is
+  the sum over them: the ``_bwd_dkdv`` program loops over the group, still without atomics;
+* the same full / masked tile split as the forward (``_tiles.py``), now also seen from the keys' side.
+"""
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from attn_course.kernels._runtime import interpreter_scope, is_interpreted
+
+from ._tiles import allowed, dot, key_tiles, query_tiles, seq_bounds
+
+LOG2E = 1.4426950408889634  # log2(e)
+
+
+@triton.jit
+def _bwd_preprocess(
+    Out, dOut, Delta,  # pointers: out and its gradient (like q), delta (like lse)
+    stride_ob, stride_oh, stride_ot, stride_od,
+    stride_gb, stride_gh, stride_gt, stride_gd,  # strides of dOut
+    stride_lb, stride_lh, stride_lt,  # strides of Delta (the same layout as lse)
+    cu_seqlens_q, T_q, H,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """``delta_i = sum_d dO_id * O_id`` for one block of query rows, in float32."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    q_start, T_q = seq_bounds(cu_seqlens_q, b, T_q, IS_VARLEN)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row = (q_start + offs_m).to(tl.int64)
+    b64, h64 = b.to(tl.int64), h.to(tl.int64)
+    ok = offs_m < T_q
+    o = tl.load(Out + b64 * stride_ob + h64 * stride_oh + row[:, None] * stride_ot + offs_d[None, :] * stride_od,
+                mask=ok[:, None], other=0.0).to(tl.float32)  # (BLOCK_M, HEAD_DIM)
+    do = tl.load(dOut + b64 * stride_gb + h64 * stride_gh + row[:, None] * stride_gt + offs_d[None, :] * stride_gd,
+                 mask=ok[:, None], other=0.0).to(tl.float32)
+    tl.store(Delta + b64 * stride_lb + h64 * stride_lh + row * stride_lt, tl.sum(o * do, 1), mask=ok)
+
+
+@triton.jit
+def _dkdv_tiles(
+    dk, dv, k, v,  # accumulators (BLOCK_N, HEAD_DIM) in float32, and this program's key / value block
+    Q, dOut, Lse, Delta,  # pointers at this (sequence, query head)'s first row
+    stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
+    offs_n,  # (BLOCK_N,) key indices of this block
+    start, end,  # query range to walk, [start, end)
+    T_q, T_k, window_left, window_right, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    offs_d = tl.arange(0, HEAD_DIM)
+    for m0 in range(start, end, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        qT_ptrs = Q + offs_m[None, :] * stride_qt + offs_d[:, None] * stride_qd  # (HEAD_DIM, BLOCK_M)
+        do_ptrs = dOut + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd  # (BLOCK_M, HEAD_DIM)
+        if MASKED:
+            row_ok = offs_m < T_q
+            qT = tl.load(qT_ptrs, mask=row_ok[None, :], other=0.0)
+            do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
+            lse = tl.load(Lse + offs_m * stride_lt, mask=row_ok, other=0.0)
+            delta = tl.load(Delta + offs_m * stride_lt, mask=row_ok, other=0.0)
+        else:
+            qT = tl.load(qT_ptrs)
+            do = tl.load(do_ptrs)
+            lse = tl.load(Lse + offs_m * stride_lt)
+            delta = tl.load(Delta + offs_m * stride_lt)
+        sT = dot(k, qT, UPCAST, IEEE) * qk_scale  # (BLOCK_N, BLOCK_M) scores, transposed, log2 units
+        pT = tl.math.exp2(sT - lse[None, :] * 1.4426950408889634)  # probabilities, recomputed
+        if MASKED:  # also zeroes rows with no allowed key, whose lse is -inf
+            pT = tl.where(tl.trans(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right)), pT, 0.0)
+        dv += dot(pT.to(do.dtype), do, UPCAST, IEEE)  # (BLOCK_N, HEAD_DIM)
+        dpT = dot(v, tl.trans(do), UPCAST, IEEE)  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
+        dsT = pT * (dpT - delta[None, :])
+        dk += dot(dsT.to(qT.dtype), tl.trans(qT), UPCAST, IEEE)  # (BLOCK_N, HEAD_DIM), scaled at the end
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv(
+    Q, K, V, dOut, Lse, Delta, dK, dV,  # pointers; dK, dV like k and v
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_kt, stride_kd,
+    stride_vb, stride_vh, stride_vt, stride_vd,
+    stride_gb, stride_gh, stride_gt, stride_gd,  # dOut
+    stride_lb, stride_lh, stride_lt,  # Lse and Delta
+    stride_dkb, stride_dkh, stride_dkt, stride_dkd,  # dK and dV (allocated alike)
+    cu_seqlens_q, cu_seqlens_k, T_q, T_k,
+    H_kv, GROUP,  # key/value heads; query heads per key/value head
+    qk_scale, scale,  # softmax scale * log2(e), and the plain softmax scale
+    window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    """One program: ``BLOCK_N`` keys of one key/value head of one sequence; sums over its query heads."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H_kv
+    h_kv = pid_bh % H_kv
+    q_start, T_q = seq_bounds(cu_seqlens_q, b, T_q, IS_VARLEN)
+    k_start, T_k = seq_bounds(cu_seqlens_k, b, T_k, IS_VARLEN)
+    n_start = pid_n * BLOCK_N
+    if n_start >= T_k:
+        return
+
+    b64 = b.to(tl.int64)
+    offs_n = n_start + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    key_ok = offs_n[:, None] < T_k
+    k_rows = (k_start + offs_n).to(tl.int64)[:, None]
+    k = tl.load(K + b64 * stride_kb + h_kv.to(tl.int64) * stride_kh + k_rows * stride_kt + offs_d[None, :] * stride_kd,
+                mask=key_ok, other=0.0)  # (BLOCK_N, HEAD_DIM)
+    v = tl.load(V + b64 * stride_vb + h_kv.to(tl.int64) * stride_vh + k_rows * stride_vt + offs_d[None, :] * stride_vd,
+                mask=key_ok, other=0.0)
+    dk = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
+    dv = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
+
+    lo, a, b_full, hi = query_tiles(n_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
+    for g in range(0, GROUP):  # the query heads that share this key/value head
+        h64 = (h_kv * GROUP + g).to(tl.int64)
+        Qh = Q + b64 * stride_qb + h64 * stride_qh + q_start.to(tl.int64) * stride_qt
+        dOh = dOut + b64 * stride_gb + h64 * stride_gh + q_start.to(tl.int64) * stride_gt
+        Lh = Lse + b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
+        Dh = Delta + b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
+        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
+                             offs_n, lo, a, T_q, T_k, window_left, window_right, qk_scale,
+                             HEAD_DIM, BLOCK_M, True, UPCAST, IEEE)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
+                             offs_n, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
+                             HEAD_DIM, BLOCK_M, False, UPCAST, IEEE)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
+                             offs_n, b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
+                             HEAD_DIM, BLOCK_M, True, UPCAST, IEEE)
+
+    out_off = b64 * stride_dkb + h_kv.to(tl.int64) * stride_dkh + k_rows * stride_dkt + offs_d[None, :] * stride_dkd
+    tl.store(dK + out_off, (dk * scale).to(dK.dtype.element_ty), mask=key_ok)
+    tl.store(dV + out_off, dv.to(dV.dtype.element_ty), mask=key_ok)
+
+
+@triton.jit
+def _dq_tiles(
+    dq, q, do, lse, delta,  # accumulator (BLOCK_M, HEAD_DIM) float32; this block's q, dO; its lse, delta
+    K, V, stride_kt, stride_kd, stride_vt, stride_vd,  # pointers at this (sequence, kv head)'s first row
+    offs_m, start, end, T_q, T_k, window_left, window_right, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    offs_d = tl.arange(0, HEAD_DIM)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        kT_ptrs = K + offs_n[None, :] * stride_kt + offs_d[:, None] * stride_kd  # (HEAD_DIM, BLOCK_N)
+        vT_ptrs = V + offs_n[None, :] * stride_vt + offs_d[:, None] * stride_vd  # (HEAD_DIM, BLOCK_N)
+        if MASKED:
+            kT = tl.load(kT_ptrs, mask=offs_n[None, :] < T_k, other=0.0)
+            vT = tl.load(vT_ptrs, mask=offs_n[None, :] < T_k, other=0.0)
+        else:
+            kT = tl.load(kT_ptrs)
+            vT = tl.load(vT_ptrs)
+        s = dot(q, kT, UPCAST, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N)
+        p = tl.math.exp2(s - lse[:, None])
+        if MASKED:
+            p = tl.where(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right), p, 0.0)
+        dp = dot(do, vT, UPCAST, IEEE)  # (BLOCK_M, BLOCK_N)
+        ds = p * (dp - delta[:, None])
+        dq += dot(ds.to(kT.dtype), tl.trans(kT), UPCAST, IEEE)  # (BLOCK_M, HEAD_DIM), scaled at the end
+    return dq
+
+
+@triton.jit
+def _bwd_dq(
+    Q, K, V, dOut, Lse, Delta, dQ,  # pointers; dQ like q
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_kt, stride_kd,
+    stride_vb, stride_vh, stride_vt, stride_vd,
+    stride_gb, stride_gh, stride_gt, stride_gd,  # dOut
+    stride_lb, stride_lh, stride_lt,  # Lse and Delta
+    stride_dqb, stride_dqh, stride_dqt, stride_dqd,
+    cu_seqlens_q, cu_seqlens_k, T_q, T_k,
+    H, GROUP, qk_scale, scale, window_left, window_right,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+):
+    """One program: ``BLOCK_M`` queries of one head of one sequence, walking over the keys it may see."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    h_kv = h // GROUP
+    q_start, T_q = seq_bounds(cu_seqlens_q, b, T_q, IS_VARLEN)
+    k_start, T_k = seq_bounds(cu_seqlens_k, b, T_k, IS_VARLEN)
+    m_start = pid_m * BLOCK_M
+    if m_start >= T_q:
+        return
+
+    b64, h64 = b.to(tl.int64), h.to(tl.int64)
+    offs_m = m_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < T_q
+    rows = (q_start + offs_m).to(tl.int64)
+    q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + rows[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+                mask=row_ok[:, None], other=0.0)  # (BLOCK_M, HEAD_DIM)
+    do = tl.load(dOut + b64 * stride_gb + h64 * stride_gh + rows[:, None] * stride_gt + offs_d[None, :] * stride_gd,
+                 mask=row_ok[:, None], other=0.0)
+    lse = tl.load(Lse + b64 * stride_lb + h64 * stride_lh + rows * stride_lt, mask=row_ok, other=0.0)
+    lse = lse * 1.4426950408889634  # to log2 units, like the scores
+    delta = tl.load(Delta + b64 * stride_lb + h64 * stride_lh + rows * stride_lt, mask=row_ok, other=0.0)
+    Kh = K + b64 * stride_kb + h_kv.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kt
+    Vh = V + b64 * stride_vb + h_kv.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vt
+    dq = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)
+
+    lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
+    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, offs_m, lo, a,
+                   T_q, T_k, window_left, window_right, qk_scale, HEAD_DIM, BLOCK_N, True, UPCAST, IEEE)
+    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, offs_m, a, b_full,
+                   T_q, T_k, window_left, window_right, qk_scale, HEAD_DIM, BLOCK_N, False, UPCAST, IEEE)
+    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, offs_m, b_full, hi,
+                   T_q, T_k, window_left, window_right, qk_scale, HEAD_DIM, BLOCK_N, True, UPCAST, IEEE)
+    tl.store(dQ + b64 * stride_dqb + h64 * stride_dqh + rows[:, None] * stride_dqt + offs_d[None, :] * stride_dqd,
+             (dq * scale).to(dQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+INTERPRET = is_interpreted(_bwd_dq)
+
+
+def _configs():
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2),
+                             (128, 128, 8, 2), (32, 128, 4, 3)]
+    ]
+
+
+_KEY = ["T_q", "T_k", "HEAD_DIM", "window_left", "window_right", "IS_VARLEN"]
+bwd_dkdv = _bwd_dkdv if INTERPRET else triton.autotune(configs=_configs(), key=_KEY)(_bwd_dkdv)
+bwd_dq = _bwd_dq if INTERPRET else triton.autotune(configs=_configs(), key=_KEY)(_bwd_dq)
+INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
+PREPROCESS_BLOCK = 64
+
+
+def _views(x: torch.Tensor, varlen: bool):
+    """(batch, head, time, dim) strides: packed [total_T, H, D] has no batch stride and time first."""
+    if varlen:
+        return (0, x.stride(1), x.stride(0), x.stride(2))
+    return tuple(x.stride())
+
+
+def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=None,
+                    max_seqlens=None, blocks=None):
+    """``(dq, dk, dv)`` from the saved tensors; shapes and layouts as in ``flash_fwd.attn_fwd_launch``."""
+    varlen = cu_seqlens_q is not None
+    if varlen:
+        B = cu_seqlens_q.numel() - 1
+        H, H_kv, D = q.shape[1], k.shape[1], q.shape[2]
+        T_q, T_k = max_seqlens
+        sl = (0, lse.stride(0), lse.stride(1))  # lse (H, total_q)
+    else:
+        B, H, T_q, D = q.shape
+        H_kv, T_k = k.shape[1], k.shape[2]
+        sl = lse.stride()  # lse (B, H, T_q)
+        cu_seqlens_q = cu_seqlens_k = lse  # unused placeholders
+    delta = torch.empty_like(lse)  # (B, H, T_q) or (H, total_q), float32
+    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    dk = torch.empty(k.shape, device=q.device, dtype=k.dtype)
+    dv = torch.empty(v.shape, device=q.device, dtype=v.dtype)
+    sq, sk, sv, sg, so = (_views(x, varlen) for x in (q, k, v, dout, out))
+    sdq, sdk = _views(dq, varlen), _views(dk, varlen)
+    upcast = INTERPRET and q.dtype == torch.bfloat16
+    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, UPCAST=upcast, IEEE=q.dtype == torch.float32)
+    extra = dict(blocks or INTERPRETER_BLOCKS) if INTERPRET else {}
+
+    with interpreter_scope() if INTERPRET else contextlib.nullcontext():
+        _bwd_preprocess[(triton.cdiv(T_q, PREPROCESS_BLOCK), B * H)](
+            out, dout, delta, *so, *sg, *sl, cu_seqlens_q, T_q, H,
+            HEAD_DIM=D, BLOCK_M=PREPROCESS_BLOCK, IS_VARLEN=varlen,
+        )
+        bwd_dkdv[lambda meta: (triton.cdiv(T_k, meta["BLOCK_N"]), B * H_kv)](
+            q, k, v, dout, lse, delta, dk, dv, *sq, *sk, *sv, *sg, *sl, *sdk,
+            cu_seqlens_q, cu_seqlens_k, T_q, T_k, H_kv, H // H_kv, scale * LOG2E, scale, window[0], window[1],
+            **flags, **extra,
+        )
+        bwd_dq[lambda meta: (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)](
+            q, k, v, dout, lse, delta, dq, *sq, *sk, *sv, *sg, *sl, *sdq,
+            cu_seqlens_q, cu_seqlens_k, T_q, T_k, H, H // H_kv, scale * LOG2E, scale, window[0], window[1],
+            **flags, **extra,
+        )
+    return dq, dk, dv
+
+
+if __name__ == "__main__":
+    # A check against autograd through the reference, then (on a GPU) forward + backward timings.
+    from attn_course import attention
+    from attn_course.cost import attention_flops
+    from attn_course.kernels import flash_attention
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 113, 64, device=device, requires_grad=True) for _ in range(3))
+    do = torch.randn(1, 4, 113, 64, device=device)
+    grads = torch.autograd.grad(flash_attention(q, k, v, causal=True), (q, k, v), do)
+    ref = torch.autograd.grad(attention(q, k, v, causal=True), (q, k, v), do)
+    for name, g, r in zip("qkv", grads, ref, strict=True):
+        print(f"d{name}: max |kernel - autograd(attn_course.attention)| = {(g - r).abs().max().item():.2e}")
+    if device == "cuda":
+        for T in (1024, 4096, 16384):
+            q, k, v = (torch.randn(4, 16, T, 128, device=device, dtype=torch.float16, requires_grad=True)
+                       for _ in range(3))
+            o = flash_attention(q, k, v, causal=True)
+            g = torch.randn_like(o)
+            ms = triton.testing.do_bench(lambda q=q, k=k, v=v, g=g: flash_attention(q, k, v, causal=True).backward(g))
+            tflops = attention_flops(4, 16, T, T, 128, causal=True, backward=True) / ms * 1e-9
+            print(f"T={T:6d} D=128 causal fp16 fwd+bwd: {ms:.3f} ms, {tflops:.0f} TFLOP/s")
