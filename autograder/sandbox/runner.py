@@ -1,0 +1,189 @@
+"""The program that runs *inside* the sandbox: execute the learner's cells, then call their functions on the
+grader's inputs and write the outputs back as data. Started as ``python -I runner.py LIMITS_JSON RESULTS_FD``.
+
+Everything here is untrusted once the first learner cell has run: the learner shares this process and can
+patch any of it. That is fine by design: the parent only ever receives *data* (tensors, numbers, strings)
+through the results file and judges it itself, so the worst a learner can do is send wrong or garbled data,
+which fails. Nothing in this file decides a verdict.
+
+Results file: a sequence of records, each an 8-byte big-endian length followed by that many bytes of
+``torch.save`` of a dict (``kind`` is ``"start"``, ``"cell"``, ``"probe"`` or ``"done"``). Records are written
+as soon as they are known, so a crash mid-way still tells the parent how far the run got.
+"""
+
+import io
+import json
+import os
+import resource
+import shutil
+import signal
+import sys
+import time
+
+JOB = "/sandbox/job.pt"
+SUBMISSION_DIR = "/sandbox/submission"
+MAX_MESSAGE = 2000  # characters of an exception message kept
+MAX_DEPTH = 16  # nesting of an output (tuples of tuples...)
+
+
+class TimeLimitExceeded(BaseException):
+    """Raised by the alarm when a cell or a call runs too long (a BaseException: ``except Exception`` in learner
+    code does not swallow it)."""
+
+
+def set_limits(limits: dict) -> None:
+    """Hard limits, soft == hard, so that nothing in this process or its children can raise them again."""
+
+    def cap(which, value):
+        resource.setrlimit(which, (value, value))
+
+    gpu = os.path.exists("/dev/nvidiactl")
+    cap(resource.RLIMIT_DATA if gpu else resource.RLIMIT_AS, limits["memory_bytes"])
+    cap(resource.RLIMIT_NPROC, limits["processes"])
+    cap(resource.RLIMIT_FSIZE, limits["file_bytes"])
+    cap(resource.RLIMIT_CORE, 0)
+    cap(resource.RLIMIT_NOFILE, 1024)
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 2))  # SIGXCPU, then SIGKILL
+
+
+class CappedText(io.TextIOBase):
+    """A stdout/stderr that forwards the first ``cap`` bytes to a file descriptor and drops the rest."""
+
+    def __init__(self, fd: int, budget: list):
+        self.fd, self.budget = fd, budget  # budget is shared by stdout and stderr: [bytes left]
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        data = str(text).encode("utf-8", "replace")
+        if self.budget[0] > 0:
+            chunk = data[: self.budget[0]]
+            self.budget[0] -= len(chunk)
+            try:
+                os.write(self.fd, chunk)
+                if self.budget[0] <= 0:
+                    os.write(self.fd, b"\n[sandbox: output limit reached, the rest is not shown]\n")
+            except OSError:
+                pass
+        return len(text)
+
+
+def on_alarm(signum, frame):
+    raise TimeLimitExceeded("time limit exceeded")
+
+
+def arm(seconds: float) -> None:
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
+def disarm() -> None:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def describe(exc: BaseException, limit_s: float) -> list:
+    if isinstance(exc, TimeLimitExceeded):
+        return ["TimeLimitExceeded", f"took longer than the {limit_s:g} s limit"]
+    try:
+        message = str(exc)
+    except BaseException:  # a learner's exception whose __str__ raises
+        message = "<unprintable message>"
+    return [type(exc).__name__[:200], message[:MAX_MESSAGE]]
+
+
+def plain(value, torch, depth=0):
+    """``value`` as plain data that ``torch.load(weights_only=True)`` accepts, or TypeError."""
+    if depth > MAX_DEPTH:
+        raise TypeError("the output is nested too deeply")
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu").clone().as_subclass(torch.Tensor)
+    if type(value) in (tuple, list):
+        items = [plain(v, torch, depth + 1) for v in value]
+        return tuple(items) if type(value) is tuple else items
+    if type(value) is dict and all(type(k) in (str, int) for k in value):
+        return {k: plain(v, torch, depth + 1) for k, v in value.items()}
+    import numpy
+
+    if isinstance(value, numpy.ndarray):
+        return torch.from_numpy(numpy.array(value, copy=True))
+    if isinstance(value, numpy.generic):
+        return value.item()
+    raise TypeError(f"returned an object of type {type(value).__name__}, which is not plain data "
+                    "(expected tensors, numbers or tuples of them)")
+
+
+def main() -> None:
+    limits, results_fd = json.loads(sys.argv[1]), int(sys.argv[2])
+    set_limits(limits)
+    budget = [limits["log_bytes"]]
+    sys.stdout, sys.stderr = CappedText(1, budget), CappedText(2, budget)
+
+    import torch
+
+    def record(kind, **data):
+        buf = io.BytesIO()
+        torch.save({"kind": kind, **data}, buf)
+        payload = buf.getvalue()
+        os.write(results_fd, len(payload).to_bytes(8, "big") + payload)
+
+    job = torch.load(JOB, weights_only=True)
+    checks = {}
+    if job["probes"]:
+        from attn_course.check import CHECKS
+
+        # keep our own handles on the checkers' `call` before learner code runs (not a defence: see the docstring)
+        checks = {p["check"]: CHECKS[p["check"]].call for p in job["probes"]}
+    shutil.copy(os.path.join(SUBMISSION_DIR, job["notebook_name"]), job["notebook_name"])
+
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.enabled = False
+    config.InteractiveShell.colors = "nocolor"
+    shell = InteractiveShell.instance(config=config)
+    signal.signal(signal.SIGALRM, on_alarm)
+    record("start", n_cells=len(job["cells"]))
+
+    for index, source in job["cells"]:
+        print(f"\n----- cell {index} -----", flush=True)
+        began, error = time.monotonic(), None
+        try:
+            arm(limits["cell_timeout_s"])
+            result = shell.run_cell(source, store_history=False, silent=False)
+            disarm()
+            exc = result.error_before_exec or result.error_in_exec
+            error = describe(exc, limits["cell_timeout_s"]) if exc is not None else None
+        except BaseException as exc:  # the alarm fired outside the learner's frame, or IPython itself failed
+            disarm()
+            error = describe(exc, limits["cell_timeout_s"])
+        record("cell", index=index, error=error, seconds=round(time.monotonic() - began, 3))
+
+    print("\n----- grading calls -----", flush=True)
+    for probe in job["probes"]:
+        fn = shell.user_ns.get(probe["target"])
+        outputs = []
+        for case in probe["cases"]:
+            if fn is None:
+                outputs.append({"raised": ["NameError", f"the notebook does not define {probe['target']!r} "
+                                           "(did a cell above fail, or was it renamed?)"]})
+                continue
+            try:
+                arm(limits["call_timeout_s"])
+                out = checks[probe["check"]](fn, case)
+                disarm()
+                outputs.append({"ok": plain(out, torch)})
+            except BaseException as exc:
+                disarm()
+                outputs.append({"raised": describe(exc, limits["call_timeout_s"])})
+        record("probe", id=probe["id"], outputs=outputs)
+
+    record("done")
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown: learner atexit hooks and threads get no say
+
+
+if __name__ == "__main__":
+    main()
