@@ -11,7 +11,7 @@ a top-left causal mask, ...) the judge names the mistake: the catalogue is in
 :mod:`attn_course.check.mutants`.
 """
 
-from . import sdpa  # noqa: F401  (importing registers the checkers)
+from . import cost, flash, heads, lookup, masks, sdpa  # noqa: F401  (importing registers the checkers)
 from .base import Mutant, ReferenceCheck
 from .protocol import CHECKS, Check, CheckFailed, CheckReport, NotImplementedYet, Raised, Verdict, register
 

@@ -17,8 +17,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .compare import ATOL, MUTANT_ATOL, MUTANT_RTOL, RTOL, close, describe_type, number_difference, plain
-from .compare import tensor_difference
+from .compare import (
+    ATOL,
+    MUTANT_ATOL,
+    MUTANT_RTOL,
+    RTOL,
+    close,
+    describe_type,
+    number_difference,
+    plain,
+    tensor_difference,
+)
 from .protocol import NOT_IMPLEMENTED, Check, Raised, Verdict
 
 
@@ -99,9 +108,12 @@ class ReferenceCheck(Check):
         problem = self.difference(case, expected, output)
         if problem is None:
             return Verdict(True, "correct")
-        mutant = self.recognise(case, output, expected)
-        if mutant is not None:
-            return Verdict(False, mutant.diagnosis(), mutant.name)
+        suspects = self.recognise(case, output, expected)
+        if suspects:
+            message = suspects[0].diagnosis()
+            for other in suspects[1:]:  # the same wrong answer can come from different slips
+                message += f" (Or: {other.message[0].lower()}{other.message[1:]})"
+            return Verdict(False, message, suspects[0].name)
         return Verdict(False, problem[0].upper() + problem[1:] + ".")
 
     def judge_raised(self, case: dict, raised: Raised) -> Verdict:
@@ -123,16 +135,19 @@ class ReferenceCheck(Check):
         except Exception:
             return None
 
-    def recognise(self, case: dict, output, expected) -> Mutant | None:
-        """The first catalogued mistake whose output on this case equals the learner's (and differs from
-        the reference, so that the match means something)."""
+    def recognise(self, case: dict, output, expected) -> list[Mutant]:
+        """The catalogued mistakes whose output on this case equals the learner's (and differs from the
+        reference, so that the match means something), in catalogue order, one per name."""
+        found = {}
         for m in self.mutants:
+            if m.name in found:
+                continue
             wrong = self.mutant_output(m, case)
             if wrong is None or close(expected, wrong, self.atol, self.rtol):
                 continue
             if close(wrong, output, max(MUTANT_ATOL, self.atol), max(MUTANT_RTOL, self.rtol), equal_nan=True):
-                return m
-        return None
+                found[m.name] = m
+        return list(found.values())
 
 
 def difference(expected, got, names: tuple[str, ...] = (), atol: float = ATOL, rtol: float = RTOL) -> str | None:
@@ -143,7 +158,7 @@ def difference(expected, got, names: tuple[str, ...] = (), atol: float = ATOL, r
             return f"your function returned one tensor; it should return a tuple ({', '.join(names)})"
         if not isinstance(got, (tuple, list)) or len(got) != len(expected):
             return f"your function should return a tuple ({', '.join(names)}), but it returned {describe_type(got)}"
-        for e, g, n in zip(expected, got, names):
+        for e, g, n in zip(expected, got, names, strict=True):
             if isinstance(e, torch.Tensor):
                 problem = tensor_difference(e, g, f"`{n}`", atol, rtol)
             else:

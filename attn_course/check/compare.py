@@ -70,7 +70,7 @@ def close(a, b, atol: float = ATOL, rtol: float = RTOL, equal_nan: bool = False)
         return (
             isinstance(b, (tuple, list))
             and len(a) == len(b)
-            and all(close(x, y, atol, rtol, equal_nan) for x, y in zip(a, b))
+            and all(close(x, y, atol, rtol, equal_nan) for x, y in zip(a, b, strict=True))
         )
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
