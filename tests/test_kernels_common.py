@@ -1,0 +1,99 @@
+"""Shared helpers for the kernel tests: the references and the tolerance rule (imported by the other
+``test_kernels_*`` files; the tests at the bottom check the helpers themselves).
+
+The tolerance rule (from flash-attn's tests, see DESIGN.md): for a low-precision dtype, the kernel's error
+against a float32 reference may be at most twice the error of PyTorch's own attention computed in that
+dtype, plus a small absolute floor. float32 is compared at 1e-5-ish.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attn_course import attention
+from attn_course.attention import masked_softmax
+from attn_course.masks import causal_mask, sliding_window_mask
+from attn_course.mha import repeat_kv
+
+FLOOR = {torch.float32: 2e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def allowed_mask(T_q, T_k, causal, window, device="cpu"):
+    """``[T_q, T_k]`` bools built from attn_course.masks, independent of the kernels' own mask code."""
+    m = sliding_window_mask(T_q, T_k, window, device=device)
+    return m & causal_mask(T_q, T_k, device=device) if causal else m
+
+
+def reference(q, k, v, causal=False, window=(-1, -1), scale=None):
+    """attn_course.attention in float32 (k, v repeated for GQA): the answer everything is checked against."""
+    G = q.shape[1] // k.shape[1]
+    mask = allowed_mask(q.shape[2], k.shape[2], causal, window, q.device)
+    return attention(q.float(), repeat_kv(k.float(), G), repeat_kv(v.float(), G), mask, scale=scale)
+
+
+def torch_same_dtype(q, k, v, causal=False, window=(-1, -1), scale=None):
+    """PyTorch's attention with every op in the inputs' dtype (no float32 softmax): the error budget."""
+    G = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, G), repeat_kv(v, G)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = (q @ k.transpose(-2, -1)) * scale  # (B, H, T_q, T_k) in q's dtype
+    s = s.masked_fill(~allowed_mask(q.shape[2], k.shape[2], causal, window, q.device), float("-inf"))
+    return masked_softmax(s) @ v
+
+
+def reference_lse(q, k, causal=False, window=(-1, -1)):
+    """Natural-log logsumexp of the scaled, masked scores in float32 (``-inf`` where nothing is allowed)."""
+    G = q.shape[1] // k.shape[1]
+    s = (q.float() @ repeat_kv(k.float(), G).transpose(-2, -1)) * q.shape[-1] ** -0.5
+    s = s.masked_fill(~allowed_mask(q.shape[2], k.shape[2], causal, window, q.device), float("-inf"))
+    return torch.logsumexp(s, dim=-1)  # (B, H, T_q)
+
+
+def max_err(a, b) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def assert_close_by_rule(name, got, ref32, same_dtype, dtype):
+    """``|got - ref32| <= 2 |same_dtype - ref32| + floor`` (max over elements), with a message that says
+    which tensor failed and by how much."""
+    err = max_err(got, ref32)
+    assert torch.isfinite(got.float()).all(), f"{name}: the kernel returned NaN or inf"
+    if dtype == torch.float32:
+        bound = FLOOR[dtype]
+    else:
+        bound = 2 * max_err(same_dtype, ref32) + FLOOR[dtype]
+    assert err <= bound, (
+        f"{name} ({dtype}): max error {err:.3e} vs the float32 reference exceeds {bound:.3e} "
+        f"(2x PyTorch's own {dtype} error + {FLOOR[dtype]:.0e})"
+    )
+
+
+def make_qkv(B, H, H_kv, T_q, T_k, D, dtype, device="cpu", requires_grad=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = ((B, H, T_q, D), (B, H_kv, T_k, D), (B, H_kv, T_k, D))
+    return tuple(torch.randn(s, generator=g).to(device=device, dtype=dtype).requires_grad_(requires_grad)
+                 for s in shapes)
+
+
+def grads(fn, q, k, v, dout):
+    """``(dq, dk, dv)`` of ``<fn(q, k, v), dout>`` by autograd, on fresh leaf copies of the inputs."""
+    leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
+    out = fn(*leaves)
+    return torch.autograd.grad(out, leaves, dout.to(out.dtype))
+
+
+def test_reference_agrees_with_plain_softmax_on_a_full_mask():
+    q, k, v = make_qkv(1, 2, 1, 5, 7, 16, torch.float32)
+    expected = torch.softmax(q @ k.repeat(1, 2, 1, 1).transpose(-2, -1) / 4.0, dim=-1) @ v.repeat(1, 2, 1, 1)
+    assert max_err(reference(q, k, v), expected) < 1e-6
+
+
+def test_rule_rejects_a_wrong_answer():
+    q, k, v = make_qkv(1, 1, 1, 9, 9, 16, torch.float16)
+    ref = reference(q, k, v)
+    wrong = ref + 0.05
+    try:
+        assert_close_by_rule("out", wrong, ref, torch_same_dtype(q, k, v), torch.float16)
+    except AssertionError:
+        return
+    raise AssertionError("the tolerance rule accepted an output that is off by 0.05 everywhere")

@@ -1,0 +1,68 @@
+"""Bad input gets a ValueError (TypeError for a non-tensor) that names the problem, before any Triton
+code is compiled or interpreted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attn_course.kernels import flash_attention, flash_attention_varlen
+
+
+def qkv(B=1, H=2, H_kv=2, T=5, D=16, dtype=torch.float32):
+    return torch.randn(B, H, T, D, dtype=dtype), torch.randn(B, H_kv, T, D, dtype=dtype), \
+        torch.randn(B, H_kv, T, D, dtype=dtype)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: qkv(D=48), "head dim 48 is not supported"),
+    (lambda: qkv(D=256), "head dim 256"),
+    (lambda: qkv(dtype=torch.float64), "float16, bfloat16 and float32"),
+    (lambda: (qkv()[0], qkv()[1].half(), qkv()[2]), "share a dtype"),
+    (lambda: (qkv()[0], qkv()[1].to("meta"), qkv()[2].to("meta")), "one device"),
+    (lambda: qkv(H=3, H_kv=2), "multiple of the number of key/value heads"),
+    (lambda: (qkv()[0][0], *qkv()[1:]), "must be 4-D"),
+    (lambda: (qkv()[0][..., :8], *qkv()[1:]), "share the head dim"),
+    (lambda: (qkv()[0], qkv()[1], qkv()[2][:, :, :3]), "same shape"),
+    (lambda: (qkv(B=2)[0], *qkv()[1:]), "batch size"),
+])
+def test_bad_tensors(make, match):
+    with pytest.raises(ValueError, match=match):
+        flash_attention(*make())
+
+
+def test_bad_arguments():
+    q, k, v = qkv()
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        flash_attention(q.numpy(), k, v)
+    with pytest.raises(ValueError, match="window left must be >= 0"):
+        flash_attention(q, k, v, window=(-2, 0))
+    with pytest.raises(ValueError, match="scale must be a finite number"):
+        flash_attention(q, k, v, scale=float("nan"))
+    with pytest.raises(TypeError, match="causal must be True or False"):
+        flash_attention(q, k, v, causal="yes")
+
+
+def packed():
+    return torch.randn(10, 2, 16), torch.randn(12, 1, 16), torch.randn(12, 1, 16)
+
+
+@pytest.mark.parametrize("cu_q,cu_k,max_q,max_k,match", [
+    ([1, 4, 10], [0, 5, 12], 6, 7, "cu_seqlens_q: cu_seqlens must start at 0"),
+    ([0, 6, 4, 10], [0, 5, 6, 12], 6, 7, "sorted"),
+    ([0, 4, 9], [0, 5, 12], 6, 7, "must end at the number of packed tokens \\(10\\)"),
+    ([0, 4, 10], [0, 12], 6, 12, "same number of sequences"),
+    ([0, 4, 10], [0, 5, 12], 5, 7, "longest sequence has 6 tokens"),
+    ([0, 4, 10], [0, 5, 12], 6, 7.0, "must be an int"),
+    (torch.tensor([0.0, 4.0, 10.0]), [0, 5, 12], 6, 7, "integer"),
+])
+def test_bad_cu_seqlens(cu_q, cu_k, max_q, max_k, match):
+    q, k, v = packed()
+    with pytest.raises(ValueError, match=match):
+        flash_attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k)
+
+
+def test_varlen_wants_packed_3d_tensors():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="must be 3-D \\[total_T, H, D\\]"):
+        flash_attention_varlen(q, k, v, [0, 5], [0, 5], 5, 5)

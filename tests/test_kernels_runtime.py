@@ -1,0 +1,38 @@
+"""Interpreter vs compiler is chosen per device, inside the package, and leaves the process as it found it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+from attn_course.kernels import flash_attention
+from attn_course.kernels._runtime import is_interpreted, kernel_module, mode_for
+
+
+def test_cpu_tensors_use_interpreted_kernels_and_restore_the_environment():
+    before = os.environ.get("TRITON_INTERPRET")
+    q = torch.randn(1, 1, 8, 16)
+    flash_attention(q, q, q)
+    module = kernel_module("flash_fwd", q.device)
+    assert module.INTERPRET and is_interpreted(module._attn_fwd)
+    assert module.__name__ == "attn_course.kernels._interpreted.flash_fwd"
+    assert os.environ.get("TRITON_INTERPRET") == before, "TRITON_INTERPRET must be restored after loading"
+    if before != "1":  # triton's own library goes back to compiled functions after an interpreted launch
+        assert isinstance(tl.standard.max, JITFunction)
+
+
+def test_helpers_are_built_in_the_same_mode_as_their_kernel():
+    module = kernel_module("flash_bwd", torch.device("cpu"))
+    from attn_course.kernels._interpreted import _tiles
+
+    assert is_interpreted(module._bwd_dkdv) and is_interpreted(_tiles.key_tiles)
+
+
+def test_unsupported_devices_are_named():
+    assert mode_for(torch.device("cpu")) == "interpreted" and mode_for(torch.device("cuda", 0)) == "compiled"
+    with pytest.raises(ValueError, match="CUDA tensors .* or CPU tensors"):
+        mode_for(torch.device("meta"))

@@ -1,0 +1,75 @@
+"""flash_attention_varlen: three packed sequences of different lengths, each checked against attention on
+that sequence alone (so a token that leaked into a neighbour's attention would show up)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_kernels_common import assert_close_by_rule, max_err, reference, reference_lse, torch_same_dtype
+
+from attn_course.kernels import flash_attention_varlen
+
+LENS_Q = [17, 1, 113]
+LENS_K = [40, 23, 113]  # T_q != T_k within a sequence: bottom-right alignment per sequence
+
+
+def packed(lens, H, D, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(sum(lens), H, D, generator=g).to(dtype)  # (total_T, H, D)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    return x, cu
+
+
+def per_sequence(x, cu, b):
+    """Sequence b of a packed [total_T, H, D] tensor as [1, H, T_b, D]."""
+    return x[cu[b]:cu[b + 1]].transpose(0, 1).unsqueeze(0)  # (1, H, T_b, D)
+
+
+@pytest.mark.parametrize("causal,window,dtype,H_kv", [
+    (False, (-1, -1), torch.float32, 2),
+    (True, (-1, -1), torch.float16, 1),
+    (True, (8, -1), torch.bfloat16, 2),
+])
+def test_varlen_matches_attention_per_sequence(causal, window, dtype, H_kv):
+    H, D = 4, 32
+    q, cu_q = packed(LENS_Q, H, D, dtype, 0)
+    k, cu_k = packed(LENS_K, H_kv, D, dtype, 1)
+    v, _ = packed(LENS_K, H_kv, D, dtype, 2)
+    dout, _ = packed(LENS_Q, H, D, dtype, 3)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    out, lse = flash_attention_varlen(*leaves, cu_q, cu_k, max(LENS_Q), max(LENS_K), causal=causal, window=window,
+                                      return_lse=True)
+    assert out.shape == q.shape and lse.shape == (H, q.shape[0])
+    dq, dk, dv = torch.autograd.grad(out, leaves, dout)
+    for b in range(len(LENS_Q)):
+        qb, kb, vb, ob, gb = (per_sequence(x, c, b) for x, c in ((q, cu_q), (k, cu_k), (v, cu_k), (out, cu_q),
+                                                                   (dout, cu_q)))
+        assert_close_by_rule(f"out of sequence {b}", ob, reference(qb, kb, vb, causal, window),
+                             torch_same_dtype(qb, kb, vb, causal, window), dtype)
+        want_lse = reference_lse(qb, kb, causal, window)[0]  # (H, T_b)
+        got_lse = lse[:, cu_q[b]:cu_q[b + 1]]
+        assert torch.equal(torch.isneginf(got_lse), torch.isneginf(want_lse))
+        fin = torch.isfinite(want_lse)
+        assert max_err(got_lse[fin], want_lse[fin]) < 1e-2
+        # gradients of sequence b alone, by autograd through the reference and the same-dtype budget
+        ref_leaves = [x.detach().float().requires_grad_(True) for x in (qb, kb, vb)]
+        want = torch.autograd.grad(reference(*ref_leaves, causal, window), ref_leaves, gb.float())
+        low_leaves = [x.detach().clone().requires_grad_(True) for x in (qb, kb, vb)]
+        budget = torch.autograd.grad(torch_same_dtype(*low_leaves, causal, window), low_leaves, gb)
+        got = (per_sequence(dq, cu_q, b), per_sequence(dk, cu_k, b), per_sequence(dv, cu_k, b))
+        for name, g, w, bud in zip(("dq", "dk", "dv"), got, want, budget, strict=True):
+            assert_close_by_rule(f"{name} of sequence {b}", g, w, bud, dtype)
+
+
+def test_sequences_do_not_see_each_other():
+    """Changing one sequence's keys must leave every other sequence's output bit-identical."""
+    q, cu_q = packed(LENS_Q, 2, 16, torch.float32, 0)
+    k, cu_k = packed(LENS_K, 2, 16, torch.float32, 1)
+    v, _ = packed(LENS_K, 2, 16, torch.float32, 2)
+    out = flash_attention_varlen(q, k, v, cu_q, cu_k, 113, 113)
+    k2, v2 = k.clone(), v.clone()
+    k2[cu_k[1]:cu_k[2]] += 5.0
+    v2[cu_k[1]:cu_k[2]] -= 3.0
+    out2 = flash_attention_varlen(q, k2, v2, cu_q, cu_k, 113, 113)
+    assert torch.equal(out[:cu_q[1]], out2[:cu_q[1]]) and torch.equal(out[cu_q[2]:], out2[cu_q[2]:])
+    assert not torch.equal(out[cu_q[1]:cu_q[2]], out2[cu_q[1]:cu_q[2]])
