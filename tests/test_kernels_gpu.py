@@ -1,0 +1,76 @@
+"""The CPU test cases again, compiled on a CUDA GPU, plus long sequences (up to T = 16384) that the
+interpreter could never run. Skipped, with the reason, where there is no GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_kernels import CASES, case_id
+from test_kernels_common import assert_close_by_rule, grads, make_qkv, max_err, reference, torch_same_dtype
+
+from attn_course.kernels import flash_attention, flash_attention_varlen
+from attn_course.kernels._runtime import kernel_module
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(),
+                       reason="needs a CUDA GPU: these run the compiled kernels (the CPU tests run the same "
+                              "kernels in Triton's interpreter)"),
+]
+NONE = (-1, -1)
+
+LARGE = [
+    (1, 4, 1, 4096, 4096, 128, True, NONE, torch.float16),
+    (1, 2, 2, 8192, 8192, 64, False, (256, 256), torch.bfloat16),
+    (1, 2, 1, 16384, 16384, 128, True, NONE, torch.bfloat16),
+    (1, 2, 2, 1000, 16384, 64, True, NONE, torch.float16),
+]
+
+
+def check_case(case):
+    B, H, H_kv, T_q, T_k, D, causal, window, dtype = case
+    q, k, v = make_qkv(B, H, H_kv, T_q, T_k, D, dtype, device="cuda")
+    dout = torch.randn(B, H, T_q, D, device="cuda", dtype=dtype)
+    kernel = lambda q, k, v: flash_attention(q, k, v, causal=causal, window=window)
+    ref32 = lambda q, k, v: reference(q, k, v, causal, window)
+    same = lambda q, k, v: torch_same_dtype(q, k, v, causal, window)
+    out = kernel(q, k, v)
+    assert not kernel_module("flash_fwd", q.device).INTERPRET
+    assert_close_by_rule("out", out, ref32(q, k, v), same(q, k, v), dtype)
+    got, want, budget = grads(kernel, q, k, v, dout), grads(ref32, q, k, v, dout), grads(same, q, k, v, dout)
+    for name, g, w, b in zip(("dq", "dk", "dv"), got, want, budget, strict=True):
+        assert_close_by_rule(name, g, w, b, dtype)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_compiled_matches_reference(case):
+    check_case(case)
+
+
+@pytest.mark.parametrize("case", LARGE, ids=case_id)
+def test_long_sequences(case):
+    check_case(case)
+    torch.cuda.empty_cache()
+
+
+def test_compiled_varlen_matches_attention_per_sequence():
+    lens_q, lens_k = [300, 1, 1200], [500, 77, 1200]
+    cu_q = torch.tensor([0, 300, 301, 1501], dtype=torch.int32, device="cuda")
+    cu_k = torch.tensor([0, 500, 577, 1777], dtype=torch.int32, device="cuda")
+    q = torch.randn(sum(lens_q), 8, 64, device="cuda", dtype=torch.float16)
+    k, v = (torch.randn(sum(lens_k), 2, 64, device="cuda", dtype=torch.float16) for _ in range(2))
+    out = flash_attention_varlen(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=True)
+    for b in range(3):
+        sl_q, sl_k = slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b + 1]))
+        qb, kb, vb = (x[s].transpose(0, 1).unsqueeze(0) for x, s in ((q, sl_q), (k, sl_k), (v, sl_k)))
+        assert_close_by_rule(f"sequence {b}", out[sl_q].transpose(0, 1).unsqueeze(0),
+                             reference(qb, kb, vb, causal=True), torch_same_dtype(qb, kb, vb, causal=True),
+                             torch.float16)
+
+
+def test_cpu_and_gpu_agree():
+    """The interpreter and the compiler run the same kernel: their answers agree closely."""
+    q, k, v = make_qkv(1, 2, 1, 113, 203, 64, torch.float32)
+    cpu = flash_attention(q, k, v, causal=True)
+    gpu = flash_attention(q.cuda(), k.cuda(), v.cuda(), causal=True)
+    assert max_err(cpu, gpu.cpu()) < 2e-5
