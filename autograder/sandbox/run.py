@@ -35,6 +35,7 @@ OUTCOMES = ("ok", "timeout", "crashed", "rejected")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).resolve().with_name("runner.py")
 DEFAULT_LIMITS = Limits()
+_SIGNALS = {int(s) for s in signal.Signals}
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class SandboxResult:
     ``log``      what the sandbox printed (head and tail, capped)
     ``wall_s``   seconds from start to finish, sandbox start-up included
     ``details``  "reason" (one sentence), "cells" (index, error, seconds per executed cell), "exit_code",
-                 "skipped_cells", "results_error", "log_bytes" (total printed), "gpu"
+                 "skipped_cells", "results_error", "log_bytes" (total printed), "gpu", "uid" (the sandbox's
+                 host uid when the parent is root, so that a caller can check no process of it survived)
     """
 
     outcome: str
@@ -160,12 +162,13 @@ def run_submission(notebook: Path, probes: list[dict], *, workdir: Path, limits:
 
     package = Path(attn_course.__file__).resolve().parent
     package_dirs = [package] + ([(package / "kernels").resolve()] if (package / "kernels").exists() else [])
+    uid = bwrap.pick_uid()
     fd = os.open(results, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the runner's only way out
     try:
         argv = bwrap.command(
             python=Path(sys.executable), runner=RUNNER, job=job, notebook=copy, notebook_name=name,
             ro_paths=bwrap.python_paths(REPO_ROOT, package_dirs), scratch_bytes=limits.scratch_bytes, gpu=gpu,
-            uid=bwrap.pick_uid(), runner_args=[json.dumps(limits.for_runner()), str(fd)],
+            uid=uid, runner_args=[json.dumps(limits.for_runner()), str(fd)],
         )
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True, pass_fds=(fd,))
@@ -182,7 +185,8 @@ def run_submission(notebook: Path, probes: list[dict], *, workdir: Path, limits:
         proc.wait()
     reader.join(timeout=10)
     log = reader.text()
-    common = {"exit_code": proc.returncode, "skipped_cells": skipped, "log_bytes": reader.total}
+    common = {"exit_code": proc.returncode, "skipped_cells": skipped, "log_bytes": reader.total,
+              "uid": uid if os.geteuid() == 0 else None}
 
     try:
         size = results.stat().st_size
@@ -205,11 +209,12 @@ def run_submission(notebook: Path, probes: list[dict], *, workdir: Path, limits:
     elif not res.started:
         outcome, reason = "crashed", f"the sandbox stopped before running any cell (exit code {proc.returncode})"
     else:
-        last = res.cells[-1]["index"] if res.cells else None
-        where = f"after cell {last}" if last is not None else "before the first cell finished"
-        if len(res.cells) == len(cells):
-            where = "while the grader was calling its functions"
-        outcome, reason = "crashed", f"the notebook's process died {where} (exit code {proc.returncode})"
+        code = proc.returncode
+        how = f"killed by {signal.Signals(code - 128).name}" if 128 < code < 128 + 65 and code - 128 in _SIGNALS \
+            else f"exit code {code}"
+        where = (f"in cell {cells[len(res.cells)].index}" if len(res.cells) < len(cells)
+                 else "while the grader was calling its functions")
+        outcome, reason = "crashed", f"the notebook's process died {where} ({how})"
     outputs = _missing(probes, f"no result: {reason}")
     outputs.update(res.probes)
     return finish(outcome, reason, log, outputs, cells=res.cells, results_error=None, **common)

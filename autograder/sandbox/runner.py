@@ -159,6 +159,7 @@ def main() -> None:
         except BaseException as exc:  # the alarm fired outside the learner's frame, or IPython itself failed
             disarm()
             error = describe(exc, limits["cell_timeout_s"])
+        sys.last_type = sys.last_value = sys.last_traceback = None  # let a failed cell's frames (and memory) go
         record("cell", index=index, error=error, seconds=round(time.monotonic() - began, 3))
 
     print("\n----- grading calls -----", flush=True)

@@ -1,0 +1,155 @@
+"""The sandbox's parent-side pieces without starting a sandbox: limits, notebook intake and the test-cell
+policy, the results-file reader (against tampered files), the mounts, and the Makefile's missing-tool message."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autograder.sandbox import Limits, Rejected, SandboxUnavailable, bwrap
+from autograder.sandbox.notebook import cells_to_run, read_notebook
+from autograder.sandbox.records import BadResults, parse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def record(**data) -> bytes:
+    buf = io.BytesIO()
+    torch.save(data, buf)
+    return len(buf.getvalue()).to_bytes(8, "big") + buf.getvalue()
+
+
+def test_limits_reject_nonsense():
+    with pytest.raises(ValueError, match="wall_s must be positive"):
+        Limits(wall_s=0)
+    with pytest.raises(TypeError, match="processes must be a number"):
+        Limits(processes=True)
+    with pytest.raises(ValueError, match="torch alone"):
+        Limits(processes=2)
+    assert Limits(cpu_s=5).for_runner()["cpu_s"] == 5
+
+
+def _cell(src, nbgrader=None, kind="code"):
+    return {"cell_type": kind, "metadata": {"nbgrader": nbgrader} if nbgrader else {}, "source": src}
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"", "empty"), (b"{not json", "not valid notebook JSON"), (b"\xff\xfe\x00garbage", "not valid notebook JSON"),
+    (b"[1, 2, 3]", "not a Jupyter notebook"), (b'{"cells": [42]}', "not a notebook cell"),
+    (b"[" * 100_000, "not valid notebook JSON"),
+])
+def test_read_notebook_rejects_what_is_not_a_notebook(tmp_path, content, why):
+    path = tmp_path / "sub.ipynb"
+    path.write_bytes(content)
+    with pytest.raises(Rejected, match=why):
+        read_notebook(path, max_bytes=1 << 20)
+
+
+def test_read_notebook_rejects_an_oversized_file_without_reading_it(tmp_path):
+    path = tmp_path / "huge.ipynb"
+    with open(path, "wb") as f:
+        f.truncate(200 * 2**20)  # 200 MB, sparse
+    with pytest.raises(Rejected, match="200 MiB, over the 20 MiB limit"):
+        read_notebook(path, max_bytes=20 * 2**20)
+
+
+def test_cells_to_run_follows_the_test_cell_policy():
+    nb = {"cells": [
+        _cell("# title", kind="markdown"),
+        _cell("a = 1", {"grade": False, "solution": True, "grade_id": "answer"}),
+        _cell("assert a == 1", {"grade": True, "solution": False, "grade_id": "t1"}),  # marked test: skipped
+        _cell("b = 2", {"grade_id": "t2"}),  # metadata edited, but the caller knows t2 is a test
+        _cell(["c = ", "3"]),
+    ]}
+    ran = cells_to_run(nb, skip_grade_ids={"t2"})
+    assert [(c.index, c.source) for c in ran] == [(1, "a = 1"), (4, "c = 3")]
+    assert [c.index for c in cells_to_run(nb, skip_marked_tests=False)] == [1, 2, 3, 4]
+
+
+def test_records_roundtrip_and_torn_tail():
+    data = record(kind="start", n_cells=1) + record(kind="cell", index=0, error=None, seconds=0.5)
+    data += record(kind="probe", id="p", outputs=[{"ok": torch.ones(2)}, {"raised": ["ValueError", "bad"]}])
+    full = parse(data + record(kind="done"), {"p": 2})
+    assert full.done and full.started and full.cells == [{"index": 0, "error": None, "seconds": 0.5}]
+    assert torch.equal(full.probes["p"][0]["ok"], torch.ones(2)) and full.probes["p"][1]["raised"][0] == "ValueError"
+    torn = parse(data + record(kind="done")[:-3], {"p": 2})
+    assert torn.torn and not torn.done and "p" in torn.probes
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/attn-sandbox-pwned",))
+
+
+@pytest.mark.parametrize("bad, why", [
+    (b"\x00" * 8 + b"", None),  # a zero-length record is not a torch file
+    (len(b"garbage").to_bytes(8, "big") + b"garbage", "cannot be loaded safely"),
+    (record(kind="probe", id="p", outputs=[{"ok": 1}]) * 2, "reported twice"),
+    (record(kind="probe", id="q", outputs=[]), "unknown probe"),
+    (record(kind="probe", id="p", outputs=[{"ok": 1}, {"ok": 2}]), "should have 1 outputs"),
+    (record(kind="probe", id="p", outputs=[{"raised": ["X"]}]), "malformed 'raised'"),
+    (record(kind="launch-missiles"), "unknown kind"),
+    (record(kind="cell", index="0", error=None, seconds=1.0), "malformed cell"),
+])
+def test_records_reject_tampering(bad, why):
+    with pytest.raises(BadResults, match=why):
+        parse(bad, {"p": 1})
+
+
+def test_records_never_unpickle_code(tmp_path):
+    marker = Path("/tmp/attn-sandbox-pwned")
+    marker.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    torch.save({"kind": "done", "payload": Evil()}, buf)
+    with pytest.raises(BadResults, match="cannot be loaded safely"):
+        parse(len(buf.getvalue()).to_bytes(8, "big") + buf.getvalue(), {})
+    assert not marker.exists()
+
+
+def test_mounts_expose_the_package_but_never_the_repository():
+    import attn_course
+
+    package = Path(attn_course.__file__).resolve().parent
+    assert str(ROOT) in sys.path  # conftest put the repository root on sys.path: it must still not be mounted
+    paths = bwrap.python_paths(ROOT, [package, (package / "kernels").resolve()])
+    assert package in paths and (ROOT / "kernels") in paths
+    for p in paths:
+        real = p.resolve()
+        assert real != ROOT and ROOT not in real.parents or real in (package, ROOT / "kernels") \
+            or ROOT / ".venv" in [real, *real.parents], p
+        assert real not in ROOT.parents and real != Path("/")
+    forbidden = [ROOT / "solutions", ROOT / "autograder", ROOT / "tests", ROOT / "build"]
+    assert not any(f == p or p in f.parents for f in forbidden for p in paths)
+
+
+def test_missing_bwrap_is_named(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(SandboxUnavailable, match=r"bwrap.*apt-get install bubblewrap"):
+        bwrap.require_tools()
+
+
+def test_make_sandbox_check_names_the_missing_tool():
+    make = shutil.which("make")
+    env = {**os.environ, "PATH": "/nonexistent"}
+    proc = subprocess.run([make, "-s", "-C", str(ROOT), "sandbox-check"], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "bubblewrap ('bwrap') is not installed" in proc.stdout + proc.stderr
+    ok = subprocess.run([make, "-s", "-C", str(ROOT), "sandbox-check"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_probe_validation_is_the_callers_error(tmp_path):
+    from autograder.sandbox import run_submission
+
+    nb = tmp_path / "n.ipynb"
+    nb.write_text(json.dumps({"cells": []}))
+    with pytest.raises(ValueError, match="unknown checker"):
+        run_submission(nb, [{"id": "a", "check": "nope", "target": "f", "cases": []}], workdir=tmp_path / "w")
+    with pytest.raises(ValueError, match="unique"):
+        probe = {"id": "a", "check": "attention_weights", "target": "f", "cases": []}
+        run_submission(nb, [probe, probe], workdir=tmp_path / "w")
