@@ -267,7 +267,8 @@ class MHAWithSDPA(nn.Module):
 
     def forward(self, x, mask=None):
         B, T, d = x.shape
-        q, k, v = (p(x).view(B, T, self.h, d // self.h).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        q, k, v = (p(x).view(B, T, self.h, d // self.h).transpose(1, 2) for p in projections)  # (B, H, T, d_head)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, d))
 
