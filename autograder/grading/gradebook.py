@@ -45,7 +45,6 @@ def _new_submission(db, assignment: Assignment, student: Student) -> SubmittedAs
     """A submitted assignment with a submitted notebook, a Grade per grade/task cell and a Comment per
     solution/task cell: the structure nbgrader's ``add_submission`` creates, not yet committed."""
     submission = SubmittedAssignment(assignment=assignment, student=student)
-    db.add(submission)
     for notebook in assignment.notebooks:
         nb = SubmittedNotebook(notebook=notebook, assignment=submission)
         for cell in notebook.grade_cells:
@@ -55,6 +54,7 @@ def _new_submission(db, assignment: Assignment, student: Student) -> SubmittedAs
         for cell in notebook.task_cells:
             Comment(cell_id=cell.id, notebook=nb)
             Grade(cell_id=cell.id, notebook=nb)
+    db.add(submission)  # cascades to the notebooks, grades and comments built above
     return submission
 
 
