@@ -178,8 +178,9 @@ def variance_numpy(d_k, n_samples, seed):
 
 
 def variance_mean_square(d_k, n_samples, seed):
-    torch.manual_seed(seed)
-    dots = torch.stack([torch.randn(d_k) @ torch.randn(d_k) for _ in range(n_samples)])
+    g = torch.Generator().manual_seed(seed + 1)
+    q, k = torch.randn(n_samples, 1, d_k, generator=g), torch.randn(n_samples, d_k, 1, generator=g)
+    dots = torch.bmm(q, k).flatten()  # (n_samples,) one dot product per batched 1x1 matmul
     return float((dots**2).mean())  # E[q.k] = 0, so Var = E[(q.k)^2]
 
 

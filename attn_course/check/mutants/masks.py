@@ -87,7 +87,7 @@ CAUSAL = (
     ),
     Mutant(
         "float_instead_of_bool",
-        "Your mask has the right pattern but is a float tensor of 0s and 1s.",
+        "Your mask has the right pattern but is not a bool tensor: it holds numbers 0 and 1.",
         "return a bool tensor: keep the comparison's result, or call .bool().",
         causal_float,
     ),
