@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .export import write_grades_csv, write_report
 from .feedback import feedback_notebook, write_feedback
-from .gradebook import open_gradebook, record_submission, recorded_scores
+from .gradebook import normalise_db_url, open_gradebook, record_submission, recorded_scores
 from .intake import Submission, discover, load_notebook, safe_name
 from .journal import Journal, atomic_write
 from .probes import build_probes, executable_notebook, make_cases
@@ -217,7 +217,7 @@ def grade_class(submissions: Path, *, course_dir: Path = Path("build/course"), o
     from autograder.course import default_db_url, prepare_course
 
     course_dir = Path(course_dir).resolve()
-    db_url = db_url or default_db_url(course_dir)
+    db_url = normalise_db_url(db_url or default_db_url(course_dir))
     if prepare:
         prepare_course(course_dir, db_url=db_url)
     out_dir = Path(out_dir).resolve()
