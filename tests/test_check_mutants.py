@@ -286,3 +286,14 @@ def test_mha_mask_convention_is_the_courses():
         ours.load_from_torch(torch_mha)
         expected = ours(case["x"], mask=case["mask"])
     assert torch.allclose(chk.reference(case), expected, atol=1e-5)
+
+
+def test_triton_forward_with_the_course_kernel():
+    """A real Triton kernel (attn_course.kernels, run by the interpreter on the CPU) passes, and the same
+    kernel called with a wrong scale is named."""
+    from attn_course.kernels import flash_attention
+
+    check.triton_forward(lambda q, k, v: flash_attention(q, k, v), hidden=True)
+    with pytest.raises(check.CheckFailed) as info:
+        check.triton_forward(lambda q, k, v: flash_attention(q, k, v, scale=1.0))
+    assert info.value.verdict.mistake == "no_scale"
