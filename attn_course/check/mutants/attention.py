@@ -79,7 +79,7 @@ MISTAKES = {
     ),
     "scaled_twice": (
         dict(scale="1/d_k"),
-        "Your scores are off by exactly a factor sqrt(d_k) too small: you divided by d_k (or scaled twice).",
+        "Your scores are sqrt(d_k) times too small: you divided by d_k (or applied 1/sqrt(d_k) twice).",
         "the scale is 1 / sqrt(d_k), applied once.",
         None,
     ),
