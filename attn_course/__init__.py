@@ -4,7 +4,7 @@ Everything in the course (the book, the exercises, the Triton kernels in :mod:`a
 is checked against :func:`attention`.
 """
 
-from . import cost
+from . import check, cost
 from .attention import attention
 from .flash_reference import flash_attention_reference
 from .masks import causal_mask, padding_mask, prefix_lm_mask, sliding_window_mask, varlen_mask
@@ -22,5 +22,6 @@ __all__ = [
     "online_softmax",
     "flash_attention_reference",
     "cost",
+    "check",
 ]
 __version__ = "0.1.0"
