@@ -31,7 +31,7 @@ from .journal import Journal, atomic_write
 from .probes import build_probes, executable_notebook, make_cases
 from .trusted import TrustedAssignment, load_trusted
 from .verdicts import CellResult, judge_submission, rejected_cells
-from .worker import sandbox_runner
+from .worker import LOG_TAIL, sandbox_runner
 
 #: bump to regrade every submission after a change in how verdicts are decided
 GRADER_VERSION = "1"
@@ -168,7 +168,8 @@ class Grader:
         record = {"student": sub.student, "assignment": sub.assignment, "key": self.key(sub), "digest": sub.digest,
                   "outcome": outcome, "detail": detail, "score": sum(c.score for c in cells),
                   "max_score": trusted.auto_max, "cells": [c.to_dict() for c in cells],
-                  "wall_s": round(float(result.get("wall_s") or 0.0), 3), "timestamp": sub.timestamp}
+                  "wall_s": round(float(result.get("wall_s") or 0.0), 3), "timestamp": sub.timestamp,
+                  "log_tail": str(result.get("log") or "")[-LOG_TAIL:]}
         self.journal.put(record)
         self.entries.append(_entry(record, graded_now=True))
         self.log(f"  {sub.student}/{sub.assignment}: {outcome}, {record['score']:g}/{record['max_score']:g}"
