@@ -193,7 +193,9 @@ def plot_cpu(result: dict, path: Path, st: dict) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for impl, label in (("naive", "naive (materialises [T, T])"), ("tiled", "tiled reference (PyTorch)"),
                         ("kernel", "Triton kernel (interpreted)")):
-        pts = [(r["T"], r["peak_extra_bytes"] / 2**20) for r in result["rows"] if r["impl"] == impl]
+        # a zero rise (below the page-granular resolution of VmHWM) cannot go on a log axis: left out
+        pts = [(r["T"], r["peak_extra_bytes"] / 2**20) for r in result["rows"]
+               if r["impl"] == impl and r["peak_extra_bytes"] > 0]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=label)
     Ts = sorted({r["T"] for r in result["rows"]})
@@ -211,13 +213,21 @@ def plot_cpu(result: dict, path: Path, st: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer shapes")
+    p.add_argument("--replot", action="store_true", help="redraw the plot from this device's saved JSON")
     p.add_argument("--max-kernel-T", type=int, default=4096,
                    help="CPU only: longest T for the interpreted kernel (its run time grows as T^2)")
     args = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     st = stamp()
     print(f"benchmarking on {st['device']} (torch {st['torch']}, triton {st['triton']}, CUDA {st['cuda']})")
-    if torch.cuda.is_available():
+    gpu = torch.cuda.is_available()
+    if args.replot:
+        name = device_slug(st["device"]) if gpu else "cpu"
+        result = json.loads((RESULTS / f"{name}.json").read_text())
+        (plot_gpu if gpu else plot_cpu)(result, RESULTS / f"{name}.png", result["stamp"])
+        print(f"redrew {RESULTS / name}.png")
+        return 0
+    if gpu:
         result, name, plot = run_gpu(args.quick), device_slug(st["device"]), plot_gpu
     else:
         result, name, plot = run_cpu(args.quick, args.max_kernel_T), "cpu", plot_cpu
