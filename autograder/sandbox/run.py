@@ -106,6 +106,31 @@ class _LogReader(threading.Thread):
         return text + self.tail.decode("utf-8", "replace")
 
 
+def _reap(uid: int, patience_s: float = 5.0) -> None:
+    """Kill every process still running as the sandbox's uid (unique to this run) and wait until none is left.
+
+    The kernel tears the PID namespace down when bubblewrap goes, but asynchronously; this makes the end of
+    ``run_submission`` the end of the submission."""
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        alive = []
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    if entry.stat().st_uid == uid:
+                        alive.append(int(entry.name))
+                except FileNotFoundError:
+                    continue
+        if not alive:
+            return
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
+
+
 def _safe_name(name: str) -> str:
     try:
         name.encode("utf-8")
@@ -183,6 +208,8 @@ def run_submission(notebook: Path, probes: list[dict], *, workdir: Path, limits:
         timed_out = True
         os.killpg(proc.pid, signal.SIGKILL)  # bwrap dies; --die-with-parent takes the PID namespace with it
         proc.wait()
+    if os.geteuid() == 0:
+        _reap(uid)
     reader.join(timeout=10)
     log = reader.text()
     common = {"exit_code": proc.returncode, "skipped_cells": skipped, "log_bytes": reader.total,

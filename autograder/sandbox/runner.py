@@ -69,16 +69,44 @@ class CappedText(io.TextIOBase):
         return len(text)
 
 
+ARMED = [False]
+
+
 def on_alarm(signum, frame):
-    raise TimeLimitExceeded("time limit exceeded")
+    if ARMED[0]:
+        raise TimeLimitExceeded("time limit exceeded")
 
 
 def arm(seconds: float) -> None:
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    """Interrupt after ``seconds``, then every 0.2 s until disarmed: a first interrupt can land where Python
+    ignores exceptions (an at-fork hook, a ``__del__``) and must not be the only one."""
+    ARMED[0] = True
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.2)
 
 
 def disarm() -> None:
+    ARMED[0] = False  # first: from here on a pending alarm is harmless
     signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def stop_stragglers() -> None:
+    """Kill every other process of the sandbox (a cell's background children, a fork bomb's spawn).
+
+    ``kill(-1)`` reaches only what this process may signal: inside the sandbox's PID namespace, as its own
+    uid, that is the sandbox's processes and nothing else (bubblewrap's init, PID 1, is spared)."""
+    for _ in range(100):
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            break
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
 
 
 def describe(exc: BaseException, limit_s: float) -> list:
@@ -159,6 +187,7 @@ def main() -> None:
         except BaseException as exc:  # the alarm fired outside the learner's frame, or IPython itself failed
             disarm()
             error = describe(exc, limits["cell_timeout_s"])
+        stop_stragglers()
         sys.last_type = sys.last_value = sys.last_traceback = None  # let a failed cell's frames (and memory) go
         record("cell", index=index, error=error, seconds=round(time.monotonic() - began, 3))
 
@@ -181,6 +210,7 @@ def main() -> None:
                 outputs.append({"raised": describe(exc, limits["call_timeout_s"])})
         record("probe", id=probe["id"], outputs=outputs)
 
+    stop_stragglers()
     record("done")
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown: learner atexit hooks and threads get no say
