@@ -43,6 +43,9 @@ def normalise_db_url(db_url: str) -> str:
 
 def open_gradebook(db_url: str) -> Gradebook:
     """Connect to the gradebook at ``db_url`` (``sqlite:///...`` or ``postgresql://...``)."""
+    from autograder.course import ensure_venv_on_path
+
+    ensure_venv_on_path()  # nbgrader runs the `alembic` command when it creates a new gradebook
     return Gradebook(db_url, course_id=COURSE_ID)
 
 

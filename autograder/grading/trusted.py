@@ -33,7 +33,7 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
-class TestCell:
+class AutoCell:
     """An autograded test cell: earns ``points`` iff every (checker, target) check passes on every case."""
 
     grade_id: str
@@ -58,7 +58,7 @@ class TrustedAssignment:
 
     name: str
     notebook: str
-    tests: tuple[TestCell, ...]
+    tests: tuple[AutoCell, ...]
     manual: tuple[ManualCell, ...]
     fingerprint: str
 
@@ -70,7 +70,7 @@ class TrustedAssignment:
     def manual_max(self) -> float:
         return sum(c.points for c in self.manual)
 
-    def test_cell(self, grade_id: str) -> TestCell:
+    def test_cell(self, grade_id: str) -> AutoCell:
         return next(c for c in self.tests if c.grade_id == grade_id)
 
 
@@ -143,7 +143,7 @@ def load_trusted(assignment: str, gradebook, course_dir: Path, checks: dict) -> 
                 raise SpecError(f"autograder/specs/{assignment}.py: {grade_id!r} names checker {checker!r}, "
                                 f"which attn_course.check.CHECKS does not have")
         pairs = tuple((c, t) for c, t in entry["checks"])
-        tests.append(TestCell(grade_id, auto[grade_id], pairs, visible[grade_id]))
+        tests.append(AutoCell(grade_id, auto[grade_id], pairs, visible[grade_id]))
     manual.sort(key=lambda c: c.grade_id)
     blob = json.dumps([assignment, [(c.grade_id, c.points, c.checks, c.visible_source) for c in tests],
                        [(c.grade_id, c.points) for c in manual]], sort_keys=True)
