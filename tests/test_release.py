@@ -150,6 +150,16 @@ def test_a_leak_inside_a_zip_is_caught_and_named(leaky_sources, tmp_path):
     assert [x.shipped for x in leaks] == [f"{archive}!ch1_intuition/notes.txt"]
 
 
+def test_reviewed_book_exceptions_apply_to_the_book_only(leaky_sources, tmp_path, monkeypatch):
+    monkeypatch.setitem(leakcheck.BOOK_MAY_SHOW, LONG_SOLUTION, "the chapter derives it")
+    book = fake_book(tmp_path / "release" / "book", f"<pre>{LONG_SOLUTION}</pre>")
+    assert leakcheck.check_paths([book], leaky_sources) == []
+    notebook = tmp_path / "release" / "ch1_intuition" / "ch1_intuition.ipynb"
+    notebook.parent.mkdir(parents=True)
+    nbformat.write(new_notebook(cells=[new_code_cell(LONG_SOLUTION)]), str(notebook))
+    assert [x.shipped for x in leakcheck.check_paths([tmp_path / "release"], leaky_sources)] == [str(notebook)]
+
+
 def test_leakcheck_command_exit_status(leaky_sources, tmp_path, capsys):
     clean = fake_book(tmp_path / "clean")
     assert leakcheck.main([str(clean), "--solutions", str(leaky_sources)]) == 0
