@@ -69,6 +69,12 @@ MUTANTS = {
 }
 
 
+# What the solutions must print in the notebooks' own demonstration cells.
+DEMO_OUTPUT = {
+    "ch3_sdpa": "matches the printed weights: True | matches the printed output: True",  # the worked example
+}
+
+
 # --- helpers -------------------------------------------------------------------------------------------
 def load(assignment: str) -> nbformat.NotebookNode:
     return nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
@@ -238,6 +244,8 @@ def test_solutions_pass_every_test_cell(assignment, tmp_path):
         # nbgrader reads an execute_result as partial credit and stderr as failure: the reports are printed
         points = float(nbgrader_meta(cell)["points"])
         assert determine_grade(cell) == (points, points), f"nbgrader would not give {grade_id} full marks"
+    if assignment in DEMO_OUTPUT:
+        assert DEMO_OUTPUT[assignment] in "".join(text_of(c) for c in nb.cells)
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
