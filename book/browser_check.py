@@ -54,7 +54,8 @@ PAGE_REPORT_JS = r"""
     untypeset: maths.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 60)),
     rawTex: ['\\(', '\\[', '$$'].filter(t => text.includes(t)),
     images: imgs.length,
-    brokenImages: imgs.filter(i => !i.complete || i.naturalWidth === 0).map(i => (i.getAttribute('src') || '').slice(0, 80)),
+    brokenImages: imgs.filter(i => !i.complete || i.naturalWidth === 0)
+                      .map(i => (i.getAttribute('src') || '').slice(0, 80)),
     widgets: views.length,
     unrenderedWidgets: views.filter(v => !rendered(v)).length,
     height: Math.min(document.documentElement.scrollHeight, 16000),

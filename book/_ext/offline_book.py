@@ -10,12 +10,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sphinx.errors import ExtensionError
 
 HERE = Path(__file__).resolve().parent
-VENDOR = HERE.parents[1] / "build" / "book" / "vendor"
+# book/build.py says where the vendored files are; this default is the same place.
+VENDOR = Path(os.environ.get("ATTN_BOOK_VENDOR", HERE.parents[1] / "build" / "book" / "vendor"))
 REMOTE = ("http://", "https://", "//")
 
 
