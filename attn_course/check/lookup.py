@@ -49,6 +49,12 @@ class SoftLookup(LookupCheck):
     expects = "fn(query [d], keys [n, d], values [n, dv]) -> softmax(keys @ query) @ values, shape [dv]"
     mutants = wrong.SOFT_LOOKUP
 
+    def build_cases(self, gen, hidden):
+        big = lookup_case(gen, 5, 7, 3)
+        big["keys"] = big["keys"] * 60  # scores in the hundreds: exp() overflows float32 without the max trick
+        big["label"] += ", large scores (exp overflows without subtracting the max)"
+        return super().build_cases(gen, hidden) + [big]
+
     def reference(self, case):
         return torch.softmax(case["keys"] @ case["query"], dim=-1) @ case["values"]
 

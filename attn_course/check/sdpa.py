@@ -14,6 +14,7 @@ import torch
 
 from ..attention import attention
 from ..masks import causal_mask, padding_mask
+from ..worked_example import worked_example
 from .base import Mutant, ReferenceCheck
 from .cases import label, randn, random_mask
 from .compare import number_difference
@@ -67,7 +68,11 @@ class ScaledDotProductAttention(ReferenceCheck):
     mutants = sdpa_mutants(ATTENTION_MISTAKES)
 
     def build_cases(self, gen, hidden):
-        return attention_cases(gen, hidden)
+        q, k, v = (t[None, None] for t in worked_example())  # (1, 1, 3, 4), (1, 1, 3, 4), (1, 1, 3, 2)
+        documents = dict(q=q, k=k, v=v, mask=causal_mask(3),
+                         label="the documents' worked example (T=3, d_k=4, causal: rows [10, 20], [22.44, 32.44], ...)")
+        cases = attention_cases(gen, hidden)
+        return cases[:2] + [documents] + cases[2:]  # after the unmasked cases, so single mistakes show first
 
     def reference(self, case):
         return attention(case["q"], case["k"], case["v"], case["mask"])

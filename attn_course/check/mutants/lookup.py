@@ -59,6 +59,16 @@ def soft_not_normalised(query, keys, values):
     return torch.exp(keys @ query) @ values  # exp without dividing by the sum
 
 
+def soft_not_normalised_shifted(query, keys, values):
+    s = keys @ query  # (n,)
+    return torch.exp(s - s.max()) @ values  # the max trick done, the division by the sum forgotten
+
+
+def soft_no_max_subtraction(query, keys, values):
+    e = torch.exp(keys @ query)  # overflows to inf for large scores, and inf / inf = NaN
+    return (e / e.sum()) @ values
+
+
 def soft_uniform(query, keys, values):
     return values.mean(dim=0)  # every value weighted 1/n: the query was never used
 
@@ -76,6 +86,11 @@ SOFT_LOOKUP = (
            "weights = torch.softmax(keys @ query, dim=-1), then weights @ values.", soft_no_softmax),
     Mutant("weights_not_normalised", "Your weights do not sum to 1: you took exp() but did not divide by the sum.",
            "use torch.softmax, or divide exp(scores) by its sum.", soft_not_normalised),
+    Mutant("weights_not_normalised_after_max", "Your weights do not sum to 1: you subtracted the max and took exp(), "
+           "but did not divide by the sum.", "divide exp(scores - max) by its sum.", soft_not_normalised_shifted),
+    Mutant("overflow_no_max_subtraction", "Your output is NaN when the scores are large: exp() overflowed to inf "
+           "and inf/inf is NaN.", "subtract the largest score before exp() (softmax is unchanged by a shift).",
+           soft_no_max_subtraction),
     Mutant("scaled_scores", "You divided the scores by sqrt(d): this chapter's soft lookup uses raw dot products "
            "(the scaling comes in chapter 3).", "weights = softmax(keys @ query).", soft_scaled),
     Mutant("uniform_weights", "Your answer is the plain mean of the values: the query never influenced it.",
