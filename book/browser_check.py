@@ -192,6 +192,38 @@ def check_page(chrome: Chromium, html: Path, shots: Path | None, width: int = 12
     return report
 
 
+CLICK_JS = r"""
+(async (label) => {
+  const deadline = Date.now() + 15000;
+  const find = () => [...document.querySelectorAll('.jupyter-widgets button')]
+                       .find(b => b.textContent.trim() === label);
+  while (!find() && Date.now() < deadline) { await new Promise(r => setTimeout(r, 100)); }
+  const shown = () => [...document.querySelectorAll('.widget-html img')].filter(i => i.offsetParent !== null)
+                        .map(i => i.alt);
+  const before = shown();
+  if (!find()) { return JSON.stringify({before, after: null}); }
+  find().click();
+  await new Promise(r => setTimeout(r, 300));
+  return JSON.stringify({before, after: shown()});
+})
+"""
+
+
+def click_widget_button(chrome: Chromium, html: Path, label: str) -> tuple[list[str], list[str] | None]:
+    """Click the widget button labelled ``label`` on a page, with no kernel behind it, and return the alt
+    texts of the frames shown before and after (``after`` is None if there is no such button)."""
+    target = chrome.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    s = chrome.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    chrome.send("Page.enable", session=s)
+    chrome.send("Page.navigate", {"url": html.resolve().as_uri()}, session=s)
+    chrome.wait_for("Page.loadEventFired")
+    res = chrome.send("Runtime.evaluate", {"expression": f"{CLICK_JS}({json.dumps(label)})", "awaitPromise": True,
+                                           "returnByValue": True}, session=s, timeout=60)
+    chrome.send("Target.closeTarget", {"targetId": target})
+    out = json.loads(res["result"]["value"])
+    return out["before"], out["after"]
+
+
 def failures(report: dict) -> list[str]:
     """What is wrong with one page's report, in words (empty = the page is fine)."""
     out = [f"JavaScript error: {e}" for e in report["jsErrors"]]

@@ -4,10 +4,9 @@
 APT_PACKAGES += chromium
 MAIN_JOBS    += book
 
-BOOK_SRC    := $(wildcard book/*.md book/*.yml book/*.py book/_static/*)
 BOOK_VENDOR := build/book/vendor/.fetched
 
-.PHONY: book book-vendor book-clean
+.PHONY: book book-vendor book-check book-clean
 
 ## book: execute every chapter and build the offline HTML book in build/book/html (cached rebuilds are quick)
 book: setup $(BOOK_VENDOR)
@@ -19,6 +18,10 @@ book-vendor: $(BOOK_VENDOR)
 $(BOOK_VENDOR): book/vendor.sh
 	bash book/vendor.sh build/book/vendor
 	@touch $@
+
+## book-check: open every built page in headless Chromium, offline; screenshots in build/book/screenshots
+book-check: book
+	$(PY) book/browser_check.py build/book/html --shots build/book/screenshots
 
 ## book-clean: remove the built book and its execution cache
 book-clean:

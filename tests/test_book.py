@@ -292,6 +292,19 @@ def test_headless_chromium_offline_sees_every_page_rendered(built_book):
     assert sum(r["widgets"] for r in reports) >= 5
 
 
+def test_widgets_respond_in_the_static_page_without_a_kernel(built_book):
+    # The mask builder's buttons are linked to its frames in the browser (jslink), so they work offline.
+    if browser_check.find_chromium() is None:
+        pytest.fail("Chromium is not installed (see the previous test)")
+    chrome = browser_check.Chromium(browser_check.find_chromium())
+    try:
+        before, after = browser_check.click_widget_button(chrome, HTML / "ch4_masks.html", "prefix-LM (prefix 4)")
+    finally:
+        chrome.close()
+    assert after is not None, "the mask builder's 'prefix-LM (prefix 4)' button was not found"
+    assert "causal" in before and "prefix-LM (prefix 4)" in after and "causal" not in after
+
+
 def test_the_browser_check_reports_raw_maths_and_broken_images(tmp_path):
     # A page with untypeset maths, a missing image and a JS error must fail the check.
     if browser_check.find_chromium() is None:
