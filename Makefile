@@ -61,7 +61,7 @@ test: setup
 
 ## lint: ruff over the package, kernels, tests and benchmarks
 lint: setup
-	$(BIN)/ruff check attn_course kernels tests benchmarks
+	$(BIN)/ruff check attn_course kernels tests benchmarks autograder book
 
 ## clean: remove generated output (not .venv)
 clean:
