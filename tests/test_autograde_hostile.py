@@ -31,7 +31,7 @@ A = "ch3_sdpa"
 ATTACKS = ["monkeypatch", "fake_pass", "edited_tests", "read_secrets", "write_outside", "os_exit",
            "exit_in_function", "infinite_loop_no_alarm"]
 OUTCOME = {"ok": "graded", "timeout": "timed out", "crashed": "crashed"}
-LIMITS = Limits(wall_s=35, cell_timeout_s=10, call_timeout_s=10)
+LIMITS = Limits(wall_s=20, cell_timeout_s=8, call_timeout_s=8)
 
 
 def tree_hash(folder: Path) -> str:

@@ -304,7 +304,7 @@ def test_a_spec_that_disagrees_with_the_gradebook_stops_the_run(small_gradebook,
                    "t-both": {"points": 2.0, "checks": [["scores_bytes", "scores_bytes"]]}}
     monkeypatch.setitem(sys.modules, "autograder.specs.ch6_cost", spec)
     trusted = load_trusted("ch6_cost", small_gradebook, tmp_path, CHECKS)
-    assert [c.grade_id for c in trusted.tests] == ["t-both", "t-flops"] and trusted.manual_max == 3.0
+    assert [c.grade_id for c in trusted.tests] == ["t-flops", "t-both"] and trusted.manual_max == 3.0
     spec.GRADED["t-both"]["points"] = 4.0
     with pytest.raises(SpecError, match="worth 4.0 points but the notebook says 2.0"):
         load_trusted("ch6_cost", small_gradebook, tmp_path, CHECKS)

@@ -133,7 +133,7 @@ def load_trusted(assignment: str, gradebook, course_dir: Path, checks: dict) -> 
         raise SpecError(f"autograder/specs/{assignment}.py must cover exactly the autograded test cells: "
                         f"missing {missing}, not test cells {extra}")
     tests = []
-    for grade_id in sorted(auto):
+    for grade_id in visible:  # in notebook order, as the learner meets them
         entry = spec[grade_id]
         if abs(float(entry["points"]) - auto[grade_id]) > 1e-9:
             raise SpecError(f"autograder/specs/{assignment}.py: {grade_id!r} is worth {entry['points']} points but "
