@@ -119,6 +119,20 @@ def generate_assignments(course_dir: Path, assignments: list[str]) -> None:
             )
 
 
+def normalise_db_url(db_url: str) -> str:
+    """``postgresql://...`` with the driver this project installs (psycopg2) spelled out.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which we do not depend on; nbgrader passes the
+    URL straight through, so we name the driver when psycopg 3 is missing. Other URLs are returned unchanged.
+    """
+    if db_url.startswith("postgresql://") or db_url.startswith("postgres://"):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            return "postgresql+psycopg2://" + db_url.split("://", 1)[1]
+    return db_url
+
+
 def prepare_course(
     course_dir: Path = DEFAULT_COURSE_DIR, db_url: str | None = None, *, solutions: Path = SOLUTIONS
 ) -> Path:
@@ -142,7 +156,7 @@ def prepare_course(
             f"for some of {', '.join(ASSIGNMENTS)}"
         )
     (course_dir / "source").mkdir(parents=True, exist_ok=True)
-    (course_dir / "nbgrader_config.py").write_text(config_text(db_url))
+    (course_dir / "nbgrader_config.py").write_text(config_text(normalise_db_url(db_url) if db_url else None))
     copy_sources(course_dir, assignments, solutions)
     generate_assignments(course_dir, assignments)
     return course_dir

@@ -17,9 +17,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from autograder.course import prepare_course
+from autograder.course import normalise_db_url, prepare_course
 from autograder.grading import synthetic as syn
-from autograder.grading.gradebook import normalise_db_url
 from autograder.grading.pipeline import grade_class
 from autograder.sandbox import Limits
 

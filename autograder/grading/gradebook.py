@@ -27,20 +27,6 @@ from .verdicts import CellResult
 COURSE_ID = "attn-course"
 
 
-def normalise_db_url(db_url: str) -> str:
-    """``postgresql://...`` with the driver this project installs (psycopg2) spelled out.
-
-    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which we do not depend on; nbgrader passes the
-    URL straight through, so we name the driver when psycopg 3 is missing. Other URLs are returned unchanged.
-    """
-    if db_url.startswith("postgresql://") or db_url.startswith("postgres://"):
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            return "postgresql+psycopg2://" + db_url.split("://", 1)[1]
-    return db_url
-
-
 def open_gradebook(db_url: str) -> Gradebook:
     """Connect to the gradebook at ``db_url`` (``sqlite:///...`` or ``postgresql://...``)."""
     from autograder.course import ensure_venv_on_path

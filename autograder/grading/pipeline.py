@@ -23,9 +23,10 @@ import secrets
 import time
 from pathlib import Path
 
+from ..course import normalise_db_url
 from .export import write_grades_csv, write_report
 from .feedback import feedback_notebook, write_feedback
-from .gradebook import normalise_db_url, open_gradebook, record_submission, recorded_scores
+from .gradebook import open_gradebook, record_submission, recorded_scores
 from .intake import Submission, discover, load_notebook, safe_name
 from .journal import Journal, atomic_write
 from .probes import build_probes, executable_notebook, make_cases
