@@ -5,7 +5,10 @@
 For every page it reports: JavaScript errors (uncaught exceptions, ``console.error``, browser log errors),
 any request that is not a local file (the browser also runs with the network switched off), maths that was
 not typeset (a ``.math`` element without MathJax output, or raw ``\\(`` / ``$$`` left in the text), images
-that did not load, and widgets without rendered output. It saves a full-page screenshot of each page.
+that did not load, widgets without rendered output or without their static fallback figure, and
+animations that did not load all their frames (a player must also step when its "next" button is pressed).
+It saves a full-page screenshot of each page. ``check_page_without_javascript`` reloads a page with
+scripts off, to see that the fallbacks and GIF animations still show.
 
 Chromium is driven through the DevTools protocol over a pipe (``--remote-debugging-pipe``: JSON messages
 separated by NUL bytes on file descriptors 3 and 4), so no port, websocket library or driver is needed.
@@ -44,12 +47,40 @@ PAGE_REPORT_JS = r"""
     return !!p && p.tagName !== 'SCRIPT' && p.querySelector('.jupyter-widgets') !== null
       && p.getBoundingClientRect().height > 0 && !p.textContent.includes('Error displaying widget'); };
   while (views.some(v => !rendered(v)) && Date.now() < deadline) { await new Promise(r => setTimeout(r, 100)); }
+  // An animation player gets its first frame from a script that runs after a timeout: wait for it.
+  const anims = [...document.querySelectorAll('.book-animation')];
+  const animImg = a => a.querySelector('img');
+  while (anims.some(a => !animImg(a) || !animImg(a).getAttribute('src')) && Date.now() < deadline) {
+    await new Promise(r => setTimeout(r, 100)); }
   const maths = [...document.querySelectorAll('.math')];
   const text = document.querySelector('main') ? document.querySelector('main').innerText : document.body.innerText;
   const imgs = [...document.images];
   await Promise.all(imgs.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; })));
+  const loaded = i => !!i && i.complete && i.naturalWidth > 0;
+  const animations = [];
+  for (const a of anims) {
+    const img = animImg(a), info = {kind: a.dataset.kind, declared: +a.dataset.frames, loaded: loaded(img)};
+    if (a.dataset.kind === 'player') {  // count the frames on its slider, then press "next frame"
+      const slider = a.querySelector('input[type=range]'), next = a.querySelector('button[title="Next frame"]');
+      info.frames = slider ? +slider.max + 1 : 0;
+      const before = img && img.src;
+      if (next) { next.click(); await new Promise(r => setTimeout(r, 300)); }
+      info.stepped = !!next && !!img && img.src !== before && loaded(img);
+    } else if (window.ImageDecoder && img) {  // count the frames of the animated GIF
+      const dec = new ImageDecoder({data: await (await fetch(img.src)).arrayBuffer(), type: 'image/gif'});
+      await dec.tracks.ready;
+      info.frames = dec.tracks.selectedTrack.frameCount;
+    }
+    animations.push(info);
+  }
+  const fallbacks = [...document.querySelectorAll('figure.widget-fallback')];
+  const outputOf = v => v.closest('.cell_output') || v.parentElement;
   return JSON.stringify({
     title: document.title,
+    animations,
+    fallbacks: fallbacks.length,
+    brokenFallbacks: fallbacks.filter(f => !loaded(f.querySelector('img'))).length,
+    widgetsWithoutFallback: views.filter(v => !outputOf(v).querySelector('figure.widget-fallback')).length,
     maths: maths.length,
     untypeset: maths.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 60)),
     rawTex: ['\\(', '\\[', '$$'].filter(t => text.includes(t)),
@@ -224,6 +255,35 @@ def click_widget_button(chrome: Chromium, html: Path, label: str) -> tuple[list[
     return out["before"], out["after"]
 
 
+NO_JS_JS = r"""
+JSON.stringify({
+  fallbacks: [...document.querySelectorAll('figure.widget-fallback img')]
+               .map(i => i.complete && i.naturalWidth > 0 && i.offsetParent !== null),
+  gifs: [...document.querySelectorAll('.book-animation[data-kind="gif"] img')]
+          .map(i => i.complete && i.naturalWidth > 0 && i.offsetParent !== null),
+  stills: [...document.querySelectorAll('.book-animation[data-kind="player"] noscript')].length,
+  renderedWidgets: document.querySelectorAll('.jupyter-widgets').length,
+})
+"""
+
+
+def check_page_without_javascript(chrome: Chromium, html: Path) -> dict:
+    """Load a page with JavaScript switched off and report what a reader still sees: for each static
+    widget fallback and each GIF animation, whether its image loaded and is visible; and how many widgets
+    rendered (none can, with no script)."""
+    target = chrome.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    s = chrome.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    chrome.send("Page.enable", session=s)
+    chrome.send("Emulation.setScriptExecutionDisabled", {"value": True}, session=s)
+    chrome.send("Page.navigate", {"url": html.resolve().as_uri()}, session=s)
+    chrome.wait_for("Page.loadEventFired")
+    res = chrome.send("Runtime.evaluate", {"expression": NO_JS_JS, "returnByValue": True}, session=s)
+    chrome.send("Target.closeTarget", {"targetId": target})
+    if "exceptionDetails" in res:
+        raise RuntimeError(f"the no-JavaScript check failed on {html.name}: {res['exceptionDetails']}")
+    return json.loads(res["result"]["value"])
+
+
 def failures(report: dict) -> list[str]:
     """What is wrong with one page's report, in words (empty = the page is fine)."""
     out = [f"JavaScript error: {e}" for e in report["jsErrors"]]
@@ -233,6 +293,26 @@ def failures(report: dict) -> list[str]:
     out += [f"image did not load: {src}" for src in report["brokenImages"]]
     if report["unrenderedWidgets"]:
         out.append(f"{report['unrenderedWidgets']} of {report['widgets']} widgets have no rendered output")
+    if report["widgetsWithoutFallback"]:
+        out.append(f"{report['widgetsWithoutFallback']} widgets have no static fallback figure in their output "
+                   "(show them with bookhelpers.frame_slider / show_with_fallback)")
+    if report["brokenFallbacks"]:
+        out.append(f"{report['brokenFallbacks']} static fallback figures did not load")
+    if "noJs" in report:  # what a reader with JavaScript off sees
+        nojs = report["noJs"]
+        if len(nojs["fallbacks"]) != report["fallbacks"] or not all(nojs["fallbacks"]):
+            out.append(f"with JavaScript off, only {sum(nojs['fallbacks'])} of {report['fallbacks']} static "
+                       "fallback figures show")
+        if not all(nojs["gifs"]):
+            out.append("with JavaScript off, a GIF animation does not show")
+    for n, a in enumerate(report["animations"]):
+        name = f"animation {n} ({a['kind']})"
+        if not a["loaded"]:
+            out.append(f"{name}: its image did not load")
+        if a.get("frames") is not None and a["frames"] != a["declared"]:
+            out.append(f"{name}: the page shows {a['frames']} frames, the book made {a['declared']}")
+        if a["kind"] == "player" and not a.get("stepped"):
+            out.append(f"{name}: pressing 'Next frame' did not show another loaded frame")
     return out
 
 
@@ -242,7 +322,10 @@ def check_book(html_dir: Path, pages: list[str], shots: Path | None) -> list[dic
         raise FileNotFoundError("no Chromium found: install Debian's `chromium` (make system-deps does, as root)")
     chrome = Chromium(binary)
     try:
-        return [check_page(chrome, html_dir / f"{p}.html", shots) for p in pages]
+        reports = [check_page(chrome, html_dir / f"{p}.html", shots) for p in pages]
+        for p, r in zip(pages, reports, strict=True):
+            r["noJs"] = check_page_without_javascript(chrome, html_dir / f"{p}.html")
+        return reports
     finally:
         chrome.close()
 
@@ -259,6 +342,7 @@ def main(argv=None) -> int:
         f = failures(r)
         bad += bool(f)
         print(f"{r['page']:24s} maths {r['maths']:3d}  images {r['images']:2d}  widgets {r['widgets']:2d}  "
+              f"fallbacks {r['fallbacks']:2d}  animations {len(r['animations']):2d}  "
               + ("OK" if not f else "FAIL\n  " + "\n  ".join(f)))
     return 1 if bad else 0
 

@@ -26,9 +26,9 @@ VENDOR = OUT / "vendor"
 
 
 def code_fingerprint() -> str:
-    """A hash of the code the chapters import: the helpers, the package, the kernels, recorded benchmarks."""
+    """A hash of the code the chapters import: the book helpers, the package, the kernels, recorded benchmarks."""
     h = hashlib.sha256()
-    files = [BOOK / "bookhelpers.py", *sorted((ROOT / "attn_course").glob("*.py")),
+    files = [BOOK / "bookhelpers.py", BOOK / "bookanim.py", *sorted((ROOT / "attn_course").glob("*.py")),
              *sorted((ROOT / "kernels").glob("*.py")), *sorted((ROOT / "benchmarks" / "results").glob("*.json"))]
     for f in files:
         if f.is_file():

@@ -290,6 +290,19 @@ def test_headless_chromium_offline_sees_every_page_rendered(built_book):
         assert r["maths"] > 0 and r["images"] > 0, f"{page}: expected typeset maths and figures, got {r}"
         assert Path(r["screenshot"]).stat().st_size > 20_000, f"{page}: the screenshot looks empty"
     assert sum(r["widgets"] for r in reports) >= 5
+    # every widget has its static fallback, and with JavaScript off the fallbacks are what the reader sees
+    assert sum(r["fallbacks"] for r in reports) == sum(r["widgets"] for r in reports)
+    for r in reports:
+        assert r["noJs"]["renderedWidgets"] == 0, f"{r['page']}: widgets rendered with JavaScript off?"
+        assert len(r["noJs"]["fallbacks"]) == r["widgets"] and all(r["noJs"]["fallbacks"]), r["page"]
+    # the animations loaded with every frame: the GIF's frames counted by the browser's own decoder,
+    # the player's on its slider (and its 'next' button shows another frame; failures() checks that)
+    anims = {page: by_page[f"{page}.html"]["animations"] for page in ("ch1_intuition", "ch7_flash")}
+    assert [a["kind"] for a in anims["ch1_intuition"]] == ["gif"]
+    assert [a["kind"] for a in anims["ch7_flash"]] == ["player"]
+    assert anims["ch7_flash"][0]["frames"] == 4 * 5 // 2  # causal walk, 16 tokens in tiles of 4: 10 tiles
+    assert anims["ch1_intuition"][0]["frames"] in (None, anims["ch1_intuition"][0]["declared"])
+    assert all(a["loaded"] and a["declared"] > 1 for page in anims.values() for a in page)
 
 
 def test_widgets_respond_in_the_static_page_without_a_kernel(built_book):
@@ -329,3 +342,144 @@ def test_a_failing_cell_fails_the_build(tmp_path, built_book):
     proc = build_book(book, tmp_path / "out")
     assert proc.returncode != 0, "a chapter whose cell raises must fail the build"
     assert "deliberately failing cell" in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ animations and static widget fallbacks
+sys.path.append(str(BOOK))  # the chapters import their helpers from book/; appended, so book/build.py shadows nothing
+
+
+def _sections(html: str, cls: str) -> list[str]:
+    """The opening tags of every element with class ``cls`` in ``html``."""
+    return re.findall(rf'<[a-z]+ class="{cls}"[^>]*>', html)
+
+
+def _frames_in_widget_stacks(html: str) -> list[int]:
+    """How many frames each saved ``Stack`` widget holds, in the page's saved widget state."""
+    state = re.search(r'<script type="application/vnd.jupyter.widget-state\+json">(.*?)</script>', html, re.S)
+    models = json.loads(state.group(1))["state"] if state else {}
+    return sorted(len(m["state"]["children"]) for m in models.values() if m["model_name"] == "StackModel")
+
+
+def test_every_widget_has_a_static_fallback_with_all_its_states(built_book):
+    for page in PAGES:
+        html = (HTML / f"{page}.html").read_text()
+        n_widgets = len(re.findall(r'<script type="application/vnd.jupyter.widget-view\+json">', html))
+        figures = _sections(html, "widget-fallback")
+        assert len(figures) == n_widgets, f"{page}: {n_widgets} widgets but {len(figures)} static fallbacks"
+        states = sorted(int(re.search(r'data-states="(\d+)"', f).group(1)) for f in figures)
+        assert states == _frames_in_widget_stacks(html), f"{page}: a fallback does not show every frame"
+        if n_widgets:  # the page says what needs a live kernel, and where to get one
+            assert f"jupyter_execute/{page}.ipynb" in page_text(page) and "live kernel" in page_text(page)
+
+
+def _embedded(html: str, kind: str) -> list[tuple[int, str]]:
+    """(declared frames, inner HTML up to the next animation) for each animation of ``kind``."""
+    parts = re.split(r'(?=<div class="book-animation")', html)[1:]
+    out = []
+    for part in parts:
+        head = re.match(r'<div class="book-animation" data-kind="(\w+)" data-frames="(\d+)"', part)
+        if head.group(1) == kind:
+            out.append((int(head.group(2)), part))
+    return out
+
+
+def test_the_temperature_gif_holds_every_frame_and_changes(built_book):
+    import base64
+    import io
+
+    from PIL import Image, ImageChops
+
+    (declared, body), = _embedded((HTML / "ch1_intuition.html").read_text(), "gif")
+    gif = Image.open(io.BytesIO(base64.b64decode(re.search(r'data:image/gif;base64,([^"]+)"', body).group(1))))
+    assert gif.n_frames == declared == 48  # 24 temperatures down, then the same 24 back up
+    gif.seek(0)
+    first = gif.convert("RGB")
+    gif.seek(23)
+    coldest = gif.convert("RGB")
+    assert ImageChops.difference(first, coldest).getbbox() is not None, "the animation's frames are all alike"
+
+
+def test_the_tile_walk_player_embeds_its_frames_offline(built_book):
+    html = (HTML / "ch7_flash.html").read_text()
+    (declared, body), = _embedded(html, "player")
+    frames = re.findall(r'frames\[\d+\] = "data:image/png;base64,', body)
+    assert len(frames) == declared == 10
+    assert "font-awesome" not in html and "fa fa-" not in body
+    assert "<noscript><img" in body
+
+
+def test_animation_helpers_embed_frames_and_refuse_bad_input():
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import bookanim
+    from bookhelpers import plt
+    from PIL import Image
+
+    def frames_fig():
+        fig, ax = plt.subplots(figsize=(2, 1.5))
+        return fig, lambda i: (ax.clear(), ax.bar([0, 1, 2], [i, 2 - i, 1]))
+
+    fig, draw = frames_fig()
+    out = bookanim.gif(fig, draw, 3, alt="t", caption="c")
+    data = base64.b64decode(re.search(r"base64,([^\"]+)", out).group(1))
+    assert Image.open(io.BytesIO(data)).n_frames == 3 and 'data-frames="3"' in out
+    fig, draw = frames_fig()
+    out = bookanim.player(fig, draw, 3, alt="t", caption="c")
+    assert len(re.findall(r'frames\[\d+\] = "data:image/png', out)) == 3
+    assert not re.search(r"https?://", out) and "fa fa-" not in out
+    fig, draw = frames_fig()
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        bookanim.gif(fig, draw, 1, alt="t", caption="c")
+    with pytest.raises(ValueError, match="interval_ms"):
+        bookanim.player(fig, draw, 2, alt="t", caption="c", interval_ms=0)
+    plt.close("all")
+
+
+def test_fallback_sheet_tiles_every_frame_and_names_the_notebook():
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from bookhelpers import fallback_sheet, fig_to_img, plt
+    from PIL import Image
+
+    frames = []
+    for c in ["red", "green", "blue", "orange", "purple"]:
+        fig = plt.figure(figsize=(1, 1))
+        fig.patch.set_facecolor(c)
+        frames.append(fig_to_img(fig, c))
+    out = fallback_sheet(frames, "ch9_demo", "try other colours")
+    sheet = Image.open(io.BytesIO(base64.b64decode(re.search(r"base64,([^\"]+)", out).group(1)))).convert("RGB")
+    tile = Image.open(io.BytesIO(base64.b64decode(re.search(r"base64,([^\"]+)", frames[0]).group(1))))
+    assert sheet.size == (4 * tile.width, 2 * tile.height)  # 5 frames: two rows of up to four
+    # each tile sits in its place: the centre of tile i has frame i's colour
+    centre = [sheet.getpixel(((i % 4) * tile.width + tile.width // 2, (i // 4) * tile.height + tile.height // 2))
+              for i in range(5)]
+    assert centre[0][0] > 200 > centre[0][2] and centre[2][2] > 200 > centre[2][0]
+    assert 'data-states="5"' in out and "jupyter_execute/ch9_demo.ipynb" in out and "try other colours" in out
+    with pytest.raises(ValueError, match="inline PNG"):
+        fallback_sheet(["<p>not a figure</p>"], "ch9_demo", "x")
+
+
+def test_the_browser_check_reports_missing_fallbacks_and_broken_animations(tmp_path):
+    if browser_check.find_chromium() is None:
+        pytest.fail("Chromium is not installed (see the headless Chromium test)")
+    (tmp_path / "bad.html").write_text(
+        '<html><body><main><div class="cell_output">'
+        '<script type="application/vnd.jupyter.widget-view+json">{"model_id": "x"}</script></div>'
+        '<figure class="widget-fallback"><img src="missing.png"></figure>'
+        '<div class="book-animation" data-kind="player" data-frames="3"><img src="missing2.png"></div>'
+        '</main></body></html>')
+    (report,) = browser_check.check_book(tmp_path, ["bad"], None)
+    f = "\n".join(browser_check.failures(report))
+    assert "1 widgets have no static fallback" in f
+    assert "1 static fallback figures did not load" in f
+    assert "animation 0 (player): its image did not load" in f and "page shows 0 frames" in f
+    assert "'Next frame' did not show another loaded frame" in f
+    assert "with JavaScript off, only 0 of 1 static fallback figures show" in f
