@@ -1,5 +1,7 @@
 """The program that runs *inside* the sandbox: execute the learner's cells, then call their functions on the
-grader's inputs and write the outputs back as data. Started as ``python -I runner.py LIMITS_JSON RESULTS_FD``.
+grader's inputs and write the outputs back as data. Started as ``python -I runner.py LIMITS_JSON RESULTS_FD``
+(and, only for the overhead benchmark that runs it *without* bubblewrap, a third argument: the folder that
+stands in for ``/sandbox``; ``"rlimits": false`` in LIMITS_JSON then skips the ``setrlimit`` calls too).
 
 Everything here is untrusted once the first learner cell has run: the learner shares this process and can
 patch any of it. That is fine by design: the parent only ever receives *data* (tensors, numbers, strings)
@@ -20,8 +22,7 @@ import signal
 import sys
 import time
 
-JOB = "/sandbox/job.pt"
-SUBMISSION_DIR = "/sandbox/submission"
+SANDBOX_DIR = "/sandbox"  # where bwrap mounts job.pt and submission/ read-only
 MAX_MESSAGE = 2000  # characters of an exception message kept
 MAX_DEPTH = 16  # nesting of an output (tuples of tuples...)
 
@@ -143,8 +144,12 @@ def plain(value, torch, depth=0):
 
 
 def main() -> None:
+    if os.geteuid() == 0:  # stop_stragglers' kill(-1) as root outside a PID namespace would reach every process
+        sys.exit("runner.py refuses to run as root: start it through autograder.sandbox (which drops to a spare uid)")
     limits, results_fd = json.loads(sys.argv[1]), int(sys.argv[2])
-    set_limits(limits)
+    inputs = sys.argv[3] if len(sys.argv) > 3 else SANDBOX_DIR
+    if limits.get("rlimits", True):
+        set_limits(limits)
     budget = [limits["log_bytes"]]
     sys.stdout, sys.stderr = CappedText(1, budget), CappedText(2, budget)
 
@@ -156,14 +161,14 @@ def main() -> None:
         payload = buf.getvalue()
         os.write(results_fd, len(payload).to_bytes(8, "big") + payload)
 
-    job = torch.load(JOB, weights_only=True)
+    job = torch.load(os.path.join(inputs, "job.pt"), weights_only=True)
     checks = {}
     if job["probes"]:
         from attn_course.check import CHECKS
 
         # keep our own handles on the checkers' `call` before learner code runs (not a defence: see the docstring)
         checks = {p["check"]: CHECKS[p["check"]].call for p in job["probes"]}
-    shutil.copy(os.path.join(SUBMISSION_DIR, job["notebook_name"]), job["notebook_name"])
+    shutil.copy(os.path.join(inputs, "submission", job["notebook_name"]), job["notebook_name"])
 
     from IPython.core.interactiveshell import InteractiveShell
     from traitlets.config import Config
