@@ -28,8 +28,8 @@ from PIL import Image
 plt.rcParams.update({"figure.dpi": 96, "savefig.dpi": 96, "font.size": 10, "axes.titlesize": 10})
 
 
-LIVE_KERNEL = ("Run this chapter as a notebook (build/book/jupyter_execute/{page}.ipynb, written by "
-               "<code>make book</code>) to {live}.")
+LIVE_KERNEL = ("To {live}, you need a live kernel: run this chapter as a notebook "
+               "(build/book/jupyter_execute/{page}.ipynb, written by <code>make book</code>).")
 
 
 def fig_to_png(fig) -> bytes:
