@@ -42,7 +42,7 @@ PAGE_REPORT_JS = r"""
 (async () => {
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
   const views = [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')];
-  const deadline = Date.now() + 15000;
+  const deadline = Date.now() + WAIT_MS;
   const rendered = s => { const p = s.previousElementSibling;
     return !!p && p.tagName !== 'SCRIPT' && p.querySelector('.jupyter-widgets') !== null
       && p.getBoundingClientRect().height > 0 && !p.textContent.includes('Error displaying widget'); };
@@ -192,8 +192,9 @@ def _problems(events: list[dict]) -> tuple[list[str], list[str]]:
     return errors, remote
 
 
-def check_page(chrome: Chromium, html: Path, shots: Path | None, width: int = 1280) -> dict:
-    """Load one page in a fresh tab and return its report (see PAGE_REPORT_JS) plus errors and requests."""
+def check_page(chrome: Chromium, html: Path, shots: Path | None, width: int = 1280, wait_s: float = 15) -> dict:
+    """Load one page in a fresh tab and return its report (see PAGE_REPORT_JS) plus errors and requests;
+    widgets and animations get ``wait_s`` seconds to render."""
     target = chrome.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     s = chrome.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Page", "Runtime", "Log", "Network"):
@@ -205,7 +206,8 @@ def check_page(chrome: Chromium, html: Path, shots: Path | None, width: int = 12
     chrome.events.clear()
     chrome.send("Page.navigate", {"url": html.resolve().as_uri()}, session=s)
     chrome.wait_for("Page.loadEventFired")
-    res = chrome.send("Runtime.evaluate", {"expression": PAGE_REPORT_JS, "awaitPromise": True,
+    script = PAGE_REPORT_JS.replace("WAIT_MS", str(int(wait_s * 1000)))
+    res = chrome.send("Runtime.evaluate", {"expression": script, "awaitPromise": True,
                                            "returnByValue": True}, session=s, timeout=60)
     if "exceptionDetails" in res:
         raise RuntimeError(f"the page check script failed on {html.name}: {res['exceptionDetails']}")
@@ -316,13 +318,13 @@ def failures(report: dict) -> list[str]:
     return out
 
 
-def check_book(html_dir: Path, pages: list[str], shots: Path | None) -> list[dict]:
+def check_book(html_dir: Path, pages: list[str], shots: Path | None, wait_s: float = 15) -> list[dict]:
     binary = find_chromium()
     if binary is None:
         raise FileNotFoundError("no Chromium found: install Debian's `chromium` (make system-deps does, as root)")
     chrome = Chromium(binary)
     try:
-        reports = [check_page(chrome, html_dir / f"{p}.html", shots) for p in pages]
+        reports = [check_page(chrome, html_dir / f"{p}.html", shots, wait_s=wait_s) for p in pages]
         for p, r in zip(pages, reports, strict=True):
             r["noJs"] = check_page_without_javascript(chrome, html_dir / f"{p}.html")
         return reports

@@ -303,6 +303,8 @@ def test_headless_chromium_offline_sees_every_page_rendered(built_book):
     assert anims["ch7_flash"][0]["frames"] == 4 * 5 // 2  # causal walk, 16 tokens in tiles of 4: 10 tiles
     assert anims["ch1_intuition"][0]["frames"] in (None, anims["ch1_intuition"][0]["declared"])
     assert all(a["loaded"] and a["declared"] > 1 for page in anims.values() for a in page)
+    assert by_page["ch1_intuition.html"]["noJs"]["gifs"] == [True]  # the GIF plays with no script at all
+    assert by_page["ch7_flash.html"]["noJs"]["stills"] == 1  # the player leaves its last frame in <noscript>
 
 
 def test_widgets_respond_in_the_static_page_without_a_kernel(built_book):
@@ -325,7 +327,7 @@ def test_the_browser_check_reports_raw_maths_and_broken_images(tmp_path):
     (tmp_path / "bad.html").write_text(
         '<html><body><main><p>raw maths: \\(x^2\\)</p><span class="math">\\(y\\)</span>'
         '<img src="missing.png"><script>undefined_function()</script></main></body></html>')
-    (report,) = browser_check.check_book(tmp_path, ["bad"], None)
+    (report,) = browser_check.check_book(tmp_path, ["bad"], None, wait_s=2)
     f = "\n".join(browser_check.failures(report))
     assert "JavaScript error" in f and "maths not typeset" in f and "raw TeX" in f and "image did not load" in f
 
@@ -476,7 +478,7 @@ def test_the_browser_check_reports_missing_fallbacks_and_broken_animations(tmp_p
         '<figure class="widget-fallback"><img src="missing.png"></figure>'
         '<div class="book-animation" data-kind="player" data-frames="3"><img src="missing2.png"></div>'
         '</main></body></html>')
-    (report,) = browser_check.check_book(tmp_path, ["bad"], None)
+    (report,) = browser_check.check_book(tmp_path, ["bad"], None, wait_s=2)
     f = "\n".join(browser_check.failures(report))
     assert "1 widgets have no static fallback" in f
     assert "1 static fallback figures did not load" in f
