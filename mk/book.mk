@@ -19,6 +19,8 @@ $(BOOK_VENDOR): book/vendor.sh
 	bash book/vendor.sh build/book/vendor
 	@touch $@
 
+# It checks maths, images, widgets and their static fallbacks, animations and their frames, then reloads each
+# page with JavaScript off to see that the fallbacks and GIF animations still show.
 ## book-check: open every built page in headless Chromium, offline; screenshots in build/book/screenshots
 book-check: book
 	$(PY) book/browser_check.py build/book/html --shots build/book/screenshots

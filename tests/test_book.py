@@ -297,11 +297,12 @@ def test_headless_chromium_offline_sees_every_page_rendered(built_book):
         assert len(r["noJs"]["fallbacks"]) == r["widgets"] and all(r["noJs"]["fallbacks"]), r["page"]
     # the animations loaded with every frame: the GIF's frames counted by the browser's own decoder,
     # the player's on its slider (and its 'next' button shows another frame; failures() checks that)
-    anims = {page: by_page[f"{page}.html"]["animations"] for page in ("ch1_intuition", "ch7_flash")}
-    assert [a["kind"] for a in anims["ch1_intuition"]] == ["gif"]
+    anims = {page: by_page[f"{page}.html"]["animations"] for page in ("ch1_intuition", "ch4_masks", "ch7_flash")}
+    assert [a["kind"] for a in anims["ch1_intuition"]] == [a["kind"] for a in anims["ch4_masks"]] == ["gif"]
     assert [a["kind"] for a in anims["ch7_flash"]] == ["player"]
     assert anims["ch7_flash"][0]["frames"] == 4 * 5 // 2  # causal walk, 16 tokens in tiles of 4: 10 tiles
     assert anims["ch1_intuition"][0]["frames"] in (None, anims["ch1_intuition"][0]["declared"])
+    assert anims["ch4_masks"][0]["frames"] in (None, 7)  # one frame per generated token
     assert all(a["loaded"] and a["declared"] > 1 for page in anims.values() for a in page)
     assert by_page["ch1_intuition.html"]["noJs"]["gifs"] == [True]  # the GIF plays with no script at all
     assert by_page["ch7_flash.html"]["noJs"]["stills"] == 1  # the player leaves its last frame in <noscript>
@@ -399,6 +400,17 @@ def test_the_temperature_gif_holds_every_frame_and_changes(built_book):
     gif.seek(23)
     coldest = gif.convert("RGB")
     assert ImageChops.difference(first, coldest).getbbox() is not None, "the animation's frames are all alike"
+
+
+def test_the_decoding_gif_has_one_frame_per_token(built_book):
+    import base64
+    import io
+
+    from PIL import Image
+
+    (declared, body), = _embedded((HTML / "ch4_masks.html").read_text(), "gif")
+    gif = Image.open(io.BytesIO(base64.b64decode(re.search(r'data:image/gif;base64,([^"]+)"', body).group(1))))
+    assert gif.n_frames == declared == 7  # the chapter decodes a sequence of 7 tokens
 
 
 def test_the_tile_walk_player_embeds_its_frames_offline(built_book):
