@@ -128,6 +128,19 @@ def test_mounts_expose_the_package_but_never_the_repository():
     assert not any(f == p or p in f.parents for f in forbidden for p in paths)
 
 
+def test_scratch_tmpfs_is_mounted_before_the_read_only_binds(tmp_path):
+    """A checkout (and its .venv) under /tmp, as in a CI clone there, must stay visible: bwrap applies mounts in
+    order, so a tmpfs on /tmp mounted *after* the binds would hide them (the sandbox then had no Python)."""
+    venv = Path("/tmp/some-clone/.venv")
+    argv = bwrap.command(python=venv / "bin" / "python", runner=tmp_path / "runner.py", job=tmp_path / "job.pt",
+                         notebook=tmp_path / "a.ipynb", notebook_name="a.ipynb", ro_paths=[venv],
+                         scratch_bytes=2**20, gpu=False, uid=123456, runner_args=["{}", "3"])
+    mounts = [(argv[i], argv[i + 1]) for i in range(len(argv) - 1) if argv[i] in ("--tmpfs", "--ro-bind")]
+    tmpfs_at = mounts.index(("--tmpfs", "/tmp"))
+    bind_at = next(i for i, (kind, path) in enumerate(mounts) if kind == "--ro-bind" and path == str(venv))
+    assert tmpfs_at < bind_at, mounts
+
+
 def test_missing_bwrap_is_named(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(SandboxUnavailable, match=r"bwrap.*apt-get install bubblewrap"):

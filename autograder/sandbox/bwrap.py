@@ -127,6 +127,10 @@ def command(*, python: Path, runner: Path, job: Path, notebook: Path, notebook_n
     else:  # unprivileged: a user namespace in which the learner is uid 1000 and cannot nest another
         argv += ["--unshare-user", "--disable-userns", "--uid", "1000", "--gid", "1000"]
     argv += ["--die-with-parent", "--new-session"]
+    # The size-capped tmpfs mounts come first, so that read-only binds of paths beneath them (a checkout or a
+    # virtualenv under /tmp, say) are mounted on top of them instead of being hidden by them.
+    for tmp in (HOME, "/tmp"):
+        argv += ["--perms", "1777", "--size", str(int(scratch_bytes)), "--tmpfs", tmp]
     argv += _system_links()
     argv += _mkdirs([*ro_paths, Path(HOME), Path(SANDBOX_DIR) / "submission" / "notebook"])
     for path in ro_paths:
@@ -138,8 +142,6 @@ def command(*, python: Path, runner: Path, job: Path, notebook: Path, notebook_n
         for dev in sorted(Path("/dev").glob("nvidia*")):
             argv += ["--dev-bind", str(dev), str(dev)]
         argv += ["--ro-bind", "/sys", "/sys"]
-    for tmp in (HOME, "/tmp"):
-        argv += ["--perms", "1777", "--size", str(int(scratch_bytes)), "--tmpfs", tmp]
     argv += ["--chdir", HOME, "--clearenv"]
     env = {"HOME": HOME, "USER": "learner", "LOGNAME": "learner", "PATH": "/usr/local/bin:/usr/bin:/bin",
            "LANG": "C.UTF-8", "TMPDIR": "/tmp", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
