@@ -13,8 +13,10 @@ one row per (student known to the gradebook, assignment), sorted::
 (graded, timed out, crashed, rejected) or "no submission".
 
 The run report lists every submission found in this run with its outcome, whether it was graded now or was
-already done, and its autograded score: ``report.json`` (for tools), ``report.txt`` (for people), and a copy
-of both under ``runs/`` named by the run's start time, so earlier runs stay readable.
+already done, its autograded score and its instructor flags (learner code that calls the course's reference
+or PyTorch's ready-made attention, see :mod:`.flags`; never a score change): ``report.json`` (for tools),
+``report.txt`` (for people), and a copy of both under ``runs/`` named by the run's start time, so earlier runs
+stay readable.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ def summary_text(report: dict) -> str:
         detail = f"  -- {e['detail']}" if e["detail"] and e["outcome"] != "graded" else ""
         lines.append(f"{e['student'] + '/' + e['assignment']:<{width}}  {e['outcome']:<9}  "
                      f"{e['score']:g}/{e['max_score']:g}  ({when}){detail}")
+        lines += [f"{'':<{width}}  flag: {flag}" for flag in e.get("flags", [])]
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from ..course import normalise_db_url
 from .export import write_grades_csv, write_report
 from .feedback import feedback_notebook, write_feedback
+from .flags import reference_use_flags, released_code
 from .gradebook import open_gradebook, record_submission, recorded_scores
 from .intake import Submission, discover, load_notebook, safe_name
 from .journal import Journal, atomic_write
@@ -87,6 +88,7 @@ class Grader:
         self.trusted: dict[str, TrustedAssignment] = {
             a: load_trusted(a, self.gb, self.course_dir, self.checks) for a in self.assignments}
         self.cases = {a: make_cases(t, secret_seed, self.checks) for a, t in self.trusted.items()}
+        self.released = {a: released_code(self.course_dir / "release" / a / f"{a}.ipynb") for a in self.assignments}
         self.journal = Journal(self.out_dir / "journal")
         self.code_hash = _checker_code_hash()
         self.entries: list[dict] = []
@@ -163,6 +165,8 @@ class Grader:
         else:
             cells = judge_submission(trusted, self.cases[sub.assignment], result.get("outcome", "crashed"),
                                      result.get("outputs"), self.checks, self.raised)
+        # for the instructor only (never a score change): learner code that calls the reference or ready-mades
+        flags = reference_use_flags(executable_notebook(nb, trusted), self.released[sub.assignment]) if nb else []
         record_submission(self.gb, sub.student, sub.assignment, cells, sub.timestamp)
         write_feedback(self.feedback_path(sub.student, sub.assignment),
                        feedback_notebook(sub.student, trusted, cells, nb, outcome, detail))
@@ -170,7 +174,7 @@ class Grader:
                   "outcome": outcome, "detail": detail, "score": sum(c.score for c in cells),
                   "max_score": trusted.auto_max, "cells": [c.to_dict() for c in cells],
                   "wall_s": round(float(result.get("wall_s") or 0.0), 3), "timestamp": sub.timestamp,
-                  "log_tail": str(result.get("log") or "")[-LOG_TAIL:]}
+                  "log_tail": str(result.get("log") or "")[-LOG_TAIL:], "flags": flags}
         self.journal.put(record)
         self.entries.append(_entry(record, graded_now=True))
         self.log(f"  {sub.student}/{sub.assignment}: {outcome}, {record['score']:g}/{record['max_score']:g}"
@@ -200,7 +204,7 @@ def _detail(details) -> str:
 def _entry(record: dict, graded_now: bool) -> dict:
     return {"student": record["student"], "assignment": record["assignment"], "outcome": record["outcome"],
             "detail": record.get("detail", ""), "score": record["score"], "max_score": record["max_score"],
-            "graded_now": graded_now, "wall_s": record.get("wall_s", 0.0)}
+            "graded_now": graded_now, "wall_s": record.get("wall_s", 0.0), "flags": record.get("flags", [])}
 
 
 def grade_class(submissions: Path, *, course_dir: Path = Path("build/course"), out_dir: Path = Path("build/grades"),
