@@ -117,6 +117,19 @@ def _library_is_interpreted() -> bool:
 
 _twins: dict = {}
 
+# Triton 3.6's interpreter turns scalar kernel arguments into 1-element arrays and calls int() on them, which
+# numpy >= 2.4 refuses; triton 3.9's interpreter is fine with numpy 2.4 (and 3.6's with numpy 2.3).
+_NUMPY_SCALAR_ERROR = "only 0-dimensional arrays can be converted to Python scalars"
+
+
+def _numpy_too_new() -> str:
+    import numpy
+
+    return (f"Triton {triton.__version__}'s interpreter cannot run with numpy {numpy.__version__}: it converts "
+            f"1-element arrays with int(), which numpy >= 2.4 no longer allows. To run the kernels on CPU tensors, "
+            f"install numpy<2.4 or triton>=3.9 (the CPU environment pins triton 3.9.0 with numpy 2.4); CUDA tensors "
+            f"run compiled and are not affected.")
+
 
 @contextlib.contextmanager
 def interpreter_scope():
@@ -138,6 +151,10 @@ def interpreter_scope():
         os.environ["TRITON_INTERPRET"] = "1"
         try:
             yield
+        except Exception as e:
+            if _NUMPY_SCALAR_ERROR in str(e):
+                raise RuntimeError(_numpy_too_new()) from e
+            raise
         finally:
             for module, name, fn in swapped:
                 setattr(module, name, fn)

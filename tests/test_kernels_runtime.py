@@ -36,3 +36,19 @@ def test_unsupported_devices_are_named():
     assert mode_for(torch.device("cpu")) == "interpreted" and mode_for(torch.device("cuda", 0)) == "compiled"
     with pytest.raises(ValueError, match="CUDA tensors .* or CPU tensors"):
         mode_for(torch.device("meta"))
+
+
+def test_old_triton_interpreter_with_new_numpy_gets_a_clear_error():
+    """Triton 3.6's interpreter with numpy >= 2.4 fails deep inside with a numpy TypeError (checked by hand: the
+    CPU kernel tests pass on triton 3.6.0 with numpy 2.3.5 and fail this way with numpy 2.4.6). The launch scope
+    turns that into an error that names both versions and the fix; other errors pass through unchanged."""
+    import numpy
+
+    from attn_course.kernels._runtime import interpreter_scope
+
+    with pytest.raises(RuntimeError, match=rf"numpy {numpy.__version__}.*install numpy<2\.4 or triton>=3\.9"):
+        with interpreter_scope():
+            raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+    with pytest.raises(ValueError, match="something else"):
+        with interpreter_scope():
+            raise ValueError("something else")
