@@ -6,13 +6,11 @@ instructor at it.
 """
 
 import ast
-import copy
 import shutil
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
+from notebook_tools import is_test_cell, load, student_version
 
 from autograder.course import prepare_course
 from autograder.grading import synthetic as syn
@@ -62,16 +60,10 @@ def test_given_cells_are_skipped_and_magics_parse():
     assert flags == ["cell 2: does not parse as Python (read it by hand)"]
 
 
-def is_test_cell(cell) -> bool:
-    meta = cell.metadata.get("nbgrader", {})
-    return meta.get("grade", False) and not meta.get("solution", False)
-
-
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_the_instructor_solutions_raise_no_flag(assignment):
-    source = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
-    student, res = ClearSolutions().preprocess(copy.deepcopy(source), {})
-    student = ClearHiddenTests().preprocess(student, res)[0]
+    source = load(assignment)
+    student = student_version(source)
     released = {c.source.strip() for c in student.cells if c.cell_type == "code"}
     code = {"cells": [dict(c) for c in source.cells if c.cell_type == "code" and not is_test_cell(c)]}
     assert len(code["cells"]) > len([c for c in code["cells"] if c["source"].strip() in released])  # answers seen

@@ -26,8 +26,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 from nbgrader.nbgraderformat import MetadataValidator
-from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
 from nbgrader.utils import determine_grade
+from notebook_tools import is_test_cell, load, nbgrader_meta, student_version
 
 from attn_course.check import CHECKS, CheckFailed
 
@@ -76,20 +76,6 @@ DEMO_OUTPUT = {
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-def load(assignment: str) -> nbformat.NotebookNode:
-    return nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
-
-
-def nbgrader_meta(cell) -> dict:
-    return cell.metadata.get("nbgrader", {})
-
-
-def is_test_cell(cell) -> bool:
-    """An autograded test cell: code, graded, not a solution."""
-    m = nbgrader_meta(cell)
-    return cell.cell_type == "code" and m.get("grade", False) and not m.get("solution", False)
-
-
 def is_solution_cell(cell) -> bool:
     return cell.cell_type == "code" and nbgrader_meta(cell).get("solution", False)
 
@@ -101,14 +87,6 @@ def autograded_cells(nb) -> dict:
 def cell_by_id(nb, grade_id: str):
     (cell,) = [c for c in nb.cells if nbgrader_meta(c).get("grade_id") == grade_id]
     return cell
-
-
-def student_version(nb) -> nbformat.NotebookNode:
-    """What nbgrader releases: solution regions stubbed out, hidden tests removed."""
-    nb = copy.deepcopy(nb)
-    nb, resources = ClearSolutions().preprocess(nb, {})
-    nb, _ = ClearHiddenTests().preprocess(nb, resources)
-    return nb
 
 
 def execute(nb, workdir: Path) -> nbformat.NotebookNode:

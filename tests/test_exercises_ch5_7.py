@@ -19,7 +19,6 @@ The Triton kernel of Task 7.3 runs in the interpreter here; on a GPU machine it 
 from __future__ import annotations
 
 import copy
-import importlib
 import linecache
 import re
 from pathlib import Path
@@ -28,7 +27,7 @@ import nbformat
 import pytest
 import torch
 from nbgrader.nbgraderformat import MetadataValidator
-from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
+from notebook_tools import is_test_cell, load, nbgrader_meta, spec, student_version
 
 from attn_course.check import CHECKS, CheckFailed, NotImplementedYet
 
@@ -57,28 +56,6 @@ MUTANTS = [
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-def load(assignment: str) -> nbformat.NotebookNode:
-    return nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
-
-
-def meta(cell) -> dict:
-    return cell.metadata.get("nbgrader", {})
-
-
-def is_test_cell(cell) -> bool:
-    return cell.cell_type == "code" and meta(cell).get("grade", False) and not meta(cell).get("solution", False)
-
-
-def spec(assignment: str) -> dict:
-    return importlib.import_module(f"autograder.specs.{assignment}").GRADED
-
-
-def student_version(nb) -> nbformat.NotebookNode:
-    """What nbgrader releases: solution regions stubbed out, hidden tests removed."""
-    nb, resources = ClearSolutions().preprocess(copy.deepcopy(nb), {})
-    return ClearHiddenTests().preprocess(nb, resources)[0]
-
-
 def namespace_of(nb, monkeypatch) -> dict:
     """Run every non-test code cell in this process, as the trusted grader's sandbox does, and return the
     names it defines. Cell sources go into ``linecache`` because ``@triton.jit`` reads its function's source."""
@@ -88,7 +65,7 @@ def namespace_of(nb, monkeypatch) -> dict:
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code" or is_test_cell(cell):
             continue
-        name = f"<{meta(cell).get('grade_id', 'cell')}-{i}-{id(nb)}>"
+        name = f"<{nbgrader_meta(cell).get('grade_id', 'cell')}-{i}-{id(nb)}>"
         linecache.cache[name] = (len(cell.source), None, cell.source.splitlines(True), name)
         exec(compile(cell.source, name, "exec"), ns)
     if "triton_forward" in ns and not torch.cuda.is_available():
@@ -116,7 +93,7 @@ def checks_of(assignment: str):
 
 def plant(nb, sol_id: str, old: str, new: str) -> nbformat.NotebookNode:
     nb = copy.deepcopy(nb)
-    (cell,) = [c for c in nb.cells if meta(c).get("grade_id") == sol_id]
+    (cell,) = [c for c in nb.cells if nbgrader_meta(c).get("grade_id") == sol_id]
     assert old in cell.source, f"mutant for {sol_id}: {old!r} is no longer in the solution"
     cell.source = cell.source.replace(old, new)
     return nb
@@ -127,29 +104,30 @@ def plant(nb, sol_id: str, old: str, new: str) -> nbformat.NotebookNode:
 def test_metadata_banners_and_written_answers(assignment):
     nb = load(assignment)
     MetadataValidator().validate_nb(nb)  # grade ids, points, duplicates
-    assert all(meta(c)["schema_version"] == 3 for c in nb.cells if meta(c))
+    assert all(nbgrader_meta(c)["schema_version"] == 3 for c in nb.cells if nbgrader_meta(c))
     chapter = assignment[2]
     numbers = [int(n) for c in nb.cells if c.cell_type == "markdown"
                for n in re.findall(rf"^### Task {chapter}\.(\d+)", c.source, flags=re.M)]
     assert numbers == list(range(1, len(numbers) + 1)), f"task banners out of order: {numbers}"
     for cell in nb.cells:
         if is_test_cell(cell):
-            assert re.match(rf"# Task {chapter}\.\d+: ", cell.source), f"{meta(cell)['grade_id']} names no task"
-    written = [c for c in nb.cells if c.cell_type == "markdown" and meta(c).get("grade")]
-    assert len(written) >= 2 and all(meta(c)["solution"] and meta(c)["points"] > 0 for c in written)
+            grade_id = nbgrader_meta(cell)["grade_id"]
+            assert re.match(rf"# Task {chapter}\.\d+: ", cell.source), f"{grade_id} names no task"
+    written = [c for c in nb.cells if c.cell_type == "markdown" and nbgrader_meta(c).get("grade")]
+    assert len(written) >= 2 and all(nbgrader_meta(c)["solution"] and nbgrader_meta(c)["points"] > 0 for c in written)
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_spec_covers_exactly_the_autograded_cells(assignment):
     nb = load(assignment)
-    cells = {meta(c)["grade_id"]: c for c in nb.cells if is_test_cell(c)}
+    cells = {nbgrader_meta(c)["grade_id"]: c for c in nb.cells if is_test_cell(c)}
     graded = spec(assignment)
     assert set(graded) == set(cells), "the spec must list every autograded test cell and nothing else"
     defined = {name for c in nb.cells if c.cell_type == "code"
                for name in re.findall(r"^(?:def|class) (\w+)", c.source, re.M)}
     for grade_id, entry in graded.items():
         cell = cells[grade_id]
-        assert isinstance(entry["points"], float) and entry["points"] == float(meta(cell)["points"]) > 0
+        assert isinstance(entry["points"], float) and entry["points"] == float(nbgrader_meta(cell)["points"]) > 0
         visible, _, hidden = cell.source.partition("### BEGIN HIDDEN TESTS")
         assert hidden, f"{grade_id} has no hidden tests"
         for checker, target in entry["checks"]:

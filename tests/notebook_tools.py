@@ -1,0 +1,38 @@
+"""Reading the exercise notebooks the way nbgrader does, shared by the exercise and grading tests."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from pathlib import Path
+
+import nbformat
+from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(assignment: str) -> nbformat.NotebookNode:
+    """The instructor's source notebook ``solutions/<assignment>/<assignment>.ipynb``."""
+    return nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+
+
+def nbgrader_meta(cell) -> dict:
+    return cell.metadata.get("nbgrader", {})
+
+
+def is_test_cell(cell) -> bool:
+    """An autograded test cell: code, graded, not a solution."""
+    m = nbgrader_meta(cell)
+    return cell.cell_type == "code" and m.get("grade", False) and not m.get("solution", False)
+
+
+def spec(assignment: str) -> dict:
+    """The trusted-verdict spec ``GRADED`` of ``autograder/specs/<assignment>.py``."""
+    return importlib.import_module(f"autograder.specs.{assignment}").GRADED
+
+
+def student_version(nb) -> nbformat.NotebookNode:
+    """What nbgrader releases: solution regions stubbed out, hidden tests removed."""
+    nb, resources = ClearSolutions().preprocess(copy.deepcopy(nb), {})
+    return ClearHiddenTests().preprocess(nb, resources)[0]
