@@ -263,9 +263,13 @@ def test_triton_forward_judge_on_reference_and_mutant_outputs():
     """No learner kernel is run here (the kernels live in attn_course.kernels): the judge alone is tested,
     on the reference output (with TF32-sized noise) and on each mistake's output."""
     chk = CHECKS["triton_forward"]
+    gen = torch.Generator().manual_seed(0)
     for case in chk.make_cases(0, hidden=True):
         good = F.scaled_dot_product_attention(case["q"], case["k"], case["v"])
-        assert chk.judge(case, good + 5e-4 * torch.randn(good.shape)).passed
+        # bounded noise, seeded: at most 1e-3 per entry (TF32-sized), half the judge's absolute tolerance, so
+        # this passes for every draw; Gaussian noise here once failed CI on a 4-sigma entry
+        noise = 1e-3 * (2 * torch.rand(good.shape, generator=gen) - 1)
+        assert chk.judge(case, good + noise).passed
         assert not chk.judge(case, good + 5e-2).passed
     cases = chk.make_cases(0)
     for m in chk.mutants:
