@@ -19,6 +19,9 @@ EXTRAS      ?= book,grade,dev
 
 # Filled in by mk/*.mk: Debian packages the project needs, what `make` builds, and the test files.
 APT_PACKAGES :=
+# command:package pairs: the Debian package is installed only when the command is not already on PATH (npm
+# often comes with a Node.js installed some other way, which Debian's npm package would clash with)
+APT_COMMANDS :=
 MAIN_JOBS    :=
 PYTEST_ARGS  ?=
 
@@ -45,6 +48,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 ## system-deps: install the Debian packages the project needs (when running as root), else say what is missing
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for cp in $(APT_COMMANDS); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian packages:$$missing"; \

@@ -18,12 +18,12 @@ def require_tensor(x, name: str) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
 
 
-def require_float(x: torch.Tensor, name: str) -> None:
+def require_float(x: torch.Tensor, name: str, what: str = "attention") -> None:
     """Attention is defined on real floating-point numbers; integer tensors are a common slip."""
     require_tensor(x, name)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(
-            f"{name} has dtype {x.dtype}, but attention needs a floating-point tensor "
+            f"{name} has dtype {x.dtype}, but {what} needs a floating-point tensor "
             f"(float16, bfloat16, float32 or float64); did you forget .float()?"
         )
 

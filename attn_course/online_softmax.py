@@ -24,7 +24,7 @@ def online_softmax(x: torch.Tensor, dim: int = -1, *, block: int = 1) -> torch.T
     except on a slice that is entirely ``-inf``, where it returns zeros (the course's convention for
     fully masked rows) instead of NaN.
     """
-    require_float(x, "x")
+    require_float(x, "x", what="online_softmax")
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
     xt = x.movedim(dim, -1)  # (..., N)

@@ -2,6 +2,7 @@
 # It needs the offline assets in build/book/vendor first (MathJax and the ipywidgets HTML manager, from the
 # npm registry by exact version), so that no page loads anything from a CDN.
 APT_PACKAGES += chromium
+APT_COMMANDS += npm:npm
 MAIN_JOBS    += book
 
 BOOK_VENDOR := build/book/vendor/.fetched

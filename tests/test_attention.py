@@ -104,6 +104,22 @@ def test_half_precision_softmax_in_float32_returned_in_own_dtype(dtype):
     assert our_err <= 2 * torch_err + 1e-3
 
 
+@pytest.mark.parametrize("dtype, second, scale", [(torch.float16, 0.25, 1.0), (torch.bfloat16, 4.0, 0.25)])
+def test_half_precision_scores_are_formed_and_softmaxed_in_float32(dtype, second, scale):
+    """Inputs exactly representable in the half type whose two scores, 2000 and 2000 + ``second``, differ
+    by less than the half type's spacing at 2000 (1 for float16, 8 for bfloat16): in half precision both
+    round to 2000 and the weights are [0.5, 0.5]; in float32 they stay apart."""
+    q = torch.tensor([[64.0, 1.0]], dtype=dtype)  # (T_q=1, d=2)
+    k = torch.tensor([[31.25, 0.0], [31.25, second]], dtype=dtype)  # scores 2000 and 2000 + second
+    v = torch.tensor([[0.0], [1.0]], dtype=dtype)
+    assert (q.float() @ k.float().T).tolist() == [[2000.0, 2000.0 + second]]
+    assert (q @ k.T).float().tolist() == [[2000.0, 2000.0]]  # what a half-precision matmul would see
+    out, w = attention(q, k, v, scale=scale, return_weights=True)
+    want = torch.softmax(torch.tensor([0.0, second * scale]), -1)  # float32: [0.438, 0.562] or [0.269, 0.731]
+    torch.testing.assert_close(w.float(), want[None], atol=4e-3, rtol=0)
+    torch.testing.assert_close(out.float(), want[1:][None], atol=4e-3, rtol=0)
+
+
 def test_leading_dims_broadcast():
     q = rand(2, 4, 5, 8, seed=1)  # (B, H, T_q, d)
     k, v = rand(1, 4, 6, 8, seed=2), rand(6, 3, seed=3)  # k broadcasts over B, v over B and H

@@ -243,3 +243,22 @@ def test_killed_run_resumes_without_regrading(parallel_run, prepared, tmp_path):
     assert got == expected
     assert outputs_of(course, out) == outputs_of(ref_course, ref_out)
     assert json.loads((out / "report.json").read_text())["counts"]["graded now"] == len(expected) - len(done)
+
+
+def test_unusable_student_ids_are_reported_never_stored(prepared, tmp_path):
+    """A folder name that cannot be a gradebook id (nbgrader's ids hold 128 characters; ours are ASCII) is
+    rejected with the reason, and neither the gradebook, the journal nor grades.csv gets a row for it (on
+    PostgreSQL such an insert would fail and stop the class)."""
+    course, subs, out = fresh_course(prepared, tmp_path), tmp_path / "subs", tmp_path / "grades"
+    a = ASSIGNMENTS[1]
+    for student in ("student_" + "x" * 140, "José García"):
+        syn.write_submission(subs, student, a, syn.solved(course, ROOT / "solutions", a))
+    report = run(course, subs, out, workers=1)
+    assert len(report["submissions"]) == 2
+    for e in report["submissions"]:
+        assert e["outcome"] == "rejected" and "is not usable" in e["detail"] and e["score"] == 0.0, e
+        assert e["max_score"] == AUTO_MAX[a]
+    grades, csv, feedback = outputs_of(course, out)
+    assert grades == []  # no submission row at all in the gradebook
+    assert "José" not in csv and "x" * 140 not in csv and not feedback
+    assert not list((out / "journal").glob("*/*.json"))

@@ -182,7 +182,12 @@ def test_nothing_outside_the_grader_was_touched(hostile_run):
         rows = dump(gb)
     finally:
         gb.close()
+    # a student id the course refuses is reported, never written to the gradebook (nor journaled)
+    assert journal.get("José García", A) is None
+    assert not [r for r in rows if r[0] == "José García"]
     for e in report["submissions"]:  # every auto score in the gradebook is the parent's verdict
+        if e["student"] == "José García":
+            continue
         record = journal.get(e["student"], A)
         verdicts = {c["grade_id"]: c["score"] for c in record["cells"]}
         stored = {cell: auto for s, a, _, cell, auto, _, _, _ in rows if s == e["student"] and cell in verdicts}

@@ -8,6 +8,7 @@ from attn_course import (
     attention,
     causal_mask,
     flash_attention_reference,
+    online_softmax,
     padding_mask,
     prefix_lm_mask,
     sliding_window_mask,
@@ -87,3 +88,8 @@ def test_bad_mask_arguments():
         causal_mask(0)
     with pytest.raises(ValueError, match=r"block_q must be >= 1"):
         flash_attention_reference(torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4), block_q=0)
+
+
+def test_online_softmax_names_itself_and_the_dtype():
+    with pytest.raises(TypeError, match=r"x has dtype torch.int64, but online_softmax needs a floating-point"):
+        online_softmax(torch.arange(6).reshape(2, 3))

@@ -1,5 +1,6 @@
 """The front door: pyproject.toml, environment.yml and the Makefile agree on dependencies and pins."""
 
+import os
 import re
 import subprocess
 import tomllib
@@ -62,12 +63,27 @@ def test_makefile_default_specs_come_from_the_cpu_pins():
     assert make_var("TRITON_SPEC") == "triton" + ours["triton"]
 
 
+def test_system_deps_asks_for_a_package_when_its_command_is_missing():
+    """npm is wanted as a command, not as Debian's package (a Node.js from elsewhere brings its own npm)."""
+    assert "npm:npm" in subprocess.run(["make", "-s", "--no-print-directory", "print-APT_COMMANDS"], cwd=ROOT,
+                                       capture_output=True, text=True, check=True).stdout.split()
+    # as an unprivileged user, so that nothing is installed: the missing command's package is named
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.getuid() == 0 else []
+    out = subprocess.run([*as_nobody, "make", "-s", "--no-print-directory", "system-deps", "APT_PACKAGES=",
+                          "APT_COMMANDS=no-such-command-here:some-package npm:never-asked-for"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    assert "missing Debian packages: some-package" in out.stdout + out.stderr
+    assert "never-asked-for" not in out.stdout + out.stderr
+
+
 def test_installed_versions_satisfy_the_pins():
     import torch
     import triton
 
     assert torch.__version__.split("+")[0] == "2.13.0" or "+cu" in torch.__version__  # GPU users bring their own
-    assert triton.__version__ >= "3.6"
+    from packaging.version import Version
+
+    assert Version(triton.__version__) >= Version("3.6")
 
 
 def test_kernels_are_importable_only_inside_the_package():

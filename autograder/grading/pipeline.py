@@ -28,7 +28,7 @@ from .export import write_grades_csv, write_report
 from .feedback import feedback_notebook, write_feedback
 from .flags import reference_use_flags, released_code
 from .gradebook import open_gradebook, record_submission, recorded_scores
-from .intake import Submission, discover, load_notebook, safe_name
+from .intake import STUDENT_ID, Submission, discover, load_notebook, safe_name
 from .journal import Journal, atomic_write
 from .probes import build_probes, executable_notebook, make_cases
 from .trusted import TrustedAssignment, load_trusted
@@ -155,9 +155,12 @@ class Grader:
         trusted = self.trusted.get(sub.assignment)
         outcome = OUTCOMES.get(result.get("outcome"), "crashed")
         detail = _detail(result.get("details"))
-        if trusted is None:  # a folder that is not an assignment: report only, nothing to record
+        if trusted is None or not STUDENT_ID.match(sub.student):
+            # a folder that is not an assignment, or a student id the gradebook cannot hold (nbgrader's ids are
+            # at most 128 characters; PostgreSQL would refuse a longer one and stop the class): report only
             self.entries.append({"student": sub.student, "assignment": sub.assignment, "outcome": "rejected",
-                                 "detail": detail, "score": 0.0, "max_score": 0.0, "graded_now": True,
+                                 "detail": detail, "score": 0.0,
+                                 "max_score": trusted.auto_max if trusted else 0.0, "graded_now": True,
                                  "wall_s": 0.0})
             return
         if outcome == "rejected" and not result.get("outputs"):

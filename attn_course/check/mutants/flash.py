@@ -148,17 +148,18 @@ def _triton(block_k: int = 16, **knobs):
     return lambda q, k, v: wrong_tiled(q, k, v, False, 16, block_k, **knobs)[0]
 
 
+_FORGOT_RESCALE = (
+    "forgot_rescale", "Your output is wrong once a row spans several key tiles: the running l and acc are "
+    "not rescaled by alpha = exp(m_i - m_new) when the max grows.",
+    "alpha = tl.exp(m_i - m_new); l_i = l_i * alpha + tl.sum(p, 1); acc = acc * alpha[:, None] + tl.dot(p, v).",
+)
+
 TRITON_FORWARD = (
     Mutant("no_scale", "Your scores are sqrt(D) times too large: the kernel does not scale q . k by 1/sqrt(D).",
            "multiply the tile of scores by sm_scale = 1 / sqrt(D) (or fold it into q).", _triton(scale=1.0)),
-    Mutant("forgot_rescale", "Your output is wrong once a row spans several key tiles: the running l and acc are "
-           "not rescaled by alpha = exp(m_i - m_new) when the max grows.",
-           "alpha = tl.exp(m_i - m_new); l_i = l_i * alpha + tl.sum(p, 1); acc = acc * alpha[:, None] + tl.dot(p, v).",
-           _triton(rescale=False)),
-    Mutant("forgot_rescale", "Your output is wrong once a row spans several key tiles: the running l and acc are "
-           "not rescaled by alpha = exp(m_i - m_new) when the max grows.",
-           "alpha = tl.exp(m_i - m_new); l_i = l_i * alpha + tl.sum(p, 1); acc = acc * alpha[:, None] + tl.dot(p, v).",
-           _triton(rescale=False, block_k=32)),
+    # the same mistake with two key-tile sizes (a learner's BLOCK_N may be either)
+    Mutant(*_FORGOT_RESCALE, _triton(rescale=False)),
+    Mutant(*_FORGOT_RESCALE, _triton(rescale=False, block_k=32)),
     Mutant("out_not_normalised", "Your output is the unnormalised accumulator: divide by l_i at the end.",
            "acc = acc / l_i[:, None] before the store.", _triton(normalise=False)),
     Mutant("tail_not_masked", "Keys past T were loaded as zeros but not masked: they get score 0 and take weight "
