@@ -262,3 +262,33 @@ def test_unusable_student_ids_are_reported_never_stored(prepared, tmp_path):
     assert grades == []  # no submission row at all in the gradebook
     assert "José" not in csv and "x" * 140 not in csv and not feedback
     assert not list((out / "journal").glob("*/*.json"))
+
+
+def test_a_grader_failure_on_one_submission_does_not_stop_the_class(prepared, tmp_path, monkeypatch):
+    """If a trusted step fails on one submission (here: writing bob's feedback), that submission is reported
+    as a grader error and not journaled, the rest of the class is graded, and the next run grades it."""
+    from autograder.grading import pipeline
+
+    course, subs, out = fresh_course(prepared, tmp_path), tmp_path / "subs", tmp_path / "grades"
+    a = ASSIGNMENTS[0]
+    for student in ("alice", "bob"):
+        syn.write_submission(subs, student, a, syn.solved(course, ROOT / "solutions", a))
+    real = pipeline.write_feedback
+
+    def flaky(path, nb):
+        if "bob" in path.parts:
+            raise RuntimeError("disk full (planted)")
+        real(path, nb)
+
+    monkeypatch.setattr(pipeline, "write_feedback", flaky)
+    report = run(course, subs, out, workers=1)
+    got = {e["student"]: e for e in report["submissions"]}
+    assert got["alice"]["outcome"] == "graded" and got["alice"]["score"] == AUTO_MAX[a]
+    assert got["bob"]["outcome"] == "grader error" and "disk full (planted)" in got["bob"]["detail"]
+    assert report["counts"]["grader error"] == 1
+    assert not (out / "journal" / "bob").exists() or not list((out / "journal" / "bob").glob("*.json"))
+
+    monkeypatch.setattr(pipeline, "write_feedback", real)
+    report = run(course, subs, out, workers=1)
+    got = {e["student"]: (e["outcome"], e["score"], e["graded_now"]) for e in report["submissions"]}
+    assert got == {"alice": ("graded", AUTO_MAX[a], False), "bob": ("graded", AUTO_MAX[a], True)}

@@ -38,6 +38,11 @@ def flags_of(source: str) -> list[str]:
     ("from torch import nn\nm = nn.MultiheadAttention(8, 2)", "uses PyTorch's ready-made MultiheadAttention"),
     ("m = __import__('attn_' + 'course')", "calls __import__() (code the scan cannot read)"),
     ("exec(open('x.py').read())", "calls exec() (code the scan cannot read)"),
+    ("from attn_course import check\nout = check.CHECKS['scaled_dot_product_attention'].reference(case)",
+     "uses check.CHECKS (the self-checks' insides hold the reference)"),
+    ("from attn_course.check import CHECKS", "imports from attn_course.check"),
+    ("from attn_course.check.sdpa import attention", "imports from attn_course.check.sdpa"),
+    ("import attn_course.check.sdpa", "imports attn_course.check.sdpa"),
 ])
 def test_uses_of_the_reference_are_named(source, expected):
     assert expected in flags_of(source)
@@ -50,6 +55,15 @@ def test_uses_of_the_reference_are_named(source, expected):
 ])
 def test_honest_code_is_not_flagged(source):
     assert flags_of(source) == []
+
+
+def test_cells_built_to_choke_the_parser_are_flagged_not_fatal():
+    """A MemoryError or RecursionError from the parser would otherwise escape into the grading run."""
+    nb = {"cells": [{"cell_type": "code", "source": "-" * 100000 + "1"},
+                    {"cell_type": "code", "source": "f" + "(1)" * 100000},
+                    {"cell_type": "code", "source": "x = 1"}]}
+    assert reference_use_flags(nb, released=set()) == [
+        "cell 0: does not parse as Python (read it by hand)", "cell 1: does not parse as Python (read it by hand)"]
 
 
 def test_given_cells_are_skipped_and_magics_parse():

@@ -128,6 +128,23 @@ def test_mounts_expose_the_package_but_never_the_repository():
     assert not any(f == p or p in f.parents for f in forbidden for p in paths)
 
 
+def test_the_working_directory_and_pythonpath_are_never_mounted(tmp_path, monkeypatch):
+    """``cd ~/fall26 && PYTHONPATH=... python -m autograder.grading ...`` puts the course folder (submissions,
+    gradebook, secret seed) on sys.path: only the interpreter's own folders may be mounted in the sandbox."""
+    import attn_course
+
+    course_folder, extra = tmp_path / "fall26", tmp_path / "on_pythonpath"
+    course_folder.mkdir()
+    extra.mkdir()
+    monkeypatch.chdir(course_folder)
+    monkeypatch.setattr(sys, "path", ["", str(course_folder), str(extra), *sys.path])
+    package = Path(attn_course.__file__).resolve().parent
+    paths = bwrap.python_paths(ROOT, [package, (package / "kernels").resolve()])
+    for p in paths:
+        assert not (p == tmp_path or tmp_path in p.parents or p in tmp_path.parents), p
+    assert package in paths  # still importable inside
+
+
 def test_scratch_tmpfs_is_mounted_before_the_read_only_binds(tmp_path):
     """A checkout (and its .venv) under /tmp, as in a CI clone there, must stay visible: bwrap applies mounts in
     order, so a tmpfs on /tmp mounted *after* the binds would hide them (the sandbox then had no Python)."""

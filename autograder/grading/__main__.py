@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print((args.out_dir / "report.txt").read_text(), end="")
     print(f"autograde: wrote {args.out_dir / 'grades.csv'} and feedback for {len(report['submissions'])} submissions")
+    errors = report["counts"].get("grader error", 0)
+    if errors:
+        print(f"autograde: the grader failed on {errors} submission(s) (see 'grader error' in the report); a rerun "
+              f"grades them again", file=sys.stderr)
+        return 1
     return 0
 
 

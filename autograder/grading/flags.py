@@ -2,10 +2,11 @@
 
 The verdict compares *data*: the outputs of the learner's functions on the grader's inputs. A learner whose
 ``scaled_dot_product_attention`` simply returns ``attn_course.attention(q, k, v, mask)`` (or PyTorch's
-``F.scaled_dot_product_attention``) produces the right data and passes, and no comparison of outputs can
-tell. So the trusted parent also reads the code: every code cell the learner wrote or changed (a cell whose
-source is not one of the released notebook's) is parsed, and uses of the reference, of PyTorch's ready-made
-attention, and of dynamic imports or ``exec`` are listed for the instructor in the run report.
+``F.scaled_dot_product_attention``, or a checker's own ``check.CHECKS[name].reference``) produces the right
+data and passes, and no comparison of outputs can tell. So the trusted parent also reads the code: every code
+cell the learner wrote or changed (a cell whose source is not one of the released notebook's) is parsed, and
+uses of the reference (the checkers' insides included), of PyTorch's ready-made attention, and of dynamic
+imports or ``exec`` are listed for the instructor in the run report.
 
 A flag never changes a score, and the scan is no defence against a determined cheat (``getattr`` on a
 string-built module name passes it): it points a person at the notebooks worth reading.
@@ -21,6 +22,8 @@ from pathlib import Path
 ALLOWED_COURSE_PARTS = {"check"}
 #: ready-made attention from PyTorch that an exercise asks the learner to write themselves
 READY_MADE = {"scaled_dot_product_attention", "MultiheadAttention", "multi_head_attention_forward"}
+#: what a learner may reach through ``check`` besides the checkers themselves
+CHECK_PUBLIC = {"CheckFailed"}
 #: ways to reach code the scan cannot see
 DYNAMIC = {"__import__", "import_module", "exec", "eval", "compile"}
 
@@ -46,7 +49,8 @@ def _parse(source: str) -> ast.AST | None:
         pass
     try:
         return ast.parse(source)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        # not Python, or Python built to choke a parser ("-" * 100000 + "1", a call chain 100000 deep)
         return None
 
 
@@ -65,9 +69,16 @@ def _via_check(node: ast.AST) -> bool:
                                                                    and node.attr == "check")
 
 
+def _checker_names() -> set[str]:
+    from attn_course.check import CHECKS
+
+    return set(CHECKS) | CHECK_PUBLIC
+
+
 def cell_flags(tree: ast.AST) -> list[str]:
     """What one parsed cell does that an instructor should look at, one phrase per finding."""
     found: list[str] = []
+    checkers = _checker_names()
     aliases = set()  # names bound to the attn_course package itself
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -75,11 +86,13 @@ def cell_flags(tree: ast.AST) -> list[str]:
                 part = _course_part(a.name)
                 if part == "" or (part is not None and a.asname is None):
                     aliases.add(a.asname or "attn_course")
-                if part and part not in ALLOWED_COURSE_PARTS:
+                if (part and part not in ALLOWED_COURSE_PARTS) or a.name.startswith("attn_course.check."):
                     found.append(f"imports {a.name}")
         elif isinstance(node, ast.ImportFrom) and node.module:
             part = _course_part(node.module)
-            if part == "":
+            if part == "check":  # check's insides hold every reference (CHECKS[...].reference)
+                found.append(f"imports from {node.module}")
+            elif part == "":
                 found += [f"imports attn_course.{a.name}" for a in node.names if a.name not in ALLOWED_COURSE_PARTS]
             elif part is not None and part not in ALLOWED_COURSE_PARTS:
                 found.append(f"imports from {node.module}")
@@ -87,6 +100,8 @@ def cell_flags(tree: ast.AST) -> list[str]:
         elif isinstance(node, ast.Attribute):
             if node.attr in READY_MADE and not _via_check(node.value):
                 found.append(f"uses PyTorch's ready-made {node.attr}")
+            if _via_check(node.value) and node.attr not in checkers:
+                found.append(f"uses check.{node.attr} (the self-checks' insides hold the reference)")
             if isinstance(node.value, ast.Name) and node.value.id in aliases and node.attr not in ALLOWED_COURSE_PARTS:
                 found.append(f"uses attn_course.{node.attr}")
         elif isinstance(node, ast.Call):

@@ -114,16 +114,23 @@ class Grader:
                 self._resync(sub, record)
                 self.entries.append(_entry(record, graded_now=False))
             elif sub.problem is not None or sub.assignment not in self.trusted:
-                self.finish(sub, {"outcome": "rejected", "outputs": {}, "details": sub.problem, "wall_s": 0.0}, None)
+                self.finish_guarded(sub, {"outcome": "rejected", "outputs": {}, "details": sub.problem, "wall_s": 0.0},
+                                    None)
             else:
                 todo.append(sub)
         self.log(f"autograde: {len(subs)} submissions, {len(subs) - len(todo)} already done or rejected, "
                  f"{len(todo)} to run with {workers} worker(s)")
-        jobs = {sub.key: self.job(sub) for sub in todo}
+        jobs = {}
+        for sub in list(todo):
+            try:
+                jobs[sub.key] = self.job(sub)
+            except Exception as exc:  # noqa: BLE001  (reported like a failure in finish)
+                todo.remove(sub)
+                self.finish_guarded(sub, {"outcome": "crashed", "wall_s": 0.0}, None, error=exc)
         by_key = {sub.key: sub for sub in todo}
         if workers <= 1 or len(todo) <= 1:
             for sub in todo:
-                self.finish(sub, self.runner(jobs[sub.key][0]), jobs[sub.key][1])
+                self.finish_guarded(sub, self.runner(jobs[sub.key][0]), jobs[sub.key][1])
         else:
             ctx = multiprocessing.get_context("forkserver")
             with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
@@ -131,7 +138,7 @@ class Grader:
                 try:
                     for fut in cf.as_completed(futures):
                         key = futures[fut]
-                        self.finish(by_key[key], fut.result(), jobs[key][1])
+                        self.finish_guarded(by_key[key], fut.result(), jobs[key][1])
                 except BaseException:
                     for fut in futures:
                         fut.cancel()
@@ -149,6 +156,23 @@ class Grader:
         job = {"name": f"{sub.assignment}.ipynb", "notebook": json.dumps(executable), "probes": probes,
                "limits": self.limits, "student": sub.student, "assignment": sub.assignment}
         return job, nb
+
+    def finish_guarded(self, sub: Submission, result: dict, nb: dict | None, error: Exception | None = None) -> None:
+        """:meth:`finish`, but a grader failure on one submission (a bug of ours, or learner content that breaks
+        a trusted step) is reported as ``grader error`` and the class goes on. Nothing is journaled for it, so
+        the next run grades it again (the gradebook holds the parent's verdict if that step had come before)."""
+        try:
+            if error is not None:
+                raise error
+            self.finish(sub, result, nb)
+        except Exception as exc:  # noqa: BLE001  (one submission must not stop the class)
+            detail = f"the grader failed on this submission ({type(exc).__name__}: {str(exc)[:300]}); " \
+                     f"it is graded again on the next run"
+            self.entries.append({"student": sub.student, "assignment": sub.assignment, "outcome": "grader error",
+                                 "detail": detail, "score": 0.0,
+                                 "max_score": getattr(self.trusted.get(sub.assignment), "auto_max", 0.0),
+                                 "graded_now": True, "wall_s": float(result.get("wall_s") or 0.0)})
+            self.log(f"  {sub.student}/{sub.assignment}: grader error: {detail}")
 
     def finish(self, sub: Submission, result: dict, nb: dict | None) -> None:
         """Judge one sandbox result and record it: gradebook, feedback, then the journal record (last)."""
@@ -169,7 +193,10 @@ class Grader:
             cells = judge_submission(trusted, self.cases[sub.assignment], result.get("outcome", "crashed"),
                                      result.get("outputs"), self.checks, self.raised)
         # for the instructor only (never a score change): learner code that calls the reference or ready-mades
-        flags = reference_use_flags(executable_notebook(nb, trusted), self.released[sub.assignment]) if nb else []
+        try:
+            flags = reference_use_flags(executable_notebook(nb, trusted), self.released[sub.assignment]) if nb else []
+        except Exception as exc:  # noqa: BLE001  (the scan is advisory: it must never cost a verdict)
+            flags = [f"the code scan failed ({type(exc).__name__}): read this notebook by hand"]
         record_submission(self.gb, sub.student, sub.assignment, cells, sub.timestamp)
         write_feedback(self.feedback_path(sub.student, sub.assignment),
                        feedback_notebook(sub.student, trusted, cells, nb, outcome, detail))

@@ -69,13 +69,18 @@ def _inside(path: Path, root: Path) -> bool:
 def python_paths(repo_root: Path, package_dirs: list[Path]) -> list[Path]:
     """Folders to mount read-only so that the sandbox's Python can import torch, IPython and ``attn_course``.
 
-    Everything Python itself uses (prefixes, existing ``sys.path`` folders) except ``/usr`` (mounted whole) and
-    anything that would expose the repository: the repository root and its ancestors are never mounted, and
-    of its contents only the virtualenv and ``package_dirs`` (``attn_course/`` and ``kernels/``) are.
+    The interpreter's prefixes (standard library, virtualenv) and the ``sys.path`` folders inside them
+    (site-packages), except ``/usr`` (mounted whole), plus ``package_dirs`` (``attn_course/`` and ``kernels/``).
+    Other ``sys.path`` entries are never mounted: under ``python -m`` the current directory is one, and so is
+    every ``PYTHONPATH`` folder, and either may be the instructor's course folder with the submissions, the
+    gradebook and the secret seed in it. The repository root and its ancestors are never mounted, and of its
+    contents only the virtualenv and ``package_dirs`` are.
     """
     repo_root = repo_root.resolve()
-    candidates = [Path(p) for p in (sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix)]
-    candidates += [Path(p) for p in sys.path if p and Path(p).is_dir()]
+    prefixes = [Path(os.path.abspath(p)) for p in (sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix)]
+    candidates = list(prefixes)
+    candidates += [Path(p) for p in sys.path if p and Path(p).is_dir()
+                   and any(_inside(Path(os.path.abspath(p)), prefix) for prefix in prefixes)]
     chosen: list[Path] = []
     for path in candidates:
         path = Path(os.path.abspath(path))
