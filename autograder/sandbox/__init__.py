@@ -2,7 +2,8 @@
 
     from autograder.sandbox import run_submission, Limits, SandboxResult
 
-See :mod:`.run` for the call, :mod:`.bwrap` for what the sandbox can see, :mod:`.limits` for the limits,
+See :mod:`.run` for the call, :mod:`.bwrap` for what the sandbox can see, :mod:`.limits` for the limits
+(:mod:`.cgroup` for those of the whole sandbox),
 :mod:`.notebook` for which cells run, :mod:`.runner` for what happens inside and :mod:`.records` for how the
 results are read back safely.
 """

@@ -5,6 +5,8 @@ The limits are enforced in layers, each of which alone stops its attack:
 * inside the sandbox the runner sets ``setrlimit`` hard limits before any learner code runs (the learner has no
   capability to raise them): address space (memory), processes + threads (fork bomb), the size of any one file
   it writes (a 200 MB file), CPU seconds, open files, no core dumps;
+* a cgroup per run (when the grader runs as root, see :mod:`.cgroup`) holds memory and processes of the whole
+  sandbox, all its processes together, and its CPU to ``cpus`` cores, so that it cannot starve a neighbour;
 * the scratch folder and ``/tmp`` are ``tmpfs`` mounts of a fixed size, so the disk cannot be filled;
 * the parent kills the whole sandbox (its process group, and with it the sandbox's PID namespace) when the wall
   clock runs out, and keeps only the head and tail of what the sandbox prints.
@@ -32,6 +34,8 @@ class Limits:
     ``memory_bytes``      address space of each process (``RLIMIT_AS``; ``RLIMIT_DATA`` on a GPU, whose driver
                           reserves huge address ranges)
     ``processes``         processes and threads of the sandbox user (``RLIMIT_NPROC``): stops a fork bomb
+    ``cpus``              CPU cores the whole sandbox may keep busy (a cgroup CPU quota, see :mod:`.cgroup`);
+                          the cgroup also holds ``memory_bytes`` and ``processes`` for all processes together
     ``file_bytes``        largest file the sandbox may write (``RLIMIT_FSIZE``), the results file included
     ``scratch_bytes``     size of the writable scratch folder and of ``/tmp`` (each a ``tmpfs``)
     ``log_bytes``         how much of the sandbox's printed output is kept (head and tail)
@@ -45,6 +49,7 @@ class Limits:
     call_timeout_s: float = 30.0
     memory_bytes: int = 6 * 1024 * MiB
     processes: int = 128
+    cpus: float = 1.0
     file_bytes: int = 64 * MiB
     scratch_bytes: int = 256 * MiB
     log_bytes: int = 64 * 1024

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import bwrap
+from . import bwrap, cgroup
 from .limits import Limits
 from .notebook import Rejected, cells_to_run, read_notebook
 from .records import BadResults, parse
@@ -188,6 +188,12 @@ def run_submission(notebook: Path, probes: list[dict], *, workdir: Path, limits:
     package = Path(attn_course.__file__).resolve().parent
     package_dirs = [package] + ([(package / "kernels").resolve()] if (package / "kernels").exists() else [])
     uid = bwrap.pick_uid()
+    try:  # memory, processes and CPU of the whole sandbox (see .cgroup); without it, per-process limits only
+        group = cgroup.create(f"attn-sandbox-{uid}-{os.getpid()}", memory_bytes=limits.memory_bytes,
+                              processes=limits.processes, cpus=limits.cpus)
+        group_note: dict = {}
+    except cgroup.CgroupUnavailable as exc:
+        group, group_note = None, {"kind": None, "unavailable": str(exc)}
     fd = os.open(results, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the runner's only way out
     try:
         argv = bwrap.command(
@@ -195,8 +201,13 @@ def run_submission(notebook: Path, probes: list[dict], *, workdir: Path, limits:
             ro_paths=bwrap.python_paths(REPO_ROOT, package_dirs), scratch_bytes=limits.scratch_bytes, gpu=gpu,
             uid=uid, runner_args=[json.dumps(limits.for_runner()), str(fd)],
         )
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, pass_fds=(fd,))
+        proc = subprocess.Popen(group.wrap(argv) if group else argv, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                pass_fds=(fd,))
+    except BaseException:
+        if group:
+            group.remove()
+        raise
     finally:
         os.close(fd)
     reader = _LogReader(proc.stdout, limits.log_bytes)
@@ -208,12 +219,16 @@ def run_submission(notebook: Path, probes: list[dict], *, workdir: Path, limits:
         timed_out = True
         os.killpg(proc.pid, signal.SIGKILL)  # bwrap dies; --die-with-parent takes the PID namespace with it
         proc.wait()
+    if group:
+        group.kill_all()
+        group_note = group.report()
+        group.remove()
     if os.geteuid() == 0:
         _reap(uid)
     reader.join(timeout=10)
     log = reader.text()
     common = {"exit_code": proc.returncode, "skipped_cells": skipped, "log_bytes": reader.total,
-              "uid": uid if os.geteuid() == 0 else None}
+              "uid": uid if os.geteuid() == 0 else None, "cgroup": group_note}
 
     try:
         size = results.stat().st_size
@@ -233,6 +248,9 @@ def run_submission(notebook: Path, probes: list[dict], *, workdir: Path, limits:
         outcome, reason = "timeout", f"the notebook ran past the {limit} and was stopped"
     elif res.done and proc.returncode == 0:
         outcome, reason = "ok", "every cell ran and every check was answered"
+        if group_note.get("oom_kills"):
+            reason += (f" (the sandbox reached its memory limit of {limits.memory_bytes / 2**30:.3g} GiB, all "
+                       f"processes together, and {group_note['oom_kills']} of its processes were stopped)")
     elif not res.started:
         outcome, reason = "crashed", f"the sandbox stopped before running any cell (exit code {proc.returncode})"
     else:
@@ -242,6 +260,9 @@ def run_submission(notebook: Path, probes: list[dict], *, workdir: Path, limits:
         where = (f"in cell {cells[len(res.cells)].index}" if len(res.cells) < len(cells)
                  else "while the grader was calling its functions")
         outcome, reason = "crashed", f"the notebook's process died {where} ({how})"
+        if group_note.get("oom_kills"):
+            reason += (f": the sandbox reached its memory limit of {limits.memory_bytes / 2**30:.3g} GiB "
+                       f"(all processes together)")
     outputs = _missing(probes, f"no result: {reason}")
     outputs.update(res.probes)
     return finish(outcome, reason, log, outputs, cells=res.cells, results_error=None, **common)
