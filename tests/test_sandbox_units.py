@@ -82,6 +82,20 @@ def test_records_roundtrip_and_torn_tail():
     assert torn.torn and not torn.done and "p" in torn.probes
 
 
+def test_outputs_that_are_not_plain_dense_data_fail_their_case_only():
+    """A sparse tensor with out-of-range indices loads without complaint and can crash whoever densifies it;
+    the judges run in the parent, so such an output fails its case, with the reason, and the rest is read."""
+    bad_sparse = torch.sparse_coo_tensor(torch.tensor([[0, 10**9]]), torch.ones(2), (4,), check_invariants=False)
+    outputs = [{"ok": bad_sparse}, {"ok": (torch.ones(2), [1, {"a": torch.zeros(1)}])},
+               {"ok": [torch.ones(1).to_sparse()]}, {"ok": torch.float32}]
+    res = parse(record(kind="probe", id="p", outputs=outputs) + record(kind="done"), {"p": 4})
+    got = res.probes["p"]
+    assert got[0]["raised"][0] == "UnsupportedOutput" and "sparse_coo" in got[0]["raised"][1]
+    assert torch.equal(got[1]["ok"][0], torch.ones(2))
+    assert got[2]["raised"][0] == "UnsupportedOutput"
+    assert got[3] == {"ok": torch.float32}
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("touch /tmp/attn-sandbox-pwned",))

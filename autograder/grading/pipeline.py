@@ -120,6 +120,10 @@ class Grader:
                 todo.append(sub)
         self.log(f"autograde: {len(subs)} submissions, {len(subs) - len(todo)} already done or rejected, "
                  f"{len(todo)} to run with {workers} worker(s)")
+        if todo:
+            from autograder.sandbox import cgroup
+
+            self.log(f"autograde: sandbox limits: {cgroup.describe()}")
         jobs = {}
         for sub in list(todo):
             try:

@@ -225,3 +225,13 @@ def create(name: str, *, memory_bytes: int, processes: int, cpus: float) -> Sand
     if (ROOT / "memory").is_dir():
         return _make_v1(name, memory_bytes, processes, cpus)
     raise CgroupUnavailable(f"no cgroup hierarchy is mounted at {ROOT}")
+
+
+def describe() -> str:
+    """One line for a run's log: whether sandboxes get a cgroup here, and if not, why not."""
+    try:
+        create(f"attn-sandbox-probe-{os.getpid()}", memory_bytes=2**30, processes=16, cpus=1.0).remove()
+    except CgroupUnavailable as e:
+        return f"no cgroup ({e}): each sandbox process is limited on its own (rlimits), not the sandbox as a whole"
+    kind = "v2" if (ROOT / "cgroup.controllers").exists() else "v1"
+    return f"a cgroup ({kind}) per sandbox holds its memory, processes and CPU as a whole"

@@ -51,10 +51,33 @@ def _is_text(x) -> bool:
     return isinstance(x, str) and len(x) <= MAX_TEXT
 
 
+def _unusual(value, depth: int = 0) -> str | None:
+    """Why an output is not plain data the judges may touch, or None. Only dense (strided) CPU tensors, numbers,
+    strings, None and lists, tuples and dicts of them pass: a sparse tensor with out-of-range indices loads
+    without complaint and can crash the process that densifies or sums it, and the judges run in the parent."""
+    if depth > 20:
+        return "it is nested more than 20 levels deep"
+    if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided or value.device.type != "cpu" or value.is_quantized or value.is_nested:
+            return (f"it holds a tensor of layout {value.layout} on {value.device.type}"
+                    f"{' (quantized)' if value.is_quantized else ''}; return an ordinary dense tensor")
+        return None
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, torch.dtype, torch.device)):
+        return None
+    if isinstance(value, (list, tuple)):
+        return next((r for r in (_unusual(x, depth + 1) for x in value) if r), None)
+    if isinstance(value, dict):
+        return next((r for r in (_unusual(x, depth + 1) for x in (*value.keys(), *value.values())) if r), None)
+    return f"it holds a {type(value).__name__}"
+
+
 def _check_outcome(entry, where: str) -> dict:
     if not isinstance(entry, dict) or len(entry) != 1:
         raise BadResults(f"{where}: expected {{'ok': ...}} or {{'raised': [type, message]}}, got {type(entry)}")
     if "ok" in entry:
+        why = _unusual(entry["ok"])
+        if why is not None:  # this case fails, with the reason; the rest of the file is still read
+            return {"raised": ["UnsupportedOutput", f"the grader cannot compare your output: {why}"]}
         return {"ok": entry["ok"]}
     raised = entry.get("raised")
     if isinstance(raised, (list, tuple)) and len(raised) == 2 and all(_is_text(x) for x in raised):
