@@ -497,3 +497,12 @@ def test_the_browser_check_reports_missing_fallbacks_and_broken_animations(tmp_p
     assert "animation 0 (player): its image did not load" in f and "page shows 0 frames" in f
     assert "'Next frame' did not show another loaded frame" in f
     assert "with JavaScript off, only 0 of 1 static fallback figures show" in f
+
+
+def test_the_built_book_leaks_no_solution_or_hidden_test(built_book):
+    """The release ships this book: no solution block or hidden test of solutions/ may appear in any page or
+    source it holds (the same check `make release` runs; reviewed exceptions are in BOOK_MAY_SHOW)."""
+    from autograder import leakcheck
+
+    leaks = leakcheck.check_paths([built_book])
+    assert leaks == [], "\n".join(map(str, leaks[:10]))

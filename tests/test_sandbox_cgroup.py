@@ -6,6 +6,7 @@ These tests run where the grader can make cgroups (as root, as in CI) and say wh
 """
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ GiB = 2**30
 
 def _available() -> str | None:
     try:
-        group = cgroup.create("attn-sandbox-probe", memory_bytes=GiB, processes=16, cpus=1.0)
+        group = cgroup.create(cgroup.group_name("probe"), memory_bytes=GiB, processes=16, cpus=1.0)
     except cgroup.CgroupUnavailable as e:
         return str(e)
     group.remove()
@@ -56,7 +57,7 @@ def probes():
 
 
 def test_a_group_holds_its_limits_and_every_process_started_in_it(tmp_path):
-    group = cgroup.create("attn-sandbox-unit", memory_bytes=3 * GiB, processes=40, cpus=0.5)
+    group = cgroup.create(cgroup.group_name("unit"), memory_bytes=3 * GiB, processes=40, cpus=0.5)
     try:
         assert set(group.dirs) == {"memory", "pids", "cpu"} and all(d.is_dir() for d in group.dirs.values())
         if group.kind == "v1":
@@ -126,11 +127,31 @@ for p in kids:
     assert result.details["cgroup"]["cpu_throttled_periods"] > 0, result.details["cgroup"]
 
 
+def _ours(pid: int) -> list[Path]:
+    return [p for p in cgroup.ROOT.rglob(f"{cgroup.PREFIX}*-{pid}") if p.is_dir()]
+
+
 def test_no_group_is_left_behind(probes, tmp_path):
     result = run_submission(notebook(tmp_path, "x = 1"), probes, workdir=tmp_path / "work",
                             limits=Limits(wall_s=60))
     assert result.outcome == "ok" and result.details["cgroup"]["oom_kills"] == 0
-    leftovers = [p for c in ("memory", "pids", "cpu") for p in (cgroup.ROOT / c).rglob("attn-sandbox-*")
-                 if p.is_dir()] if result.details["cgroup"]["kind"] == "v1" else \
-        list((cgroup.ROOT).rglob("attn-sandbox-*"))
-    assert leftovers == []
+    assert _ours(os.getpid()) == []
+
+
+def test_groups_of_a_killed_grader_are_swept_by_the_next_one():
+    """A grader killed mid-run (kill -9, as in the resume test) cannot remove its groups: the next run does."""
+    proc = subprocess.Popen(["sleep", "0"])
+    proc.wait()
+    dead = proc.pid  # a pid that no longer runs: the "killed grader"
+    stale = cgroup.create(f"{cgroup.PREFIX}stale-{dead}", memory_bytes=GiB, processes=16, cpus=1.0)
+    sleeper = subprocess.Popen(stale.wrap(["sleep", "60"]), start_new_session=True)
+    deadline = time.monotonic() + 10
+    while sleeper.pid not in stale.pids() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _ours(dead)
+    fresh = cgroup.create(cgroup.group_name("next"), memory_bytes=GiB, processes=16, cpus=1.0)
+    try:
+        assert _ours(dead) == []  # swept, and the process left in it was killed
+        assert sleeper.wait(timeout=10) != 0
+    finally:
+        fresh.remove()

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
+PREFIX = "attn-sandbox-"  # every group this module makes is named so (see group_name)
 CONTROLLERS = ("memory", "pids", "cpu")
 PERIOD_US = 100_000  # the CFS period the quota is a share of
 # sh: write our pid into every group file given, then become bubblewrap (same pid, so the whole sandbox is inside)
@@ -216,10 +217,55 @@ def _make_v2(name: str, memory_bytes: int, processes: int, cpus: float) -> Sandb
     return group
 
 
+def group_name(tag: str) -> str:
+    """``attn-sandbox-<tag>-<pid>``: the pid of the grader process that owns the group, so that a group left
+    behind by a grader that was killed (it could not remove it) is recognised and swept by the next one."""
+    return f"{PREFIX}{tag}-{os.getpid()}"
+
+
+def _owner_alive(folder: Path) -> bool:
+    pid = folder.name.rsplit("-", 1)[-1]
+    if not pid.isdigit():
+        return True  # not one of ours by name: leave it alone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale() -> int:
+    """Remove the groups of sandboxes whose grader died before it could (killing what is left in them).
+    Returns how many were removed."""
+    v2 = (ROOT / "cgroup.controllers").exists()
+    own = _own_paths()
+    if v2:
+        here = Path(own.get("", "/").lstrip("/"))
+        parents = {c: [ROOT / here.parent / _V2_PARENT, ROOT / _V2_PARENT] for c in CONTROLLERS}
+    else:
+        parents = {c: [ROOT / c / own.get(c, "/").lstrip("/")] for c in CONTROLLERS}
+    stale: dict[str, dict[str, Path]] = {}
+    for c, folders in parents.items():
+        for parent in folders:
+            for d in sorted(parent.glob(f"{PREFIX}*")) if parent.is_dir() else []:
+                if d.is_dir() and not _owner_alive(d):
+                    stale.setdefault(d.name, {})[c] = d
+    for dirs in stale.values():
+        SandboxCgroup("v2" if v2 else "v1", dirs, 0).remove()
+    return len(stale)
+
+
 def create(name: str, *, memory_bytes: int, processes: int, cpus: float) -> SandboxCgroup:
-    """A fresh group ``name`` with these limits, or :class:`CgroupUnavailable` saying why there is none."""
+    """A fresh group ``name`` (see :func:`group_name`) with these limits, or :class:`CgroupUnavailable` saying
+    why there is none. Groups that killed graders left behind are swept first."""
     if os.geteuid() != 0:
         raise CgroupUnavailable("the grader is not running as root, so it cannot create cgroups")
+    try:
+        sweep_stale()
+    except OSError:
+        pass  # a sweep that cannot read a folder must not stop this run
     if (ROOT / "cgroup.controllers").exists():
         return _make_v2(name, memory_bytes, processes, cpus)
     if (ROOT / "memory").is_dir():
@@ -230,7 +276,7 @@ def create(name: str, *, memory_bytes: int, processes: int, cpus: float) -> Sand
 def describe() -> str:
     """One line for a run's log: whether sandboxes get a cgroup here, and if not, why not."""
     try:
-        create(f"attn-sandbox-probe-{os.getpid()}", memory_bytes=2**30, processes=16, cpus=1.0).remove()
+        create(group_name("probe"), memory_bytes=2**30, processes=16, cpus=1.0).remove()
     except CgroupUnavailable as e:
         return f"no cgroup ({e}): each sandbox process is limited on its own (rlimits), not the sandbox as a whole"
     kind = "v2" if (ROOT / "cgroup.controllers").exists() else "v1"

@@ -189,7 +189,7 @@ def run_submission(notebook: Path, probes: list[dict], *, workdir: Path, limits:
     package_dirs = [package] + ([(package / "kernels").resolve()] if (package / "kernels").exists() else [])
     uid = bwrap.pick_uid()
     try:  # memory, processes and CPU of the whole sandbox (see .cgroup); without it, per-process limits only
-        group = cgroup.create(f"attn-sandbox-{uid}-{os.getpid()}", memory_bytes=limits.memory_bytes,
+        group = cgroup.create(cgroup.group_name(str(uid)), memory_bytes=limits.memory_bytes,
                               processes=limits.processes, cpus=limits.cpus)
         group_note: dict = {}
     except cgroup.CgroupUnavailable as exc:
