@@ -292,3 +292,27 @@ def test_a_grader_failure_on_one_submission_does_not_stop_the_class(prepared, tm
     report = run(course, subs, out, workers=1)
     got = {e["student"]: (e["outcome"], e["score"], e["graded_now"]) for e in report["submissions"]}
     assert got == {"alice": ("graded", AUTO_MAX[a], False), "bob": ("graded", AUTO_MAX[a], True)}
+
+
+def test_one_student_with_all_seven_solutions_scores_full_marks_everywhere(tmp_path):
+    """The loop over the whole course (the class above uses two quick assignments): every solution notebook,
+    submitted as a student would, earns every autograded point of its assignment, the Triton kernel of ch7
+    included (compiled on a GPU when present, else in the interpreter inside the sandbox)."""
+    import importlib
+
+    from autograder.course import ASSIGNMENTS as ALL
+
+    course = prepare_course(tmp_path / "course")
+    subs, out = tmp_path / "subs", tmp_path / "grades"
+    for a in ALL:
+        syn.write_submission(subs, "zoe", a, syn.solved(course, ROOT / "solutions", a))
+    report = grade_class(subs, course_dir=course, out_dir=out, workers=2, secret_seed=SEED, limits=LIMITS,
+                         prepare=False, log=lambda *_: None)
+    got = {e["assignment"]: (e["outcome"], e["score"], e["max_score"]) for e in report["submissions"]}
+    assert set(got) == set(ALL)
+    for a in ALL:
+        outcome, score, max_score = got[a]
+        spec_points = sum(cell["points"] for cell in importlib.import_module(f"autograder.specs.{a}").GRADED.values())
+        assert outcome == "graded" and score == max_score == spec_points > 0, (a, got[a])
+    rows = [line.split(",") for line in (out / "grades.csv").read_text().splitlines()[1:]]
+    assert sorted(r[1] for r in rows if r[0] == "zoe" and r[-1] == "graded") == sorted(ALL)
