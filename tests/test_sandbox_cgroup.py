@@ -50,6 +50,13 @@ def notebook(tmp_path: Path, *sources: str) -> Path:
     return path
 
 
+def fork_children(n: int, body: str) -> str:
+    """A cell that forks ``n`` children, each running ``body`` (with os and time imported), and waits for them."""
+    child = "\n".join("        " + line for line in body.splitlines())
+    return (f"import os, time\nkids = []\nfor _ in range({n}):\n    pid = os.fork()\n    if pid == 0:\n{child}\n"
+            f"        os._exit(0)\n    kids.append(pid)\nprint('children:', [os.waitpid(p, 0)[1] for p in kids])\n")
+
+
 @pytest.fixture(scope="module")
 def probes():
     return [{"id": "weights", "check": "attention_weights", "target": "attention_weights",
@@ -82,19 +89,10 @@ def test_a_group_holds_its_limits_and_every_process_started_in_it(tmp_path):
 
 def test_children_that_each_fit_the_limit_cannot_together_pass_it(probes, tmp_path):
     """Three forked children of 700 MiB each: every one is under the per-process 1.5 GiB, together they are not."""
-    fork_and_fill = '''import os, time
-kids = []
-for _ in range(3):
-    pid = os.fork()
-    if pid == 0:
-        block = bytearray(700 * 2**20)  # touched page by page: resident, not just reserved
-        for i in range(0, len(block), 4096):
-            block[i] = 1
-        time.sleep(3)
-        os._exit(0)
-    kids.append(pid)
-print("children:", [os.waitpid(p, 0)[1] for p in kids])
-'''
+    fork_and_fill = fork_children(3, """block = bytearray(700 * 2**20)  # touched page by page: resident, not reserved
+for i in range(0, len(block), 4096):
+    block[i] = 1
+time.sleep(3)""")
     limits = Limits(wall_s=60, cpu_s=50, cell_timeout_s=30, memory_bytes=int(1.5 * GiB), processes=48, cpus=1.0)
     result = run_submission(notebook(tmp_path, fork_and_fill), probes, workdir=tmp_path / "work", limits=limits)
     note = result.details["cgroup"]
@@ -108,19 +106,9 @@ print("children:", [os.waitpid(p, 0)[1] for p in kids])
 
 
 def test_a_notebook_that_spins_every_core_is_held_to_its_quota(probes, tmp_path):
-    spin = '''import os, time
-kids = []
-for _ in range(4):
-    pid = os.fork()
-    if pid == 0:
-        end = time.time() + 2
-        while time.time() < end:
-            pass
-        os._exit(0)
-    kids.append(pid)
-for p in kids:
-    os.waitpid(p, 0)
-'''
+    spin = fork_children(4, """end = time.time() + 2
+while time.time() < end:
+    pass""")
     limits = Limits(wall_s=60, cpu_s=50, cell_timeout_s=30, cpus=1.0)
     result = run_submission(notebook(tmp_path, spin), probes, workdir=tmp_path / "work", limits=limits)
     assert result.outcome == "ok", result.log[-2000:]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,14 +114,7 @@ class SandboxCgroup:
                 (self.dirs["memory"] / "cgroup.kill").write_text("1")
             except OSError:
                 pass
-        deadline = time.monotonic() + patience_s
-        while (left := self.pids()) and time.monotonic() < deadline:
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.02)
+        kill_until_gone(self.pids, patience_s)
 
     def remove(self) -> None:
         """Kill what is left and delete the group's folders (an empty cgroup folder is removed with rmdir)."""
@@ -137,6 +131,18 @@ class SandboxCgroup:
                 except OSError:
                     time.sleep(0.02)
         self.removed = True
+
+
+def kill_until_gone(find: Callable[[], list[int]], patience_s: float = 5.0) -> None:
+    """SIGKILL the processes ``find()`` lists, again and again, until it lists none or ``patience_s`` is up."""
+    deadline = time.monotonic() + patience_s
+    while (left := find()) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
 
 
 def _own_paths() -> dict[str, str]:

@@ -106,29 +106,24 @@ class _LogReader(threading.Thread):
         return text + self.tail.decode("utf-8", "replace")
 
 
+def _processes_of(uid: int) -> list[int]:
+    alive = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    alive.append(int(entry.name))
+            except FileNotFoundError:
+                continue
+    return alive
+
+
 def _reap(uid: int, patience_s: float = 5.0) -> None:
     """Kill every process still running as the sandbox's uid (unique to this run) and wait until none is left.
 
     The kernel tears the PID namespace down when bubblewrap goes, but asynchronously; this makes the end of
     ``run_submission`` the end of the submission."""
-    deadline = time.monotonic() + patience_s
-    while time.monotonic() < deadline:
-        alive = []
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    if entry.stat().st_uid == uid:
-                        alive.append(int(entry.name))
-                except FileNotFoundError:
-                    continue
-        if not alive:
-            return
-        for pid in alive:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.02)
+    cgroup.kill_until_gone(lambda: _processes_of(uid), patience_s)
 
 
 def _safe_name(name: str) -> str:
