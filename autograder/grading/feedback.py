@@ -249,7 +249,7 @@ def fallback_html(notebook: dict, reason: str) -> str:
              f"({e(reason)})</p>\n"]
     for cell in notebook.get("cells", []):
         kind = e(str(cell.get("cell_type", "")))
-        parts.append(f"<h3>{kind} cell</h3>\n<pre>{e(_text(cell.get('source')))}</pre>\n")
+        parts.append(f"<h3>{kind} cell</h3>\n<pre>{e(cell_source(cell))}</pre>\n")
         for output in cell.get("outputs") or []:
             parts.append(f"<pre style=\"background:#f4f4f4\">{e(_output_text(output))}</pre>\n")
     parts.append("</body></html>\n")

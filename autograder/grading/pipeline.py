@@ -128,9 +128,9 @@ class Grader:
         for sub in list(todo):
             try:
                 jobs[sub.key] = self.job(sub)
-            except Exception as exc:  # noqa: BLE001  (reported like a failure in finish)
+            except Exception as exc:  # noqa: BLE001  (one submission must not stop the class)
                 todo.remove(sub)
-                self.finish_guarded(sub, {"outcome": "crashed", "wall_s": 0.0}, None, error=exc)
+                self.grader_error(sub, exc, 0.0)
         by_key = {sub.key: sub for sub in todo}
         if workers <= 1 or len(todo) <= 1:
             for sub in todo:
@@ -161,22 +161,24 @@ class Grader:
                "limits": self.limits, "student": sub.student, "assignment": sub.assignment}
         return job, nb
 
-    def finish_guarded(self, sub: Submission, result: dict, nb: dict | None, error: Exception | None = None) -> None:
+    def finish_guarded(self, sub: Submission, result: dict, nb: dict | None) -> None:
         """:meth:`finish`, but a grader failure on one submission (a bug of ours, or learner content that breaks
-        a trusted step) is reported as ``grader error`` and the class goes on. Nothing is journaled for it, so
-        the next run grades it again (the gradebook holds the parent's verdict if that step had come before)."""
+        a trusted step) becomes a :meth:`grader_error` and the class goes on."""
         try:
-            if error is not None:
-                raise error
             self.finish(sub, result, nb)
         except Exception as exc:  # noqa: BLE001  (one submission must not stop the class)
-            detail = f"the grader failed on this submission ({type(exc).__name__}: {str(exc)[:300]}); " \
-                     f"it is graded again on the next run"
-            self.entries.append({"student": sub.student, "assignment": sub.assignment, "outcome": "grader error",
-                                 "detail": detail, "score": 0.0,
-                                 "max_score": getattr(self.trusted.get(sub.assignment), "auto_max", 0.0),
-                                 "graded_now": True, "wall_s": float(result.get("wall_s") or 0.0)})
-            self.log(f"  {sub.student}/{sub.assignment}: grader error: {detail}")
+            self.grader_error(sub, exc, float(result.get("wall_s") or 0.0))
+
+    def grader_error(self, sub: Submission, exc: Exception, wall_s: float) -> None:
+        """Report ``sub`` as ``grader error``. Nothing is journaled for it, so the next run grades it again (the
+        gradebook holds the parent's verdict if that step had come before the failure)."""
+        detail = f"the grader failed on this submission ({type(exc).__name__}: {str(exc)[:300]}); " \
+                 f"it is graded again on the next run"
+        self.entries.append({"student": sub.student, "assignment": sub.assignment, "outcome": "grader error",
+                             "detail": detail, "score": 0.0,
+                             "max_score": getattr(self.trusted.get(sub.assignment), "auto_max", 0.0),
+                             "graded_now": True, "wall_s": wall_s})
+        self.log(f"  {sub.student}/{sub.assignment}: grader error: {detail}")
 
     def finish(self, sub: Submission, result: dict, nb: dict | None) -> None:
         """Judge one sandbox result and record it: gradebook, feedback, then the journal record (last)."""

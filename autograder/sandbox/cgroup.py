@@ -155,68 +155,74 @@ def _own_paths() -> dict[str, str]:
     return paths
 
 
-def _write(path: Path, value: str) -> None:
-    path.write_text(value)
+def _is_v2() -> bool:
+    return (ROOT / "cgroup.controllers").exists()
 
 
-def _make_v1(name: str, memory_bytes: int, processes: int, cpus: float) -> SandboxCgroup:
-    own = _own_paths()
-    dirs = {}
-    try:
-        for c in CONTROLLERS:
-            base = ROOT / c
-            if not (base / "cgroup.procs").exists():
-                raise CgroupUnavailable(f"cgroup v1 has no {c} controller mounted at {base}")
-            d = base / own.get(c, "/").lstrip("/") / name
-            d.mkdir()
-            dirs[c] = d
-        group = SandboxCgroup("v1", dirs, memory_bytes)
-        _write(dirs["memory"] / "memory.limit_in_bytes", str(memory_bytes))
-        memsw = dirs["memory"] / "memory.memsw.limit_in_bytes"
-        if memsw.exists():  # swap counted too, where the kernel accounts for it
-            try:
-                _write(memsw, str(memory_bytes))
-            except OSError:
-                pass
-        _write(dirs["pids"] / "pids.max", str(processes))
-        _write(dirs["cpu"] / "cpu.cfs_period_us", str(PERIOD_US))
-        _write(dirs["cpu"] / "cpu.cfs_quota_us", str(max(1000, int(cpus * PERIOD_US))))
-        return group
-    except CgroupUnavailable:
-        SandboxCgroup("v1", dirs, memory_bytes).remove()
-        raise
-    except OSError as e:
-        SandboxCgroup("v1", dirs, memory_bytes).remove()
-        raise CgroupUnavailable(f"cannot set up a cgroup v1 group ({e})") from None
+def _v1_parent(controller: str) -> Path:
+    """Where v1 groups of ``controller`` go: under this process's own group of that controller."""
+    return ROOT / controller / _own_paths().get(controller, "/").lstrip("/")
 
 
 _V2_PARENT = "attn-course-sandboxes"
 
 
+def _v2_parent() -> Path:
+    """Where v2 groups go. A v2 group may only hand controllers to its children while it holds no process
+    itself, so the sandboxes live in a folder of their own next to this process's group."""
+    return ROOT / Path(_own_paths().get("", "/").lstrip("/")).parent / _V2_PARENT
+
+
+def _quota_us(cpus: float) -> int:
+    return max(1000, int(cpus * PERIOD_US))
+
+
+def _make_v1(name: str, memory_bytes: int, processes: int, cpus: float) -> SandboxCgroup:
+    for c in CONTROLLERS:
+        if not (ROOT / c / "cgroup.procs").exists():
+            raise CgroupUnavailable(f"cgroup v1 has no {c} controller mounted at {ROOT / c}")
+    group = SandboxCgroup("v1", {}, memory_bytes)
+    try:
+        for c in CONTROLLERS:
+            d = _v1_parent(c) / name
+            d.mkdir()
+            group.dirs[c] = d
+        (group.dirs["memory"] / "memory.limit_in_bytes").write_text(str(memory_bytes))
+        memsw = group.dirs["memory"] / "memory.memsw.limit_in_bytes"
+        if memsw.exists():  # swap counted too, where the kernel accounts for it
+            try:
+                memsw.write_text(str(memory_bytes))
+            except OSError:
+                pass
+        (group.dirs["pids"] / "pids.max").write_text(str(processes))
+        (group.dirs["cpu"] / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+        (group.dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(_quota_us(cpus)))
+    except OSError as e:
+        group.remove()
+        raise CgroupUnavailable(f"cannot set up a cgroup v1 group ({e})") from None
+    return group
+
+
 def _make_v2(name: str, memory_bytes: int, processes: int, cpus: float) -> SandboxCgroup:
-    # A v2 group may only hand controllers to its children while it holds no process itself, so the sandboxes
-    # live under a folder of their own next to this process's group: <our group's parent>/attn-course-sandboxes.
-    own = Path(_own_paths().get("", "/").lstrip("/"))
-    parent = ROOT / own.parent / _V2_PARENT if str(own) not in ("", ".") else ROOT / _V2_PARENT
-    wanted = " ".join(f"+{c}" for c in CONTROLLERS)
+    parent = _v2_parent()
     try:
         parent.mkdir(exist_ok=True)
         available = (parent / "cgroup.controllers").read_text().split()
         missing = [c for c in CONTROLLERS if c not in available]
         if missing:
             raise CgroupUnavailable(f"cgroup v2 does not delegate {', '.join(missing)} to {parent}")
-        _write(parent / "cgroup.subtree_control", wanted)
+        (parent / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in CONTROLLERS))
         d = parent / name
         d.mkdir()
     except OSError as e:
         raise CgroupUnavailable(f"cannot set up a cgroup v2 group under {parent} ({e})") from None
     group = SandboxCgroup("v2", {c: d for c in CONTROLLERS}, memory_bytes)
     try:
-        _write(d / "memory.max", str(memory_bytes))
+        (d / "memory.max").write_text(str(memory_bytes))
         if (d / "memory.swap.max").exists():
-            _write(d / "memory.swap.max", "0")
-        _write(d / "pids.max", str(processes))
-        _write(d / "cpu.max", f"{max(1000, int(cpus * PERIOD_US))} {PERIOD_US}")
+            (d / "memory.swap.max").write_text("0")
+        (d / "pids.max").write_text(str(processes))
+        (d / "cpu.max").write_text(f"{_quota_us(cpus)} {PERIOD_US}")
     except OSError as e:
         group.remove()
         raise CgroupUnavailable(f"cannot set limits on {d} ({e})") from None
@@ -245,19 +251,13 @@ def _owner_alive(folder: Path) -> bool:
 def sweep_stale() -> int:
     """Remove the groups of sandboxes whose grader died before it could (killing what is left in them).
     Returns how many were removed."""
-    v2 = (ROOT / "cgroup.controllers").exists()
-    own = _own_paths()
-    if v2:
-        here = Path(own.get("", "/").lstrip("/"))
-        parents = {c: [ROOT / here.parent / _V2_PARENT, ROOT / _V2_PARENT] for c in CONTROLLERS}
-    else:
-        parents = {c: [ROOT / c / own.get(c, "/").lstrip("/")] for c in CONTROLLERS}
+    v2 = _is_v2()
+    parents = {c: _v2_parent() if v2 else _v1_parent(c) for c in CONTROLLERS}
     stale: dict[str, dict[str, Path]] = {}
-    for c, folders in parents.items():
-        for parent in folders:
-            for d in sorted(parent.glob(f"{PREFIX}*")) if parent.is_dir() else []:
-                if d.is_dir() and not _owner_alive(d):
-                    stale.setdefault(d.name, {})[c] = d
+    for c, parent in parents.items():
+        for d in sorted(parent.glob(f"{PREFIX}*")) if parent.is_dir() else []:
+            if d.is_dir() and not _owner_alive(d):
+                stale.setdefault(d.name, {})[c] = d
     for dirs in stale.values():
         SandboxCgroup("v2" if v2 else "v1", dirs, 0).remove()
     return len(stale)
@@ -272,7 +272,7 @@ def create(name: str, *, memory_bytes: int, processes: int, cpus: float) -> Sand
         sweep_stale()
     except OSError:
         pass  # a sweep that cannot read a folder must not stop this run
-    if (ROOT / "cgroup.controllers").exists():
+    if _is_v2():
         return _make_v2(name, memory_bytes, processes, cpus)
     if (ROOT / "memory").is_dir():
         return _make_v1(name, memory_bytes, processes, cpus)
@@ -285,5 +285,4 @@ def describe() -> str:
         create(group_name("probe"), memory_bytes=2**30, processes=16, cpus=1.0).remove()
     except CgroupUnavailable as e:
         return f"no cgroup ({e}): each sandbox process is limited on its own (rlimits), not the sandbox as a whole"
-    kind = "v2" if (ROOT / "cgroup.controllers").exists() else "v1"
-    return f"a cgroup ({kind}) per sandbox holds its memory, processes and CPU as a whole"
+    return f"a cgroup ({'v2' if _is_v2() else 'v1'}) per sandbox holds its memory, processes and CPU as a whole"

@@ -237,15 +237,16 @@ def run_submission(notebook: Path, probes: list[dict], *, workdir: Path, limits:
         for path in (job, results):
             path.unlink(missing_ok=True)
 
+    oom = (f"the sandbox reached its memory limit of {limits.memory_bytes / 2**30:.3g} GiB, all processes "
+           f"together" if group_note.get("oom_kills") else "")
     cpu_killed = proc.returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU)
     if timed_out or cpu_killed:
         limit = f"wall-clock limit of {limits.wall_s:g} s" if timed_out else f"CPU limit of {limits.cpu_s} s"
         outcome, reason = "timeout", f"the notebook ran past the {limit} and was stopped"
     elif res.done and proc.returncode == 0:
         outcome, reason = "ok", "every cell ran and every check was answered"
-        if group_note.get("oom_kills"):
-            reason += (f" (the sandbox reached its memory limit of {limits.memory_bytes / 2**30:.3g} GiB, all "
-                       f"processes together, and {group_note['oom_kills']} of its processes were stopped)")
+        if oom:
+            reason += f" ({oom}, and {group_note['oom_kills']} of its processes were stopped)"
     elif not res.started:
         outcome, reason = "crashed", f"the sandbox stopped before running any cell (exit code {proc.returncode})"
     else:
@@ -255,9 +256,8 @@ def run_submission(notebook: Path, probes: list[dict], *, workdir: Path, limits:
         where = (f"in cell {cells[len(res.cells)].index}" if len(res.cells) < len(cells)
                  else "while the grader was calling its functions")
         outcome, reason = "crashed", f"the notebook's process died {where} ({how})"
-        if group_note.get("oom_kills"):
-            reason += (f": the sandbox reached its memory limit of {limits.memory_bytes / 2**30:.3g} GiB "
-                       f"(all processes together)")
+        if oom:
+            reason += f": {oom}"
     outputs = _missing(probes, f"no result: {reason}")
     outputs.update(res.probes)
     return finish(outcome, reason, log, outputs, cells=res.cells, results_error=None, **common)
