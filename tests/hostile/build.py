@@ -54,8 +54,10 @@ def hunt(top="/"):
             found += [f"{m.decode()} in {path}" for m in MARKERS if m in data]
     return found
 for hit in hunt():
-    print("LEAK-FOUND", hit)
-import attn_course
+    print("LEAK-FOUND", hit)'''
+# the direct guesses get a cell of their own, before the walk: a walk slowed past the cell time limit (cold disk
+# cache) must not keep them from running
+GUESS = '''import os, attn_course
 repo = os.path.dirname(os.path.dirname(attn_course.__file__))
 print("REPO-LISTING", sorted(os.listdir(repo)))
 for guess in ["solutions/ch3_sdpa/ch3_sdpa.ipynb", "build/course/gradebook.db", "autograder/specs/ch3_sdpa.py",
@@ -144,7 +146,7 @@ CORPUS = {
                            "        print('NETWORK-BLOCKED', addr, type(e).__name__)"),
                 "ok", ["NETWORK-BLOCKED"], ["NETWORK-REACHED"], {}),
     "read_secrets": ("walks the file system for solutions, hidden tests, the gradebook, specs, other students",
-                     submission(HUNT), "ok", ["REPO-LISTING", "BLOCKED"], ["LEAK-FOUND", "LEAK-OPENED"], {}),
+                     submission(GUESS, HUNT), "ok", ["REPO-LISTING", "BLOCKED"], ["LEAK-FOUND", "LEAK-OPENED"], {}),
     "write_outside": ("tries to write everywhere but its scratch folder, the grader's inputs included",
                       submission("import os, attn_course\n"
                                  "repo = os.path.dirname(os.path.dirname(attn_course.__file__))\n"
