@@ -15,6 +15,9 @@ two backward kernels agree on it by construction:
 
       causal, T_q = T_k = 8, BLOCK = 2           keys ->  0 1 | 2 3 | 4 5 | 6 7
       query block 4..5:  full [0, 4)  masked [4, 6)        F F   F F   M M   . .
+
+* ``load_rows`` / ``store_rows``: one tile of rows of a ``[B, H, T, D]`` tensor, either through pointers
+  (masked on masked tiles) or through a tensor descriptor (TMA on Hopper, see ``_variants``).
 """
 
 import triton
@@ -95,3 +98,47 @@ def query_tiles(n_start, T_q, T_k, window_left, window_right, BLOCK_M: tl.conste
     a = tl.minimum(full_lo, hi)
     b = tl.minimum(tl.maximum(full_hi, a), hi)
     return lo, a, b, hi
+
+
+@triton.jit
+def load_rows(
+    ptr,  # this (sequence, head)'s row 0 (pointer variant)
+    desc,  # a descriptor over the whole [B, H, T, D] tensor with (1, 1, BLOCK, HEAD_DIM) tiles (TMA variant)
+    b, h, row0,  # which sequence and head, first row of the tile
+    stride_t, stride_d, T,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+    MASKED: tl.constexpr,  # rows past T may be in the tile (pointer variant; TMA zero-fills them anyway)
+    TMA: tl.constexpr,
+    TRANS: tl.constexpr,  # return (HEAD_DIM, BLOCK) instead of (BLOCK, HEAD_DIM)
+):
+    """Rows ``row0 ... row0 + BLOCK`` of one (sequence, head), zeros past ``T``."""
+    if TMA:
+        x = desc.load([b, h, row0, 0]).reshape(BLOCK, HEAD_DIM)  # (1, 1, BLOCK, D) -> (BLOCK, D)
+        if TRANS:
+            x = tl.trans(x)  # (D, BLOCK)
+    else:
+        offs = row0 + tl.arange(0, BLOCK)
+        offs_d = tl.arange(0, HEAD_DIM)
+        if TRANS:
+            ptrs = ptr + offs[None, :] * stride_t + offs_d[:, None] * stride_d  # (HEAD_DIM, BLOCK)
+            row_ok = offs[None, :] < T
+        else:
+            ptrs = ptr + offs[:, None] * stride_t + offs_d[None, :] * stride_d  # (BLOCK, HEAD_DIM)
+            row_ok = offs[:, None] < T
+        if MASKED:
+            x = tl.load(ptrs, mask=row_ok, other=0.0)
+        else:  # full tile: every row exists, no bounds check
+            x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def store_rows(ptr, desc, b, h, row0, x, stride_t, stride_d, T,
+               BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
+    """Store ``x`` (BLOCK, HEAD_DIM) as rows ``row0 ...`` of one (sequence, head), dropping rows past ``T``."""
+    if TMA:  # the copy engine clips rows past the tensor's end
+        desc.store([b, h, row0, 0], x.reshape(1, 1, BLOCK, HEAD_DIM))
+    else:
+        offs = row0 + tl.arange(0, BLOCK)
+        offs_d = tl.arange(0, HEAD_DIM)
+        tl.store(ptr + offs[:, None] * stride_t + offs_d[None, :] * stride_d, x, mask=offs[:, None] < T)

@@ -27,9 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
+from attn_course.kernels import _variants
 from attn_course.kernels._runtime import interpreter_scope, is_interpreted
 
-from ._tiles import allowed, dot, key_tiles, query_tiles, seq_bounds
+from ._tiles import allowed, dot, key_tiles, load_rows, query_tiles, seq_bounds, store_rows
 
 LOG2E = 1.4426950408889634  # log2(e)
 
@@ -65,27 +66,23 @@ def _bwd_preprocess(
 def _dkdv_tiles(
     dk, dv, k, v,  # accumulators (BLOCK_N, HEAD_DIM) in float32, and this program's key / value block
     Q, dOut, Lse, Delta,  # pointers at this (sequence, query head)'s first row
+    desc_q, desc_do, b, h,  # descriptors over q and dOut, and which (sequence, query head) (TMA variant)
     stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
     offs_n,  # (BLOCK_N,) key indices of this block
     start, end,  # query range to walk, [start, end)
     T_q, T_k, window_left, window_right, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
 ):
-    offs_d = tl.arange(0, HEAD_DIM)
     for m0 in range(start, end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        qT_ptrs = Q + offs_m[None, :] * stride_qt + offs_d[:, None] * stride_qd  # (HEAD_DIM, BLOCK_M)
-        do_ptrs = dOut + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd  # (BLOCK_M, HEAD_DIM)
+        qT = load_rows(Q, desc_q, b, h, m0, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, MASKED, TMA, True)
+        do = load_rows(dOut, desc_do, b, h, m0, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, MASKED, TMA, False)
         if MASKED:
             row_ok = offs_m < T_q
-            qT = tl.load(qT_ptrs, mask=row_ok[None, :], other=0.0)
-            do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
             lse = tl.load(Lse + offs_m * stride_lt, mask=row_ok, other=0.0)
             delta = tl.load(Delta + offs_m * stride_lt, mask=row_ok, other=0.0)
         else:
-            qT = tl.load(qT_ptrs)
-            do = tl.load(do_ptrs)
             lse = tl.load(Lse + offs_m * stride_lt)
             delta = tl.load(Delta + offs_m * stride_lt)
         sT = dot(k, qT, UPCAST, IEEE) * qk_scale  # (BLOCK_N, BLOCK_M) scores, transposed, log2 units
@@ -108,12 +105,13 @@ def _bwd_dkdv(
     stride_gb, stride_gh, stride_gt, stride_gd,  # dOut
     stride_lb, stride_lh, stride_lt,  # Lse and Delta
     stride_dkb, stride_dkh, stride_dkt, stride_dkd,  # dK and dV (allocated alike)
+    desc_q, desc_k, desc_v, desc_do, desc_dq, desc_dk, desc_dv,  # descriptors when TMA (else unused)
     cu_seqlens_q, cu_seqlens_k, T_q, T_k,
     H_kv, GROUP,  # key/value heads; query heads per key/value head
     qk_scale, scale,  # softmax scale * log2(e), and the plain softmax scale
     window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
 ):
     """One program: ``BLOCK_N`` keys of one key/value head of one sequence; sums over its query heads."""
     pid_n = tl.program_id(0)
@@ -126,15 +124,12 @@ def _bwd_dkdv(
     if n_start >= T_k:
         return
 
-    b64 = b.to(tl.int64)
+    b64, hkv64, k_start64 = b.to(tl.int64), h_kv.to(tl.int64), k_start.to(tl.int64)
     offs_n = n_start + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    key_ok = offs_n[:, None] < T_k
-    k_rows = (k_start + offs_n).to(tl.int64)[:, None]
-    k = tl.load(K + b64 * stride_kb + h_kv.to(tl.int64) * stride_kh + k_rows * stride_kt + offs_d[None, :] * stride_kd,
-                mask=key_ok, other=0.0)  # (BLOCK_N, HEAD_DIM)
-    v = tl.load(V + b64 * stride_vb + h_kv.to(tl.int64) * stride_vh + k_rows * stride_vt + offs_d[None, :] * stride_vd,
-                mask=key_ok, other=0.0)
+    Kh = K + b64 * stride_kb + hkv64 * stride_kh + k_start64 * stride_kt  # this (sequence, kv head)'s row 0
+    Vh = V + b64 * stride_vb + hkv64 * stride_vh + k_start64 * stride_vt
+    k = load_rows(Kh, desc_k, b, h_kv, n_start, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, True, TMA, False)
+    v = load_rows(Vh, desc_v, b, h_kv, n_start, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, True, TMA, False)
     dk = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
     dv = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
 
@@ -145,40 +140,40 @@ def _bwd_dkdv(
         dOh = dOut + b64 * stride_gb + h64 * stride_gh + q_start.to(tl.int64) * stride_gt
         Lh = Lse + b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
         Dh = Delta + b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
-        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
+        h = h_kv * GROUP + g
+        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, b, h,
+                             stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, lo, a, T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, BLOCK_M, True, UPCAST, IEEE)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
+                             HEAD_DIM, BLOCK_M, True, UPCAST, IEEE, TMA)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, b, h,
+                             stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, BLOCK_M, False, UPCAST, IEEE)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
+                             HEAD_DIM, BLOCK_M, False, UPCAST, IEEE, TMA)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, b, h,
+                             stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, BLOCK_M, True, UPCAST, IEEE)
+                             HEAD_DIM, BLOCK_M, True, UPCAST, IEEE, TMA)
 
-    out_off = b64 * stride_dkb + h_kv.to(tl.int64) * stride_dkh + k_rows * stride_dkt + offs_d[None, :] * stride_dkd
-    tl.store(dK + out_off, (dk * scale).to(dK.dtype.element_ty), mask=key_ok)
-    tl.store(dV + out_off, dv.to(dV.dtype.element_ty), mask=key_ok)
+    out_off = b64 * stride_dkb + hkv64 * stride_dkh + k_start64 * stride_dkt  # (dK and dV share a layout)
+    store_rows(dK + out_off, desc_dk, b, h_kv, n_start, (dk * scale).to(dK.dtype.element_ty), stride_dkt, stride_dkd,
+               T_k, BLOCK_N, HEAD_DIM, TMA)
+    store_rows(dV + out_off, desc_dv, b, h_kv, n_start, dv.to(dV.dtype.element_ty), stride_dkt, stride_dkd,
+               T_k, BLOCK_N, HEAD_DIM, TMA)
 
 
 @triton.jit
 def _dq_tiles(
     dq, q, do, lse, delta,  # accumulator (BLOCK_M, HEAD_DIM) float32; this block's q, dO; its lse, delta
     K, V, stride_kt, stride_kd, stride_vt, stride_vd,  # pointers at this (sequence, kv head)'s first row
+    desc_k, desc_v, b, h_kv,  # descriptors over k and v, and which (sequence, kv head) (TMA variant)
     offs_m, start, end, T_q, T_k, window_left, window_right, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
 ):
-    offs_d = tl.arange(0, HEAD_DIM)
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        kT_ptrs = K + offs_n[None, :] * stride_kt + offs_d[:, None] * stride_kd  # (HEAD_DIM, BLOCK_N)
-        vT_ptrs = V + offs_n[None, :] * stride_vt + offs_d[:, None] * stride_vd  # (HEAD_DIM, BLOCK_N)
-        if MASKED:
-            kT = tl.load(kT_ptrs, mask=offs_n[None, :] < T_k, other=0.0)
-            vT = tl.load(vT_ptrs, mask=offs_n[None, :] < T_k, other=0.0)
-        else:
-            kT = tl.load(kT_ptrs)
-            vT = tl.load(vT_ptrs)
+        kT = load_rows(K, desc_k, b, h_kv, n0, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, True)
+        vT = load_rows(V, desc_v, b, h_kv, n0, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, True)
         s = dot(q, kT, UPCAST, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.math.exp2(s - lse[:, None])
         if MASKED:
@@ -198,10 +193,11 @@ def _bwd_dq(
     stride_gb, stride_gh, stride_gt, stride_gd,  # dOut
     stride_lb, stride_lh, stride_lt,  # Lse and Delta
     stride_dqb, stride_dqh, stride_dqt, stride_dqd,
+    desc_q, desc_k, desc_v, desc_do, desc_dq, desc_dk, desc_dv,  # descriptors when TMA (else unused)
     cu_seqlens_q, cu_seqlens_k, T_q, T_k,
     H, GROUP, qk_scale, scale, window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
 ):
     """One program: ``BLOCK_M`` queries of one head of one sequence, walking over the keys it may see."""
     pid_m = tl.program_id(0)
@@ -217,13 +213,13 @@ def _bwd_dq(
 
     b64, h64 = b.to(tl.int64), h.to(tl.int64)
     offs_m = m_start + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < T_q
-    rows = (q_start + offs_m).to(tl.int64)
-    q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + rows[:, None] * stride_qt + offs_d[None, :] * stride_qd,
-                mask=row_ok[:, None], other=0.0)  # (BLOCK_M, HEAD_DIM)
-    do = tl.load(dOut + b64 * stride_gb + h64 * stride_gh + rows[:, None] * stride_gt + offs_d[None, :] * stride_gd,
-                 mask=row_ok[:, None], other=0.0)
+    q_start64 = q_start.to(tl.int64)
+    Qh = Q + b64 * stride_qb + h64 * stride_qh + q_start64 * stride_qt  # this (sequence, head)'s row 0
+    dOh = dOut + b64 * stride_gb + h64 * stride_gh + q_start64 * stride_gt
+    q = load_rows(Qh, desc_q, b, h, m_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False)
+    do = load_rows(dOh, desc_do, b, h, m_start, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False)
+    rows = q_start64 + offs_m
     lse = tl.load(Lse + b64 * stride_lb + h64 * stride_lh + rows * stride_lt, mask=row_ok, other=0.0)
     lse = lse * 1.4426950408889634  # to log2 units, like the scores
     delta = tl.load(Delta + b64 * stride_lb + h64 * stride_lh + rows * stride_lt, mask=row_ok, other=0.0)
@@ -232,32 +228,38 @@ def _bwd_dq(
     dq = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)
 
     lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
-    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, offs_m, lo, a,
-                   T_q, T_k, window_left, window_right, qk_scale, HEAD_DIM, BLOCK_N, True, UPCAST, IEEE)
-    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, offs_m, a, b_full,
-                   T_q, T_k, window_left, window_right, qk_scale, HEAD_DIM, BLOCK_N, False, UPCAST, IEEE)
-    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, offs_m, b_full, hi,
-                   T_q, T_k, window_left, window_right, qk_scale, HEAD_DIM, BLOCK_N, True, UPCAST, IEEE)
-    tl.store(dQ + b64 * stride_dqb + h64 * stride_dqh + rows[:, None] * stride_dqt + offs_d[None, :] * stride_dqd,
-             (dq * scale).to(dQ.dtype.element_ty), mask=row_ok[:, None])
+    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, b, h_kv,
+                   offs_m, lo, a, T_q, T_k, window_left, window_right, qk_scale,
+                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA)
+    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, b, h_kv,
+                   offs_m, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
+                   HEAD_DIM, BLOCK_N, False, UPCAST, IEEE, TMA)
+    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, b, h_kv,
+                   offs_m, b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
+                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA)
+    dQh = dQ + b64 * stride_dqb + h64 * stride_dqh + q_start64 * stride_dqt
+    store_rows(dQh, desc_dq, b, h, m_start, (dq * scale).to(dQ.dtype.element_ty), stride_dqt, stride_dqd, T_q,
+               BLOCK_M, HEAD_DIM, TMA)
 
 
 INTERPRET = is_interpreted(_bwd_dq)
 
 
-def _configs():
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2),
-                             (128, 128, 8, 2), (32, 128, 4, 3)]
-    ]
-
-
-_KEY = ["T_q", "T_k", "HEAD_DIM", "window_left", "window_right", "IS_VARLEN"]
-bwd_dkdv = _bwd_dkdv if INTERPRET else triton.autotune(configs=_configs(), key=_KEY)(_bwd_dkdv)
-bwd_dq = _bwd_dq if INTERPRET else triton.autotune(configs=_configs(), key=_KEY)(_bwd_dq)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) for the GPU, as in the forward pass.
+GPU_TILES = [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2),
+             (128, 128, 8, 2), (32, 128, 4, 3)]
+TUNE_KEY = ["T_q", "T_k", "HEAD_DIM", "window_left", "window_right", "IS_VARLEN", "TMA"]
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 PREPROCESS_BLOCK = 64
+_DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_do", "BLOCK_M"),
+                ("desc_dq", "BLOCK_M"), ("desc_dk", "BLOCK_N"), ("desc_dv", "BLOCK_N"))
+
+
+def default_tiles(D: int, itemsize: int) -> triton.Config:
+    """The config used when autotuning is off (each program holds two or four tiles in float32)."""
+    if itemsize == 2:
+        return triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4 if D <= 64 else 8, num_stages=3)
+    return triton.Config({"BLOCK_M": 32, "BLOCK_N": 64 if D <= 64 else 32}, num_warps=4, num_stages=2)
 
 
 def _views(x: torch.Tensor, varlen: bool):
@@ -289,23 +291,35 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
     sdq, sdk = _views(dq, varlen), _views(dk, varlen)
     upcast = INTERPRET and q.dtype == torch.bfloat16
     flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, UPCAST=upcast, IEEE=q.dtype == torch.float32)
-    extra = dict(blocks or INTERPRETER_BLOCKS) if INTERPRET else {}
+    common = (cu_seqlens_q, cu_seqlens_k, T_q, T_k)
+    window_args = (scale * LOG2E, scale, window[0], window[1])
+
+    def launch(variant: _variants.Variant):
+        tiles, meta, tune = _variants.launch_plan(INTERPRET, variant, interpreter_tiles=blocks or INTERPRETER_BLOCKS,
+                                                  default=default_tiles(D, q.element_size()), warp_spec=False)
+        descs = _variants.descriptors((q, k, v, dout, dq, dk, dv), [tiles[block] for _, block in _DESCRIPTORS],
+                                      D, variant)
+        dkdv_kernel, dq_kernel = _bwd_dkdv, _bwd_dq
+        if tune:
+            hook = _variants.tile_hook(_DESCRIPTORS)
+            dkdv_kernel = _variants.autotuned(_bwd_dkdv, variant, GPU_TILES, TUNE_KEY, hook, warp_spec=False)
+            dq_kernel = _variants.autotuned(_bwd_dq, variant, GPU_TILES, TUNE_KEY, hook, warp_spec=False)
+        dkdv_kernel[lambda meta: (triton.cdiv(T_k, meta["BLOCK_N"]), B * H_kv)](
+            q, k, v, dout, lse, delta, dk, dv, *sq, *sk, *sv, *sg, *sl, *sdk, *descs,
+            *common, H_kv, H // H_kv, *window_args, **flags, TMA=variant.tma, **meta,
+        )
+        dq_kernel[lambda meta: (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)](
+            q, k, v, dout, lse, delta, dq, *sq, *sk, *sv, *sg, *sl, *sdq, *descs,
+            *common, H, H // H_kv, *window_args, **flags, TMA=variant.tma, **meta,
+        )
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():
         _bwd_preprocess[(triton.cdiv(T_q, PREPROCESS_BLOCK), B * H)](
             out, dout, delta, *so, *sg, *sl, cu_seqlens_q, T_q, H,
             HEAD_DIM=D, BLOCK_M=PREPROCESS_BLOCK, IS_VARLEN=varlen,
         )
-        bwd_dkdv[lambda meta: (triton.cdiv(T_k, meta["BLOCK_N"]), B * H_kv)](
-            q, k, v, dout, lse, delta, dk, dv, *sq, *sk, *sv, *sg, *sl, *sdk,
-            cu_seqlens_q, cu_seqlens_k, T_q, T_k, H_kv, H // H_kv, scale * LOG2E, scale, window[0], window[1],
-            **flags, **extra,
-        )
-        bwd_dq[lambda meta: (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)](
-            q, k, v, dout, lse, delta, dq, *sq, *sk, *sv, *sg, *sl, *sdq,
-            cu_seqlens_q, cu_seqlens_k, T_q, T_k, H, H // H_kv, scale * LOG2E, scale, window[0], window[1],
-            **flags, **extra,
-        )
+        chain = _variants.chain(q.device, (q, k, v, dout, dq, dk, dv), varlen=varlen)
+        _variants.run(chain, (str(q.device), q.dtype, D, "backward"), launch)
     return dq, dk, dv
 
 

@@ -14,7 +14,10 @@ In this file you will learn how to write attention as **one** fused Triton kerne
   the sliding window's edges, the ragged tail), and skipping the tiles a causal mask hides;
 * grouped-query attention by index arithmetic: query head ``h`` reads key/value head ``h // group``;
 * packed variable-length batches (``cu_seqlens``) with the same kernel;
-* saving the logsumexp ``lse = m + log(l)`` so the backward pass can recompute the probabilities.
+* saving the logsumexp ``lse = m + log(l)`` so the backward pass can recompute the probabilities;
+* on Hopper, fetching tiles through *tensor descriptors* (TMA) instead of pointer arithmetic, and letting
+  the compiler warp-specialise the key loop (``TMA`` / ``WARP_SPEC``; which variant runs is
+  :mod:`attn_course.kernels._variants`' business).
 
 Per program (one block of ``BLOCK_M`` queries of one head of one sequence), the memory traffic is
 ``Q`` block read once, ``K`` and ``V`` streamed through once, ``O`` and ``lse`` written once: ``O(T)``
@@ -27,9 +30,10 @@ import torch
 import triton
 import triton.language as tl
 
+from attn_course.kernels import _variants
 from attn_course.kernels._runtime import interpreter_scope, is_interpreted
 
-from ._tiles import allowed, dot, key_tiles, seq_bounds
+from ._tiles import allowed, dot, key_tiles, load_rows, seq_bounds, store_rows
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E)
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2): log(x) = log2(x) * LN2 (a constexpr: used inside the kernel)
@@ -38,7 +42,7 @@ LN2 = tl.constexpr(0.6931471805599453)  # ln(2): log(x) = log2(x) * LN2 (a const
 @triton.jit
 def _fwd_tiles(
     acc, l_i, m_i, q,  # running state (BLOCK_M x HEAD_DIM, BLOCK_M, BLOCK_M) and the query block
-    K, V,  # pointers to this (sequence, kv head)'s first key / value row
+    K, V, desc_k, desc_v, b, h_kv,  # where the keys and values are (see _tiles.load_rows)
     stride_kt, stride_kd, stride_vt, stride_vd,  # strides of K and V along time and head dim
     offs_m,  # (BLOCK_M,) query indices of this block, within the sequence
     start, end,  # key range to walk, [start, end)
@@ -46,18 +50,12 @@ def _fwd_tiles(
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,  # build the (query, key) mask? False on full tiles
     UPCAST: tl.constexpr, IEEE: tl.constexpr,  # see _tiles.dot
+    TMA: tl.constexpr, WARP_SPEC: tl.constexpr,  # see _variants
 ):
-    offs_d = tl.arange(0, HEAD_DIM)
-    for n0 in range(start, end, BLOCK_N):
+    for n0 in tl.range(start, end, BLOCK_N, warp_specialize=WARP_SPEC):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        kT_ptrs = K + offs_n[None, :] * stride_kt + offs_d[:, None] * stride_kd  # (HEAD_DIM, BLOCK_N)
-        v_ptrs = V + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd  # (BLOCK_N, HEAD_DIM)
-        if MASKED:
-            kT = tl.load(kT_ptrs, mask=offs_n[None, :] < T_k, other=0.0)
-            v = tl.load(v_ptrs, mask=offs_n[:, None] < T_k, other=0.0)
-        else:  # full tile: every key exists, no bounds check
-            kT = tl.load(kT_ptrs)
-            v = tl.load(v_ptrs)
+        kT = load_rows(K, desc_k, b, h_kv, n0, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, True)
+        v = load_rows(V, desc_v, b, h_kv, n0, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, False)
         s = dot(q, kT, UPCAST, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N) scores in log2 units
         if MASKED:
             s = tl.where(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right), s, float("-inf"))
@@ -82,6 +80,7 @@ def _attn_fwd(
     stride_vb, stride_vh, stride_vt, stride_vd,
     stride_ob, stride_oh, stride_ot, stride_od,
     stride_lb, stride_lh, stride_lt,
+    desc_q, desc_k, desc_v, desc_o,  # tensor descriptors over q, k, v, out when TMA (else unused)
     cu_seqlens_q, cu_seqlens_k,  # int32 (B + 1,) sequence starts when IS_VARLEN (then the batch strides are 0)
     T_q, T_k,  # lengths for a fixed-length batch (ignored when IS_VARLEN)
     H, GROUP,  # number of query heads; query heads per key/value head (1 = MHA, H = MQA)
@@ -92,7 +91,10 @@ def _attn_fwd(
     BLOCK_N: tl.constexpr,  # keys per loop step
     IS_VARLEN: tl.constexpr,
     UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    TMA: tl.constexpr,  # tiles through the descriptors (fixed-length batches only)
+    WARP_SPEC: tl.constexpr,  # ask the compiler to warp-specialise the full-tile key loop
 ):
+    tl.static_assert(not (TMA and IS_VARLEN), "packed batches use the pointer variant")
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -112,9 +114,8 @@ def _attn_fwd(
     Lse += b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
 
     offs_m = m_start + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=offs_m[:, None] < T_q,
-                other=0.0)  # (BLOCK_M, HEAD_DIM), stays in registers for the whole loop
+    # (BLOCK_M, HEAD_DIM), stays in registers for the whole loop
+    q = load_rows(Q, desc_q, b, h, m_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max (log2 units)
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)  # running sum of exp2(s - m)
@@ -122,46 +123,51 @@ def _attn_fwd(
 
     lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
     # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+    # (warp specialisation only on the long, mask-free middle loop; the edges are a tile or two each)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
+                               stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
                                lo, a, T_q, T_k, window_left, window_right, qk_scale,
-                               HEAD_DIM, BLOCK_N, True, UPCAST, IEEE)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+                               HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
+                               stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
                                a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                               HEAD_DIM, BLOCK_N, False, UPCAST, IEEE)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+                               HEAD_DIM, BLOCK_N, False, UPCAST, IEEE, TMA, WARP_SPEC)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
+                               stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
                                b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
-                               HEAD_DIM, BLOCK_N, True, UPCAST, IEEE)
+                               HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False)
 
     # epilogue: normalise; a row that saw no allowed key has l = 0 and gets out = 0, lse = -inf
     alive = l_i > 0.0
     l_safe = tl.where(alive, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(alive, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # natural log
-    row_ok = offs_m < T_q
-    tl.store(Out + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od, out.to(Out.dtype.element_ty),
-             mask=row_ok[:, None])
-    tl.store(Lse + offs_m * stride_lt, lse, mask=row_ok)
+    store_rows(Out, desc_o, b, h, m_start, out.to(Out.dtype.element_ty), stride_ot, stride_od, T_q,
+               BLOCK_M, HEAD_DIM, TMA)
+    tl.store(Lse + offs_m * stride_lt, lse, mask=offs_m < T_q)
 
 
 INTERPRET = is_interpreted(_attn_fwd)
 
 
-def _configs():
-    """Tile shapes to try on a GPU (Hopper/Ampere); the autotuner keeps the fastest per shape."""
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [
-            (128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 4), (128, 32, 4, 4),
-            (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 3), (128, 128, 8, 2),
-        ]
-    ]
-
-
-# On a GPU the tile shape is autotuned per (length, head dim, window); the interpreter uses one small tile.
-attn_fwd = _attn_fwd if INTERPRET else triton.autotune(
-    configs=_configs(), key=["T_q", "T_k", "HEAD_DIM", "window_left", "window_right", "IS_VARLEN"]
-)(_attn_fwd)
+# Tile shapes for the GPU, as (BLOCK_M, BLOCK_N, num_warps, num_stages); the autotuner keeps the fastest
+# per shape. Configs that need more shared memory than the chip has are skipped by the autotuner.
+GPU_TILES = [
+    (128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 4), (128, 32, 4, 4),
+    (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 3), (128, 128, 8, 2),
+]
+TUNE_KEY = ["T_q", "T_k", "HEAD_DIM", "window_left", "window_right", "IS_VARLEN", "TMA"]
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
+_DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_o", "BLOCK_M"))
+
+
+def default_tiles(D: int, itemsize: int) -> triton.Config:
+    """The one config used when autotuning is off: big query tiles for 16-bit inputs, smaller tiles where
+    float32 or a wide head would overflow shared memory."""
+    half = itemsize == 2
+    bn = 64 if half or D <= 64 else 32
+    return triton.Config({"BLOCK_M": 128 if half else 64, "BLOCK_N": bn}, num_warps=4 if D <= 64 else 8,
+                         num_stages=3 if half else 2)
 
 
 def _strides(x: torch.Tensor, ndim: int):
@@ -175,7 +181,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
 
     Fixed length: q ``[B, H, T_q, D]``, k, v ``[B, H_kv, T_k, D]`` -> out like q, lse ``[B, H, T_q]``.
     Packed: q ``[total_q, H, D]``, k, v ``[total_k, H_kv, D]`` -> out like q, lse ``[H, total_q]``.
-    ``window = (left, right)`` with huge numbers for unbounded sides.
+    ``window = (left, right)`` with huge numbers for unbounded sides. ``blocks``: the interpreter's tiles.
     """
     varlen = cu_seqlens_q is not None
     if varlen:
@@ -199,17 +205,26 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         sl = lse.stride()
         cu_seqlens_q = cu_seqlens_k = lse  # unused placeholders (IS_VARLEN=False)
     upcast = INTERPRET and q.dtype == torch.bfloat16
+    args = (q, k, v, out, lse, *sq, *sk, *sv, *so, *sl)
+    scalars = (cu_seqlens_q, cu_seqlens_k, T_q, T_k, H, H // H_kv, scale * LOG2E, window[0], window[1])
+    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, UPCAST=upcast, IEEE=q.dtype == torch.float32)
 
     def grid(meta):
         return (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)
 
-    extra = dict(blocks or INTERPRETER_BLOCKS) if INTERPRET else {}
+    def launch(variant: _variants.Variant):
+        tiles, meta, tune = _variants.launch_plan(INTERPRET, variant, interpreter_tiles=blocks or INTERPRETER_BLOCKS,
+                                                  default=default_tiles(D, q.element_size()), warp_spec=True)
+        descs = _variants.descriptors((q, k, v, out), [tiles[block] for _, block in _DESCRIPTORS], D, variant)
+        kernel = _attn_fwd
+        if tune:
+            kernel = _variants.autotuned(_attn_fwd, variant, GPU_TILES, TUNE_KEY,
+                                         _variants.tile_hook(_DESCRIPTORS), warp_spec=True)
+        kernel[grid](*args, *descs, *scalars, **flags, TMA=variant.tma, **meta)
+
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():
-        attn_fwd[grid](
-            q, k, v, out, lse, *sq, *sk, *sv, *so, *sl, cu_seqlens_q, cu_seqlens_k,
-            T_q, T_k, H, H // H_kv, scale * LOG2E, window[0], window[1],
-            HEAD_DIM=D, IS_VARLEN=varlen, UPCAST=upcast, IEEE=q.dtype == torch.float32, **extra,
-        )
+        chain = _variants.chain(q.device, (q, k, v, out), varlen=varlen)
+        _variants.run(chain, (str(q.device), q.dtype, D, "forward"), launch)
     return out, lse
 
 

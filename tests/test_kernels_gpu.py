@@ -1,5 +1,11 @@
 """The CPU test cases again, compiled on a CUDA GPU, plus long sequences (up to T = 16384) that the
-interpreter could never run. Skipped, with the reason, where there is no GPU."""
+interpreter could never run. Skipped, with the reason, where there is no GPU.
+
+Every kernel variant the GPU can run is compiled and checked: ``pointer`` everywhere, and on Hopper the
+``tma`` and ``tma+ws`` variants, forced by name (so that a compile error fails the test instead of being
+absorbed by the automatic fallback) and through ``auto`` (which must then not have fallen back). The
+autotuner is off except in one test: each (variant, dtype, head dim) compiles once, not once per tile shape.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import torch
 from test_kernels import CASES, case_id
 from test_kernels_common import assert_close_by_rule, grads, make_qkv, max_err, reference, torch_same_dtype
 
-from attn_course.kernels import flash_attention, flash_attention_varlen
+from attn_course.kernels import _variants, flash_attention, flash_attention_varlen
 from attn_course.kernels._runtime import kernel_module
 
 pytestmark = [
@@ -18,6 +24,13 @@ pytestmark = [
                               "kernels in Triton's interpreter)"),
 ]
 NONE = (-1, -1)
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+VARIANTS = ["pointer"] + (["tma", "tma+ws"] if HOPPER and _variants.TensorDescriptor is not None else [])
+
+
+@pytest.fixture(autouse=True)
+def _fixed_tiles(monkeypatch):
+    monkeypatch.setenv(_variants.AUTOTUNE_ENV, "0")
 
 LARGE = [
     (1, 4, 1, 4096, 4096, 128, True, NONE, torch.float16),
@@ -42,15 +55,38 @@ def check_case(case):
         assert_close_by_rule(name, g, w, b, dtype)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_compiled_matches_reference(case):
+def test_compiled_matches_reference(case, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_case(case)
+    dtype, D = case[-1], case[5]
+    assert _variants.used(("cuda:0", dtype, D, "forward")) == variant
+    assert _variants.used(("cuda:0", dtype, D, "backward")) == variant
 
 
 @pytest.mark.parametrize("case", LARGE, ids=case_id)
 def test_long_sequences(case):
     check_case(case)
+    assert not _variants.broken(), f"a kernel variant failed and auto fell back: {_variants.broken()}"
     torch.cuda.empty_cache()
+
+
+def test_auto_uses_tma_on_hopper_without_falling_back():
+    q, k, v = make_qkv(2, 4, 2, 300, 300, 64, torch.bfloat16, device="cuda", requires_grad=True)
+    flash_attention(q, k, v, causal=True).sum().backward()
+    for part in ("forward", "backward"):
+        used = _variants.used(("cuda:0", torch.bfloat16, 64, part))
+        assert used == (_variants.AUTO_CHAIN[0] if len(VARIANTS) > 1 else "pointer"), (part, used)
+    assert not _variants.broken(), f"a kernel variant failed and auto fell back: {_variants.broken()}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_autotuned_launches(variant, monkeypatch):
+    """Through the autotuner (and, for TMA, its pre-hook that gives each config's tile to the descriptors)."""
+    monkeypatch.setenv(_variants.AUTOTUNE_ENV, "1")
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_case((2, 4, 2, 1000, 1000, 128, True, NONE, torch.float16))
 
 
 def test_compiled_varlen_matches_attention_per_sequence():

@@ -1,0 +1,211 @@
+"""Which variant of a kernel runs, and whether its tile shape is autotuned.
+
+The kernels come in variants that compute exactly the same thing and differ only in how tiles travel
+from global memory to the chip:
+
+* ``pointer``: every tile is a masked ``tl.load`` through a block of pointers. Runs on any GPU and in the
+  interpreter, for any strides and for packed (varlen) batches.
+* ``tma``: tiles travel through *tensor descriptors*, which Hopper (compute capability 9.0) turns into
+  its bulk tensor copy engine (TMA): one thread issues the copy of a whole tile into shared memory, the
+  copy engine computes the addresses, and rows past the end of the tensor arrive as zeros with no mask.
+  It needs the head dim contiguous and 16-byte-aligned strides (checked by :func:`tma_unready`).
+* ``tma+ws``: the same, and the autotuner may also turn on warp specialisation of the key loop
+  (``tl.range(..., warp_specialize=True)``: producer warps issue the copies while consumer warps do the
+  matrix products), keeping it only where it is faster. Older Triton ignores it on Hopper.
+
+``ATTN_COURSE_KERNEL`` picks: ``auto`` (the default), ``pointer``, ``tma`` or ``tma+ws``. ``auto`` on a
+Hopper-or-newer GPU with TMA-ready tensors tries ``tma+ws``, then ``tma``, then ``pointer``; everywhere
+else (older GPUs, CPU tensors in the interpreter, varlen) it runs ``pointer``.
+
+Why a chain: the TMA variants are checked on the CPU through the interpreter, which emulates the
+descriptors faithfully, but a GPU compiler can still reject a program the interpreter accepts. So under
+``auto`` a variant that fails is remembered as broken for that (device, dtype, head dim), a
+``RuntimeWarning`` says why, and the next one runs: the caller gets a correct answer, never a Triton
+compile error. A variant you *ask for* by name never falls back; its error is yours to see.
+
+``ATTN_COURSE_AUTOTUNE=0`` turns the autotuner off on the GPU: each variant runs its first (default)
+tile shape. The GPU tests use it, so that each (dtype, head dim) compiles once instead of once per
+candidate tile shape (minutes of compiling for no extra coverage).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # triton < 3.4 has no host-side tensor descriptors
+    TensorDescriptor = None
+
+KERNEL_ENV = "ATTN_COURSE_KERNEL"
+AUTOTUNE_ENV = "ATTN_COURSE_AUTOTUNE"
+CAN_WARP_SPECIALIZE = "warp_specialize" in inspect.signature(tl.range.__init__).parameters
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    tma: bool  # tiles through tensor descriptors
+    warp_specialize: tuple[bool, ...]  # the values the autotuner may pick for the key loop
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("pointer", False, (False,)),
+    Variant("tma", True, (False,)),
+    Variant("tma+ws", True, (False, True) if CAN_WARP_SPECIALIZE else (False,)),
+)}
+AUTO_CHAIN = ("tma+ws", "tma", "pointer") if CAN_WARP_SPECIALIZE else ("tma", "pointer")
+
+_broken: dict[tuple, str] = {}  # (variant, device, dtype, head dim) -> why it failed
+_used: dict[tuple, str] = {}  # (device, dtype, head dim) -> the variant that ran last
+
+
+def requested() -> str:
+    """The value of ``ATTN_COURSE_KERNEL`` (``auto`` when unset), checked."""
+    name = os.environ.get(KERNEL_ENV, "auto").strip() or "auto"
+    if name != "auto" and name not in VARIANTS:
+        raise ValueError(f"{KERNEL_ENV}={name!r} is not a kernel variant; use one of auto, {', '.join(VARIANTS)}")
+    return name
+
+
+def autotune_enabled() -> bool:
+    """``ATTN_COURSE_AUTOTUNE``: unset or ``1`` -> autotune on the GPU; ``0`` -> each variant's first tiles."""
+    value = os.environ.get(AUTOTUNE_ENV, "1").strip()
+    if value not in ("0", "1", ""):
+        raise ValueError(f"{AUTOTUNE_ENV} must be 0 or 1, got {value!r}")
+    return value != "0"
+
+
+def tma_unready(*tensors: torch.Tensor) -> str | None:
+    """Why these ``[B, H, T, D]`` tensors cannot go through tensor descriptors, or ``None`` if they can.
+
+    TMA's rules: the last dim contiguous, every other stride a multiple of 16 bytes, the base address
+    16-byte aligned. (A dim of size 1 is never stepped along, so its stride does not matter.)
+    """
+    if TensorDescriptor is None:
+        return "this Triton has no tensor descriptors (triton.tools.tensor_descriptor, triton >= 3.4)"
+    for x in tensors:
+        if x.stride(-1) != 1:
+            return f"the head dim is not contiguous (strides {tuple(x.stride())})"
+        for size, stride in zip(x.shape[:-1], x.stride()[:-1], strict=True):
+            if size > 1 and (stride == 0 or stride * x.element_size() % 16):
+                return f"stride {stride} of a dim of size {size} is not a nonzero multiple of 16 bytes " \
+                       f"(strides {tuple(x.stride())}, {x.dtype})"
+        if x.data_ptr() % 16:
+            return "the tensor's first element is not 16-byte aligned (a view with an odd storage offset?)"
+    return None
+
+
+def descriptor(x: torch.Tensor, block: list[int]):
+    """A host-side tensor descriptor over the whole of ``x`` with tiles of ``block``."""
+    strides = list(x.stride())
+    for i in range(x.dim() - 2, -1, -1):  # a dim of size 1 is never stepped: give it the packed stride
+        if x.shape[i] == 1:
+            strides[i] = strides[i + 1] * x.shape[i + 1]
+    return TensorDescriptor(x, list(x.shape), strides, block)
+
+
+def tile_hook(descriptors: tuple[tuple[str, str], ...]):
+    """An autotuner pre-hook: a descriptor's tile shape is part of it, so each config must set it.
+    ``descriptors``: (argument name, the block-size argument for its rows), e.g. ``("desc_q", "BLOCK_M")``."""
+    def hook(nargs):
+        if isinstance(nargs[descriptors[0][0]], torch.Tensor):  # the pointer variant: placeholders
+            return
+        for name, block in descriptors:
+            nargs[name].block_shape = [1, 1, nargs[block], nargs["HEAD_DIM"]]
+    return hook
+
+
+_autotuned: dict = {}
+
+
+def autotuned(kernel, variant: Variant, tiles, key: list[str], hook, warp_spec: bool):
+    """``kernel`` autotuned over ``tiles`` (BLOCK_M, BLOCK_N, num_warps, num_stages), times the variant's
+    warp-specialisation choices when ``warp_spec``; built once per (kernel, variant)."""
+    cache_key = (id(kernel), variant.name)
+    if cache_key not in _autotuned:
+        choices = variant.warp_specialize if warp_spec else (None,)
+        configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn} | ({} if ws is None else {"WARP_SPEC": ws}),
+                                 num_warps=w, num_stages=s, pre_hook=hook if variant.tma else None)
+                   for bm, bn, w, s in tiles for ws in choices]
+        _autotuned[cache_key] = triton.autotune(configs=configs, key=key)(kernel)
+    return _autotuned[cache_key]
+
+
+def launch_plan(interpreted: bool, variant: Variant, *, interpreter_tiles: dict, default, warp_spec: bool):
+    """``(tiles, meta, tune)`` for one launch: the block sizes to build descriptors with, the launch's
+    extra keyword arguments, and whether to go through the autotuner (whose pre-hook then resets the
+    descriptors' tiles). ``default``: the ``triton.Config`` used on the GPU when autotuning is off."""
+    if interpreted:
+        tiles = dict(interpreter_tiles)
+        ws = {"WARP_SPEC": variant.warp_specialize[-1]} if warp_spec else {}  # a no-op in the interpreter
+        return tiles, tiles | ws, False
+    if autotune_enabled():
+        return {"BLOCK_M": 64, "BLOCK_N": 64}, {}, True
+    tiles = dict(default.kwargs)
+    ws = {"WARP_SPEC": variant.warp_specialize[-1]} if warp_spec else {}  # "tma+ws" without the tuner: on
+    return tiles, tiles | ws | {"num_warps": default.num_warps, "num_stages": default.num_stages}, False
+
+
+def descriptors(tensors, blocks, D: int, variant: Variant):
+    """Descriptors for ``tensors`` with tiles of ``blocks`` rows, or the tensors themselves as placeholders
+    for the pointer variant (which never reads them)."""
+    if not variant.tma:
+        return list(tensors)
+    return [descriptor(x, [1, 1, rows, D]) for x, rows in zip(tensors, blocks, strict=True)]
+
+
+def chain(device: torch.device, tensors, *, varlen: bool) -> list[Variant]:
+    """The variants to try, in order, for one launch (see the module docstring)."""
+    name = requested()
+    if name != "auto":
+        variant = VARIANTS[name]
+        if variant.tma:
+            why = "packed (varlen) batches use the pointer kernel" if varlen else tma_unready(*tensors)
+            if why is not None:
+                raise ValueError(f"{KERNEL_ENV}={name} cannot run these tensors: {why}; unset it to let the "
+                                 f"kernels choose")
+        return [variant]
+    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    if not hopper or varlen or tma_unready(*tensors) is not None:
+        return [VARIANTS["pointer"]]
+    return [VARIANTS[n] for n in AUTO_CHAIN]
+
+
+def run(variants: list[Variant], key: tuple, launch):
+    """``launch(variant)`` for the first variant of ``variants`` not known to be broken for ``key``;
+    under ``auto`` a failure marks it broken, warns, and moves on (the last one's error is raised)."""
+    live = [v for v in variants if (v.name, *key) not in _broken] or variants[-1:]
+    for i, variant in enumerate(live):
+        try:
+            result = launch(variant)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:
+            if i == len(live) - 1:
+                raise
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            _broken[(variant.name, *key)] = reason
+            warnings.warn(f"the {variant.name!r} attention kernel failed for {key} and is now skipped for it "
+                          f"({reason}); falling back to {live[i + 1].name!r}", RuntimeWarning, stacklevel=3)
+            continue
+        _used[key] = variant.name
+        return result
+    raise AssertionError("unreachable: the last variant either returns or raises")
+
+
+def used(key: tuple) -> str | None:
+    """The variant that ran last for ``key`` (for benchmarks to report), or ``None``."""
+    return _used.get(key)
+
+
+def broken() -> dict[tuple, str]:
+    """The variants that failed under ``auto``, and why (a copy)."""
+    return dict(_broken)

@@ -1,0 +1,194 @@
+"""The TMA (tensor-descriptor) variants of the kernels, and how a variant is chosen.
+
+On the CPU, Triton's interpreter emulates tensor descriptors faithfully (bounds, zero fill, the 16-byte
+rules), so the descriptor code paths of the forward and both backward kernels are checked here against
+the reference, on ragged shapes where the zero fill matters. Whether Hopper's compiler accepts them is
+tests/test_kernels_gpu.py's job.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from test_kernels import CASES, case_id
+from test_kernels_common import assert_close_by_rule, grads, make_qkv, max_err, reference, torch_same_dtype
+
+from attn_course.kernels import _variants, flash_attention, flash_attention_varlen
+from attn_course.kernels._checks import kernel_window
+from attn_course.kernels._runtime import kernel_module
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+# ragged lengths, T_q != T_k both ways, GQA and MQA, windows, every dtype, D = 16 ... 128; the warp-specialised
+# variant differs only in a loop hint the interpreter ignores, so it gets two of them
+TMA_CASES = [(c, "tma") for c in (CASES[i] for i in (1, 2, 3, 4, 7, 8, 10))]
+TMA_CASES += [(CASES[i], "tma+ws") for i in (3, 8)]
+
+
+@pytest.fixture(autouse=True)
+def _forget_failures():
+    """Each test starts with no variant marked broken (the marks are process-wide by design)."""
+    _variants._broken.clear()
+    yield
+    _variants._broken.clear()
+
+
+@pytest.mark.parametrize("case,variant", TMA_CASES, ids=lambda x: x if isinstance(x, str) else case_id(x))
+def test_tma_variants_match_the_reference(case, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    B, H, H_kv, T_q, T_k, D, causal, window, dtype = case
+    q, k, v = make_qkv(B, H, H_kv, T_q, T_k, D, dtype)
+    dout = torch.randn(B, H, T_q, D, generator=torch.Generator().manual_seed(1)).to(dtype)
+
+    def kernel(q, k, v):
+        return flash_attention(q, k, v, causal=causal, window=window)
+
+    assert_close_by_rule("out", kernel(q, k, v), reference(q, k, v, causal, window),
+                         torch_same_dtype(q, k, v, causal, window), dtype)
+    key = ("cpu", dtype, D, "forward")
+    assert _variants.used(key) == variant, f"the forward ran {_variants.used(key)!r}, not the requested {variant}"
+    got = grads(kernel, q, k, v, dout)
+    want = grads(lambda q, k, v: reference(q, k, v, causal, window), q, k, v, dout)
+    budget = grads(lambda q, k, v: torch_same_dtype(q, k, v, causal, window), q, k, v, dout)
+    for name, g, w, b in zip(("dq", "dk", "dv"), got, want, budget, strict=True):
+        assert_close_by_rule(name, g, w, b, dtype)
+    assert _variants.used(("cpu", dtype, D, "backward")) == variant
+
+
+@pytest.mark.parametrize("blocks", [(16, 64), (64, 16)], ids=lambda b: f"BM{b[0]}BN{b[1]}")
+def test_tma_tiles_do_not_change_the_answer(blocks, monkeypatch):
+    """Descriptors carry their tile shape: a tile that overhangs the end of the sequence must come back
+    zero-filled (loads) and be clipped (stores) whatever its size."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, "tma")
+    q, k, v = make_qkv(1, 2, 1, 77, 150, 16, F32)
+    dout = torch.randn(1, 2, 77, 16, generator=torch.Generator().manual_seed(2))
+    fwd, bwd = kernel_module("flash_fwd", q.device), kernel_module("flash_bwd", q.device)
+    tiles = {"BLOCK_M": blocks[0], "BLOCK_N": blocks[1]}
+    win = kernel_window((30, -1), True)
+    out, lse = fwd.attn_fwd_launch(q, k, v, scale=0.25, window=win, blocks=tiles)
+    ref = lambda q, k, v: reference(q, k, v, True, (30, -1), scale=0.25)  # noqa: E731
+    assert max_err(out, ref(q, k, v)) < 2e-5
+    dq, dk, dv = bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=0.25, window=win, blocks=tiles)
+    for name, g, w in zip(("dq", "dk", "dv"), (dq, dk, dv), grads(ref, q, k, v, dout), strict=True):
+        assert max_err(g, w) < 2e-5, f"{name} with tiles {blocks}: error {max_err(g, w):.2e}"
+
+
+def test_tma_reads_strided_views_through_their_strides(monkeypatch):
+    """flash-attn's [B, T, H, D] layout seen as [B, H, T, D] is a transposed view (time stride H * D):
+    descriptors take it as is, no copy."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, "tma")
+    x = torch.randn(3, 1, 45, 4, 32, generator=torch.Generator().manual_seed(3)).to(F16)  # (qkv, B, T, H, D)
+    q, k, v = (t.transpose(1, 2) for t in x)  # (B, H, T, D) views
+    assert _variants.tma_unready(q, k, v) is None
+    assert_close_by_rule("out", flash_attention(q, k, v, causal=True), reference(q, k, v, causal=True),
+                         torch_same_dtype(q, k, v, causal=True), F16)
+
+
+def test_auto_runs_the_pointer_kernel_on_the_cpu():
+    q, k, v = make_qkv(1, 2, 2, 17, 17, 16, F32)
+    flash_attention(q, k, v)
+    assert _variants.used(("cpu", F32, 16, "forward")) == "pointer"
+    assert [v.name for v in _variants.chain(q.device, (q, k, v), varlen=False)] == ["pointer"]
+
+
+def test_auto_prefers_tma_on_hopper_only(monkeypatch):
+    """The choice itself, with the GPU's compute capability faked (the tensors' layout is what matters)."""
+    q, k, v = make_qkv(1, 2, 2, 17, 17, 64, F16)
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    names = [v.name for v in _variants.chain(cuda, (q, k, v), varlen=False)]
+    assert names == list(_variants.AUTO_CHAIN) and names[-1] == "pointer" and names[0].startswith("tma")
+    assert [v.name for v in _variants.chain(cuda, (q, k, v), varlen=True)] == ["pointer"]
+    assert [v.name for v in _variants.chain(cuda, (q[..., ::2], k, v), varlen=False)] == ["pointer"]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert [v.name for v in _variants.chain(cuda, (q, k, v), varlen=False)] == ["pointer"]
+
+
+def test_tma_unready_names_the_rule_that_fails():
+    x = torch.randn(2, 3, 40, 64, dtype=F16)
+    assert _variants.tma_unready(x) is None
+    assert _variants.tma_unready(x[:, :, :1]) is None, "a length-1 sequence (decoding) is fine"
+    assert "head dim is not contiguous" in _variants.tma_unready(x.transpose(-1, -2))
+    odd_rows = torch.randn(2, 3, 40, 72, dtype=F16)[..., :64]  # rows of 144 bytes: fine; 70 * 2 = 140 is not
+    assert _variants.tma_unready(odd_rows) is None
+    assert "multiple of 16 bytes" in _variants.tma_unready(torch.randn(2, 3, 40, 70, dtype=F16)[..., :64])
+    assert "multiple of 16 bytes" in _variants.tma_unready(torch.randn(2, 1, 1, 64, dtype=F16).expand(2, 3, 40, 64))
+    shifted = torch.randn(1 + 2 * 3 * 40 * 64, dtype=F16)[1:].view(2, 3, 40, 64)
+    assert "16-byte aligned" in _variants.tma_unready(shifted)
+
+
+def test_descriptor_strides_of_size_one_dims_are_made_legal():
+    """A dim of size 1 may carry any stride in PyTorch; TMA needs 16-byte strides, so it gets the packed one."""
+    x = torch.randn(1, 1, 5, 16, dtype=F16).as_strided((1, 1, 5, 16), (3, 7, 16, 1))
+    assert _variants.tma_unready(x) is None
+    desc = _variants.descriptor(x, [1, 1, 8, 16])
+    assert list(desc.strides) == [80, 80, 16, 1] and list(desc.shape) == [1, 1, 5, 16]
+
+
+def test_forcing_tma_on_tensors_that_cannot_use_it_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, "tma")
+    q, k, v = make_qkv(1, 2, 2, 17, 17, 32, F16)
+    with pytest.raises(ValueError, match="ATTN_COURSE_KERNEL=tma cannot run these tensors: the head dim is not"):
+        flash_attention(q, k, v.transpose(-1, -2).contiguous().transpose(-1, -2))
+    cu = torch.tensor([0, 5, 17], dtype=torch.int32)
+    packed = torch.randn(17, 2, 32, dtype=F16)
+    with pytest.raises(ValueError, match="packed \\(varlen\\) batches use the pointer kernel"):
+        flash_attention_varlen(packed, packed, packed, cu, cu, 12, 12)
+
+
+@pytest.mark.parametrize("env,value,message", [
+    (_variants.KERNEL_ENV, "fast", "is not a kernel variant; use one of auto, pointer, tma"),
+    (_variants.AUTOTUNE_ENV, "yes", "must be 0 or 1"),
+])
+def test_bad_settings_are_named(env, value, message, monkeypatch):
+    monkeypatch.setenv(env, value)
+    if env == _variants.AUTOTUNE_ENV:
+        with pytest.raises(ValueError, match=message):
+            _variants.autotune_enabled()
+        return
+    q, k, v = make_qkv(1, 1, 1, 8, 8, 16, F32)
+    with pytest.raises(ValueError, match=message):
+        flash_attention(q, k, v)
+
+
+def _failing_descriptors(monkeypatch):
+    """Make every TMA launch fail the way a GPU compiler would, before anything is written."""
+    def refuse(*args, **kwargs):
+        raise RuntimeError("PassManager::run failed\n(the rest of a long MLIR dump)")
+    monkeypatch.setattr(_variants, "descriptor", refuse)
+
+
+def test_auto_falls_back_to_the_next_variant_once_and_says_why(monkeypatch):
+    _failing_descriptors(monkeypatch)
+    monkeypatch.setattr(_variants, "chain", lambda device, tensors, varlen: [_variants.VARIANTS["tma"],
+                                                                              _variants.VARIANTS["pointer"]])
+    q, k, v = make_qkv(1, 2, 1, 40, 33, 16, F32)
+    with pytest.warns(RuntimeWarning, match=r"'tma' attention kernel failed .* PassManager::run failed\); "
+                                            r"falling back to 'pointer'"):
+        out = flash_attention(q, k, v, causal=True)
+    assert max_err(out, reference(q, k, v, causal=True)) < 2e-5, "the fallback must still give the right answer"
+    key = ("cpu", F32, 16, "forward")
+    assert _variants.used(key) == "pointer" and ("tma", *key) in _variants.broken()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # remembered: no second attempt, no second warning
+        flash_attention(q, k, v, causal=True)
+
+
+def test_a_requested_variant_never_falls_back(monkeypatch):
+    _failing_descriptors(monkeypatch)
+    monkeypatch.setenv(_variants.KERNEL_ENV, "tma")
+    q, k, v = make_qkv(1, 1, 1, 8, 8, 16, F32)
+    with pytest.raises(RuntimeError, match="PassManager::run failed"):
+        flash_attention(q, k, v)
+    assert not _variants.broken()
+
+
+def test_the_last_variant_s_error_is_raised(monkeypatch):
+    """A failure that is not the variant's fault (here: every variant fails) reaches the caller."""
+    _failing_descriptors(monkeypatch)
+    monkeypatch.setattr(_variants, "chain", lambda device, tensors, varlen: [_variants.VARIANTS["tma"],
+                                                                              _variants.VARIANTS["tma+ws"]])
+    q, k, v = make_qkv(1, 1, 1, 8, 8, 16, F32)
+    with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="PassManager::run failed"):
+        flash_attention(q, k, v)
