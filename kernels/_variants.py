@@ -9,13 +9,13 @@ from global memory to the chip:
   its bulk tensor copy engine (TMA): one thread issues the copy of a whole tile into shared memory, the
   copy engine computes the addresses, and rows past the end of the tensor arrive as zeros with no mask.
   It needs the head dim contiguous and 16-byte-aligned strides (checked by :func:`tma_unready`).
-* ``tma+ws``: the same, and the autotuner may also turn on warp specialisation of the key loop
-  (``tl.range(..., warp_specialize=True)``: producer warps issue the copies while consumer warps do the
-  matrix products), keeping it only where it is faster. Older Triton ignores it on Hopper.
+* ``tma+ws`` (forward only): the same, and the autotuner may also pick warp-specialised configs
+  (``tl.range(..., warp_specialize=True)``: a producer warpgroup issues the copies while consumer
+  warpgroups do the matrix products and the softmax), keeping them only where they are faster.
 
 ``ATTN_COURSE_KERNEL`` picks: ``auto`` (the default), ``pointer``, ``tma`` or ``tma+ws``. ``auto`` on a
-Hopper-or-newer GPU with TMA-ready tensors tries ``tma+ws``, then ``tma``, then ``pointer``; everywhere
-else (older GPUs, CPU tensors in the interpreter, varlen) it runs ``pointer``.
+Hopper-or-newer GPU with TMA-ready tensors tries ``tma+ws`` (16-bit inputs only), then ``tma``, then
+``pointer``; everywhere else (older GPUs, CPU tensors in the interpreter, varlen) it runs ``pointer``.
 
 Why a chain: the TMA variants are checked on the CPU through the interpreter, which emulates the
 descriptors faithfully, but a GPU compiler can still reject a program the interpreter accepts. So under
@@ -126,32 +126,33 @@ def tile_hook(descriptors: tuple[tuple[str, str], ...]):
 _autotuned: dict = {}
 
 
-def autotuned(kernel, variant: Variant, tiles, key: list[str], hook, warp_spec: bool):
-    """``kernel`` autotuned over ``tiles`` (BLOCK_M, BLOCK_N, num_warps, num_stages), times the variant's
-    warp-specialisation choices when ``warp_spec``; built once per (kernel, variant)."""
+def autotuned(kernel, variant: Variant, configs):
+    """``kernel`` wrapped in Triton's autotuner over ``configs`` (which the kernel file builds for the
+    variant), once per (kernel, variant). The tuning key is the lengths, head dim, window and variant."""
     cache_key = (id(kernel), variant.name)
     if cache_key not in _autotuned:
-        choices = variant.warp_specialize if warp_spec else (None,)
-        configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn} | ({} if ws is None else {"WARP_SPEC": ws}),
-                                 num_warps=w, num_stages=s, pre_hook=hook if variant.tma else None)
-                   for bm, bn, w, s in tiles for ws in choices]
-        _autotuned[cache_key] = triton.autotune(configs=configs, key=key)(kernel)
+        _autotuned[cache_key] = triton.autotune(configs=configs, key=TUNE_KEY)(kernel)
     return _autotuned[cache_key]
 
 
-def launch_plan(interpreted: bool, variant: Variant, *, interpreter_tiles: dict, default, warp_spec: bool):
+TUNE_KEY = ["T_q", "T_k", "HEAD_DIM", "window_left", "window_right", "IS_VARLEN", "TMA"]
+
+
+def config(bm: int, bn: int, warps: int, stages: int, hook=None, **meta) -> triton.Config:
+    """One tile shape: ``BLOCK_M`` queries by ``BLOCK_N`` keys, ``warps`` warps, ``stages`` pipeline stages."""
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, **meta}, num_warps=warps, num_stages=stages, pre_hook=hook)
+
+
+def launch_plan(interpreted: bool, *, interpreter_meta: dict, default: triton.Config):
     """``(tiles, meta, tune)`` for one launch: the block sizes to build descriptors with, the launch's
     extra keyword arguments, and whether to go through the autotuner (whose pre-hook then resets the
-    descriptors' tiles). ``default``: the ``triton.Config`` used on the GPU when autotuning is off."""
+    descriptors' tiles). ``default``: the config used on the GPU when autotuning is off."""
     if interpreted:
-        tiles = dict(interpreter_tiles)
-        ws = {"WARP_SPEC": variant.warp_specialize[-1]} if warp_spec else {}  # a no-op in the interpreter
-        return tiles, tiles | ws, False
+        return interpreter_meta, interpreter_meta, False
     if autotune_enabled():
         return {"BLOCK_M": 64, "BLOCK_N": 64}, {}, True
-    tiles = dict(default.kwargs)
-    ws = {"WARP_SPEC": variant.warp_specialize[-1]} if warp_spec else {}  # "tma+ws" without the tuner: on
-    return tiles, tiles | ws | {"num_warps": default.num_warps, "num_stages": default.num_stages}, False
+    meta = dict(default.kwargs, num_warps=default.num_warps, num_stages=default.num_stages)
+    return default.kwargs, meta, False
 
 
 def descriptors(tensors, blocks, D: int, variant: Variant):
@@ -162,9 +163,12 @@ def descriptors(tensors, blocks, D: int, variant: Variant):
     return [descriptor(x, [1, 1, rows, D]) for x, rows in zip(tensors, blocks, strict=True)]
 
 
-def chain(device: torch.device, tensors, *, varlen: bool) -> list[Variant]:
-    """The variants to try, in order, for one launch (see the module docstring)."""
+def chain(device: torch.device, tensors, *, varlen: bool, warp_spec: bool = True) -> list[Variant]:
+    """The variants to try, in order, for one launch (see the module docstring). ``warp_spec``: whether
+    the kernel has warp-specialised configs (the backward kernels do not: ``tma+ws`` means ``tma`` there)."""
     name = requested()
+    if name == "tma+ws" and not warp_spec:
+        name = "tma"
     if name != "auto":
         variant = VARIANTS[name]
         if variant.tma:
@@ -176,7 +180,9 @@ def chain(device: torch.device, tensors, *, varlen: bool) -> list[Variant]:
     hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
     if not hopper or varlen or tma_unready(*tensors) is not None:
         return [VARIANTS["pointer"]]
-    return [VARIANTS[n] for n in AUTO_CHAIN]
+    # warp specialisation overlaps copies with tensor-core products; float32 (IEEE, no wgmma) has none
+    ws_pays = warp_spec and tensors[0].dtype != torch.float32
+    return [VARIANTS[n] for n in AUTO_CHAIN if ws_pays or True not in VARIANTS[n].warp_specialize]
 
 
 def run(variants: list[Variant], key: tuple, launch):

@@ -248,18 +248,23 @@ INTERPRET = is_interpreted(_bwd_dq)
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) for the GPU, as in the forward pass.
 GPU_TILES = [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2),
              (128, 128, 8, 2), (32, 128, 4, 3)]
-TUNE_KEY = ["T_q", "T_k", "HEAD_DIM", "window_left", "window_right", "IS_VARLEN", "TMA"]
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 PREPROCESS_BLOCK = 64
 _DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_do", "BLOCK_M"),
                 ("desc_dq", "BLOCK_M"), ("desc_dk", "BLOCK_N"), ("desc_dv", "BLOCK_N"))
 
 
-def default_tiles(D: int, itemsize: int) -> triton.Config:
+def configs(variant: _variants.Variant) -> list[triton.Config]:
+    """The autotuner's search space (the same for both backward kernels)."""
+    hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
+    return [_variants.config(*t, hook) for t in GPU_TILES]
+
+
+def default_config(D: int, itemsize: int) -> triton.Config:
     """The config used when autotuning is off (each program holds two or four tiles in float32)."""
     if itemsize == 2:
-        return triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4 if D <= 64 else 8, num_stages=3)
-    return triton.Config({"BLOCK_M": 32, "BLOCK_N": 64 if D <= 64 else 32}, num_warps=4, num_stages=2)
+        return _variants.config(64, 64, 4 if D <= 64 else 8, 3)
+    return _variants.config(32, 64 if D <= 64 else 32, 4, 2)
 
 
 def _views(x: torch.Tensor, varlen: bool):
@@ -295,15 +300,14 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
     window_args = (scale * LOG2E, scale, window[0], window[1])
 
     def launch(variant: _variants.Variant):
-        tiles, meta, tune = _variants.launch_plan(INTERPRET, variant, interpreter_tiles=blocks or INTERPRETER_BLOCKS,
-                                                  default=default_tiles(D, q.element_size()), warp_spec=False)
+        tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
+                                                  default=default_config(D, q.element_size()))
         descs = _variants.descriptors((q, k, v, dout, dq, dk, dv), [tiles[block] for _, block in _DESCRIPTORS],
                                       D, variant)
         dkdv_kernel, dq_kernel = _bwd_dkdv, _bwd_dq
         if tune:
-            hook = _variants.tile_hook(_DESCRIPTORS)
-            dkdv_kernel = _variants.autotuned(_bwd_dkdv, variant, GPU_TILES, TUNE_KEY, hook, warp_spec=False)
-            dq_kernel = _variants.autotuned(_bwd_dq, variant, GPU_TILES, TUNE_KEY, hook, warp_spec=False)
+            dkdv_kernel = _variants.autotuned(_bwd_dkdv, variant, configs(variant))
+            dq_kernel = _variants.autotuned(_bwd_dq, variant, configs(variant))
         dkdv_kernel[lambda meta: (triton.cdiv(T_k, meta["BLOCK_N"]), B * H_kv)](
             q, k, v, dout, lse, delta, dk, dv, *sq, *sk, *sv, *sg, *sl, *sdk, *descs,
             *common, H_kv, H // H_kv, *window_args, **flags, TMA=variant.tma, **meta,
@@ -318,7 +322,7 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
             out, dout, delta, *so, *sg, *sl, cu_seqlens_q, T_q, H,
             HEAD_DIM=D, BLOCK_M=PREPROCESS_BLOCK, IS_VARLEN=varlen,
         )
-        chain = _variants.chain(q.device, (q, k, v, dout, dq, dk, dv), varlen=varlen)
+        chain = _variants.chain(q.device, (q, k, v, dout, dq, dk, dv), varlen=varlen, warp_spec=False)
         _variants.run(chain, (str(q.device), q.dtype, D, "backward"), launch)
     return dq, dk, dv
 

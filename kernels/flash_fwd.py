@@ -92,7 +92,7 @@ def _attn_fwd(
     IS_VARLEN: tl.constexpr,
     UPCAST: tl.constexpr, IEEE: tl.constexpr,
     TMA: tl.constexpr,  # tiles through the descriptors (fixed-length batches only)
-    WARP_SPEC: tl.constexpr,  # ask the compiler to warp-specialise the full-tile key loop
+    WARP_SPEC: tl.constexpr,  # one masked key loop, warp-specialised by the compiler
 ):
     tl.static_assert(not (TMA and IS_VARLEN), "packed batches use the pointer variant")
     pid_m = tl.program_id(0)
@@ -103,8 +103,9 @@ def _attn_fwd(
     q_start, T_q = seq_bounds(cu_seqlens_q, b, T_q, IS_VARLEN)
     k_start, T_k = seq_bounds(cu_seqlens_k, b, T_k, IS_VARLEN)
     m_start = pid_m * BLOCK_M
-    if m_start >= T_q:  # packed batches: this sequence is shorter than the longest one
-        return
+    if IS_VARLEN:  # (a constexpr guard: an early return would defeat the warp-specialisation pass)
+        if m_start >= T_q:  # packed batches: this sequence is shorter than the longest one
+            return
 
     b64, h64 = b.to(tl.int64), h.to(tl.int64)  # 64-bit offsets: B * H * T * D can exceed 2^31
     Q += b64 * stride_qb + h64 * stride_qh + q_start.to(tl.int64) * stride_qt
@@ -122,20 +123,28 @@ def _attn_fwd(
     acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)  # running sum of exp2(s - m) * v
 
     lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
-    # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
-    # (warp specialisation only on the long, mask-free middle loop; the edges are a tile or two each)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
-                               stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
-                               lo, a, T_q, T_k, window_left, window_right, qk_scale,
-                               HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
-                               stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
-                               a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                               HEAD_DIM, BLOCK_N, False, UPCAST, IEEE, TMA, WARP_SPEC)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
-                               stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
-                               b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
-                               HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False)
+    if WARP_SPEC:
+        # one loop over every visible tile, each masked: the warp-specialisation pass (producer warps
+        # issuing the TMA copies, consumer warpgroups doing the products and the softmax) handles a
+        # kernel with one key loop, and the mask costs a few integer ops per score on the consumers
+
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
+                                   stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+                                   lo, hi, T_q, T_k, window_left, window_right, qk_scale,
+                                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, True)
+    else:  # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
+                                   stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+                                   lo, a, T_q, T_k, window_left, window_right, qk_scale,
+                                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
+                                   stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+                                   a, b_full, T_q, T_k, window_left, window_right, qk_scale,
+                                   HEAD_DIM, BLOCK_N, False, UPCAST, IEEE, TMA, False)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
+                                   stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+                                   b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
+                                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False)
 
     # epilogue: normalise; a row that saw no allowed key has l = 0 and gets out = 0, lse = -inf
     alive = l_i > 0.0
@@ -151,23 +160,37 @@ INTERPRET = is_interpreted(_attn_fwd)
 
 
 # Tile shapes for the GPU, as (BLOCK_M, BLOCK_N, num_warps, num_stages); the autotuner keeps the fastest
-# per shape. Configs that need more shared memory than the chip has are skipped by the autotuner.
+# per shape, and skips configs that need more shared memory than the chip has.
 GPU_TILES = [
     (128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 4), (128, 32, 4, 4),
     (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 3), (128, 128, 8, 2),
 ]
-TUNE_KEY = ["T_q", "T_k", "HEAD_DIM", "window_left", "window_right", "IS_VARLEN", "TMA"]
+# Warp-specialised tiles: one consumer warpgroup of 4 warps per 64 query rows plus a producer warpgroup.
+# Checked to compile for sm_90 by tests/test_kernels_compile.py; 128-row tiles on 4 warps do not (the
+# pass splits the query tile between two consumers but not its descriptor).
+WS_TILES = [(64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 4), (64, 64, 4, 4)]
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 _DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_o", "BLOCK_M"))
 
 
-def default_tiles(D: int, itemsize: int) -> triton.Config:
-    """The one config used when autotuning is off: big query tiles for 16-bit inputs, smaller tiles where
-    float32 or a wide head would overflow shared memory."""
+def configs(variant: _variants.Variant) -> list[triton.Config]:
+    """The autotuner's search space for ``variant``: GPU_TILES without warp specialisation, plus WS_TILES
+    with it when the variant allows it."""
+    hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
+    space = [_variants.config(*t, hook, WARP_SPEC=False) for t in GPU_TILES]
+    if True in variant.warp_specialize:
+        space += [_variants.config(*t, hook, WARP_SPEC=True) for t in WS_TILES]
+    return space
+
+
+def default_config(variant: _variants.Variant, D: int, itemsize: int) -> triton.Config:
+    """The one config used when autotuning is off: big query tiles for 16-bit inputs, smaller ones where
+    float32 or a wide head would overflow shared memory; the warp-specialised variant with WS on."""
+    if True in variant.warp_specialize:
+        return _variants.config(*WS_TILES[0], WARP_SPEC=True)
     half = itemsize == 2
-    bn = 64 if half or D <= 64 else 32
-    return triton.Config({"BLOCK_M": 128 if half else 64, "BLOCK_N": bn}, num_warps=4 if D <= 64 else 8,
-                         num_stages=3 if half else 2)
+    return _variants.config(128 if half else 64, 64 if half or D <= 64 else 32, 4 if D <= 64 else 8,
+                            3 if half else 2, WARP_SPEC=False)
 
 
 def _strides(x: torch.Tensor, ndim: int):
@@ -213,13 +236,12 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         return (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)
 
     def launch(variant: _variants.Variant):
-        tiles, meta, tune = _variants.launch_plan(INTERPRET, variant, interpreter_tiles=blocks or INTERPRETER_BLOCKS,
-                                                  default=default_tiles(D, q.element_size()), warp_spec=True)
+        ws = True in variant.warp_specialize  # in the interpreter: the single-loop code path, checked
+        tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS,
+                                                                                   WARP_SPEC=ws),
+                                                  default=default_config(variant, D, q.element_size()))
         descs = _variants.descriptors((q, k, v, out), [tiles[block] for _, block in _DESCRIPTORS], D, variant)
-        kernel = _attn_fwd
-        if tune:
-            kernel = _variants.autotuned(_attn_fwd, variant, GPU_TILES, TUNE_KEY,
-                                         _variants.tile_hook(_DESCRIPTORS), warp_spec=True)
+        kernel = _variants.autotuned(_attn_fwd, variant, configs(variant)) if tune else _attn_fwd
         kernel[grid](*args, *descs, *scalars, **flags, TMA=variant.tma, **meta)
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():

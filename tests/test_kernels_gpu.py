@@ -62,7 +62,7 @@ def test_compiled_matches_reference(case, variant, monkeypatch):
     check_case(case)
     dtype, D = case[-1], case[5]
     assert _variants.used(("cuda:0", dtype, D, "forward")) == variant
-    assert _variants.used(("cuda:0", dtype, D, "backward")) == variant
+    assert _variants.used(("cuda:0", dtype, D, "backward")) == variant.replace("+ws", "")  # no WS backward
 
 
 @pytest.mark.parametrize("case", LARGE, ids=case_id)
@@ -75,9 +75,9 @@ def test_long_sequences(case):
 def test_auto_uses_tma_on_hopper_without_falling_back():
     q, k, v = make_qkv(2, 4, 2, 300, 300, 64, torch.bfloat16, device="cuda", requires_grad=True)
     flash_attention(q, k, v, causal=True).sum().backward()
-    for part in ("forward", "backward"):
+    for part, best in (("forward", "tma+ws"), ("backward", "tma")):
         used = _variants.used(("cuda:0", torch.bfloat16, 64, part))
-        assert used == (_variants.AUTO_CHAIN[0] if len(VARIANTS) > 1 else "pointer"), (part, used)
+        assert used == (best if len(VARIANTS) > 1 else "pointer"), (part, used)
     assert not _variants.broken(), f"a kernel variant failed and auto fell back: {_variants.broken()}"
 
 
