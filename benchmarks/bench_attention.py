@@ -1,12 +1,14 @@
 """Benchmark the Triton FlashAttention kernels (``make bench``).
 
-On a CUDA GPU: forward and forward + backward of ``attn_course.kernels.flash_attention`` against each of
-PyTorch SDPA's backends on its own (FLASH_ATTENTION = FlashAttention-2, CUDNN_ATTENTION,
-EFFICIENT_ATTENTION, MATH) and a naive PyTorch attention, for T = 512 ... 16384, D in 64 and 128, causal
-and not, float16 and bfloat16, timed with ``triton.testing.do_bench``. Prints TFLOP/s (FLOPs from
-``attn_course.cost.attention_flops``) and the kernel's speed ratio to every other implementation; writes
-``benchmarks/results/<device>.json`` and ``<device>.png``, stamped with the device and the torch, triton and
-CUDA versions.
+On a CUDA GPU: forward and forward + backward of ``attn_course.kernels.flash_attention`` (as users get
+it, and forced to its pointer variant, so the gain of the TMA variants shows in the same run) against
+each of PyTorch SDPA's backends on its own (FLASH_ATTENTION = FlashAttention-2, CUDNN_ATTENTION,
+EFFICIENT_ATTENTION, MATH) and a naive PyTorch attention, for T = 512 ... 16384 (longest first), D in 64
+and 128, causal and not, float16 and bfloat16, timed with ``triton.testing.do_bench``. Prints TFLOP/s
+(FLOPs from ``attn_course.cost.attention_flops``), the variant that ran and the kernel's speed ratio to
+every other implementation; writes ``benchmarks/results/<device>.json`` (after every shape, so a run cut
+short keeps what it measured) and ``<device>.png``, stamped with the device and the torch, triton and CUDA
+versions.
 
 On a CPU there is no honest speed comparison (the kernel runs in Triton's interpreter), so it measures
 what a CPU can show: the peak memory of the naive attention, the tiled reference and the kernel as T
@@ -15,16 +17,20 @@ and ``cpu.png``.
 
     python benchmarks/bench_attention.py            # the device this machine has
     python benchmarks/bench_attention.py --quick    # fewer shapes (a smoke run)
+    python benchmarks/bench_attention.py --warm-workers 8 --budget-s 300   # a time-boxed GPU session
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
+import os
 import platform
 import re
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -65,7 +71,9 @@ def naive_attention(q, k, v, causal):
 
 
 def implementations():
-    """name -> f(q, k, v, causal) for every contender; SDPA backends forced one at a time."""
+    """name -> f(q, k, v, causal) for every contender; SDPA backends forced one at a time. ``triton`` is
+    the kernel as users get it (``auto``: on Hopper the TMA variants); ``triton-pointer`` forces the
+    pointer variant, so the TMA / warp-specialisation gain is measured in the same run."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
@@ -77,14 +85,35 @@ def implementations():
                 return sdpa(q, k, v, is_causal=causal)  # T_q == T_k: top-left and bottom-right agree
         return run
 
-    impls = {"triton": lambda q, k, v, causal: flash_attention(q, k, v, causal=causal)}
+    def pointer(q, k, v, causal):
+        with kernel_variant("pointer"):
+            return flash_attention(q, k, v, causal=causal)
+
+    impls = {"triton": lambda q, k, v, causal: flash_attention(q, k, v, causal=causal), "triton-pointer": pointer}
     for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"):
         impls[name] = sdpa_with(getattr(SDPBackend, name))
     impls["naive"] = naive_attention
     return impls
 
 
-def time_one(fn, q, k, v, causal, backward: bool):
+@contextlib.contextmanager
+def kernel_variant(name: str):
+    """Force ``ATTN_COURSE_KERNEL=name`` for the calls inside (the kernels read it at every launch;
+    the backward pass runs inside ``.backward()``, also inside)."""
+    from attn_course.kernels import _variants
+
+    before = os.environ.get(_variants.KERNEL_ENV)
+    os.environ[_variants.KERNEL_ENV] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_variants.KERNEL_ENV, None)
+        else:
+            os.environ[_variants.KERNEL_ENV] = before
+
+
+def time_one(name, fn, q, k, v, causal, backward: bool):
     """Milliseconds per call (median of do_bench), or None when the implementation cannot run this shape."""
     try:
         if backward:
@@ -94,51 +123,106 @@ def time_one(fn, q, k, v, causal, backward: bool):
 
             def step():
                 qg.grad = kg.grad = vg.grad = None
-                fn(qg, kg, vg, causal).backward(dout)
+                out = fn(qg, kg, vg, causal)
+                with kernel_variant("pointer") if name == "triton-pointer" else contextlib.nullcontext():
+                    out.backward(dout)
         else:
             def step():
                 fn(q, k, v, causal)
         step()
         return triton.testing.do_bench(step, warmup=25, rep=100)
     except (RuntimeError, torch.OutOfMemoryError) as e:  # unsupported shape / backend, or out of memory
-        print(f"    ({type(e).__name__}: {str(e).splitlines()[0][:100]})")
-        torch.cuda.empty_cache()
+        print(f"    {name}: ({type(e).__name__}: {str(e).splitlines()[0][:100]})")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         return None
 
 
-def run_gpu(quick: bool) -> dict:
-    Ts = [512, 4096, 16384] if quick else [512, 1024, 2048, 4096, 8192, 16384]
-    impls = implementations()
-    rows = []
-    for dtype in (torch.float16, torch.bfloat16):
-        for D in (64, 128):
-            for causal in (False, True):
-                for T in Ts:
-                    B, H = max(TOKENS // T, 1), MODEL_DIM // D
-                    q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=dtype) for _ in range(3))
-                    for backward in (False, True):
-                        flops = attention_flops(B, H, T, T, D, causal=causal, backward=backward)
-                        row = {"dtype": str(dtype)[6:], "D": D, "causal": causal, "T": T, "B": B, "H": H,
-                               "pass": "fwd+bwd" if backward else "fwd", "ms": {}, "tflops": {}}
-                        for name, fn in impls.items():
-                            ms = time_one(fn, q, k, v, causal, backward)
-                            row["ms"][name] = ms
-                            row["tflops"][name] = None if ms is None else flops / ms * 1e-9
-                        tri = row["ms"]["triton"]
-                        row["speedup_vs"] = {n: (None if m is None or tri is None else m / tri)
-                                             for n, m in row["ms"].items() if n != "triton"}
-                        rows.append(row)
-                        print(format_row(row), flush=True)
-                    del q, k, v
-                    torch.cuda.empty_cache()
-    return {"kind": "gpu-speed", "rows": rows}
+def gpu_shapes(quick: bool):
+    """(T, dtype, D, causal), longest sequences first: the goals are stated at T >= 4096, so a run cut
+    short by its time budget still has them."""
+    Ts = [16384, 4096, 512] if quick else [16384, 8192, 4096, 2048, 1024, 512]
+    return [(T, dtype, D, causal) for T in Ts for dtype in (torch.float16, torch.bfloat16) for D in (64, 128)
+            for causal in (False, True)]
+
+
+def _warm_one(job):
+    """Compile (into Triton's on-disk cache) every config the autotuner will try for one (dtype, D,
+    variant): a small forward and backward with the benchmark's layout (same specialisation)."""
+    dtype_name, D, variant = job
+    from attn_course.kernels import flash_attention
+
+    start = time.perf_counter()
+    dtype = getattr(torch, dtype_name)
+    q, k, v = (torch.randn(1, MODEL_DIM // D, 512, D, device="cuda", dtype=dtype, requires_grad=True)
+               for _ in range(3))
+    with kernel_variant(variant):
+        flash_attention(q, k, v, causal=True).sum().backward()
+    torch.cuda.synchronize()
+    return f"{dtype_name} D={D} {variant}: {time.perf_counter() - start:.0f} s"
+
+
+def warm_compile(workers: int) -> None:
+    """Triton's autotuner compiles its configs one after another; with many CPU cores it pays to compile
+    them first in parallel processes, whose cubins land in the shared on-disk cache."""
+    import multiprocessing
+
+    jobs = [(d, D, variant) for d in ("float16", "bfloat16") for D in (64, 128) for variant in ("auto", "pointer")]
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+        for line in pool.imap_unordered(_warm_one, jobs):
+            print(f"  compiled {line}", flush=True)
+    print(f"warm-up compile: {time.perf_counter() - start:.0f} s with {workers} processes", flush=True)
+
+
+def run_gpu(shapes, budget_s: float | None, save, *, impls=None, device="cuda", tokens=TOKENS,
+            model_dim=MODEL_DIM) -> dict:
+    """Time every contender on every shape of ``shapes`` (see :func:`gpu_shapes`); ``save(result)`` after
+    each shape (a run killed or cut short by ``budget_s`` keeps what it measured). A shape has
+    ``tokens // T`` sequences of ``model_dim // D`` heads."""
+    from attn_course.kernels import _variants
+
+    impls = implementations() if impls is None else impls
+    start = time.perf_counter()
+    result = {"kind": "gpu-speed", "complete": False, "rows": [], "skipped_for_time": []}
+    for T, dtype, D, causal in shapes:
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            result["skipped_for_time"].append({"T": T, "dtype": str(dtype)[6:], "D": D, "causal": causal})
+            continue
+        B, H = max(tokens // T, 1), model_dim // D
+        q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype) for _ in range(3))
+        for backward in (False, True):
+            flops = attention_flops(B, H, T, T, D, causal=causal, backward=backward)
+            row = {"dtype": str(dtype)[6:], "D": D, "causal": causal, "T": T, "B": B, "H": H,
+                   "pass": "fwd+bwd" if backward else "fwd", "ms": {}, "tflops": {}}
+            for name, fn in impls.items():
+                ms = time_one(name, fn, q, k, v, causal, backward)
+                row["ms"][name] = ms
+                row["tflops"][name] = None if ms is None else flops / ms * 1e-9
+                if name == "triton":  # which variant auto ran (the last launch for this dtype and head dim)
+                    row["variant"] = {part: _variants.used((str(q.device), dtype, D, part))
+                                      for part in ("forward", "backward") if backward or part == "forward"}
+            tri = row["ms"]["triton"]
+            row["speedup_vs"] = {n: (None if m is None or tri is None else m / tri)
+                                 for n, m in row["ms"].items() if n != "triton"}
+            result["rows"].append(row)
+            print(format_row(row), flush=True)
+        del q, k, v
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        result["variant_failures"] = {" ".join(map(str, k)): why for k, why in _variants.broken().items()}
+        save(result)
+    result["complete"] = not result["skipped_for_time"]
+    result["elapsed_s"] = round(time.perf_counter() - start, 1)
+    return result
 
 
 def format_row(row) -> str:
     tf = "  ".join(f"{n}={'-' if t is None else f'{t:6.1f}'}" for n, t in row["tflops"].items())
     sp = " ".join(f"{n}:{'-' if r is None else f'{r:.2f}x'}" for n, r in row["speedup_vs"].items())
+    ran = ",".join(f"{v}" for v in row.get("variant", {}).values())
     return (f"{row['dtype']:8s} D={row['D']:3d} causal={row['causal']!s:5s} T={row['T']:5d} {row['pass']:7s} "
-            f"TFLOP/s {tf} | triton speed-up vs {sp}")
+            f"TFLOP/s {tf} | triton ({ran}) speed-up vs {sp}")
 
 
 def plot_gpu(result: dict, path: Path, st: dict) -> None:
@@ -216,25 +300,35 @@ def main(argv=None) -> int:
     p.add_argument("--replot", action="store_true", help="redraw the plot from this device's saved JSON")
     p.add_argument("--max-kernel-T", type=int, default=4096,
                    help="CPU only: longest T for the interpreted kernel (its run time grows as T^2)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="GPU only: start no new shape after this many seconds (the JSON lists what was skipped)")
+    p.add_argument("--warm-workers", type=int, default=0,
+                   help="GPU only: compile the autotuner's configs first in this many parallel processes")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where to write <device>.json and .png")
     args = p.parse_args(argv)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     st = stamp()
     print(f"benchmarking on {st['device']} (torch {st['torch']}, triton {st['triton']}, CUDA {st['cuda']})")
     gpu = torch.cuda.is_available()
+    name = device_slug(st["device"]) if gpu else "cpu"
+    out = args.results / f"{name}.json"
     if args.replot:
-        name = device_slug(st["device"]) if gpu else "cpu"
-        result = json.loads((RESULTS / f"{name}.json").read_text())
-        (plot_gpu if gpu else plot_cpu)(result, RESULTS / f"{name}.png", result["stamp"])
-        print(f"redrew {RESULTS / name}.png")
+        result = json.loads(out.read_text())
+        (plot_gpu if gpu else plot_cpu)(result, out.with_suffix(".png"), result["stamp"])
+        print(f"redrew {out.with_suffix('.png')}")
         return 0
+
+    def save(result):
+        out.write_text(json.dumps({"stamp": st, **result}, indent=1))
+
     if gpu:
-        result, name, plot = run_gpu(args.quick), device_slug(st["device"]), plot_gpu
+        if args.warm_workers > 1:
+            warm_compile(args.warm_workers)
+        result, plot = run_gpu(gpu_shapes(args.quick), args.budget_s, save), plot_gpu
     else:
-        result, name, plot = run_cpu(args.quick, args.max_kernel_T), "cpu", plot_cpu
-    result = {"stamp": st, **result}
-    out = RESULTS / f"{name}.json"
-    out.write_text(json.dumps(result, indent=1))
-    plot(result, RESULTS / f"{name}.png", st)
+        result, plot = run_cpu(args.quick, args.max_kernel_T), plot_cpu
+    save(result)
+    plot({"stamp": st, **result}, out.with_suffix(".png"), st)
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 

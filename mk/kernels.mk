@@ -10,3 +10,8 @@ bench: bench-kernels
 ## bench-kernels: the kernels' benchmark (GPU: speed vs SDPA backends; CPU: peak memory as T grows)
 bench-kernels: setup
 	$(PY) benchmarks/bench_attention.py $(BENCH_ARGS)
+
+.PHONY: gpu-session
+## gpu-session: on a GPU machine, the GPU kernel tests and the benchmark as one time-boxed run (benchmarks/gpu_session.sh)
+gpu-session: setup
+	PYTHON=$(PY) benchmarks/gpu_session.sh

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU half of the kernels' checks as one time-boxed command, for a GPU machine lent for minutes
+# (or any CUDA machine with torch, triton, pytest and pytest-xdist installed):
+#
+#   1. the GPU tests (tests/test_kernels_gpu.py) in parallel processes, so that their compiles overlap;
+#   2. the benchmark (benchmarks/bench_attention.py): the autotuner's configs compiled first in parallel,
+#      then every shape, longest first, until the time budget is spent.
+#
+# Usage: benchmarks/gpu_session.sh [OUT_DIR]      (default: $OUT, else benchmarks/results/session)
+# Knobs: PYTHON (python3), WORKERS (8), TEST_BUDGET_S (180), BENCH_BUDGET_S (240), BENCH_ARGS (extra flags).
+# Writes to OUT_DIR: env.txt (GPU and versions), gpu_tests.log, bench.log, and the benchmark's
+# <device>.json / <device>.png (also left in benchmarks/results/). Exit status: 0 only if both passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-benchmarks/results/session}}
+mkdir -p "$out"
+PY=${PYTHON:-python3}
+WORKERS=${WORKERS:-8}
+TEST_BUDGET_S=${TEST_BUDGET_S:-180}
+BENCH_BUDGET_S=${BENCH_BUDGET_S:-240}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+start=$(date +%s)
+
+{
+  nvidia-smi || echo "nvidia-smi: not available"
+  "$PY" -c 'import torch, triton, numpy, sys
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| triton", triton.__version__,
+      "| numpy", numpy.__version__, "| CUDA", torch.version.cuda)
+print("GPU:", torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+      torch.cuda.get_device_capability() if torch.cuda.is_available() else "")'
+} > "$out/env.txt" 2>&1
+cat "$out/env.txt"
+
+echo "== GPU tests (budget ${TEST_BUDGET_S} s, ${WORKERS} processes)"
+timeout "$TEST_BUDGET_S" "$PY" -m pytest -n "$WORKERS" -q -rfEs -p no:cacheprovider tests/test_kernels_gpu.py \
+  2>&1 | tee "$out/gpu_tests.log"
+tests_rc=${PIPESTATUS[0]}
+
+echo "== benchmark (budget ${BENCH_BUDGET_S} s of shapes, after the warm-up compile)"
+timeout $((BENCH_BUDGET_S + 150)) "$PY" benchmarks/bench_attention.py --warm-workers "$WORKERS" \
+  --budget-s "$BENCH_BUDGET_S" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log"
+bench_rc=${PIPESTATUS[0]}
+
+# the benchmark's own files (every other JSON in results/ is from a CPU or the grading benchmark)
+for f in benchmarks/results/*.json benchmarks/results/*.png; do
+  case "$(basename "$f")" in cpu.*|grading_*) ;; *) [ "$f" -nt "$out/env.txt" ] && cp "$f" "$out/" ;; esac
+done
+echo "== done in $(( $(date +%s) - start )) s: GPU tests exit ${tests_rc}, benchmark exit ${bench_rc}"
+[ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]

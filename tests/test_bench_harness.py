@@ -1,0 +1,113 @@
+"""The GPU benchmark's bookkeeping, run on the CPU with a stand-in timer (nothing is timed here).
+
+The benchmark runs for real only on a GPU lent for a few minutes; a bug in how it records rows, ratios,
+budgets or the plot must not waste that run. So its loop runs here with small shapes, CPU tensors,
+contenders whose "time" is fixed, and ``do_bench`` replaced by a call that returns that time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_attention", ROOT / "benchmarks" / "bench_attention.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_impls():
+    """Contenders whose cost is their number: ``triton`` 2 ms, FLASH_ATTENTION 3 ms, one that fails."""
+    def cost(ms):
+        def run(q, k, v, causal):
+            run.calls += 1
+            return q * ms
+        run.calls, run.ms = 0, ms
+        return run
+
+    def broken(q, k, v, causal):
+        raise RuntimeError("No available kernel. Aborting execution.\n(details)")
+
+    return {"triton": cost(2.0), "triton-pointer": cost(2.5), "FLASH_ATTENTION": cost(3.0), "CUDNN_ATTENTION": broken}
+
+
+@pytest.fixture
+def fixed_timer(bench, monkeypatch):
+    """do_bench(step) runs step once and reports the cost of the contender it called."""
+    def do_bench(step, warmup, rep):
+        step()
+        return do_bench.ms
+    do_bench.ms = None
+    original = bench.time_one
+
+    def time_one(name, fn, *args):
+        do_bench.ms = getattr(fn, "ms", None)
+        return original(name, fn, *args)
+
+    monkeypatch.setattr(bench.triton.testing, "do_bench", do_bench)
+    monkeypatch.setattr(bench, "time_one", time_one)
+
+
+SHAPES = [(64, torch.float32, 16, False), (32, torch.float32, 16, True)]
+
+
+@pytest.mark.usefixtures("fixed_timer")
+def test_rows_ratios_and_failures_are_recorded(bench, tmp_path):
+    saved = []
+    result = bench.run_gpu(SHAPES, None, lambda r: saved.append(json.loads(json.dumps(r))), impls=fake_impls(),
+                           device="cpu", tokens=128, model_dim=32)
+    assert result["complete"] and not result["skipped_for_time"]
+    assert len(result["rows"]) == 4, "two shapes, forward and forward + backward each"
+    assert len(saved) == 2 and len(saved[0]["rows"]) == 2, "the results are saved after every shape"
+    row = result["rows"][0]
+    assert (row["T"], row["B"], row["H"], row["pass"]) == (64, 2, 2, "fwd")
+    assert row["speedup_vs"]["FLASH_ATTENTION"] == pytest.approx(1.5)
+    assert row["speedup_vs"]["triton-pointer"] == pytest.approx(1.25)
+    assert row["ms"]["CUDNN_ATTENTION"] is None and row["speedup_vs"]["CUDNN_ATTENTION"] is None
+    from attn_course.cost import attention_flops
+
+    flops = attention_flops(2, 2, 64, 64, 16, causal=False, backward=False)
+    assert row["tflops"]["triton"] == pytest.approx(flops / 2.0 * 1e-9)
+    assert "triton" in bench.format_row(row) and "FLASH_ATTENTION:1.50x" in bench.format_row(row)
+
+
+@pytest.mark.usefixtures("fixed_timer")
+def test_a_spent_budget_skips_the_remaining_shapes_and_says_so(bench):
+    result = bench.run_gpu(SHAPES, -1.0, lambda r: None, impls=fake_impls(), device="cpu", tokens=128,
+                           model_dim=32)
+    assert not result["complete"] and not result["rows"]
+    assert [s["T"] for s in result["skipped_for_time"]] == [64, 32]
+
+
+def test_shapes_put_the_goal_lengths_first(bench):
+    shapes = bench.gpu_shapes(quick=False)
+    assert len(shapes) == 6 * 2 * 2 * 2
+    assert [T for T, *_ in shapes[:8]] == [16384] * 8 and shapes[-1][0] == 512
+
+
+@pytest.mark.usefixtures("fixed_timer")
+def test_the_plot_is_drawn_from_the_rows(bench, tmp_path):
+    result = bench.run_gpu(SHAPES, None, lambda r: None, impls=fake_impls(), device="cpu", tokens=128,
+                           model_dim=32)
+    path = tmp_path / "plot.png"
+    bench.plot_gpu({"stamp": bench.stamp(), **result}, path, {**bench.stamp(), "device": "test", "cuda": None})
+    assert path.stat().st_size > 10_000
+
+
+def test_kernel_variant_is_scoped(bench):
+    from attn_course.kernels import _variants
+
+    before = os.environ.get(_variants.KERNEL_ENV)
+    with bench.kernel_variant("pointer"):
+        assert os.environ[_variants.KERNEL_ENV] == "pointer"
+    assert os.environ.get(_variants.KERNEL_ENV) == before
