@@ -19,8 +19,8 @@ import torch
 import triton
 from test_kernels_common import make_qkv
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from triton.runtime.jit import mangle_type
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import create_function_from_signature
 
 from attn_course.kernels import _variants
 from attn_course.kernels._checks import kernel_window
@@ -50,14 +50,14 @@ def recorded_launches(monkeypatch, module, names, run):
 
 
 def compile_launch(fn, args, kwargs, target):
-    """Compile one recorded launch for ``target``; returns Triton's compiled kernel (``.asm["ptx"]``)."""
-    options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages") if key in kwargs}
-    bound = dict(zip(fn.arg_names[:len(args)], args, strict=True)) | kwargs  # every argument by name
-    missing = [p.name for p in fn.params if p.name not in bound]
-    assert not missing, f"the launch of {fn.__name__} left out {missing}"
-    constexprs = {p.name: bound[p.name] for p in fn.params if p.is_constexpr}
-    signature = {p.name: "constexpr" if p.is_constexpr else mangle_type(bound[p.name]) for p in fn.params}
-    return triton.compile(ASTSource(fn, signature, constexprs), target=target, options=options)
+    """Compile one recorded launch for ``target`` as a GPU launch would: the same binder, the same
+    specialisation (an integer equal to 1 becomes a constant, pointers and integers divisible by 16 are
+    marked so) and the same options; returns Triton's compiled kernel (``.asm["ptx"]``, ``["cubin"]``)."""
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
 @pytest.fixture
