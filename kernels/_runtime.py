@@ -131,14 +131,44 @@ def _numpy_too_new() -> str:
             f"run compiled and are not affected.")
 
 
+def _language_objects():
+    """The modules and classes of ``triton.language`` whose attributes the interpreter patches."""
+    core = tl.core
+    return [obj for obj in (tl, core, tl.math, core.tensor, core.dtype, getattr(core, "tensor_descriptor_base", None),
+                            getattr(core, "condition", None)) if obj is not None]
+
+
+def _snapshot():
+    return [(obj, dict(vars(obj))) for obj in _language_objects()]
+
+
+def _restore(snapshot) -> None:
+    """Put back every attribute of ``snapshot``'s objects: the interpreter patches ``triton.language`` for
+    each launch and for each nested ``@jit`` helper call, and never undoes the helpers' patches (seen in
+    triton 3.6 and 3.9), which leaves the compiler, later in the same process, calling interpreter code
+    ("'block_argument' object has no attribute 'dtype'")."""
+    for obj, before in snapshot:
+        now = vars(obj)
+        for name in [n for n in now if n not in before]:
+            delattr(obj, name)
+        for name, value in before.items():
+            if now.get(name, _MISSING) is not value:
+                setattr(obj, name, value)
+
+
+_MISSING = object()
+
+
 @contextlib.contextmanager
 def interpreter_scope():
     """Run an interpreted launch: ``TRITON_INTERPRET=1`` and interpreted twins of Triton's ``@jit``
-    library functions, both undone on exit. A no-op when triton itself was imported in interpreter mode."""
+    library functions, both undone on exit, and ``triton.language`` exactly as it was before (see
+    :func:`_restore`). A no-op when triton itself was imported in interpreter mode."""
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
     with _lock:
+        snapshot = _snapshot()
         swapped = []
         for module in (tl, tl.standard):
             for name, fn in list(vars(module).items()):
@@ -156,6 +186,7 @@ def interpreter_scope():
                 raise RuntimeError(_numpy_too_new()) from e
             raise
         finally:
+            _restore(snapshot)
             for module, name, fn in swapped:
                 setattr(module, name, fn)
             if before is None:

@@ -127,10 +127,11 @@ def tile_hook(descriptors: tuple[tuple[str, str], ...]):
 _autotuned: dict = {}
 
 
-def autotuned(kernel, variant: Variant, configs):
+def autotuned(kernel, variant: Variant, configs, tag=None):
     """``kernel`` wrapped in Triton's autotuner over ``configs`` (which the kernel file builds for the
-    variant), once per (kernel, variant). The tuning key is the lengths, head dim, window and variant."""
-    cache_key = (id(kernel), variant.name)
+    variant), once per (kernel, variant, tag); ``tag`` names what else the configs depend on (say, a head
+    dim class). The tuning key is the lengths, head dim, window and variant."""
+    cache_key = (id(kernel), variant.name, tag)
     if cache_key not in _autotuned:
         _autotuned[cache_key] = triton.autotune(configs=configs, key=TUNE_KEY, do_bench=_tuning_bench)(kernel)
     return _autotuned[cache_key]

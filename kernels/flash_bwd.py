@@ -245,25 +245,37 @@ def _bwd_dq(
 INTERPRET = is_interpreted(_bwd_dq)
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) for the GPU, as in the forward pass.
-GPU_TILES = [(64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2),
-             (128, 128, 8, 2), (32, 128, 4, 3)]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) for the GPU, one list per kernel: the autotuner tunes each on
+# its own. The registers and spills of every one, on sm_90, are in benchmarks/results/kernel_resources_sm90.json
+# (benchmarks/kernel_resources.py). dK/dV holds four (BLOCK_N, D) tiles per program (k, v and the two
+# float32 accumulators), so it wants 8 warps and few query rows per step; dQ holds two, and needs BLOCK_M
+# >= 64 for Hopper's wgmma (32-row tiles fall back to mma.sync).
+DKDV_TILES = [(32, 64, 8, 2), (32, 64, 8, 3), (16, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 3), (16, 64, 4, 3),
+              (64, 128, 8, 2)]
+DQ_TILES = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3), (64, 64, 8, 2), (64, 128, 8, 3),
+            (128, 128, 8, 2)]
+# At D = 128 these dK/dV tiles spill registers on sm_90 (checked by tests/test_kernels_compile.py against
+# the report): the autotuner does not try them there.
+DKDV_SPILLS_AT_128 = [(32, 128, 8, 2), (64, 64, 8, 3), (16, 64, 4, 3), (64, 128, 8, 2)]
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 PREPROCESS_BLOCK = 64
 _DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_do", "BLOCK_M"),
                 ("desc_dq", "BLOCK_M"), ("desc_dk", "BLOCK_N"), ("desc_dv", "BLOCK_N"))
 
 
-def configs(variant: _variants.Variant) -> list[triton.Config]:
-    """The autotuner's search space (the same for both backward kernels)."""
+def configs(kernel: str, variant: _variants.Variant, D: int) -> list[triton.Config]:
+    """The autotuner's search space for ``kernel`` ("dkdv" or "dq") at head dim ``D``."""
     hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
-    return [_variants.config(*t, hook) for t in GPU_TILES]
+    if kernel == "dq":
+        return [_variants.config(*t, hook) for t in DQ_TILES]
+    return [_variants.config(*t, hook) for t in DKDV_TILES if D < 128 or t not in DKDV_SPILLS_AT_128]
 
 
-def default_config(D: int, itemsize: int) -> triton.Config:
-    """The config used when autotuning is off (each program holds two or four tiles in float32)."""
+def default_config(kernel: str, D: int, itemsize: int) -> triton.Config:
+    """The config used when autotuning is off: the first of each list for 16-bit inputs (no spills at
+    D <= 128); smaller tiles for float32, whose tiles take twice the registers and shared memory."""
     if itemsize == 2:
-        return _variants.config(64, 64, 4 if D <= 64 else 8, 3)
+        return _variants.config(*(DQ_TILES if kernel == "dq" else DKDV_TILES)[0])
     return _variants.config(32, 64 if D <= 64 else 32, 4, 2)
 
 
@@ -278,6 +290,8 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
                     max_seqlens=None, blocks=None):
     """``(dq, dk, dv)`` from the saved tensors; shapes and layouts as in ``flash_fwd.attn_fwd_launch``."""
     varlen = cu_seqlens_q is not None
+    if not varlen and _variants.tma_unready(dout) and not _variants.tma_unready(q, k, v):
+        dout = dout.contiguous()  # e.g. the stride-0 gradient of out.sum(): one copy keeps the TMA path open
     if varlen:
         B = cu_seqlens_q.numel() - 1
         H, H_kv, D = q.shape[1], k.shape[1], q.shape[2]
@@ -300,22 +314,21 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
     window_args = (scale * LOG2E, scale, window[0], window[1])
 
     def launch(variant: _variants.Variant):
-        tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
-                                                  default=default_config(D, q.element_size()))
-        descs = _variants.descriptors((q, k, v, dout, dq, dk, dv), [tiles[block] for _, block in _DESCRIPTORS],
-                                      D, variant)
-        dkdv_kernel, dq_kernel = _bwd_dkdv, _bwd_dq
-        if tune:
-            dkdv_kernel = _variants.autotuned(_bwd_dkdv, variant, configs(variant))
-            dq_kernel = _variants.autotuned(_bwd_dq, variant, configs(variant))
-        dkdv_kernel[lambda meta: (triton.cdiv(T_k, meta["BLOCK_N"]), B * H_kv)](
-            q, k, v, dout, lse, delta, dk, dv, *sq, *sk, *sv, *sg, *sl, *sdk, *descs,
-            *common, H_kv, H // H_kv, *window_args, **flags, TMA=variant.tma, **meta,
-        )
-        dq_kernel[lambda meta: (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)](
-            q, k, v, dout, lse, delta, dq, *sq, *sk, *sv, *sg, *sl, *sdq, *descs,
-            *common, H, H // H_kv, *window_args, **flags, TMA=variant.tma, **meta,
-        )
+        for name, kernel, grid, per_kernel in (
+            ("dkdv", _bwd_dkdv, lambda meta: (triton.cdiv(T_k, meta["BLOCK_N"]), B * H_kv),
+             (dk, dv, *sq, *sk, *sv, *sg, *sl, *sdk)),
+            ("dq", _bwd_dq, lambda meta: (triton.cdiv(T_q, meta["BLOCK_M"]), B * H),
+             (dq, *sq, *sk, *sv, *sg, *sl, *sdq)),
+        ):
+            tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
+                                                      default=default_config(name, D, q.element_size()))
+            descs = _variants.descriptors((q, k, v, dout, dq, dk, dv), [tiles[block] for _, block in _DESCRIPTORS],
+                                          D, variant)
+            if tune:
+                kernel = _variants.autotuned(kernel, variant, configs(name, variant, D), tag=D >= 128)
+            heads = (H_kv, H // H_kv) if name == "dkdv" else (H, H // H_kv)
+            kernel[grid](q, k, v, dout, lse, delta, *per_kernel, *descs, *common, *heads, *window_args, **flags,
+                         TMA=variant.tma, **meta)
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():
         _bwd_preprocess[(triton.cdiv(T_q, PREPROCESS_BLOCK), B * H)](

@@ -173,11 +173,14 @@ INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 _DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_o", "BLOCK_M"))
 
 
-def configs(variant: _variants.Variant) -> list[triton.Config]:
-    """The autotuner's search space for ``variant``: GPU_TILES without warp specialisation, plus WS_TILES
-    with it when the variant allows it."""
+def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
+    """The autotuner's search space for ``variant`` at head dim ``D``: GPU_TILES without warp
+    specialisation, plus WS_TILES with it when the variant allows it. At D = 128, 128 query rows on 4
+    warps spill registers on sm_90 (a 128 x 128 float32 accumulator is 128 registers per thread before
+    anything else; see benchmarks/results/kernel_resources_sm90.json), so those are not tried."""
     hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
-    space = [_variants.config(*t, hook, WARP_SPEC=False) for t in GPU_TILES]
+    tiles = [t for t in GPU_TILES if D < 128 or not (t[0] == 128 and t[2] == 4)]
+    space = [_variants.config(*t, hook, WARP_SPEC=False) for t in tiles]
     if True in variant.warp_specialize:
         space += [_variants.config(*t, hook, WARP_SPEC=True) for t in WS_TILES]
     return space
@@ -241,7 +244,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
                                                                                    WARP_SPEC=ws),
                                                   default=default_config(variant, D, q.element_size()))
         descs = _variants.descriptors((q, k, v, out), [tiles[block] for _, block in _DESCRIPTORS], D, variant)
-        kernel = _variants.autotuned(_attn_fwd, variant, configs(variant)) if tune else _attn_fwd
+        kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, D), tag=D >= 128) if tune else _attn_fwd
         kernel[grid](*args, *descs, *scalars, **flags, TMA=variant.tma, **meta)
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():

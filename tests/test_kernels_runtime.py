@@ -52,3 +52,26 @@ def test_old_triton_interpreter_with_new_numpy_gets_a_clear_error():
     with pytest.raises(ValueError, match="something else"):
         with interpreter_scope():
             raise ValueError("something else")
+
+
+def test_an_interpreted_launch_leaves_triton_language_as_it_found_it(tmp_path, monkeypatch):
+    """Triton's interpreter patches ``triton.language`` for every nested ``@jit`` helper call and never
+    undoes those patches; the compiler, later in the same process, then runs interpreter code and fails.
+    ``interpreter_scope`` puts everything back, so CPU and GPU launches mix in one process."""
+    from attn_course.kernels import _variants
+    from attn_course.kernels._compile import compile_launch, forward_launches
+    from attn_course.kernels._runtime import _language_objects
+
+    before = [(obj, dict(vars(obj))) for obj in _language_objects()]
+    for variant in ("pointer", "tma"):
+        monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+        q = torch.randn(1, 2, 40, 16, requires_grad=True)
+        out = flash_attention(q, q, q, causal=True)
+        out.backward(torch.randn_like(out))
+    for obj, attrs in before:
+        changed = sorted(n for n in set(attrs) | set(vars(obj)) if vars(obj).get(n) is not attrs.get(n))
+        assert not changed, f"{getattr(obj, '__name__', obj)} still has interpreter patches: {changed[:8]}"
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # a cold cache: really compile, not load
+    monkeypatch.delenv(_variants.KERNEL_ENV)
+    (fn, args, kwargs), = forward_launches("tma", torch.float16, 64)
+    assert "cp.async.bulk.tensor" in compile_launch(fn, args, kwargs).asm["ptx"]

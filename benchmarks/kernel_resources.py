@@ -1,0 +1,112 @@
+"""What every tile shape the autotuner may try costs on Hopper, measured without a GPU.
+
+Each config of each kernel (forward: ``pointer``, ``tma``, ``tma+ws``; backward dK/dV and dQ: ``pointer``,
+``tma``) is compiled for sm_90 (``attn_course.kernels._compile``) and read back with ``cuobjdump``:
+registers per thread, bytes of spill stack, shared memory, warps, and counts of Hopper's tensor-core
+(HGMMA) and TMA (UTMALDG) instructions. A config that spills, or whose tile is too small for wgmma (HMMA
+only), is flagged: on a GPU it would only cost autotuning time. No speed is measured here.
+
+    python benchmarks/kernel_resources.py                 # fp16, D = 64 and 128, all configs
+    python benchmarks/kernel_resources.py --workers 16    # compile in parallel (default: all cores)
+
+Writes ``benchmarks/results/kernel_resources_sm90.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def jobs(dtypes=("float16",), head_dims=(64, 128)):
+    """(part, variant, dtype, D, tile, warp_spec) for every config the autotuner may try."""
+    from attn_course.kernels._compile import CUDA
+    from attn_course.kernels._runtime import kernel_module
+
+    fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
+    out = []
+    for dtype in dtypes:
+        for D in head_dims:
+            for variant in ("pointer", "tma"):
+                out += [("forward", variant, dtype, D, tuple(t), False) for t in fwd.GPU_TILES]
+            out += [("forward", "tma+ws", dtype, D, tuple(t), True) for t in fwd.WS_TILES]
+            for part, tiles in (("dkdv", bwd.DKDV_TILES), ("dq", bwd.DQ_TILES)):
+                for variant in ("pointer", "tma"):
+                    out += [(part, variant, dtype, D, tuple(t), False) for t in tiles]
+    return out
+
+
+def measure(job) -> dict:
+    part, variant, dtype_name, D, tile, ws = job
+    from attn_course.kernels import _variants
+    from attn_course.kernels._compile import backward_launches, compile_launch, forward_launches, resources
+
+    dtype = getattr(torch, dtype_name)
+    row = {"part": part, "variant": variant, "dtype": dtype_name, "D": D, "tile": list(tile)}
+    try:
+        if part == "forward":
+            (fn, args, kwargs), = forward_launches(variant, dtype, D, config=_variants.config(*tile, WARP_SPEC=ws))
+        else:
+            launches = backward_launches(variant, dtype, D, config=_variants.config(*tile))
+            (fn, args, kwargs), = [c for c in launches if c[0].__name__ == f"_bwd_{part}"]
+        row.update(resources(compile_launch(fn, args, kwargs)))
+    except Exception as e:  # a config that does not compile is a finding, not a crash of the report
+        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return row
+
+
+def flags(row) -> list[str]:
+    if "error" in row:
+        return ["does not compile"]
+    found = []
+    if row["spill_stack_bytes"]:
+        found.append(f"spills {row['spill_stack_bytes']} B")
+    if row["HGMMA"] == 0:
+        found.append("no wgmma" + (" (HMMA)" if row["HMMA"] else ""))
+    if row["shared_bytes"] > 227 * 1024:
+        found.append("shared memory over 227 KiB")
+    return found
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--dtype", action="append", choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--head-dim", type=int, action="append", choices=[16, 32, 64, 128])
+    p.add_argument("--out", type=Path, default=RESULTS / "kernel_resources_sm90.json")
+    args = p.parse_args(argv)
+    todo = jobs(tuple(args.dtype or ["float16"]), tuple(args.head_dim or [64, 128]))
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(max(1, args.workers)) as pool:
+        rows = list(pool.imap(measure, todo))
+    rows.sort(key=lambda r: (r["dtype"], r["D"], r["part"], r["variant"], r["tile"]))
+    for r in rows:
+        tile = "x".join(map(str, r["tile"][:2])) + f" w{r['tile'][2]} s{r['tile'][3]}"
+        usage = "" if "error" in r else (f"{r['registers']:3d} regs  {r['shared_bytes'] // 1024:3d} KiB smem  "
+                                         f"{r['warps']:2d} warps  HGMMA {r['HGMMA']:3d}  UTMALDG {r['UTMALDG']:2d}")
+        print(f"{r['dtype']:8s} D={r['D']:3d} {r['part']:7s} {r['variant']:7s} {tile:16s} {usage}  "
+              f"{'; '.join(flags(r))}")
+    import platform
+
+    report = {"target": "sm_90 (compiled on the CPU, no GPU involved)", "triton": triton.__version__,
+              "torch": torch.__version__, "machine": platform.machine(),
+              "compile_seconds": round(time.perf_counter() - start, 1), "rows": rows,
+              "flagged": [dict(r, flags=flags(r)) for r in rows if flags(r)]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"{len(rows)} configs, {len(report['flagged'])} flagged; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Compile the kernels for a GPU that is not there: PTX, cubin and resource usage on any machine.
+
+Triton's compiler needs no GPU. Given a target (``GPUTarget("cuda", 90, 32)`` is Hopper) it lowers a
+kernel to PTX and assembles it with the ``ptxas`` its wheel ships; ``cuobjdump`` from the same wheel then
+reads the registers, spill stack and instructions back out of the cubin. That is how this project checks,
+on a CPU, that every kernel variant compiles for Hopper and uses what it is for (tests/test_kernels_compile.py)
+and which tile shapes spill registers (benchmarks/kernel_resources.py).
+
+The launches compiled are real ones: :func:`recorded_launches` runs the package's own host wrapper with
+the compiled-mode kernel swapped for a recorder, and :func:`compile_launch` binds and specialises the
+recorded arguments with Triton's own JIT binder, as a GPU launch would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import create_function_from_signature
+
+from attn_course.kernels import _variants
+from attn_course.kernels._checks import kernel_window
+from attn_course.kernels._runtime import kernel_module
+
+HOPPER, AMPERE = GPUTarget("cuda", 90, 32), GPUTarget("cuda", 80, 32)
+CUDA = torch.device("cuda")
+CAUSAL = kernel_window((-1, -1), True)
+
+
+class _Recorder:
+    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` records the call."""
+
+    def __init__(self, fn, calls):
+        self.fn, self.calls = fn, calls
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((self.fn, args, kwargs))
+
+
+def recorded_launches(module, names, run):
+    """The ``(kernel, args, kwargs)`` of every launch ``run()`` makes through ``module``'s ``names``
+    (the kernels are put back afterwards)."""
+    calls, saved = [], {name: getattr(module, name) for name in names}
+    try:
+        for name, fn in saved.items():
+            setattr(module, name, _Recorder(fn, calls))
+        run()
+    finally:
+        for name, fn in saved.items():
+            setattr(module, name, fn)
+    return calls
+
+
+def compile_launch(fn, args, kwargs, target=HOPPER):
+    """Compile one recorded launch for ``target`` as a GPU launch would: the same binder, the same
+    specialisation (an integer equal to 1 becomes a constant, pointers and integers divisible by 16 are
+    marked so) and the same options. Returns Triton's compiled kernel (``.asm["ptx"]``, ``["cubin"]``,
+    ``.metadata``)."""
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+
+
+def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None):
+    """The forward launch the wrapper makes for ``[2, 4, T, D]`` queries and 2 key/value heads, causal,
+    with ``variant`` forced and the autotuner off (``config``: the tile shape, else the default one)."""
+    fwd = kernel_module("flash_fwd", CUDA)
+    q, k, v = (torch.randn(2, h, T, D).to(dtype) for h in (4, 2, 2))
+    with _forced(variant), _default_config(fwd, config):
+        return recorded_launches(fwd, ["_attn_fwd"],
+                                 lambda: fwd.attn_fwd_launch(q, k, v, scale=D ** -0.5, window=CAUSAL))
+
+
+def backward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None):
+    """The three backward launches (preprocess, dK/dV, dQ) for the same shapes as :func:`forward_launches`."""
+    bwd = kernel_module("flash_bwd", CUDA)
+    q, k, v = (torch.randn(2, h, T, D).to(dtype) for h in (4, 2, 2))
+    out, dout, lse = torch.randn_like(q), torch.randn_like(q), torch.zeros(2, 4, T)
+    with _forced(variant), _default_config(bwd, config):
+        return recorded_launches(bwd, ["_bwd_preprocess", "_bwd_dkdv", "_bwd_dq"],
+                                 lambda: bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=D ** -0.5,
+                                                             window=CAUSAL))
+
+
+@contextlib.contextmanager
+def _forced(variant: str):
+    """``ATTN_COURSE_KERNEL=variant`` and ``ATTN_COURSE_AUTOTUNE=0`` inside the block."""
+    keys = (_variants.KERNEL_ENV, _variants.AUTOTUNE_ENV)
+    before = {key: os.environ.get(key) for key in keys}
+    os.environ.update({_variants.KERNEL_ENV: variant, _variants.AUTOTUNE_ENV: "0"})
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _default_config(module, config):
+    """``module.default_config`` returns ``config`` inside the block (unchanged when ``config`` is None)."""
+    original = module.default_config
+    if config is not None:
+        module.default_config = lambda *args, **kwargs: config
+    try:
+        yield
+    finally:
+        module.default_config = original
+
+
+_TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+def resources(kernel) -> dict:
+    """What the cubin uses: registers per thread, spill stack bytes, shared memory, warps (with any
+    producer warps added by warp specialisation) and counts of the instructions that matter on Hopper
+    (HGMMA: wgmma tensor-core products; HMMA: the older mma.sync; UTMALDG: TMA tile loads; LDGSTS:
+    cp.async copies)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "kernel.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        usage = subprocess.run([_TOOLS / "cuobjdump", "-res-usage", cubin], capture_output=True, text=True,
+                               check=True).stdout
+        sass = subprocess.run([_TOOLS / "cuobjdump", "-sass", cubin], capture_output=True, text=True,
+                              check=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    if m is None:
+        raise RuntimeError(f"cuobjdump -res-usage printed no register count:\n{usage}")
+    ops = {op: len(re.findall(rf"\b{op}\b", sass)) for op in ("HGMMA", "HMMA", "UTMALDG", "LDGSTS")}
+    return {"registers": int(m[1]), "spill_stack_bytes": int(m[2]), "shared_bytes": kernel.metadata.shared,
+            "warps": kernel.metadata.num_warps, **ops}
