@@ -181,8 +181,8 @@ def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
     hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
     tiles = [t for t in GPU_TILES if D < 128 or not (t[0] == 128 and t[2] == 4)]
     space = [_variants.config(*t, hook, WARP_SPEC=False) for t in tiles]
-    if True in variant.warp_specialize:
-        space += [_variants.config(*t, hook, WARP_SPEC=True) for t in WS_TILES]
+    if True in variant.warp_specialize:  # (at D = 128, 128-key tiles overflow shared memory)
+        space += [_variants.config(*t, hook, WARP_SPEC=True) for t in WS_TILES if D < 128 or t[1] < 128]
     return space
 
 

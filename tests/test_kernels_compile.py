@@ -96,3 +96,46 @@ def test_pointer_kernels_compile_for_ampere():
         ptx = compile_launch(fn, args, kwargs, AMPERE).asm["ptx"]
         if fn.__name__ != "_bwd_preprocess":
             assert "mma.sync" in ptx and "wgmma" not in ptx, f"{fn.__name__}: expected Ampere's mma.sync"
+
+
+def _report():
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("kernel_resources", root / "benchmarks" / "kernel_resources.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    path = root / "benchmarks" / "results" / "kernel_resources_sm90.json"
+    return tool, json.loads(path.read_text())
+
+
+def test_the_resource_report_covers_exactly_the_current_tile_lists():
+    """The committed register/spill survey must describe the configs the code offers today; change a tile
+    list and this fails until ``python benchmarks/kernel_resources.py`` is rerun."""
+    tool, report = _report()
+    want = {(part, variant, dtype, D, tuple(tile)) for part, variant, dtype, D, tile, _ in tool.jobs()}
+    got = {(r["part"], r["variant"], r["dtype"], r["D"], tuple(r["tile"])) for r in report["rows"]}
+    assert got == want, (f"benchmarks/results/kernel_resources_sm90.json is stale (missing {sorted(want - got)[:4]}, "
+                         f"extra {sorted(got - want)[:4]}): rerun python benchmarks/kernel_resources.py")
+
+
+def test_no_tma_config_the_autotuner_tries_spills_registers():
+    """On Hopper the autotuner tries the TMA variants' configs: none of those offered at D = 64 and 128
+    (16-bit inputs) may spill, fail to compile, overflow shared memory or miss wgmma, per the survey."""
+    _, report = _report()
+    fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
+
+    def offered(r):
+        variant = _variants.VARIANTS[r["variant"]]
+        space = fwd.configs(variant, r["D"]) if r["part"] == "forward" else bwd.configs(r["part"], variant, r["D"])
+        ws = r["variant"] == "tma+ws"
+        return any([c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages] == r["tile"]
+                   and c.kwargs.get("WARP_SPEC", False) == ws for c in space)
+
+    rows = [r for r in report["rows"] if r["variant"] != "pointer" and offered(r)]
+    assert len(rows) > 30
+    bad = [(r["part"], r["variant"], r["D"], r["tile"], r.get("error") or r["spill_stack_bytes"]) for r in rows
+           if "error" in r or r["spill_stack_bytes"] or r["HGMMA"] == 0 or r["shared_bytes"] > SHARED_MEMORY]
+    assert not bad, f"configs offered to the autotuner that spill / fail / lack wgmma on sm_90: {bad}"
