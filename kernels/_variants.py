@@ -46,6 +46,7 @@ except ImportError:  # triton < 3.4 has no host-side tensor descriptors
     TensorDescriptor = None
 
 KERNEL_ENV = "ATTN_COURSE_KERNEL"
+TMA_MIN_CAPABILITY = (9, 0)  # Hopper: the first GPUs with the bulk tensor copy engine
 AUTOTUNE_ENV = "ATTN_COURSE_AUTOTUNE"
 CAN_WARP_SPECIALIZE = "warp_specialize" in inspect.signature(tl.range.__init__).parameters
 
@@ -185,7 +186,7 @@ def chain(device: torch.device, tensors, *, varlen: bool, warp_spec: bool = True
                 raise ValueError(f"{KERNEL_ENV}={name} cannot run these tensors: {why}; unset it to let the "
                                  f"kernels choose")
         return [variant]
-    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) >= TMA_MIN_CAPABILITY
     if not hopper or varlen or tma_unready(*tensors) is not None:
         return [VARIANTS["pointer"]]
     # warp specialisation overlaps copies with tensor-core products; float32 (IEEE, no wgmma) has none

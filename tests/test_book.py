@@ -146,7 +146,14 @@ PROSE_NUMBERS = {
     ("ch3_sdpa", "22.44"): lambda: round(_worked()[0][1][0] * 10 + _worked()[0][1][1] * 30, 2),
     ("ch4_masks", "2.1"): lambda: 2.1,  # a version number: FlashAttention >= 2.1 aligns causal bottom-right
     ("ch7_flash", "1.5"): lambda: 1.5,  # the A100 HBM bandwidth quoted in the HIERARCHY table's code
+    ("ch7_flash", "9.0"): lambda: ".".join(map(str, _variants().TMA_MIN_CAPABILITY)),  # TMA's compute capability
 }
+
+
+def _variants():
+    from attn_course.kernels import _variants
+
+    return _variants
 
 
 def _prose(text: str) -> str:
