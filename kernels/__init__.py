@@ -8,9 +8,11 @@ Files, in reading order:
 
 * ``flash_fwd.py``: the forward kernel, written like a Triton tutorial;
 * ``flash_bwd.py``: the backward kernels (FlashAttention-2: recompute P from the saved logsumexp);
-* ``_tiles.py``: masks and loop bounds shared by both (full tiles vs masked tiles);
+* ``_tiles.py``: masks, loop bounds and tile loads shared by both (full vs masked tiles; pointers vs TMA);
 * ``flash_attention.py``: the ``torch.autograd.Function`` and the public functions;
-* ``_checks.py``: input checks; ``_runtime.py``: compiled vs interpreted kernels, chosen per device.
+* ``_variants.py``: which variant runs (``pointer``, ``tma``, ``tma+ws``) and whether tiles are autotuned;
+* ``_checks.py``: input checks; ``_runtime.py``: compiled vs interpreted kernels, chosen per device;
+* ``_compile.py``: compiling a launch for a GPU target on a machine without one (tests, resource survey).
 
 CPU tensors run in Triton's interpreter, picked automatically and without touching the rest of the
 process: expect seconds for shapes a GPU does in microseconds.
