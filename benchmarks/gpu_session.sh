@@ -20,6 +20,12 @@ TEST_BUDGET_S=${TEST_BUDGET_S:-180}
 BENCH_BUDGET_S=${BENCH_BUDGET_S:-240}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 start=$(date +%s)
+# Wheels carried in .whl/ (e.g. numpy<2.4, which triton 3.6's interpreter needs for the CPU half of
+# test_cpu_and_gpu_agree) go first on the path; nothing is installed into the machine's python.
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
 
 {
   nvidia-smi || echo "nvidia-smi: not available"

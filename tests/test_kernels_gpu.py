@@ -105,8 +105,14 @@ def test_compiled_varlen_matches_attention_per_sequence():
 
 
 def test_cpu_and_gpu_agree():
-    """The interpreter and the compiler run the same kernel: their answers agree closely."""
+    """The interpreter and the compiler run the same kernel in one process: their answers agree closely
+    (and the interpreted launch leaves Triton able to compile the GPU one, see _runtime._restore)."""
     q, k, v = make_qkv(1, 2, 1, 113, 203, 64, torch.float32)
-    cpu = flash_attention(q, k, v, causal=True)
+    try:
+        cpu = flash_attention(q, k, v, causal=True)
+    except RuntimeError as e:
+        if "cannot run with numpy" not in str(e):
+            raise
+        pytest.skip(f"this machine's interpreter cannot run: {e}")
     gpu = flash_attention(q.cuda(), k.cuda(), v.cuda(), causal=True)
     assert max_err(cpu, gpu.cpu()) < 2e-5
