@@ -126,7 +126,8 @@ def _attn_fwd(
     if WARP_SPEC:
         # one loop over every visible tile, each masked: the warp-specialisation pass (producer warps
         # issuing the TMA copies, consumer warpgroups doing the products and the softmax) handles a
-        # kernel with one key loop, and the mask costs a few integer ops per score on the consumers
+        # kernel with one key loop and no branch inside it (a runtime `if` to skip the mask on full
+        # tiles fails to compile, as do two loops); the mask costs a few integer ops per score
 
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
                                    stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
