@@ -176,7 +176,10 @@ def chain(device: torch.device, tensors, *, varlen: bool, warp_spec: bool = True
     """The variants to try, in order, for one launch (see the module docstring). ``warp_spec``: whether
     the kernel has warp-specialised configs (the backward kernels do not: ``tma+ws`` means ``tma`` there)."""
     name = requested()
-    if name == "tma+ws" and not warp_spec:
+    # warp specialisation overlaps copies with tensor-core products; float32 (IEEE, no wgmma) has none,
+    # and a kernel without warp-specialised configs has nothing to pick: there "tma+ws" means "tma"
+    ws_pays = warp_spec and tensors[0].dtype != torch.float32
+    if name == "tma+ws" and not ws_pays:
         name = "tma"
     if name != "auto":
         variant = VARIANTS[name]
@@ -189,8 +192,6 @@ def chain(device: torch.device, tensors, *, varlen: bool, warp_spec: bool = True
     hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) >= TMA_MIN_CAPABILITY
     if not hopper or varlen or tma_unready(*tensors) is not None:
         return [VARIANTS["pointer"]]
-    # warp specialisation overlaps copies with tensor-core products; float32 (IEEE, no wgmma) has none
-    ws_pays = warp_spec and tensors[0].dtype != torch.float32
     return [VARIANTS[n] for n in AUTO_CHAIN if ws_pays or True not in VARIANTS[n].warp_specialize]
 
 

@@ -61,8 +61,9 @@ def test_compiled_matches_reference(case, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_case(case)
     dtype, D = case[-1], case[5]
-    assert _variants.used(("cuda:0", dtype, D, "forward")) == variant
-    assert _variants.used(("cuda:0", dtype, D, "backward")) == variant.replace("+ws", "")  # no WS backward
+    no_ws = variant.replace("+ws", "")  # no WS backward, and float32 has no wgmma for WS to overlap
+    assert _variants.used(("cuda:0", dtype, D, "forward")) == (no_ws if dtype == torch.float32 else variant)
+    assert _variants.used(("cuda:0", dtype, D, "backward")) == no_ws
 
 
 @pytest.mark.parametrize("case", LARGE, ids=case_id)
