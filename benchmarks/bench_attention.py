@@ -23,10 +23,8 @@ and ``cpu.png``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
-import os
 import platform
 import re
 import sys
@@ -85,32 +83,23 @@ def implementations():
                 return sdpa(q, k, v, is_causal=causal)  # T_q == T_k: top-left and bottom-right agree
         return run
 
-    def pointer(q, k, v, causal):
-        with kernel_variant("pointer"):
-            return flash_attention(q, k, v, causal=causal)
-
-    impls = {"triton": lambda q, k, v, causal: flash_attention(q, k, v, causal=causal), "triton-pointer": pointer}
+    kernel = lambda q, k, v, causal: flash_attention(q, k, v, causal=causal)  # noqa: E731
+    impls = {"triton": kernel, "triton-pointer": kernel}  # the latter timed under VARIANT_OF's setting
     for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"):
         impls[name] = sdpa_with(getattr(SDPBackend, name))
     impls["naive"] = naive_attention
     return impls
 
 
-@contextlib.contextmanager
-def kernel_variant(name: str):
-    """Force ``ATTN_COURSE_KERNEL=name`` for the calls inside (the kernels read it at every launch;
-    the backward pass runs inside ``.backward()``, also inside)."""
+# contenders that are the kernel with a variant forced (for its forward and its backward alike)
+VARIANT_OF = {"triton-pointer": "pointer"}
+
+
+def kernel_variant(name: str | None):
+    """``ATTN_COURSE_KERNEL=name`` for the calls inside (``None``: as it is)."""
     from attn_course.kernels import _variants
 
-    before = os.environ.get(_variants.KERNEL_ENV)
-    os.environ[_variants.KERNEL_ENV] = name
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(_variants.KERNEL_ENV, None)
-        else:
-            os.environ[_variants.KERNEL_ENV] = before
+    return _variants.settings(kernel=name)
 
 
 def time_one(name, fn, q, k, v, causal, backward: bool):
@@ -123,9 +112,7 @@ def time_one(name, fn, q, k, v, causal, backward: bool):
 
             def step():
                 qg.grad = kg.grad = vg.grad = None
-                out = fn(qg, kg, vg, causal)
-                with kernel_variant("pointer") if name == "triton-pointer" else contextlib.nullcontext():
-                    out.backward(dout)
+                fn(qg, kg, vg, causal).backward(dout)
         else:
             def step():
                 fn(q, k, v, causal)
@@ -196,7 +183,8 @@ def run_gpu(shapes, budget_s: float | None, save, *, impls=None, device="cuda", 
             row = {"dtype": str(dtype)[6:], "D": D, "causal": causal, "T": T, "B": B, "H": H,
                    "pass": "fwd+bwd" if backward else "fwd", "ms": {}, "tflops": {}}
             for name, fn in impls.items():
-                ms = time_one(name, fn, q, k, v, causal, backward)
+                with kernel_variant(VARIANT_OF.get(name)):
+                    ms = time_one(name, fn, q, k, v, causal, backward)
                 row["ms"][name] = ms
                 row["tflops"][name] = None if ms is None else flops / ms * 1e-9
                 if name == "triton":  # which variant auto ran (the last launch for this dtype and head dim)

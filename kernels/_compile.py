@@ -14,7 +14,6 @@ recorded arguments with Triton's own JIT binder, as a GPU launch would.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
 import tempfile
@@ -76,7 +75,7 @@ def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None):
     with ``variant`` forced and the autotuner off (``config``: the tile shape, else the default one)."""
     fwd = kernel_module("flash_fwd", CUDA)
     q, k, v = (torch.randn(2, h, T, D).to(dtype) for h in (4, 2, 2))
-    with _forced(variant), _default_config(fwd, config):
+    with _variants.settings(kernel=variant, autotune=False), _default_config(fwd, config):
         return recorded_launches(fwd, ["_attn_fwd"],
                                  lambda: fwd.attn_fwd_launch(q, k, v, scale=D ** -0.5, window=CAUSAL))
 
@@ -86,26 +85,10 @@ def backward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None)
     bwd = kernel_module("flash_bwd", CUDA)
     q, k, v = (torch.randn(2, h, T, D).to(dtype) for h in (4, 2, 2))
     out, dout, lse = torch.randn_like(q), torch.randn_like(q), torch.zeros(2, 4, T)
-    with _forced(variant), _default_config(bwd, config):
+    with _variants.settings(kernel=variant, autotune=False), _default_config(bwd, config):
         return recorded_launches(bwd, ["_bwd_preprocess", "_bwd_dkdv", "_bwd_dq"],
                                  lambda: bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=D ** -0.5,
                                                              window=CAUSAL))
-
-
-@contextlib.contextmanager
-def _forced(variant: str):
-    """``ATTN_COURSE_KERNEL=variant`` and ``ATTN_COURSE_AUTOTUNE=0`` inside the block."""
-    keys = (_variants.KERNEL_ENV, _variants.AUTOTUNE_ENV)
-    before = {key: os.environ.get(key) for key in keys}
-    os.environ.update({_variants.KERNEL_ENV: variant, _variants.AUTOTUNE_ENV: "0"})
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ candidate tile shape (minutes of compiling for no extra coverage).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import warnings
@@ -55,13 +56,13 @@ CAN_WARP_SPECIALIZE = "warp_specialize" in inspect.signature(tl.range.__init__).
 class Variant:
     name: str
     tma: bool  # tiles through tensor descriptors
-    warp_specialize: tuple[bool, ...]  # the values the autotuner may pick for the key loop
+    warp_specialize: bool  # the autotuner may also try warp-specialised configs
 
 
 VARIANTS = {v.name: v for v in (
-    Variant("pointer", False, (False,)),
-    Variant("tma", True, (False,)),
-    Variant("tma+ws", True, (False, True) if CAN_WARP_SPECIALIZE else (False,)),
+    Variant("pointer", False, False),
+    Variant("tma", True, False),
+    Variant("tma+ws", True, CAN_WARP_SPECIALIZE),
 )}
 AUTO_CHAIN = ("tma+ws", "tma", "pointer") if CAN_WARP_SPECIALIZE else ("tma", "pointer")
 
@@ -118,8 +119,6 @@ def tile_hook(descriptors: tuple[tuple[str, str], ...]):
     """An autotuner pre-hook: a descriptor's tile shape is part of it, so each config must set it.
     ``descriptors``: (argument name, the block-size argument for its rows), e.g. ``("desc_q", "BLOCK_M")``."""
     def hook(nargs):
-        if isinstance(nargs[descriptors[0][0]], torch.Tensor):  # the pointer variant: placeholders
-            return
         for name, block in descriptors:
             nargs[name].block_shape = [1, 1, nargs[block], nargs["HEAD_DIM"]]
     return hook
@@ -172,6 +171,33 @@ def descriptors(tensors, blocks, D: int, variant: Variant):
     return [descriptor(x, [1, 1, rows, D]) for x, rows in zip(tensors, blocks, strict=True)]
 
 
+def may_use_tma(device: torch.device) -> bool:
+    """Whether a launch on ``device`` may pick a TMA variant: one is asked for by name, or ``auto`` on a
+    GPU of compute capability TMA_MIN_CAPABILITY or newer."""
+    name = requested()
+    if name != "auto":
+        return VARIANTS[name].tma
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= TMA_MIN_CAPABILITY
+
+
+@contextlib.contextmanager
+def settings(*, kernel: str | None = None, autotune: bool | None = None):
+    """``ATTN_COURSE_KERNEL`` / ``ATTN_COURSE_AUTOTUNE`` set for the ``with`` block (``None``: left as it
+    is), put back afterwards. The kernels read both at every launch."""
+    wanted = {KERNEL_ENV: kernel, AUTOTUNE_ENV: None if autotune is None else str(int(autotune))}
+    wanted = {key: value for key, value in wanted.items() if value is not None}
+    before = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def chain(device: torch.device, tensors, *, varlen: bool, warp_spec: bool = True) -> list[Variant]:
     """The variants to try, in order, for one launch (see the module docstring). ``warp_spec``: whether
     the kernel has warp-specialised configs (the backward kernels do not: ``tma+ws`` means ``tma`` there)."""
@@ -189,10 +215,9 @@ def chain(device: torch.device, tensors, *, varlen: bool, warp_spec: bool = True
                 raise ValueError(f"{KERNEL_ENV}={name} cannot run these tensors: {why}; unset it to let the "
                                  f"kernels choose")
         return [variant]
-    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) >= TMA_MIN_CAPABILITY
-    if not hopper or varlen or tma_unready(*tensors) is not None:
+    if not may_use_tma(device) or varlen or tma_unready(*tensors) is not None:
         return [VARIANTS["pointer"]]
-    return [VARIANTS[n] for n in AUTO_CHAIN if ws_pays or True not in VARIANTS[n].warp_specialize]
+    return [VARIANTS[n] for n in AUTO_CHAIN if ws_pays or not VARIANTS[n].warp_specialize]
 
 
 def run(variants: list[Variant], key: tuple, launch):

@@ -135,12 +135,12 @@ def _bwd_dkdv(
 
     lo, a, b_full, hi = query_tiles(n_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
     for g in range(0, GROUP):  # the query heads that share this key/value head
-        h64 = (h_kv * GROUP + g).to(tl.int64)
+        h = h_kv * GROUP + g
+        h64 = h.to(tl.int64)
         Qh = Q + b64 * stride_qb + h64 * stride_qh + q_start.to(tl.int64) * stride_qt
         dOh = dOut + b64 * stride_gb + h64 * stride_gh + q_start.to(tl.int64) * stride_gt
         Lh = Lse + b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
         Dh = Delta + b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
-        h = h_kv * GROUP + g
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, b, h,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, lo, a, T_q, T_k, window_left, window_right, qk_scale,
@@ -290,7 +290,8 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
                     max_seqlens=None, blocks=None):
     """``(dq, dk, dv)`` from the saved tensors; shapes and layouts as in ``flash_fwd.attn_fwd_launch``."""
     varlen = cu_seqlens_q is not None
-    if not varlen and _variants.tma_unready(dout) and not _variants.tma_unready(q, k, v):
+    if not varlen and _variants.may_use_tma(q.device) and _variants.tma_unready(dout) \
+            and not _variants.tma_unready(q, k, v):
         dout = dout.contiguous()  # e.g. the stride-0 gradient of out.sum(): one copy keeps the TMA path open
     if varlen:
         B = cu_seqlens_q.numel() - 1

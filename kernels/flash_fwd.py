@@ -182,7 +182,7 @@ def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
     hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
     tiles = [t for t in GPU_TILES if D < 128 or not (t[0] == 128 and t[2] == 4)]
     space = [_variants.config(*t, hook, WARP_SPEC=False) for t in tiles]
-    if True in variant.warp_specialize:  # (at D = 128, 128-key tiles overflow shared memory)
+    if variant.warp_specialize:  # (at D = 128, 128-key tiles overflow shared memory)
         space += [_variants.config(*t, hook, WARP_SPEC=True) for t in WS_TILES if D < 128 or t[1] < 128]
     return space
 
@@ -190,7 +190,7 @@ def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
 def default_config(variant: _variants.Variant, D: int, itemsize: int) -> triton.Config:
     """The one config used when autotuning is off: big query tiles for 16-bit inputs, smaller ones where
     float32 or a wide head would overflow shared memory; the warp-specialised variant with WS on."""
-    if True in variant.warp_specialize:
+    if variant.warp_specialize:
         return _variants.config(*WS_TILES[0], WARP_SPEC=True)
     half = itemsize == 2
     return _variants.config(128 if half else 64, 64 if half or D <= 64 else 32, 4 if D <= 64 else 8,
@@ -240,9 +240,9 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         return (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)
 
     def launch(variant: _variants.Variant):
-        ws = True in variant.warp_specialize  # in the interpreter: the single-loop code path, checked
-        tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS,
-                                                                                   WARP_SPEC=ws),
+        # (in the interpreter, tma+ws runs the single-loop code path: checked there too)
+        interpreter_meta = dict(blocks or INTERPRETER_BLOCKS, WARP_SPEC=variant.warp_specialize)
+        tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=interpreter_meta,
                                                   default=default_config(variant, D, q.element_size()))
         descs = _variants.descriptors((q, k, v, out), [tiles[block] for _, block in _DESCRIPTORS], D, variant)
         kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, D), tag=D >= 128) if tune else _attn_fwd
