@@ -9,13 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 from test_kernels_common import (
-    assert_close_by_rule,
+    check_case,
     grads,
     make_qkv,
     max_err,
     reference,
     reference_lse,
-    torch_same_dtype,
 )
 
 from attn_course import flash_attention_reference
@@ -51,29 +50,7 @@ def case_id(c):
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_forward_and_backward_match_reference(case):
-    B, H, H_kv, T_q, T_k, D, causal, window, dtype = case
-    q, k, v = make_qkv(B, H, H_kv, T_q, T_k, D, dtype)
-    dout = torch.randn(B, H, T_q, D, generator=torch.Generator().manual_seed(1)).to(dtype)
-
-    def kernel(q, k, v):
-        return flash_attention(q, k, v, causal=causal, window=window)
-
-    def ref32(q, k, v):
-        return reference(q, k, v, causal, window)
-
-    def same(q, k, v):
-        return torch_same_dtype(q, k, v, causal, window)
-
-    out = kernel(q, k, v)
-    assert out.shape == q.shape and out.dtype == dtype
-    assert_close_by_rule("out", out, ref32(q, k, v), same(q, k, v), dtype)
-
-    got = grads(kernel, q, k, v, dout)
-    want = grads(ref32, q, k, v, dout)
-    budget = grads(same, q, k, v, dout)
-    for name, g, w, b, x in zip(("dq", "dk", "dv"), got, want, budget, (q, k, v), strict=True):
-        assert g.shape == x.shape and g.dtype == dtype, f"{name} has shape {g.shape} {g.dtype}, expected {x.shape}"
-        assert_close_by_rule(name, g, w, b, dtype)
+    check_case(case)
 
 
 @pytest.mark.parametrize("causal,window", [(True, NONE), (False, (40, 10)), (True, (30, -1))])

@@ -82,6 +82,36 @@ def grads(fn, q, k, v, dout):
     return torch.autograd.grad(out, leaves, dout.to(out.dtype))
 
 
+def check_case(case, device="cpu"):
+    """The kernel's ``out`` and ``(dq, dk, dv)`` on ``case = (B, H, H_kv, T_q, T_k, D, causal, window,
+    dtype)`` against the float32 reference, by the tolerance rule, with shapes and dtypes checked."""
+    from attn_course.kernels import flash_attention
+
+    B, H, H_kv, T_q, T_k, D, causal, window, dtype = case
+    q, k, v = make_qkv(B, H, H_kv, T_q, T_k, D, dtype, device=device)
+    dout = torch.randn(B, H, T_q, D, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+
+    def kernel(q, k, v):
+        return flash_attention(q, k, v, causal=causal, window=window)
+
+    def ref32(q, k, v):
+        return reference(q, k, v, causal, window)
+
+    def same(q, k, v):
+        return torch_same_dtype(q, k, v, causal, window)
+
+    out = kernel(q, k, v)
+    assert out.shape == q.shape and out.dtype == dtype
+    assert_close_by_rule("out", out, ref32(q, k, v), same(q, k, v), dtype)
+
+    got = grads(kernel, q, k, v, dout)
+    want = grads(ref32, q, k, v, dout)
+    budget = grads(same, q, k, v, dout)
+    for name, g, w, b, x in zip(("dq", "dk", "dv"), got, want, budget, (q, k, v), strict=True):
+        assert g.shape == x.shape and g.dtype == dtype, f"{name} has shape {g.shape} {g.dtype}, expected {x.shape}"
+        assert_close_by_rule(name, g, w, b, dtype)
+
+
 def test_reference_agrees_with_plain_softmax_on_a_full_mask():
     q, k, v = make_qkv(1, 2, 1, 5, 7, 16, torch.float32)
     expected = torch.softmax(q @ k.repeat(1, 2, 1, 1).transpose(-2, -1) / 4.0, dim=-1) @ v.repeat(1, 2, 1, 1)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 from test_kernels import CASES, case_id
-from test_kernels_common import assert_close_by_rule, grads, make_qkv, max_err, reference, torch_same_dtype
+from test_kernels_common import assert_close_by_rule, make_qkv, max_err, reference, torch_same_dtype
+from test_kernels_common import check_case as check_on_device
 
 from attn_course.kernels import _variants, flash_attention, flash_attention_varlen
 from attn_course.kernels._runtime import kernel_module
@@ -41,18 +42,9 @@ LARGE = [
 
 
 def check_case(case):
-    B, H, H_kv, T_q, T_k, D, causal, window, dtype = case
-    q, k, v = make_qkv(B, H, H_kv, T_q, T_k, D, dtype, device="cuda")
-    dout = torch.randn(B, H, T_q, D, device="cuda", dtype=dtype)
-    kernel = lambda q, k, v: flash_attention(q, k, v, causal=causal, window=window)
-    ref32 = lambda q, k, v: reference(q, k, v, causal, window)
-    same = lambda q, k, v: torch_same_dtype(q, k, v, causal, window)
-    out = kernel(q, k, v)
-    assert not kernel_module("flash_fwd", q.device).INTERPRET
-    assert_close_by_rule("out", out, ref32(q, k, v), same(q, k, v), dtype)
-    got, want, budget = grads(kernel, q, k, v, dout), grads(ref32, q, k, v, dout), grads(same, q, k, v, dout)
-    for name, g, w, b in zip(("dq", "dk", "dv"), got, want, budget, strict=True):
-        assert_close_by_rule(name, g, w, b, dtype)
+    """The shared check (test_kernels_common.check_case), compiled on the GPU."""
+    check_on_device(case, "cuda")
+    assert not kernel_module("flash_fwd", torch.device("cuda")).INTERPRET
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
