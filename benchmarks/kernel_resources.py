@@ -73,8 +73,10 @@ def flags(row) -> list[str]:
         found.append(f"spills {row['spill_stack_bytes']} B")
     if row["HGMMA"] == 0:
         found.append("no wgmma" + (" (HMMA)" if row["HMMA"] else ""))
-    if row["shared_bytes"] > 227 * 1024:
-        found.append("shared memory over 227 KiB")
+    from attn_course.kernels._compile import HOPPER_SHARED_MEMORY
+
+    if row["shared_bytes"] > HOPPER_SHARED_MEMORY:
+        found.append(f"shared memory over {HOPPER_SHARED_MEMORY // 1024} KiB")
     return found
 
 

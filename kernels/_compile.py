@@ -30,6 +30,7 @@ from attn_course.kernels._checks import kernel_window
 from attn_course.kernels._runtime import kernel_module
 
 HOPPER, AMPERE = GPUTarget("cuda", 90, 32), GPUTarget("cuda", 80, 32)
+HOPPER_SHARED_MEMORY = 227 * 1024  # what one program may use on an H100 / H200 (sm_90)
 CUDA = torch.device("cuda")
 CAUSAL = kernel_window((-1, -1), True)
 

@@ -23,13 +23,14 @@ from attn_course.kernels._compile import (
     AMPERE,
     CUDA,
     HOPPER,
+    HOPPER_SHARED_MEMORY,
     backward_launches,
     compile_launch,
     forward_launches,
 )
 from attn_course.kernels._runtime import kernel_module
 
-SHARED_MEMORY = 227 * 1024  # what one program may use on an H100 / H200 (sm_90)
+SHARED_MEMORY = HOPPER_SHARED_MEMORY
 
 
 def check_ptx(fn, kernel, *, tma: bool, tensor_cores: bool, must_fit: bool = True):
