@@ -116,7 +116,12 @@ CORPUS = {
                   "ok", ["LAST-CELL-RAN"], [], {}),
     "memory_bomb": ("allocates until refused: a bytearray, a list of chunks, a shared anonymous mapping",
                     submission("big = bytearray(64 * 2**30)",
-                               "def eat():\n    chunks = []\n    while True:\n        chunks.append(bytearray(2**27))\n"
+                               # refused, it lets go of what it ate before the error is formatted: IPython's
+                               # traceback formatter needs memory too, and once failed with ENOMEM instead
+                               "def eat():\n    chunks = []\n    try:\n        while True:\n"
+                               "            chunks.append(bytearray(2**27))\n    except MemoryError:\n"
+                               "        n = len(chunks)\n        chunks.clear()\n"
+                               "        raise MemoryError(f'refused after {n} chunks of 128 MiB') from None\n"
                                "eat()",
                                "import mmap\nshared = mmap.mmap(-1, 64 * 2**30)\nshared[-1] = 1"),
                     "ok", ["LAST-CELL-RAN", "MemoryError"], [], {}),
