@@ -108,9 +108,10 @@ def bare_runner(notebook: Path, probes: list[dict], limits, rlimits: bool) -> di
     and with ``rlimits=False`` no ``setrlimit`` either. Same interpreter, flags, environment, cells, probes and
     results file as :func:`autograder.sandbox.run_submission`; returns the outcome and the seconds.
 
-    The runner still runs as a spare uid (``setpriv``, as in the sandbox, when we are root): its clean-up is a
-    ``kill(-1)``, which outside a PID namespace reaches every process the uid may signal (the runner refuses
-    to start as root for that reason)."""
+    The runner still runs as a spare uid (``setpriv``, as in the sandbox, when we are root; the runner refuses
+    to start as root). Started like this, its clean-up after each cell signals only its own descendants, not
+    ``kill(-1)`` as inside the sandbox's PID namespace, so an unprivileged benchmark run spares the user's
+    other processes."""
     import subprocess
 
     import torch

@@ -197,3 +197,62 @@ def test_probe_validation_is_the_callers_error(tmp_path):
     with pytest.raises(ValueError, match="unique"):
         probe = {"id": "a", "check": "attention_weights", "target": "f", "cases": []}
         run_submission(nb, [probe, probe], workdir=tmp_path / "w")
+
+
+STRAGGLERS = r'''
+import os, sys, time
+from autograder.sandbox import runner
+
+runner.become_subreaper()
+for _ in range(3):  # plain children, each forking one more
+    if os.fork() == 0:
+        os.fork()
+        time.sleep(60)
+        os._exit(0)
+if os.fork() == 0:  # a double fork: the grandchild is orphaned at once, and comes back to us as subreaper
+    if os.fork() == 0:
+        time.sleep(60)
+    os._exit(0)
+time.sleep(0.5)
+before = len(runner.descendants(runner.processes(), os.getpid()))
+found = runner.stop_stragglers(sandboxed=False)
+after = runner.descendants(runner.processes(), os.getpid())
+print(before, found, len(after), flush=True)
+'''
+
+
+def test_unsandboxed_clean_up_stops_its_descendants_and_nothing_else(tmp_path):
+    """Without bubblewrap (the overhead benchmark), the runner's clean-up after a cell must not be ``kill(-1)``,
+    which would reach every process of the user: it kills, reaps and waits for its own descendants only, the
+    orphaned ones included."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # ours, not the runner's
+    try:
+        done = subprocess.run([sys.executable, "-c", STRAGGLERS], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        before, found, after = map(int, done.stdout.split())
+        # 3 children + their 3 children + the double fork's exited middle one (a zombie until reaped) + its
+        # orphaned child, which is only ours because the runner is a subreaper
+        assert before == 8
+        assert found == 7 and after == 0  # the zombie only needed reaping; the 7 live ones were stopped
+        assert bystander.poll() is None, "the clean-up killed a process that was not the runner's"
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_processes_reads_names_with_spaces_and_parentheses(tmp_path):
+    """``/proc/PID/stat`` puts the command name in parentheses, and a learner chooses that name."""
+    from autograder.sandbox import runner
+
+    code = ("import ctypes, time; ctypes.CDLL(None).prctl(15, b'x) R 1 (y', 0, 0, 0); "  # 15 = PR_SET_NAME
+            "print('named', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "named"
+        state, parent = runner.processes()[child.pid]
+        assert parent == os.getpid() and state in ("S", "R")
+        assert child.pid in runner.descendants(runner.processes(), os.getpid())
+    finally:
+        child.kill()
+        child.wait()

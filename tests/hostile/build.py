@@ -112,8 +112,11 @@ CORPUS = {
                                submission("import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
                                           "while True:\n    pass"), "timeout", [], ["LAST-CELL-RAN"], {}),
     "fork_bomb": ("forks until it cannot, every child forking too",
-                  submission("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"),
-                  "ok", ["LAST-CELL-RAN"], [], {}),
+                  submission("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+                             # the next cell starts alone in the sandbox: every child killed and reaped
+                             "import os\nleft = [p for p in os.listdir('/proc') if p.isdigit() and\n"
+                             "        int(p) not in (1, os.getpid())]\nprint('PROCESSES-LEFT', len(left))"),
+                  "ok", ["LAST-CELL-RAN", "PROCESSES-LEFT 0", "this cell left behind]"], [], {}),
     "memory_bomb": ("allocates until refused: a bytearray, a list of chunks, a shared anonymous mapping",
                     submission("big = bytearray(64 * 2**30)",
                                # refused, it lets go of what it ate before the error is formatted: IPython's
