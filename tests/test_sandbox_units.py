@@ -250,8 +250,7 @@ def test_processes_reads_names_with_spaces_and_parentheses(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "named"
-        state, parent = runner.processes()[child.pid]
-        assert parent == os.getpid() and state in ("S", "R")
+        assert runner.processes()[child.pid] == os.getpid()  # a split at the first ")" would read 1 here
         assert child.pid in runner.descendants(runner.processes(), os.getpid())
     finally:
         child.kill()

@@ -91,8 +91,8 @@ def disarm() -> None:
 
 
 def processes() -> dict:
-    """``{pid: (state, parent pid)}`` of every process ``/proc`` shows (inside the sandbox's PID namespace:
-    the sandbox's processes only)."""
+    """``{pid: parent pid}`` of every process ``/proc`` shows (inside the sandbox's PID namespace: the
+    sandbox's processes only)."""
     table = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -103,14 +103,14 @@ def processes() -> dict:
         except OSError:  # exited meanwhile
             continue
         fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) ", and comm may hold spaces or ")"
-        table[int(name)] = (fields[0].decode("ascii", "replace"), int(fields[1]))
+        table[int(name)] = int(fields[1])  # fields: state, parent pid, ...
     return table
 
 
 def descendants(table: dict, root: int) -> list:
     """Every process below ``root`` in ``table`` (children, their children, ...)."""
     children: dict = {}
-    for pid, (_, parent) in table.items():
+    for pid, parent in table.items():
         children.setdefault(parent, []).append(pid)
     found, todo = [], [root]
     while todo:
