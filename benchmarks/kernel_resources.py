@@ -6,7 +6,7 @@ registers per thread, bytes of spill stack, shared memory, warps, and counts of 
 (HGMMA) and TMA (UTMALDG) instructions. A config that spills, or whose tile is too small for wgmma (HMMA
 only), is flagged: on a GPU it would only cost autotuning time. No speed is measured here.
 
-    python benchmarks/kernel_resources.py                 # fp16, D = 64 and 128, all configs
+    python benchmarks/kernel_resources.py                 # fp16, D = 64, 128 and 256, all configs
     python benchmarks/kernel_resources.py --workers 16    # compile in parallel (default: all cores)
 
 Writes ``benchmarks/results/kernel_resources_sm90.json``.
@@ -28,7 +28,7 @@ import triton
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def jobs(dtypes=("float16",), head_dims=(64, 128)):
+def jobs(dtypes=("float16",), head_dims=(64, 128, 256)):
     """(part, variant, dtype, D, tile, warp_spec) for every config the autotuner may try."""
     from attn_course.kernels._compile import CUDA
     from attn_course.kernels._runtime import kernel_module
@@ -38,11 +38,11 @@ def jobs(dtypes=("float16",), head_dims=(64, 128)):
     for dtype in dtypes:
         for D in head_dims:
             for variant in ("pointer", "tma"):
-                out += [("forward", variant, dtype, D, tuple(t), False) for t in fwd.GPU_TILES]
-            out += [("forward", "tma+ws", dtype, D, tuple(t), True) for t in fwd.WS_TILES]
-            for part, tiles in (("dkdv", bwd.DKDV_TILES), ("dq", bwd.DQ_TILES)):
+                out += [("forward", variant, dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
+            out += [("forward", "tma+ws", dtype, D, tuple(t), True) for t in fwd.candidate_tiles(D, True)]
+            for part in ("dkdv", "dq"):
                 for variant in ("pointer", "tma"):
-                    out += [(part, variant, dtype, D, tuple(t), False) for t in tiles]
+                    out += [(part, variant, dtype, D, tuple(t), False) for t in bwd.candidate_tiles(part, D)]
     return out
 
 
@@ -84,10 +84,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--dtype", action="append", choices=["float16", "bfloat16", "float32"])
-    p.add_argument("--head-dim", type=int, action="append", choices=[16, 32, 64, 128])
+    p.add_argument("--head-dim", type=int, action="append", choices=[16, 32, 64, 128, 256])
     p.add_argument("--out", type=Path, default=RESULTS / "kernel_resources_sm90.json")
     args = p.parse_args(argv)
-    todo = jobs(tuple(args.dtype or ["float16"]), tuple(args.head_dim or [64, 128]))
+    todo = jobs(tuple(args.dtype or ["float16"]), tuple(args.head_dim or [64, 128, 256]))
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(max(1, args.workers)) as pool:
         rows = list(pool.imap(measure, todo))

@@ -13,7 +13,7 @@ import torch
 
 from attn_course.masks import check_cu_seqlens, check_window
 
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 UNBOUNDED = 1 << 30  # a window side of "-1" (unbounded) becomes this; lengths must stay below it
 

@@ -15,7 +15,8 @@ from global memory to the chip:
 
 ``ATTN_COURSE_KERNEL`` picks: ``auto`` (the default), ``pointer``, ``tma`` or ``tma+ws``. ``auto`` on a
 Hopper-or-newer GPU with TMA-ready tensors tries ``tma+ws`` (16-bit inputs only), then ``tma``, then
-``pointer``; everywhere else (older GPUs, CPU tensors in the interpreter, varlen) it runs ``pointer``.
+``pointer``; everywhere else (older GPUs, CPU tensors in the interpreter, varlen, and the backward at
+head dim 256, whose TMA tiles spill registers) it runs ``pointer``.
 
 Why a chain: the TMA variants are checked on the CPU through the interpreter, which emulates the
 descriptors faithfully, but a GPU compiler can still reject a program the interpreter accepts. So under
@@ -129,8 +130,8 @@ _autotuned: dict = {}
 
 def autotuned(kernel, variant: Variant, configs, tag=None):
     """``kernel`` wrapped in Triton's autotuner over ``configs`` (which the kernel file builds for the
-    variant), once per (kernel, variant, tag); ``tag`` names what else the configs depend on (say, a head
-    dim class). The tuning key is the lengths, head dim, window and variant."""
+    variant), once per (kernel, variant, tag); ``tag`` names what else the configs depend on (the head dim).
+    The tuning key is the lengths, head dim, window and variant."""
     cache_key = (id(kernel), variant.name, tag)
     if cache_key not in _autotuned:
         _autotuned[cache_key] = triton.autotune(configs=configs, key=TUNE_KEY, do_bench=_tuning_bench)(kernel)
@@ -198,9 +199,12 @@ def settings(*, kernel: str | None = None, autotune: bool | None = None):
                 os.environ[key] = value
 
 
-def chain(device: torch.device, tensors, *, varlen: bool, warp_spec: bool = True) -> list[Variant]:
+def chain(device: torch.device, tensors, *, varlen: bool, warp_spec: bool = True, tma_pays: bool = True
+          ) -> list[Variant]:
     """The variants to try, in order, for one launch (see the module docstring). ``warp_spec``: whether
-    the kernel has warp-specialised configs (the backward kernels do not: ``tma+ws`` means ``tma`` there)."""
+    the kernel has warp-specialised configs (the backward kernels do not: ``tma+ws`` means ``tma`` there).
+    ``tma_pays``: whether the TMA variant is worth trying under ``auto`` for this launch (the backward at
+    head dim 256 is not: its TMA dK/dV tiles spill registers); a TMA variant asked for by name still runs."""
     name = requested()
     # warp specialisation overlaps copies with tensor-core products; float32 (IEEE, no wgmma) has none,
     # and a kernel without warp-specialised configs has nothing to pick: there "tma+ws" means "tma"
@@ -215,7 +219,7 @@ def chain(device: torch.device, tensors, *, varlen: bool, warp_spec: bool = True
                 raise ValueError(f"{KERNEL_ENV}={name} cannot run these tensors: {why}; unset it to let the "
                                  f"kernels choose")
         return [variant]
-    if not may_use_tma(device) or varlen or tma_unready(*tensors) is not None:
+    if not tma_pays or not may_use_tma(device) or varlen or tma_unready(*tensors) is not None:
         return [VARIANTS["pointer"]]
     return [VARIANTS[n] for n in AUTO_CHAIN if ws_pays or not VARIANTS[n].warp_specialize]
 

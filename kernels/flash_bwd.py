@@ -257,25 +257,41 @@ DQ_TILES = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3), (6
 # At D = 128 these dK/dV tiles spill registers on sm_90 (checked by tests/test_kernels_compile.py against
 # the report): the autotuner does not try them there.
 DKDV_SPILLS_AT_128 = [(32, 128, 8, 2), (64, 64, 8, 3), (16, 64, 4, 3), (64, 128, 8, 2)]
+# Head dim 256: four (BLOCK_N, 256) tiles per dK/dV program leave room for 32 keys on 8 warps and no more
+# (64 keys spill, so its products stay on mma.sync: wgmma wants 64 rows); dQ keeps 32-key steps. Through
+# pointers none of these spills on sm_90; through TMA the dK/dV ones do, so `auto` runs the backward's
+# pointer variant at D = 256 (TMA_HEAD_DIMS).
+WIDE_DKDV_TILES = [(32, 32, 8, 2), (16, 32, 8, 2)]
+WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)]
+TMA_HEAD_DIMS = (16, 32, 64, 128)
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 PREPROCESS_BLOCK = 64
 _DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_do", "BLOCK_M"),
                 ("desc_dq", "BLOCK_M"), ("desc_dk", "BLOCK_N"), ("desc_dv", "BLOCK_N"))
 
 
+def candidate_tiles(kernel: str, D: int) -> list[tuple[int, int, int, int]]:
+    """Every tile shape considered for ``kernel`` ("dkdv" or "dq") at head dim ``D`` (what
+    benchmarks/kernel_resources.py surveys); :func:`configs` offers the autotuner the ones that fit."""
+    if D > 128:
+        return WIDE_DQ_TILES if kernel == "dq" else WIDE_DKDV_TILES
+    return DQ_TILES if kernel == "dq" else DKDV_TILES
+
+
 def configs(kernel: str, variant: _variants.Variant, D: int) -> list[triton.Config]:
     """The autotuner's search space for ``kernel`` ("dkdv" or "dq") at head dim ``D``."""
     hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
-    if kernel == "dq":
-        return [_variants.config(*t, hook) for t in DQ_TILES]
-    return [_variants.config(*t, hook) for t in DKDV_TILES if D < 128 or t not in DKDV_SPILLS_AT_128]
+    spills = DKDV_SPILLS_AT_128 if kernel == "dkdv" and D == 128 else []
+    return [_variants.config(*t, hook) for t in candidate_tiles(kernel, D) if t not in spills]
 
 
 def default_config(kernel: str, D: int, itemsize: int) -> triton.Config:
-    """The config used when autotuning is off: the first of each list for 16-bit inputs (no spills at
-    D <= 128); smaller tiles for float32, whose tiles take twice the registers and shared memory."""
+    """The config used when autotuning is off: the first candidate for 16-bit inputs (no spills at any
+    head dim); smaller tiles for float32, whose tiles take twice the registers and shared memory."""
     if itemsize == 2:
-        return _variants.config(*(DQ_TILES if kernel == "dq" else DKDV_TILES)[0])
+        return _variants.config(*candidate_tiles(kernel, D)[0])
+    if D > 128:  # float32 at D = 256: the least spilling tiles on sm_90 (16 and 8 bytes)
+        return _variants.config(16, 32, 8 if kernel == "dkdv" else 4, 2)
     return _variants.config(32, 64 if D <= 64 else 32, 4, 2)
 
 
@@ -326,7 +342,7 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
             descs = _variants.descriptors((q, k, v, dout, dq, dk, dv), [tiles[block] for _, block in _DESCRIPTORS],
                                           D, variant)
             if tune:
-                kernel = _variants.autotuned(kernel, variant, configs(name, variant, D), tag=D >= 128)
+                kernel = _variants.autotuned(kernel, variant, configs(name, variant, D), tag=D)
             heads = (H_kv, H // H_kv) if name == "dkdv" else (H, H // H_kv)
             kernel[grid](q, k, v, dout, lse, delta, *per_kernel, *descs, *common, *heads, *window_args, **flags,
                          TMA=variant.tma, **meta)
@@ -336,7 +352,8 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
             out, dout, delta, *so, *sg, *sl, cu_seqlens_q, T_q, H,
             HEAD_DIM=D, BLOCK_M=PREPROCESS_BLOCK, IS_VARLEN=varlen,
         )
-        chain = _variants.chain(q.device, (q, k, v, dout, dq, dk, dv), varlen=varlen, warp_spec=False)
+        chain = _variants.chain(q.device, (q, k, v, dout, dq, dk, dv), varlen=varlen, warp_spec=False,
+                                tma_pays=D in TMA_HEAD_DIMS)
         _variants.run(chain, (str(q.device), q.dtype, D, "backward"), launch)
     return dq, dk, dv
 

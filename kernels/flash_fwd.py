@@ -170,20 +170,35 @@ GPU_TILES = [
 # Checked to compile for sm_90 by tests/test_kernels_compile.py; 128-row tiles on 4 warps do not (the
 # pass splits the query tile between two consumers but not its descriptor).
 WS_TILES = [(64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 4), (64, 64, 4, 4)]
+# Head dim 256: a (64, 256) float32 accumulator is already 128 registers per thread on 4 warps and each
+# (64, 256) key or value tile is 32 KiB of shared memory per stage, so fewer rows, fewer stages, more
+# warps. None of these spills on sm_90 (benchmarks/results/kernel_resources_sm90.json).
+WIDE_TILES = [(64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 3), (64, 32, 8, 2)]
+WIDE_WS_TILES = [(64, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2)]
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 _DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_o", "BLOCK_M"))
 
 
+def candidate_tiles(D: int, warp_spec: bool) -> list[tuple[int, int, int, int]]:
+    """Every tile shape considered at head dim ``D`` (what benchmarks/kernel_resources.py surveys);
+    :func:`configs` offers the autotuner those that do not spill or overflow."""
+    if D > 128:
+        return WIDE_WS_TILES if warp_spec else WIDE_TILES
+    return WS_TILES if warp_spec else GPU_TILES
+
+
 def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
-    """The autotuner's search space for ``variant`` at head dim ``D``: GPU_TILES without warp
-    specialisation, plus WS_TILES with it when the variant allows it. At D = 128, 128 query rows on 4
-    warps spill registers on sm_90 (a 128 x 128 float32 accumulator is 128 registers per thread before
-    anything else; see benchmarks/results/kernel_resources_sm90.json), so those are not tried."""
+    """The autotuner's search space for ``variant`` at head dim ``D``: the candidate tiles without warp
+    specialisation, plus the warp-specialised ones when the variant allows it. At D = 128, 128 query rows
+    on 4 warps spill registers on sm_90 (a 128 x 128 float32 accumulator is 128 registers per thread before
+    anything else; see benchmarks/results/kernel_resources_sm90.json), so those are not tried, nor are
+    warp-specialised 128-key tiles, which overflow shared memory."""
     hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
-    tiles = [t for t in GPU_TILES if D < 128 or not (t[0] == 128 and t[2] == 4)]
+    tiles = [t for t in candidate_tiles(D, False) if D != 128 or not (t[0] == 128 and t[2] == 4)]
     space = [_variants.config(*t, hook, WARP_SPEC=False) for t in tiles]
-    if variant.warp_specialize:  # (at D = 128, 128-key tiles overflow shared memory)
-        space += [_variants.config(*t, hook, WARP_SPEC=True) for t in WS_TILES if D < 128 or t[1] < 128]
+    if variant.warp_specialize:
+        space += [_variants.config(*t, hook, WARP_SPEC=True) for t in candidate_tiles(D, True)
+                  if D != 128 or t[1] < 128]
     return space
 
 
@@ -191,8 +206,11 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int) -> triton.
     """The one config used when autotuning is off: big query tiles for 16-bit inputs, smaller ones where
     float32 or a wide head would overflow shared memory; the warp-specialised variant with WS on."""
     if variant.warp_specialize:
-        return _variants.config(*WS_TILES[0], WARP_SPEC=True)
+        return _variants.config(*candidate_tiles(D, True)[0], WARP_SPEC=True)
     half = itemsize == 2
+    if D > 128:  # (float32 at D = 256 spills on sm_90 whatever the tile; these 32 x 32 tiles least)
+        return _variants.config(*WIDE_TILES[0], WARP_SPEC=False) if half else \
+            _variants.config(32, 32, 8, 2, WARP_SPEC=False)
     return _variants.config(128 if half else 64, 64 if half or D <= 64 else 32, 4 if D <= 64 else 8,
                             3 if half else 2, WARP_SPEC=False)
 
@@ -245,7 +263,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=interpreter_meta,
                                                   default=default_config(variant, D, q.element_size()))
         descs = _variants.descriptors((q, k, v, out), [tiles[block] for _, block in _DESCRIPTORS], D, variant)
-        kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, D), tag=D >= 128) if tune else _attn_fwd
+        kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, D), tag=D) if tune else _attn_fwd
         kernel[grid](*args, *descs, *scalars, **flags, TMA=variant.tma, **meta)
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():

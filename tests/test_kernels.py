@@ -25,7 +25,7 @@ F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 NONE = (-1, -1)
 
 # (B, H, H_kv, T_q, T_k, D, causal, window, dtype): a covering subset, not the full product. Every T in
-# {1, 17, 113, 203}, every D in {16, 32, 64, 128}, each dtype, GQA and MQA, T_q < T_k and T_q > T_k
+# {1, 17, 113, 203}, every D in {16, 32, 64, 128, 256}, each dtype, GQA and MQA, T_q < T_k and T_q > T_k
 # (rows with no key), windows on either side, with and without causal.
 CASES = [
     (1, 2, 2, 1, 1, 16, False, NONE, F32),
@@ -39,6 +39,8 @@ CASES = [
     (1, 2, 2, 17, 113, 128, False, (-1, 3), F32),
     (1, 3, 3, 1, 203, 64, True, NONE, F16),
     (1, 2, 2, 203, 203, 16, False, (0, 0), BF16),
+    (1, 2, 1, 113, 203, 256, True, NONE, BF16),
+    (1, 2, 2, 17, 17, 256, False, (5, 2), F32),
 ]
 
 

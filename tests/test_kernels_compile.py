@@ -33,15 +33,18 @@ from attn_course.kernels._runtime import kernel_module
 SHARED_MEMORY = HOPPER_SHARED_MEMORY
 
 
-def check_ptx(fn, kernel, *, tma: bool, tensor_cores: bool, must_fit: bool = True):
+def check_ptx(fn, kernel, *, tma: bool, tensor_cores: bool, must_fit: bool = True, narrow: bool = False):
     """``must_fit``: a default config must fit in shared memory; an autotuning candidate may not (the
-    autotuner skips those)."""
+    autotuner skips those). ``narrow``: tiles of fewer than 64 rows per product (the dK/dV kernel at
+    D = 256), which Hopper's wgmma cannot take: they must still use tensor cores, through ``mma.sync``."""
     ptx = kernel.asm["ptx"]
     name = fn.__name__
     assert not must_fit or kernel.metadata.shared <= SHARED_MEMORY, (
         f"{name} needs {kernel.metadata.shared} bytes of shared memory, more than sm_90's {SHARED_MEMORY}: "
         f"its default tiles would fail to launch")
-    if tensor_cores:
+    if tensor_cores and narrow:
+        assert "mma.sync" in ptx, f"{name}: no tensor-core instruction (mma.sync) in its PTX"
+    elif tensor_cores:
         assert "wgmma.mma_async" in ptx, f"{name}: no Hopper tensor-core instruction (wgmma) in its PTX"
     copies = ptx.count("cp.async.bulk.tensor")
     if tma:
@@ -50,10 +53,10 @@ def check_ptx(fn, kernel, *, tma: bool, tensor_cores: bool, must_fit: bool = Tru
         assert copies == 0, f"{name}: the pointer variant should not use tensor descriptors"
 
 
-CASES = [(torch.float16, 64), (torch.bfloat16, 128), (torch.float32, 128)]  # float32 x 128: the most memory
+CASES = [(torch.float16, 64), (torch.bfloat16, 128), (torch.float32, 128), (torch.float16, 256)]
 # (ptxas takes 25-30 s per variant on the backward's float32 IEEE products at D = 64 or 128; both were
 # checked by hand to compile and fit; the suite compiles float32 at D = 16)
-BACKWARD_CASES = CASES[:2] + [(torch.float32, 16)]
+BACKWARD_CASES = CASES[:2] + [(torch.float32, 16), (torch.bfloat16, 256)]
 
 
 @pytest.mark.parametrize("dtype,D", CASES, ids=lambda x: str(x).replace("torch.", ""))
@@ -72,11 +75,15 @@ def test_backward_compiles_for_hopper(variant, dtype, D):
     for fn, args, kwargs in launches:
         kernel = compile_launch(fn, args, kwargs, HOPPER)
         if fn.__name__ != "_bwd_preprocess":  # a row-wise dot product: no matrix multiply, no tiles
-            check_ptx(fn, kernel, tma=variant == "tma", tensor_cores=dtype != torch.float32)
+            check_ptx(fn, kernel, tma=variant == "tma", tensor_cores=dtype != torch.float32,
+                      narrow=fn.__name__ == "_bwd_dkdv" and D == 256)
 
 
-@pytest.mark.parametrize("tile", kernel_module("flash_fwd", CUDA).WS_TILES, ids=str)
-@pytest.mark.parametrize("dtype,D", [(torch.float16, 64), (torch.bfloat16, 128)], ids=str)
+WS_CASES = [(dtype, D, tile) for dtype, D in [(torch.float16, 64), (torch.bfloat16, 128), (torch.float16, 256)]
+            for tile in kernel_module("flash_fwd", CUDA).candidate_tiles(D, True)]
+
+
+@pytest.mark.parametrize("dtype,D,tile", WS_CASES, ids=str)
 def test_every_warp_specialised_config_compiles_and_specialises(tile, dtype, D):
     """The autotuner would skip a config that fails to compile only for want of resources; any other
     compile error aborts the tuning, so every warp-specialised config offered must compile. Each must also
@@ -85,16 +92,25 @@ def test_every_warp_specialised_config_compiles_and_specialises(tile, dtype, D):
     fwd = kernel_module("flash_fwd", CUDA)
     (fn, args, kwargs), = forward_launches("tma+ws", dtype, D, config=_variants.config(*tile, WARP_SPEC=True))
     kernel = compile_launch(fn, args, dict(kwargs), HOPPER)
-    check_ptx(fn, kernel, tma=True, tensor_cores=True, must_fit=tile == fwd.WS_TILES[0])
+    check_ptx(fn, kernel, tma=True, tensor_cores=True, must_fit=tile == fwd.candidate_tiles(D, True)[0])
     assert kernel.metadata.num_warps > tile[2], f"{tile}: no producer warps were added (not specialised)"
     assert "setmaxnreg" in kernel.asm["ptx"], f"{tile}: no register reallocation between warpgroups"
 
 
-def test_pointer_kernels_compile_for_ampere():
-    """Pre-Hopper GPUs run the pointer variant (``auto`` never picks TMA there): sm_80, mma.sync."""
-    launches = forward_launches("pointer", torch.bfloat16, 64) + backward_launches("pointer", torch.bfloat16, 64)
+AMPERE_SHARED_MEMORY = 163 * 1024  # what one program may use on an A100 (sm_80)
+
+
+@pytest.mark.parametrize("D", [64, 256])
+def test_pointer_kernels_compile_for_ampere(D):
+    """Pre-Hopper GPUs run the pointer variant (``auto`` never picks TMA there): sm_80, mma.sync, and the
+    default tiles (what runs with the autotuner off) fit an A100's shared memory even at D = 256."""
+    launches = forward_launches("pointer", torch.bfloat16, D) + backward_launches("pointer", torch.bfloat16, D)
     for fn, args, kwargs in launches:
-        ptx = compile_launch(fn, args, kwargs, AMPERE).asm["ptx"]
+        kernel = compile_launch(fn, args, kwargs, AMPERE)
+        assert kernel.metadata.shared <= AMPERE_SHARED_MEMORY, (
+            f"{fn.__name__} at D = {D} needs {kernel.metadata.shared} bytes of shared memory, more than sm_80's "
+            f"{AMPERE_SHARED_MEMORY}")
+        ptx = kernel.asm["ptx"]
         if fn.__name__ != "_bwd_preprocess":
             assert "mma.sync" in ptx and "wgmma" not in ptx, f"{fn.__name__}: expected Ampere's mma.sync"
 
@@ -122,21 +138,32 @@ def test_the_resource_report_covers_exactly_the_current_tile_lists():
                          f"extra {sorted(got - want)[:4]}): rerun python benchmarks/kernel_resources.py")
 
 
-def test_no_tma_config_the_autotuner_tries_spills_registers():
-    """On Hopper the autotuner tries the TMA variants' configs: none of those offered at D = 64 and 128
-    (16-bit inputs) may spill, fail to compile, overflow shared memory or miss wgmma, per the survey."""
+def test_no_config_the_autotuner_tries_on_hopper_spills_registers():
+    """On Hopper, under ``auto``, the autotuner tries the TMA variants' configs, and the pointer variant's
+    where TMA does not pay (the backward at D = 256): none of those offered for 16-bit inputs may spill,
+    fail to compile, overflow shared memory or, but for the dK/dV tiles at D = 256, which are too narrow
+    for it and use mma.sync instead, miss wgmma, per the survey."""
     _, report = _report()
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
 
     def offered(r):
         variant = _variants.VARIANTS[r["variant"]]
+        tma_pays = r["part"] == "forward" or r["D"] in bwd.TMA_HEAD_DIMS
+        if variant.tma != tma_pays:
+            return False  # auto would run the other variant here
         space = fwd.configs(variant, r["D"]) if r["part"] == "forward" else bwd.configs(r["part"], variant, r["D"])
         ws = r["variant"] == "tma+ws"
         return any([c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages] == r["tile"]
                    and c.kwargs.get("WARP_SPEC", False) == ws for c in space)
 
-    rows = [r for r in report["rows"] if r["variant"] != "pointer" and offered(r)]
-    assert len(rows) > 30
+    def tensor_cores(r):
+        narrow = r["part"] == "dkdv" and r["D"] == 256
+        return r["HMMA"] > 0 if narrow else r["HGMMA"] > 0
+
+    rows = [r for r in report["rows"] if offered(r)]
+    assert len(rows) > 40 and {r["D"] for r in rows} == {64, 128, 256}
+    assert {(r["part"], r["variant"]) for r in rows if r["D"] == 256} == {
+        ("forward", "tma"), ("forward", "tma+ws"), ("dkdv", "pointer"), ("dq", "pointer")}
     bad = [(r["part"], r["variant"], r["D"], r["tile"], r.get("error") or r["spill_stack_bytes"]) for r in rows
-           if "error" in r or r["spill_stack_bytes"] or r["HGMMA"] == 0 or r["shared_bytes"] > SHARED_MEMORY]
-    assert not bad, f"configs offered to the autotuner that spill / fail / lack wgmma on sm_90: {bad}"
+           if "error" in r or r["spill_stack_bytes"] or not tensor_cores(r) or r["shared_bytes"] > SHARED_MEMORY]
+    assert not bad, f"configs offered to the autotuner that spill / fail / lack tensor cores on sm_90: {bad}"

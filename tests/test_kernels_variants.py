@@ -28,9 +28,9 @@ from attn_course.kernels._checks import kernel_window
 from attn_course.kernels._runtime import kernel_module
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
-# ragged lengths, T_q != T_k both ways, GQA and MQA, windows, every dtype, D = 16 ... 128; the warp-specialised
+# ragged lengths, T_q != T_k both ways, GQA and MQA, windows, every dtype, D = 16 ... 256; the warp-specialised
 # variant differs only in a loop hint the interpreter ignores, so it gets two of them
-TMA_CASES = [(c, "tma") for c in (CASES[i] for i in (1, 2, 3, 4, 7, 8, 10))]
+TMA_CASES = [(c, "tma") for c in (CASES[i] for i in (1, 2, 3, 4, 7, 8, 10, 11))]
 TMA_CASES += [(CASES[i], "tma+ws") for i in (3, 8)]
 
 
@@ -99,6 +99,8 @@ def test_auto_prefers_tma_on_hopper_only(monkeypatch):
     assert [v.name for v in _variants.chain(cuda, (q.float(), k.float(), v.float()), varlen=False)] == \
         ["tma", "pointer"], "float32 has no tensor-core products for warp specialisation to overlap"
     assert [v.name for v in _variants.chain(cuda, (q, k, v), varlen=False, warp_spec=False)] == ["tma", "pointer"]
+    assert [v.name for v in _variants.chain(cuda, (q, k, v), varlen=False, warp_spec=False, tma_pays=False)] == \
+        ["pointer"], "where TMA's tiles spill (the backward at D = 256), auto runs the pointer kernel"
     assert [v.name for v in _variants.chain(cuda, (q, k, v), varlen=True)] == ["pointer"]
     assert [v.name for v in _variants.chain(cuda, (q[..., ::2], k, v), varlen=False)] == ["pointer"]
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
@@ -202,3 +204,22 @@ def test_forced_tma_ws_means_tma_where_there_is_nothing_to_specialise(monkeypatc
     assert [v.name for v in _variants.chain(cpu, q16, varlen=False)] == ["tma+ws"]
     assert [v.name for v in _variants.chain(cpu, q32, varlen=False)] == ["tma"], "float32: no wgmma to overlap"
     assert [v.name for v in _variants.chain(cpu, q16, varlen=False, warp_spec=False)] == ["tma"], "backward"
+    assert [v.name for v in _variants.chain(cpu, q16, varlen=False, warp_spec=False, tma_pays=False)] == ["tma"], \
+        "a variant asked for by name runs even where auto would not pick it"
+
+
+@pytest.mark.parametrize("D,pays", [(128, True), (256, False)])
+def test_the_backward_tells_auto_whether_tma_pays_at_its_head_dim(D, pays, monkeypatch):
+    """At D = 256 the backward's TMA dK/dV tiles spill registers on sm_90 (the survey), so the backward
+    asks the chain for the pointer kernel there; the forward's TMA tiles fit at every head dim."""
+    seen = []
+    real = _variants.chain
+
+    def spy(device, tensors, **kwargs):
+        seen.append((kwargs.get("warp_spec", True), kwargs.get("tma_pays", True)))
+        return real(device, tensors, **kwargs)
+
+    monkeypatch.setattr(_variants, "chain", spy)
+    q, k, v = make_qkv(1, 1, 1, 5, 5, D, F32, requires_grad=True)
+    flash_attention(q, k, v).sum().backward()
+    assert seen == [(True, True), (False, pays)], seen
