@@ -125,11 +125,14 @@ def time_one(name, fn, q, k, v, causal, backward: bool):
         return None
 
 
-def gpu_shapes(quick: bool):
+HEAD_DIMS = (64, 128)  # the goals' head dims; --head-dim adds others (256)
+
+
+def gpu_shapes(quick: bool, head_dims=HEAD_DIMS):
     """(T, dtype, D, causal), longest sequences first: the goals are stated at T >= 4096, so a run cut
     short by its time budget still has them."""
     Ts = [16384, 4096, 512] if quick else [16384, 8192, 4096, 2048, 1024, 512]
-    return [(T, dtype, D, causal) for T in Ts for dtype in (torch.float16, torch.bfloat16) for D in (64, 128)
+    return [(T, dtype, D, causal) for T in Ts for dtype in (torch.float16, torch.bfloat16) for D in head_dims
             for causal in (False, True)]
 
 
@@ -149,12 +152,12 @@ def _warm_one(job):
     return f"{dtype_name} D={D} {variant}: {time.perf_counter() - start:.0f} s"
 
 
-def warm_compile(workers: int) -> None:
+def warm_compile(workers: int, head_dims=HEAD_DIMS) -> None:
     """Triton's autotuner compiles its configs one after another; with many CPU cores it pays to compile
     them first in parallel processes, whose cubins land in the shared on-disk cache."""
     import multiprocessing
 
-    jobs = [(d, D, variant) for d in ("float16", "bfloat16") for D in (64, 128) for variant in ("auto", "pointer")]
+    jobs = [(d, D, variant) for d in ("float16", "bfloat16") for D in head_dims for variant in ("auto", "pointer")]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
         for line in pool.imap_unordered(_warm_one, jobs):
@@ -292,6 +295,8 @@ def main(argv=None) -> int:
                    help="GPU only: start no new shape after this many seconds (the JSON lists what was skipped)")
     p.add_argument("--warm-workers", type=int, default=0,
                    help="GPU only: compile the autotuner's configs first in this many parallel processes")
+    p.add_argument("--head-dim", type=int, action="append", choices=[16, 32, 64, 128, 256],
+                   help=f"GPU only: head dims to time (repeatable; default {', '.join(map(str, HEAD_DIMS))})")
     p.add_argument("--results", type=Path, default=RESULTS, help="where to write <device>.json and .png")
     args = p.parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)
@@ -310,9 +315,10 @@ def main(argv=None) -> int:
         out.write_text(json.dumps({"stamp": st, **result}, indent=1))
 
     if gpu:
+        head_dims = tuple(args.head_dim or HEAD_DIMS)
         if args.warm_workers > 1:
-            warm_compile(args.warm_workers)
-        result, plot = run_gpu(gpu_shapes(args.quick), args.budget_s, save), plot_gpu
+            warm_compile(args.warm_workers, head_dims)
+        result, plot = run_gpu(gpu_shapes(args.quick, head_dims), args.budget_s, save), plot_gpu
     else:
         result, plot = run_cpu(args.quick, args.max_kernel_T), plot_cpu
     save(result)

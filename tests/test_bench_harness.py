@@ -93,6 +93,8 @@ def test_shapes_put_the_goal_lengths_first(bench):
     shapes = bench.gpu_shapes(quick=False)
     assert len(shapes) == 6 * 2 * 2 * 2
     assert [T for T, *_ in shapes[:8]] == [16384] * 8 and shapes[-1][0] == 512
+    assert {D for _, _, D, _ in shapes} == {64, 128}
+    assert {D for _, _, D, _ in bench.gpu_shapes(quick=True, head_dims=(256,))} == {256}
 
 
 @pytest.mark.usefixtures("fixed_timer")
