@@ -25,13 +25,14 @@ def per_sequence(x, cu, b):
     return x[cu[b]:cu[b + 1]].transpose(0, 1).unsqueeze(0)  # (1, H, T_b, D)
 
 
-@pytest.mark.parametrize("causal,window,dtype,H_kv", [
-    (False, (-1, -1), torch.float32, 2),
-    (True, (-1, -1), torch.float16, 1),
-    (True, (8, -1), torch.bfloat16, 2),
+@pytest.mark.parametrize("causal,window,dtype,H_kv,D", [
+    (False, (-1, -1), torch.float32, 2, 32),
+    (True, (-1, -1), torch.float16, 1, 32),
+    (True, (8, -1), torch.bfloat16, 2, 32),
+    (True, (-1, -1), torch.bfloat16, 2, 256),
 ])
-def test_varlen_matches_attention_per_sequence(causal, window, dtype, H_kv):
-    H, D = 4, 32
+def test_varlen_matches_attention_per_sequence(causal, window, dtype, H_kv, D):
+    H = 4
     q, cu_q = packed(LENS_Q, H, D, dtype, 0)
     k, cu_k = packed(LENS_K, H_kv, D, dtype, 1)
     v, _ = packed(LENS_K, H_kv, D, dtype, 2)
