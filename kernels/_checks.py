@@ -38,9 +38,13 @@ def _check_common(q, k, v, layout: str) -> None:
     if not (D == D_k == D_v):
         raise ValueError(f"q, k and v must share the head dim (last dim of {layout}), got {D}, {D_k}, {D_v}")
     if D not in SUPPORTED_HEAD_DIMS:
+        bigger = [d for d in SUPPORTED_HEAD_DIMS if d > D]
+        how = (f"; to run D = {D}, pad q, k and v with zeros to {bigger[0]}, pass scale={1 / math.sqrt(D):.6g} "
+               f"(1/sqrt({D}): the default would use the padded size) and keep the first {D} columns of the "
+               f"output" if bigger else "")
         raise ValueError(
             f"head dim {D} is not supported: the kernels tile the head dim whole, as a power of two; use one of "
-            f"{SUPPORTED_HEAD_DIMS} (pad the head dim with zeros if yours is different)"
+            f"{SUPPORTED_HEAD_DIMS}{how}"
         )
 
 

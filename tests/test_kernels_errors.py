@@ -3,9 +3,14 @@ code is compiled or interpreted."""
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 import torch
+import torch.nn.functional as F
 
+from attn_course import attention
 from attn_course.kernels import flash_attention, flash_attention_varlen
 
 
@@ -66,3 +71,21 @@ def test_varlen_wants_packed_3d_tensors():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="must be 3-D \\[total_T, H, D\\]"):
         flash_attention_varlen(q, k, v, [0, 5], [0, 5], 5, 5)
+
+
+def test_the_unsupported_head_dim_advice_works():
+    """The error for D = 48 says how to run it anyway (zero-pad to 64, pass 1/sqrt(48), slice the output);
+    doing exactly that gives attention's answer, gradients included."""
+    q, k, v = (x.requires_grad_(True) for x in qkv(T=9, D=48))
+    with pytest.raises(ValueError) as info:
+        flash_attention(q, k, v, causal=True)
+    advice = re.search(r"pad q, k and v with zeros to (\d+), pass scale=([0-9.e-]+)", str(info.value))
+    assert advice, str(info.value)
+    size, scale = int(advice[1]), float(advice[2])
+    assert size == 64 and math.isclose(scale, 48 ** -0.5, rel_tol=1e-5)
+    out = flash_attention(*(F.pad(x, (0, size - 48)) for x in (q, k, v)), causal=True, scale=scale)[..., :48]
+    want = attention(q, k, v, causal=True)
+    assert (out - want).abs().max() < 1e-5
+    got_grads = torch.autograd.grad(out.sum(), (q, k, v))
+    want_grads = torch.autograd.grad(want.sum(), (q, k, v))
+    assert all((g - w).abs().max() < 1e-4 for g, w in zip(got_grads, want_grads, strict=True))
