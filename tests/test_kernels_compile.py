@@ -53,6 +53,12 @@ def check_ptx(fn, kernel, *, tma: bool, tensor_cores: bool, must_fit: bool = Tru
         assert copies == 0, f"{name}: the pointer variant should not use tensor descriptors"
 
 
+def uses_mma_sync(part: str, D: int) -> bool:
+    """Whether ``part``'s tiles at head dim ``D`` are too few rows for wgmma (the dK/dV kernel at D = 256,
+    whose 32-key tiles run on mma.sync: kernels/flash_bwd.py's WIDE_DKDV_TILES)."""
+    return part == "dkdv" and D > 128
+
+
 CASES = [(torch.float16, 64), (torch.bfloat16, 128), (torch.float32, 128), (torch.float16, 256)]
 # (ptxas takes 25-30 s per variant on the backward's float32 IEEE products at D = 64 or 128; both were
 # checked by hand to compile and fit; the suite compiles float32 at D = 16)
@@ -76,7 +82,7 @@ def test_backward_compiles_for_hopper(variant, dtype, D):
         kernel = compile_launch(fn, args, kwargs, HOPPER)
         if fn.__name__ != "_bwd_preprocess":  # a row-wise dot product: no matrix multiply, no tiles
             check_ptx(fn, kernel, tma=variant == "tma", tensor_cores=dtype != torch.float32,
-                      narrow=fn.__name__ == "_bwd_dkdv" and D == 256)
+                      narrow=uses_mma_sync(fn.__name__.removeprefix("_bwd_"), D))
 
 
 WS_CASES = [(dtype, D, tile) for dtype, D in [(torch.float16, 64), (torch.bfloat16, 128), (torch.float16, 256)]
@@ -157,8 +163,7 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers():
                    and c.kwargs.get("WARP_SPEC", False) == ws for c in space)
 
     def tensor_cores(r):
-        narrow = r["part"] == "dkdv" and r["D"] == 256
-        return r["HMMA"] > 0 if narrow else r["HGMMA"] > 0
+        return r["HMMA"] > 0 if uses_mma_sync(r["part"], r["D"]) else r["HGMMA"] > 0
 
     rows = [r for r in report["rows"] if offered(r)]
     assert len(rows) > 40 and {r["D"] for r in rows} == {64, 128, 256}
