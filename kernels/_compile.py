@@ -36,22 +36,28 @@ CAUSAL = kernel_window((-1, -1), True)
 
 
 class _Recorder:
-    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` records the call."""
+    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` records the call (and, when
+    ``grids`` is a list, the grid, resolved against the launch's keyword arguments when it is a function)."""
 
-    def __init__(self, fn, calls):
-        self.fn, self.calls = fn, calls
+    def __init__(self, fn, calls, grids=None):
+        self.fn, self.calls, self.grids = fn, calls, grids
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.calls.append((self.fn, args, kwargs))
+        def launch(*args, **kwargs):
+            self.calls.append((self.fn, args, kwargs))
+            if self.grids is not None:
+                self.grids.append(tuple(grid(kwargs) if callable(grid) else grid))
+        return launch
 
 
-def recorded_launches(module, names, run):
+def recorded_launches(module, names, run, grids: list | None = None):
     """The ``(kernel, args, kwargs)`` of every launch ``run()`` makes through ``module``'s ``names``
-    (the kernels are put back afterwards)."""
+    (the kernels are put back afterwards); each launch's grid is appended to ``grids`` if given. Nothing
+    runs: outputs stay as allocated."""
     calls, saved = [], {name: getattr(module, name) for name in names}
     try:
         for name, fn in saved.items():
-            setattr(module, name, _Recorder(fn, calls))
+            setattr(module, name, _Recorder(fn, calls, grids))
         run()
     finally:
         for name, fn in saved.items():

@@ -17,7 +17,16 @@ two backward kernels agree on it by construction:
       query block 4..5:  full [0, 4)  masked [4, 6)        F F   F F   M M   . .
 
 * ``load_rows`` / ``store_rows``: one tile of rows of a ``[B, H, T, D]`` tensor, either through pointers
-  (masked on masked tiles) or through a tensor descriptor (TMA on Hopper, see ``_variants``).
+  (masked on masked tiles) or through a tensor descriptor (TMA on Hopper, see ``_variants``). ``WIDE``
+  makes their offsets within a sequence 64-bit: ``row * stride_t`` passes 2^31 in a long sequence whose
+  rows are far apart (flash-attn's ``[B, T, H, D]`` layout puts ``H * D`` elements between rows), and a
+  32-bit product wraps around to an address before the tensor. 64-bit offsets cost registers the
+  backward kernels do not have to spare at D = 256, so the host asks for them only where some tensor
+  needs them (:func:`needs_wide_offsets`); where a sequence starts is always computed in 64 bits.
+* ``launch_grid`` / ``batch_chunks``: every kernel runs on a grid of ``(blocks, H, B)`` programs, read
+  back with ``tl.program_id(0, 1, 2)``: the blocks of one (sequence, head) are neighbours, sharing its keys
+  and values in the L2 cache. CUDA allows 2^31 - 1 programs along a grid's x axis but only 65,535 along y
+  and z, so a batch of more sequences (thousands of short packed ones, say) is launched in chunks.
 """
 
 import triton
@@ -34,6 +43,45 @@ def seq_bounds(cu_seqlens, b, T, IS_VARLEN: tl.constexpr):
         start = b * 0  # a tensor, like the packed case, so callers can .to(tl.int64) it
         length = T
     return start, length
+
+
+CUDA_MAX_GRID_X = 2**31 - 1  # programs along a CUDA grid's x axis
+CUDA_MAX_GRID_YZ = 65_535  # ... and along its y and z axes
+INT32_MAX = 2**31 - 1
+
+
+def launch_grid(T: int, block: int, H: int, B: int) -> tuple[int, int, int]:
+    """``(blocks, heads, sequences)``: ``program_id(0)`` is the block of ``block`` rows (``T``: the longest
+    sequence), ``program_id(1)`` the head, ``program_id(2)`` the sequence."""
+    grid = (triton.cdiv(T, block), H, B)
+    if grid[0] > CUDA_MAX_GRID_X or H > CUDA_MAX_GRID_YZ or B > CUDA_MAX_GRID_YZ:
+        raise ValueError(f"a grid of {grid} programs (blocks, heads, sequences) does not fit CUDA's limits "
+                         f"({CUDA_MAX_GRID_X}, {CUDA_MAX_GRID_YZ}, {CUDA_MAX_GRID_YZ})")
+    return grid
+
+
+def batch_chunks(B: int) -> list[tuple[int, int]]:
+    """``[(b0, b1), ...]``: the batch in runs of at most ``CUDA_MAX_GRID_YZ`` sequences, one launch each."""
+    step = CUDA_MAX_GRID_YZ
+    return [(b0, min(b0 + step, B)) for b0 in range(0, B, step)]
+
+
+def batch_part(b0: int, b1: int, tensors, cu_seqlens=None):
+    """``(tensors, cu_seqlens)`` for the sequences ``b0 ... b1 - 1`` of one launch: a fixed-length batch
+    is sliced along dim 0 (views, same strides) and gets placeholders for the unused ``cu_seqlens``; packed
+    tensors stay whole and their sequences are named by a slice of each ``cu_seqlens`` (absolute offsets)."""
+    if cu_seqlens is None:
+        part = tuple(x[b0:b1] for x in tensors)  # (b1 - b0, ...)
+        return part, (part[0], part[0])
+    return tuple(tensors), tuple(cu[b0:b1 + 1] for cu in cu_seqlens)
+
+
+def needs_wide_offsets(time_dim: int, *tensors) -> bool:
+    """Whether a row and column offset within one sequence of any of ``tensors`` (time along ``time_dim``)
+    may pass ``INT32_MAX`` elements: rows up to the time dim's size, plus a tile's overhang (masked rows
+    still get an address), columns up to ``D``."""
+    return any((x.shape[time_dim] + 256) * x.stride(time_dim) + x.shape[-1] * x.stride(-1) > INT32_MAX
+               for x in tensors)
 
 
 @triton.jit
@@ -110,6 +158,7 @@ def load_rows(
     MASKED: tl.constexpr,  # rows past T may be in the tile (pointer variant; TMA zero-fills them anyway)
     TMA: tl.constexpr,
     TRANS: tl.constexpr,  # return (HEAD_DIM, BLOCK) instead of (BLOCK, HEAD_DIM)
+    WIDE: tl.constexpr,  # 64-bit offsets (see the module docstring)
 ):
     """Rows ``row0 ... row0 + BLOCK`` of one (sequence, head), zeros past ``T``."""
     if TMA:
@@ -118,12 +167,12 @@ def load_rows(
             x = tl.trans(x)  # (D, BLOCK)
     else:
         offs = row0 + tl.arange(0, BLOCK)
-        offs_d = tl.arange(0, HEAD_DIM)
+        rows, cols = offsets(offs, stride_t, stride_d, HEAD_DIM, WIDE)  # (BLOCK,), (HEAD_DIM,)
         if TRANS:
-            ptrs = ptr + offs[None, :] * stride_t + offs_d[:, None] * stride_d  # (HEAD_DIM, BLOCK)
+            ptrs = ptr + rows[None, :] + cols[:, None]  # (HEAD_DIM, BLOCK)
             row_ok = offs[None, :] < T
         else:
-            ptrs = ptr + offs[:, None] * stride_t + offs_d[None, :] * stride_d  # (BLOCK, HEAD_DIM)
+            ptrs = ptr + rows[:, None] + cols[None, :]  # (BLOCK, HEAD_DIM)
             row_ok = offs[:, None] < T
         if MASKED:
             x = tl.load(ptrs, mask=row_ok, other=0.0)
@@ -134,11 +183,24 @@ def load_rows(
 
 @triton.jit
 def store_rows(ptr, desc, b, h, row0, x, stride_t, stride_d, T,
-               BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
+               BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr):
     """Store ``x`` (BLOCK, HEAD_DIM) as rows ``row0 ...`` of one (sequence, head), dropping rows past ``T``."""
     if TMA:  # the copy engine clips rows past the tensor's end
         desc.store([b, h, row0, 0], x.reshape(1, 1, BLOCK, HEAD_DIM))
     else:
         offs = row0 + tl.arange(0, BLOCK)
-        offs_d = tl.arange(0, HEAD_DIM)
-        tl.store(ptr + offs[:, None] * stride_t + offs_d[None, :] * stride_d, x, mask=offs[:, None] < T)
+        rows, cols = offsets(offs, stride_t, stride_d, HEAD_DIM, WIDE)
+        tl.store(ptr + rows[:, None] + cols[None, :], x, mask=offs[:, None] < T)
+
+
+@triton.jit
+def offsets(offs, stride_t, stride_d, HEAD_DIM: tl.constexpr, WIDE: tl.constexpr):
+    """Element offsets of the rows ``offs`` and of the ``HEAD_DIM`` columns, in 64 bits when ``WIDE``."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    if WIDE:
+        rows = offs.to(tl.int64) * stride_t
+        cols = offs_d.to(tl.int64) * stride_d
+    else:
+        rows = offs * stride_t
+        cols = offs_d * stride_d
+    return rows, cols

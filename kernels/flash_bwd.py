@@ -30,7 +30,19 @@ import triton.language as tl
 from attn_course.kernels import _variants
 from attn_course.kernels._runtime import interpreter_scope, is_interpreted
 
-from ._tiles import allowed, dot, key_tiles, load_rows, query_tiles, seq_bounds, store_rows
+from ._tiles import (
+    allowed,
+    batch_chunks,
+    batch_part,
+    dot,
+    key_tiles,
+    launch_grid,
+    load_rows,
+    needs_wide_offsets,
+    query_tiles,
+    seq_bounds,
+    store_rows,
+)
 
 LOG2E = 1.4426950408889634  # log2(e)
 
@@ -45,13 +57,10 @@ def _bwd_preprocess(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """``delta_i = sum_d dO_id * O_id`` for one block of query rows, in float32."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_m, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # (see _tiles.launch_grid)
     q_start, T_q = seq_bounds(cu_seqlens_q, b, T_q, IS_VARLEN)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, HEAD_DIM).to(tl.int64)
     row = (q_start + offs_m).to(tl.int64)
     b64, h64 = b.to(tl.int64), h.to(tl.int64)
     ok = offs_m < T_q
@@ -72,12 +81,12 @@ def _dkdv_tiles(
     start, end,  # query range to walk, [start, end)
     T_q, T_k, window_left, window_right, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     for m0 in range(start, end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        qT = load_rows(Q, desc_q, b, h, m0, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, MASKED, TMA, True)
-        do = load_rows(dOut, desc_do, b, h, m0, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, MASKED, TMA, False)
+        qT = load_rows(Q, desc_q, b, h, m0, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, MASKED, TMA, True, WIDE)
+        do = load_rows(dOut, desc_do, b, h, m0, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, MASKED, TMA, False, WIDE)
         if MASKED:
             row_ok = offs_m < T_q
             lse = tl.load(Lse + offs_m * stride_lt, mask=row_ok, other=0.0)
@@ -111,13 +120,10 @@ def _bwd_dkdv(
     qk_scale, scale,  # softmax scale * log2(e), and the plain softmax scale
     window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     """One program: ``BLOCK_N`` keys of one key/value head of one sequence; sums over its query heads."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H_kv
-    h_kv = pid_bh % H_kv
+    pid_n, h_kv, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # (see _tiles.launch_grid)
     q_start, T_q = seq_bounds(cu_seqlens_q, b, T_q, IS_VARLEN)
     k_start, T_k = seq_bounds(cu_seqlens_k, b, T_k, IS_VARLEN)
     n_start = pid_n * BLOCK_N
@@ -128,8 +134,8 @@ def _bwd_dkdv(
     offs_n = n_start + tl.arange(0, BLOCK_N)
     Kh = K + b64 * stride_kb + hkv64 * stride_kh + k_start64 * stride_kt  # this (sequence, kv head)'s row 0
     Vh = V + b64 * stride_vb + hkv64 * stride_vh + k_start64 * stride_vt
-    k = load_rows(Kh, desc_k, b, h_kv, n_start, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, True, TMA, False)
-    v = load_rows(Vh, desc_v, b, h_kv, n_start, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, True, TMA, False)
+    k = load_rows(Kh, desc_k, b, h_kv, n_start, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, True, TMA, False, WIDE)
+    v = load_rows(Vh, desc_v, b, h_kv, n_start, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, True, TMA, False, WIDE)
     dk = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
     dv = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
 
@@ -144,21 +150,21 @@ def _bwd_dkdv(
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, b, h,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, lo, a, T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, BLOCK_M, True, UPCAST, IEEE, TMA)
+                             HEAD_DIM, BLOCK_M, True, UPCAST, IEEE, TMA, WIDE)
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, b, h,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, BLOCK_M, False, UPCAST, IEEE, TMA)
+                             HEAD_DIM, BLOCK_M, False, UPCAST, IEEE, TMA, WIDE)
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, b, h,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, BLOCK_M, True, UPCAST, IEEE, TMA)
+                             HEAD_DIM, BLOCK_M, True, UPCAST, IEEE, TMA, WIDE)
 
     out_off = b64 * stride_dkb + hkv64 * stride_dkh + k_start64 * stride_dkt  # (dK and dV share a layout)
     store_rows(dK + out_off, desc_dk, b, h_kv, n_start, (dk * scale).to(dK.dtype.element_ty), stride_dkt, stride_dkd,
-               T_k, BLOCK_N, HEAD_DIM, TMA)
+               T_k, BLOCK_N, HEAD_DIM, TMA, WIDE)
     store_rows(dV + out_off, desc_dv, b, h_kv, n_start, dv.to(dV.dtype.element_ty), stride_dkt, stride_dkd,
-               T_k, BLOCK_N, HEAD_DIM, TMA)
+               T_k, BLOCK_N, HEAD_DIM, TMA, WIDE)
 
 
 @triton.jit
@@ -168,12 +174,12 @@ def _dq_tiles(
     desc_k, desc_v, b, h_kv,  # descriptors over k and v, and which (sequence, kv head) (TMA variant)
     offs_m, start, end, T_q, T_k, window_left, window_right, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        kT = load_rows(K, desc_k, b, h_kv, n0, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, True)
-        vT = load_rows(V, desc_v, b, h_kv, n0, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, True)
+        kT = load_rows(K, desc_k, b, h_kv, n0, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, True, WIDE)
+        vT = load_rows(V, desc_v, b, h_kv, n0, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, True, WIDE)
         s = dot(q, kT, UPCAST, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.math.exp2(s - lse[:, None])
         if MASKED:
@@ -197,13 +203,10 @@ def _bwd_dq(
     cu_seqlens_q, cu_seqlens_k, T_q, T_k,
     H, GROUP, qk_scale, scale, window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     """One program: ``BLOCK_M`` queries of one head of one sequence, walking over the keys it may see."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_m, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # (see _tiles.launch_grid)
     h_kv = h // GROUP
     q_start, T_q = seq_bounds(cu_seqlens_q, b, T_q, IS_VARLEN)
     k_start, T_k = seq_bounds(cu_seqlens_k, b, T_k, IS_VARLEN)
@@ -217,8 +220,8 @@ def _bwd_dq(
     q_start64 = q_start.to(tl.int64)
     Qh = Q + b64 * stride_qb + h64 * stride_qh + q_start64 * stride_qt  # this (sequence, head)'s row 0
     dOh = dOut + b64 * stride_gb + h64 * stride_gh + q_start64 * stride_gt
-    q = load_rows(Qh, desc_q, b, h, m_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False)
-    do = load_rows(dOh, desc_do, b, h, m_start, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False)
+    q = load_rows(Qh, desc_q, b, h, m_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False, WIDE)
+    do = load_rows(dOh, desc_do, b, h, m_start, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False, WIDE)
     rows = q_start64 + offs_m
     lse = tl.load(Lse + b64 * stride_lb + h64 * stride_lh + rows * stride_lt, mask=row_ok, other=0.0)
     lse = lse * 1.4426950408889634  # to log2 units, like the scores
@@ -230,16 +233,16 @@ def _bwd_dq(
     lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, b, h_kv,
                    offs_m, lo, a, T_q, T_k, window_left, window_right, qk_scale,
-                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA)
+                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, WIDE)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, b, h_kv,
                    offs_m, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                   HEAD_DIM, BLOCK_N, False, UPCAST, IEEE, TMA)
+                   HEAD_DIM, BLOCK_N, False, UPCAST, IEEE, TMA, WIDE)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, b, h_kv,
                    offs_m, b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
-                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA)
+                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, WIDE)
     dQh = dQ + b64 * stride_dqb + h64 * stride_dqh + q_start64 * stride_dqt
     store_rows(dQh, desc_dq, b, h, m_start, (dq * scale).to(dQ.dtype.element_ty), stride_dqt, stride_dqd, T_q,
-               BLOCK_M, HEAD_DIM, TMA)
+               BLOCK_M, HEAD_DIM, TMA, WIDE)
 
 
 INTERPRET = is_interpreted(_bwd_dq)
@@ -318,7 +321,6 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
         B, H, T_q, D = q.shape
         H_kv, T_k = k.shape[1], k.shape[2]
         sl = lse.stride()  # lse (B, H, T_q)
-        cu_seqlens_q = cu_seqlens_k = lse  # unused placeholders
     delta = torch.empty_like(lse)  # (B, H, T_q) or (H, total_q), float32
     dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     dk = torch.empty(k.shape, device=q.device, dtype=k.dtype)
@@ -326,32 +328,38 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
     sq, sk, sv, sg, so = (_views(x, varlen) for x in (q, k, v, dout, out))
     sdq, sdk = _views(dq, varlen), _views(dk, varlen)
     upcast = INTERPRET and q.dtype == torch.bfloat16
-    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, UPCAST=upcast, IEEE=q.dtype == torch.float32)
-    common = (cu_seqlens_q, cu_seqlens_k, T_q, T_k)
+    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, UPCAST=upcast, IEEE=q.dtype == torch.float32,
+                 WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, dout, dq, dk, dv))
     window_args = (scale * LOG2E, scale, window[0], window[1])
+    # one launch of each kernel per run of at most CUDA_MAX_GRID_YZ sequences (one run unless B is huge)
+    parts = [(b1 - b0, *batch_part(b0, b1, (q, k, v, dout, out, lse, delta, dq, dk, dv),
+                                   (cu_seqlens_q, cu_seqlens_k) if varlen else None)) for b0, b1 in batch_chunks(B)]
 
     def launch(variant: _variants.Variant):
-        for name, kernel, grid, per_kernel in (
-            ("dkdv", _bwd_dkdv, lambda meta: (triton.cdiv(T_k, meta["BLOCK_N"]), B * H_kv),
-             (dk, dv, *sq, *sk, *sv, *sg, *sl, *sdk)),
-            ("dq", _bwd_dq, lambda meta: (triton.cdiv(T_q, meta["BLOCK_M"]), B * H),
-             (dq, *sq, *sk, *sv, *sg, *sl, *sdq)),
-        ):
+        for name, kernel, T, block, heads in (("dkdv", _bwd_dkdv, T_k, "BLOCK_N", (H_kv, H // H_kv)),
+                                              ("dq", _bwd_dq, T_q, "BLOCK_M", (H, H // H_kv))):
             tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
                                                       default=default_config(name, D, q.element_size()))
-            descs = _variants.descriptors((q, k, v, dout, dq, dk, dv), [tiles[block] for _, block in _DESCRIPTORS],
-                                          D, variant)
             if tune:
                 kernel = _variants.autotuned(kernel, variant, configs(name, variant, D), tag=D)
-            heads = (H_kv, H // H_kv) if name == "dkdv" else (H, H // H_kv)
-            kernel[grid](q, k, v, dout, lse, delta, *per_kernel, *descs, *common, *heads, *window_args, **flags,
-                         TMA=variant.tma, **meta)
+            for n, (q_, k_, v_, do_, _, lse_, delta_, dq_, dk_, dv_), cus in parts:
+                descs = _variants.descriptors((q_, k_, v_, do_, dq_, dk_, dv_),
+                                              [tiles[b] for _, b in _DESCRIPTORS], D, variant)
+                per_kernel = ((dk_, dv_, *sq, *sk, *sv, *sg, *sl, *sdk) if name == "dkdv" else
+                              (dq_, *sq, *sk, *sv, *sg, *sl, *sdq))
+
+                def grid(meta, T=T, block=block, heads=heads, n=n):
+                    return launch_grid(T, meta[block], heads[0], n)
+
+                kernel[grid](q_, k_, v_, do_, lse_, delta_, *per_kernel, *descs, *cus, T_q, T_k, *heads,
+                             *window_args, **flags, TMA=variant.tma, **meta)
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():
-        _bwd_preprocess[(triton.cdiv(T_q, PREPROCESS_BLOCK), B * H)](
-            out, dout, delta, *so, *sg, *sl, cu_seqlens_q, T_q, H,
-            HEAD_DIM=D, BLOCK_M=PREPROCESS_BLOCK, IS_VARLEN=varlen,
-        )
+        for n, (_, _, _, do_, out_, _, delta_, *_), cus in parts:
+            _bwd_preprocess[launch_grid(T_q, PREPROCESS_BLOCK, H, n)](
+                out_, do_, delta_, *so, *sg, *sl, cus[0], T_q, H,
+                HEAD_DIM=D, BLOCK_M=PREPROCESS_BLOCK, IS_VARLEN=varlen,
+            )
         chain = _variants.chain(q.device, (q, k, v, dout, dq, dk, dv), varlen=varlen, warp_spec=False,
                                 tma_pays=D in TMA_HEAD_DIMS)
         _variants.run(chain, (str(q.device), q.dtype, D, "backward"), launch)

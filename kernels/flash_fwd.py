@@ -33,7 +33,18 @@ import triton.language as tl
 from attn_course.kernels import _variants
 from attn_course.kernels._runtime import interpreter_scope, is_interpreted
 
-from ._tiles import allowed, dot, key_tiles, load_rows, seq_bounds, store_rows
+from ._tiles import (
+    allowed,
+    batch_chunks,
+    batch_part,
+    dot,
+    key_tiles,
+    launch_grid,
+    load_rows,
+    needs_wide_offsets,
+    seq_bounds,
+    store_rows,
+)
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E)
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2): log(x) = log2(x) * LN2 (a constexpr: used inside the kernel)
@@ -51,11 +62,12 @@ def _fwd_tiles(
     MASKED: tl.constexpr,  # build the (query, key) mask? False on full tiles
     UPCAST: tl.constexpr, IEEE: tl.constexpr,  # see _tiles.dot
     TMA: tl.constexpr, WARP_SPEC: tl.constexpr,  # see _variants
+    WIDE: tl.constexpr,  # 64-bit offsets within a sequence (see _tiles)
 ):
     for n0 in tl.range(start, end, BLOCK_N, warp_specialize=WARP_SPEC):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        kT = load_rows(K, desc_k, b, h_kv, n0, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, True)
-        v = load_rows(V, desc_v, b, h_kv, n0, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, False)
+        kT = load_rows(K, desc_k, b, h_kv, n0, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, True, WIDE)
+        v = load_rows(V, desc_v, b, h_kv, n0, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, False, WIDE)
         s = dot(q, kT, UPCAST, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N) scores in log2 units
         if MASKED:
             s = tl.where(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right), s, float("-inf"))
@@ -93,12 +105,12 @@ def _attn_fwd(
     UPCAST: tl.constexpr, IEEE: tl.constexpr,
     TMA: tl.constexpr,  # tiles through the descriptors (fixed-length batches only)
     WARP_SPEC: tl.constexpr,  # one masked key loop, warp-specialised by the compiler
+    WIDE: tl.constexpr,  # 64-bit offsets within a sequence (see _tiles)
 ):
     tl.static_assert(not (TMA and IS_VARLEN), "packed batches use the pointer variant")
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_m = tl.program_id(0)  # which block of queries (see _tiles.launch_grid)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
     h_kv = h // GROUP  # grouped-query attention: heads h_kv*GROUP ... share one key/value head
     q_start, T_q = seq_bounds(cu_seqlens_q, b, T_q, IS_VARLEN)
     k_start, T_k = seq_bounds(cu_seqlens_k, b, T_k, IS_VARLEN)
@@ -116,7 +128,7 @@ def _attn_fwd(
 
     offs_m = m_start + tl.arange(0, BLOCK_M)
     # (BLOCK_M, HEAD_DIM), stays in registers for the whole loop
-    q = load_rows(Q, desc_q, b, h, m_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False)
+    q = load_rows(Q, desc_q, b, h, m_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False, WIDE)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max (log2 units)
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)  # running sum of exp2(s - m)
@@ -132,20 +144,20 @@ def _attn_fwd(
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
                                    stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
                                    lo, hi, T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, True)
+                                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, True, WIDE)
     else:  # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
                                    stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
                                    lo, a, T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False)
+                                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
                                    stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
                                    a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, BLOCK_N, False, UPCAST, IEEE, TMA, False)
+                                   HEAD_DIM, BLOCK_N, False, UPCAST, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
                                    stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
                                    b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False)
+                                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False, WIDE)
 
     # epilogue: normalise; a row that saw no allowed key has l = 0 and gets out = 0, lse = -inf
     alive = l_i > 0.0
@@ -153,7 +165,7 @@ def _attn_fwd(
     out = acc / l_safe[:, None]
     lse = tl.where(alive, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # natural log
     store_rows(Out, desc_o, b, h, m_start, out.to(Out.dtype.element_ty), stride_ot, stride_od, T_q,
-               BLOCK_M, HEAD_DIM, TMA)
+               BLOCK_M, HEAD_DIM, TMA, WIDE)
     tl.store(Lse + offs_m * stride_lt, lse, mask=offs_m < T_q)
 
 
@@ -172,7 +184,8 @@ GPU_TILES = [
 WS_TILES = [(64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 4), (64, 64, 4, 4)]
 # Head dim 256: a (64, 256) float32 accumulator is already 128 registers per thread on 4 warps and each
 # (64, 256) key or value tile is 32 KiB of shared memory per stage, so fewer rows, fewer stages, more
-# warps. None of these spills on sm_90 (benchmarks/results/kernel_resources_sm90.json).
+# warps. Through TMA (what Hopper runs) none of these spills on sm_90; through pointers two spill 8 and 16
+# bytes there (benchmarks/results/kernel_resources_sm90.json).
 WIDE_TILES = [(64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 3), (64, 32, 8, 2)]
 WIDE_WS_TILES = [(64, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2)]
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
@@ -248,23 +261,26 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         so = out.stride()
         lse = torch.empty(B, H, T_q, device=q.device, dtype=torch.float32)  # (B, H, T_q)
         sl = lse.stride()
-        cu_seqlens_q = cu_seqlens_k = lse  # unused placeholders (IS_VARLEN=False)
     upcast = INTERPRET and q.dtype == torch.bfloat16
-    args = (q, k, v, out, lse, *sq, *sk, *sv, *so, *sl)
-    scalars = (cu_seqlens_q, cu_seqlens_k, T_q, T_k, H, H // H_kv, scale * LOG2E, window[0], window[1])
-    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, UPCAST=upcast, IEEE=q.dtype == torch.float32)
-
-    def grid(meta):
-        return (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)
+    strides = (*sq, *sk, *sv, *so, *sl)
+    scalars = (T_q, T_k, H, H // H_kv, scale * LOG2E, window[0], window[1])
+    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, UPCAST=upcast, IEEE=q.dtype == torch.float32,
+                 WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, out))
 
     def launch(variant: _variants.Variant):
         # (in the interpreter, tma+ws runs the single-loop code path: checked there too)
         interpreter_meta = dict(blocks or INTERPRETER_BLOCKS, WARP_SPEC=variant.warp_specialize)
         tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=interpreter_meta,
                                                   default=default_config(variant, D, q.element_size()))
-        descs = _variants.descriptors((q, k, v, out), [tiles[block] for _, block in _DESCRIPTORS], D, variant)
         kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, D), tag=D) if tune else _attn_fwd
-        kernel[grid](*args, *descs, *scalars, **flags, TMA=variant.tma, **meta)
+        for b0, b1 in batch_chunks(B):  # (one launch unless B passes the grid's limit)
+            tensors, cus = batch_part(b0, b1, (q, k, v, out, lse), (cu_seqlens_q, cu_seqlens_k) if varlen else None)
+            descs = _variants.descriptors(tensors[:4], [tiles[block] for _, block in _DESCRIPTORS], D, variant)
+
+            def grid(meta, n=b1 - b0):
+                return launch_grid(T_q, meta["BLOCK_M"], H, n)
+
+            kernel[grid](*tensors, *strides, *descs, *cus, *scalars, **flags, TMA=variant.tma, **meta)
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():
         chain = _variants.chain(q.device, (q, k, v, out), varlen=varlen)

@@ -147,7 +147,14 @@ PROSE_NUMBERS = {
     ("ch4_masks", "2.1"): lambda: 2.1,  # a version number: FlashAttention >= 2.1 aligns causal bottom-right
     ("ch7_flash", "1.5"): lambda: 1.5,  # the A100 HBM bandwidth quoted in the HIERARCHY table's code
     ("ch7_flash", "9.0"): lambda: ".".join(map(str, _variants().TMA_MIN_CAPABILITY)),  # TMA's compute capability
+    ("ch7_flash", "65,535"): lambda: f"{_tiles().CUDA_MAX_GRID_YZ:,}",  # CUDA's limit on a grid's y axis
 }
+
+
+def _tiles():
+    from attn_course.kernels import _tiles
+
+    return _tiles
 
 
 def _variants():

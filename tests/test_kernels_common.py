@@ -75,6 +75,17 @@ def make_qkv(B, H, H_kv, T_q, T_k, D, dtype, device="cpu", requires_grad=False, 
                  for s in shapes)
 
 
+def far_apart_qkv(T, D, dtype, device="cpu", row_stride=1 << 27):
+    """q, k, v ``[1, 1, T, D]`` whose rows lie ``row_stride`` elements apart in one storage, leaves that
+    require grad: with ``(T - 1) * row_stride >= 2^31`` a 32-bit row offset wraps around. The storage is
+    ``torch.empty``, so only the pages of the ``T`` rows are ever touched (4 GiB of address space at the
+    defaults with float16, well under a MiB of memory on the CPU)."""
+    store = torch.empty((T - 1) * row_stride + 3 * D, dtype=dtype, device=device)
+    rows = store.as_strided((T, 3 * D), (row_stride, 1))  # (T, 3D): q | k | v side by side in each row
+    rows.copy_(torch.randn(T, 3 * D, generator=torch.Generator().manual_seed(0)))
+    return tuple(store.as_strided((1, 1, T, D), (0, 0, row_stride, 1), i * D).requires_grad_() for i in range(3))
+
+
 def grads(fn, q, k, v, dout):
     """``(dq, dk, dv)`` of ``<fn(q, k, v), dout>`` by autograd, on fresh leaf copies of the inputs."""
     leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]

@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 from test_kernels import CASES, case_id
-from test_kernels_common import assert_close_by_rule, make_qkv, max_err, reference, torch_same_dtype
+from test_kernels_common import assert_close_by_rule, far_apart_qkv, make_qkv, max_err, reference, torch_same_dtype
 from test_kernels_common import check_case as check_on_device
 
-from attn_course.kernels import _variants, flash_attention, flash_attention_varlen
+from attn_course.kernels import _tiles, _variants, flash_attention, flash_attention_varlen, flash_attn_func
 from attn_course.kernels._runtime import kernel_module
 
 pytestmark = [
@@ -113,3 +113,45 @@ def test_cpu_and_gpu_agree():
         pytest.skip(f"this machine's interpreter cannot run: {e}")
     gpu = flash_attention(q.cuda(), k.cuda(), v.cuda(), causal=True)
     assert max_err(cpu, gpu.cpu()) < 2e-5
+
+
+@pytest.mark.parametrize("case", [(4097, 16, 16, 8, 8, 16, True, NONE, torch.float16),
+                                  (_tiles.CUDA_MAX_GRID_YZ + 2, 1, 1, 4, 5, 16, True, NONE, torch.bfloat16)],
+                         ids=["B*H-past-65535", "B-past-65535"])
+def test_more_sequences_and_heads_than_a_grid_axis_holds(case):
+    """A (blocks, B * H) grid would not launch past 65,535 (sequence, head) pairs; the (blocks, H, B)
+    grid does, and a batch of more than 65,535 sequences goes in chunks."""
+    check_case(case)
+    torch.cuda.empty_cache()
+
+
+def test_rows_far_apart_use_64_bit_offsets_on_the_gpu():
+    q, k, v = far_apart_qkv(17, 16, torch.float16, device="cuda")  # 4 GiB of storage, 17 rows used
+    out = flash_attention(q, k, v, causal=True)
+    ref = reference(q, k, v, causal=True)
+    assert_close_by_rule("out", out, ref, torch_same_dtype(q, k, v, causal=True), torch.float16)
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    want = torch.autograd.grad(ref, (q, k, v), dout.float())
+    budget = torch.autograd.grad(torch_same_dtype(q, k, v, causal=True), (q, k, v), dout)
+    for name, g, w, b in zip(("dq", "dk", "dv"), got, want, budget, strict=True):
+        assert_close_by_rule(name, g, w, b, torch.float16)
+    del q, k, v, out, ref, got, want, budget
+    torch.cuda.empty_cache()
+
+
+def test_a_half_million_token_sequence_in_flash_attn_layout():
+    """flash-attn's [B, T, H, D] puts H * D = 4096 elements between rows: past 2^19 tokens a 32-bit row
+    offset wraps around. A sliding window keeps the work linear; the last 200 queries (the rows that
+    wrap) are checked against the reference on the keys their window reaches."""
+    T, H, D, left = (1 << 19) + 113, 32, 128, 256
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, T, H, D, device="cuda", dtype=torch.float16, generator=g) for _ in range(3))
+    out = flash_attn_func(q, k, v, causal=True, window_size=(left, 0))  # (1, T, H, D)
+    tail_q, tail_k = slice(T - 200, T), slice(T - 200 - left, T)
+    qt, kt, vt = (x[:, s].transpose(1, 2) for x, s in ((q, tail_q), (k, tail_k), (v, tail_k)))  # (1, H, t, D)
+    ref = reference(qt, kt, vt, causal=True, window=(left, 0))
+    same = torch_same_dtype(qt, kt, vt, causal=True, window=(left, 0))
+    assert_close_by_rule("out (last 200 queries)", out[:, tail_q].transpose(1, 2), ref, same, torch.float16)
+    del q, k, v, out
+    torch.cuda.empty_cache()
