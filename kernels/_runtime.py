@@ -106,6 +106,13 @@ def kernel_module(name: str, device: torch.device) -> types.ModuleType:
     return module
 
 
+def on_device(device: torch.device):
+    """Launch on ``device``: Triton launches on the *current* CUDA device, whatever device the tensors are
+    on, so tensors on ``cuda:1`` with ``cuda:0`` current would be read from the wrong GPU (an illegal
+    address). A no-op for CPU tensors."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def is_interpreted(fn) -> bool:
     """True when ``fn`` (a decorated kernel) runs in Triton's interpreter."""
     return type(fn).__name__ == "InterpretedFunction"

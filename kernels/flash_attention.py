@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_fixed, check_scale, check_varlen, kernel_window
-from ._runtime import kernel_module
+from ._runtime import kernel_module, on_device
 
 
 class FlashAttentionFunction(torch.autograd.Function):
@@ -37,6 +37,11 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, scale, window, varlen):
+        with on_device(q.device):
+            return FlashAttentionFunction._forward(ctx, q, k, v, scale, window, varlen)
+
+    @staticmethod
+    def _forward(ctx, q, k, v, scale, window, varlen):
         fwd = kernel_module("flash_fwd", q.device)
         if varlen is None:
             out, lse = fwd.attn_fwd_launch(q, k, v, scale=scale, window=window)
@@ -53,6 +58,11 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dlse):
+        with on_device(dout.device):
+            return FlashAttentionFunction._backward(ctx, dout)
+
+    @staticmethod
+    def _backward(ctx, dout):
         bwd = kernel_module("flash_bwd", dout.device)
         if ctx.varlen:
             q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors

@@ -155,3 +155,22 @@ def test_a_half_million_token_sequence_in_flash_attn_layout():
     assert_close_by_rule("out (last 200 queries)", out[:, tail_q].transpose(1, 2), ref, same, torch.float16)
     del q, k, v, out
     torch.cuda.empty_cache()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (tensors on one, the other current)")
+def test_tensors_on_another_gpu_than_the_current_one():
+    """Triton launches on the current device; the kernels switch to the tensors' device first."""
+    torch.cuda.set_device(0)
+    q, k, v = make_qkv(2, 4, 2, 113, 203, 64, torch.float16, device="cuda:1", requires_grad=True)
+    out = flash_attention(q, k, v, causal=True)
+    out.sum().backward()
+    qr, kr, vr = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    qs, ks, vs = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    ref, same = reference(qr, kr, vr, causal=True), torch_same_dtype(qs, ks, vs, causal=True)
+    ref.sum().backward()
+    same.sum().backward()
+    assert_close_by_rule("out", out, ref, same, torch.float16)
+    for name, x, r, b in (("dq", q, qr, qs), ("dk", k, kr, ks), ("dv", v, vr, vs)):
+        assert x.grad.device == torch.device("cuda:1"), name
+        assert_close_by_rule(name, x.grad, r.grad, b.grad, torch.float16)
+    assert torch.cuda.current_device() == 0
