@@ -144,7 +144,15 @@ def _tuning_bench(kernel_call, quantiles):
     return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
 
 
-TUNE_KEY = ["T_q", "T_k", "HEAD_DIM", "window_left", "window_right", "IS_VARLEN", "TMA"]
+# Lengths enter the key rounded up to a power of two: the best tile shape at 1000 tokens is the best at 1024,
+# and a key on the exact lengths would retune (every config timed, about a second) at each new length, i.e.
+# at nearly every step of a training run on packed batches of varying longest sequence.
+TUNE_KEY = ["TUNE_T_Q", "TUNE_T_K", "HEAD_DIM", "window_left", "window_right", "IS_VARLEN", "TMA"]
+
+
+def tuning_lengths(*lengths: int) -> tuple[int, ...]:
+    """Each length rounded up to a power of two (0 stays 0): what the autotuner keys on."""
+    return tuple(triton.next_power_of_2(T) if T > 0 else 0 for T in lengths)
 
 
 def config(bm: int, bn: int, warps: int, stages: int, hook=None, **meta) -> triton.Config:

@@ -116,6 +116,7 @@ def _bwd_dkdv(
     stride_dkb, stride_dkh, stride_dkt, stride_dkd,  # dK and dV (allocated alike)
     desc_q, desc_k, desc_v, desc_do, desc_dq, desc_dk, desc_dv,  # descriptors when TMA (else unused)
     cu_seqlens_q, cu_seqlens_k, T_q, T_k,
+    TUNE_T_Q, TUNE_T_K,  # the lengths rounded up to a power of two: the autotuner's key, unused here
     H_kv, GROUP,  # key/value heads; query heads per key/value head
     qk_scale, scale,  # softmax scale * log2(e), and the plain softmax scale
     window_left, window_right,
@@ -201,6 +202,7 @@ def _bwd_dq(
     stride_dqb, stride_dqh, stride_dqt, stride_dqd,
     desc_q, desc_k, desc_v, desc_do, desc_dq, desc_dk, desc_dv,  # descriptors when TMA (else unused)
     cu_seqlens_q, cu_seqlens_k, T_q, T_k,
+    TUNE_T_Q, TUNE_T_K,  # the lengths rounded up to a power of two: the autotuner's key, unused here
     H, GROUP, qk_scale, scale, window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
     UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
@@ -331,6 +333,7 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
     flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, UPCAST=upcast, IEEE=q.dtype == torch.float32,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, dout, dq, dk, dv))
     window_args = (scale * LOG2E, scale, window[0], window[1])
+    tune_lengths = _variants.tuning_lengths(T_q, T_k)
     # one launch of each kernel per run of at most CUDA_MAX_GRID_YZ sequences (one run unless B is huge)
     parts = [(b1 - b0, *batch_part(b0, b1, (q, k, v, dout, out, lse, delta, dq, dk, dv),
                                    (cu_seqlens_q, cu_seqlens_k) if varlen else None)) for b0, b1 in batch_chunks(B)]
@@ -351,7 +354,7 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
                 def grid(meta, T=T, block=block, heads=heads, n=n):
                     return launch_grid(T, meta[block], heads[0], n)
 
-                kernel[grid](q_, k_, v_, do_, lse_, delta_, *per_kernel, *descs, *cus, T_q, T_k, *heads,
+                kernel[grid](q_, k_, v_, do_, lse_, delta_, *per_kernel, *descs, *cus, T_q, T_k, *tune_lengths, *heads,
                              *window_args, **flags, TMA=variant.tma, **meta)
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():

@@ -95,6 +95,7 @@ def _attn_fwd(
     desc_q, desc_k, desc_v, desc_o,  # tensor descriptors over q, k, v, out when TMA (else unused)
     cu_seqlens_q, cu_seqlens_k,  # int32 (B + 1,) sequence starts when IS_VARLEN (then the batch strides are 0)
     T_q, T_k,  # lengths for a fixed-length batch (ignored when IS_VARLEN)
+    TUNE_T_Q, TUNE_T_K,  # the lengths rounded up to a power of two: the autotuner's key, unused here
     H, GROUP,  # number of query heads; query heads per key/value head (1 = MHA, H = MQA)
     qk_scale,  # softmax scale * log2(e)
     window_left, window_right,  # sliding window; a huge value means unbounded; causal is right = 0
@@ -263,7 +264,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         sl = lse.stride()
     upcast = INTERPRET and q.dtype == torch.bfloat16
     strides = (*sq, *sk, *sv, *so, *sl)
-    scalars = (T_q, T_k, H, H // H_kv, scale * LOG2E, window[0], window[1])
+    scalars = (T_q, T_k, *_variants.tuning_lengths(T_q, T_k), H, H // H_kv, scale * LOG2E, window[0], window[1])
     flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, UPCAST=upcast, IEEE=q.dtype == torch.float32,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, out))
 

@@ -223,3 +223,36 @@ def test_the_backward_tells_auto_whether_tma_pays_at_its_head_dim(D, pays, monke
     q, k, v = make_qkv(1, 1, 1, 5, 5, D, F32, requires_grad=True)
     flash_attention(q, k, v).sum().backward()
     assert seen == [(True, True), (False, pays)], seen
+
+
+def _tuning_keys(T_q: int, T_k: int):
+    """The autotuner's key of each tuned launch (forward, dK/dV, dQ) for ``[1, 2, T_q, 64]`` queries."""
+    from attn_course.kernels import _compile
+
+    cuda = torch.device("cuda")
+    fwd, bwd = kernel_module("flash_fwd", cuda), kernel_module("flash_bwd", cuda)
+    q, k, v = make_qkv(1, 2, 1, T_q, T_k, 64, F16)
+    lse = torch.zeros(1, 2, T_q)
+    with _variants.settings(kernel="pointer", autotune=False):
+        calls = _compile.recorded_launches(fwd, ["_attn_fwd"], lambda: fwd.attn_fwd_launch(
+            q, k, v, scale=0.125, window=kernel_window((-1, -1), True)))
+        calls += _compile.recorded_launches(
+            bwd, ["_bwd_preprocess", "_bwd_dkdv", "_bwd_dq"],
+            lambda: bwd.attn_bwd_launch(q, q, k, v, q, lse, scale=0.125, window=kernel_window((-1, -1), True)))
+    keys = []
+    # (the preprocess kernel is not tuned; Triton's autotuner keys on TUNE_KEY's names, silently skipping
+    # any that are not arguments of the kernel)
+    for fn, args, kwargs in (c for c in calls if c[0].__name__ != "_bwd_preprocess"):
+        missing = [name for name in _variants.TUNE_KEY if name not in fn.arg_names]
+        assert not missing, f"{fn.__name__}: the autotuner's key names {missing}, which are not kernel arguments"
+        bound = dict(zip(fn.arg_names, args, strict=False)) | kwargs  # (the launch leaves constexprs out of args)
+        keys.append(tuple(bound[name] for name in _variants.TUNE_KEY))
+    return keys
+
+
+def test_the_autotuner_keys_on_lengths_rounded_to_a_power_of_two():
+    """A new length in the same power-of-two bucket reuses the tuned tile shape (a key on exact lengths
+    would retune, timing every config, at nearly every step of training on varying lengths); the next
+    bucket tunes again."""
+    assert _tuning_keys(1000, 777) == _tuning_keys(1024, 1000) != _tuning_keys(1025, 1000)
+    assert _tuning_keys(1000, 777) != _tuning_keys(1000, 1025)
