@@ -86,6 +86,24 @@ def far_apart_qkv(T, D, dtype, device="cpu", row_stride=1 << 27):
     return tuple(store.as_strided((1, 1, T, D), (0, 0, row_stride, 1), i * D).requires_grad_() for i in range(3))
 
 
+def check_far_apart_rows(device="cpu"):
+    """Forward and backward on :func:`far_apart_qkv` (17 rows, the last 2^31 elements into the storage),
+    causal, float16, against the float32 reference by the tolerance rule."""
+    from attn_course.kernels import flash_attention
+
+    q, k, v = far_apart_qkv(17, 16, torch.float16, device=device)
+    assert (q.shape[2] - 1) * q.stride(2) >= 2**31
+    out = flash_attention(q, k, v, causal=True)
+    ref, same = reference(q, k, v, causal=True), torch_same_dtype(q, k, v, causal=True)
+    assert_close_by_rule("out", out, ref, same, torch.float16)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=torch.float16)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    want = torch.autograd.grad(ref, (q, k, v), dout.float())
+    budget = torch.autograd.grad(same, (q, k, v), dout)
+    for name, g, w, b in zip(("dq", "dk", "dv"), got, want, budget, strict=True):
+        assert_close_by_rule(name, g, w, b, torch.float16)
+
+
 def grads(fn, q, k, v, dout):
     """``(dq, dk, dv)`` of ``<fn(q, k, v), dout>`` by autograd, on fresh leaf copies of the inputs."""
     leaves = [x.detach().clone().requires_grad_(True) for x in (q, k, v)]
