@@ -10,6 +10,7 @@ Files, in reading order:
 * ``flash_bwd.py``: the backward kernels (FlashAttention-2: recompute P from the saved logsumexp);
 * ``_tiles.py``: masks, loop bounds and tile loads shared by both (full vs masked tiles; pointers vs TMA);
 * ``flash_attention.py``: the ``torch.autograd.Function`` and the public functions;
+* ``_ops.py``: the launches as PyTorch custom operators, for ``torch.compile``; the gradient through lse;
 * ``_variants.py``: which variant runs (``pointer``, ``tma``, ``tma+ws``) and whether tiles are autotuned;
 * ``_checks.py``: input checks; ``_runtime.py``: compiled vs interpreted kernels, chosen per device;
 * ``_compile.py``: compiling a launch for a GPU target on a machine without one (tests, resource survey).

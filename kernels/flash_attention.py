@@ -18,6 +18,9 @@
 ``window=(left, right)`` lets query position ``p`` see keys ``p - left ... p + right`` (``-1``: no limit);
 ``causal=True`` is ``right = 0``. A query with no allowed key returns zeros and ``lse = -inf``.
 
+Both ``out`` and ``lse`` are differentiable (lse's gradient rides on the same backward kernels), and
+``torch.compile`` traces through these functions: the launches are custom operators (``_ops``).
+
 The backward pass is FlashAttention-2's: it saves q, k, v, out and the logsumexp (never a ``[T_q, T_k]``
 tensor) and recomputes the probabilities tile by tile. CUDA tensors run compiled kernels; CPU tensors run
 the same kernels in Triton's interpreter (correct, but orders of magnitude slower: see ``_runtime``).
@@ -27,50 +30,39 @@ from __future__ import annotations
 
 import torch
 
+from . import _ops
 from ._checks import check_fixed, check_scale, check_varlen, kernel_window
-from ._runtime import kernel_module, on_device
+
+SECOND_DERIVATIVE = (
+    "flash_attention has no second derivative: its backward is a Triton kernel that autograd cannot "
+    "differentiate, and backward(create_graph=True) (a gradient penalty, a Hessian) would silently leave out "
+    "attention's second-order terms. Compute that loss with attn_course.attention, plain PyTorch, which "
+    "autograd differentiates as often as you like."
+)
 
 
 class FlashAttentionFunction(torch.autograd.Function):
-    """``out = softmax(scale q k^T + mask) v`` forward and backward in Triton; ``lse`` is returned but
-    not differentiable. ``varlen`` is ``None`` or ``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)``."""
+    """``out = softmax(scale q k^T + mask) v`` and ``lse``, forward and backward in Triton, both outputs
+    differentiable (the gradient through lse costs one subtraction, see ``_ops``). ``varlen`` is ``None`` or
+    ``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)``."""
 
     @staticmethod
     def forward(ctx, q, k, v, scale, window, varlen):
-        with on_device(q.device):
-            return FlashAttentionFunction._forward(ctx, q, k, v, scale, window, varlen)
-
-    @staticmethod
-    def _forward(ctx, q, k, v, scale, window, varlen):
-        fwd = kernel_module("flash_fwd", q.device)
-        if varlen is None:
-            out, lse = fwd.attn_fwd_launch(q, k, v, scale=scale, window=window)
-            ctx.save_for_backward(q, k, v, out, lse)
-        else:
-            cu_q, cu_k, max_q, max_k = varlen
-            out, lse = fwd.attn_fwd_launch(q, k, v, scale=scale, window=window, cu_seqlens_q=cu_q,
-                                           cu_seqlens_k=cu_k, max_seqlen_q=max_q)
-            ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
-            ctx.max_seqlens = (max_q, max_k)
-        ctx.scale, ctx.window, ctx.varlen = scale, window, varlen is not None
-        ctx.mark_non_differentiable(lse)
+        out, lse = _ops.forward(q, k, v, scale, window, varlen)
+        ctx.save_for_backward(q, k, v, out, lse, *(varlen[:2] if varlen else ()))
+        ctx.scale, ctx.window, ctx.max_seqlens = scale, window, varlen[2:] if varlen else None
+        ctx.set_materialize_grads(False)  # an output that never reaches the loss gets None, not zeros
         return out, lse
 
     @staticmethod
-    def backward(ctx, dout, _dlse):
-        with on_device(dout.device):
-            return FlashAttentionFunction._backward(ctx, dout)
-
-    @staticmethod
-    def _backward(ctx, dout):
-        bwd = kernel_module("flash_bwd", dout.device)
-        if ctx.varlen:
-            q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
-            dq, dk, dv = bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=ctx.scale, window=ctx.window,
-                                             cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlens=ctx.max_seqlens)
-        else:
-            q, k, v, out, lse = ctx.saved_tensors
-            dq, dk, dv = bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=ctx.scale, window=ctx.window)
+    def backward(ctx, dout, dlse):
+        if torch.is_grad_enabled():  # backward(create_graph=True): a second derivative is on its way
+            raise RuntimeError(SECOND_DERIVATIVE)
+        if dout is None and dlse is None:
+            return None, None, None, None, None, None
+        q, k, v, out, lse, *cu_seqlens = ctx.saved_tensors
+        varlen = (*cu_seqlens, *ctx.max_seqlens) if cu_seqlens else None
+        dq, dk, dv = _ops.backward(dout, dlse, q, k, v, out, lse, ctx.scale, ctx.window, varlen)
         return dq, dk, dv, None, None, None
 
 
@@ -84,7 +76,8 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
         causal: bottom-right aligned causal mask (see the module docstring).
         scale: multiplies ``q k^T``; defaults to ``1 / sqrt(D)``.
         window: flash-attn's ``window_size=(left, right)``; ``-1`` = unbounded.
-        return_lse: also return ``lse [B, H, T_q]`` (float32, natural log; ``-inf`` where no key is allowed).
+        return_lse: also return ``lse [B, H, T_q]`` (float32, natural log; ``-inf`` where no key is allowed),
+            differentiable like ``out``.
 
     Returns:
         ``out [B, H, T_q, D]`` in q's dtype, or ``(out, lse)``.

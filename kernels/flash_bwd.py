@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from attn_course.kernels import _variants
+from attn_course.kernels._ops import backward_buffers
 from attn_course.kernels._runtime import interpreter_scope, is_interpreted
 
 from ._tiles import (
@@ -307,9 +308,10 @@ def _views(x: torch.Tensor, varlen: bool):
     return tuple(x.stride())
 
 
-def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=None,
+def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seqlens_q=None, cu_seqlens_k=None,
                     max_seqlens=None, blocks=None):
-    """``(dq, dk, dv)`` from the saved tensors; shapes and layouts as in ``flash_fwd.attn_fwd_launch``."""
+    """``(dq, dk, dv)`` from the saved tensors; shapes and layouts as in ``flash_fwd.attn_fwd_launch``.
+    ``dlse``: the loss's gradient with respect to lse (shaped like it), or ``None`` when lse played no part."""
     varlen = cu_seqlens_q is not None
     if not varlen and _variants.may_use_tma(q.device) and _variants.tma_unready(dout) \
             and not _variants.tma_unready(q, k, v):
@@ -324,9 +326,7 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
         H_kv, T_k = k.shape[1], k.shape[2]
         sl = lse.stride()  # lse (B, H, T_q)
     delta = torch.empty_like(lse)  # (B, H, T_q) or (H, total_q), float32
-    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    dk = torch.empty(k.shape, device=q.device, dtype=k.dtype)
-    dv = torch.empty(v.shape, device=q.device, dtype=v.dtype)
+    dq, dk, dv = backward_buffers(q, k, v)  # contiguous, like q, k, v
     sq, sk, sv, sg, so = (_views(x, varlen) for x in (q, k, v, dout, out))
     sdq, sdk = _views(dq, varlen), _views(dk, varlen)
     upcast = INTERPRET and q.dtype == torch.bfloat16
@@ -363,6 +363,8 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, cu_seqlens_q=None
                 out_, do_, delta_, *so, *sg, *sl, cus[0], T_q, H,
                 HEAD_DIM=D, BLOCK_M=PREPROCESS_BLOCK, IS_VARLEN=varlen,
             )
+        if dlse is not None:  # lse's gradient enters as dS = P * (dP - (delta - dlse)); see _ops
+            delta -= dlse.masked_fill(torch.isneginf(lse), 0.0)  # a row with no key: lse is a constant -inf
         chain = _variants.chain(q.device, (q, k, v, dout, dq, dk, dv), varlen=varlen, warp_spec=False,
                                 tma_pays=D in TMA_HEAD_DIMS)
         _variants.run(chain, (str(q.device), q.dtype, D, "backward"), launch)

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from attn_course.kernels import _variants
+from attn_course.kernels._ops import forward_buffers
 from attn_course.kernels._runtime import interpreter_scope, is_interpreted
 
 from ._tiles import (
@@ -249,19 +250,16 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         T_q, T_k = max_seqlen_q, 0  # grid size; the kernel reads the real lengths from cu_seqlens
         # view the packed tensors as (batch=1 stride 0, head, time, dim): time is dim 0 of the packed layout
         sq, sk, sv = ((0, x.stride(1), x.stride(0), x.stride(2)) for x in (q, k, v))
-        out = torch.empty_like(q)
+        out, lse = forward_buffers(q, varlen)  # out like q, lse (H, total_q)
         so = (0, out.stride(1), out.stride(0), out.stride(2))
-        lse = torch.empty(H, q.shape[0], device=q.device, dtype=torch.float32)  # (H, total_q)
         sl = (0, lse.stride(0), lse.stride(1))
         H_kv = k.shape[1]
     else:
         B, H, T_q, D = q.shape
         H_kv, T_k = k.shape[1], k.shape[2]
         sq, sk, sv = _strides(q, 4), _strides(k, 4), _strides(v, 4)
-        out = torch.empty(q.shape, device=q.device, dtype=q.dtype)  # (B, H, T_q, D), contiguous
-        so = out.stride()
-        lse = torch.empty(B, H, T_q, device=q.device, dtype=torch.float32)  # (B, H, T_q)
-        sl = lse.stride()
+        out, lse = forward_buffers(q, varlen)  # out (B, H, T_q, D) contiguous, lse (B, H, T_q)
+        so, sl = out.stride(), lse.stride()
     upcast = INTERPRET and q.dtype == torch.bfloat16
     strides = (*sq, *sk, *sv, *so, *sl)
     scalars = (T_q, T_k, *_variants.tuning_lengths(T_q, T_k), H, H // H_kv, scale * LOG2E, window[0], window[1])

@@ -112,7 +112,7 @@ def test_backward_saves_only_inputs_out_and_lse():
     assert len(ctx_saved) == 5
     assert ctx_saved[0] is q or ctx_saved[0].data_ptr() == q.data_ptr(), "the first saved tensor should be q itself"
     assert torch.equal(ctx_saved[4], lse)
-    assert not lse.requires_grad, "lse is returned for inspection; it is not differentiable"
+    assert lse.requires_grad, "lse is differentiable (its gradient rides on the saved tensors, nothing more)"
 
 
 def test_strided_and_flash_layout_inputs():

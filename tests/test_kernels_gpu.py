@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_kernels import CASES, case_id
+from test_kernels_autograd import LSE_CASES, check_compiled_model, check_lse_gradient, lse_case_id
 from test_kernels_common import (
     assert_close_by_rule,
     check_far_apart_rows,
@@ -171,3 +172,14 @@ def test_tensors_on_another_gpu_than_the_current_one():
         assert x.grad.device == torch.device("cuda:1"), name
         assert_close_by_rule(name, x.grad, r.grad, b.grad, torch.float16)
     assert torch.cuda.current_device() == 0
+
+
+@pytest.mark.parametrize("case", [*LSE_CASES, (2, 8, 2, 1024, 1024, 128, True, NONE, torch.float16, True)],
+                         ids=lse_case_id)
+def test_gradient_through_lse_on_the_gpu(case):
+    check_lse_gradient(case, "cuda")
+
+
+def test_torch_compile_with_inductor_on_the_gpu():
+    """The whole model through inductor (which generates its own Triton kernels around ours), one graph."""
+    check_compiled_model("inductor", "cuda", torch.float32, tol=1e-4)

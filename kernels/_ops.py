@@ -1,0 +1,123 @@
+"""The kernels as two PyTorch operators, so that ``torch.compile`` can trace a model that calls them.
+
+``torch.compile`` cannot trace *into* a Triton launch that picks variants, autotunes and (on the CPU)
+runs Triton's interpreter: it fails inside the interpreter's NumPy code. So the launches are registered
+as custom operators, opaque to the compiler, each with a *fake* implementation that only says what the
+operator returns (shapes, strides, dtypes) without running anything:
+
+    attn_course::flash_forward   (q, k, v, ...)                      -> out, lse
+    attn_course::flash_backward  (dout, dlse, q, k, v, out, lse, ...) -> dq, dk, dv
+
+``FlashAttentionFunction`` calls them through :func:`forward` and :func:`backward`. Outside
+``torch.compile`` these call the launches directly, skipping the operators' dispatch: it runs in Python
+on every call, time that a short GPU kernel would otherwise wait on.
+
+The gradient through ``lse``: with ``dlse`` the gradient of the loss with respect to ``lse``,
+``d lse_i / d s_ij = P_ij``, so the score gradient ``dS = P * (dP - delta)`` becomes
+``P * (dP - (delta - dlse))``: the backward kernels run unchanged on ``delta - dlse``. A row with no
+allowed key has ``lse = -inf`` whatever the inputs, a constant, so its ``dlse`` contributes nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._runtime import kernel_module, on_device
+
+_VARLEN = (None, None, 0, 0)  # cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k of a fixed-length call
+
+
+def forward_buffers(q: torch.Tensor, varlen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uninitialised ``out`` and ``lse`` the forward kernel writes, on q's device.
+
+    Fixed length: q ``[B, H, T_q, D]`` -> out ``[B, H, T_q, D]`` contiguous, lse ``[B, H, T_q]`` float32.
+    Packed: q ``[total_q, H, D]`` -> out with q's layout, lse ``[H, total_q]`` float32.
+    """
+    if varlen:
+        out = torch.empty_like(q)  # (total_q, H, D), q's strides
+        lse = torch.empty(q.shape[1], q.shape[0], device=q.device, dtype=torch.float32)  # (H, total_q)
+    else:
+        out = torch.empty(q.shape, device=q.device, dtype=q.dtype)  # (B, H, T_q, D), contiguous
+        lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)  # (B, H, T_q)
+    return out, lse
+
+
+def backward_buffers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """The uninitialised ``dq, dk, dv`` the backward kernels write: contiguous, shaped like q, k, v."""
+    return tuple(torch.empty(x.shape, device=x.device, dtype=x.dtype) for x in (q, k, v))
+
+
+# ---- the launches ---------------------------------------------------------------------------------------
+
+def _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                    max_seqlen_k):
+    with on_device(q.device):
+        fwd = kernel_module("flash_fwd", q.device)
+        if cu_seqlens_q is None:
+            return fwd.attn_fwd_launch(q, k, v, scale=scale, window=(window_left, window_right))
+        return fwd.attn_fwd_launch(q, k, v, scale=scale, window=(window_left, window_right),
+                                   cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q)
+
+
+def _launch_backward(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k,
+                     max_seqlen_q, max_seqlen_k):
+    with on_device(q.device):
+        bwd = kernel_module("flash_bwd", q.device)
+        if dout is None:  # only lse reached the loss
+            dout = torch.zeros_like(out)
+        varlen = {} if cu_seqlens_q is None else dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                                                      max_seqlens=(max_seqlen_q, max_seqlen_k))
+        return bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=scale, window=(window_left, window_right),
+                                   dlse=dlse, **varlen)
+
+
+# ---- the operators ----------------------------------------------------------------------------------------
+
+# Spelled out rather than inferred from the annotations, which older torch releases read differently.
+_FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, float scale, int window_left, int window_right, "
+                   "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k) "
+                   "-> (Tensor, Tensor)")
+_BACKWARD_SCHEMA = ("(Tensor? dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale, "
+                    "int window_left, int window_right, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
+                    "int max_seqlen_q, int max_seqlen_k) -> (Tensor, Tensor, Tensor)")
+
+
+@torch.library.custom_op("attn_course::flash_forward", mutates_args=(), schema=_FORWARD_SCHEMA)
+def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window_left: int,
+                window_right: int, cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
+                max_seqlen_q: int, max_seqlen_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                           max_seqlen_k)
+
+
+@_forward_op.register_fake
+def _(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    return forward_buffers(q, cu_seqlens_q is not None)
+
+
+@torch.library.custom_op("attn_course::flash_backward", mutates_args=(), schema=_BACKWARD_SCHEMA)
+def _backward_op(dout: torch.Tensor | None, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
+                 v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float, window_left: int,
+                 window_right: int, cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
+                 max_seqlen_q: int, max_seqlen_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _launch_backward(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlens_q,
+                            cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+
+
+@_backward_op.register_fake
+def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+      max_seqlen_k):
+    return backward_buffers(q, k, v)
+
+
+def forward(q, k, v, scale: float, window: tuple[int, int], varlen=None):
+    """``(out, lse)``; ``varlen`` is ``None`` or ``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)``."""
+    args = (q, k, v, scale, *window, *(varlen or _VARLEN))
+    return torch.ops.attn_course.flash_forward(*args) if torch.compiler.is_compiling() else _launch_forward(*args)
+
+
+def backward(dout, dlse, q, k, v, out, lse, scale: float, window: tuple[int, int], varlen=None):
+    """``(dq, dk, dv)`` of a loss whose gradients are ``dout`` for out and ``dlse`` for lse (either may be
+    ``None``: that output did not reach the loss)."""
+    args = (dout, dlse, q, k, v, out, lse, scale, *window, *(varlen or _VARLEN))
+    return torch.ops.attn_course.flash_backward(*args) if torch.compiler.is_compiling() else _launch_backward(*args)
