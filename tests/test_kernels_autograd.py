@@ -1,5 +1,5 @@
-"""The kernels inside larger programs: gradients through ``lse``, ``torch.compile``, the custom operators'
-contracts, and a clear refusal of second derivatives.
+"""The kernels inside larger programs: gradients through ``lse``, ``torch.compile`` and ``torch.export``,
+the custom operators' contracts, and a clear refusal of second derivatives.
 
 The lse gradient is checked against autograd through ``torch.logsumexp`` of the float32 reference scores;
 compile against the same kernels run eagerly, with the captured graphs inspected so that a silent fall-back
@@ -206,6 +206,22 @@ def test_torch_compile_runs_the_varlen_api():
     compiled = torch.compile(model, backend="aot_eager")
     torch.testing.assert_close(compiled(q, k, v), model(q, k, v), atol=0, rtol=0)
 
+
+
+def test_torch_export_keeps_the_operator_and_a_dynamic_length():
+    """``torch.export`` (for serving) records the forward operator itself; exported with a symbolic length,
+    the program then runs a length it never saw, with the eager kernels' result bit for bit."""
+
+    class Attend(torch.nn.Module):
+        def forward(self, q, k, v):
+            return flash_attention(q, k, v, causal=True)
+
+    T = torch.export.Dim("T", min=2, max=4096)
+    q, k, v = make_qkv(1, 2, 1, 17, 17, 16, F32)
+    program = torch.export.export(Attend(), (q, k, v), dynamic_shapes=({2: T}, {2: T}, {2: T}))
+    assert "attn_course.flash_forward" in str(program.graph)
+    q, k, v = make_qkv(1, 2, 1, 33, 33, 16, F32, seed=1)
+    torch.testing.assert_close(program.module()(q, k, v), Attend()(q, k, v), atol=0, rtol=0)
 
 @pytest.mark.parametrize("varlen", [False, True], ids=["fixed", "varlen"])
 def test_custom_operators_pass_torch_opcheck(varlen):
