@@ -4,8 +4,8 @@
         q [B, H, T_q, D], k and v [B, H_kv, T_k, D]  ->  out [B, H, T_q, D]  (and lse [B, H, T_q])
     flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, ...)
         packed q [total_q, H, D], k and v [total_k, H_kv, D]  ->  out [total_q, H, D]  (and lse [H, total_q])
-    flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1))
-        flash-attn's own layout [B, T, H, D], converted by :func:`swap_seq_and_heads`
+
+flash-attn's own signatures (``flash_attn_func``, ``flash_attn_varlen_func``) are in ``flash_attn_compat``.
 
 ``causal`` is aligned bottom-right (query ``i`` sits at position ``T_k - T_q + i``), as in flash-attn
 >= 2.1 and :func:`attn_course.causal_mask`. With ``T_q = 3, T_k = 5``::
@@ -120,14 +120,3 @@ def swap_seq_and_heads(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected a 4-D tensor [B, T, H, D] or [B, H, T, D], got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     return x.transpose(1, 2)  # (B, T, H, D) <-> (B, H, T, D)
-
-
-def flash_attn_func(q, k, v, softmax_scale: float | None = None, causal: bool = False, window_size=(-1, -1),
-                    return_lse: bool = False):
-    """flash-attn's signature and layout: q ``[B, T_q, H, D]``, k, v ``[B, T_k, H_kv, D]`` -> out
-    ``[B, T_q, H, D]`` (lse stays ``[B, H, T_q]``, as flash-attn returns it)."""
-    q, k, v = (swap_seq_and_heads(x) for x in (q, k, v))  # (B, H, T, D)
-    res = flash_attention(q, k, v, causal=causal, scale=softmax_scale, window=window_size, return_lse=return_lse)
-    if return_lse:
-        return swap_seq_and_heads(res[0]), res[1]
-    return swap_seq_and_heads(res)  # (B, T_q, H, D)

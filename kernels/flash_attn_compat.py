@@ -1,0 +1,69 @@
+"""flash-attn's two main functions with flash-attn's exact signatures, so that ported code runs unchanged.
+
+    flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False)
+        q [B, T_q, H, D], k and v [B, T_k, H_kv, D]  ->  out [B, T_q, H, D]
+    flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           ..., return_attn_probs=False, block_table=None)
+        q [total_q, H, D], k and v [total_k, H_kv, D]  ->  out [total_q, H, D]
+
+The argument *order* matters: models call ``flash_attn_func(q, k, v, self.dropout if self.training else
+0.0, causal=True)``, and a signature without ``dropout_p`` in fourth place would take that 0.0 as the
+softmax scale and attend uniformly, without an error.
+
+What the kernels do not implement is refused by name rather than ignored: ``dropout_p > 0``, ``softcap``,
+``alibi_slopes`` and ``block_table`` (paged key/value caches). ``deterministic`` is accepted and changes
+nothing: the backward pass never uses atomics, so it is always deterministic. ``return_attn_probs=True``
+returns ``(out, softmax_lse, None)`` as flash-attn does without dropout (its third element is the dropout
+pattern, for flash-attn's own tests); the kernels never form the probabilities, and
+``attn_course.attention(..., return_weights=True)`` shows them.
+"""
+
+from __future__ import annotations
+
+from .flash_attention import flash_attention, flash_attention_varlen, swap_seq_and_heads
+
+
+def _refuse_unsupported(dropout_p, softcap, alibi_slopes, block_table=None) -> None:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"dropout_p must be a probability in [0, 1], got {dropout_p!r}")
+    if dropout_p != 0.0:
+        raise ValueError(
+            f"dropout_p={dropout_p}: attention dropout is not implemented in these kernels; pass 0.0 (as at "
+            f"evaluation), or drop out elsewhere (e.g. on the attention output)"
+        )
+    if softcap not in (0, 0.0, None):
+        raise ValueError(f"softcap={softcap!r}: logit soft-capping is not implemented in these kernels; pass 0.0")
+    if alibi_slopes is not None:
+        raise ValueError("alibi_slopes: ALiBi position biases are not implemented in these kernels; pass None")
+    if block_table is not None:
+        raise ValueError("block_table: paged key/value caches are not implemented in these kernels; pass None "
+                         "and give k and v as packed [total_k, H_kv, D] tensors")
+
+
+def _results(res, return_attn_probs: bool):
+    """flash-attn's return value: ``out``, or ``(out, softmax_lse, None)`` with ``return_attn_probs``."""
+    out, lse = res
+    return (out, lse, None) if return_attn_probs else out
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                    alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """flash-attn's ``flash_attn_func``: q ``[B, T_q, H, D]``, k, v ``[B, T_k, H_kv, D]`` -> out
+    ``[B, T_q, H, D]``; with ``return_attn_probs``, ``(out, softmax_lse [B, H, T_q], None)``.
+    Differentiable in q, k, v (and through softmax_lse). See the module docstring for what is refused."""
+    _refuse_unsupported(dropout_p, softcap, alibi_slopes)
+    q, k, v = (swap_seq_and_heads(x) for x in (q, k, v))  # (B, H, T, D)
+    out, lse = flash_attention(q, k, v, causal=causal, scale=softmax_scale, window=window_size, return_lse=True)
+    return _results((swap_seq_and_heads(out), lse), return_attn_probs)  # out (B, T_q, H, D)
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                           deterministic=False, return_attn_probs=False, block_table=None):
+    """flash-attn's ``flash_attn_varlen_func``: packed q ``[total_q, H, D]``, k, v ``[total_k, H_kv, D]`` ->
+    out ``[total_q, H, D]``; with ``return_attn_probs``, ``(out, softmax_lse [H, total_q], None)``."""
+    _refuse_unsupported(dropout_p, softcap, alibi_slopes, block_table)
+    res = flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
+                                 scale=softmax_scale, window=window_size, return_lse=True)
+    return _results(res, return_attn_probs)
