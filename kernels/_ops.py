@@ -47,6 +47,13 @@ def backward_buffers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return tuple(torch.empty(x.shape, device=x.device, dtype=x.dtype) for x in (q, k, v))
 
 
+def drop_unneeded(grads, need_dq: bool, need_dkdv: bool):
+    """``(dq, dk, dv)`` with each gradient whose kernel was skipped replaced by an empty ``(0,)`` tensor
+    (an operator must return tensors, and its fake must say which)."""
+    needed = (need_dq, need_dkdv, need_dkdv)
+    return tuple(g if need else g.new_empty(0) for g, need in zip(grads, needed, strict=True))
+
+
 # ---- the launches ---------------------------------------------------------------------------------------
 
 def _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
@@ -60,15 +67,16 @@ def _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_
 
 
 def _launch_backward(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k,
-                     max_seqlen_q, max_seqlen_k):
+                     max_seqlen_q, max_seqlen_k, need_dq, need_dkdv):
     with on_device(q.device):
         bwd = kernel_module("flash_bwd", q.device)
         if dout is None:  # only lse reached the loss
             dout = torch.zeros_like(out)
         varlen = {} if cu_seqlens_q is None else dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                                                       max_seqlens=(max_seqlen_q, max_seqlen_k))
-        return bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=scale, window=(window_left, window_right),
-                                   dlse=dlse, **varlen)
+        grads = bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=scale, window=(window_left, window_right),
+                                    dlse=dlse, need_dq=need_dq, need_dkdv=need_dkdv, **varlen)
+        return drop_unneeded(grads, need_dq, need_dkdv)
 
 
 # ---- the operators ----------------------------------------------------------------------------------------
@@ -79,7 +87,7 @@ _FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, float scale, int window_left,
                    "-> (Tensor, Tensor)")
 _BACKWARD_SCHEMA = ("(Tensor? dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale, "
                     "int window_left, int window_right, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
-                    "int max_seqlen_q, int max_seqlen_k) -> (Tensor, Tensor, Tensor)")
+                    "int max_seqlen_q, int max_seqlen_k, bool need_dq, bool need_dkdv) -> (Tensor, Tensor, Tensor)")
 
 
 @torch.library.custom_op("attn_course::flash_forward", mutates_args=(), schema=_FORWARD_SCHEMA)
@@ -99,15 +107,16 @@ def _(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max
 def _backward_op(dout: torch.Tensor | None, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,
                  v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float, window_left: int,
                  window_right: int, cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
-                 max_seqlen_q: int, max_seqlen_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 max_seqlen_q: int, max_seqlen_k: int, need_dq: bool,
+                 need_dkdv: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _launch_backward(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlens_q,
-                            cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+                            cu_seqlens_k, max_seqlen_q, max_seqlen_k, need_dq, need_dkdv)
 
 
 @_backward_op.register_fake
 def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-      max_seqlen_k):
-    return backward_buffers(q, k, v)
+      max_seqlen_k, need_dq, need_dkdv):
+    return drop_unneeded(backward_buffers(q, k, v), need_dq, need_dkdv)
 
 
 def forward(q, k, v, scale: float, window: tuple[int, int], varlen=None):
@@ -116,8 +125,10 @@ def forward(q, k, v, scale: float, window: tuple[int, int], varlen=None):
     return torch.ops.attn_course.flash_forward(*args) if torch.compiler.is_compiling() else _launch_forward(*args)
 
 
-def backward(dout, dlse, q, k, v, out, lse, scale: float, window: tuple[int, int], varlen=None):
+def backward(dout, dlse, q, k, v, out, lse, scale: float, window: tuple[int, int], varlen=None, need_dq=True,
+             need_dkdv=True):
     """``(dq, dk, dv)`` of a loss whose gradients are ``dout`` for out and ``dlse`` for lse (either may be
-    ``None``: that output did not reach the loss)."""
-    args = (dout, dlse, q, k, v, out, lse, scale, *window, *(varlen or _VARLEN))
+    ``None``: that output did not reach the loss); a gradient not needed comes back empty, its kernel skipped
+    (see :func:`drop_unneeded`)."""
+    args = (dout, dlse, q, k, v, out, lse, scale, *window, *(varlen or _VARLEN), need_dq, need_dkdv)
     return torch.ops.attn_course.flash_backward(*args) if torch.compiler.is_compiling() else _launch_backward(*args)

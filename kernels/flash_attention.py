@@ -62,8 +62,10 @@ class FlashAttentionFunction(torch.autograd.Function):
             return None, None, None, None, None, None
         q, k, v, out, lse, *cu_seqlens = ctx.saved_tensors
         varlen = (*cu_seqlens, *ctx.max_seqlens) if cu_seqlens else None
-        dq, dk, dv = _ops.backward(dout, dlse, q, k, v, out, lse, ctx.scale, ctx.window, varlen)
-        return dq, dk, dv, None, None, None
+        need_q, need_k, need_v = ctx.needs_input_grad[:3]  # frozen inputs: skip their kernel
+        dq, dk, dv = _ops.backward(dout, dlse, q, k, v, out, lse, ctx.scale, ctx.window, varlen,
+                                   need_dq=need_q, need_dkdv=need_k or need_v)
+        return dq if need_q else None, dk if need_k else None, dv if need_v else None, None, None, None
 
 
 def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None, window=(-1, -1),

@@ -309,9 +309,11 @@ def _views(x: torch.Tensor, varlen: bool):
 
 
 def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seqlens_q=None, cu_seqlens_k=None,
-                    max_seqlens=None, blocks=None):
+                    max_seqlens=None, blocks=None, need_dq=True, need_dkdv=True):
     """``(dq, dk, dv)`` from the saved tensors; shapes and layouts as in ``flash_fwd.attn_fwd_launch``.
-    ``dlse``: the loss's gradient with respect to lse (shaped like it), or ``None`` when lse played no part."""
+    ``dlse``: the loss's gradient with respect to lse (shaped like it), or ``None`` when lse played no part.
+    ``need_dq=False`` / ``need_dkdv=False`` skip that kernel (its buffers are returned unwritten): a frozen
+    q, or frozen k and v, costs no backward work."""
     varlen = cu_seqlens_q is not None
     if not varlen and _variants.may_use_tma(q.device) and _variants.tma_unready(dout) \
             and not _variants.tma_unready(q, k, v):
@@ -339,8 +341,9 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
                                    (cu_seqlens_q, cu_seqlens_k) if varlen else None)) for b0, b1 in batch_chunks(B)]
 
     def launch(variant: _variants.Variant):
-        for name, kernel, T, block, heads in (("dkdv", _bwd_dkdv, T_k, "BLOCK_N", (H_kv, H // H_kv)),
-                                              ("dq", _bwd_dq, T_q, "BLOCK_M", (H, H // H_kv))):
+        plan = [("dkdv", _bwd_dkdv, T_k, "BLOCK_N", (H_kv, H // H_kv))] if need_dkdv else []
+        plan += [("dq", _bwd_dq, T_q, "BLOCK_M", (H, H // H_kv))] if need_dq else []
+        for name, kernel, T, block, heads in plan:
             tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
                                                       default=default_config(name, D, q.element_size()))
             if tune:

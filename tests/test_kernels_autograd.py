@@ -147,6 +147,46 @@ def test_varlen_gradient_through_lse_per_sequence():
             assert_close_by_rule(f"{name} of sequence {b}", g, w, None, F32)
 
 
+
+class LaunchSpy:
+    """Stands in for a kernel in its module: ``kernel[grid](...)`` is logged by name, then really launched."""
+
+    def __init__(self, name, kernel, log):
+        self.name, self.kernel, self.log = name, kernel, log
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.log.append(self.name)
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.mark.parametrize("frozen,skipped", [("q", "_bwd_dq"), ("kv", "_bwd_dkdv"), ("k", None), ("", None)],
+                         ids=["frozen-q", "frozen-kv", "frozen-k-only", "nothing-frozen"])
+def test_frozen_inputs_skip_their_backward_kernel(frozen, skipped, monkeypatch):
+    """A tensor that does not require grad gets no gradient and, when its kernel serves nobody else, no
+    backward work: frozen k and v skip the dK/dV kernel, a frozen q the dQ kernel. k alone frozen still
+    needs the dK/dV kernel for dv. The gradients that are computed match autograd through the reference."""
+    from attn_course.kernels._runtime import kernel_module
+
+    bwd = kernel_module("flash_bwd", torch.device("cpu"))
+    log = []
+    for name in ("_bwd_dkdv", "_bwd_dq"):
+        monkeypatch.setattr(bwd, name, LaunchSpy(name, getattr(bwd, name), log))
+    q, k, v = make_qkv(1, 4, 2, 33, 47, 32, F32)
+    leaves = {name: x.clone().requires_grad_(name not in frozen) for name, x in zip("qkv", (q, k, v), strict=True)}
+    out = flash_attention(*leaves.values(), causal=True)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    out.backward(dout)
+    assert sorted(log) == sorted({"_bwd_dkdv", "_bwd_dq"} - {skipped}), f"launched {log}"
+    ref_leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    reference(*ref_leaves, causal=True).backward(dout)
+    for (name, x), r in zip(leaves.items(), ref_leaves, strict=True):
+        if name in frozen:
+            assert x.grad is None, f"d{name}: a frozen input must get no gradient"
+        else:
+            assert_close_by_rule(f"d{name}", x.grad, r.grad, None, F32)
+
 # ---- torch.compile --------------------------------------------------------------------------------------
 
 def captured(graphs):
@@ -192,6 +232,21 @@ def check_compiled_model(backend, device, dtype, tol=1e-5):
     for name, c, e in zip(("loss", "dq", "dk", "dv"), run(compiled), run(model), strict=True):
         torch.testing.assert_close(c, e, atol=tol, rtol=tol, msg=lambda m, name=name: f"compiled {name}: {m}")
 
+
+def test_torch_compile_with_frozen_keys_and_values():
+    """needs_input_grad reaches the backward operator under compile too: dq only, equal to eager."""
+    q, k, v = make_qkv(1, 4, 2, 33, 47, 32, F32, seed=4)
+
+    def dq_of(fn):
+        leaf = q.clone().requires_grad_(True)
+        return torch.autograd.grad(fn(leaf, k, v).square().sum(), leaf)[0]
+
+    def model(q, k, v):
+        return flash_attention(q, k, v, causal=True)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(dq_of(compiled), dq_of(model), atol=1e-6, rtol=1e-6)
 
 def test_torch_compile_runs_the_varlen_api():
     """Packed sequences compile too (their checks read cu_seqlens, so the graph may break around them)."""
@@ -242,8 +297,9 @@ def test_custom_operators_pass_torch_opcheck(varlen):
     torch.library.opcheck(ops.flash_forward.default, fwd_args)
     out, lse = ops.flash_forward(*fwd_args)
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
-    for grads in ((dout, None), (None, torch.randn_like(lse)), (dout, torch.randn_like(lse))):
-        torch.library.opcheck(ops.flash_backward.default, (*grads, q, k, v, out, lse, 0.25, 7, 0, *tail))
+    for grads, needs in (((dout, None), (True, True)), ((None, torch.randn_like(lse)), (True, True)),
+                         ((dout, torch.randn_like(lse)), (True, False)), ((dout, None), (False, True))):
+        torch.library.opcheck(ops.flash_backward.default, (*grads, q, k, v, out, lse, 0.25, 7, 0, *tail, *needs))
 
 
 def test_a_second_derivative_is_refused_with_a_reason():
