@@ -27,7 +27,8 @@ def _require_tensors(**tensors) -> None:
 def _check_common(q, k, v, layout: str) -> None:
     """dtype, device and head-dim checks shared by the fixed-length and packed entry points."""
     if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k and v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+        raise ValueError(f"q, k and v must share a dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype} (cast them, "
+                         f"or run under torch.autocast, which casts all three as it does for PyTorch's attention)")
     if q.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"the kernels support float16, bfloat16 and float32, got {q.dtype}")
     if not (q.device == k.device == v.device):

@@ -41,6 +41,23 @@ SECOND_DERIVATIVE = (
 )
 
 
+_AUTOCAST_FROM = (torch.float32, torch.float16, torch.bfloat16)  # what autocast lowers (never float64)
+
+
+def autocast_inputs(*tensors):
+    """Inside ``torch.autocast``, q, k and v in the autocast dtype, as PyTorch's own attention casts them
+    (``scaled_dot_product_attention`` is on autocast's lower-precision list): float32 activations then run
+    the 16-bit kernels, and mixed dtypes (say, a float32 q after rotary embeddings, a bfloat16 v) agree.
+    Outside autocast, or for anything but CPU/CUDA floating tensors, the inputs are returned as given."""
+    x = tensors[0]
+    if not isinstance(x, torch.Tensor) or x.device.type not in ("cpu", "cuda"):
+        return tensors
+    if not torch.is_autocast_enabled(x.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(x.device.type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in _AUTOCAST_FROM else t for t in tensors)
+
+
 class FlashAttentionFunction(torch.autograd.Function):
     """``out = softmax(scale q k^T + mask) v`` and ``lse``, forward and backward in Triton, both outputs
     differentiable (the gradient through lse costs one subtraction, see ``_ops``). ``varlen`` is ``None`` or
@@ -82,8 +99,10 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
             differentiable like ``out``.
 
     Returns:
-        ``out [B, H, T_q, D]`` in q's dtype, or ``(out, lse)``.
+        ``out [B, H, T_q, D]`` in q's dtype (inside ``torch.autocast``, its dtype: see
+        :func:`autocast_inputs`), or ``(out, lse)``.
     """
+    q, k, v = autocast_inputs(q, k, v)
     check_fixed(q, k, v)
     scale = check_scale(scale, q.shape[-1])
     out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), None)
@@ -106,6 +125,7 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
         ``out [total_q, H, D]``, or ``(out, lse [H, total_q])`` with ``return_lse``. Sequences never see
         each other.
     """
+    q, k, v = autocast_inputs(q, k, v)
     cu_q, cu_k = check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     scale = check_scale(scale, q.shape[-1])
     varlen = (cu_q, cu_k, max_seqlen_q, max_seqlen_k)

@@ -187,6 +187,37 @@ def test_frozen_inputs_skip_their_backward_kernel(frozen, skipped, monkeypatch):
         else:
             assert_close_by_rule(f"d{name}", x.grad, r.grad, None, F32)
 
+
+def test_autocast_casts_the_inputs_as_pytorchs_attention_does():
+    """Inside ``torch.autocast`` float32 activations run the bfloat16 kernels and mixed dtypes agree, as
+    with ``F.scaled_dot_product_attention``; the gradients reach the float32 leaves through the casts."""
+    q, k, v = make_qkv(1, 4, 2, 33, 47, 32, F32, requires_grad=True)
+    v16 = v.detach().to(BF16)  # e.g. a bfloat16 v beside a float32 q, k (rotary embeddings in float32)
+    with torch.autocast("cpu", dtype=BF16):
+        sdpa = torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(k, 2), repeat_kv(v16, 2))
+        mixed = flash_attention(q, k, v16)
+        out = flash_attention(q, k, v, causal=True)
+    assert sdpa.dtype == mixed.dtype == out.dtype == BF16
+    want = flash_attention(*(x.detach().to(BF16) for x in (q, k, v)), causal=True)
+    assert torch.equal(out, want), "autocast must run exactly the bfloat16 kernel on the cast inputs"
+    assert_close_by_rule("out under autocast", out, reference(q, k, v, causal=True),
+                         torch_same_dtype(*(x.to(BF16) for x in (q, k, v)), causal=True), BF16)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(BF16)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    low = [x.detach().to(BF16).requires_grad_(True) for x in (q, k, v)]
+    expected = torch.autograd.grad(flash_attention(*low, causal=True), low, dout)
+    for name, g, e in zip(("dq", "dk", "dv"), got, expected, strict=True):
+        assert g.dtype == F32, f"{name} must come back in its leaf's dtype"
+        assert torch.equal(g, e.float()), name
+
+
+def test_mixed_dtypes_outside_autocast_are_still_refused():
+    q, k, v = make_qkv(1, 2, 2, 5, 5, 16, F32)
+    with pytest.raises(ValueError, match="must share a dtype.*torch.autocast"):
+        flash_attention(q, k, v.to(BF16))
+    with torch.autocast("cpu", enabled=False), pytest.raises(ValueError, match="must share a dtype"):
+        flash_attention(q, k, v.to(BF16))
+
 # ---- torch.compile --------------------------------------------------------------------------------------
 
 def captured(graphs):

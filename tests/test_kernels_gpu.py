@@ -204,3 +204,11 @@ def test_frozen_keys_and_values_on_the_gpu():
     want = torch.autograd.grad(reference(ql, k, v, causal=True), ql, dout.float())[0]
     budget = torch.autograd.grad(torch_same_dtype(qs, k, v, causal=True), qs, dout)[0]
     assert_close_by_rule("dq", dq, want, budget, torch.float16)
+
+
+def test_autocast_on_the_gpu_runs_the_float16_kernel():
+    q, k, v = make_qkv(2, 8, 2, 1000, 1000, 64, torch.float32, device="cuda")
+    with torch.autocast("cuda"):
+        out = flash_attention(q, k, v, causal=True)
+    assert out.dtype == torch.float16
+    assert torch.equal(out, flash_attention(q.half(), k.half(), v.half(), causal=True))
