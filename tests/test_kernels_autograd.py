@@ -211,6 +211,27 @@ def test_autocast_casts_the_inputs_as_pytorchs_attention_does():
         assert torch.equal(g, e.float()), name
 
 
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_activation_checkpointing_gives_the_same_gradients(reentrant):
+    """``torch.utils.checkpoint`` reruns the forward inside the backward pass (grad mode on, for the
+    reentrant flavour): the kernels' backward must neither refuse that as a second derivative nor differ."""
+    from torch.utils.checkpoint import checkpoint
+
+    q, k, v = make_qkv(1, 4, 2, 33, 47, 32, F32, seed=5)
+
+    def block(q, k, v):
+        return flash_attention(torch.tanh(q), k, v, causal=True)
+
+    def grads_of(run):
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+        run(*leaves).square().sum().backward()
+        return [x.grad for x in leaves]
+
+    plain = grads_of(block)
+    checkpointed = grads_of(lambda *xs: checkpoint(block, *xs, use_reentrant=reentrant))
+    for name, a, b in zip(("dq", "dk", "dv"), checkpointed, plain, strict=True):
+        assert torch.equal(a, b), name
+
 def test_mixed_dtypes_outside_autocast_are_still_refused():
     q, k, v = make_qkv(1, 2, 2, 5, 5, 16, F32)
     with pytest.raises(ValueError, match="must share a dtype.*torch.autocast"):
