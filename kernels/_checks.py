@@ -50,6 +50,8 @@ def _check_common(q, k, v, layout: str) -> None:
 
 
 def _check_heads(H: int, H_kv: int) -> None:
+    if H == H_kv == 0:  # no heads at all: an empty result, as PyTorch's attention gives
+        return
     if H_kv < 1 or H % H_kv != 0:
         raise ValueError(
             f"the number of query heads H={H} must be a multiple of the number of key/value heads H_kv={H_kv} "
@@ -78,7 +80,8 @@ def kernel_window(window, causal: bool) -> tuple[int, int]:
 
 
 def check_fixed(q, k, v) -> None:
-    """q ``[B, H, T_q, D]``, k and v ``[B, H_kv, T_k, D]``."""
+    """q ``[B, H, T_q, D]``, k and v ``[B, H_kv, T_k, D]``. Empty ``B``, ``H``, ``T_q`` or ``T_k`` are
+    allowed (an empty batch on one rank, a sequence with no cached keys yet): see ``_ops.nothing_to_compute``."""
     _require_tensors(q=q, k=k, v=v)
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.dim() != 4:
@@ -87,8 +90,6 @@ def check_fixed(q, k, v) -> None:
                 f"for flash-attn's [B, T, H, D] layout use flash_attn_func, for packed [total_T, H, D] "
                 f"sequences use flash_attention_varlen"
             )
-        if min(x.shape) < 1:
-            raise ValueError(f"{name} has an empty dimension: shape {tuple(x.shape)}")
     _check_common(q, k, v, "[B, H, T, D]")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape [B, H_kv, T_k, D], got {tuple(k.shape)} and "
@@ -109,8 +110,6 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
             raise ValueError(
                 f"{name} must be 3-D [total_T, H, D] (packed sequences, end to end), got shape {tuple(x.shape)}"
             )
-        if x.shape[1] < 1:
-            raise ValueError(f"{name} has no heads: shape {tuple(x.shape)}")
     _check_common(q, k, v, "[total_T, H, D]")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape [total_k, H_kv, D], got {tuple(k.shape)} and "

@@ -16,6 +16,10 @@ The gradient through ``lse``: with ``dlse`` the gradient of the loss with respec
 ``d lse_i / d s_ij = P_ij``, so the score gradient ``dS = P * (dP - delta)`` becomes
 ``P * (dP - (delta - dlse))``: the backward kernels run unchanged on ``delta - dlse``. A row with no
 allowed key has ``lse = -inf`` whatever the inputs, a constant, so its ``dlse`` contributes nothing.
+
+Empty inputs launch nothing (:func:`nothing_to_compute`): with no query or no key there is no score to
+compute, every row has no allowed key (zeros, ``lse = -inf``) and every gradient is zero. A launch would
+fail on them anyway: a tensor descriptor cannot describe an empty dimension.
 """
 
 from __future__ import annotations
@@ -54,10 +58,18 @@ def drop_unneeded(grads, need_dq: bool, need_dkdv: bool):
     return tuple(g if need else g.new_empty(0) for g, need in zip(grads, needed, strict=True))
 
 
+def nothing_to_compute(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """No (query, key) pair at all: an empty batch, no heads, ``T_q = 0`` or ``T_k = 0`` (packed: no tokens)."""
+    return q.numel() == 0 or k.numel() == 0
+
+
 # ---- the launches ---------------------------------------------------------------------------------------
 
 def _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                     max_seqlen_k):
+    if nothing_to_compute(q, k):  # every row has no allowed key
+        out, lse = forward_buffers(q, cu_seqlens_q is not None)
+        return out.zero_(), lse.fill_(float("-inf"))
     with on_device(q.device):
         fwd = kernel_module("flash_fwd", q.device)
         if cu_seqlens_q is None:
@@ -68,6 +80,8 @@ def _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_
 
 def _launch_backward(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k,
                      max_seqlen_q, max_seqlen_k, need_dq, need_dkdv):
+    if nothing_to_compute(q, k):  # no score depends on any input
+        return drop_unneeded(tuple(g.zero_() for g in backward_buffers(q, k, v)), need_dq, need_dkdv)
     with on_device(q.device):
         bwd = kernel_module("flash_bwd", q.device)
         if dout is None:  # only lse reached the loss

@@ -16,7 +16,8 @@ flash-attn's own signatures (``flash_attn_func``, ``flash_attn_varlen_func``) ar
     q2       1 1 1 1 1
 
 ``window=(left, right)`` lets query position ``p`` see keys ``p - left ... p + right`` (``-1``: no limit);
-``causal=True`` is ``right = 0``. A query with no allowed key returns zeros and ``lse = -inf``.
+``causal=True`` is ``right = 0``. A query with no allowed key returns zeros and ``lse = -inf``; so does
+every query when ``T_k = 0``. Empty inputs (``B``, ``H`` or a length 0) are allowed and launch nothing.
 
 Both ``out`` and ``lse`` are differentiable (lse's gradient rides on the same backward kernels), and
 ``torch.compile`` traces through these functions: the launches are custom operators (``_ops``).

@@ -22,6 +22,7 @@ from test_kernels_common import (
     torch_same_dtype,
 )
 from test_kernels_common import check_case as check_on_device
+from test_kernels_empty import EMPTY, check_empty, launches  # noqa: F401 (launches: a fixture)
 
 from attn_course.kernels import _tiles, _variants, flash_attention, flash_attention_varlen, flash_attn_func
 from attn_course.kernels._runtime import kernel_module
@@ -212,3 +213,10 @@ def test_autocast_on_the_gpu_runs_the_float16_kernel():
         out = flash_attention(q, k, v, causal=True)
     assert out.dtype == torch.float16
     assert torch.equal(out, flash_attention(q.half(), k.half(), v.half(), causal=True))
+
+
+@pytest.mark.parametrize("shape", EMPTY.values(), ids=EMPTY.keys())
+def test_empty_inputs_on_the_gpu_launch_nothing(shape, launches):  # noqa: F811 (the imported fixture)
+    """On Hopper, ``auto`` would pick the TMA variant, whose descriptors cannot describe an empty dimension:
+    no kernel may be launched, and the results are attention's (zeros, ``lse = -inf``, zero gradients)."""
+    check_empty(shape, True, torch.float16, "cuda", launches)
