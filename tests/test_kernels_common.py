@@ -141,6 +141,25 @@ def check_case(case, device="cpu"):
         assert_close_by_rule(name, g, w, b, dtype)
 
 
+def _poisoned(make_buffers):
+    def make(*args, **kwargs):
+        return tuple(x.fill_(float("nan")) for x in make_buffers(*args, **kwargs))
+    return make
+
+
+def poison_kernel_outputs(monkeypatch) -> None:
+    """Make the kernels' output buffers NaN-filled instead of uninitialised, for the rest of the test, in the
+    kernel modules of every device this machine has (see ``conftest._poison_kernel_outputs``)."""
+    from attn_course.kernels import _ops
+    from attn_course.kernels._runtime import kernel_module
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        monkeypatch.setattr(kernel_module("flash_fwd", device), "forward_buffers", _poisoned(_ops.forward_buffers))
+        monkeypatch.setattr(kernel_module("flash_bwd", device), "backward_buffers",
+                            _poisoned(_ops.backward_buffers))
+
+
 def test_reference_agrees_with_plain_softmax_on_a_full_mask():
     q, k, v = make_qkv(1, 2, 1, 5, 7, 16, torch.float32)
     expected = torch.softmax(q @ k.repeat(1, 2, 1, 1).transpose(-2, -1) / 4.0, dim=-1) @ v.repeat(1, 2, 1, 1)
@@ -156,3 +175,14 @@ def test_rule_rejects_a_wrong_answer():
     except AssertionError:
         return
     raise AssertionError("the tolerance rule accepted an output that is off by 0.05 everywhere")
+
+
+
+def test_kernel_outputs_start_as_nan_in_the_kernel_tests():
+    """The conftest fixture is on here: a buffer the kernels would write starts as NaN, not as recycled memory."""
+    from attn_course.kernels._runtime import kernel_module
+
+    q = torch.randn(1, 2, 5, 16)
+    out, lse = kernel_module("flash_fwd", q.device).forward_buffers(q, False)
+    grads = kernel_module("flash_bwd", q.device).backward_buffers(q, q, q)
+    assert all(x.isnan().all() for x in (out, lse, *grads))
