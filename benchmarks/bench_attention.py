@@ -102,8 +102,12 @@ def kernel_variant(name: str | None):
     return _variants.settings(kernel=name)
 
 
+QUANTILES = [0.5, 0.2, 0.8]  # do_bench returns its mean unless asked: the median, and the spread around it
+
+
 def time_one(name, fn, q, k, v, causal, backward: bool):
-    """Milliseconds per call (median of do_bench), or None when the implementation cannot run this shape."""
+    """``(median ms per call, (20th, 80th percentile ms))`` from do_bench, or ``(None, None)`` when the
+    implementation cannot run this shape. A ratio between two contenders whose spreads overlap is noise."""
     try:
         if backward:
             qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
@@ -117,12 +121,13 @@ def time_one(name, fn, q, k, v, causal, backward: bool):
             def step():
                 fn(q, k, v, causal)
         step()
-        return triton.testing.do_bench(step, warmup=25, rep=100)
+        median, low, high = triton.testing.do_bench(step, warmup=25, rep=100, quantiles=QUANTILES)
+        return median, (low, high)
     except (RuntimeError, torch.OutOfMemoryError) as e:  # unsupported shape / backend, or out of memory
         print(f"    {name}: ({type(e).__name__}: {str(e).splitlines()[0][:100]})")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        return None
+        return None, None
 
 
 HEAD_DIMS = (64, 128)  # the goals' head dims; --head-dim adds others (256)
@@ -184,11 +189,11 @@ def run_gpu(shapes, budget_s: float | None, save, *, impls=None, device="cuda", 
         for backward in (False, True):
             flops = attention_flops(B, H, T, T, D, causal=causal, backward=backward)
             row = {"dtype": str(dtype)[6:], "D": D, "causal": causal, "T": T, "B": B, "H": H,
-                   "pass": "fwd+bwd" if backward else "fwd", "ms": {}, "tflops": {}}
+                   "pass": "fwd+bwd" if backward else "fwd", "ms": {}, "spread_ms": {}, "tflops": {}}
             for name, fn in impls.items():
                 with kernel_variant(VARIANT_OF.get(name)):
-                    ms = time_one(name, fn, q, k, v, causal, backward)
-                row["ms"][name] = ms
+                    ms, spread = time_one(name, fn, q, k, v, causal, backward)
+                row["ms"][name], row["spread_ms"][name] = ms, spread
                 row["tflops"][name] = None if ms is None else flops / ms * 1e-9
                 if name == "triton":  # which variant auto ran (the last launch for this dtype and head dim)
                     row["variant"] = {part: _variants.used((str(q.device), dtype, D, part))

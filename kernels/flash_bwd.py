@@ -394,6 +394,7 @@ if __name__ == "__main__":
                        for _ in range(3))
             o = flash_attention(q, k, v, causal=True)
             g = torch.randn_like(o)
-            ms = triton.testing.do_bench(lambda q=q, k=k, v=v, g=g: flash_attention(q, k, v, causal=True).backward(g))
+            ms = triton.testing.do_bench(lambda q=q, k=k, v=v, g=g: flash_attention(q, k, v, causal=True).backward(g),
+                                         return_mode="median")
             tflops = attention_flops(4, 16, T, T, 128, causal=True, backward=True) / ms * 1e-9
             print(f"T={T:6d} D=128 causal fp16 fwd+bwd: {ms:.3f} ms, {tflops:.0f} TFLOP/s")

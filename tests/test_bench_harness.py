@@ -43,10 +43,12 @@ def fake_impls():
 
 @pytest.fixture
 def fixed_timer(bench, monkeypatch):
-    """do_bench(step) runs step once and reports the cost of the contender it called."""
-    def do_bench(step, warmup, rep):
+    """do_bench(step) runs step once and reports the cost of the contender it called, as the quantiles asked
+    for (median, 20th, 80th percentile: the cost, 2% under and 2% over)."""
+    def do_bench(step, warmup, rep, quantiles):
+        assert quantiles == [0.5, 0.2, 0.8], "the benchmark must ask for the median (do_bench's default is the mean)"
         step()
-        return do_bench.ms
+        return [do_bench.ms, 0.98 * do_bench.ms, 1.02 * do_bench.ms]
     do_bench.ms = None
     original = bench.time_one
 
@@ -74,6 +76,8 @@ def test_rows_ratios_and_failures_are_recorded(bench, tmp_path):
     assert row["speedup_vs"]["FLASH_ATTENTION"] == pytest.approx(1.5)
     assert row["speedup_vs"]["triton-pointer"] == pytest.approx(1.25)
     assert row["ms"]["CUDNN_ATTENTION"] is None and row["speedup_vs"]["CUDNN_ATTENTION"] is None
+    assert row["ms"]["triton"] == 2.0 and row["spread_ms"]["triton"] == pytest.approx((1.96, 2.04))
+    assert row["spread_ms"]["CUDNN_ATTENTION"] is None
     from attn_course.cost import attention_flops
 
     flops = attention_flops(2, 2, 64, 64, 16, causal=False, backward=False)
