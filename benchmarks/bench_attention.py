@@ -6,7 +6,9 @@ each of PyTorch SDPA's backends on its own (FLASH_ATTENTION = FlashAttention-2, 
 EFFICIENT_ATTENTION, MATH) and a naive PyTorch attention, for T = 512 ... 16384 (longest first), D in 64
 and 128, causal and not, float16 and bfloat16, timed with ``triton.testing.do_bench``. Prints TFLOP/s
 (FLOPs from ``attn_course.cost.attention_flops``), the variant that ran and the kernel's speed ratio to
-every other implementation; writes ``benchmarks/results/<device>.json`` (after every shape, so a run cut
+every other implementation (medians, with the 20th-80th percentile spread in the JSON), and the kernel's
+TFLOP/s as a fraction of the device's ceiling measured in the same run (a dense matrix product; a copy's
+bandwidth is recorded beside it); writes ``benchmarks/results/<device>.json`` (after every shape, so a run cut
 short keeps what it measured) and ``<device>.png``, stamped with the device and the torch, triton and CUDA
 versions.
 
@@ -130,6 +132,29 @@ def time_one(name, fn, q, k, v, causal, backward: bool):
         return None, None
 
 
+def measure_ceilings(device="cuda", n=8192, copy_bytes=1 << 32) -> dict:
+    """The device's two ceilings, measured in this run (METHOD.md): a dense ``n x n x n`` matrix product per
+    16-bit dtype on random data (TFLOP/s: attention's products cannot beat it) and a device-to-device copy
+    (TB/s, counting bytes read and written). Each is the median of do_bench."""
+    def median_ms(fn):
+        return triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=QUANTILES)[0]
+
+    ceilings = {"matmul_n": n, "matmul_tflops": {}, "copy_bytes": copy_bytes}
+    for dtype in (torch.float16, torch.bfloat16):
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        ceilings["matmul_tflops"][str(dtype)[6:]] = 2 * n**3 / median_ms(lambda a=a, b=b: a @ b) * 1e-9
+    src = torch.randn(copy_bytes // 4, device=device)  # float32
+    dst = torch.empty_like(src)
+    ceilings["copy_tbps"] = 2 * copy_bytes / median_ms(lambda: dst.copy_(src)) * 1e-9
+    return ceilings
+
+
+def format_ceilings(c: dict) -> str:
+    mm = ", ".join(f"{d} {t:.0f}" for d, t in c["matmul_tflops"].items())
+    return (f"ceilings measured in this run: {c['matmul_n']}^3 matrix product TFLOP/s {mm}; "
+            f"copy {c['copy_tbps']:.2f} TB/s")
+
+
 HEAD_DIMS = (64, 128)  # the goals' head dims; --head-dim adds others (256)
 
 
@@ -171,15 +196,18 @@ def warm_compile(workers: int, head_dims=HEAD_DIMS) -> None:
 
 
 def run_gpu(shapes, budget_s: float | None, save, *, impls=None, device="cuda", tokens=TOKENS,
-            model_dim=MODEL_DIM) -> dict:
+            model_dim=MODEL_DIM, ceilings=None) -> dict:
     """Time every contender on every shape of ``shapes`` (see :func:`gpu_shapes`); ``save(result)`` after
     each shape (a run killed or cut short by ``budget_s`` keeps what it measured). A shape has
-    ``tokens // T`` sequences of ``model_dim // D`` heads."""
+    ``tokens // T`` sequences of ``model_dim // D`` heads. With ``ceilings`` (:func:`measure_ceilings`),
+    each row also gives the kernel's TFLOP/s as a fraction of the matrix product's in its dtype."""
     from attn_course.kernels import _variants
 
     impls = implementations() if impls is None else impls
     start = time.perf_counter()
     result = {"kind": "gpu-speed", "complete": False, "rows": [], "skipped_for_time": []}
+    if ceilings is not None:
+        result["ceilings"] = ceilings
     for T, dtype, D, causal in shapes:
         if budget_s is not None and time.perf_counter() - start > budget_s:
             result["skipped_for_time"].append({"T": T, "dtype": str(dtype)[6:], "D": D, "causal": causal})
@@ -201,6 +229,8 @@ def run_gpu(shapes, budget_s: float | None, save, *, impls=None, device="cuda", 
             tri = row["ms"]["triton"]
             row["speedup_vs"] = {n: (None if m is None or tri is None else m / tri)
                                  for n, m in row["ms"].items() if n != "triton"}
+            if ceilings is not None and tri is not None:
+                row["triton_of_matmul"] = row["tflops"]["triton"] / ceilings["matmul_tflops"][row["dtype"]]
             result["rows"].append(row)
             print(format_row(row), flush=True)
         del q, k, v
@@ -217,8 +247,9 @@ def format_row(row) -> str:
     tf = "  ".join(f"{n}={'-' if t is None else f'{t:6.1f}'}" for n, t in row["tflops"].items())
     sp = " ".join(f"{n}:{'-' if r is None else f'{r:.2f}x'}" for n, r in row["speedup_vs"].items())
     ran = ",".join(f"{v}" for v in row.get("variant", {}).values())
+    of = f", {row['triton_of_matmul']:.0%} of matmul" if "triton_of_matmul" in row else ""
     return (f"{row['dtype']:8s} D={row['D']:3d} causal={row['causal']!s:5s} T={row['T']:5d} {row['pass']:7s} "
-            f"TFLOP/s {tf} | triton ({ran}) speed-up vs {sp}")
+            f"TFLOP/s {tf} | triton ({ran}{of}) speed-up vs {sp}")
 
 
 def plot_gpu(result: dict, path: Path, st: dict) -> None:
@@ -236,6 +267,9 @@ def plot_gpu(result: dict, path: Path, st: dict) -> None:
             pts = [(r["T"], r["tflops"][name]) for r in rows if r["tflops"][name] is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=name, lw=2.5 if name == "triton" else 1)
+        if "ceilings" in result:
+            ax.axhline(result["ceilings"]["matmul_tflops"][key[0]], ls="--", c="grey", lw=1,
+                       label="matrix product (measured)")
         ax.set_xscale("log", base=2)
         ax.set_title(f"{key[0]} D={key[1]} {'causal' if key[2] else 'full'} {key[3]}", fontsize=9)
         ax.set_xlabel("T")
@@ -323,7 +357,10 @@ def main(argv=None) -> int:
         head_dims = tuple(args.head_dim or HEAD_DIMS)
         if args.warm_workers > 1:
             warm_compile(args.warm_workers, head_dims)
-        result, plot = run_gpu(gpu_shapes(args.quick, head_dims), args.budget_s, save), plot_gpu
+        ceilings = measure_ceilings()
+        print(format_ceilings(ceilings), flush=True)
+        result = run_gpu(gpu_shapes(args.quick, head_dims), args.budget_s, save, ceilings=ceilings)
+        plot = plot_gpu
     else:
         result, plot = run_cpu(args.quick, args.max_kernel_T), plot_cpu
     save(result)

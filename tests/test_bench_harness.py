@@ -101,10 +101,32 @@ def test_shapes_put_the_goal_lengths_first(bench):
     assert {D for _, _, D, _ in bench.gpu_shapes(quick=True, head_dims=(256,))} == {256}
 
 
+def test_ceilings_are_computed_in_the_right_units(bench, monkeypatch):
+    """A 64^3 product taking 0.5 ms is 2 * 64^3 / 0.5e-3 FLOP/s; copying 1 MiB in 0.5 ms moves 2 MiB (read and
+    written) in that time. Each ceiling is do_bench's median (the first quantile asked for)."""
+    def do_bench(fn, warmup, rep, quantiles):
+        fn()
+        return [0.5, 0.4, 0.6]
+    monkeypatch.setattr(bench.triton.testing, "do_bench", do_bench)
+    c = bench.measure_ceilings(device="cpu", n=64, copy_bytes=1 << 20)
+    assert c["matmul_tflops"] == pytest.approx({"float16": 2 * 64**3 / 0.5e-3 / 1e12,
+                                                "bfloat16": 2 * 64**3 / 0.5e-3 / 1e12})
+    assert c["copy_tbps"] == pytest.approx(2 * 2**20 / 0.5e-3 / 1e12)
+    assert "copy 0.00 TB/s" in bench.format_ceilings(c)
+
+
+CEILINGS = {"matmul_n": 8192, "matmul_tflops": {"float32": 4.0e-6, "float16": 1.0, "bfloat16": 1.0},
+            "copy_bytes": 1, "copy_tbps": 1.0}
+
+
 @pytest.mark.usefixtures("fixed_timer")
 def test_the_plot_is_drawn_from_the_rows(bench, tmp_path):
     result = bench.run_gpu(SHAPES, None, lambda r: None, impls=fake_impls(), device="cpu", tokens=128,
-                           model_dim=32)
+                           model_dim=32, ceilings=CEILINGS)
+    row = result["rows"][0]
+    assert result["ceilings"] == CEILINGS
+    assert row["triton_of_matmul"] == pytest.approx(row["tflops"]["triton"] / 4.0e-6)
+    assert f"{row['triton_of_matmul']:.0%} of matmul" in bench.format_row(row)
     path = tmp_path / "plot.png"
     bench.plot_gpu({"stamp": bench.stamp(), **result}, path, {**bench.stamp(), "device": "test", "cuda": None})
     assert path.stat().st_size > 10_000
