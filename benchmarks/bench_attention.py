@@ -237,6 +237,7 @@ def run_gpu(shapes, budget_s: float | None, save, *, impls=None, device="cuda", 
         if device == "cuda":
             torch.cuda.empty_cache()
         result["variant_failures"] = {" ".join(map(str, k)): why for k, why in _variants.broken().items()}
+        result["tuned_configs"] = _variants.tuned_configs()  # the tile shapes that won, per kernel and key
         save(result)
     result["complete"] = not result["skipped_for_time"]
     result["elapsed_s"] = round(time.perf_counter() - start, 1)

@@ -138,6 +138,17 @@ def autotuned(kernel, variant: Variant, configs, tag=None):
     return _autotuned[cache_key]
 
 
+def tuned_configs() -> dict[str, dict[str, str]]:
+    """What the autotuner has picked in this process, for the benchmark's record: for each autotuned kernel
+    (``"<kernel> <variant> D=<head dim>"``), each tuning key it has seen (the values of :data:`TUNE_KEY`,
+    then the arguments' dtypes) -> the winning tile shape."""
+    picked = {}
+    for (_, variant, tag), tuner in _autotuned.items():
+        name = f"{tuner.base_fn.__name__} {variant} D={tag}"
+        picked[name] = {" ".join(map(str, key)): str(config) for key, config in tuner.cache.items()}
+    return {name: keys for name, keys in picked.items() if keys}
+
+
 def _tuning_bench(kernel_call, quantiles):
     """The autotuner's timer: shorter than Triton's default (25 ms warm-up, 100 ms of runs) per config,
     which is plenty to rank tile shapes and keeps a first call at a new length quick."""

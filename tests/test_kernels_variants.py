@@ -256,3 +256,21 @@ def test_the_autotuner_keys_on_lengths_rounded_to_a_power_of_two():
     bucket tunes again."""
     assert _tuning_keys(1000, 777) == _tuning_keys(1024, 1000) != _tuning_keys(1025, 1000)
     assert _tuning_keys(1000, 777) != _tuning_keys(1000, 1025)
+
+
+def test_the_tile_shapes_the_autotuner_picked_are_reported(monkeypatch):
+    """The benchmark records what won, per kernel, variant, head dim and tuning key (the tiles are the first
+    thing to look at when a shape is slow). The interpreter never autotunes, so a pick is planted where
+    Triton's autotuner keeps its picks (``Autotuner.cache``, in triton 3.6 and 3.9 alike)."""
+    monkeypatch.setattr(_variants, "_autotuned", {})
+    fwd = kernel_module("flash_fwd", torch.device("cuda"))
+    tma = _variants.VARIANTS["tma"]
+    configs = fwd.configs(tma, 64)
+    tuner = _variants.autotuned(fwd._attn_fwd, tma, configs, tag=64)
+    _variants.autotuned(fwd._attn_fwd, _variants.VARIANTS["pointer"], fwd.configs(_variants.VARIANTS["pointer"], 64),
+                        tag=64)  # not run yet: left out
+    assert _variants.tuned_configs() == {}
+    tuner.cache[(1024, 4096, 64, "torch.float16")] = configs[-1]
+    picked = _variants.tuned_configs()
+    assert picked == {"_attn_fwd tma D=64": {"1024 4096 64 torch.float16": str(configs[-1])}}
+    assert f"BLOCK_M: {configs[-1].kwargs['BLOCK_M']}" in str(configs[-1])
