@@ -8,6 +8,7 @@ its compiler (or, worse, read out of bounds). Every check here runs first and ra
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -102,8 +103,9 @@ def check_fixed(q, k, v) -> None:
 
 
 def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-    """Packed q ``[total_q, H, D]``, k and v ``[total_k, H_kv, D]``; returns int32 ``cu_seqlens`` on
-    q's device."""
+    """Packed q ``[total_q, H, D]``, k and v ``[total_k, H_kv, D]``; returns int32 contiguous ``cu_seqlens``
+    on q's device (the caller's own tensors when they already are). See :func:`host_cu_seqlens` for what
+    checking the *values* of ``cu_seqlens`` that live on a GPU costs, and when it is skipped."""
     _require_tensors(q=q, k=k, v=v)
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.dim() != 3:
@@ -118,23 +120,60 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     cus = []
     for name, cu, x, max_len in (("cu_seqlens_q", cu_seqlens_q, q, max_seqlen_q),
                                  ("cu_seqlens_k", cu_seqlens_k, k, max_seqlen_k)):
-        try:
-            cu = check_cu_seqlens(cu).to("cpu")
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{name}: {e}") from None
-        if int(cu[-1]) != x.shape[0]:
-            raise ValueError(f"{name} must end at the number of packed tokens ({x.shape[0]}), got {cu.tolist()}")
-        if isinstance(max_len, bool) or not isinstance(max_len, int):
-            raise ValueError(f"max_seqlen for {name} must be an int, got {max_len!r}")
-        longest = int((cu[1:] - cu[:-1]).max())
-        if max_len < longest:
-            raise ValueError(f"max_seqlen for {name} is {max_len} but its longest sequence has {longest} tokens")
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 0:
+            raise ValueError(f"max_seqlen for {name} must be an int >= 0, got {max_len!r}")
         if max_len >= UNBOUNDED:
             raise ValueError(f"sequences must be shorter than {UNBOUNDED} tokens")
-        cus.append(cu)
+        try:
+            host = host_cu_seqlens(cu)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{name}: {e}") from None
+        if host is not None:  # the values are known: check them against the tensors
+            if int(host[-1]) != x.shape[0]:
+                raise ValueError(f"{name} must end at the number of packed tokens ({x.shape[0]}), got "
+                                 f"{host.tolist()}")
+            longest = int((host[1:] - host[:-1]).max())
+            if max_len < longest:
+                raise ValueError(f"max_seqlen for {name} is {max_len} but its longest sequence has {longest} "
+                                 f"tokens")
+        cus.append(cu if isinstance(cu, torch.Tensor) and cu.device == q.device else host)
     if cus[0].numel() != cus[1].numel():
         raise ValueError(
             f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
             f"{cus[0].numel() - 1} and {cus[1].numel() - 1}"
         )
-    return tuple(cu.to(device=q.device, dtype=torch.int32) for cu in cus)
+    return tuple(cu.to(device=q.device, dtype=torch.int32).contiguous() for cu in cus)
+
+
+_host_copies: dict[int, tuple[int, torch.Tensor]] = {}  # id(cu_seqlens) -> (its version, checked host copy)
+
+
+def host_cu_seqlens(cu) -> torch.Tensor | None:
+    """``cu_seqlens`` checked (1-D integers from 0, non-decreasing) and on the host, or ``None`` when its
+    values cannot be read now.
+
+    Reading a GPU tensor's values waits for everything queued on the GPU (a synchronisation), so a
+    ``cu_seqlens`` tensor is copied once per *version*: a model passes the same tensor to every layer, and
+    only the first layer's call pays; writing into it in place makes a new version, checked again. (A
+    tensor made under ``torch.inference_mode`` has no version counter: it is checked at every call.)
+    During CUDA graph capture, where a copy to the host is not allowed, a tensor not checked before gets
+    its shape and dtype checked only: its values are ``None`` here, and the kernels trust them, as
+    flash-attn always does.
+    """
+    if not isinstance(cu, torch.Tensor) or torch.compiler.is_compiling():
+        return check_cu_seqlens(cu).to("cpu")
+    key, version = id(cu), None if cu.is_inference() else cu._version
+    hit = _host_copies.get(key)
+    if hit is not None and version is not None and hit[0] == version:
+        return hit[1]
+    if cu.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        if cu.dim() != 1 or cu.numel() < 2 or cu.dtype.is_floating_point or cu.dtype == torch.bool:
+            raise ValueError(f"cu_seqlens must be a 1-D integer tensor [0, l1, l1+l2, ...] with at least 2 "
+                             f"entries, got {cu.dtype} of shape {tuple(cu.shape)}")
+        return None  # (shape and dtype only: the values stay on the GPU)
+    host = check_cu_seqlens(cu.detach().to("cpu", copy=True))  # (a copy: the cache must not keep cu alive)
+    if version is not None:
+        if hit is None:  # forget the copy when the tensor goes (before its id can be reused)
+            weakref.finalize(cu, _host_copies.pop, key, None)
+        _host_copies[key] = (version, host)
+    return host

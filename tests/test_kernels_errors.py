@@ -59,6 +59,7 @@ def packed():
     ([0, 4, 10], [0, 12], 6, 12, "same number of sequences"),
     ([0, 4, 10], [0, 5, 12], 5, 7, "longest sequence has 6 tokens"),
     ([0, 4, 10], [0, 5, 12], 6, 7.0, "must be an int"),
+    ([0, 4, 10], [0, 5, 12], -1, 7, "must be an int >= 0, got -1"),
     (torch.tensor([0.0, 4.0, 10.0]), [0, 5, 12], 6, 7, "integer"),
 ])
 def test_bad_cu_seqlens(cu_q, cu_k, max_q, max_k, match):

@@ -220,3 +220,51 @@ def test_empty_inputs_on_the_gpu_launch_nothing(shape, launches):  # noqa: F811 
     """On Hopper, ``auto`` would pick the TMA variant, whose descriptors cannot describe an empty dimension:
     no kernel may be launched, and the results are attention's (zeros, ``lse = -inf``, zero gradients)."""
     check_empty(shape, True, torch.float16, "cuda", launches)
+
+
+def _captured(warm_up, capture):
+    """``(graph, output)``: ``warm_up()`` run on a side stream (compiling, checking cu_seqlens), then
+    ``capture()`` recorded into a CUDA graph, as serving code does."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        warm_up()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = capture()
+    return graph, out
+
+
+def test_cuda_graph_capture_and_replay():
+    """Serving records the forward in a CUDA graph, which forbids any wait on the GPU inside the call. A
+    replay on new inputs (copied into the captured tensors) must give the eager kernels' bits. Packed
+    batches: cu_seqlens checked before the capture are not read again; one first seen during the capture
+    gets its shape checked only (its values would need a copy to the host)."""
+    q, k, v = make_qkv(2, 8, 2, 1000, 1000, 64, torch.float16, device="cuda")
+
+    def fixed():
+        return flash_attention(q, k, v, causal=True)
+
+    graph, out = _captured(fixed, fixed)
+    for x, new in zip((q, k, v), make_qkv(2, 8, 2, 1000, 1000, 64, torch.float16, device="cuda", seed=1),
+                      strict=True):
+        x.copy_(new)
+    graph.replay()
+    assert torch.equal(out, fixed()), "the replayed graph differs from the eager kernel on the new inputs"
+
+    lens_q, lens_k = [300, 1, 700], [500, 64, 700]
+    cu_q, cu_k = (torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+                  for lens in (lens_q, lens_k))
+    qp, kp, vp = (torch.randn(sum(lens), h, 128, device="cuda", dtype=torch.bfloat16)
+                  for lens, h in ((lens_q, 8), (lens_k, 2), (lens_k, 2)))  # (total_T, H, D)
+    unseen_cu_k = cu_k.clone()
+
+    def packed(cu_k):
+        return lambda: flash_attention_varlen(qp, kp, vp, cu_q, cu_k, 700, 700, causal=True)
+
+    for cu in (cu_k, unseen_cu_k):
+        graph, out = _captured(packed(cu_k), packed(cu))
+        qp.normal_()
+        graph.replay()
+        assert torch.equal(out, packed(cu_k)()), "a replayed packed batch differs from the eager kernel"

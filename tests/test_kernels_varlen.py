@@ -74,3 +74,66 @@ def test_sequences_do_not_see_each_other():
     out2 = flash_attention_varlen(q, k2, v2, cu_q, cu_k, 113, 113)
     assert torch.equal(out[:cu_q[1]], out2[:cu_q[1]]) and torch.equal(out[cu_q[2]:], out2[cu_q[2]:])
     assert not torch.equal(out[cu_q[1]:cu_q[2]], out2[cu_q[1]:cu_q[2]])
+
+
+def small_packed():
+    """q, k, v and their cu_seqlens for LENS_Q / LENS_K with 2 heads of 16, no grad."""
+    (q, cu_q), (k, cu_k), (v, _) = (packed(lens, 2, 16, torch.float32, seed)
+                                    for lens, seed in ((LENS_Q, 0), (LENS_K, 1), (LENS_K, 2)))
+    return q, k, v, cu_q, cu_k
+
+
+@pytest.fixture
+def value_reads(monkeypatch):
+    """The cu_seqlens whose values the checks read (on a GPU, each read waits for the GPU to finish)."""
+    from attn_course.kernels import _checks
+
+    reads, real = [], _checks.check_cu_seqlens
+    monkeypatch.setattr(_checks, "check_cu_seqlens", lambda cu: reads.append(cu) or real(cu))
+    return reads
+
+
+def test_cu_seqlens_values_are_read_once_per_version(value_reads):
+    """A model passes the same cu_seqlens to every layer: their values are read and checked at the first
+    call only, and again after an in-place write (which could have broken them)."""
+    q, k, v, cu_q, cu_k = small_packed()
+
+    def call():
+        return flash_attention_varlen(q, k, v, cu_q, cu_k, max(LENS_Q), max(LENS_K), causal=True)
+
+    first = call()
+    for _ in range(3):
+        assert torch.equal(call(), first)
+    assert len(value_reads) == 2, "each cu_seqlens is read once, however many layers use it"
+    cu_k[1] = cu_k[2] + 1  # written in place: no longer sorted
+    with pytest.raises(ValueError, match="cu_seqlens_k: cu_seqlens must be sorted"):
+        call()
+    cu_k[1] = LENS_K[0]  # repaired in place
+    assert torch.equal(call(), first) and len(value_reads) == 4, "cu_k read twice more, cu_q never again"
+
+
+def test_inference_mode_cu_seqlens_are_checked_at_every_call(value_reads):
+    """A tensor made under ``torch.inference_mode`` has no version counter to tell a write: no caching."""
+    q, k, v, _, _ = small_packed()
+    with torch.inference_mode():
+        cu_q, cu_k = (torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+                      for lens in (LENS_Q, LENS_K))
+        for _ in range(2):
+            flash_attention_varlen(q, k, v, cu_q, cu_k, max(LENS_Q), max(LENS_K))
+    assert len(value_reads) == 4
+
+
+def test_checked_cu_seqlens_are_forgotten_with_their_tensor():
+    """The cache of checked values holds no reference to the tensors: nothing leaks, and an id reused by a
+    later tensor cannot find an old tensor's values."""
+    import gc
+
+    from attn_course.kernels import _checks
+
+    q, k, v, cu_q, cu_k = small_packed()
+    flash_attention_varlen(q, k, v, cu_q, cu_k, max(LENS_Q), max(LENS_K))
+    keys = [id(cu_q), id(cu_k)]
+    assert all(key in _checks._host_copies for key in keys)
+    del cu_q, cu_k
+    gc.collect()
+    assert not any(key in _checks._host_copies for key in keys)
