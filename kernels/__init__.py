@@ -10,7 +10,8 @@ Files, in reading order:
 * ``flash_bwd.py``: the backward kernels (FlashAttention-2: recompute P from the saved logsumexp);
 * ``_tiles.py``: masks, loop bounds and tile loads shared by both (full vs masked tiles; pointers vs TMA);
 * ``flash_attention.py``: the ``torch.autograd.Function`` and the public functions;
-* ``flash_attn_compat.py``: flash-attn's ``flash_attn_func`` / ``flash_attn_varlen_func``, same signatures;
+* ``flash_attn_compat.py``: flash-attn's ``flash_attn_func`` / ``flash_attn_varlen_func`` and their packed
+  (qkv, kv) forms, with flash-attn's signatures;
 * ``_ops.py``: the launches as PyTorch custom operators, for ``torch.compile``; the gradient through lse;
 * ``_variants.py``: which variant runs (``pointer``, ``tma``, ``tma+ws``) and whether tiles are autotuned;
 * ``_checks.py``: input checks; ``_runtime.py``: compiled vs interpreted kernels, chosen per device;
@@ -26,13 +27,24 @@ from .flash_attention import (
     flash_attention_varlen,
     swap_seq_and_heads,
 )
-from .flash_attn_compat import flash_attn_func, flash_attn_varlen_func
+from .flash_attn_compat import (
+    flash_attn_func,
+    flash_attn_kvpacked_func,
+    flash_attn_qkvpacked_func,
+    flash_attn_varlen_func,
+    flash_attn_varlen_kvpacked_func,
+    flash_attn_varlen_qkvpacked_func,
+)
 
 __all__ = [
     "FlashAttentionFunction",
     "flash_attention",
     "flash_attention_varlen",
     "flash_attn_func",
+    "flash_attn_kvpacked_func",
+    "flash_attn_qkvpacked_func",
     "flash_attn_varlen_func",
+    "flash_attn_varlen_kvpacked_func",
+    "flash_attn_varlen_qkvpacked_func",
     "swap_seq_and_heads",
 ]

@@ -1,4 +1,4 @@
-"""flash-attn's two main functions with flash-attn's exact signatures, so that ported code runs unchanged.
+"""flash-attn's functions with flash-attn's exact signatures, so that ported code runs unchanged.
 
     flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                     softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False)
@@ -6,6 +6,17 @@
     flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            ..., return_attn_probs=False, block_table=None)
         q [total_q, H, D], k and v [total_k, H_kv, D]  ->  out [total_q, H, D]
+
+and their packed-input forms, for models that project q, k and v (or k and v) with one matrix product::
+
+    flash_attn_qkvpacked_func(qkv [B, T, 3, H, D], dropout_p=0.0, ...)            -> out [B, T, H, D]
+    flash_attn_kvpacked_func(q [B, T_q, H, D], kv [B, T_k, 2, H_kv, D], ...)      -> out [B, T_q, H, D]
+    flash_attn_varlen_qkvpacked_func(qkv [total, 3, H, D], cu_seqlens, max_seqlen, ...)
+    flash_attn_varlen_kvpacked_func(q [total_q, H, D], kv [total_k, 2, H_kv, D], cu_seqlens_q, ...)
+
+In the packed forms' forward, q, k and v are views into the packed tensor (the kernels read any strides:
+no copy). The gradient comes back in the packed layout, as one ``dqkv`` / ``dkv``: the backward kernels
+write dq, dk and dv and autograd stacks them, one copy that flash-attn saves by writing into ``dqkv``.
 
 The argument *order* matters: models call ``flash_attn_func(q, k, v, self.dropout if self.training else
 0.0, causal=True)``, and a signature without ``dropout_p`` in fourth place would take that 0.0 as the
@@ -20,6 +31,8 @@ pattern, for flash-attn's own tests); the kernels never form the probabilities, 
 """
 
 from __future__ import annotations
+
+import torch
 
 from .flash_attention import flash_attention, flash_attention_varlen, swap_seq_and_heads
 
@@ -67,3 +80,49 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     res = flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
                                  scale=softmax_scale, window=window_size, return_lse=True)
     return _results(res, return_attn_probs)
+
+
+def _unpack(x: torch.Tensor, dim: int, n: int, what: str, layout: str):
+    """The ``n`` views of ``x`` along its packing dim ``dim`` (size ``n``): q, k, v or k, v, no copy."""
+    if not isinstance(x, torch.Tensor) or x.dim() != len(layout.split(",")) or x.shape[dim] != n:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{what} must be [{layout}] (dim {dim} of size {n}), got {got}")
+    return x.unbind(dim)  # n views, each without the packing dim
+
+
+def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """flash-attn's ``flash_attn_qkvpacked_func``: ``qkv [B, T, 3, H, D]`` -> out ``[B, T, H, D]``."""
+    q, k, v = _unpack(qkv, 2, 3, "qkv", "B, T, 3, H, D")  # each (B, T, H, D)
+    return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                           deterministic, return_attn_probs)
+
+
+def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                             softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """flash-attn's ``flash_attn_kvpacked_func``: q ``[B, T_q, H, D]``, ``kv [B, T_k, 2, H_kv, D]`` -> out
+    ``[B, T_q, H, D]``."""
+    k, v = _unpack(kv, 2, 2, "kv", "B, T_k, 2, H_kv, D")  # each (B, T_k, H_kv, D)
+    return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                           deterministic, return_attn_probs)
+
+
+def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
+                                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+                                     return_attn_probs=False):
+    """flash-attn's ``flash_attn_varlen_qkvpacked_func``: ``qkv [total, 3, H, D]`` -> out ``[total, H, D]``."""
+    q, k, v = _unpack(qkv, 1, 3, "qkv", "total, 3, H, D")  # each (total, H, D)
+    return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p,
+                                  softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                                  return_attn_probs)
+
+
+def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                                    softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                                    alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    """flash-attn's ``flash_attn_varlen_kvpacked_func``: q ``[total_q, H, D]``, ``kv [total_k, 2, H_kv, D]``
+    -> out ``[total_q, H, D]``."""
+    k, v = _unpack(kv, 1, 2, "kv", "total_k, 2, H_kv, D")  # each (total_k, H_kv, D)
+    return flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                                  softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                                  return_attn_probs)

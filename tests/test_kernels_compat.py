@@ -14,7 +14,11 @@ from attn_course.kernels import (
     flash_attention,
     flash_attention_varlen,
     flash_attn_func,
+    flash_attn_kvpacked_func,
+    flash_attn_qkvpacked_func,
     flash_attn_varlen_func,
+    flash_attn_varlen_kvpacked_func,
+    flash_attn_varlen_qkvpacked_func,
     swap_seq_and_heads,
 )
 
@@ -25,10 +29,24 @@ FLASH_ATTN_VARLEN_FUNC = ["q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "max_se
                           "softmax_scale", "causal", "window_size", "softcap", "alibi_slopes", "deterministic",
                           "return_attn_probs", "block_table"]
 
+_OPTIONS = ["dropout_p", "softmax_scale", "causal", "window_size", "softcap", "alibi_slopes", "deterministic",
+            "return_attn_probs"]
+FLASH_ATTN_QKVPACKED_FUNC = ["qkv", *_OPTIONS]
+FLASH_ATTN_KVPACKED_FUNC = ["q", "kv", *_OPTIONS]
+FLASH_ATTN_VARLEN_QKVPACKED_FUNC = ["qkv", "cu_seqlens", "max_seqlen", *_OPTIONS]
+FLASH_ATTN_VARLEN_KVPACKED_FUNC = ["q", "kv", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k",
+                                   *_OPTIONS]
+SIGNATURES = {
+    flash_attn_func: FLASH_ATTN_FUNC,
+    flash_attn_varlen_func: FLASH_ATTN_VARLEN_FUNC,
+    flash_attn_qkvpacked_func: FLASH_ATTN_QKVPACKED_FUNC,
+    flash_attn_kvpacked_func: FLASH_ATTN_KVPACKED_FUNC,
+    flash_attn_varlen_qkvpacked_func: FLASH_ATTN_VARLEN_QKVPACKED_FUNC,
+    flash_attn_varlen_kvpacked_func: FLASH_ATTN_VARLEN_KVPACKED_FUNC,
+}
 
-@pytest.mark.parametrize("fn,names", [(flash_attn_func, FLASH_ATTN_FUNC),
-                                      (flash_attn_varlen_func, FLASH_ATTN_VARLEN_FUNC)],
-                         ids=["flash_attn_func", "flash_attn_varlen_func"])
+
+@pytest.mark.parametrize("fn,names", SIGNATURES.items(), ids=[fn.__name__ for fn in SIGNATURES])
 def test_parameters_in_flash_attns_order(fn, names):
     """Positional calls depend on the order: a missing dropout_p would make a 0.0 the softmax scale."""
     params = inspect.signature(fn).parameters
@@ -102,3 +120,60 @@ def test_a_paged_kv_cache_is_refused_by_name():
     k, cu_k = packed(LENS_K, 2, 16, torch.float32, 1)
     with pytest.raises(ValueError, match="block_table: paged key/value caches are not implemented"):
         flash_attn_varlen_func(q, k, k, cu_q, cu_k, max(LENS_Q), max(LENS_K), block_table=torch.zeros(3, 1))
+
+
+
+def test_qkvpacked_forms_match_the_separate_inputs_gradients_included():
+    """A fused projection's ``qkv [B, T, 3, H, D]``: same output as q, k, v given apart (which are views of
+    it, read through their strides), and ``dqkv`` is dq, dk, dv stacked in the packed layout."""
+    qkv = torch.randn(2, 33, 3, 4, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    out, lse, _ = flash_attn_qkvpacked_func(qkv, 0.0, None, True, (8, -1), return_attn_probs=True)
+    q, k, v = (qkv.detach()[:, :, i].clone().requires_grad_(True) for i in range(3))  # (B, T, H, D) each
+    want, want_lse, _ = flash_attn_func(q, k, v, causal=True, window_size=(8, -1), return_attn_probs=True)
+    assert torch.equal(out, want) and torch.equal(lse, want_lse)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (dqkv,) = torch.autograd.grad(out, qkv, dout)
+    assert torch.equal(dqkv, torch.stack(torch.autograd.grad(want, (q, k, v), dout), dim=2))
+
+
+def test_kvpacked_forms_with_grouped_heads_match_the_separate_inputs():
+    q, k, v = bthd(2, 4, 2, 17, 29, 32)  # (B, T, H, D); 2 key/value heads for 4 query heads
+    kv = torch.stack((k, v), dim=2).requires_grad_(True)  # (B, T_k, 2, H_kv, D)
+    out = flash_attn_kvpacked_func(q, kv, softmax_scale=0.2, causal=True)
+    leaves = [k.clone().requires_grad_(True), v.clone().requires_grad_(True)]
+    want = flash_attn_func(q, *leaves, softmax_scale=0.2, causal=True)
+    assert torch.equal(out, want)
+    (dkv,) = torch.autograd.grad(out.square().sum(), kv)
+    assert torch.equal(dkv, torch.stack(torch.autograd.grad(want.square().sum(), leaves), dim=2))
+
+
+def test_varlen_packed_forms_match_flash_attention_varlen():
+    qkv, cu = packed(LENS_Q, 12, 32, torch.float32, 0)  # (total, 3 * 4, D) viewed as (total, 3, 4, D)
+    qkv = qkv.view(-1, 3, 4, 32)
+    out = flash_attn_varlen_qkvpacked_func(qkv, cu, max(LENS_Q), causal=True)
+    want = flash_attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, max(LENS_Q), max(LENS_Q), causal=True)
+    assert torch.equal(out, want)
+    q, cu_q = packed(LENS_Q, 4, 32, torch.float32, 1)
+    kv, cu_k = packed(LENS_K, 4, 32, torch.float32, 2)  # (total_k, 2 * 2, D) viewed as (total_k, 2, 2, D)
+    kv = kv.view(-1, 2, 2, 32)
+    out, lse, _ = flash_attn_varlen_kvpacked_func(q, kv, cu_q, cu_k, max(LENS_Q), max(LENS_K), 0.0, 0.3,
+                                                  return_attn_probs=True)
+    want, want_lse = flash_attention_varlen(q, kv[:, 0], kv[:, 1], cu_q, cu_k, max(LENS_Q), max(LENS_K), scale=0.3,
+                                            return_lse=True)
+    assert torch.equal(out, want) and torch.equal(lse, want_lse)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: flash_attn_qkvpacked_func(torch.randn(1, 5, 2, 4, 16)),
+     r"qkv must be \[B, T, 3, H, D\].*\(1, 5, 2, 4, 16\)"),
+    (lambda: flash_attn_kvpacked_func(torch.randn(1, 5, 4, 16), torch.randn(1, 5, 4, 16)),
+     r"kv must be \[B, T_k, 2, H_kv, D\]"),
+    (lambda: flash_attn_varlen_qkvpacked_func(torch.randn(5, 3, 4, 16, 1), [0, 5], 5),
+     r"qkv must be \[total, 3, H, D\]"),
+    (lambda: flash_attn_varlen_kvpacked_func(torch.randn(5, 4, 16), "kv", [0, 5], [0, 5], 5, 5),
+     r"kv must be \[total_k, 2, H_kv, D\].*got str"),
+    (lambda: flash_attn_qkvpacked_func(torch.randn(1, 5, 3, 4, 16), dropout_p=0.5), "dropout_p=0.5"),
+])
+def test_a_badly_packed_input_is_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
