@@ -38,7 +38,10 @@ print("GPU:", torch.cuda.get_device_name() if torch.cuda.is_available() else Non
 cat "$out/env.txt"
 
 echo "== GPU tests (budget ${TEST_BUDGET_S} s, ${WORKERS} processes)"
-timeout "$TEST_BUDGET_S" "$PY" -m pytest -n "$WORKERS" -q -rfEs -p no:cacheprovider tests/test_kernels_gpu.py \
+# -v: a line per finished test, so a run cut short by the budget still says which passed and which failed;
+# --durations: where the time went (mostly compiling), to size the budget next time
+timeout "$TEST_BUDGET_S" "$PY" -m pytest -n "$WORKERS" -v --durations=15 -rfEs -p no:cacheprovider \
+  tests/test_kernels_gpu.py \
   2>&1 | tee "$out/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
 
