@@ -24,6 +24,7 @@ process: expect seconds for shapes a GPU does in microseconds.
 from .flash_attention import (
     FlashAttentionFunction,
     flash_attention,
+    flash_attention_kvcache,
     flash_attention_varlen,
     swap_seq_and_heads,
 )
@@ -34,11 +35,13 @@ from .flash_attn_compat import (
     flash_attn_varlen_func,
     flash_attn_varlen_kvpacked_func,
     flash_attn_varlen_qkvpacked_func,
+    flash_attn_with_kvcache,
 )
 
 __all__ = [
     "FlashAttentionFunction",
     "flash_attention",
+    "flash_attention_kvcache",
     "flash_attention_varlen",
     "flash_attn_func",
     "flash_attn_kvpacked_func",
@@ -46,5 +49,6 @@ __all__ = [
     "flash_attn_varlen_func",
     "flash_attn_varlen_kvpacked_func",
     "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_with_kvcache",
     "swap_seq_and_heads",
 ]

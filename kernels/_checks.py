@@ -145,35 +145,92 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     return tuple(cu.to(device=q.device, dtype=torch.int32).contiguous() for cu in cus)
 
 
-_host_copies: dict[int, tuple[int, torch.Tensor]] = {}  # id(cu_seqlens) -> (its version, checked host copy)
+_host_copies: dict[tuple, tuple[int, torch.Tensor]] = {}  # (id(x), what) -> (x's version, checked host copy)
 
 
 def host_cu_seqlens(cu) -> torch.Tensor | None:
     """``cu_seqlens`` checked (1-D integers from 0, non-decreasing) and on the host, or ``None`` when its
-    values cannot be read now.
+    values cannot be read now (see :func:`host_checked`)."""
+    return host_checked(cu, check_cu_seqlens, _integer_vector("cu_seqlens [0, l1, l1+l2, ...]", 2), "cu_seqlens")
 
-    Reading a GPU tensor's values waits for everything queued on the GPU (a synchronisation), so a
-    ``cu_seqlens`` tensor is copied once per *version*: a model passes the same tensor to every layer, and
-    only the first layer's call pays; writing into it in place makes a new version, checked again. (A
+
+def host_checked(x, check, check_shape, tag):
+    """``check(x)`` on the host (``x`` checked and as a CPU tensor), or ``None`` when ``x``'s values cannot be
+    read now; ``check_shape(x)`` checks what can be seen without reading them. ``tag`` names the check
+    (with whatever its verdict depends on besides ``x``).
+
+    Reading a GPU tensor's values waits for everything queued on the GPU (a synchronisation), so a tensor
+    is read once per *version*: a model passes the same ``cu_seqlens`` (or cache lengths) to every layer,
+    and only the first layer's call pays; writing into it in place makes a new version, checked again. (A
     tensor made under ``torch.inference_mode`` has no version counter: it is checked at every call.)
     During CUDA graph capture, where a copy to the host is not allowed, a tensor not checked before gets
     its shape and dtype checked only: its values are ``None`` here, and the kernels trust them, as
     flash-attn always does.
     """
-    if not isinstance(cu, torch.Tensor) or torch.compiler.is_compiling():
-        return check_cu_seqlens(cu).to("cpu")
-    key, version = id(cu), None if cu.is_inference() else cu._version
+    if not isinstance(x, torch.Tensor) or torch.compiler.is_compiling():
+        return check(x).to("cpu")
+    key, version = (id(x), tag), None if x.is_inference() else x._version
     hit = _host_copies.get(key)
     if hit is not None and version is not None and hit[0] == version:
         return hit[1]
-    if cu.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        if cu.dim() != 1 or cu.numel() < 2 or cu.dtype.is_floating_point or cu.dtype == torch.bool:
-            raise ValueError(f"cu_seqlens must be a 1-D integer tensor [0, l1, l1+l2, ...] with at least 2 "
-                             f"entries, got {cu.dtype} of shape {tuple(cu.shape)}")
-        return None  # (shape and dtype only: the values stay on the GPU)
-    host = check_cu_seqlens(cu.detach().to("cpu", copy=True))  # (a copy: the cache must not keep cu alive)
+    if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        check_shape(x)
+        return None  # (the values stay on the GPU)
+    host = check(x.detach().to("cpu", copy=True))  # (a copy: the cache must not keep x alive)
     if version is not None:
         if hit is None:  # forget the copy when the tensor goes (before its id can be reused)
-            weakref.finalize(cu, _host_copies.pop, key, None)
+            weakref.finalize(x, _host_copies.pop, key, None)
         _host_copies[key] = (version, host)
     return host
+
+
+def _integer_vector(what: str, min_len: int):
+    """A shape-and-dtype check: ``x`` is a 1-D integer tensor of at least ``min_len`` entries."""
+    def check_shape(x):
+        if x.dim() != 1 or x.numel() < min_len or x.dtype.is_floating_point or x.dtype == torch.bool:
+            raise ValueError(f"{what} must be a 1-D integer tensor with at least {min_len} entries, got {x.dtype} "
+                             f"of shape {tuple(x.shape)}")
+    return check_shape
+
+
+def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
+    """q ``[B, H, T_q, D]``, a cache ``k_cache``, ``v_cache`` ``[B, H_kv, T_cache, D]``, new ``k``, ``v``
+    ``[B, H_kv, T_new, D]`` (both or neither) and ``cache_seqlens`` (an int, ``B`` ints, or ``None`` for
+    a full cache). Returns the int32 cache lengths ``[B]`` on q's device."""
+    check_fixed(q, k_cache, v_cache)
+    B, H_kv, T_cache, D = k_cache.shape
+    if (k is None) != (v is None):
+        raise ValueError("give both k and v (new keys and values to append to the cache), or neither")
+    T_new = 0
+    if k is not None:
+        _require_tensors(k=k, v=v)
+        if k.dim() != 4 or k.shape != v.shape or (k.shape[0], k.shape[1], k.shape[3]) != (B, H_kv, D):
+            raise ValueError(f"k and v must be [B, H_kv, T_new, D] = [{B}, {H_kv}, T_new, {D}] like the cache, got "
+                             f"{tuple(k.shape)} and {tuple(v.shape)}")
+        if k.dtype != k_cache.dtype or v.dtype != v_cache.dtype or k.device != k_cache.device:
+            raise ValueError(f"k and v must have the cache's dtype and device ({k_cache.dtype}, {k_cache.device}), "
+                             f"got {k.dtype}, {k.device}")
+        if cache_seqlens is None:
+            raise ValueError("appending k and v needs cache_seqlens: where each sequence's cache ends")
+        T_new = k.shape[2]
+    if cache_seqlens is None:
+        return torch.full((B,), T_cache, dtype=torch.int32, device=q.device)
+    def check_lengths(x):
+        check_shape(x)
+        if (x < 0).any() or (x + T_new > T_cache).any():
+            raise ValueError(f"cache_seqlens must hold B = {B} lengths in [0, {T_cache - T_new}] (the cache holds "
+                             f"{T_cache} positions, {T_new} new ones are appended), got {x.tolist()}")
+        return x
+
+    def check_shape(x):
+        if x.dim() != 1 or x.numel() != B or x.dtype.is_floating_point or x.dtype == torch.bool:
+            raise ValueError(f"cache_seqlens must be an int or a 1-D integer tensor of B = {B} lengths, got "
+                             f"{x.dtype} of shape {tuple(x.shape)}")
+
+    if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
+        check_lengths(torch.tensor([cache_seqlens]).expand(B))
+        return torch.full((B,), cache_seqlens, dtype=torch.int32, device=q.device)
+    if not isinstance(cache_seqlens, torch.Tensor):
+        raise TypeError(f"cache_seqlens must be an int or a tensor of B ints, got {type(cache_seqlens).__name__}")
+    host_checked(cache_seqlens, check_lengths, check_shape, ("cache_seqlens", B, T_cache, T_new))
+    return cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()

@@ -233,7 +233,8 @@ def chain(device: torch.device, tensors, *, varlen: bool, warp_spec: bool = True
     if name != "auto":
         variant = VARIANTS[name]
         if variant.tma:
-            why = "packed (varlen) batches use the pointer kernel" if varlen else tma_unready(*tensors)
+            why = "packed (varlen) batches and key/value caches use the pointer kernel" if varlen else \
+                tma_unready(*tensors)
             if why is not None:
                 raise ValueError(f"{KERNEL_ENV}={name} cannot run these tensors: {why}; unset it to let the "
                                  f"kernels choose")

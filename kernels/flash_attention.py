@@ -4,6 +4,8 @@
         q [B, H, T_q, D], k and v [B, H_kv, T_k, D]  ->  out [B, H, T_q, D]  (and lse [B, H, T_q])
     flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, ...)
         packed q [total_q, H, D], k and v [total_k, H_kv, D]  ->  out [total_q, H, D]  (and lse [H, total_q])
+    flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=None, *, ...)
+        q [B, H, T_q, D] against caches [B, H_kv, T_cache, D] filled to cache_seqlens (inference)
 
 flash-attn's own signatures (``flash_attn_func``, ``flash_attn_varlen_func``) are in ``flash_attn_compat``.
 
@@ -32,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from . import _ops
-from ._checks import check_fixed, check_scale, check_varlen, kernel_window
+from ._checks import check_fixed, check_kvcache, check_scale, check_varlen, kernel_window
 
 SECOND_DERIVATIVE = (
     "flash_attention has no second derivative: its backward is a Triton kernel that autograd cannot "
@@ -131,6 +133,49 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
     scale = check_scale(scale, q.shape[-1])
     varlen = (cu_q, cu_k, max_seqlen_q, max_seqlen_k)
     out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), varlen)
+    return (out, lse) if return_lse else out
+
+
+def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=None, *, causal: bool = False,
+                            scale: float | None = None, window=(-1, -1), return_lse: bool = False):
+    """Attention against a key/value cache, for generation (flash-attn's ``flash_attn_with_kvcache``, in
+    this package's ``[B, H, T, D]`` layout). Inference only: no gradient.
+
+    Args:
+        q: the new queries ``[B, H, T_q, D]`` (``T_q = 1`` for one decoding step, more for a prompt chunk or
+            speculative tokens).
+        k_cache, v_cache: ``[B, H_kv, T_cache, D]``, preallocated; sequence ``b`` holds its keys and values
+            in positions ``0 ... cache_seqlens[b] - 1`` (the rest is never read).
+        cache_seqlens: an int (the same for every sequence), ``B`` ints in a tensor, or ``None`` for a full
+            cache.
+        k, v: new keys and values ``[B, H_kv, T_new, D]``, or ``None``. They are first written *into the
+            cache*, in place, at positions ``cache_seqlens[b] ...``, then attended to with the rest.
+        causal, scale, window, return_lse: as :func:`flash_attention`, with the queries aligned to the end of
+            each sequence's filled cache (bottom-right: the last query is the newest token).
+
+    Returns:
+        ``out [B, H, T_q, D]``, or ``(out, lse [B, H, T_q])``.
+
+    Sequence ``b`` sees ``cache_seqlens[b] + T_new`` keys: the kernel is told each sequence's length and
+    reads no further, so the caches' unused tails cost nothing and may hold anything. ``cache_seqlens`` is
+    left as it is: advancing it is the caller's job.
+    """
+    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad
+                                       for x in (q, k_cache, v_cache, k, v)):
+        raise ValueError("flash_attention_kvcache is for inference and has no gradient (as flash-attn's "
+                         "flash_attn_with_kvcache); call it under torch.no_grad(), or train with flash_attention")
+    q, k, v = autocast_inputs(q, k, v)  # (the caches are never cast: they are written in place)
+    lengths = check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v)  # (B,) int32 before appending
+    scale = check_scale(scale, q.shape[-1])
+    if k is not None and k.shape[2] > 0:
+        T_new = k.shape[2]
+        rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1)
+        positions = lengths.to(k.device)[:, None] + torch.arange(T_new, device=k.device)  # (B, T_new)
+        # indexing (B, 1) x all heads x (B, T_new) selects (B, T_new, H_kv, D): k as (B, T_new, H_kv, D)
+        k_cache[rows, :, positions] = k.transpose(1, 2)
+        v_cache[rows, :, positions] = v.transpose(1, 2)
+        lengths = lengths + T_new
+    out, lse = _ops.forward(q, k_cache, v_cache, scale, kernel_window(window, causal), None, lengths)
     return (out, lse) if return_lse else out
 
 

@@ -18,15 +18,22 @@ In the packed forms' forward, q, k and v are views into the packed tensor (the k
 no copy). The gradient comes back in the packed layout, as one ``dqkv`` / ``dkv``: the backward kernels
 write dq, dk and dv and autograd stacks them, one copy that flash-attn saves by writing into ``dqkv``.
 
+and its entry point for generation with a key/value cache (inference only)::
+
+    flash_attn_with_kvcache(q [B, T_q, H, D], k_cache, v_cache [B, T_cache, H_kv, D], k=None, v=None,
+                            rotary_cos=None, rotary_sin=None, cache_seqlens=None, ..., return_softmax_lse=False)
+
 The argument *order* matters: models call ``flash_attn_func(q, k, v, self.dropout if self.training else
 0.0, causal=True)``, and a signature without ``dropout_p`` in fourth place would take that 0.0 as the
 softmax scale and attend uniformly, without an error.
 
 What the kernels do not implement is refused by name rather than ignored: ``dropout_p > 0``, ``softcap``,
-``alibi_slopes`` and ``block_table`` (paged key/value caches). ``deterministic`` is accepted and changes
-nothing: the backward pass never uses atomics, so it is always deterministic. ``return_attn_probs=True``
-returns ``(out, softmax_lse, None)`` as flash-attn does without dropout (its third element is the dropout
-pattern, for flash-attn's own tests); the kernels never form the probabilities, and
+``alibi_slopes`` and ``block_table`` (paged key/value caches); for the cache, also rotary embeddings
+(``rotary_cos``/``rotary_sin``: apply them to q and k first), ``cache_batch_idx`` and ``cache_leftpad``.
+``num_splits`` (a speed hint to split the keys) is accepted and changes nothing. ``deterministic`` is accepted
+and changes nothing: the backward pass never uses atomics, so it is always deterministic.
+``return_attn_probs=True`` returns ``(out, softmax_lse, None)`` as flash-attn does without dropout (its third
+element is the dropout pattern, for flash-attn's own tests); the kernels never form the probabilities, and
 ``attn_course.attention(..., return_weights=True)`` shows them.
 """
 
@@ -34,7 +41,7 @@ from __future__ import annotations
 
 import torch
 
-from .flash_attention import flash_attention, flash_attention_varlen, swap_seq_and_heads
+from .flash_attention import flash_attention, flash_attention_kvcache, flash_attention_varlen, swap_seq_and_heads
 
 
 def _refuse_unsupported(dropout_p, softcap, alibi_slopes, block_table=None) -> None:
@@ -126,3 +133,29 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
     return flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                                   softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
                                   return_attn_probs)
+
+
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
+                            cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
+                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                            rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False):
+    """flash-attn's ``flash_attn_with_kvcache``: q ``[B, T_q, H, D]`` against ``k_cache``, ``v_cache``
+    ``[B, T_cache, H_kv, D]`` filled to ``cache_seqlens``; new ``k``, ``v`` ``[B, T_new, H_kv, D]`` are written
+    into the caches in place first. Returns out ``[B, T_q, H, D]``, or ``(out, softmax_lse [B, H, T_q])``.
+    See :func:`attn_course.kernels.flash_attention_kvcache`; what is refused is in the module docstring."""
+    _refuse_unsupported(0.0, softcap, alibi_slopes, block_table)
+    for name, given in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin), ("cache_batch_idx", cache_batch_idx),
+                        ("cache_leftpad", cache_leftpad)):
+        if given is not None:
+            how = "apply rotary embeddings to q and k before the call" if name.startswith("rotary") else \
+                "pass the caches' rows in q's batch order" if name == "cache_batch_idx" else \
+                "keep each sequence's cache starting at position 0"
+            raise ValueError(f"{name}: not implemented in these kernels; {how}, and pass None")
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
+        raise ValueError(f"num_splits must be an int >= 0 (0: let the kernel choose), got {num_splits!r}")
+    new = [None if x is None else swap_seq_and_heads(x) for x in (k, v)]  # (B, H_kv, T_new, D) views
+    res = flash_attention_kvcache(swap_seq_and_heads(q), swap_seq_and_heads(k_cache), swap_seq_and_heads(v_cache),
+                                  cache_seqlens, *new, causal=causal, scale=softmax_scale, window=window_size,
+                                  return_lse=True)
+    out = swap_seq_and_heads(res[0])  # (B, T_q, H, D)
+    return (out, res[1]) if return_softmax_lse else out

@@ -95,6 +95,7 @@ def _attn_fwd(
     stride_lb, stride_lh, stride_lt,
     desc_q, desc_k, desc_v, desc_o,  # tensor descriptors over q, k, v, out when TMA (else unused)
     cu_seqlens_q, cu_seqlens_k,  # int32 (B + 1,) sequence starts when IS_VARLEN (then the batch strides are 0)
+    seqused_k,  # int32 (B,) keys each sequence uses when HAS_SEQUSED_K (a key/value cache filled so far)
     T_q, T_k,  # lengths for a fixed-length batch (ignored when IS_VARLEN)
     TUNE_T_Q, TUNE_T_K,  # the lengths rounded up to a power of two: the autotuner's key, unused here
     H, GROUP,  # number of query heads; query heads per key/value head (1 = MHA, H = MQA)
@@ -104,18 +105,21 @@ def _attn_fwd(
     BLOCK_M: tl.constexpr,  # queries per program
     BLOCK_N: tl.constexpr,  # keys per loop step
     IS_VARLEN: tl.constexpr,
+    HAS_SEQUSED_K: tl.constexpr,  # sequence b sees only its first seqused_k[b] keys
     UPCAST: tl.constexpr, IEEE: tl.constexpr,
     TMA: tl.constexpr,  # tiles through the descriptors (fixed-length batches only)
     WARP_SPEC: tl.constexpr,  # one masked key loop, warp-specialised by the compiler
     WIDE: tl.constexpr,  # 64-bit offsets within a sequence (see _tiles)
 ):
-    tl.static_assert(not (TMA and IS_VARLEN), "packed batches use the pointer variant")
+    tl.static_assert(not (TMA and (IS_VARLEN or HAS_SEQUSED_K)), "packed batches and caches use pointers")
     pid_m = tl.program_id(0)  # which block of queries (see _tiles.launch_grid)
     h = tl.program_id(1)
     b = tl.program_id(2)
     h_kv = h // GROUP  # grouped-query attention: heads h_kv*GROUP ... share one key/value head
     q_start, T_q = seq_bounds(cu_seqlens_q, b, T_q, IS_VARLEN)
     k_start, T_k = seq_bounds(cu_seqlens_k, b, T_k, IS_VARLEN)
+    if HAS_SEQUSED_K:  # a cache: keys past the filled part are never read (masked loads, pointer variant)
+        T_k = tl.minimum(tl.load(seqused_k + b), T_k)
     m_start = pid_m * BLOCK_M
     if IS_VARLEN:  # (a constexpr guard: an early return would defeat the warp-specialisation pass)
         if m_start >= T_q:  # packed batches: this sequence is shorter than the longest one
@@ -236,10 +240,11 @@ def _strides(x: torch.Tensor, ndim: int):
 
 
 def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
-                    blocks=None):
+                    seqused_k=None, blocks=None):
     """Run the forward kernel. Inputs are already checked by :mod:`attn_course.kernels.flash_attention`.
 
-    Fixed length: q ``[B, H, T_q, D]``, k, v ``[B, H_kv, T_k, D]`` -> out like q, lse ``[B, H, T_q]``.
+    Fixed length: q ``[B, H, T_q, D]``, k, v ``[B, H_kv, T_k, D]`` -> out like q, lse ``[B, H, T_q]``;
+    with ``seqused_k`` (int32 ``[B]``), sequence ``b`` sees only its first ``seqused_k[b]`` keys (a cache).
     Packed: q ``[total_q, H, D]``, k, v ``[total_k, H_kv, D]`` -> out like q, lse ``[H, total_q]``.
     ``window = (left, right)`` with huge numbers for unbounded sides. ``blocks``: the interpreter's tiles.
     """
@@ -263,7 +268,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
     upcast = INTERPRET and q.dtype == torch.bfloat16
     strides = (*sq, *sk, *sv, *so, *sl)
     scalars = (T_q, T_k, *_variants.tuning_lengths(T_q, T_k), H, H // H_kv, scale * LOG2E, window[0], window[1])
-    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, UPCAST=upcast, IEEE=q.dtype == torch.float32,
+    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_SEQUSED_K=seqused_k is not None, UPCAST=upcast,
+                 IEEE=q.dtype == torch.float32,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, out))
 
     def launch(variant: _variants.Variant):
@@ -274,15 +280,16 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, D), tag=D) if tune else _attn_fwd
         for b0, b1 in batch_chunks(B):  # (one launch unless B passes the grid's limit)
             tensors, cus = batch_part(b0, b1, (q, k, v, out, lse), (cu_seqlens_q, cu_seqlens_k) if varlen else None)
+            used = tensors[0] if seqused_k is None else seqused_k[b0:b1]  # (b1 - b0,) or a placeholder
             descs = _variants.descriptors(tensors[:4], [tiles[block] for _, block in _DESCRIPTORS], D, variant)
 
             def grid(meta, n=b1 - b0):
                 return launch_grid(T_q, meta["BLOCK_M"], H, n)
 
-            kernel[grid](*tensors, *strides, *descs, *cus, *scalars, **flags, TMA=variant.tma, **meta)
+            kernel[grid](*tensors, *strides, *descs, *cus, used, *scalars, **flags, TMA=variant.tma, **meta)
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():
-        chain = _variants.chain(q.device, (q, k, v, out), varlen=varlen)
+        chain = _variants.chain(q.device, (q, k, v, out), varlen=varlen or seqused_k is not None)
         _variants.run(chain, (str(q.device), q.dtype, D, "forward"), launch)
     return out, lse
 

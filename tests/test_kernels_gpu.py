@@ -23,6 +23,8 @@ from test_kernels_common import (
 )
 from test_kernels_common import check_case as check_on_device
 from test_kernels_empty import EMPTY, check_empty, launches  # noqa: F401 (launches: a fixture)
+from test_kernels_kvcache import case_id as kvcache_case_id
+from test_kernels_kvcache import check_kvcache_case
 
 from attn_course.kernels import _tiles, _variants, flash_attention, flash_attention_varlen, flash_attn_func
 from attn_course.kernels._runtime import kernel_module
@@ -268,3 +270,13 @@ def test_cuda_graph_capture_and_replay():
         qp.normal_()
         graph.replay()
         assert torch.equal(out, packed(cu_k)()), "a replayed packed batch differs from the eager kernel"
+
+
+@pytest.mark.parametrize("case", [
+    (4, 32, 8, 4096, 1, 1, [4095, 1, 2048, 0], True, NONE, 128, torch.bfloat16),  # decoding, one full cache
+    (2, 16, 2, 8192, 4, 4, [100, 8000], True, (1024, 0), 64, torch.float16),  # a 4-token chunk, a window
+], ids=kvcache_case_id)
+def test_kvcache_on_the_gpu(case):
+    """Generation against long caches whose unfilled tails are NaN: compiled, each sequence against
+    attention on its filled cache alone."""
+    check_kvcache_case(case, "cuda")

@@ -135,7 +135,7 @@ def test_forcing_tma_on_tensors_that_cannot_use_it_is_a_clear_error(monkeypatch)
         flash_attention(q, k, v.transpose(-1, -2).contiguous().transpose(-1, -2))
     cu = torch.tensor([0, 5, 17], dtype=torch.int32)
     packed = torch.randn(17, 2, 32, dtype=F16)
-    with pytest.raises(ValueError, match="packed \\(varlen\\) batches use the pointer kernel"):
+    with pytest.raises(ValueError, match="packed \\(varlen\\) batches and key/value caches use the pointer kernel"):
         flash_attention_varlen(packed, packed, packed, cu, cu, 12, 12)
 
 

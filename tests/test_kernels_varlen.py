@@ -132,7 +132,7 @@ def test_checked_cu_seqlens_are_forgotten_with_their_tensor():
 
     q, k, v, cu_q, cu_k = small_packed()
     flash_attention_varlen(q, k, v, cu_q, cu_k, max(LENS_Q), max(LENS_K))
-    keys = [id(cu_q), id(cu_k)]
+    keys = [(id(cu_q), "cu_seqlens"), (id(cu_k), "cu_seqlens")]
     assert all(key in _checks._host_copies for key in keys)
     del cu_q, cu_k
     gc.collect()

@@ -1,0 +1,227 @@
+"""Generation with a key/value cache: ``flash_attention_kvcache`` and flash-attn's ``flash_attn_with_kvcache``.
+
+Each sequence of the batch has filled its cache to its own length; the new tokens' keys and values are
+written into the cache in place and the new queries attend, bottom-right aligned, to everything filled so
+far. Checked against ``attn_course.attention`` on each sequence's filled cache alone, with the unfilled
+tails of the caches full of NaN (which would poison the output if the kernel read a single one), and
+against full causal attention over a whole generated sequence, one token at a time.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_kernels_common import assert_close_by_rule, make_qkv, max_err, reference, torch_same_dtype
+from test_kernels_empty import expected
+
+from attn_course.kernels import (
+    _variants,
+    flash_attention,
+    flash_attention_kvcache,
+    flash_attn_with_kvcache,
+    swap_seq_and_heads,
+)
+from attn_course.kernels._runtime import kernel_module
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+NONE = (-1, -1)
+
+
+def make_cache(B, H_kv, T_cache, D, lengths, dtype, device="cpu", seed=0):
+    """Caches ``[B, H_kv, T_cache, D]`` holding random keys and values up to ``lengths[b]``, NaN after."""
+    g = torch.Generator().manual_seed(seed)
+    caches = [torch.randn(B, H_kv, T_cache, D, generator=g).to(device=device, dtype=dtype) for _ in range(2)]
+    for cache in caches:
+        for b, n in enumerate(lengths):
+            cache[b, :, n:] = float("nan")  # never to be read
+    return caches
+
+
+def check_against_each_sequence(q, k_cache, v_cache, lengths, causal, window, out, lse, dtype):
+    """Sequence ``b``'s output and lse against attention on its filled cache ``[:lengths[b]]`` alone."""
+    for b, n in enumerate(lengths):
+        qb, kb, vb = q[b:b + 1], k_cache[b:b + 1, :, :n], v_cache[b:b + 1, :, :n]  # (1, H or H_kv, T, D)
+        want, want_lse = expected(qb, kb, vb, causal, window)
+        budget = torch_same_dtype(qb, kb, vb, causal, window) if min(n, qb.shape[2]) else want
+        assert_close_by_rule(f"out of sequence {b} (cache length {n})", out[b:b + 1], want, budget, dtype)
+        assert torch.equal(torch.isneginf(lse[b]), torch.isneginf(want_lse[0].to(lse.device)))
+        finite = torch.isfinite(want_lse[0])
+        assert max_err(lse[b][finite], want_lse[0][finite]) < 1e-2
+
+
+CASES = [  # (B, H, H_kv, T_cache, T_q, T_new, lengths before appending, causal, window, D, dtype)
+    (3, 4, 2, 64, 1, 1, [5, 0, 63], True, NONE, 32, F32),  # one decoding step; a cache that was empty
+    (3, 4, 1, 64, 1, 0, [17, 1, 64], False, NONE, 64, BF16),  # no new keys: attend to the cache as it is
+    (2, 4, 4, 80, 3, 3, [40, 0], True, (8, 0), 32, F16),  # three tokens at once (a prompt chunk), a window
+    (2, 2, 1, 48, 4, 1, [30, 3], True, NONE, 16, F32),  # more queries than new keys (speculative decoding)
+]
+
+
+def case_id(c):
+    B, H, H_kv, T_cache, T_q, T_new, lengths, causal, window, D, dtype = c
+    return f"Tq{T_q}-new{T_new}-len{'_'.join(map(str, lengths))}{'-causal' if causal else ''}-D{D}-{str(dtype)[6:]}"
+
+
+def check_kvcache_case(case, device="cpu"):
+    B, H, H_kv, T_cache, T_q, T_new, lengths, causal, window, D, dtype = case
+    k_cache, v_cache = make_cache(B, H_kv, T_cache, D, lengths, dtype, device)
+    q, k, v = make_qkv(B, H, H_kv, T_q, T_new, D, dtype, device=device, seed=1)
+    new = dict(k=k, v=v) if T_new else {}
+    before = k_cache.clone(), v_cache.clone()
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    with torch.no_grad():
+        out, lse = flash_attention_kvcache(q, k_cache, v_cache, seqlens, **new, causal=causal, window=window,
+                                           return_lse=True)
+    assert out.shape == q.shape and out.dtype == dtype and lse.shape == (B, H, T_q)
+    filled = [n + T_new for n in lengths]
+    for cache, old, x in zip((k_cache, v_cache), before, (k, v), strict=True):  # appended in place, nothing else
+        want = old.clone()
+        for b, n in enumerate(lengths):
+            want[b, :, n:n + T_new] = x[b]
+        torch.testing.assert_close(cache, want, atol=0, rtol=0, equal_nan=True)
+    check_against_each_sequence(q, k_cache, v_cache, filled, causal, window, out, lse, dtype)
+    assert seqlens.tolist() == lengths, "cache_seqlens is the caller's: it must not change"
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_kvcache_matches_attention_on_each_sequences_filled_cache(case):
+    check_kvcache_case(case)
+
+
+def test_generation_one_token_at_a_time_matches_causal_attention_over_the_whole_sequence():
+    """A prompt of 7 tokens, then 5 generated one by one, each step appending its key and value: every
+    step's output is the row of full causal attention over the final 12-token sequence at that position
+    (which is what bottom-right alignment guarantees: the newest query is the last position)."""
+    B, H, H_kv, D, T = 2, 4, 2, 32, 12
+    q, k, v = make_qkv(B, H, H_kv, T, T, D, F32, seed=3)
+    full = reference(q, k, v, causal=True)  # (B, H, T, D)
+    k_cache, v_cache = torch.zeros(B, H_kv, 16, D), torch.zeros(B, H_kv, 16, D)
+    seqlens = torch.zeros(B, dtype=torch.int32)
+    steps = [(0, 7)] + [(t, t + 1) for t in range(7, T)]
+    for start, end in steps:
+        out = flash_attention_kvcache(q[:, :, start:end], k_cache, v_cache, seqlens, k[:, :, start:end],
+                                      v[:, :, start:end], causal=True)
+        assert max_err(out, full[:, :, start:end]) < 2e-5, f"tokens {start}..{end - 1}"
+        seqlens += end - start  # the caller advances its lengths (in place: a new version, checked again)
+
+
+def test_cache_seqlens_as_an_int_or_none():
+    """An int is every sequence's length; ``None`` is a full cache (nothing appended)."""
+    q, k, v = make_qkv(2, 4, 2, 1, 30, 32, F32, seed=4)
+    k_cache, v_cache = k.clone(), v.clone()
+    with torch.no_grad():
+        by_int = flash_attention_kvcache(q, k_cache, v_cache, 30)
+        by_none = flash_attention_kvcache(q, k_cache, v_cache)
+    want = flash_attention(q, k, v)
+    assert torch.equal(by_int, want) and torch.equal(by_none, want)
+
+
+def test_flash_attn_with_kvcache_in_flash_attns_layout():
+    """``[B, T, H, D]`` tensors, the cache written in that layout, the same bits as the ``[B, H, T, D]`` call."""
+    lengths = [9, 2]
+    k_cache, v_cache = make_cache(2, 2, 24, 32, lengths, F16)  # (B, H_kv, T, D)
+    q, k, v = make_qkv(2, 4, 2, 2, 2, 32, F16, seed=5)
+    ours_k, ours_v = k_cache.clone(), v_cache.clone()
+    want, want_lse = flash_attention_kvcache(q, ours_k, ours_v, torch.tensor(lengths), k, v, causal=True,
+                                             scale=0.2, return_lse=True)
+    bthd = [swap_seq_and_heads(x).contiguous() for x in (q, k_cache, v_cache, k, v)]  # (B, T, H, D)
+    out, lse = flash_attn_with_kvcache(*bthd[:3], *bthd[3:], cache_seqlens=torch.tensor(lengths, dtype=torch.int32),
+                                       softmax_scale=0.2, causal=True, num_splits=4, return_softmax_lse=True)
+    assert torch.equal(out, swap_seq_and_heads(want)) and torch.equal(lse, want_lse)
+    for got, ours in ((bthd[1], ours_k), (bthd[2], ours_v)):
+        torch.testing.assert_close(got, swap_seq_and_heads(ours), atol=0, rtol=0, equal_nan=True)
+
+
+def _kv(**kw):
+    q, k, v = make_qkv(2, 4, 2, 1, 1, 16, F32)
+    cache = torch.zeros(2, 2, 8, 16)
+    args = dict(q=q, k_cache=cache, v_cache=cache.clone(), k=k, v=v, cache_seqlens=torch.tensor([3, 7]))
+    return {**args, **kw}
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(cache_seqlens=torch.tensor([3, 8])), ValueError, r"cache_seqlens must hold B = 2 lengths in \[0, 7\]"),
+    (dict(cache_seqlens=-1), ValueError, r"lengths in \[0, 7\].*got \[-1, -1\]"),
+    (dict(cache_seqlens=torch.tensor([3])), ValueError, "1-D integer tensor of B = 2 lengths"),
+    (dict(cache_seqlens=torch.tensor([3.0, 1.0])), ValueError, "integer tensor"),
+    (dict(cache_seqlens="3"), TypeError, "an int or a tensor"),
+    (dict(cache_seqlens=None), ValueError, "appending k and v needs cache_seqlens"),
+    (dict(v=None), ValueError, "give both k and v"),
+    (dict(k=torch.zeros(2, 2, 1, 8), v=torch.zeros(2, 2, 1, 8)), ValueError, r"\[B, H_kv, T_new, D\]"),
+    (dict(k_cache=torch.zeros(2, 3, 8, 16), v_cache=torch.zeros(2, 3, 8, 16)), ValueError, "multiple of"),
+])
+def test_bad_cache_arguments_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match), torch.no_grad():
+        flash_attention_kvcache(**_kv(**kwargs))
+
+
+def test_a_cache_call_that_would_need_a_gradient_is_refused():
+    args = _kv(q=_kv()["q"].requires_grad_(True))
+    with pytest.raises(ValueError, match="inference and has no gradient.*torch.no_grad"):
+        flash_attention_kvcache(**args)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(rotary_cos=torch.ones(8, 8)), "rotary_cos: not implemented.*apply rotary embeddings"),
+    (dict(cache_batch_idx=torch.tensor([1, 0])), "cache_batch_idx: not implemented"),
+    (dict(cache_leftpad=torch.tensor([0, 1])), "cache_leftpad: not implemented"),
+    (dict(block_table=torch.zeros(2, 1)), "block_table: paged"),
+    (dict(softcap=5.0), "softcap"),
+    (dict(num_splits=-1), "num_splits must be an int >= 0"),
+])
+def test_flash_attn_with_kvcache_refuses_what_it_lacks_by_name(kwargs, match):
+    a = _kv()
+    bthd = [swap_seq_and_heads(a[n]) for n in ("q", "k_cache", "v_cache", "k", "v")]
+    with pytest.raises(ValueError, match=match), torch.no_grad():
+        flash_attn_with_kvcache(*bthd, cache_seqlens=a["cache_seqlens"], **kwargs)
+
+
+def test_the_cache_reads_only_its_filled_part_through_the_pointer_kernel(monkeypatch):
+    """The cache kernel is the pointer variant, whose loads are masked at each sequence's length (TMA would
+    copy whole tiles, unfilled rows included); forcing TMA is refused with the reason."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, "tma")
+    with pytest.raises(ValueError, match="key/value caches use the pointer kernel"), torch.no_grad():
+        flash_attention_kvcache(**_kv())
+
+
+def test_the_forward_operator_with_cache_lengths_passes_opcheck():
+    q, k, v = make_qkv(2, 4, 2, 3, 20, 16, F16)
+    used = torch.tensor([20, 6], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.attn_course.flash_forward.default,
+                          (q, k, v, 0.25, 1 << 30, 0, None, None, 0, 0, used))
+
+
+def test_a_compiled_decoding_step_matches_eager_and_writes_the_cache():
+    """A model's decoding step under ``torch.compile``: the same output, and the cache written in place."""
+    lengths = [5, 11]
+
+    def step(q, k_cache, v_cache, seqlens, k, v):
+        return flash_attention_kvcache(torch.tanh(q), k_cache, v_cache, seqlens, k, v, causal=True)
+
+    q, k, v = make_qkv(2, 4, 2, 1, 1, 32, F32, seed=6)
+    results = []
+    for fn in (step, torch.compile(step, backend="aot_eager")):
+        k_cache, v_cache = make_cache(2, 2, 16, 32, lengths, F32)
+        with torch.no_grad():
+            out = fn(q, k_cache, v_cache, torch.tensor(lengths, dtype=torch.int32), k, v)
+        results.append((out, k_cache, v_cache))
+    torch._dynamo.reset()
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0, equal_nan=True)
+
+
+def test_the_cache_kernel_compiles_for_hopper():
+    """The kernel with per-sequence cache lengths (a constexpr branch: no cost to the other launches),
+    compiled for sm_90 on this CPU: tensor cores for 16-bit inputs, and no TMA (masked pointer loads)."""
+    from attn_course.kernels._compile import CUDA, HOPPER, compile_launch, recorded_launches
+
+    fwd = kernel_module("flash_fwd", CUDA)
+    q, k, v = make_qkv(2, 8, 2, 1, 4096, 128, BF16)
+    used = torch.tensor([100, 4000], dtype=torch.int32)
+    with _variants.settings(autotune=False):
+        (fn, args, kwargs), = recorded_launches(fwd, ["_attn_fwd"], lambda: fwd.attn_fwd_launch(
+            q, k, v, scale=128 ** -0.5, window=(1 << 30, 0), seqused_k=used))
+    assert kwargs["HAS_SEQUSED_K"] and not kwargs["TMA"]
+    ptx = compile_launch(fn, args, dict(kwargs), HOPPER).asm["ptx"]
+    assert "wgmma" in ptx or "mma.sync" in ptx, "no tensor-core products in the cache kernel"
+    assert "cp.async.bulk.tensor" not in ptx
