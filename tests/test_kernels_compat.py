@@ -19,6 +19,7 @@ from attn_course.kernels import (
     flash_attn_varlen_func,
     flash_attn_varlen_kvpacked_func,
     flash_attn_varlen_qkvpacked_func,
+    flash_attn_with_kvcache,
     swap_seq_and_heads,
 )
 
@@ -36,6 +37,9 @@ FLASH_ATTN_KVPACKED_FUNC = ["q", "kv", *_OPTIONS]
 FLASH_ATTN_VARLEN_QKVPACKED_FUNC = ["qkv", "cu_seqlens", "max_seqlen", *_OPTIONS]
 FLASH_ATTN_VARLEN_KVPACKED_FUNC = ["q", "kv", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k",
                                    *_OPTIONS]
+FLASH_ATTN_WITH_KVCACHE = ["q", "k_cache", "v_cache", "k", "v", "rotary_cos", "rotary_sin", "cache_seqlens",
+                           "cache_batch_idx", "cache_leftpad", "block_table", "softmax_scale", "causal", "window_size",
+                           "softcap", "rotary_interleaved", "alibi_slopes", "num_splits", "return_softmax_lse"]
 SIGNATURES = {
     flash_attn_func: FLASH_ATTN_FUNC,
     flash_attn_varlen_func: FLASH_ATTN_VARLEN_FUNC,
@@ -43,6 +47,7 @@ SIGNATURES = {
     flash_attn_kvpacked_func: FLASH_ATTN_KVPACKED_FUNC,
     flash_attn_varlen_qkvpacked_func: FLASH_ATTN_VARLEN_QKVPACKED_FUNC,
     flash_attn_varlen_kvpacked_func: FLASH_ATTN_VARLEN_KVPACKED_FUNC,
+    flash_attn_with_kvcache: FLASH_ATTN_WITH_KVCACHE,
 }
 
 
