@@ -254,6 +254,10 @@ def test_glued_numbers_match_an_independent_computation(built_book, page, key, e
         f"{page}.html does not show {key} as {text}"
 
 
+def test_the_appendix_decodes_with_the_kernels_cache(built_book):
+    assert 0 <= _val("appendix", "app_kvcache_err") < 1e-5  # one token at a time vs full causal attention
+
+
 def test_worked_example_numbers_in_chapter_3(built_book):
     assert _val("ch3_sdpa", "ch3_o_err") < 0.01   # live outputs within 0.01 of the printed ones
     assert _val("ch3_sdpa", "ch3_w_err") < 5e-4   # weights agree to the printed 3 decimals
