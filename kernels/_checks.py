@@ -184,10 +184,15 @@ def host_checked(x, check, check_shape, tag):
     return host
 
 
+def _is_integer_vector(x: torch.Tensor) -> bool:
+    """1-D with an integer dtype (seen without reading the values)."""
+    return x.dim() == 1 and not x.dtype.is_floating_point and x.dtype != torch.bool
+
+
 def _integer_vector(what: str, min_len: int):
     """A shape-and-dtype check: ``x`` is a 1-D integer tensor of at least ``min_len`` entries."""
     def check_shape(x):
-        if x.dim() != 1 or x.numel() < min_len or x.dtype.is_floating_point or x.dtype == torch.bool:
+        if not _is_integer_vector(x) or x.numel() < min_len:
             raise ValueError(f"{what} must be a 1-D integer tensor with at least {min_len} entries, got {x.dtype} "
                              f"of shape {tuple(x.shape)}")
     return check_shape
@@ -223,7 +228,7 @@ def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
         return x
 
     def check_shape(x):
-        if x.dim() != 1 or x.numel() != B or x.dtype.is_floating_point or x.dtype == torch.bool:
+        if not _is_integer_vector(x) or x.numel() != B:
             raise ValueError(f"cache_seqlens must be an int or a 1-D integer tensor of B = {B} lengths, got "
                              f"{x.dtype} of shape {tuple(x.shape)}")
 

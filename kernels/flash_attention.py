@@ -170,7 +170,7 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
     if k is not None and k.shape[2] > 0:
         T_new = k.shape[2]
         rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1)
-        positions = lengths.to(k.device)[:, None] + torch.arange(T_new, device=k.device)  # (B, T_new)
+        positions = lengths[:, None] + torch.arange(T_new, device=k.device)  # (B, T_new); lengths on k's device
         # indexing (B, 1) x all heads x (B, T_new) selects (B, T_new, H_kv, D): k as (B, T_new, H_kv, D)
         k_cache[rows, :, positions] = k.transpose(1, 2)
         v_cache[rows, :, positions] = v.transpose(1, 2)

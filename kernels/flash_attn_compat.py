@@ -135,6 +135,14 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
                                   return_attn_probs)
 
 
+_CACHE_REFUSALS = {  # flash_attn_with_kvcache's arguments the kernels lack -> what to do instead
+    "rotary_cos": "apply rotary embeddings to q and k before the call",
+    "rotary_sin": "apply rotary embeddings to q and k before the call",
+    "cache_batch_idx": "pass the caches' rows in q's batch order",
+    "cache_leftpad": "keep each sequence's cache starting at position 0",
+}
+
+
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
                             cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
@@ -144,12 +152,10 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     into the caches in place first. Returns out ``[B, T_q, H, D]``, or ``(out, softmax_lse [B, H, T_q])``.
     See :func:`attn_course.kernels.flash_attention_kvcache`; what is refused is in the module docstring."""
     _refuse_unsupported(0.0, softcap, alibi_slopes, block_table)
-    for name, given in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin), ("cache_batch_idx", cache_batch_idx),
-                        ("cache_leftpad", cache_leftpad)):
-        if given is not None:
-            how = "apply rotary embeddings to q and k before the call" if name.startswith("rotary") else \
-                "pass the caches' rows in q's batch order" if name == "cache_batch_idx" else \
-                "keep each sequence's cache starting at position 0"
+    given = dict(rotary_cos=rotary_cos, rotary_sin=rotary_sin, cache_batch_idx=cache_batch_idx,
+                 cache_leftpad=cache_leftpad)
+    for name, how in _CACHE_REFUSALS.items():
+        if given[name] is not None:
             raise ValueError(f"{name}: not implemented in these kernels; {how}, and pass None")
     if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
         raise ValueError(f"num_splits must be an int >= 0 (0: let the kernel choose), got {num_splits!r}")
