@@ -8,6 +8,8 @@ Files, in reading order:
 
 * ``flash_fwd.py``: the forward kernel, written like a Triton tutorial;
 * ``flash_bwd.py``: the backward kernels (FlashAttention-2: recompute P from the saved logsumexp);
+* ``flash_split.py``: a row's keys split between programs and combined exactly (flash-decoding: a
+  decoding step has too few rows to fill a GPU otherwise), and the rule that picks how many slices;
 * ``_tiles.py``: masks, loop bounds and tile loads shared by both (full vs masked tiles; pointers vs TMA);
 * ``flash_attention.py``: the ``torch.autograd.Function`` and the public functions;
 * ``flash_attn_compat.py``: flash-attn's ``flash_attn_func`` / ``flash_attn_varlen_func`` and their packed

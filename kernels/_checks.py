@@ -69,6 +69,15 @@ def check_scale(scale, D: int) -> float:
     return float(scale)
 
 
+def check_num_splits(num_splits) -> int:
+    """flash-attn's ``num_splits``: an int >= 0 (``0``: the kernel chooses; ``n``: each row's keys in ``n``
+    slices, see ``flash_split``)."""
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
+        raise ValueError(f"num_splits must be an int >= 0 (0: let the kernel choose; n: split each row's keys "
+                         f"into n slices), got {num_splits!r}")
+    return num_splits
+
+
 def kernel_window(window, causal: bool) -> tuple[int, int]:
     """flash-attn's ``window_size=(left, right)`` (``-1`` = unbounded) plus ``causal`` -> the kernel's
     ``(left, right)``: causal caps the right side at 0; unbounded sides become :data:`UNBOUNDED`."""

@@ -77,14 +77,23 @@ def compile_launch(fn, args, kwargs, target=HOPPER):
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
-def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None):
-    """The forward launch the wrapper makes for ``[2, 4, T, D]`` queries and 2 key/value heads, causal,
-    with ``variant`` forced and the autotuner off (``config``: the tile shape, else the default one)."""
+def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, T_q: int | None = None,
+                     num_splits: int = 1, seqused_k=None):
+    """The forward launches the wrapper makes for ``[2, 4, T_q, D]`` queries (``T_q`` defaults to ``T``) and
+    2 key/value heads of length ``T``, causal, with ``variant`` forced and the autotuner off (``config``:
+    the tile shape, else the default one): the forward kernel, then, with ``num_splits > 1``, the kernel
+    that combines the key slices (``flash_split``). ``seqused_k``: per-sequence key counts (a cache)."""
     fwd = kernel_module("flash_fwd", CUDA)
-    q, k, v = (torch.randn(2, h, T, D).to(dtype) for h in (4, 2, 2))
+    q, k, v = (torch.randn(2, h, t, D).to(dtype) for h, t in ((4, T_q or T), (2, T), (2, T)))
+
+    def run():
+        fwd.attn_fwd_launch(q, k, v, scale=D ** -0.5, window=CAUSAL, num_splits=num_splits, seqused_k=seqused_k)
+
+    combines = []
     with _variants.settings(kernel=variant, autotune=False), _default_config(fwd, config):
-        return recorded_launches(fwd, ["_attn_fwd"],
-                                 lambda: fwd.attn_fwd_launch(q, k, v, scale=D ** -0.5, window=CAUSAL))
+        calls = recorded_launches(fwd, ["_attn_fwd"], lambda: combines.extend(
+            recorded_launches(fwd.flash_split, ["_combine_splits"], run)))
+    return calls + combines
 
 
 def backward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None):

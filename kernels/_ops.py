@@ -5,7 +5,7 @@ runs Triton's interpreter: it fails inside the interpreter's NumPy code. So the 
 as custom operators, opaque to the compiler, each with a *fake* implementation that only says what the
 operator returns (shapes, strides, dtypes) without running anything:
 
-    attn_course::flash_forward   (q, k, v, ..., seqused_k=None)      -> out, lse
+    attn_course::flash_forward   (q, k, v, ..., seqused_k=None, num_splits=0) -> out, lse
     attn_course::flash_backward  (dout, dlse, q, k, v, out, lse, ...) -> dq, dk, dv
 
 ``FlashAttentionFunction`` calls them through :func:`forward` and :func:`backward`. Outside
@@ -66,14 +66,15 @@ def nothing_to_compute(q: torch.Tensor, k: torch.Tensor) -> bool:
 # ---- the launches ---------------------------------------------------------------------------------------
 
 def _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                    max_seqlen_k, seqused_k=None):
+                    max_seqlen_k, seqused_k=None, num_splits=0):
     if nothing_to_compute(q, k):  # every row has no allowed key
         out, lse = forward_buffers(q, cu_seqlens_q is not None)
         return out.zero_(), lse.fill_(float("-inf"))
     with on_device(q.device):
         fwd = kernel_module("flash_fwd", q.device)
         if cu_seqlens_q is None:
-            return fwd.attn_fwd_launch(q, k, v, scale=scale, window=(window_left, window_right), seqused_k=seqused_k)
+            return fwd.attn_fwd_launch(q, k, v, scale=scale, window=(window_left, window_right), seqused_k=seqused_k,
+                                       num_splits=num_splits)
         return fwd.attn_fwd_launch(q, k, v, scale=scale, window=(window_left, window_right),
                                    cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q)
 
@@ -98,7 +99,7 @@ def _launch_backward(dout, dlse, q, k, v, out, lse, scale, window_left, window_r
 # Spelled out rather than inferred from the annotations, which older torch releases read differently.
 _FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, float scale, int window_left, int window_right, "
                    "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, "
-                   "Tensor? seqused_k=None) -> (Tensor, Tensor)")
+                   "Tensor? seqused_k=None, int num_splits=0) -> (Tensor, Tensor)")
 _BACKWARD_SCHEMA = ("(Tensor? dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale, "
                     "int window_left, int window_right, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
                     "int max_seqlen_q, int max_seqlen_k, bool need_dq, bool need_dkdv) -> (Tensor, Tensor, Tensor)")
@@ -107,15 +108,15 @@ _BACKWARD_SCHEMA = ("(Tensor? dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, 
 @torch.library.custom_op("attn_course::flash_forward", mutates_args=(), schema=_FORWARD_SCHEMA)
 def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window_left: int,
                 window_right: int, cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
-                max_seqlen_q: int, max_seqlen_k: int,
-                seqused_k: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                max_seqlen_q: int, max_seqlen_k: int, seqused_k: torch.Tensor | None = None,
+                num_splits: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                           max_seqlen_k, seqused_k)
+                           max_seqlen_k, seqused_k, num_splits)
 
 
 @_forward_op.register_fake
 def _(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-      seqused_k=None):
+      seqused_k=None, num_splits=0):
     return forward_buffers(q, cu_seqlens_q is not None)
 
 
@@ -135,10 +136,11 @@ def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlen
     return drop_unneeded(backward_buffers(q, k, v), need_dq, need_dkdv)
 
 
-def forward(q, k, v, scale: float, window: tuple[int, int], varlen=None, seqused_k=None):
+def forward(q, k, v, scale: float, window: tuple[int, int], varlen=None, seqused_k=None, num_splits: int = 0):
     """``(out, lse)``; ``varlen`` is ``None`` or ``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)``;
-    ``seqused_k`` (fixed length only) is ``None`` or the int32 ``[B]`` keys each sequence uses."""
-    args = (q, k, v, scale, *window, *(varlen or _VARLEN), seqused_k)
+    ``seqused_k`` (fixed length only) is ``None`` or the int32 ``[B]`` keys each sequence uses;
+    ``num_splits`` (fixed length only): key slices per row, ``0`` to let the kernel choose (``flash_split``)."""
+    args = (q, k, v, scale, *window, *(varlen or _VARLEN), seqused_k, num_splits)
     return torch.ops.attn_course.flash_forward(*args) if torch.compiler.is_compiling() else _launch_forward(*args)
 
 

@@ -50,10 +50,11 @@ CUDA_MAX_GRID_YZ = 65_535  # ... and along its y and z axes
 INT32_MAX = 2**31 - 1
 
 
-def launch_grid(T: int, block: int, H: int, B: int) -> tuple[int, int, int]:
+def launch_grid(T: int, block: int, H: int, B: int, splits: int = 1) -> tuple[int, int, int]:
     """``(blocks, heads, sequences)``: ``program_id(0)`` is the block of ``block`` rows (``T``: the longest
-    sequence), ``program_id(1)`` the head, ``program_id(2)`` the sequence."""
-    grid = (triton.cdiv(T, block), H, B)
+    sequence), ``program_id(1)`` the head, ``program_id(2)`` the sequence. With ``splits > 1`` (split-K),
+    ``program_id(0)`` is ``block * splits + slice``."""
+    grid = (triton.cdiv(T, block) * splits, H, B)
     if grid[0] > CUDA_MAX_GRID_X or H > CUDA_MAX_GRID_YZ or B > CUDA_MAX_GRID_YZ:
         raise ValueError(f"a grid of {grid} programs (blocks, heads, sequences) does not fit CUDA's limits "
                          f"({CUDA_MAX_GRID_X}, {CUDA_MAX_GRID_YZ}, {CUDA_MAX_GRID_YZ})")
@@ -126,6 +127,24 @@ def key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M: tl.constexp
     full_hi = (full_hi // BLOCK_N) * BLOCK_N
     a = tl.minimum(full_lo, hi)
     b = tl.minimum(tl.maximum(full_hi, a), hi)
+    return lo, a, b, hi
+
+
+@triton.jit
+def key_slice(lo, a, b, hi, split, num_splits, BLOCK_N: tl.constexpr):
+    """:func:`key_tiles`' bounds cut down to slice ``split`` of ``num_splits`` (split-K decoding, see
+    ``flash_split``): the visible tiles ``[lo, hi)`` are dealt out in runs of ``ceil(tiles / num_splits)``
+    and each bound is clamped into this slice's run ``[s0, s1)``. ``s0`` is a whole number of tiles past
+    ``lo``, so full tiles stay full; a slice past the last tile gets ``[hi, hi)``: nothing to walk."""
+    tiles = tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_N)
+    per = tl.cdiv(tiles, num_splits)
+    s0 = lo + split * per * BLOCK_N
+    s1 = tl.minimum(s0 + per * BLOCK_N, hi)
+    s0 = tl.minimum(s0, s1)
+    lo = tl.minimum(tl.maximum(lo, s0), s1)
+    a = tl.minimum(tl.maximum(a, s0), s1)
+    b = tl.minimum(tl.maximum(b, s0), s1)
+    hi = tl.minimum(tl.maximum(hi, s0), s1)
     return lo, a, b, hi
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from . import _ops
-from ._checks import check_fixed, check_kvcache, check_scale, check_varlen, kernel_window
+from ._checks import check_fixed, check_kvcache, check_num_splits, check_scale, check_varlen, kernel_window
 
 SECOND_DERIVATIVE = (
     "flash_attention has no second derivative: its backward is a Triton kernel that autograd cannot "
@@ -137,7 +137,8 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
 
 
 def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=None, *, causal: bool = False,
-                            scale: float | None = None, window=(-1, -1), return_lse: bool = False):
+                            scale: float | None = None, window=(-1, -1), num_splits: int = 0,
+                            return_lse: bool = False):
     """Attention against a key/value cache, for generation (flash-attn's ``flash_attn_with_kvcache``, in
     this package's ``[B, H, T, D]`` layout). Inference only: no gradient.
 
@@ -152,6 +153,10 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
             cache*, in place, at positions ``cache_seqlens[b] ...``, then attended to with the rest.
         causal, scale, window, return_lse: as :func:`flash_attention`, with the queries aligned to the end of
             each sequence's filled cache (bottom-right: the last query is the newest token).
+        num_splits: split each row's keys into this many slices, walked by separate programs and combined
+            exactly (flash-decoding, ``kernels/flash_split.py``): a decoding step has too few rows to fill a
+            GPU otherwise. ``0`` (the default) lets the kernel choose: no split on the CPU or when the rows
+            already fill the GPU; ``1`` never splits.
 
     Returns:
         ``out [B, H, T_q, D]``, or ``(out, lse [B, H, T_q])``.
@@ -166,6 +171,7 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
                          "flash_attn_with_kvcache); call it under torch.no_grad(), or train with flash_attention")
     q, k, v = autocast_inputs(q, k, v)  # (the caches are never cast: they are written in place)
     lengths = check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v)  # (B,) int32 before appending
+    num_splits = check_num_splits(num_splits)
     scale = check_scale(scale, q.shape[-1])
     if k is not None and k.shape[2] > 0:
         T_new = k.shape[2]
@@ -175,7 +181,7 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
         k_cache[rows, :, positions] = k.transpose(1, 2)
         v_cache[rows, :, positions] = v.transpose(1, 2)
         lengths = lengths + T_new
-    out, lse = _ops.forward(q, k_cache, v_cache, scale, kernel_window(window, causal), None, lengths)
+    out, lse = _ops.forward(q, k_cache, v_cache, scale, kernel_window(window, causal), None, lengths, num_splits)
     return (out, lse) if return_lse else out
 
 

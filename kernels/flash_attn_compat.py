@@ -30,7 +30,8 @@ softmax scale and attend uniformly, without an error.
 What the kernels do not implement is refused by name rather than ignored: ``dropout_p > 0``, ``softcap``,
 ``alibi_slopes`` and ``block_table`` (paged key/value caches); for the cache, also rotary embeddings
 (``rotary_cos``/``rotary_sin``: apply them to q and k first), ``cache_batch_idx`` and ``cache_leftpad``.
-``num_splits`` (a speed hint to split the keys) is accepted and changes nothing. ``deterministic`` is accepted
+``num_splits`` splits each row's keys between programs as flash-attn does (``flash_split``: faster decoding
+when the batch is too small to fill the GPU; 0 lets the kernel choose). ``deterministic`` is accepted
 and changes nothing: the backward pass never uses atomics, so it is always deterministic.
 ``return_attn_probs=True`` returns ``(out, softmax_lse, None)`` as flash-attn does without dropout (its third
 element is the dropout pattern, for flash-attn's own tests); the kernels never form the probabilities, and
@@ -157,11 +158,9 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     for name, how in _CACHE_REFUSALS.items():
         if given[name] is not None:
             raise ValueError(f"{name}: not implemented in these kernels; {how}, and pass None")
-    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
-        raise ValueError(f"num_splits must be an int >= 0 (0: let the kernel choose), got {num_splits!r}")
     new = [None if x is None else swap_seq_and_heads(x) for x in (k, v)]  # (B, H_kv, T_new, D) views
     res = flash_attention_kvcache(swap_seq_and_heads(q), swap_seq_and_heads(k_cache), swap_seq_and_heads(v_cache),
                                   cache_seqlens, *new, causal=causal, scale=softmax_scale, window=window_size,
-                                  return_lse=True)
+                                  num_splits=num_splits, return_lse=True)
     out = swap_seq_and_heads(res[0])  # (B, T_q, H, D)
     return (out, res[1]) if return_softmax_lse else out

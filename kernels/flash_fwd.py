@@ -14,6 +14,8 @@ In this file you will learn how to write attention as **one** fused Triton kerne
   the sliding window's edges, the ragged tail), and skipping the tiles a causal mask hides;
 * grouped-query attention by index arithmetic: query head ``h`` reads key/value head ``h // group``;
 * packed variable-length batches (``cu_seqlens``) with the same kernel;
+* splitting the keys of each row between several programs when there are too few rows to fill the GPU
+  (a decoding step), their partial results combined exactly afterwards (``SPLIT_K``; see ``flash_split``);
 * saving the logsumexp ``lse = m + log(l)`` so the backward pass can recompute the probabilities;
 * on Hopper, fetching tiles through *tensor descriptors* (TMA) instead of pointer arithmetic, and letting
   the compiler warp-specialise the key loop (``TMA`` / ``WARP_SPEC``; which variant runs is
@@ -34,11 +36,13 @@ from attn_course.kernels import _variants
 from attn_course.kernels._ops import forward_buffers
 from attn_course.kernels._runtime import interpreter_scope, is_interpreted
 
+from . import flash_split
 from ._tiles import (
     allowed,
     batch_chunks,
     batch_part,
     dot,
+    key_slice,
     key_tiles,
     launch_grid,
     load_rows,
@@ -93,6 +97,7 @@ def _attn_fwd(
     stride_vb, stride_vh, stride_vt, stride_vd,
     stride_ob, stride_oh, stride_ot, stride_od,
     stride_lb, stride_lh, stride_lt,
+    stride_os, stride_ls,  # from one key slice's partial out / lse to the next (SPLIT_K), else unused
     desc_q, desc_k, desc_v, desc_o,  # tensor descriptors over q, k, v, out when TMA (else unused)
     cu_seqlens_q, cu_seqlens_k,  # int32 (B + 1,) sequence starts when IS_VARLEN (then the batch strides are 0)
     seqused_k,  # int32 (B,) keys each sequence uses when HAS_SEQUSED_K (a key/value cache filled so far)
@@ -101,6 +106,7 @@ def _attn_fwd(
     H, GROUP,  # number of query heads; query heads per key/value head (1 = MHA, H = MQA)
     qk_scale,  # softmax scale * log2(e)
     window_left, window_right,  # sliding window; a huge value means unbounded; causal is right = 0
+    num_splits,  # key slices per row (SPLIT_K): program_id(0) is (query block) * num_splits + slice
     HEAD_DIM: tl.constexpr,  # D, a power of two
     BLOCK_M: tl.constexpr,  # queries per program
     BLOCK_N: tl.constexpr,  # keys per loop step
@@ -110,9 +116,13 @@ def _attn_fwd(
     TMA: tl.constexpr,  # tiles through the descriptors (fixed-length batches only)
     WARP_SPEC: tl.constexpr,  # one masked key loop, warp-specialised by the compiler
     WIDE: tl.constexpr,  # 64-bit offsets within a sequence (see _tiles)
+    SPLIT_K: tl.constexpr,  # walk one slice of the keys; Out and Lse are that slice's partial buffers (float32)
 ):
     tl.static_assert(not (TMA and (IS_VARLEN or HAS_SEQUSED_K)), "packed batches and caches use pointers")
     pid_m = tl.program_id(0)  # which block of queries (see _tiles.launch_grid)
+    if SPLIT_K:
+        split = pid_m % num_splits  # which slice of the keys
+        pid_m = pid_m // num_splits
     h = tl.program_id(1)
     b = tl.program_id(2)
     h_kv = h // GROUP  # grouped-query attention: heads h_kv*GROUP ... share one key/value head
@@ -131,6 +141,9 @@ def _attn_fwd(
     V += b64 * stride_vb + h_kv.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vt
     Out += b64 * stride_ob + h64 * stride_oh + q_start.to(tl.int64) * stride_ot
     Lse += b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
+    if SPLIT_K:
+        Out += split.to(tl.int64) * stride_os
+        Lse += split.to(tl.int64) * stride_ls
 
     offs_m = m_start + tl.arange(0, BLOCK_M)
     # (BLOCK_M, HEAD_DIM), stays in registers for the whole loop
@@ -141,6 +154,8 @@ def _attn_fwd(
     acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)  # running sum of exp2(s - m) * v
 
     lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
+    if SPLIT_K:  # keep this slice's share of the visible tiles: [s0, s1), whole tiles but for hi
+        lo, a, b_full, hi = key_slice(lo, a, b_full, hi, split, num_splits, BLOCK_N)
     if WARP_SPEC:
         # one loop over every visible tile, each masked: the warp-specialisation pass (producer warps
         # issuing the TMA copies, consumer warpgroups doing the products and the softmax) handles a
@@ -166,12 +181,13 @@ def _attn_fwd(
                                    HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False, WIDE)
 
     # epilogue: normalise; a row that saw no allowed key has l = 0 and gets out = 0, lse = -inf
+    # (with SPLIT_K: no allowed key *in this slice*; the combine gives such a slice no weight)
     alive = l_i > 0.0
     l_safe = tl.where(alive, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(alive, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # natural log
     store_rows(Out, desc_o, b, h, m_start, out.to(Out.dtype.element_ty), stride_ot, stride_od, T_q,
-               BLOCK_M, HEAD_DIM, TMA, WIDE)
+               BLOCK_M, HEAD_DIM, TMA and not SPLIT_K, WIDE)  # (desc_o describes out, not the partials)
     tl.store(Lse + offs_m * stride_lt, lse, mask=offs_m < T_q)
 
 
@@ -240,13 +256,14 @@ def _strides(x: torch.Tensor, ndim: int):
 
 
 def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
-                    seqused_k=None, blocks=None):
+                    seqused_k=None, num_splits=0, blocks=None):
     """Run the forward kernel. Inputs are already checked by :mod:`attn_course.kernels.flash_attention`.
 
     Fixed length: q ``[B, H, T_q, D]``, k, v ``[B, H_kv, T_k, D]`` -> out like q, lse ``[B, H, T_q]``;
     with ``seqused_k`` (int32 ``[B]``), sequence ``b`` sees only its first ``seqused_k[b]`` keys (a cache).
     Packed: q ``[total_q, H, D]``, k, v ``[total_k, H_kv, D]`` -> out like q, lse ``[H, total_q]``.
-    ``window = (left, right)`` with huge numbers for unbounded sides. ``blocks``: the interpreter's tiles.
+    ``window = (left, right)`` with huge numbers for unbounded sides. ``num_splits``: key slices per row
+    (fixed length only; ``0``: :func:`flash_split.num_splits` chooses). ``blocks``: the interpreter's tiles.
     """
     varlen = cu_seqlens_q is not None
     if varlen:
@@ -265,28 +282,44 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         sq, sk, sv = _strides(q, 4), _strides(k, 4), _strides(v, 4)
         out, lse = forward_buffers(q, varlen)  # out (B, H, T_q, D) contiguous, lse (B, H, T_q)
         so, sl = out.stride(), lse.stride()
+    splits = 1 if varlen else flash_split.num_splits(num_splits, B=B, H=H, T_q=T_q, T_k=T_k,
+                                                     sms=None if INTERPRET else flash_split.multiprocessors(q.device))
+    if splits > 1:  # the kernel writes one partial result per slice; the combine writes out and lse
+        part, part_lse = flash_split.split_buffers(q, splits)  # (B, S, H, T_q, D), (B, S, H, T_q) float32
+        so = (part.stride(0), *part.stride()[2:])  # (batch, head, time, dim): the slice is stride_os
+        sl = (part_lse.stride(0), *part_lse.stride()[2:])
+        split_strides = (part.stride(1), part_lse.stride(1))
+        targets = (part, part_lse)
+    else:
+        split_strides, targets = (0, 0), (out, lse)
     upcast = INTERPRET and q.dtype == torch.bfloat16
-    strides = (*sq, *sk, *sv, *so, *sl)
-    scalars = (T_q, T_k, *_variants.tuning_lengths(T_q, T_k), H, H // H_kv, scale * LOG2E, window[0], window[1])
+    strides = (*sq, *sk, *sv, *so, *sl, *split_strides)
+    scalars = (T_q, T_k, *_variants.tuning_lengths(T_q, T_k), H, H // H_kv, scale * LOG2E, window[0], window[1],
+               splits)
     flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_SEQUSED_K=seqused_k is not None, UPCAST=upcast,
-                 IEEE=q.dtype == torch.float32,
-                 WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, out))
+                 IEEE=q.dtype == torch.float32, SPLIT_K=splits > 1,
+                 WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, targets[0][:, 0] if splits > 1 else out))
 
     def launch(variant: _variants.Variant):
         # (in the interpreter, tma+ws runs the single-loop code path: checked there too)
         interpreter_meta = dict(blocks or INTERPRETER_BLOCKS, WARP_SPEC=variant.warp_specialize)
         tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=interpreter_meta,
                                                   default=default_config(variant, D, q.element_size()))
-        kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, D), tag=D) if tune else _attn_fwd
+        kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, D), tag=D,
+                                     extra_key=["SPLIT_K"]) if tune else _attn_fwd  # (a slice: fewer keys per row)
         for b0, b1 in batch_chunks(B):  # (one launch unless B passes the grid's limit)
-            tensors, cus = batch_part(b0, b1, (q, k, v, out, lse), (cu_seqlens_q, cu_seqlens_k) if varlen else None)
+            tensors, cus = batch_part(b0, b1, (q, k, v, *targets), (cu_seqlens_q, cu_seqlens_k) if varlen else None)
             used = tensors[0] if seqused_k is None else seqused_k[b0:b1]  # (b1 - b0,) or a placeholder
-            descs = _variants.descriptors(tensors[:4], [tiles[block] for _, block in _DESCRIPTORS], D, variant)
+            described = (*tensors[:3], out[b0:b1] if splits > 1 else tensors[3])  # desc_o: over out, always
+            descs = _variants.descriptors(described, [tiles[block] for _, block in _DESCRIPTORS], D, variant)
 
             def grid(meta, n=b1 - b0):
-                return launch_grid(T_q, meta["BLOCK_M"], H, n)
+                return launch_grid(T_q, meta["BLOCK_M"], H, n, splits)
 
             kernel[grid](*tensors, *strides, *descs, *cus, used, *scalars, **flags, TMA=variant.tma, **meta)
+            if splits > 1:
+                flash_split.combine_splits(*tensors[3:], out[b0:b1], lse[b0:b1],
+                                           launch_grid(T_q, flash_split.COMBINE_ROWS, H, b1 - b0))
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():
         chain = _variants.chain(q.device, (q, k, v, out), varlen=varlen or seqused_k is not None)

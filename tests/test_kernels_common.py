@@ -158,6 +158,8 @@ def poison_kernel_outputs(monkeypatch) -> None:
         monkeypatch.setattr(kernel_module("flash_fwd", device), "forward_buffers", _poisoned(_ops.forward_buffers))
         monkeypatch.setattr(kernel_module("flash_bwd", device), "backward_buffers",
                             _poisoned(_ops.backward_buffers))
+        split = kernel_module("flash_fwd", device).flash_split  # the key slices' partial results
+        monkeypatch.setattr(split, "split_buffers", _poisoned(split.split_buffers))
 
 
 def test_reference_agrees_with_plain_softmax_on_a_full_mask():
@@ -185,4 +187,5 @@ def test_kernel_outputs_start_as_nan_in_the_kernel_tests():
     q = torch.randn(1, 2, 5, 16)
     out, lse = kernel_module("flash_fwd", q.device).forward_buffers(q, False)
     grads = kernel_module("flash_bwd", q.device).backward_buffers(q, q, q)
-    assert all(x.isnan().all() for x in (out, lse, *grads))
+    parts = kernel_module("flash_fwd", q.device).flash_split.split_buffers(q, 3)
+    assert all(x.isnan().all() for x in (out, lse, *grads, *parts))

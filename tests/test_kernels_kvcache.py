@@ -21,7 +21,6 @@ from attn_course.kernels import (
     flash_attn_with_kvcache,
     swap_seq_and_heads,
 )
-from attn_course.kernels._runtime import kernel_module
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 NONE = (-1, -1)
@@ -123,7 +122,7 @@ def test_flash_attn_with_kvcache_in_flash_attns_layout():
     q, k, v = make_qkv(2, 4, 2, 2, 2, 32, F16, seed=5)
     ours_k, ours_v = k_cache.clone(), v_cache.clone()
     want, want_lse = flash_attention_kvcache(q, ours_k, ours_v, torch.tensor(lengths), k, v, causal=True,
-                                             scale=0.2, return_lse=True)
+                                             scale=0.2, num_splits=4, return_lse=True)
     bthd = [swap_seq_and_heads(x).contiguous() for x in (q, k_cache, v_cache, k, v)]  # (B, T, H, D)
     out, lse = flash_attn_with_kvcache(*bthd[:3], *bthd[3:], cache_seqlens=torch.tensor(lengths, dtype=torch.int32),
                                        softmax_scale=0.2, causal=True, num_splits=4, return_softmax_lse=True)
@@ -211,17 +210,17 @@ def test_a_compiled_decoding_step_matches_eager_and_writes_the_cache():
 
 
 def test_the_cache_kernel_compiles_for_hopper():
-    """The kernel with per-sequence cache lengths (a constexpr branch: no cost to the other launches),
-    compiled for sm_90 on this CPU: tensor cores for 16-bit inputs, and no TMA (masked pointer loads)."""
-    from attn_course.kernels._compile import CUDA, HOPPER, compile_launch, recorded_launches
+    """The decoding kernel as a GPU runs it, per-sequence cache lengths and keys split in slices (constexpr
+    branches: no cost to the other launches), compiled for sm_90 on this CPU: tensor cores for 16-bit
+    inputs and no TMA (masked pointer loads); then the kernel that combines the slices."""
+    from attn_course.kernels._compile import HOPPER, compile_launch, forward_launches
 
-    fwd = kernel_module("flash_fwd", CUDA)
-    q, k, v = make_qkv(2, 8, 2, 1, 4096, 128, BF16)
     used = torch.tensor([100, 4000], dtype=torch.int32)
-    with _variants.settings(autotune=False):
-        (fn, args, kwargs), = recorded_launches(fwd, ["_attn_fwd"], lambda: fwd.attn_fwd_launch(
-            q, k, v, scale=128 ** -0.5, window=(1 << 30, 0), seqused_k=used))
-    assert kwargs["HAS_SEQUSED_K"] and not kwargs["TMA"]
+    launches = forward_launches("pointer", BF16, 128, T=4096, T_q=1, num_splits=4, seqused_k=used)
+    assert [fn.__name__ for fn, _, _ in launches] == ["_attn_fwd", "_combine_splits"]
+    (fn, args, kwargs), combine = launches
+    assert kwargs["HAS_SEQUSED_K"] and kwargs["SPLIT_K"] and not kwargs["TMA"]
     ptx = compile_launch(fn, args, dict(kwargs), HOPPER).asm["ptx"]
     assert "wgmma" in ptx or "mma.sync" in ptx, "no tensor-core products in the cache kernel"
     assert "cp.async.bulk.tensor" not in ptx
+    compile_launch(*combine, HOPPER)

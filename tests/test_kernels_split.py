@@ -1,0 +1,194 @@
+"""Each row's keys split between programs and combined afterwards (flash-decoding, kernels/flash_split.py).
+
+The split must change nothing but the rounding: out and lse against ``attn_course.attention`` by the
+tolerance rule, with slices that walk no key at all (more slices than tiles, a window that misses most
+slices) and rows that see no key anywhere (zeros, ``lse = -inf``); the backward pass after a split forward;
+the cache path with NaN-filled unfilled tails; the rule that decides how many slices; and the kernels
+compiled for sm_90. The interpreter's tiles are 32 keys, so a 203-key row has 7 tiles to deal out.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_kernels_common import assert_close_by_rule, check_case, make_qkv, max_err, torch_same_dtype
+from test_kernels_empty import expected
+from test_kernels_kvcache import CASES as KVCACHE_CASES
+from test_kernels_kvcache import case_id as kvcache_case_id
+from test_kernels_kvcache import check_kvcache_case
+
+from attn_course.kernels import _variants, flash_attention_kvcache, flash_attn_with_kvcache, swap_seq_and_heads
+from attn_course.kernels._runtime import kernel_module
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+NONE = (-1, -1)
+CPU = torch.device("cpu")
+
+CASES = [  # (B, H, H_kv, T_q, T_k, D, causal, window, dtype, num_splits)
+    (2, 4, 2, 1, 203, 32, False, NONE, F32, 3),  # one decoding step: 7 key tiles dealt 3, 3, 1
+    (1, 4, 1, 1, 113, 64, True, NONE, BF16, 8),  # more slices than tiles (4): slices 4 ... 7 walk nothing
+    (2, 2, 2, 17, 203, 16, True, NONE, F16, 4),  # a chunk of 17 queries, causal, bottom-right
+    (1, 4, 2, 5, 203, 32, True, (40, 0), F32, 3),  # a window: each row's keys lie in one or two slices
+    (1, 2, 1, 5, 2, 16, True, NONE, F32, 3),  # T_q > T_k, causal: the first three rows see no key at all
+    (1, 2, 2, 3, 70, 128, False, NONE, F16, 2),
+]
+
+
+def case_id(c):
+    B, H, H_kv, T_q, T_k, D, causal, window, dtype, splits = c
+    return (f"B{B}-H{H}x{H_kv}-Tq{T_q}-Tk{T_k}-D{D}{'-causal' if causal else ''}"
+            f"{'-win' if window != NONE else ''}-{str(dtype)[6:]}-S{splits}")
+
+
+@pytest.fixture
+def combines(monkeypatch):
+    """The number of slices of each combine launched, on every device (the split really happened)."""
+    log = []
+    devices = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        split = kernel_module("flash_fwd", device).flash_split
+        original = split.combine_splits
+
+        def spy(part, *args, original=original):
+            log.append(part.shape[1])
+            return original(part, *args)
+        monkeypatch.setattr(split, "combine_splits", spy)
+    return log
+
+
+def force_splits(monkeypatch, n: int, device=CPU) -> None:
+    """Make the kernel's own choice (``num_splits=0``, what ``flash_attention`` always asks for) ``n``."""
+    split = kernel_module("flash_fwd", device).flash_split
+    monkeypatch.setattr(split, "num_splits", lambda requested, **shape: requested or n)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_split_forward_matches_attention(case, combines):
+    B, H, H_kv, T_q, T_k, D, causal, window, dtype, splits = case
+    q, k, v = make_qkv(B, H, H_kv, T_q, T_k, D, dtype)
+    with torch.no_grad():
+        out, lse = flash_attention_kvcache(q, k, v, causal=causal, window=window, num_splits=splits,
+                                           return_lse=True)
+        whole = flash_attention_kvcache(q, k, v, causal=causal, window=window, num_splits=1)
+    assert combines == [splits], f"expected one combine of {splits} slices, saw {combines}"
+    want, want_lse = expected(q, k, v, causal, window)
+    assert_close_by_rule("out", out, want, torch_same_dtype(q, k, v, causal, window), dtype)
+    dead = torch.isneginf(want_lse)
+    assert torch.equal(torch.isneginf(lse), dead), "a row is -inf in lse iff it sees no key"
+    assert not out[dead].any(), "a row that sees no key must be zeros, however its keys were split"
+    assert max_err(lse[~dead], want_lse[~dead]) < 1e-4
+    assert max_err(out, whole) < (1e-6 if dtype == F32 else 1e-2), "splitting changed more than the rounding"
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], (2, 4, 2, 17, 113, 32, True, NONE, BF16, 3)], ids=case_id)
+def test_backward_after_a_split_forward(case, combines, monkeypatch):
+    """``flash_attention`` splits when the rule says so (on a GPU, a short batch with long rows); its
+    backward reads only out and lse, which the combine must have made right: the gradients by the rule."""
+    force_splits(monkeypatch, case[-1])
+    check_case(case[:-1])
+    assert combines and set(combines) == {case[-1]}
+
+
+@pytest.mark.parametrize("case", KVCACHE_CASES, ids=kvcache_case_id)
+def test_split_cache_reads_only_the_filled_part(case, combines, monkeypatch):
+    """The cache tests again, every row split in 3: a slice past a sequence's filled length walks nothing
+    (the unfilled tails are NaN), and a sequence with an empty cache and nothing appended sees no key."""
+    force_splits(monkeypatch, 3)
+    check_kvcache_case(case)
+    assert combines == [3]
+
+
+def test_flash_attn_with_kvcache_passes_num_splits_on(combines):
+    q, k, v = make_qkv(2, 4, 2, 1, 150, 32, F16)
+    bthd = [swap_seq_and_heads(x) for x in (q, k, v)]  # (B, T, H, D) views
+    out = flash_attn_with_kvcache(*bthd, num_splits=5)
+    assert combines == [5]
+    with torch.no_grad():
+        assert torch.equal(swap_seq_and_heads(out), flash_attention_kvcache(q, k, v, num_splits=5))
+
+
+@pytest.mark.parametrize("bad", [-1, True, 2.0, "4"])
+def test_bad_num_splits_is_named(bad):
+    q, k, v = make_qkv(1, 2, 1, 1, 20, 16, F32)
+    with pytest.raises(ValueError, match=r"num_splits must be an int >= 0 .*got"), torch.no_grad():
+        flash_attention_kvcache(q, k, v, num_splits=bad)
+
+
+def test_the_forward_operator_with_splits_passes_opcheck():
+    q, k, v = make_qkv(2, 4, 2, 1, 90, 16, F16)
+    used = torch.tensor([90, 41], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.attn_course.flash_forward.default,
+                          (q, k, v, 0.25, 1 << 30, 0, None, None, 0, 0, used, 3))
+
+
+# ---- how many slices ------------------------------------------------------------------------------------
+
+def rule():
+    return kernel_module("flash_fwd", CPU).flash_split
+
+
+@pytest.mark.parametrize("shape,sms,want", [
+    (dict(B=1, H=32, T_q=1, T_k=32768), 132, 8),  # 32 programs, 264 slots: 8 slices of 4096 keys
+    (dict(B=1, H=8, T_q=1, T_k=1000), 132, 3),  # 33 would fit; no slice under 256 keys
+    (dict(B=1, H=8, T_q=1, T_k=300), 132, 1),  # too short to split at all
+    (dict(B=4, H=16, T_q=4096, T_k=4096), 132, 1),  # prefill: 4096 programs already
+    (dict(B=2, H=64, T_q=1, T_k=65536), 132, 2),  # 128 programs: two slices fill 264 slots
+    (dict(B=1, H=32, T_q=1, T_k=32768), None, 1),  # the interpreter: programs run one after another
+])
+def test_the_rule_fills_the_gpu_and_no_more(shape, sms, want):
+    assert rule().num_splits(0, **shape, sms=sms) == want
+
+
+def test_the_rule_over_a_grid_of_shapes():
+    """Properties, for every shape of a grid: 1 <= S <= MAX_SPLITS; no split once the programs fill
+    the slots; a split never takes the programs past the slots, nor a slice under MIN_KEYS_PER_SPLIT."""
+    split = rule()
+    for sms in (8, 108, 132):
+        slots = split.PROGRAMS_PER_SM * sms
+        for B in (1, 3, 16):
+            for H in (1, 8, 40):
+                for T_q in (1, 4, 65, 1000):
+                    for T_k in (1, 255, 256, 1000, 4096, 100_000):
+                        n = split.num_splits(0, B=B, H=H, T_q=T_q, T_k=T_k, sms=sms)
+                        programs = -(-T_q // split.ROWS_PER_PROGRAM) * H * B
+                        assert 1 <= n <= split.MAX_SPLITS
+                        if programs >= slots:
+                            assert n == 1, (B, H, T_q, T_k, sms, n)
+                        if n > 1:
+                            assert n * programs <= slots and T_k // n >= split.MIN_KEYS_PER_SPLIT
+
+
+def test_a_requested_count_is_kept_up_to_the_cap():
+    split = rule()
+    shape = dict(B=64, H=64, T_q=4096, T_k=100, sms=132)
+    assert split.num_splits(5, **shape) == 5 and split.num_splits(1, **shape) == 1
+    assert split.num_splits(10_000, **shape) == split.MAX_SPLITS
+
+
+def test_packed_batches_never_split(combines, monkeypatch):
+    """flash-attn splits only fixed-length and cache calls; varlen keeps one program per row block."""
+    from attn_course.kernels import flash_attention_varlen
+
+    force_splits(monkeypatch, 4)
+    q, k, v = (torch.randn(40, 2, 16) for _ in range(3))
+    cu = torch.tensor([0, 15, 40], dtype=torch.int32)
+    flash_attention_varlen(q, k, v, cu, cu, 25, 25)
+    assert combines == []
+
+
+# ---- compiled for Hopper --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", list(_variants.VARIANTS))
+def test_split_kernels_compile_for_hopper(variant):
+    """Every variant can split (TMA loads keys from any row; the partials are stored through pointers,
+    since the output descriptor describes out itself): the forward with SPLIT_K and the combine, for sm_90."""
+    from attn_course.kernels._compile import HOPPER, compile_launch, forward_launches
+
+    launches = forward_launches(variant, F16, 128, T=4096, T_q=1, num_splits=6)
+    assert [fn.__name__ for fn, _, _ in launches] == ["_attn_fwd", "_combine_splits"]
+    (fn, args, kwargs), combine = launches
+    assert kwargs["SPLIT_K"] and kwargs["TMA"] == _variants.VARIANTS[variant].tma
+    ptx = compile_launch(fn, args, dict(kwargs), HOPPER).asm["ptx"]
+    assert "wgmma" in ptx, "the split forward lost its tensor-core products"
+    assert ("cp.async.bulk.tensor" in ptx) == _variants.VARIANTS[variant].tma
+    compile_launch(*combine, HOPPER)
