@@ -12,6 +12,12 @@ bandwidth is recorded beside it); writes ``benchmarks/results/<device>.json`` (a
 short keeps what it measured) and ``<device>.png``, stamped with the device and the torch, triton and CUDA
 versions.
 
+Then one decoding step (one new query per sequence against a long key/value cache, GQA 32/8 heads as in
+Llama-3-8B): ``flash_attention_kvcache`` with its keys split by its own rule (``num_splits=0``,
+``kernels/flash_split.py``) and unsplit (``num_splits=1``) against SDPA's backends (``enable_gqa``) and the
+naive version. Decoding is bound by memory bandwidth, so these rows give TB/s (bytes of the cache read per
+second) and the fraction of the copy bandwidth measured in the same run. ``--decode-only`` times just these.
+
 On a CPU there is no honest speed comparison (the kernel runs in Triton's interpreter), so it measures
 what a CPU can show: the peak memory of the naive attention, the tiled reference and the kernel as T
 grows, each call in a fresh subprocess (``attn_course.memory``). Writes ``benchmarks/results/cpu.json``
@@ -20,6 +26,7 @@ and ``cpu.png``.
     python benchmarks/bench_attention.py            # the device this machine has
     python benchmarks/bench_attention.py --quick    # fewer shapes (a smoke run)
     python benchmarks/bench_attention.py --warm-workers 8 --budget-s 300   # a time-boxed GPU session
+    python benchmarks/bench_attention.py --decode-only                    # the decoding rows alone
 """
 
 from __future__ import annotations
@@ -174,6 +181,14 @@ def _warm_one(job):
 
     start = time.perf_counter()
     dtype = getattr(torch, dtype_name)
+    if variant == "decode":  # the cache kernel, split by the rule (B = 1 on any big GPU) and unsplit
+        impls = decode_implementations()
+        q = torch.randn(1, DECODE_HEADS[0], 1, D, device="cuda", dtype=dtype)
+        k, v = (torch.randn(1, DECODE_HEADS[1], 4096, D, device="cuda", dtype=dtype) for _ in range(2))
+        for name in ("triton", "triton-nosplit"):
+            impls[name](q, k, v, False)
+        torch.cuda.synchronize()
+        return f"{dtype_name} D={D} decoding: {time.perf_counter() - start:.0f} s"
     q, k, v = (torch.randn(1, MODEL_DIM // D, 512, D, device="cuda", dtype=dtype, requires_grad=True)
                for _ in range(3))
     with kernel_variant(variant):
@@ -188,6 +203,7 @@ def warm_compile(workers: int, head_dims=HEAD_DIMS) -> None:
     import multiprocessing
 
     jobs = [(d, D, variant) for d in ("float16", "bfloat16") for D in head_dims for variant in ("auto", "pointer")]
+    jobs += [(d, 128, "decode") for d in ("float16", "bfloat16")]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
         for line in pool.imap_unordered(_warm_one, jobs):
@@ -244,6 +260,96 @@ def run_gpu(shapes, budget_s: float | None, save, *, impls=None, device="cuda", 
     return result
 
 
+DECODE_HEADS = (32, 8)  # query heads, key/value heads (Llama-3-8B's GQA)
+
+
+def decode_shapes(quick: bool):
+    """(B, H, H_kv, T_k, D, dtype) of one decoding step, longest caches first."""
+    Ts = [65536, 4096] if quick else [65536, 16384, 4096]
+    return [(B, *DECODE_HEADS, T_k, 128, dtype) for T_k in Ts for dtype in (torch.float16, torch.bfloat16)
+            for B in (1, 16)]
+
+
+def decode_implementations():
+    """name -> f(q, k, v, causal) for one decoding step: q ``[B, H, 1, D]`` against the whole cache
+    ``[B, H_kv, T_k, D]``. ``triton`` splits the keys by its own rule, ``triton-nosplit`` never does."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from attn_course.kernels import flash_attention_kvcache
+
+    def kvcache(splits):
+        return lambda q, k, v, causal: flash_attention_kvcache(q, k, v, causal=causal, num_splits=splits)
+
+    def sdpa_with(backend):
+        def run(q, k, v, causal):  # (one query: no mask either way, as the kernel's bottom-right causal)
+            with sdpa_kernel(backend):
+                return sdpa(q, k, v, enable_gqa=True)
+        return run
+
+    def naive(q, k, v, causal):
+        G = q.shape[1] // k.shape[1]  # (B, H_kv, T_k, D) -> (B, H, T_k, D): naive GQA copies the cache
+        return naive_attention(q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), False)
+
+    impls = {"triton": kvcache(0), "triton-nosplit": kvcache(1)}
+    for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"):
+        impls[name] = sdpa_with(getattr(SDPBackend, name))
+    impls["naive"] = naive
+    return impls
+
+
+def decode_splits(B: int, H: int, T_k: int, device) -> int:
+    """How many slices the kernel's rule gives one decoding step of this shape on ``device``."""
+    from attn_course.kernels._runtime import kernel_module
+
+    split = kernel_module("flash_fwd", torch.device(device)).flash_split
+    return split.num_splits(0, B=B, H=H, T_q=1, T_k=T_k, sms=split.multiprocessors(torch.device(device)))
+
+
+def run_decode(shapes, budget_s: float | None, save, result: dict, *, impls=None, device="cuda") -> dict:
+    """Time one decoding step of every contender on every shape of ``shapes`` (:func:`decode_shapes`),
+    appending to ``result["decode_rows"]`` and calling ``save(result)`` after each shape. ``budget_s``
+    counts from this call; shapes past it go to ``result["skipped_for_time"]``."""
+    impls = decode_implementations() if impls is None else impls
+    start = time.perf_counter()
+    rows = result.setdefault("decode_rows", [])
+    result.setdefault("skipped_for_time", [])
+    copy_tbps = result.get("ceilings", {}).get("copy_tbps")
+    for B, H, H_kv, T_k, D, dtype in shapes:
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            result["skipped_for_time"].append({"decode": True, "B": B, "T_k": T_k, "dtype": str(dtype)[6:]})
+            continue
+        q = torch.randn(B, H, 1, D, device=device, dtype=dtype)
+        k, v = (torch.randn(B, H_kv, T_k, D, device=device, dtype=dtype) for _ in range(2))
+        moved = (2 * k.numel() + 2 * q.numel()) * k.element_size()  # the cache read once, q read, out written
+        row = {"pass": "decode", "dtype": str(dtype)[6:], "D": D, "B": B, "H": H, "H_kv": H_kv, "T_k": T_k,
+               "splits": decode_splits(B, H, T_k, device), "bytes": moved, "ms": {}, "spread_ms": {}, "tbps": {}}
+        for name, fn in impls.items():
+            ms, spread = time_one(name, fn, q, k, v, False, False)
+            row["ms"][name], row["spread_ms"][name] = ms, spread
+            row["tbps"][name] = None if ms is None else moved / ms * 1e-9
+        tri = row["ms"]["triton"]
+        row["speedup_vs"] = {n: (None if m is None or tri is None else m / tri)
+                             for n, m in row["ms"].items() if n != "triton"}
+        if copy_tbps and tri is not None:
+            row["triton_of_copy"] = row["tbps"]["triton"] / copy_tbps
+        rows.append(row)
+        print(format_decode_row(row), flush=True)
+        del q, k, v
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        save(result)
+    return result
+
+
+def format_decode_row(row) -> str:
+    bw = "  ".join(f"{n}={'-' if t is None else f'{t:5.2f}'}" for n, t in row["tbps"].items())
+    sp = " ".join(f"{n}:{'-' if r is None else f'{r:.2f}x'}" for n, r in row["speedup_vs"].items())
+    of = f", {row['triton_of_copy']:.0%} of copy" if "triton_of_copy" in row else ""
+    return (f"decode {row['dtype']:8s} D={row['D']} B={row['B']:2d} H={row['H']}/{row['H_kv']} T_k={row['T_k']:5d} "
+            f"TB/s {bw} | triton ({row['splits']} slices{of}) speed-up vs {sp}")
+
+
 def format_row(row) -> str:
     tf = "  ".join(f"{n}={'-' if t is None else f'{t:6.1f}'}" for n, t in row["tflops"].items())
     sp = " ".join(f"{n}:{'-' if r is None else f'{r:.2f}x'}" for n, r in row["speedup_vs"].items())
@@ -259,9 +365,12 @@ def plot_gpu(result: dict, path: Path, st: dict) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["dtype"], r["D"], r["causal"], r["pass"]) for r in result["rows"]})
-    cols = 4
-    fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(4 * cols, 3 * len(panels) / cols + 1),
+    decode = sorted({(r["dtype"], r["B"]) for r in result.get("decode_rows", [])})
+    cols, n = 4, len(panels) + len(decode)
+    fig, axes = plt.subplots(max((n + cols - 1) // cols, 1), cols, figsize=(4 * cols, 3 * n / cols + 1),
                              squeeze=False)
+    for ax, key in zip(list(axes.flat)[len(panels):], decode, strict=False):
+        plot_decode_panel(ax, [r for r in result["decode_rows"] if (r["dtype"], r["B"]) == key], result)
     for ax, key in zip(axes.flat, panels, strict=False):
         rows = [r for r in result["rows"] if (r["dtype"], r["D"], r["causal"], r["pass"]) == key]
         for name in rows[0]["tflops"]:
@@ -275,10 +384,29 @@ def plot_gpu(result: dict, path: Path, st: dict) -> None:
         ax.set_title(f"{key[0]} D={key[1]} {'causal' if key[2] else 'full'} {key[3]}", fontsize=9)
         ax.set_xlabel("T")
         ax.set_ylabel("TFLOP/s")
-    axes.flat[0].legend(fontsize=7)
+    for ax in axes.flat[:1] if panels else ():
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
     fig.suptitle(f"{st['device']} | torch {st['torch']} | triton {st['triton']} | CUDA {st['cuda']} | {st['date']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def plot_decode_panel(ax, rows, result) -> None:
+    """TB/s of each contender against the cache length, for one (dtype, batch) of the decoding rows."""
+    for name in rows[0]["tbps"]:
+        pts = [(r["T_k"], r["tbps"][name]) for r in rows if r["tbps"][name] is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name, lw=2.5 if name == "triton" else 1)
+    if "ceilings" in result:
+        ax.axhline(result["ceilings"]["copy_tbps"], ls="--", c="grey", lw=1, label="copy (measured)")
+    ax.set_xscale("log", base=2)
+    r = rows[0]
+    ax.set_title(f"decode {r['dtype']} D={r['D']} B={r['B']} H={r['H']}/{r['H_kv']}", fontsize=9)
+    ax.set_xlabel("cached keys T_k")
+    ax.set_ylabel("TB/s")
+    ax.legend(fontsize=7)
 
 
 # --------------------------------------------------------------------------------------------- CPU
@@ -337,6 +465,7 @@ def main(argv=None) -> int:
                    help="GPU only: compile the autotuner's configs first in this many parallel processes")
     p.add_argument("--head-dim", type=int, action="append", choices=[16, 32, 64, 128, 256],
                    help=f"GPU only: head dims to time (repeatable; default {', '.join(map(str, HEAD_DIMS))})")
+    p.add_argument("--decode-only", action="store_true", help="GPU only: time only the decoding-step rows")
     p.add_argument("--results", type=Path, default=RESULTS, help="where to write <device>.json and .png")
     args = p.parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)
@@ -360,7 +489,12 @@ def main(argv=None) -> int:
             warm_compile(args.warm_workers, head_dims)
         ceilings = measure_ceilings()
         print(format_ceilings(ceilings), flush=True)
-        result = run_gpu(gpu_shapes(args.quick, head_dims), args.budget_s, save, ceilings=ceilings)
+        started = time.perf_counter()
+        shapes = [] if args.decode_only else gpu_shapes(args.quick, head_dims)
+        result = run_gpu(shapes, args.budget_s, save, ceilings=ceilings)
+        left = None if args.budget_s is None else max(args.budget_s - (time.perf_counter() - started), 0.0)
+        result = run_decode(decode_shapes(args.quick), left, save, result)
+        result["complete"] = not result["skipped_for_time"]
         plot = plot_gpu
     else:
         result, plot = run_cpu(args.quick, args.max_kernel_T), plot_cpu

@@ -139,3 +139,62 @@ def test_kernel_variant_is_scoped(bench):
     with bench.kernel_variant("pointer"):
         assert os.environ[_variants.KERNEL_ENV] == "pointer"
     assert os.environ.get(_variants.KERNEL_ENV) == before
+
+
+DECODE_SHAPES = [(1, 4, 2, 64, 16, torch.float32), (2, 4, 2, 32, 16, torch.float32)]
+
+
+@pytest.mark.usefixtures("fixed_timer")
+def test_decoding_rows_give_bandwidth_and_ratios(bench, tmp_path):
+    """One decoding step: the bytes moved (the cache read once, q read, out written), TB/s from them, the
+    ratios to the other contenders and the fraction of the measured copy bandwidth; then the plot."""
+    saved = []
+    result = bench.run_decode(DECODE_SHAPES, None, lambda r: saved.append(json.loads(json.dumps(r))),
+                              {"ceilings": CEILINGS}, impls=fake_impls(), device="cpu")
+    rows = result["decode_rows"]
+    assert len(rows) == 2 and len(saved) == 2 and not result["skipped_for_time"]
+    row = rows[0]
+    assert row["bytes"] == (2 * 1 * 2 * 64 * 16 + 2 * 1 * 4 * 16) * 4
+    assert row["tbps"]["triton"] == pytest.approx(row["bytes"] / 2.0 * 1e-9)
+    assert row["speedup_vs"]["FLASH_ATTENTION"] == pytest.approx(1.5) and row["ms"]["CUDNN_ATTENTION"] is None
+    assert row["splits"] == 1, "the CPU never splits (the interpreter runs programs one after another)"
+    assert row["triton_of_copy"] == pytest.approx(row["tbps"]["triton"] / CEILINGS["copy_tbps"])
+    assert "T_k=   64" in bench.format_decode_row(row) and "FLASH_ATTENTION:1.50x" in bench.format_decode_row(row)
+    path = tmp_path / "plot.png"
+    bench.plot_gpu({"rows": [], **result}, path, {**bench.stamp(), "device": "test", "cuda": None})
+    assert path.stat().st_size > 10_000
+
+
+@pytest.mark.usefixtures("fixed_timer")
+def test_a_spent_budget_skips_the_decoding_rows_and_says_so(bench):
+    result = bench.run_decode(DECODE_SHAPES, -1.0, lambda r: None, {}, impls=fake_impls(), device="cpu")
+    assert result["decode_rows"] == [] and [s["T_k"] for s in result["skipped_for_time"]] == [64, 32]
+
+
+def test_every_decoding_contender_computes_the_same_step(bench):
+    """The real contenders on a CPU-sized step (grouped-query heads): each that runs here gives attention's
+    answer, so the GPU run times the same computation everywhere (the split kernel by its rule, which on the
+    CPU is no split, and with 3 slices forced through the same entry point)."""
+    from test_kernels_common import max_err, reference
+
+    from attn_course.kernels import flash_attention_kvcache
+
+    q = torch.randn(2, 4, 1, 16)
+    k, v = (torch.randn(2, 2, 100, 16) for _ in range(2))
+    want = reference(q, k, v)
+    ran = []
+    for name, fn in bench.decode_implementations().items():
+        try:
+            out = fn(q, k, v, False)
+        except RuntimeError:  # a backend this machine lacks (cuDNN on a CPU)
+            continue
+        assert out.shape == q.shape and max_err(out, want) < 1e-5, name
+        ran.append(name)
+    assert {"triton", "triton-nosplit", "MATH", "naive"} <= set(ran), ran
+    assert max_err(flash_attention_kvcache(q, k, v, num_splits=3), want) < 1e-5
+
+
+def test_decoding_shapes_put_the_longest_caches_first(bench):
+    shapes = bench.decode_shapes(quick=False)
+    assert [T_k for _, _, _, T_k, _, _ in shapes[:4]] == [65536] * 4 and shapes[-1][3] == 4096
+    assert {(H, H_kv, D) for _, H, H_kv, _, D, _ in shapes} == {(32, 8, 128)}

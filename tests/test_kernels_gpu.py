@@ -25,6 +25,7 @@ from test_kernels_common import check_case as check_on_device
 from test_kernels_empty import EMPTY, check_empty, launches  # noqa: F401 (launches: a fixture)
 from test_kernels_kvcache import case_id as kvcache_case_id
 from test_kernels_kvcache import check_kvcache_case
+from test_kernels_split import combines  # noqa: F401 (a fixture)
 
 from attn_course.kernels import _tiles, _variants, flash_attention, flash_attention_varlen, flash_attn_func
 from attn_course.kernels._runtime import kernel_module
@@ -280,3 +281,16 @@ def test_kvcache_on_the_gpu(case):
     """Generation against long caches whose unfilled tails are NaN: compiled, each sequence against
     attention on its filled cache alone."""
     check_kvcache_case(case, "cuda")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", [
+    (1, 16, 4, 1, 16384, 128, False, NONE, torch.float16),  # a decoding step: 16 programs for the whole GPU
+    (2, 8, 2, 3, 9000, 64, True, (2048, 0), torch.bfloat16),  # three speculative tokens, a window
+], ids=case_id)
+def test_a_short_batch_of_long_rows_splits_its_keys(case, variant, combines, monkeypatch):  # noqa: F811
+    """Too few rows to fill the GPU: the rule splits the keys (in every variant: TMA loads any key tile;
+    the partials go through pointers), and the forward and the backward after it are right by the rule."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_case(case)
+    assert combines and min(combines) > 1, f"the rule did not split ({combines})"
