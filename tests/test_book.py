@@ -256,6 +256,8 @@ def test_glued_numbers_match_an_independent_computation(built_book, page, key, e
 
 def test_the_appendix_decodes_with_the_kernels_cache(built_book):
     assert 0 <= _val("appendix", "app_kvcache_err") < 1e-5  # one token at a time vs full causal attention
+    assert 0 <= _val("appendix", "app_split_err") < 1e-5  # key slices combined by their logsumexps
+    assert 0 <= _val("appendix", "app_kernel_split_err") < 1e-5  # the kernel with num_splits=3
 
 
 def test_worked_example_numbers_in_chapter_3(built_book):
