@@ -1,10 +1,12 @@
 """What every tile shape the autotuner may try costs on Hopper, measured without a GPU.
 
-Each config of each kernel (forward: ``pointer``, ``tma``, ``tma+ws``; backward dK/dV and dQ: ``pointer``,
-``tma``) is compiled for sm_90 (``attn_course.kernels._compile``) and read back with ``cuobjdump``:
-registers per thread, bytes of spill stack, shared memory, warps, and counts of Hopper's tensor-core
-(HGMMA) and TMA (UTMALDG) instructions. A config that spills, or whose tile is too small for wgmma (HMMA
-only), is flagged: on a GPU it would only cost autotuning time. No speed is measured here.
+Each config of each kernel (forward: ``pointer``, ``tma``, ``tma+ws``; the forward's 16-row decoding tiles,
+``decode``, for one query against a 4096-key cache split in 4 slices: ``pointer`` as the cache runs it,
+``tma`` as a fixed-length call; backward dK/dV and dQ: ``pointer``, ``tma``) is compiled for sm_90
+(``attn_course.kernels._compile``) and read back with ``cuobjdump``: registers per thread, bytes of spill
+stack, shared memory, warps, and counts of Hopper's tensor-core (HGMMA) and TMA (UTMALDG) instructions. A
+config that spills, or whose tile is too small for wgmma (HMMA only; not flagged for the decoding tiles,
+narrow by design), is flagged: on a GPU it would only cost autotuning time. No speed is measured here.
 
     python benchmarks/kernel_resources.py                 # fp16, D = 64, 128 and 256, all configs
     python benchmarks/kernel_resources.py --workers 16    # compile in parallel (default: all cores)
@@ -41,6 +43,8 @@ def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):
             for variant in ("pointer", "tma"):
                 out += [("forward", variant, dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
             out += [("forward", "tma+ws", dtype, D, tuple(t), True) for t in fwd.candidate_tiles(D, True)]
+            for variant in ("pointer", "tma"):
+                out += [("decode", variant, dtype, D, tuple(t), False) for t in fwd.decode_tiles(D)]
             for part in ("dkdv", "dq"):
                 for variant in ("pointer", "tma"):
                     out += [(part, variant, dtype, D, tuple(t), False) for t in bwd.candidate_tiles(part, D)]
@@ -57,6 +61,10 @@ def measure(job) -> dict:
     try:
         if part == "forward":
             (fn, args, kwargs), = forward_launches(variant, dtype, D, config=_variants.config(*tile, WARP_SPEC=ws))
+        elif part == "decode":
+            cache = dict(seqused_k=torch.tensor([4096, 100], dtype=torch.int32)) if variant == "pointer" else {}
+            (fn, args, kwargs), _ = forward_launches(variant, dtype, D, T=4096, T_q=1, num_splits=4, **cache,
+                                                     config=_variants.config(*tile, WARP_SPEC=False))
         else:
             launches = backward_launches(variant, dtype, D, config=_variants.config(*tile))
             (fn, args, kwargs), = [c for c in launches if c[0].__name__ == f"_bwd_{part}"]
@@ -72,7 +80,7 @@ def flags(row) -> list[str]:
     found = []
     if row["spill_stack_bytes"]:
         found.append(f"spills {row['spill_stack_bytes']} B")
-    if row["HGMMA"] == 0:
+    if row["HGMMA"] == 0 and not (row["part"] == "decode" and row["HMMA"]):  # (16 rows: mma.sync by design)
         found.append("no wgmma" + (" (HMMA)" if row["HMMA"] else ""))
     from attn_course.kernels._compile import HOPPER_SHARED_MEMORY
 

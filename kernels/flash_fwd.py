@@ -210,7 +210,18 @@ WS_TILES = [(64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 4), (64, 64, 4, 4)]
 # bytes there (benchmarks/results/kernel_resources_sm90.json).
 WIDE_TILES = [(64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 3), (64, 32, 8, 2)]
 WIDE_WS_TILES = [(64, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2)]
+# Decoding (T_q <= 16: one new token per sequence, or a few speculative ones): 16 query rows, the fewest a
+# tl.dot takes. A 64- or 128-row tile would be nearly all padding: 4 to 128 times the products for the same
+# keys and values, and an accumulator that at D = 128 fills the register file (255 registers and a spill on
+# sm_90, against 125-200 for these: benchmarks/results/kernel_resources_sm90.json, part "decode"). The keys
+# and values read, what a decoding step waits on, are the same whatever BLOCK_M. On Hopper these tiles run
+# mma.sync rather than wgmma, which needs 64 rows. Float32 (no tensor cores to feed) gets the smallest.
+DECODE_ROWS = 16
+DECODE_TILES = [(16, 64, 4, 3), (16, 128, 4, 2), (16, 64, 4, 4), (16, 128, 4, 3)]
+WIDE_DECODE_TILES = [(16, 64, 4, 3), (16, 64, 4, 4)]
+FLOAT32_DECODE_TILE = (16, 32, 4, 2)
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
+INTERPRETER_DECODE_BLOCKS = {"BLOCK_M": DECODE_ROWS, "BLOCK_N": 32}
 _DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_o", "BLOCK_M"))
 
 
@@ -222,24 +233,40 @@ def candidate_tiles(D: int, warp_spec: bool) -> list[tuple[int, int, int, int]]:
     return WS_TILES if warp_spec else GPU_TILES
 
 
+def decode_tiles(D: int) -> list[tuple[int, int, int, int]]:
+    """The 16-row tiles offered when ``T_q <= DECODE_ROWS`` (and only then: see :func:`prune_for_lengths`)."""
+    return WIDE_DECODE_TILES if D > 128 else DECODE_TILES
+
+
 def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
     """The autotuner's search space for ``variant`` at head dim ``D``: the candidate tiles without warp
-    specialisation, plus the warp-specialised ones when the variant allows it. At D = 128, 128 query rows
-    on 4 warps spill registers on sm_90 (a 128 x 128 float32 accumulator is 128 registers per thread before
-    anything else; see benchmarks/results/kernel_resources_sm90.json), so those are not tried, nor are
-    warp-specialised 128-key tiles, which overflow shared memory."""
+    specialisation, plus the warp-specialised ones when the variant allows it, plus the decoding tiles
+    (which :func:`prune_for_lengths` keeps apart). At D = 128, 128 query rows on 4 warps spill registers
+    on sm_90 (a 128 x 128 float32 accumulator is 128 registers per thread before anything else; see
+    benchmarks/results/kernel_resources_sm90.json), so those are not tried, nor are warp-specialised
+    128-key tiles, which overflow shared memory."""
     hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
     tiles = [t for t in candidate_tiles(D, False) if D != 128 or not (t[0] == 128 and t[2] == 4)]
     space = [_variants.config(*t, hook, WARP_SPEC=False) for t in tiles]
     if variant.warp_specialize:
         space += [_variants.config(*t, hook, WARP_SPEC=True) for t in candidate_tiles(D, True)
                   if D != 128 or t[1] < 128]
-    return space
+    return space + [_variants.config(*t, hook, WARP_SPEC=False) for t in decode_tiles(D)]
 
 
-def default_config(variant: _variants.Variant, D: int, itemsize: int) -> triton.Config:
-    """The one config used when autotuning is off: big query tiles for 16-bit inputs, smaller ones where
-    float32 or a wide head would overflow shared memory; the warp-specialised variant with WS on."""
+def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
+    """The autotuner's pruning step: for ``T_q <= DECODE_ROWS`` (by the tuning key's rounded length) only
+    the 16-row decoding tiles, otherwise only the others; the autotuner then times what is left."""
+    decoding = nargs["TUNE_T_Q"] <= DECODE_ROWS
+    return [c for c in configs if (c.kwargs["BLOCK_M"] == DECODE_ROWS) == decoding]
+
+
+def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int | None = None) -> triton.Config:
+    """The one config used when autotuning is off: 16-row tiles for ``T_q <= DECODE_ROWS`` (decoding); else
+    big query tiles for 16-bit inputs, smaller ones where float32 or a wide head would overflow shared
+    memory, and the warp-specialised variant with WS on."""
+    if T_q is not None and T_q <= DECODE_ROWS:
+        return _variants.config(*(decode_tiles(D)[0] if itemsize == 2 else FLOAT32_DECODE_TILE), WARP_SPEC=False)
     if variant.warp_specialize:
         return _variants.config(*candidate_tiles(D, True)[0], WARP_SPEC=True)
     half = itemsize == 2
@@ -302,11 +329,13 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
 
     def launch(variant: _variants.Variant):
         # (in the interpreter, tma+ws runs the single-loop code path: checked there too)
-        interpreter_meta = dict(blocks or INTERPRETER_BLOCKS, WARP_SPEC=variant.warp_specialize)
+        decoding = T_q <= DECODE_ROWS  # (packed: the longest sequence)
+        interpreter_meta = dict(blocks or (INTERPRETER_DECODE_BLOCKS if decoding else INTERPRETER_BLOCKS),
+                                WARP_SPEC=variant.warp_specialize and not decoding)
         tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=interpreter_meta,
-                                                  default=default_config(variant, D, q.element_size()))
-        kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, D), tag=D,
-                                     extra_key=["SPLIT_K"]) if tune else _attn_fwd  # (a slice: fewer keys per row)
+                                                  default=default_config(variant, D, q.element_size(), T_q))
+        kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, D), tag=D, extra_key=["SPLIT_K"],
+                                     prune=prune_for_lengths) if tune else _attn_fwd  # (a slice: fewer keys)
         for b0, b1 in batch_chunks(B):  # (one launch unless B passes the grid's limit)
             tensors, cus = batch_part(b0, b1, (q, k, v, *targets), (cu_seqlens_q, cu_seqlens_k) if varlen else None)
             used = tensors[0] if seqused_k is None else seqused_k[b0:b1]  # (b1 - b0,) or a placeholder

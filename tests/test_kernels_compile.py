@@ -55,8 +55,9 @@ def check_ptx(fn, kernel, *, tma: bool, tensor_cores: bool, must_fit: bool = Tru
 
 def uses_mma_sync(part: str, D: int) -> bool:
     """Whether ``part``'s tiles at head dim ``D`` are too few rows for wgmma (the dK/dV kernel at D = 256,
-    whose 32-key tiles run on mma.sync: kernels/flash_bwd.py's WIDE_DKDV_TILES)."""
-    return part == "dkdv" and D > 128
+    whose 32-key tiles run on mma.sync: kernels/flash_bwd.py's WIDE_DKDV_TILES; the forward's 16-row
+    decoding tiles: kernels/flash_fwd.py's DECODE_TILES)."""
+    return part == "decode" or (part == "dkdv" and D > 128)
 
 
 CASES = [(torch.float16, 64), (torch.bfloat16, 128), (torch.float32, 128), (torch.float16, 256)]
@@ -146,14 +147,17 @@ def test_the_resource_report_covers_exactly_the_current_tile_lists():
 
 def test_no_config_the_autotuner_tries_on_hopper_spills_registers():
     """On Hopper, under ``auto``, the autotuner tries the TMA variants' configs, and the pointer variant's
-    where TMA does not pay (the backward at D = 256): none of those offered for 16-bit inputs may spill,
-    fail to compile, overflow shared memory or, but for the dK/dV tiles at D = 256, which are too narrow
-    for it and use mma.sync instead, miss wgmma, per the survey."""
+    where TMA does not pay (the backward at D = 256) or cannot run (a key/value cache: the decoding tiles):
+    none of those offered for 16-bit inputs may spill, fail to compile, overflow shared memory or, but for
+    the tiles too narrow for it that use mma.sync instead (dK/dV at D = 256, decoding), miss wgmma, per
+    the survey."""
     _, report = _report()
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
 
     def offered(r):
         variant = _variants.VARIANTS[r["variant"]]
+        if r["part"] == "decode":  # under auto a cache runs the pointer variant, a fixed-length step TMA
+            return tuple(r["tile"]) in fwd.decode_tiles(r["D"])
         tma_pays = r["part"] == "forward" or r["D"] in bwd.TMA_HEAD_DIMS
         if variant.tma != tma_pays:
             return False  # auto would run the other variant here
@@ -168,7 +172,8 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers():
     rows = [r for r in report["rows"] if offered(r)]
     assert len(rows) > 40 and {r["D"] for r in rows} == {64, 128, 256}
     assert {(r["part"], r["variant"]) for r in rows if r["D"] == 256} == {
-        ("forward", "tma"), ("forward", "tma+ws"), ("dkdv", "pointer"), ("dq", "pointer")}
+        ("forward", "tma"), ("forward", "tma+ws"), ("decode", "pointer"), ("decode", "tma"), ("dkdv", "pointer"),
+        ("dq", "pointer")}
     bad = [(r["part"], r["variant"], r["D"], r["tile"], r.get("error") or r["spill_stack_bytes"]) for r in rows
            if "error" in r or r["spill_stack_bytes"] or not tensor_cores(r) or r["shared_bytes"] > SHARED_MEMORY]
     assert not bad, f"configs offered to the autotuner that spill / fail / lack tensor cores on sm_90: {bad}"

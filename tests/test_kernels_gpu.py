@@ -22,10 +22,10 @@ from test_kernels_common import (
     torch_same_dtype,
 )
 from test_kernels_common import check_case as check_on_device
+from test_kernels_decode import combines  # noqa: F401 (a fixture)
 from test_kernels_empty import EMPTY, check_empty, launches  # noqa: F401 (launches: a fixture)
 from test_kernels_kvcache import case_id as kvcache_case_id
 from test_kernels_kvcache import check_kvcache_case
-from test_kernels_split import combines  # noqa: F401 (a fixture)
 
 from attn_course.kernels import _tiles, _variants, flash_attention, flash_attention_varlen, flash_attn_func
 from attn_course.kernels._runtime import kernel_module
@@ -294,3 +294,12 @@ def test_a_short_batch_of_long_rows_splits_its_keys(case, variant, combines, mon
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_case(case)
     assert combines and min(combines) > 1, f"the rule did not split ({combines})"
+
+
+def test_an_autotuned_decoding_step_runs_16_row_tiles(monkeypatch):
+    """Through the autotuner, a decoding step (T_q = 1) is timed on the 16-row tiles only, and is right."""
+    monkeypatch.setenv(_variants.AUTOTUNE_ENV, "1")
+    check_kvcache_case((2, 8, 2, 2048, 1, 1, [2000, 7], True, NONE, 128, torch.float16), "cuda")
+    picked = _variants.tuned_configs().get("_attn_fwd pointer D=128", {})
+    decoding = [config for key, config in picked.items() if key.split()[0] == "1"]  # TUNE_T_Q = 1
+    assert decoding and all("BLOCK_M: 16," in config for config in decoding), picked

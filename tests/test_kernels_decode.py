@@ -1,4 +1,5 @@
-"""Each row's keys split between programs and combined afterwards (flash-decoding, kernels/flash_split.py).
+"""Decoding: each row's keys split between programs and combined afterwards (flash-decoding,
+kernels/flash_split.py), and the 16-row query tiles a step with ``T_q <= 16`` runs (kernels/flash_fwd.py).
 
 The split must change nothing but the rounding: out and lse against ``attn_course.attention`` by the
 tolerance rule, with slices that walk no key at all (more slices than tiles, a window that misses most
@@ -178,17 +179,65 @@ def test_packed_batches_never_split(combines, monkeypatch):
 
 # ---- compiled for Hopper --------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("T_q", [1, 100])
 @pytest.mark.parametrize("variant", list(_variants.VARIANTS))
-def test_split_kernels_compile_for_hopper(variant):
+def test_split_kernels_compile_for_hopper(variant, T_q):
     """Every variant can split (TMA loads keys from any row; the partials are stored through pointers,
-    since the output descriptor describes out itself): the forward with SPLIT_K and the combine, for sm_90."""
+    since the output descriptor describes out itself): the forward with SPLIT_K and the combine, for sm_90,
+    with a decoding step's 16-row tiles (mma.sync: wgmma needs 64 rows) and with the usual ones (wgmma)."""
     from attn_course.kernels._compile import HOPPER, compile_launch, forward_launches
 
-    launches = forward_launches(variant, F16, 128, T=4096, T_q=1, num_splits=6)
+    launches = forward_launches(variant, F16, 128, T=4096, T_q=T_q, num_splits=6)
     assert [fn.__name__ for fn, _, _ in launches] == ["_attn_fwd", "_combine_splits"]
     (fn, args, kwargs), combine = launches
     assert kwargs["SPLIT_K"] and kwargs["TMA"] == _variants.VARIANTS[variant].tma
+    assert (kwargs["BLOCK_M"] == 16) == (T_q == 1)
     ptx = compile_launch(fn, args, dict(kwargs), HOPPER).asm["ptx"]
-    assert "wgmma" in ptx, "the split forward lost its tensor-core products"
+    products = "mma.sync" if T_q == 1 else "wgmma"
+    assert products in ptx, f"the split forward lost its tensor-core products ({products})"
     assert ("cp.async.bulk.tensor" in ptx) == _variants.VARIANTS[variant].tma
     compile_launch(*combine, HOPPER)
+
+
+# ---- 16-row tiles for decoding ----------------------------------------------------------------------------
+
+def test_the_autotuner_times_decoding_tiles_only_for_decoding_steps():
+    """For every variant and head dim the search space holds both kinds of tile, and the pruning step
+    leaves only the 16-row ones for ``T_q <= 16`` (rounded: the tuning key's length) and only the others
+    above; the pruned sets are never empty (Triton refuses an empty one)."""
+    from attn_course.kernels._compile import CUDA
+
+    fwd = kernel_module("flash_fwd", CUDA)
+    for variant in _variants.VARIANTS.values():
+        for D in (16, 64, 128, 256):
+            space = fwd.configs(variant, D)
+            for T_q, decoding in ((1, True), (16, True), (32, False), (4096, False)):
+                kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": T_q}, HEAD_DIM=D)
+                rows = {c.kwargs["BLOCK_M"] for c in kept}
+                assert kept and (rows == {fwd.DECODE_ROWS}) == decoding, (variant.name, D, T_q, rows)
+                assert not (decoding and any(c.kwargs["WARP_SPEC"] for c in kept)), "WS needs 64-row tiles"
+
+
+@pytest.mark.parametrize("itemsize,D,want", [(2, 128, (16, 64, 4, 3)), (2, 256, (16, 64, 4, 3)),
+                                             (4, 128, (16, 32, 4, 2)), (4, 256, (16, 32, 4, 2))])
+def test_a_decoding_step_defaults_to_16_rows(itemsize, D, want):
+    """With the autotuner off, ``T_q <= 16`` runs a 16-row tile in every variant (not warp-specialised:
+    that needs 64 rows per consumer warpgroup); longer queries keep their usual tiles."""
+    fwd = kernel_module("flash_fwd", CPU)
+    for variant in _variants.VARIANTS.values():
+        c = fwd.default_config(variant, D, itemsize, T_q=3)
+        assert (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) == want
+        assert not c.kwargs["WARP_SPEC"]
+        assert fwd.default_config(variant, D, itemsize, T_q=17).kwargs["BLOCK_M"] >= 32
+
+
+@pytest.mark.parametrize("T_q,rows", [(1, 16), (16, 16), (17, 32)])
+def test_the_interpreter_runs_decoding_steps_with_16_rows(T_q, rows):
+    """So the CPU tests exercise the tile shape a GPU decodes with (and pad 16 rows, not 32)."""
+    from attn_course.kernels._compile import recorded_launches
+
+    fwd = kernel_module("flash_fwd", CPU)
+    q, k, v = make_qkv(1, 2, 1, T_q, 40, 16, F32)
+    (_, _, kwargs), = recorded_launches(fwd, ["_attn_fwd"], lambda: fwd.attn_fwd_launch(
+        q, k, v, scale=0.25, window=(1 << 30, 1 << 30), num_splits=1))
+    assert kwargs["BLOCK_M"] == rows
