@@ -218,6 +218,22 @@ def test_the_autotuner_times_decoding_tiles_only_for_decoding_steps():
                 assert not (decoding and any(c.kwargs["WARP_SPEC"] for c in kept)), "WS needs 64-row tiles"
 
 
+def test_tritons_autotuner_runs_the_pruning_step(monkeypatch):
+    """Wired into Triton's own autotuner (its ``prune_configs``, the step before timing, as in triton 3.6
+    and 3.9): a decoding launch's arguments leave the 16-row tiles, a prefill's the others."""
+    from attn_course.kernels._compile import CUDA
+
+    monkeypatch.setattr(_variants, "_autotuned", {})
+    fwd = kernel_module("flash_fwd", CUDA)
+    variant = _variants.VARIANTS["tma"]
+    tuner = _variants.autotuned(fwd._attn_fwd, variant, fwd.configs(variant, 128), tag=128, extra_key=["SPLIT_K"],
+                                prune=fwd.prune_for_lengths)
+    for T_q, decoding in ((1, True), (512, False)):
+        tuner.nargs = {"TUNE_T_Q": T_q}
+        rows = {c.kwargs["BLOCK_M"] for c in tuner.prune_configs({"HEAD_DIM": 128})}
+        assert (rows == {fwd.DECODE_ROWS}) == decoding, (T_q, rows)
+
+
 @pytest.mark.parametrize("itemsize,D,want", [(2, 128, (16, 64, 4, 3)), (2, 256, (16, 64, 4, 3)),
                                              (4, 128, (16, 32, 4, 2)), (4, 256, (16, 32, 4, 2))])
 def test_a_decoding_step_defaults_to_16_rows(itemsize, D, want):
