@@ -7,6 +7,8 @@ traceback from deep inside ``torch.matmul``.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -76,9 +78,26 @@ def check_mask(mask, scores_shape: torch.Size) -> None:
         )
 
 
+def integer_scalar(x) -> int | None:
+    """``int(x)`` for a Python or NumPy integer, ``None`` for anything else (a bool included): ``np.int64(4)``,
+    what arithmetic on a NumPy array's lengths gives, is as good a length as ``4``."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        return None
+    return int(x)
+
+
+def real_scalar(x) -> float | None:
+    """``float(x)`` for a Python or NumPy real number (``np.float32(0.125)``), ``None`` for anything else
+    (a bool included)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return None
+    return float(x)
+
+
 def check_positive_int(x, name: str, *, allow_zero: bool = False) -> int:
-    if isinstance(x, bool) or not isinstance(x, int):
+    if integer_scalar(x) is None:
         raise TypeError(f"{name} must be an int, got {type(x).__name__} {x!r}")
+    x = integer_scalar(x)
     if x < 0 or (x == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else ">= 1"
         raise ValueError(f"{name} must be {bound}, got {x}")

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._validate import check_positive_int
+from ._validate import check_positive_int, integer_scalar
 
 
 def _positions(T_q: int, T_k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +77,7 @@ def check_window(window) -> tuple[int, int]:
     if not isinstance(window, (tuple, list)) or len(window) != 2:
         raise ValueError(f"window must be a pair (left, right), got {window!r}")
     for side, w in zip(("left", "right"), window, strict=True):
-        if isinstance(w, bool) or not isinstance(w, int):
+        if integer_scalar(w) is None:
             raise TypeError(f"window {side} must be an int, got {type(w).__name__} {w!r}")
         if w < -1:
             raise ValueError(f"window {side} must be >= 0, or -1 for unbounded; got {w} in {tuple(window)}")

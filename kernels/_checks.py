@@ -12,6 +12,7 @@ import weakref
 
 import torch
 
+from attn_course._validate import integer_scalar, real_scalar
 from attn_course.masks import check_cu_seqlens, check_window
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
@@ -64,18 +65,20 @@ def check_scale(scale, D: int) -> float:
     """``None`` -> ``1 / sqrt(D)``; otherwise a finite real number."""
     if scale is None:
         return 1.0 / math.sqrt(D)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    value = real_scalar(scale)
+    if value is None or not math.isfinite(value):
         raise ValueError(f"scale must be a finite number (or None for 1/sqrt(D)), got {scale!r}")
-    return float(scale)
+    return value
 
 
 def check_num_splits(num_splits) -> int:
     """flash-attn's ``num_splits``: an int >= 0 (``0``: the kernel chooses; ``n``: each row's keys in ``n``
     slices, see ``flash_split``)."""
-    if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 0:
+    n = integer_scalar(num_splits)
+    if n is None or n < 0:
         raise ValueError(f"num_splits must be an int >= 0 (0: let the kernel choose; n: split each row's keys "
                          f"into n slices), got {num_splits!r}")
-    return num_splits
+    return n
 
 
 def kernel_window(window, causal: bool) -> tuple[int, int]:
@@ -112,8 +115,9 @@ def check_fixed(q, k, v) -> None:
 
 
 def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-    """Packed q ``[total_q, H, D]``, k and v ``[total_k, H_kv, D]``; returns int32 contiguous ``cu_seqlens``
-    on q's device (the caller's own tensors when they already are). See :func:`host_cu_seqlens` for what
+    """Packed q ``[total_q, H, D]``, k and v ``[total_k, H_kv, D]``; returns ``(cu_q, cu_k, max_q, max_k)``:
+    int32 contiguous ``cu_seqlens`` on q's device (the caller's own tensors when they already are) and the
+    longest lengths as Python ints (NumPy integers are accepted). See :func:`host_cu_seqlens` for what
     checking the *values* of ``cu_seqlens`` that live on a GPU costs, and when it is skipped."""
     _require_tensors(q=q, k=k, v=v)
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -126,11 +130,13 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
         raise ValueError(f"k and v must have the same shape [total_k, H_kv, D], got {tuple(k.shape)} and "
                          f"{tuple(v.shape)}")
     _check_heads(q.shape[1], k.shape[1])
-    cus = []
+    cus, maxes = [], []
     for name, cu, x, max_len in (("cu_seqlens_q", cu_seqlens_q, q, max_seqlen_q),
                                  ("cu_seqlens_k", cu_seqlens_k, k, max_seqlen_k)):
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 0:
+        if integer_scalar(max_len) is None or max_len < 0:
             raise ValueError(f"max_seqlen for {name} must be an int >= 0, got {max_len!r}")
+        max_len = integer_scalar(max_len)
+        maxes.append(max_len)
         if max_len >= UNBOUNDED:
             raise ValueError(f"sequences must be shorter than {UNBOUNDED} tokens")
         try:
@@ -151,7 +157,7 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
             f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
             f"{cus[0].numel() - 1} and {cus[1].numel() - 1}"
         )
-    return tuple(cu.to(device=q.device, dtype=torch.int32).contiguous() for cu in cus)
+    return (*(cu.to(device=q.device, dtype=torch.int32).contiguous() for cu in cus), *maxes)
 
 
 _host_copies: dict[tuple, tuple[int, torch.Tensor]] = {}  # (id(x), what) -> (x's version, checked host copy)
@@ -241,9 +247,10 @@ def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
             raise ValueError(f"cache_seqlens must be an int or a 1-D integer tensor of B = {B} lengths, got "
                              f"{x.dtype} of shape {tuple(x.shape)}")
 
-    if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
-        check_lengths(torch.tensor([cache_seqlens]).expand(B))
-        return torch.full((B,), cache_seqlens, dtype=torch.int32, device=q.device)
+    if integer_scalar(cache_seqlens) is not None:
+        n = integer_scalar(cache_seqlens)
+        check_lengths(torch.tensor([n]).expand(B))
+        return torch.full((B,), n, dtype=torch.int32, device=q.device)
     if not isinstance(cache_seqlens, torch.Tensor):
         raise TypeError(f"cache_seqlens must be an int or a tensor of B ints, got {type(cache_seqlens).__name__}")
     host_checked(cache_seqlens, check_lengths, check_shape, ("cache_seqlens", B, T_cache, T_new))

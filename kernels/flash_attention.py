@@ -129,7 +129,8 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
         each other.
     """
     q, k, v = autocast_inputs(q, k, v)
-    cu_q, cu_k = check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    cu_q, cu_k, max_seqlen_q, max_seqlen_k = check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                          max_seqlen_k)  # (the lengths as Python ints)
     scale = check_scale(scale, q.shape[-1])
     varlen = (cu_q, cu_k, max_seqlen_q, max_seqlen_k)
     out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), varlen)

@@ -36,6 +36,30 @@ def test_bad_tensors(make, match):
         flash_attention(*make())
 
 
+def test_numpy_scalars_are_numbers_too():
+    """``np.float32`` scales, ``np.int64`` windows, lengths and split counts (what arithmetic on NumPy arrays
+    gives) mean what the Python numbers mean; a NumPy bool or a float window is still refused."""
+    import numpy as np
+
+    from attn_course.kernels import flash_attention_kvcache, flash_attention_varlen
+
+    q, k, v = qkv()
+    assert torch.equal(flash_attention(q, k, v, scale=np.float32(0.25), window=(np.int64(3), np.int32(0))),
+                       flash_attention(q, k, v, scale=0.25, window=(3, 0)))
+    with torch.no_grad():
+        assert torch.equal(flash_attention_kvcache(q, k, v, np.int64(4), num_splits=np.int64(2)),
+                           flash_attention_kvcache(q, k, v, 4, num_splits=2))
+    packed = [x[0].transpose(0, 1).contiguous() for x in (q, k, v)]  # (T, H, D): one sequence
+    T = packed[0].shape[0]
+    cu = torch.tensor([0, T], dtype=torch.int32)
+    assert torch.equal(flash_attention_varlen(*packed, cu, cu, np.int64(T), np.int64(T)),
+                       flash_attention_varlen(*packed, cu, cu, T, T))
+    with pytest.raises(TypeError, match="window left must be an int"):
+        flash_attention(q, k, v, window=(np.float64(3.0), 0))
+    with pytest.raises(ValueError, match="scale must be a finite number"):
+        flash_attention(q, k, v, scale=np.True_)
+
+
 def test_bad_arguments():
     q, k, v = qkv()
     with pytest.raises(TypeError, match="torch.Tensor"):
