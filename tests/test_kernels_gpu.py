@@ -25,7 +25,7 @@ from test_kernels_common import check_case as check_on_device
 from test_kernels_decode import combines  # noqa: F401 (a fixture)
 from test_kernels_empty import EMPTY, check_empty, launches  # noqa: F401 (launches: a fixture)
 from test_kernels_kvcache import case_id as kvcache_case_id
-from test_kernels_kvcache import check_kvcache_case
+from test_kernels_kvcache import check_kvcache_case, make_cache
 
 from attn_course.kernels import _tiles, _variants, flash_attention, flash_attention_varlen, flash_attn_func
 from attn_course.kernels._runtime import kernel_module
@@ -303,3 +303,43 @@ def test_an_autotuned_decoding_step_runs_16_row_tiles(monkeypatch):
     picked = _variants.tuned_configs().get("_attn_fwd pointer D=128", {})
     decoding = [config for key, config in picked.items() if key.split()[0] == "1"]  # TUNE_T_Q = 1
     assert decoding and all("BLOCK_M: 16," in config for config in decoding), picked
+
+
+def test_a_decoding_step_captured_in_a_cuda_graph():
+    """Serving captures one decoding step (write the new key and value into the cache, attend, the keys
+    split by the rule) in a CUDA graph and replays it at every step, advancing the cache lengths in place
+    in between: the lengths are not read on the host during the capture, and each replay gives the eager
+    step's bits and leaves the caches as the eager steps do."""
+    from attn_course.kernels import flash_attention_kvcache
+
+    B, H, H_kv, D, T_cache, lengths = 2, 8, 2, 128, 4096, [3000, 17]
+    g = torch.Generator(device="cuda").manual_seed(0)
+    steps = [tuple(torch.randn(B, h, 1, D, device="cuda", dtype=torch.float16, generator=g) for h in (H, H_kv, H_kv))
+             for _ in range(4)]
+
+    def fresh():
+        k_cache, v_cache = make_cache(B, H_kv, T_cache, D, lengths, torch.float16, "cuda")
+        return k_cache, v_cache, torch.tensor(lengths, dtype=torch.int32, device="cuda")
+
+    k_cache, v_cache, seqlens = fresh()
+    eager = []
+    for q, k, v in steps:
+        eager.append(flash_attention_kvcache(q, k_cache, v_cache, seqlens, k, v, causal=True))
+        seqlens += 1
+
+    k_graph, v_graph, seqlens_graph = fresh()
+    q_in, k_in, v_in = (x.clone() for x in steps[0])
+
+    def step():  # (the warm-up writes step 0's key and value; each replay of step 0 writes the same again)
+        return flash_attention_kvcache(q_in, k_graph, v_graph, seqlens_graph, k_in, v_in, causal=True)
+
+    graph, out = _captured(step, step)
+    for i, new in enumerate(steps):
+        if i:
+            seqlens_graph += 1
+        for x, value in zip((q_in, k_in, v_in), new, strict=True):
+            x.copy_(value)
+        graph.replay()
+        assert torch.equal(out, eager[i]), f"replayed step {i} differs from the eager step"
+    for got, want in ((k_graph, k_cache), (v_graph, v_cache)):
+        torch.testing.assert_close(got, want, atol=0, rtol=0, equal_nan=True)
