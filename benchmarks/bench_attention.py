@@ -298,12 +298,12 @@ def decode_implementations():
     return impls
 
 
-def decode_splits(B: int, H: int, T_k: int, device) -> int:
+def decode_splits(B: int, H: int, H_kv: int, T_k: int, device) -> int:
     """How many slices the kernel's rule gives one decoding step of this shape on ``device``."""
     from attn_course.kernels._runtime import kernel_module
 
-    split = kernel_module("flash_fwd", torch.device(device)).flash_split
-    return split.num_splits(0, B=B, H=H, T_q=1, T_k=T_k, sms=split.multiprocessors(torch.device(device)))
+    fwd = kernel_module("flash_fwd", torch.device(device))
+    return fwd.planned_splits(0, B, H, H_kv, 1, T_k, torch.device(device))
 
 
 def run_decode(shapes, budget_s: float | None, save, result: dict, *, impls=None, device="cuda") -> dict:
@@ -323,7 +323,7 @@ def run_decode(shapes, budget_s: float | None, save, result: dict, *, impls=None
         k, v = (torch.randn(B, H_kv, T_k, D, device=device, dtype=dtype) for _ in range(2))
         moved = (2 * k.numel() + 2 * q.numel()) * k.element_size()  # the cache read once, q read, out written
         row = {"pass": "decode", "dtype": str(dtype)[6:], "D": D, "B": B, "H": H, "H_kv": H_kv, "T_k": T_k,
-               "splits": decode_splits(B, H, T_k, device), "bytes": moved, "ms": {}, "spread_ms": {}, "tbps": {}}
+               "splits": decode_splits(B, H, H_kv, T_k, device), "bytes": moved, "ms": {}, "spread_ms": {}, "tbps": {}}
         for name, fn in impls.items():
             ms, spread = time_one(name, fn, q, k, v, False, False)
             row["ms"][name], row["spread_ms"][name] = ms, spread

@@ -16,6 +16,9 @@ two backward kernels agree on it by construction:
       causal, T_q = T_k = 8, BLOCK = 2           keys ->  0 1 | 2 3 | 4 5 | 6 7
       query block 4..5:  full [0, 4)  masked [4, 6)        F F   F F   M M   . .
 
+* ``packed_offsets``: where the rows of a block live when a decoding step packs the query heads of one
+  GQA group into it (row ``r`` is position ``r // GROUP`` of head ``r % GROUP``); ``key_tiles_between`` is
+  ``key_tiles`` for such a block, whose rows span positions ``m_start // GROUP ...`` only.
 * ``load_rows`` / ``store_rows``: one tile of rows of a ``[B, H, T, D]`` tensor, either through pointers
   (masked on masked tiles) or through a tensor descriptor (TMA on Hopper, see ``_variants``). ``WIDE``
   makes their offsets within a sequence 64-bit: ``row * stride_t`` passes 2^31 in a long sequence whose
@@ -115,8 +118,15 @@ def allowed(offs_m, offs_n, T_q, T_k, window_left, window_right):
 def key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """For queries ``[m_start, m_start + BLOCK_M)``: key bounds ``lo <= a <= b <= hi`` (multiples of
     ``BLOCK_N`` except ``hi``) with ``[a, b)`` the tiles that need no mask."""
-    off = T_k - T_q
     m_last = tl.minimum(m_start + BLOCK_M, T_q) - 1  # the last real query of the block
+    return key_tiles_between(m_start, m_last, T_q, T_k, window_left, window_right, BLOCK_N)
+
+
+@triton.jit
+def key_tiles_between(m_start, m_last, T_q, T_k, window_left, window_right, BLOCK_N: tl.constexpr):
+    """:func:`key_tiles` for a block whose queries sit at positions ``m_start ... m_last`` (a block of packed
+    GQA rows holds several heads of each position, see :func:`packed_offsets`)."""
+    off = T_k - T_q
     lo = tl.maximum(m_start + off - window_left, 0)
     lo = (lo // BLOCK_N) * BLOCK_N
     hi = tl.minimum(m_last + off + window_right + 1, T_k)
@@ -210,6 +220,14 @@ def store_rows(ptr, desc, b, h, row0, x, stride_t, stride_d, T,
         offs = row0 + tl.arange(0, BLOCK)
         rows, cols = offsets(offs, stride_t, stride_d, HEAD_DIM, WIDE)
         tl.store(ptr + rows[:, None] + cols[None, :], x, mask=offs[:, None] < T)
+
+
+@triton.jit
+def packed_offsets(offs_m, GROUP, stride_t, stride_h):
+    """Element offsets (64-bit) of packed GQA rows: row ``r`` of a block is query position ``r // GROUP``
+    of the group's head ``r % GROUP``, so the heads sharing one key/value head share one tile of rows."""
+    r = offs_m.to(tl.int64)
+    return (r // GROUP) * stride_t + (r % GROUP) * stride_h
 
 
 @triton.jit

@@ -16,6 +16,9 @@ In this file you will learn how to write attention as **one** fused Triton kerne
 * packed variable-length batches (``cu_seqlens``) with the same kernel;
 * splitting the keys of each row between several programs when there are too few rows to fill the GPU
   (a decoding step), their partial results combined exactly afterwards (``SPLIT_K``; see ``flash_split``);
+* packing the query heads that share a key/value head into the rows of one program when decoding with
+  GQA (``PACK_GQA``): one new token of 4 heads fills 4 rows of a 16-row tile instead of 1 row in each of 4
+  programs, and the group's keys and values are read once instead of 4 times;
 * saving the logsumexp ``lse = m + log(l)`` so the backward pass can recompute the probabilities;
 * on Hopper, fetching tiles through *tensor descriptors* (TMA) instead of pointer arithmetic, and letting
   the compiler warp-specialise the key loop (``TMA`` / ``WARP_SPEC``; which variant runs is
@@ -44,9 +47,11 @@ from ._tiles import (
     dot,
     key_slice,
     key_tiles,
+    key_tiles_between,
     launch_grid,
     load_rows,
     needs_wide_offsets,
+    packed_offsets,
     seq_bounds,
     store_rows,
 )
@@ -60,7 +65,7 @@ def _fwd_tiles(
     acc, l_i, m_i, q,  # running state (BLOCK_M x HEAD_DIM, BLOCK_M, BLOCK_M) and the query block
     K, V, desc_k, desc_v, b, h_kv,  # where the keys and values are (see _tiles.load_rows)
     stride_kt, stride_kd, stride_vt, stride_vd,  # strides of K and V along time and head dim
-    offs_m,  # (BLOCK_M,) query indices of this block, within the sequence
+    offs_m,  # (BLOCK_M,) the query position of each row of the block, within the sequence
     start, end,  # key range to walk, [start, end)
     T_q, T_k, window_left, window_right, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -117,15 +122,20 @@ def _attn_fwd(
     WARP_SPEC: tl.constexpr,  # one masked key loop, warp-specialised by the compiler
     WIDE: tl.constexpr,  # 64-bit offsets within a sequence (see _tiles)
     SPLIT_K: tl.constexpr,  # walk one slice of the keys; Out and Lse are that slice's partial buffers (float32)
+    PACK_GQA: tl.constexpr,  # program_id(1) is a key/value head; rows are (query position, head of its group)
 ):
     tl.static_assert(not (TMA and (IS_VARLEN or HAS_SEQUSED_K)), "packed batches and caches use pointers")
     pid_m = tl.program_id(0)  # which block of queries (see _tiles.launch_grid)
     if SPLIT_K:
         split = pid_m % num_splits  # which slice of the keys
         pid_m = pid_m // num_splits
-    h = tl.program_id(1)
+    if PACK_GQA:  # decoding with GQA: the GROUP query heads of one key/value head share a tile of rows,
+        h_kv = tl.program_id(1)  # so its keys and values are read once for all of them, not GROUP times
+        h = h_kv * GROUP  # (the group's first head; each row adds its own, see _tiles.packed_offsets)
+    else:
+        h = tl.program_id(1)
+        h_kv = h // GROUP  # grouped-query attention: heads h_kv*GROUP ... share one key/value head
     b = tl.program_id(2)
-    h_kv = h // GROUP  # grouped-query attention: heads h_kv*GROUP ... share one key/value head
     q_start, T_q = seq_bounds(cu_seqlens_q, b, T_q, IS_VARLEN)
     k_start, T_k = seq_bounds(cu_seqlens_k, b, T_k, IS_VARLEN)
     if HAS_SEQUSED_K:  # a cache: keys past the filled part are never read (masked loads, pointer variant)
@@ -146,14 +156,25 @@ def _attn_fwd(
         Lse += split.to(tl.int64) * stride_ls
 
     offs_m = m_start + tl.arange(0, BLOCK_M)
-    # (BLOCK_M, HEAD_DIM), stays in registers for the whole loop
-    q = load_rows(Q, desc_q, b, h, m_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False, WIDE)
+    offs_d = tl.arange(0, HEAD_DIM)
+    if PACK_GQA:  # rows gathered through pointers (a descriptor's tile is one head's consecutive rows)
+        pos = offs_m // GROUP  # (BLOCK_M,) each row's query position
+        row_ok = offs_m < T_q * GROUP
+        q_rows = packed_offsets(offs_m, GROUP, stride_qt, stride_qh)  # (BLOCK_M,)
+        q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
+        m_last = tl.minimum((m_start + BLOCK_M - 1) // GROUP, T_q - 1)
+        lo, a, b_full, hi = key_tiles_between(m_start // GROUP, m_last, T_q, T_k, window_left, window_right,
+                                              BLOCK_N)
+    else:
+        pos = offs_m
+        # (BLOCK_M, HEAD_DIM), stays in registers for the whole loop
+        q = load_rows(Q, desc_q, b, h, m_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False, WIDE)
+        lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max (log2 units)
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)  # running sum of exp2(s - m)
     acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)  # running sum of exp2(s - m) * v
 
-    lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
     if SPLIT_K:  # keep this slice's share of the visible tiles: [s0, s1), whole tiles but for hi
         lo, a, b_full, hi = key_slice(lo, a, b_full, hi, split, num_splits, BLOCK_N)
     if WARP_SPEC:
@@ -163,20 +184,20 @@ def _attn_fwd(
         # tiles fails to compile, as do two loops); the mask costs a few integer ops per score
 
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
-                                   stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+                                   stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, hi, T_q, T_k, window_left, window_right, qk_scale,
                                    HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, True, WIDE)
     else:  # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
-                                   stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+                                   stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, a, T_q, T_k, window_left, window_right, qk_scale,
                                    HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
-                                   stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+                                   stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    a, b_full, T_q, T_k, window_left, window_right, qk_scale,
                                    HEAD_DIM, BLOCK_N, False, UPCAST, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
-                                   stride_kt, stride_kd, stride_vt, stride_vd, offs_m,
+                                   stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
                                    HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False, WIDE)
 
@@ -186,9 +207,15 @@ def _attn_fwd(
     l_safe = tl.where(alive, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(alive, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # natural log
-    store_rows(Out, desc_o, b, h, m_start, out.to(Out.dtype.element_ty), stride_ot, stride_od, T_q,
-               BLOCK_M, HEAD_DIM, TMA and not SPLIT_K, WIDE)  # (desc_o describes out, not the partials)
-    tl.store(Lse + offs_m * stride_lt, lse, mask=offs_m < T_q)
+    if PACK_GQA:
+        o_rows = packed_offsets(offs_m, GROUP, stride_ot, stride_oh)  # (BLOCK_M,)
+        tl.store(Out + o_rows[:, None] + offs_d[None, :] * stride_od, out.to(Out.dtype.element_ty),
+                 mask=row_ok[:, None])
+        tl.store(Lse + packed_offsets(offs_m, GROUP, stride_lt, stride_lh), lse, mask=row_ok)
+    else:
+        store_rows(Out, desc_o, b, h, m_start, out.to(Out.dtype.element_ty), stride_ot, stride_od, T_q,
+                   BLOCK_M, HEAD_DIM, TMA and not SPLIT_K, WIDE)  # (desc_o describes out, not the partials)
+        tl.store(Lse + offs_m * stride_lt, lse, mask=offs_m < T_q)
 
 
 INTERPRET = is_interpreted(_attn_fwd)
@@ -213,7 +240,7 @@ WIDE_WS_TILES = [(64, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2)]
 # Decoding (T_q <= 16: one new token per sequence, or a few speculative ones): 16 query rows, the fewest a
 # tl.dot takes. A 64- or 128-row tile would be nearly all padding: 4 to 128 times the products for the same
 # keys and values, and an accumulator that at D = 128 fills the register file (255 registers and a spill on
-# sm_90, against 125-200 for these: benchmarks/results/kernel_resources_sm90.json, part "decode"). The keys
+# sm_90, against 106-192 for these: benchmarks/results/kernel_resources_sm90.json, part "decode"). The keys
 # and values read, what a decoding step waits on, are the same whatever BLOCK_M. On Hopper these tiles run
 # mma.sync rather than wgmma, which needs 64 rows. Float32 (no tensor cores to feed) gets the smallest.
 DECODE_ROWS = 16
@@ -277,6 +304,24 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
                             3 if half else 2, WARP_SPEC=False)
 
 
+def grid_rows(T_q: int, H: int, H_kv: int, varlen: bool) -> tuple[bool, int, int]:
+    """``(pack, rows, heads)``: whether a launch packs each GQA group's query heads into one program's rows
+    (a decoding step, fixed length), and the rows per (sequence, head) and the heads its grid spans."""
+    pack = not varlen and T_q <= DECODE_ROWS and H > H_kv
+    return (pack, T_q * (H // H_kv), H_kv) if pack else (pack, T_q, H)
+
+
+def planned_splits(num_splits: int, B: int, H: int, H_kv: int, T_q: int, T_k: int, device: torch.device,
+                   varlen: bool = False) -> int:
+    """The key slices a launch uses: ``num_splits`` (0: :func:`flash_split.num_splits`' rule, for the grid
+    the launch will have); never more than one for packed (varlen) batches."""
+    if varlen:
+        return 1
+    _, rows, heads = grid_rows(T_q, H, H_kv, varlen)
+    sms = None if INTERPRET else flash_split.multiprocessors(device)
+    return flash_split.num_splits(num_splits, B=B, H=heads, T_q=rows, T_k=T_k, sms=sms)
+
+
 def _strides(x: torch.Tensor, ndim: int):
     """Strides padded on the left with zeros to ``ndim`` dims (a packed [T, H, D] has no batch stride)."""
     return (0,) * (ndim - x.dim()) + tuple(x.stride())
@@ -309,8 +354,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         sq, sk, sv = _strides(q, 4), _strides(k, 4), _strides(v, 4)
         out, lse = forward_buffers(q, varlen)  # out (B, H, T_q, D) contiguous, lse (B, H, T_q)
         so, sl = out.stride(), lse.stride()
-    splits = 1 if varlen else flash_split.num_splits(num_splits, B=B, H=H, T_q=T_q, T_k=T_k,
-                                                     sms=None if INTERPRET else flash_split.multiprocessors(q.device))
+    pack, rows, heads = grid_rows(T_q, H, H_kv, varlen)
+    splits = planned_splits(num_splits, B, H, H_kv, T_q, T_k, q.device, varlen)
     if splits > 1:  # the kernel writes one partial result per slice; the combine writes out and lse
         part, part_lse = flash_split.split_buffers(q, splits)  # (B, S, H, T_q, D), (B, S, H, T_q) float32
         so = (part.stride(0), *part.stride()[2:])  # (batch, head, time, dim): the slice is stride_os
@@ -324,7 +369,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
     scalars = (T_q, T_k, *_variants.tuning_lengths(T_q, T_k), H, H // H_kv, scale * LOG2E, window[0], window[1],
                splits)
     flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_SEQUSED_K=seqused_k is not None, UPCAST=upcast,
-                 IEEE=q.dtype == torch.float32, SPLIT_K=splits > 1,
+                 IEEE=q.dtype == torch.float32, SPLIT_K=splits > 1, PACK_GQA=pack,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, targets[0][:, 0] if splits > 1 else out))
 
     def launch(variant: _variants.Variant):
@@ -334,7 +379,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
                                 WARP_SPEC=variant.warp_specialize and not decoding)
         tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=interpreter_meta,
                                                   default=default_config(variant, D, q.element_size(), T_q))
-        kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, D), tag=D, extra_key=["SPLIT_K"],
+        kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, D), tag=D, extra_key=["SPLIT_K", "PACK_GQA"],
                                      prune=prune_for_lengths) if tune else _attn_fwd  # (a slice: fewer keys)
         for b0, b1 in batch_chunks(B):  # (one launch unless B passes the grid's limit)
             tensors, cus = batch_part(b0, b1, (q, k, v, *targets), (cu_seqlens_q, cu_seqlens_k) if varlen else None)
@@ -343,7 +388,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
             descs = _variants.descriptors(described, [tiles[block] for _, block in _DESCRIPTORS], D, variant)
 
             def grid(meta, n=b1 - b0):
-                return launch_grid(T_q, meta["BLOCK_M"], H, n, splits)
+                return launch_grid(rows, meta["BLOCK_M"], heads, n, splits)
 
             kernel[grid](*tensors, *strides, *descs, *cus, used, *scalars, **flags, TMA=variant.tma, **meta)
             if splits > 1:

@@ -75,8 +75,10 @@ def test_every_launch_fits_cuda_grid_limits_and_covers_every_block(B, varlen):
             f"{_tiles.CUDA_MAX_GRID_X} programs along x and {LIMIT} along y and z"
         )
         block = {"_bwd_preprocess": 64, "_bwd_dkdv": kwargs.get("BLOCK_N")}.get(name, kwargs.get("BLOCK_M"))
-        heads = H_kv if name == "_bwd_dkdv" else H
-        assert (x, y) == (triton.cdiv(T, block), heads), f"{name}: grid {grid}, expected (blocks, heads, B)"
+        rows, heads = T, H_kv if name == "_bwd_dkdv" else H
+        if kwargs.get("PACK_GQA"):  # a decoding step (T <= 16) of fixed length: a group's heads share rows
+            rows, heads = T * (H // H_kv), H_kv
+        assert (x, y) == (triton.cdiv(rows, block), heads), f"{name}: grid {grid}, expected (blocks, heads, B)"
         programs[name] = programs.get(name, 0) + z
     assert programs == dict.fromkeys(names, B), f"every sequence once per kernel: {programs}"
 

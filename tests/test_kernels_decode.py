@@ -32,6 +32,8 @@ CASES = [  # (B, H, H_kv, T_q, T_k, D, causal, window, dtype, num_splits)
     (1, 4, 2, 5, 203, 32, True, (40, 0), F32, 3),  # a window: each row's keys lie in one or two slices
     (1, 2, 1, 5, 2, 16, True, NONE, F32, 3),  # T_q > T_k, causal: the first three rows see no key at all
     (1, 2, 2, 3, 70, 128, False, NONE, F16, 2),
+    (1, 8, 1, 3, 150, 32, True, (20, 0), F16, 2),  # MQA, 3 tokens: 24 packed rows, a position across 2 blocks
+    (2, 6, 2, 7, 90, 16, True, NONE, BF16, 3),  # groups of 3 heads, 7 tokens: 21 rows of mixed positions
 ]
 
 
@@ -191,7 +193,7 @@ def test_split_kernels_compile_for_hopper(variant, T_q):
     assert [fn.__name__ for fn, _, _ in launches] == ["_attn_fwd", "_combine_splits"]
     (fn, args, kwargs), combine = launches
     assert kwargs["SPLIT_K"] and kwargs["TMA"] == _variants.VARIANTS[variant].tma
-    assert (kwargs["BLOCK_M"] == 16) == (T_q == 1)
+    assert (kwargs["BLOCK_M"] == 16) == (T_q == 1) and kwargs["PACK_GQA"] == (T_q == 1)  # (4 heads on 2)
     ptx = compile_launch(fn, args, dict(kwargs), HOPPER).asm["ptx"]
     products = "mma.sync" if T_q == 1 else "wgmma"
     assert products in ptx, f"the split forward lost its tensor-core products ({products})"
@@ -257,3 +259,60 @@ def test_the_interpreter_runs_decoding_steps_with_16_rows(T_q, rows):
     (_, _, kwargs), = recorded_launches(fwd, ["_attn_fwd"], lambda: fwd.attn_fwd_launch(
         q, k, v, scale=0.25, window=(1 << 30, 1 << 30), num_splits=1))
     assert kwargs["BLOCK_M"] == rows
+
+
+# ---- a group's query heads packed into one tile (PACK_GQA) ------------------------------------------------
+
+@pytest.mark.parametrize("H,H_kv,T_q,varlen,packed", [
+    (8, 2, 1, False, True),  # decoding, GQA: the 4 heads of a group are rows of one program
+    (8, 1, 5, False, True),  # MQA, 5 tokens: 40 rows per key/value head
+    (8, 8, 1, False, False),  # MHA: nothing to share
+    (8, 2, 17, False, False),  # past decoding: a tile of one head's queries already fills its rows
+    (8, 2, 1, True, False),  # packed (varlen) batches keep one head per program
+])
+def test_decoding_with_gqa_packs_a_groups_heads_into_one_program(H, H_kv, T_q, varlen, packed):
+    """The grid then has one program per key/value head (its keys and values read once, not once per
+    query head) and ``ceil(T_q * group / 16)`` row blocks."""
+    from attn_course.kernels._compile import recorded_launches
+
+    fwd = kernel_module("flash_fwd", CPU)
+    B, T_k, D = 2, 40, 16
+    q, k, v = make_qkv(B, H, H_kv, T_q, T_k, D, F32)
+    kw = {}
+    if varlen:
+        q, k, v = (x.transpose(1, 2).reshape(-1, x.shape[1], D) for x in (q, k, v))  # (B * T, H, D)
+        cu_q = torch.tensor([0, T_q, 2 * T_q], dtype=torch.int32)
+        kw = dict(cu_seqlens_q=cu_q, cu_seqlens_k=torch.tensor([0, T_k, 2 * T_k], dtype=torch.int32),
+                  max_seqlen_q=T_q)
+    grids = []
+    (_, _, kwargs), = recorded_launches(fwd, ["_attn_fwd"], lambda: fwd.attn_fwd_launch(
+        q, k, v, scale=0.25, window=(1 << 30, 0), num_splits=1, **kw), grids)
+    assert kwargs["PACK_GQA"] == packed
+    rows = kwargs["BLOCK_M"]
+    want = (-(-T_q * H // H_kv // rows), H_kv, B) if packed else (-(-T_q // rows), H, B)
+    assert grids == [want]
+
+
+def test_packed_rows_match_one_head_at_a_time(monkeypatch):
+    """The same decoding step with the packing turned off (a group of one head per program) gives the
+    same answer to rounding: each row is its own (position, head) whichever way the rows are laid out."""
+    q, k, v = make_qkv(2, 12, 3, 2, 77, 32, F32)
+    with torch.no_grad():
+        packed = flash_attention_kvcache(q, k, v, causal=True, window=(30, 0), num_splits=2, return_lse=True)
+        fwd = kernel_module("flash_fwd", CPU)
+        monkeypatch.setattr(fwd, "DECODE_ROWS", 0)  # (T_q <= 0 never holds: no packing, usual tiles)
+        plain = flash_attention_kvcache(q, k, v, causal=True, window=(30, 0), num_splits=2, return_lse=True)
+    assert max_err(packed[0], plain[0]) < 1e-6 and max_err(packed[1], plain[1]) < 1e-5
+
+
+def test_the_split_rule_sees_the_packed_grid(monkeypatch):
+    """With the group's heads packed, a decoding step of 32 query heads on 8 key/value heads runs 8
+    programs, not 32: on a 132-SM GPU the rule gives it 33 slices where MHA's 32 programs get 8."""
+    from attn_course.kernels._compile import CUDA
+
+    fwd = kernel_module("flash_fwd", CUDA)
+    monkeypatch.setattr(fwd.flash_split, "multiprocessors", lambda device: 132)
+    assert fwd.planned_splits(0, 1, 32, 8, 1, 32768, CUDA) == 33
+    assert fwd.planned_splits(0, 1, 32, 32, 1, 32768, CUDA) == 8
+    assert fwd.planned_splits(0, 1, 32, 8, 1, 32768, CUDA, varlen=True) == 1
+    assert fwd.planned_splits(5, 1, 32, 8, 1, 32768, CUDA) == 5
