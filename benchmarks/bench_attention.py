@@ -243,8 +243,7 @@ def run_gpu(shapes, budget_s: float | None, save, *, impls=None, device="cuda", 
                     row["variant"] = {part: _variants.used((str(q.device), dtype, D, part))
                                       for part in ("forward", "backward") if backward or part == "forward"}
             tri = row["ms"]["triton"]
-            row["speedup_vs"] = {n: (None if m is None or tri is None else m / tri)
-                                 for n, m in row["ms"].items() if n != "triton"}
+            row["speedup_vs"] = speedups(row["ms"])
             if ceilings is not None and tri is not None:
                 row["triton_of_matmul"] = row["tflops"]["triton"] / ceilings["matmul_tflops"][row["dtype"]]
             result["rows"].append(row)
@@ -329,8 +328,7 @@ def run_decode(shapes, budget_s: float | None, save, result: dict, *, impls=None
             row["ms"][name], row["spread_ms"][name] = ms, spread
             row["tbps"][name] = None if ms is None else moved / ms * 1e-9
         tri = row["ms"]["triton"]
-        row["speedup_vs"] = {n: (None if m is None or tri is None else m / tri)
-                             for n, m in row["ms"].items() if n != "triton"}
+        row["speedup_vs"] = speedups(row["ms"])
         if copy_tbps and tri is not None:
             row["triton_of_copy"] = row["tbps"]["triton"] / copy_tbps
         rows.append(row)
@@ -348,6 +346,13 @@ def format_decode_row(row) -> str:
     of = f", {row['triton_of_copy']:.0%} of copy" if "triton_of_copy" in row else ""
     return (f"decode {row['dtype']:8s} D={row['D']} B={row['B']:2d} H={row['H']}/{row['H_kv']} T_k={row['T_k']:5d} "
             f"TB/s {bw} | triton ({row['splits']} slices{of}) speed-up vs {sp}")
+
+
+def speedups(ms: dict) -> dict:
+    """The kernel's speed ratio to every other contender: their time over ``triton``'s (``None`` where
+    either could not run)."""
+    tri = ms["triton"]
+    return {n: (None if m is None or tri is None else m / tri) for n, m in ms.items() if n != "triton"}
 
 
 def format_row(row) -> str:
@@ -373,10 +378,7 @@ def plot_gpu(result: dict, path: Path, st: dict) -> None:
         plot_decode_panel(ax, [r for r in result["decode_rows"] if (r["dtype"], r["B"]) == key], result)
     for ax, key in zip(axes.flat, panels, strict=False):
         rows = [r for r in result["rows"] if (r["dtype"], r["D"], r["causal"], r["pass"]) == key]
-        for name in rows[0]["tflops"]:
-            pts = [(r["T"], r["tflops"][name]) for r in rows if r["tflops"][name] is not None]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=name, lw=2.5 if name == "triton" else 1)
+        plot_contenders(ax, rows, "T", "tflops")
         if "ceilings" in result:
             ax.axhline(result["ceilings"]["matmul_tflops"][key[0]], ls="--", c="grey", lw=1,
                        label="matrix product (measured)")
@@ -393,12 +395,18 @@ def plot_gpu(result: dict, path: Path, st: dict) -> None:
     fig.savefig(path, dpi=110)
 
 
-def plot_decode_panel(ax, rows, result) -> None:
-    """TB/s of each contender against the cache length, for one (dtype, batch) of the decoding rows."""
-    for name in rows[0]["tbps"]:
-        pts = [(r["T_k"], r["tbps"][name]) for r in rows if r["tbps"][name] is not None]
+def plot_contenders(ax, rows, x: str, metric: str) -> None:
+    """One line per contender: ``row[metric][name]`` against ``row[x]`` (missing points left out), the
+    kernel drawn thicker."""
+    for name in rows[0][metric]:
+        pts = [(r[x], r[metric][name]) for r in rows if r[metric][name] is not None]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=name, lw=2.5 if name == "triton" else 1)
+
+
+def plot_decode_panel(ax, rows, result) -> None:
+    """TB/s of each contender against the cache length, for one (dtype, batch) of the decoding rows."""
+    plot_contenders(ax, rows, "T_k", "tbps")
     if "ceilings" in result:
         ax.axhline(result["ceilings"]["copy_tbps"], ls="--", c="grey", lw=1, label="copy (measured)")
     ax.set_xscale("log", base=2)
