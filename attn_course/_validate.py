@@ -95,9 +95,10 @@ def real_scalar(x) -> float | None:
 
 
 def check_positive_int(x, name: str, *, allow_zero: bool = False) -> int:
-    if integer_scalar(x) is None:
+    n = integer_scalar(x)
+    if n is None:
         raise TypeError(f"{name} must be an int, got {type(x).__name__} {x!r}")
-    x = integer_scalar(x)
+    x = n
     if x < 0 or (x == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else ">= 1"
         raise ValueError(f"{name} must be {bound}, got {x}")

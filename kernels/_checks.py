@@ -133,9 +133,10 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     cus, maxes = [], []
     for name, cu, x, max_len in (("cu_seqlens_q", cu_seqlens_q, q, max_seqlen_q),
                                  ("cu_seqlens_k", cu_seqlens_k, k, max_seqlen_k)):
-        if integer_scalar(max_len) is None or max_len < 0:
+        n = integer_scalar(max_len)
+        if n is None or n < 0:
             raise ValueError(f"max_seqlen for {name} must be an int >= 0, got {max_len!r}")
-        max_len = integer_scalar(max_len)
+        max_len = n
         maxes.append(max_len)
         if max_len >= UNBOUNDED:
             raise ValueError(f"sequences must be shorter than {UNBOUNDED} tokens")
@@ -247,8 +248,8 @@ def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
             raise ValueError(f"cache_seqlens must be an int or a 1-D integer tensor of B = {B} lengths, got "
                              f"{x.dtype} of shape {tuple(x.shape)}")
 
-    if integer_scalar(cache_seqlens) is not None:
-        n = integer_scalar(cache_seqlens)
+    n = integer_scalar(cache_seqlens)
+    if n is not None:
         check_lengths(torch.tensor([n]).expand(B))
         return torch.full((B,), n, dtype=torch.int32, device=q.device)
     if not isinstance(cache_seqlens, torch.Tensor):

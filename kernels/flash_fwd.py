@@ -260,6 +260,12 @@ def candidate_tiles(D: int, warp_spec: bool) -> list[tuple[int, int, int, int]]:
     return WS_TILES if warp_spec else GPU_TILES
 
 
+def is_decoding(T_q: int) -> bool:
+    """Whether a launch with (at most) ``T_q`` queries per sequence is a decoding step: 16-row tiles, and
+    GQA groups packed into one program's rows."""
+    return T_q <= DECODE_ROWS
+
+
 def decode_tiles(D: int) -> list[tuple[int, int, int, int]]:
     """The 16-row tiles offered when ``T_q <= DECODE_ROWS`` (and only then: see :func:`prune_for_lengths`)."""
     return WIDE_DECODE_TILES if D > 128 else DECODE_TILES
@@ -284,7 +290,7 @@ def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
 def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
     """The autotuner's pruning step: for ``T_q <= DECODE_ROWS`` (by the tuning key's rounded length) only
     the 16-row decoding tiles, otherwise only the others; the autotuner then times what is left."""
-    decoding = nargs["TUNE_T_Q"] <= DECODE_ROWS
+    decoding = is_decoding(nargs["TUNE_T_Q"])
     return [c for c in configs if (c.kwargs["BLOCK_M"] == DECODE_ROWS) == decoding]
 
 
@@ -292,7 +298,7 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
     """The one config used when autotuning is off: 16-row tiles for ``T_q <= DECODE_ROWS`` (decoding); else
     big query tiles for 16-bit inputs, smaller ones where float32 or a wide head would overflow shared
     memory, and the warp-specialised variant with WS on."""
-    if T_q is not None and T_q <= DECODE_ROWS:
+    if T_q is not None and is_decoding(T_q):
         return _variants.config(*(decode_tiles(D)[0] if itemsize == 2 else FLOAT32_DECODE_TILE), WARP_SPEC=False)
     if variant.warp_specialize:
         return _variants.config(*candidate_tiles(D, True)[0], WARP_SPEC=True)
@@ -307,7 +313,7 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
 def grid_rows(T_q: int, H: int, H_kv: int, varlen: bool) -> tuple[bool, int, int]:
     """``(pack, rows, heads)``: whether a launch packs each GQA group's query heads into one program's rows
     (a decoding step, fixed length), and the rows per (sequence, head) and the heads its grid spans."""
-    pack = not varlen and T_q <= DECODE_ROWS and H > H_kv
+    pack = not varlen and is_decoding(T_q) and H > H_kv
     return (pack, T_q * (H // H_kv), H_kv) if pack else (pack, T_q, H)
 
 
@@ -372,9 +378,10 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
                  IEEE=q.dtype == torch.float32, SPLIT_K=splits > 1, PACK_GQA=pack,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, targets[0][:, 0] if splits > 1 else out))
 
+    decoding = is_decoding(T_q)  # (packed: the longest sequence)
+
     def launch(variant: _variants.Variant):
         # (in the interpreter, tma+ws runs the single-loop code path: checked there too)
-        decoding = T_q <= DECODE_ROWS  # (packed: the longest sequence)
         interpreter_meta = dict(blocks or (INTERPRETER_DECODE_BLOCKS if decoding else INTERPRETER_BLOCKS),
                                 WARP_SPEC=variant.warp_specialize and not decoding)
         tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=interpreter_meta,
