@@ -1,8 +1,9 @@
 """What every tile shape the autotuner may try costs on Hopper, measured without a GPU.
 
 Each config of each kernel (forward: ``pointer``, ``tma``, ``tma+ws``; the forward's 16-row decoding tiles,
-``decode``, for one query against a 4096-key cache split in 4 slices: ``pointer`` as the cache runs it,
-``tma`` as a fixed-length call; backward dK/dV and dQ: ``pointer``, ``tma``) is compiled for sm_90
+``decode``, for one query against a 4096-key cache split in 4 slices: ``pointer``, ``tma``; backward dK/dV
+and dQ: ``pointer``, ``tma``; and the forward, dK/dV and dQ of a packed (varlen) batch, ``forward varlen``
+etc.: ``pointer``, ``tma``, at D = 64 and 128 and, for the forward, 256) is compiled for sm_90
 (``attn_course.kernels._compile``) and read back with ``cuobjdump``: registers per thread, bytes of spill
 stack, shared memory, warps, and counts of Hopper's tensor-core (HGMMA) and TMA (UTMALDG) instructions. A
 config that spills, or whose tile is too small for wgmma (HMMA only; not flagged for the decoding tiles,
@@ -29,6 +30,7 @@ import triton
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HEAD_DIMS = (64, 128, 256)  # surveyed by default (the kernels' test of the report expects all three)
+VARLEN_BACKWARD_HEAD_DIMS = (64, 128)  # (auto runs a packed batch's backward on pointers: flash_bwd.tma_pays)
 
 
 def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):
@@ -48,6 +50,11 @@ def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):
             for part in ("dkdv", "dq"):
                 for variant in ("pointer", "tma"):
                     out += [(part, variant, dtype, D, tuple(t), False) for t in bwd.candidate_tiles(part, D)]
+            for variant in ("pointer", "tma"):  # a packed batch (the same tiles; its own loads and loops)
+                out += [("forward varlen", variant, dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
+                for part in ("dkdv", "dq"):
+                    out += [(f"{part} varlen", variant, dtype, D, tuple(t), False) for t in bwd.candidate_tiles(part, D)
+                            if D in VARLEN_BACKWARD_HEAD_DIMS]
     return out
 
 
@@ -59,14 +66,17 @@ def measure(job) -> dict:
     dtype = getattr(torch, dtype_name)
     row = {"part": part, "variant": variant, "dtype": dtype_name, "D": D, "tile": list(tile)}
     try:
+        varlen = part.endswith(" varlen")
+        part = part.removesuffix(" varlen")
         if part == "forward":
-            (fn, args, kwargs), = forward_launches(variant, dtype, D, config=_variants.config(*tile, WARP_SPEC=ws))
+            (fn, args, kwargs), = forward_launches(variant, dtype, D, config=_variants.config(*tile, WARP_SPEC=ws),
+                                                   varlen=varlen)
         elif part == "decode":
-            cache = dict(seqused_k=torch.tensor([4096, 100], dtype=torch.int32)) if variant == "pointer" else {}
-            (fn, args, kwargs), _ = forward_launches(variant, dtype, D, T=4096, T_q=1, num_splits=4, **cache,
+            used = torch.tensor([4096, 100], dtype=torch.int32)
+            (fn, args, kwargs), _ = forward_launches(variant, dtype, D, T=4096, T_q=1, num_splits=4, seqused_k=used,
                                                      config=_variants.config(*tile, WARP_SPEC=False))
         else:
-            launches = backward_launches(variant, dtype, D, config=_variants.config(*tile))
+            launches = backward_launches(variant, dtype, D, config=_variants.config(*tile), varlen=varlen)
             (fn, args, kwargs), = [c for c in launches if c[0].__name__ == f"_bwd_{part}"]
         row.update(resources(compile_launch(fn, args, kwargs)))
     except Exception as e:  # a config that does not compile is a finding, not a crash of the report
@@ -105,7 +115,7 @@ def main(argv=None) -> int:
         tile = "x".join(map(str, r["tile"][:2])) + f" w{r['tile'][2]} s{r['tile'][3]}"
         usage = "" if "error" in r else (f"{r['registers']:3d} regs  {r['shared_bytes'] // 1024:3d} KiB smem  "
                                          f"{r['warps']:2d} warps  HGMMA {r['HGMMA']:3d}  UTMALDG {r['UTMALDG']:2d}")
-        print(f"{r['dtype']:8s} D={r['D']:3d} {r['part']:7s} {r['variant']:7s} {tile:16s} {usage}  "
+        print(f"{r['dtype']:8s} D={r['D']:3d} {r['part']:14s} {r['variant']:7s} {tile:16s} {usage}  "
               f"{'; '.join(flags(r))}")
     import platform
 

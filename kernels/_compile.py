@@ -78,16 +78,20 @@ def compile_launch(fn, args, kwargs, target=HOPPER):
 
 
 def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, T_q: int | None = None,
-                     num_splits: int = 1, seqused_k=None):
+                     num_splits: int = 1, seqused_k=None, varlen: bool = False):
     """The forward launches the wrapper makes for ``[2, 4, T_q, D]`` queries (``T_q`` defaults to ``T``) and
     2 key/value heads of length ``T``, causal, with ``variant`` forced and the autotuner off (``config``:
     the tile shape, else the default one): the forward kernel, then, with ``num_splits > 1``, the kernel
-    that combines the key slices (``flash_split``). ``seqused_k``: per-sequence key counts (a cache)."""
+    that combines the key slices (``flash_split``). ``seqused_k``: per-sequence key counts (a cache).
+    ``varlen``: the same tokens as one packed batch of two sequences of unequal lengths (:func:`_packed`)."""
     fwd = kernel_module("flash_fwd", CUDA)
     q, k, v = (torch.randn(2, h, t, D).to(dtype) for h, t in ((4, T_q or T), (2, T), (2, T)))
+    packed = _packed(q, k) if varlen else {}
+    q, k, v = (_pack(x) for x in (q, k, v)) if varlen else (q, k, v)
 
     def run():
-        fwd.attn_fwd_launch(q, k, v, scale=D ** -0.5, window=CAUSAL, num_splits=num_splits, seqused_k=seqused_k)
+        fwd.attn_fwd_launch(q, k, v, scale=D ** -0.5, window=CAUSAL, num_splits=num_splits, seqused_k=seqused_k,
+                            **packed)
 
     combines = []
     with _variants.settings(kernel=variant, autotune=False), _default_config(fwd, config):
@@ -96,15 +100,36 @@ def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, 
     return calls + combines
 
 
-def backward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None):
+def backward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, varlen: bool = False):
     """The three backward launches (preprocess, dK/dV, dQ) for the same shapes as :func:`forward_launches`."""
     bwd = kernel_module("flash_bwd", CUDA)
     q, k, v = (torch.randn(2, h, T, D).to(dtype) for h in (4, 2, 2))
     out, dout, lse = torch.randn_like(q), torch.randn_like(q), torch.zeros(2, 4, T)
+    packed = {}
+    if varlen:
+        cu = _packed(q, k)
+        packed = dict(cu_seqlens_q=cu["cu_seqlens_q"], cu_seqlens_k=cu["cu_seqlens_k"], max_seqlens=(T, T))
+        q, k, v, out, dout = (_pack(x) for x in (q, k, v, out, dout))
+        lse = lse.transpose(0, 1).reshape(4, 2 * T)  # (H, total_T)
     with _variants.settings(kernel=variant, autotune=False), _default_config(bwd, config):
         return recorded_launches(bwd, ["_bwd_preprocess", "_bwd_dkdv", "_bwd_dq"],
                                  lambda: bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=D ** -0.5,
-                                                             window=CAUSAL))
+                                                             window=CAUSAL, **packed))
+
+
+def _pack(x: torch.Tensor) -> torch.Tensor:
+    """``[2, H, T, D]`` -> the packed ``[2 T, H, D]`` of a varlen batch."""
+    return x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])  # (2, T, H, D) -> (2 T, H, D)
+
+
+def _packed(q: torch.Tensor, k: torch.Tensor) -> dict:
+    """The varlen arguments that cut :func:`_pack`'s ``2 T`` tokens into two sequences of unequal lengths
+    (``T - 37`` and ``T + 37`` for ``T > 37``): ragged tiles in both."""
+    def cu(T):
+        cut = T - 37 if T > 37 else T
+        return torch.tensor([0, cut, 2 * T], dtype=torch.int32), 2 * T - cut
+    (cu_q, max_q), (cu_k, _) = cu(q.shape[2]), cu(k.shape[2])
+    return dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q)
 
 
 @contextlib.contextmanager

@@ -20,8 +20,10 @@ two backward kernels agree on it by construction:
   GQA group into it (row ``r`` is position ``r // GROUP`` of head ``r % GROUP``); ``key_tiles_between`` is
   ``key_tiles`` for such a block, whose rows span positions ``m_start // GROUP ...`` only.
 * ``load_rows`` / ``store_rows``: one tile of rows of a ``[B, H, T, D]`` tensor, either through pointers
-  (masked on masked tiles) or through a tensor descriptor (TMA on Hopper, see ``_variants``). ``WIDE``
-  makes their offsets within a sequence 64-bit: ``row * stride_t`` passes 2^31 in a long sequence whose
+  (masked on masked tiles) or through a tensor descriptor (TMA on Hopper, see ``_variants``). A packed
+  batch's descriptor is one ``[1, H, total_T, D]`` view (``desc_batch``); the tile that overhangs a
+  sequence's end goes through pointers (``overhang``), and so do a packed batch's stores.
+  ``WIDE`` makes their offsets within a sequence 64-bit: ``row * stride_t`` passes 2^31 in a long sequence whose
   rows are far apart (flash-attn's ``[B, T, H, D]`` layout puts ``H * D`` elements between rows), and a
   32-bit product wraps around to an address before the tensor. 64-bit offsets cost registers the
   backward kernels do not have to spare at D = 256, so the host asks for them only where some tensor
@@ -178,20 +180,50 @@ def query_tiles(n_start, T_q, T_k, window_left, window_right, BLOCK_M: tl.conste
 
 
 @triton.jit
+def desc_batch(b, IS_VARLEN: tl.constexpr):
+    """Sequence ``b``'s coordinate along a descriptor's batch dim: a packed batch is described as one
+    ``[1, H, total_T, D]`` view (see ``_variants.described``), its sequences told apart by their rows."""
+    tb = b
+    if IS_VARLEN:
+        tb = b * 0
+    return tb
+
+
+@triton.jit
+def overhang(T, lo, hi, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+    """Where, in the tiles ``[lo, hi)`` of a loop over rows (``hi <= T``), the one tile that overhangs the
+    sequence's end starts, when ``SPLIT``; ``hi`` (no such tile) otherwise.
+
+    The copy engine zero-fills a tile only past the *tensor's* end. Past a packed sequence's end are the
+    next sequence's rows, past a cache's filled part its unfilled tail: real memory, possibly NaN, and a
+    masked score is a zero probability but ``0 * NaN`` is NaN. So with ``SPLIT`` (TMA on a packed batch or
+    a cache) the kernels walk ``[lo, tail)`` through the descriptors and the overhanging tile ``[tail, hi)``
+    through masked pointer loads, which read zeros there. (A trial that zeroed those rows of every masked
+    descriptor tile in registers instead, taking the tile out of shared memory and back, spilled 520 bytes
+    in dK/dV at D = 128 on sm_90, tile 32 x 64, against 48 this way.)"""
+    tail = hi
+    if SPLIT:
+        tail = tl.maximum(tl.minimum((T // BLOCK) * BLOCK, hi), lo)
+    return tail
+
+
+@triton.jit
 def load_rows(
     ptr,  # this (sequence, head)'s row 0 (pointer variant)
     desc,  # a descriptor over the whole [B, H, T, D] tensor with (1, 1, BLOCK, HEAD_DIM) tiles (TMA variant)
-    b, h, row0,  # which sequence and head, first row of the tile
+    b, h, row0,  # which sequence (its descriptor coordinate: see desc_batch) and head, first row of the tile
+    first,  # TMA: the sequence's row 0 along the descriptor's time dim (a packed batch; else 0)
     stride_t, stride_d, T,
     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
-    MASKED: tl.constexpr,  # rows past T may be in the tile (pointer variant; TMA zero-fills them anyway)
+    MASKED: tl.constexpr,  # rows past T may be in the tile (pointer variant; see overhang for TMA)
     TMA: tl.constexpr,
     TRANS: tl.constexpr,  # return (HEAD_DIM, BLOCK) instead of (BLOCK, HEAD_DIM)
     WIDE: tl.constexpr,  # 64-bit offsets (see the module docstring)
 ):
-    """Rows ``row0 ... row0 + BLOCK`` of one (sequence, head), zeros past ``T``."""
+    """Rows ``row0 ... row0 + BLOCK`` of one (sequence, head): zeros past ``T`` through pointers; through a
+    descriptor, zeros past the tensor's end only (see :func:`overhang`)."""
     if TMA:
-        x = desc.load([b, h, row0, 0]).reshape(BLOCK, HEAD_DIM)  # (1, 1, BLOCK, D) -> (BLOCK, D)
+        x = desc.load([b, h, first + row0, 0]).reshape(BLOCK, HEAD_DIM)  # (1, 1, BLOCK, D) -> (BLOCK, D)
         if TRANS:
             x = tl.trans(x)  # (D, BLOCK)
     else:

@@ -8,15 +8,20 @@ from global memory to the chip:
 * ``tma``: tiles travel through *tensor descriptors*, which Hopper (compute capability 9.0) turns into
   its bulk tensor copy engine (TMA): one thread issues the copy of a whole tile into shared memory, the
   copy engine computes the addresses, and rows past the end of the tensor arrive as zeros with no mask.
-  It needs the head dim contiguous and 16-byte-aligned strides (checked by :func:`tma_unready`).
+  It needs the head dim contiguous and 16-byte-aligned strides (checked by :func:`tma_unready`). Packed
+  (varlen) batches and key/value caches run it too: the copy engine zero-fills only past the tensor's
+  end, not past a sequence's (where the next sequence, or a cache's unfilled tail, begins), so the tile
+  that overhangs a sequence's end is read through masked pointer loads (``_tiles.overhang``) and a packed
+  batch's results are stored through pointers.
 * ``tma+ws`` (forward only): the same, and the autotuner may also pick warp-specialised configs
   (``tl.range(..., warp_specialize=True)``: a producer warpgroup issues the copies while consumer
   warpgroups do the matrix products and the softmax), keeping them only where they are faster.
 
 ``ATTN_COURSE_KERNEL`` picks: ``auto`` (the default), ``pointer``, ``tma`` or ``tma+ws``. ``auto`` on a
 Hopper-or-newer GPU with TMA-ready tensors tries ``tma+ws`` (16-bit inputs only), then ``tma``, then
-``pointer``; everywhere else (older GPUs, CPU tensors in the interpreter, varlen, and the backward at
-head dim 256, whose TMA tiles spill registers) it runs ``pointer``.
+``pointer``; everywhere else (older GPUs, CPU tensors in the interpreter, and the backward at head dim
+256 or of a packed batch, whose TMA tiles spill registers: ``flash_bwd.tma_pays``) it runs ``pointer``.
+Packed batches and caches are never warp-specialised.
 
 Why a chain: the TMA variants are checked on the CPU through the interpreter, which emulates the
 descriptors faithfully, but a GPU compiler can still reject a program the interpreter accepts. So under
@@ -190,10 +195,19 @@ def launch_plan(interpreted: bool, *, interpreter_meta: dict, default: triton.Co
 
 def descriptors(tensors, blocks, D: int, variant: Variant):
     """Descriptors for ``tensors`` with tiles of ``blocks`` rows, or the tensors themselves as placeholders
-    for the pointer variant (which never reads them)."""
+    for the pointer variant (which never reads them). Packed ``[total_T, H, D]`` tensors are described
+    through :func:`described`."""
     if not variant.tma:
         return list(tensors)
-    return [descriptor(x, [1, 1, rows, D]) for x, rows in zip(tensors, blocks, strict=True)]
+    return [descriptor(described(x), [1, 1, rows, D]) for x, rows in zip(tensors, blocks, strict=True)]
+
+
+def described(x: torch.Tensor) -> torch.Tensor:
+    """What a descriptor is built over: a ``[B, H, T, D]`` tensor as it is; a packed (varlen) ``[total_T, H, D]``
+    one as the ``[1, H, total_T, D]`` view of the same memory (no copy). Sequence ``b`` is then rows
+    ``cu_seqlens[b] ...`` of batch 0 (a tile that overhangs it would read the next sequence's rows: see
+    ``_tiles.overhang``)."""
+    return x.transpose(0, 1).unsqueeze(0) if x.dim() == 3 else x  # (total_T, H, D) -> (1, H, total_T, D)
 
 
 def may_use_tma(device: torch.device) -> bool:
@@ -223,8 +237,7 @@ def settings(*, kernel: str | None = None, autotune: bool | None = None):
                 os.environ[key] = value
 
 
-def chain(device: torch.device, tensors, *, varlen: bool, warp_spec: bool = True, tma_pays: bool = True
-          ) -> list[Variant]:
+def chain(device: torch.device, tensors, *, warp_spec: bool = True, tma_pays: bool = True) -> list[Variant]:
     """The variants to try, in order, for one launch (see the module docstring). ``warp_spec``: whether
     the kernel has warp-specialised configs (the backward kernels do not: ``tma+ws`` means ``tma`` there).
     ``tma_pays``: whether the TMA variant is worth trying under ``auto`` for this launch (the backward at
@@ -238,13 +251,12 @@ def chain(device: torch.device, tensors, *, varlen: bool, warp_spec: bool = True
     if name != "auto":
         variant = VARIANTS[name]
         if variant.tma:
-            why = "packed (varlen) batches and key/value caches use the pointer kernel" if varlen else \
-                tma_unready(*tensors)
+            why = tma_unready(*tensors)
             if why is not None:
                 raise ValueError(f"{KERNEL_ENV}={name} cannot run these tensors: {why}; unset it to let the "
                                  f"kernels choose")
         return [variant]
-    if not tma_pays or not may_use_tma(device) or varlen or tma_unready(*tensors) is not None:
+    if not tma_pays or not may_use_tma(device) or tma_unready(*tensors) is not None:
         return [VARIANTS["pointer"]]
     return [VARIANTS[n] for n in AUTO_CHAIN if ws_pays or not VARIANTS[n].warp_specialize]
 

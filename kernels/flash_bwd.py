@@ -22,6 +22,7 @@ probability matrix the forward pass never stored. You will learn about:
 """
 
 import contextlib
+import functools
 
 import torch
 import triton
@@ -35,11 +36,13 @@ from ._tiles import (
     allowed,
     batch_chunks,
     batch_part,
+    desc_batch,
     dot,
     key_tiles,
     launch_grid,
     load_rows,
     needs_wide_offsets,
+    overhang,
     query_tiles,
     seq_bounds,
     store_rows,
@@ -76,7 +79,7 @@ def _bwd_preprocess(
 def _dkdv_tiles(
     dk, dv, k, v,  # accumulators (BLOCK_N, HEAD_DIM) in float32, and this program's key / value block
     Q, dOut, Lse, Delta,  # pointers at this (sequence, query head)'s first row
-    desc_q, desc_do, b, h,  # descriptors over q and dOut, and which (sequence, query head) (TMA variant)
+    desc_q, desc_do, tb, h, q_first,  # descriptors over q and dOut, and where this (sequence, query head) is
     stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
     offs_n,  # (BLOCK_N,) key indices of this block
     start, end,  # query range to walk, [start, end)
@@ -86,8 +89,10 @@ def _dkdv_tiles(
 ):
     for m0 in range(start, end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        qT = load_rows(Q, desc_q, b, h, m0, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, MASKED, TMA, True, WIDE)
-        do = load_rows(dOut, desc_do, b, h, m0, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, MASKED, TMA, False, WIDE)
+        qT = load_rows(Q, desc_q, tb, h, m0, q_first, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, MASKED, TMA, True,
+                       WIDE)
+        do = load_rows(dOut, desc_do, tb, h, m0, q_first, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, MASKED, TMA,
+                       False, WIDE)
         if MASKED:
             row_ok = offs_m < T_q
             lse = tl.load(Lse + offs_m * stride_lt, mask=row_ok, other=0.0)
@@ -132,16 +137,24 @@ def _bwd_dkdv(
     if n_start >= T_k:
         return
 
+    tb = desc_batch(b, IS_VARLEN)  # its coordinate in the descriptors
     b64, hkv64, k_start64 = b.to(tl.int64), h_kv.to(tl.int64), k_start.to(tl.int64)
     offs_n = n_start + tl.arange(0, BLOCK_N)
     Kh = K + b64 * stride_kb + hkv64 * stride_kh + k_start64 * stride_kt  # this (sequence, kv head)'s row 0
     Vh = V + b64 * stride_vb + hkv64 * stride_vh + k_start64 * stride_vt
-    k = load_rows(Kh, desc_k, b, h_kv, n_start, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, True, TMA, False, WIDE)
-    v = load_rows(Vh, desc_v, b, h_kv, n_start, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, True, TMA, False, WIDE)
+    k = load_rows(Kh, desc_k, tb, h_kv, n_start, k_start, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, True, TMA,
+                  False, WIDE)
+    v = load_rows(Vh, desc_v, tb, h_kv, n_start, k_start, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, True, TMA,
+                  False, WIDE)
     dk = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
     dv = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
 
     lo, a, b_full, hi = query_tiles(n_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
+    # Through TMA, rows past a packed sequence's end are the next sequence's (see _tiles.overhang): this
+    # block's own keys past T_k only feed their own dK, dV rows, never stored; the query tile that
+    # overhangs T_q would feed every key, so it is read through pointers.
+    TAIL = TMA and IS_VARLEN
+    tail = overhang(T_q, lo, hi, TAIL, BLOCK_M)
     for g in range(0, GROUP):  # the query heads that share this key/value head
         h = h_kv * GROUP + g
         h64 = h.to(tl.int64)
@@ -149,39 +162,47 @@ def _bwd_dkdv(
         dOh = dOut + b64 * stride_gb + h64 * stride_gh + q_start.to(tl.int64) * stride_gt
         Lh = Lse + b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
         Dh = Delta + b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
-        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, b, h,
+        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
-                             offs_n, lo, a, T_q, T_k, window_left, window_right, qk_scale,
+                             offs_n, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
                              HEAD_DIM, BLOCK_M, True, UPCAST, IEEE, TMA, WIDE)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, b, h,
+        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
                              HEAD_DIM, BLOCK_M, False, UPCAST, IEEE, TMA, WIDE)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, b, h,
+        dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
-                             offs_n, b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
+                             offs_n, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
                              HEAD_DIM, BLOCK_M, True, UPCAST, IEEE, TMA, WIDE)
+        if TAIL:  # the query tile that overhangs the sequence's end, if any: through masked pointer loads
+            dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
+                                 stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
+                                 offs_n, tail, hi, T_q, T_k, window_left, window_right, qk_scale,
+                                 HEAD_DIM, BLOCK_M, True, UPCAST, IEEE, False, WIDE)
 
-    out_off = b64 * stride_dkb + hkv64 * stride_dkh + k_start64 * stride_dkt  # (dK and dV share a layout)
+    # (dK and dV share a layout; a packed batch stores through pointers, which clip at its sequence's end)
+    out_off = b64 * stride_dkb + hkv64 * stride_dkh + k_start64 * stride_dkt
     store_rows(dK + out_off, desc_dk, b, h_kv, n_start, (dk * scale).to(dK.dtype.element_ty), stride_dkt, stride_dkd,
-               T_k, BLOCK_N, HEAD_DIM, TMA, WIDE)
+               T_k, BLOCK_N, HEAD_DIM, TMA and not IS_VARLEN, WIDE)
     store_rows(dV + out_off, desc_dv, b, h_kv, n_start, dv.to(dV.dtype.element_ty), stride_dkt, stride_dkd,
-               T_k, BLOCK_N, HEAD_DIM, TMA, WIDE)
+               T_k, BLOCK_N, HEAD_DIM, TMA and not IS_VARLEN, WIDE)
 
 
 @triton.jit
 def _dq_tiles(
     dq, q, do, lse, delta,  # accumulator (BLOCK_M, HEAD_DIM) float32; this block's q, dO; its lse, delta
     K, V, stride_kt, stride_kd, stride_vt, stride_vd,  # pointers at this (sequence, kv head)'s first row
-    desc_k, desc_v, b, h_kv,  # descriptors over k and v, and which (sequence, kv head) (TMA variant)
+    desc_k, desc_v, tb, h_kv, k_first,  # descriptors over k and v, and where this (sequence, kv head) is
     offs_m, start, end, T_q, T_k, window_left, window_right, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
     UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        kT = load_rows(K, desc_k, b, h_kv, n0, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, True, WIDE)
-        vT = load_rows(V, desc_v, b, h_kv, n0, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, True, WIDE)
+        kT = load_rows(K, desc_k, tb, h_kv, n0, k_first, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA,
+                       True, WIDE)
+        vT = load_rows(V, desc_v, tb, h_kv, n0, k_first, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA,
+                       True, WIDE)
         s = dot(q, kT, UPCAST, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.math.exp2(s - lse[:, None])
         if MASKED:
@@ -217,14 +238,17 @@ def _bwd_dq(
     if m_start >= T_q:
         return
 
+    tb = desc_batch(b, IS_VARLEN)  # its coordinate in the descriptors
     b64, h64 = b.to(tl.int64), h.to(tl.int64)
     offs_m = m_start + tl.arange(0, BLOCK_M)
     row_ok = offs_m < T_q
     q_start64 = q_start.to(tl.int64)
     Qh = Q + b64 * stride_qb + h64 * stride_qh + q_start64 * stride_qt  # this (sequence, head)'s row 0
     dOh = dOut + b64 * stride_gb + h64 * stride_gh + q_start64 * stride_gt
-    q = load_rows(Qh, desc_q, b, h, m_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False, WIDE)
-    do = load_rows(dOh, desc_do, b, h, m_start, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False, WIDE)
+    q = load_rows(Qh, desc_q, tb, h, m_start, q_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False,
+                  WIDE)
+    do = load_rows(dOh, desc_do, tb, h, m_start, q_start, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, True, TMA,
+                   False, WIDE)
     rows = q_start64 + offs_m
     lse = tl.load(Lse + b64 * stride_lb + h64 * stride_lh + rows * stride_lt, mask=row_ok, other=0.0)
     lse = lse * 1.4426950408889634  # to log2 units, like the scores
@@ -234,18 +258,26 @@ def _bwd_dq(
     dq = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)
 
     lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
-    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, b, h_kv,
-                   offs_m, lo, a, T_q, T_k, window_left, window_right, qk_scale,
+    # (as in _bwd_dkdv: this block's own rows past T_q feed only their own dQ rows; the key tile that
+    # overhangs T_k is read through pointers)
+    TAIL = TMA and IS_VARLEN
+    tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)
+    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
+                   k_start, offs_m, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
                    HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, WIDE)
-    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, b, h_kv,
-                   offs_m, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
+    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
+                   k_start, offs_m, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
                    HEAD_DIM, BLOCK_N, False, UPCAST, IEEE, TMA, WIDE)
-    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, b, h_kv,
-                   offs_m, b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
+    dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
+                   k_start, offs_m, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
                    HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, WIDE)
+    if TAIL:
+        dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb,
+                       h_kv, k_start, offs_m, tail, hi, T_q, T_k, window_left, window_right, qk_scale,
+                       HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, False, WIDE)
     dQh = dQ + b64 * stride_dqb + h64 * stride_dqh + q_start64 * stride_dqt
     store_rows(dQh, desc_dq, b, h, m_start, (dq * scale).to(dQ.dtype.element_ty), stride_dqt, stride_dqd, T_q,
-               BLOCK_M, HEAD_DIM, TMA, WIDE)
+               BLOCK_M, HEAD_DIM, TMA and not IS_VARLEN, WIDE)  # (packed: pointers clip at the sequence's end)
 
 
 INTERPRET = is_interpreted(_bwd_dq)
@@ -270,6 +302,34 @@ DKDV_SPILLS_AT_128 = [(32, 128, 8, 2), (64, 64, 8, 3), (16, 64, 4, 3), (64, 128,
 WIDE_DKDV_TILES = [(32, 32, 8, 2), (16, 32, 8, 2)]
 WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2)]  # (64, 32, 4, 2) spills 40 B under triton 3.6
 TMA_HEAD_DIMS = (16, 32, 64, 128)
+
+
+# A packed batch's backward runs pointers under auto (tma_pays below), and for packed batches these of
+# their 16-bit tiles spill registers on sm_90, up to 464 bytes (parts "dkdv varlen" and "dq varlen" of the
+# survey; tests/test_kernels_compile.py checks the lists against it): the autotuner skips them there.
+PACKED_POINTER_SPILLS = {
+    ("dkdv", 128): [(32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3), (16, 64, 4, 3), (64, 128, 8, 2)],
+    ("dq", 128): [(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 8, 3), (128, 128, 8, 2)],
+    ("dq", 64): [(128, 128, 8, 2)],
+}
+
+
+def prune_for_packing(kernel: str, configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
+    """The pointer backward's pruning step: a packed batch (``IS_VARLEN``) of 16-bit inputs skips the tiles
+    of :data:`PACKED_POINTER_SPILLS`. Triton's autotuner passes the launch's constexprs as keywords."""
+    if not kwargs["IS_VARLEN"] or nargs["Q"].element_size() != 2:
+        return configs
+    spills = PACKED_POINTER_SPILLS.get((kernel, kwargs["HEAD_DIM"]), [])
+    return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) not in spills]
+
+
+def tma_pays(D: int, varlen: bool) -> bool:
+    """Whether ``auto`` tries the TMA variant for a backward at head dim ``D``: not at D = 256 (above), and
+    not for a packed batch, whose TMA kernels also read the tile that overhangs each sequence through
+    pointers (``_tiles.overhang``): its dK/dV then spills registers on sm_90 in every tile at D = 128 and in
+    two at D = 64, where the pointer kernel has tiles that do not (parts "dkdv varlen" and "dq varlen" of
+    benchmarks/results/kernel_resources_sm90.json). ``ATTN_COURSE_KERNEL=tma`` still runs it."""
+    return D in TMA_HEAD_DIMS and not varlen
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 PREPROCESS_BLOCK = 64
 _DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_do", "BLOCK_M"),
@@ -291,11 +351,13 @@ def configs(kernel: str, variant: _variants.Variant, D: int) -> list[triton.Conf
     return [_variants.config(*t, hook) for t in candidate_tiles(kernel, D) if t not in spills]
 
 
-def default_config(kernel: str, D: int, itemsize: int) -> triton.Config:
+def default_config(kernel: str, D: int, itemsize: int, packed: bool = False) -> triton.Config:
     """The config used when autotuning is off: the first candidate for 16-bit inputs (no spills at any
-    head dim); smaller tiles for float32, whose tiles take twice the registers and shared memory."""
+    head dim), or for a packed batch through pointers (``packed``) the first that does not spill there;
+    smaller tiles for float32, whose tiles take twice the registers and shared memory."""
     if itemsize == 2:
-        return _variants.config(*candidate_tiles(kernel, D)[0])
+        spills = PACKED_POINTER_SPILLS.get((kernel, D), []) if packed else []
+        return _variants.config(*next(t for t in candidate_tiles(kernel, D) if t not in spills))
     if D > 128:  # float32 at D = 256: the least spilling tiles on sm_90 (16 and 8 bytes)
         return _variants.config(16, 32, 8 if kernel == "dkdv" else 4, 2)
     return _variants.config(32, 64 if D <= 64 else 32, 4, 2)
@@ -315,8 +377,7 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
     ``need_dq=False`` / ``need_dkdv=False`` skip that kernel (its buffers are returned unwritten): a frozen
     q, or frozen k and v, costs no backward work."""
     varlen = cu_seqlens_q is not None
-    if not varlen and _variants.may_use_tma(q.device) and _variants.tma_unready(dout) \
-            and not _variants.tma_unready(q, k, v):
+    if _variants.may_use_tma(q.device) and _variants.tma_unready(dout) and not _variants.tma_unready(q, k, v):
         dout = dout.contiguous()  # e.g. the stride-0 gradient of out.sum(): one copy keeps the TMA path open
     if varlen:
         B = cu_seqlens_q.numel() - 1
@@ -344,10 +405,12 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
         plan = [("dkdv", _bwd_dkdv, T_k, "BLOCK_N", (H_kv, H // H_kv))] if need_dkdv else []
         plan += [("dq", _bwd_dq, T_q, "BLOCK_M", (H, H // H_kv))] if need_dq else []
         for name, kernel, T, block, heads in plan:
+            packed = varlen and not variant.tma
             tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
-                                                      default=default_config(name, D, q.element_size()))
+                                                      default=default_config(name, D, q.element_size(), packed))
             if tune:
-                kernel = _variants.autotuned(kernel, variant, configs(name, variant, D), tag=D)
+                prune = None if variant.tma else functools.partial(prune_for_packing, name)
+                kernel = _variants.autotuned(kernel, variant, configs(name, variant, D), tag=D, prune=prune)
             for n, (q_, k_, v_, do_, _, lse_, delta_, dq_, dk_, dv_), cus in parts:
                 descs = _variants.descriptors((q_, k_, v_, do_, dq_, dk_, dv_),
                                               [tiles[b] for _, b in _DESCRIPTORS], D, variant)
@@ -368,8 +431,8 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
             )
         if dlse is not None:  # lse's gradient enters as dS = P * (dP - (delta - dlse)); see _ops
             delta -= dlse.masked_fill(torch.isneginf(lse), 0.0)  # a row with no key: lse is a constant -inf
-        chain = _variants.chain(q.device, (q, k, v, dout, dq, dk, dv), varlen=varlen, warp_spec=False,
-                                tma_pays=D in TMA_HEAD_DIMS)
+        chain = _variants.chain(q.device, (q, k, v, dout, dq, dk, dv), warp_spec=False,
+                                tma_pays=tma_pays(D, varlen))
         _variants.run(chain, (str(q.device), q.dtype, D, "backward"), launch)
     return dq, dk, dv
 

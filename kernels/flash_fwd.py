@@ -44,6 +44,7 @@ from ._tiles import (
     allowed,
     batch_chunks,
     batch_part,
+    desc_batch,
     dot,
     key_slice,
     key_tiles,
@@ -51,6 +52,7 @@ from ._tiles import (
     launch_grid,
     load_rows,
     needs_wide_offsets,
+    overhang,
     packed_offsets,
     seq_bounds,
     store_rows,
@@ -63,7 +65,7 @@ LN2 = tl.constexpr(0.6931471805599453)  # ln(2): log(x) = log2(x) * LN2 (a const
 @triton.jit
 def _fwd_tiles(
     acc, l_i, m_i, q,  # running state (BLOCK_M x HEAD_DIM, BLOCK_M, BLOCK_M) and the query block
-    K, V, desc_k, desc_v, b, h_kv,  # where the keys and values are (see _tiles.load_rows)
+    K, V, desc_k, desc_v, tb, h_kv, k_first,  # where the keys and values are (see _tiles.load_rows)
     stride_kt, stride_kd, stride_vt, stride_vd,  # strides of K and V along time and head dim
     offs_m,  # (BLOCK_M,) the query position of each row of the block, within the sequence
     start, end,  # key range to walk, [start, end)
@@ -76,8 +78,10 @@ def _fwd_tiles(
 ):
     for n0 in tl.range(start, end, BLOCK_N, warp_specialize=WARP_SPEC):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        kT = load_rows(K, desc_k, b, h_kv, n0, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, True, WIDE)
-        v = load_rows(V, desc_v, b, h_kv, n0, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA, False, WIDE)
+        kT = load_rows(K, desc_k, tb, h_kv, n0, k_first, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA,
+                       True, WIDE)
+        v = load_rows(V, desc_v, tb, h_kv, n0, k_first, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA,
+                      False, WIDE)
         s = dot(q, kT, UPCAST, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N) scores in log2 units
         if MASKED:
             s = tl.where(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right), s, float("-inf"))
@@ -118,13 +122,12 @@ def _attn_fwd(
     IS_VARLEN: tl.constexpr,
     HAS_SEQUSED_K: tl.constexpr,  # sequence b sees only its first seqused_k[b] keys
     UPCAST: tl.constexpr, IEEE: tl.constexpr,
-    TMA: tl.constexpr,  # tiles through the descriptors (fixed-length batches only)
+    TMA: tl.constexpr,  # tiles through the descriptors (packed batches: one [1, H, total_T, D] view each)
     WARP_SPEC: tl.constexpr,  # one masked key loop, warp-specialised by the compiler
     WIDE: tl.constexpr,  # 64-bit offsets within a sequence (see _tiles)
     SPLIT_K: tl.constexpr,  # walk one slice of the keys; Out and Lse are that slice's partial buffers (float32)
     PACK_GQA: tl.constexpr,  # program_id(1) is a key/value head; rows are (query position, head of its group)
 ):
-    tl.static_assert(not (TMA and (IS_VARLEN or HAS_SEQUSED_K)), "packed batches and caches use pointers")
     pid_m = tl.program_id(0)  # which block of queries (see _tiles.launch_grid)
     if SPLIT_K:
         split = pid_m % num_splits  # which slice of the keys
@@ -136,9 +139,14 @@ def _attn_fwd(
         h = tl.program_id(1)
         h_kv = h // GROUP  # grouped-query attention: heads h_kv*GROUP ... share one key/value head
     b = tl.program_id(2)
+    tb = desc_batch(b, IS_VARLEN)  # its coordinate in the descriptors
+    # past a packed sequence's end, or a cache's filled part, memory holds other rows: with TMA the tile that
+    # overhangs it is read through pointers (see _tiles.overhang), in a loop of its own, which is why the
+    # host never warp-specialises these launches (the pass wants one key loop)
+    TAIL = TMA and (IS_VARLEN or HAS_SEQUSED_K)
     q_start, T_q = seq_bounds(cu_seqlens_q, b, T_q, IS_VARLEN)
     k_start, T_k = seq_bounds(cu_seqlens_k, b, T_k, IS_VARLEN)
-    if HAS_SEQUSED_K:  # a cache: keys past the filled part are never read (masked loads, pointer variant)
+    if HAS_SEQUSED_K:  # a cache: keys past the filled part are never read (masked loads: see TAIL)
         T_k = tl.minimum(tl.load(seqused_k + b), T_k)
     m_start = pid_m * BLOCK_M
     if IS_VARLEN:  # (a constexpr guard: an early return would defeat the warp-specialisation pass)
@@ -167,8 +175,10 @@ def _attn_fwd(
                                               BLOCK_N)
     else:
         pos = offs_m
-        # (BLOCK_M, HEAD_DIM), stays in registers for the whole loop
-        q = load_rows(Q, desc_q, b, h, m_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False, WIDE)
+        # (BLOCK_M, HEAD_DIM), stays in registers for the whole loop (through TMA, rows past T_q may be the
+        # next sequence's: each row's softmax is its own, and such rows are never stored)
+        q = load_rows(Q, desc_q, tb, h, m_start, q_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA,
+                      False, WIDE)
         lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max (log2 units)
@@ -183,23 +193,29 @@ def _attn_fwd(
         # kernel with one key loop and no branch inside it (a runtime `if` to skip the mask on full
         # tiles fails to compile, as do two loops); the mask costs a few integer ops per score
 
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, hi, T_q, T_k, window_left, window_right, qk_scale,
                                    HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, True, WIDE)
     else:  # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
+        tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)  # (hi unless TAIL; full tiles never overhang)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
-                                   lo, a, T_q, T_k, window_left, window_right, qk_scale,
+                                   lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
                                    HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False, WIDE)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    a, b_full, T_q, T_k, window_left, window_right, qk_scale,
                                    HEAD_DIM, BLOCK_N, False, UPCAST, IEEE, TMA, False, WIDE)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv,
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
-                                   b_full, hi, T_q, T_k, window_left, window_right, qk_scale,
+                                   b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
                                    HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False, WIDE)
+        if TAIL:  # the tile that overhangs the keys' end, if any: through masked pointer loads
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
+                                       stride_kt, stride_kd, stride_vt, stride_vd, pos,
+                                       tail, hi, T_q, T_k, window_left, window_right, qk_scale,
+                                       HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, False, False, WIDE)
 
     # epilogue: normalise; a row that saw no allowed key has l = 0 and gets out = 0, lse = -inf
     # (with SPLIT_K: no allowed key *in this slice*; the combine gives such a slice no weight)
@@ -212,9 +228,10 @@ def _attn_fwd(
         tl.store(Out + o_rows[:, None] + offs_d[None, :] * stride_od, out.to(Out.dtype.element_ty),
                  mask=row_ok[:, None])
         tl.store(Lse + packed_offsets(offs_m, GROUP, stride_lt, stride_lh), lse, mask=row_ok)
-    else:
+    else:  # through pointers for a split (desc_o describes out, not the partials) and for a packed batch,
+        # whose tile may overhang its sequence into the next one's rows (the copy engine clips only at the end)
         store_rows(Out, desc_o, b, h, m_start, out.to(Out.dtype.element_ty), stride_ot, stride_od, T_q,
-                   BLOCK_M, HEAD_DIM, TMA and not SPLIT_K, WIDE)  # (desc_o describes out, not the partials)
+                   BLOCK_M, HEAD_DIM, TMA and not SPLIT_K and not IS_VARLEN, WIDE)
         tl.store(Lse + offs_m * stride_lt, lse, mask=offs_m < T_q)
 
 
@@ -403,7 +420,9 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
                                            launch_grid(T_q, flash_split.COMBINE_ROWS, H, b1 - b0))
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():
-        chain = _variants.chain(q.device, (q, k, v, out), varlen=varlen or seqused_k is not None)
+        # (packed batches and caches read a sequence's overhanging tile in a loop of its own, which the
+        # warp-specialisation pass, wanting one key loop, does not take)
+        chain = _variants.chain(q.device, (q, k, v, out), warp_spec=not (varlen or seqused_k is not None))
         _variants.run(chain, (str(q.device), q.dtype, D, "forward"), launch)
     return out, lse
 

@@ -15,6 +15,8 @@ here (that needs a GPU: ``make bench``); registers and spills are (``benchmarks/
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -86,6 +88,23 @@ def test_backward_compiles_for_hopper(variant, dtype, D):
                       narrow=uses_mma_sync(fn.__name__.removeprefix("_bwd_"), D))
 
 
+@pytest.mark.parametrize("dtype,D", CASES[:2], ids=lambda x: str(x).replace("torch.", ""))
+def test_packed_batches_compile_for_hopper_through_tma(dtype, D):
+    """A packed (varlen) batch through tensor descriptors: one ``[1, H, total_T, D]`` view per tensor, and
+    each kernel's extra loop for the tile that overhangs a sequence's end, read through pointers
+    (``_tiles.overhang``): bulk tensor copies and plain loads in one kernel. The forward runs this way under
+    ``auto``; the backward only when asked for (``flash_bwd.tma_pays``), and must compile too. (That the
+    extra loop is there and right is tests/test_kernels_varlen.py's NaN test, in the interpreter.)"""
+    launches = forward_launches("tma", dtype, D, varlen=True) + backward_launches("tma", dtype, D, varlen=True)
+    assert [fn.__name__ for fn, _, _ in launches] == ["_attn_fwd", "_bwd_preprocess", "_bwd_dkdv", "_bwd_dq"]
+    for fn, args, kwargs in launches:
+        if fn.__name__ == "_bwd_preprocess":
+            continue
+        assert kwargs["IS_VARLEN"] and kwargs["TMA"]
+        kernel = compile_launch(fn, args, kwargs, HOPPER)
+        check_ptx(fn, kernel, tma=True, tensor_cores=True)
+
+
 WS_CASES = [(dtype, D, tile) for dtype, D in [(torch.float16, 64), (torch.bfloat16, 128), (torch.float16, 256)]
             for tile in kernel_module("flash_fwd", CUDA).candidate_tiles(D, True)]
 
@@ -147,21 +166,30 @@ def test_the_resource_report_covers_exactly_the_current_tile_lists():
 
 def test_no_config_the_autotuner_tries_on_hopper_spills_registers():
     """On Hopper, under ``auto``, the autotuner tries the TMA variants' configs, and the pointer variant's
-    where TMA does not pay (the backward at D = 256) or cannot run (a key/value cache: the decoding tiles):
-    none of those offered for 16-bit inputs may spill, fail to compile, overflow shared memory or, but for
-    the tiles too narrow for it that use mma.sync instead (dK/dV at D = 256, decoding), miss wgmma, per
-    the survey."""
+    where TMA does not pay (the backward at D = 256) or cannot run (a cache or tensors whose strides TMA
+    refuses: the decoding tiles of both variants): none of those offered for 16-bit inputs may spill, fail
+    to compile, overflow shared memory or, but for the tiles too narrow for it that use mma.sync instead
+    (dK/dV at D = 256, decoding), miss wgmma, per the survey. Packed batches too: their forward through
+    TMA, their backward through pointers (``flash_bwd.tma_pays``) and, at D = 128, pruned
+    (``flash_bwd.prune_for_packing``)."""
     _, report = _report()
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
 
     def offered(r):
         variant = _variants.VARIANTS[r["variant"]]
-        if r["part"] == "decode":  # under auto a cache runs the pointer variant, a fixed-length step TMA
+        if r["part"] == "decode":
             return tuple(r["tile"]) in fwd.decode_tiles(r["D"])
-        tma_pays = r["part"] == "forward" or r["D"] in bwd.TMA_HEAD_DIMS
-        if variant.tma != tma_pays:
-            return False  # auto would run the other variant here
-        space = fwd.configs(variant, r["D"]) if r["part"] == "forward" else bwd.configs(r["part"], variant, r["D"])
+        part, varlen = r["part"].removesuffix(" varlen"), r["part"].endswith(" varlen")
+        tma_pays = part == "forward" or bwd.tma_pays(r["D"], varlen)
+        if variant.tma != tma_pays or (varlen and variant.warp_specialize):
+            return False  # auto would run the other variant here (a packed batch: never warp-specialised)
+        if part == "forward":
+            space = fwd.configs(variant, r["D"])
+        else:
+            space = bwd.configs(part, variant, r["D"])
+            if varlen:  # what Triton's autotuner keeps after the pruning step (its constexprs as keywords)
+                space = bwd.prune_for_packing(part, space, {"Q": torch.empty(0, dtype=torch.float16)},
+                                              HEAD_DIM=r["D"], IS_VARLEN=True)
         ws = r["variant"] == "tma+ws"
         return any([c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages] == r["tile"]
                    and c.kwargs.get("WARP_SPEC", False) == ws for c in space)
@@ -173,7 +201,59 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers():
     assert len(rows) > 40 and {r["D"] for r in rows} == {64, 128, 256}
     assert {(r["part"], r["variant"]) for r in rows if r["D"] == 256} == {
         ("forward", "tma"), ("forward", "tma+ws"), ("decode", "pointer"), ("decode", "tma"), ("dkdv", "pointer"),
-        ("dq", "pointer")}
+        ("dq", "pointer"), ("forward varlen", "tma")}
+    assert {(r["part"], r["variant"]) for r in rows if r["D"] == 128} >= {
+        ("forward varlen", "tma"), ("dkdv varlen", "pointer"), ("dq varlen", "pointer")}
     bad = [(r["part"], r["variant"], r["D"], r["tile"], r.get("error") or r["spill_stack_bytes"]) for r in rows
            if "error" in r or r["spill_stack_bytes"] or not tensor_cores(r) or r["shared_bytes"] > SHARED_MEMORY]
     assert not bad, f"configs offered to the autotuner that spill / fail / lack tensor cores on sm_90: {bad}"
+
+
+def test_a_packed_batch_s_backward_runs_pointers_because_tma_spills_more():
+    """``flash_bwd.tma_pays``: through TMA a packed batch's dK/dV kernel also reads, through pointers, the
+    query tile that overhangs each sequence, and spills registers on sm_90 in every tile at D = 128 and in
+    two at D = 64, where the pointer kernel has tiles that do not; so ``auto`` runs pointers there."""
+    _, report = _report()
+    bwd = kernel_module("flash_bwd", CUDA)
+    rows = [r for r in report["rows"] if r["part"] == "dkdv varlen" and "error" not in r]
+
+    def spilling(variant, D):
+        mine = [r for r in rows if r["variant"] == variant and r["D"] == D]
+        assert mine, f"no {variant} rows at D = {D} in the survey"
+        return sum(r["spill_stack_bytes"] > 0 for r in mine), len(mine)
+
+    assert spilling("tma", 128) == (len(bwd.candidate_tiles("dkdv", 128)),) * 2
+    assert spilling("tma", 64)[0] >= 2
+    assert spilling("pointer", 128)[0] < spilling("pointer", 128)[1] and spilling("pointer", 64)[0] == 0
+    assert not bwd.tma_pays(128, True) and not bwd.tma_pays(64, True) and bwd.tma_pays(64, False)
+
+
+def test_a_packed_batch_s_pointer_backward_skips_exactly_the_tiles_that_spill(monkeypatch):
+    """``flash_bwd.PACKED_POINTER_SPILLS`` lists, per the survey, exactly the candidate tiles that spill for
+    a packed batch through pointers (none needlessly dropped). Wired into Triton's own autotuner
+    (``prune_configs``, before any timing), a packed 16-bit launch skips them and other launches keep the
+    whole space; with the autotuner off, the packed default is a tile that does not spill."""
+    _, report = _report()
+    bwd = kernel_module("flash_bwd", CUDA)
+    pointer = _variants.VARIANTS["pointer"]
+    monkeypatch.setattr(_variants, "_autotuned", {})
+
+    def shape(c):
+        return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages
+
+    for kernel in ("dkdv", "dq"):
+        for D in (64, 128):
+            rows = [r for r in report["rows"] if r["part"] == f"{kernel} varlen" and r["variant"] == "pointer"
+                    and r["D"] == D]
+            assert len(rows) == len(bwd.candidate_tiles(kernel, D)) and not any("error" in r for r in rows)
+            spilling = {tuple(r["tile"]) for r in rows if r["spill_stack_bytes"]}
+            assert set(bwd.PACKED_POINTER_SPILLS.get((kernel, D), [])) == spilling, (kernel, D)
+            space = bwd.configs(kernel, pointer, D)
+            tuner = _variants.autotuned(getattr(bwd, f"_bwd_{kernel}"), pointer, space, tag=D,
+                                        prune=functools.partial(bwd.prune_for_packing, kernel))
+            for dtype, varlen in ((torch.bfloat16, True), (torch.bfloat16, False), (torch.float32, True)):
+                tuner.nargs = {"Q": torch.empty(0, dtype=dtype)}
+                kept = {shape(c) for c in tuner.prune_configs({"HEAD_DIM": D, "IS_VARLEN": varlen})}
+                skip = spilling if varlen and dtype != torch.float32 else set()
+                assert kept and kept == {shape(c) for c in space} - skip, (kernel, D, dtype, varlen)
+            assert shape(bwd.default_config(kernel, D, 2, packed=True)) not in spilling

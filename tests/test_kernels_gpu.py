@@ -98,7 +98,13 @@ def test_autotuned_launches(variant, monkeypatch):
     check_case((2, 4, 2, 1000, 1000, 128, True, NONE, torch.float16))
 
 
-def test_compiled_varlen_matches_attention_per_sequence():
+@pytest.mark.parametrize("variant", ["auto", *VARIANTS[:2]])
+def test_compiled_varlen_matches_attention_per_sequence(variant, monkeypatch):
+    """Compiled packed batches, in each variant (TMA: one descriptor over the whole packed tensor, the tile
+    that overhangs each sequence through pointers); ``auto`` on Hopper: the TMA forward, without falling
+    back. Then the NaN check of tests/test_kernels_varlen.py: a NaN sequence reaches no other."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    _variants._broken.clear()
     lens_q, lens_k = [300, 1, 1200], [500, 77, 1200]
     cu_q = torch.tensor([0, 300, 301, 1501], dtype=torch.int32, device="cuda")
     cu_k = torch.tensor([0, 500, 577, 1777], dtype=torch.int32, device="cuda")
@@ -111,6 +117,16 @@ def test_compiled_varlen_matches_attention_per_sequence():
         assert_close_by_rule(f"sequence {b}", out[sl_q].transpose(0, 1).unsqueeze(0),
                              reference(qb, kb, vb, causal=True), torch_same_dtype(qb, kb, vb, causal=True),
                              torch.float16)
+    if variant == "auto":
+        assert _variants.used(("cuda:0", torch.float16, 64, "forward")) == ("tma" if HOPPER else "pointer")
+        assert not _variants.broken(), _variants.broken()
+    poisoned = [x.clone() for x in (q, k, v)]
+    for x, cu in zip(poisoned, (cu_q, cu_k, cu_k), strict=True):
+        x[int(cu[1]):int(cu[2])] = float("nan")
+    again = flash_attention_varlen(*poisoned, cu_q, cu_k, max(lens_q), max(lens_k), causal=True)
+    for b in (0, 2):
+        sl = slice(int(cu_q[b]), int(cu_q[b + 1]))
+        assert torch.equal(again[sl], out[sl]), f"sequence {b} changed when sequence 1 became NaN ({variant})"
 
 
 def test_cpu_and_gpu_agree():
@@ -277,9 +293,11 @@ def test_cuda_graph_capture_and_replay():
     (4, 32, 8, 4096, 1, 1, [4095, 1, 2048, 0], True, NONE, 128, torch.bfloat16),  # decoding, one full cache
     (2, 16, 2, 8192, 4, 4, [100, 8000], True, (1024, 0), 64, torch.float16),  # a 4-token chunk, a window
 ], ids=kvcache_case_id)
-def test_kvcache_on_the_gpu(case):
+@pytest.mark.parametrize("variant", ["auto", "pointer"])
+def test_kvcache_on_the_gpu(case, variant, monkeypatch):
     """Generation against long caches whose unfilled tails are NaN: compiled, each sequence against
-    attention on its filled cache alone."""
+    attention on its filled cache alone (``auto`` on Hopper: through TMA but for the overhanging tile)."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_kvcache_case(case, "cuda")
 
 

@@ -87,6 +87,17 @@ def test_kvcache_matches_attention_on_each_sequences_filled_cache(case):
     check_kvcache_case(case)
 
 
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_the_tma_variant_reads_no_unfilled_row(case, monkeypatch):
+    """Through tensor descriptors the copy engine zero-fills only past the cache *tensor's* end, not past a
+    sequence's filled length: the tile that overhangs it must come through masked pointer loads
+    (``_tiles.overhang``), or the NaN tails would reach the output."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, "tma")
+    check_kvcache_case(case)
+    D, dtype = case[-2], case[-1]
+    assert _variants.used(("cpu", dtype, D, "forward")) == "tma"
+
+
 def test_generation_one_token_at_a_time_matches_causal_attention_over_the_whole_sequence():
     """A prompt of 7 tokens, then 5 generated one by one, each step appending its key and value: every
     step's output is the row of full causal attention over the final 12-token sequence at that position
@@ -175,14 +186,6 @@ def test_flash_attn_with_kvcache_refuses_what_it_lacks_by_name(kwargs, match):
         flash_attn_with_kvcache(*bthd, cache_seqlens=a["cache_seqlens"], **kwargs)
 
 
-def test_the_cache_reads_only_its_filled_part_through_the_pointer_kernel(monkeypatch):
-    """The cache kernel is the pointer variant, whose loads are masked at each sequence's length (TMA would
-    copy whole tiles, unfilled rows included); forcing TMA is refused with the reason."""
-    monkeypatch.setenv(_variants.KERNEL_ENV, "tma")
-    with pytest.raises(ValueError, match="key/value caches use the pointer kernel"), torch.no_grad():
-        flash_attention_kvcache(**_kv())
-
-
 def test_the_forward_operator_with_cache_lengths_passes_opcheck():
     q, k, v = make_qkv(2, 4, 2, 3, 20, 16, F16)
     used = torch.tensor([20, 6], dtype=torch.int32)
@@ -209,18 +212,21 @@ def test_a_compiled_decoding_step_matches_eager_and_writes_the_cache():
         torch.testing.assert_close(got, want, atol=1e-6, rtol=0, equal_nan=True)
 
 
-def test_the_cache_kernel_compiles_for_hopper():
+@pytest.mark.parametrize("variant", ["pointer", "tma"])
+def test_the_cache_kernel_compiles_for_hopper(variant):
     """The decoding kernel as a GPU runs it, per-sequence cache lengths and keys split in slices (constexpr
     branches: no cost to the other launches), compiled for sm_90 on this CPU: tensor cores for 16-bit
-    inputs and no TMA (masked pointer loads); then the kernel that combines the slices."""
+    inputs, the cache through masked pointer loads or (``tma``, what ``auto`` runs on Hopper) through
+    tensor descriptors but for the tile that overhangs each sequence's filled length; then the kernel that
+    combines the slices."""
     from attn_course.kernels._compile import HOPPER, compile_launch, forward_launches
 
     used = torch.tensor([100, 4000], dtype=torch.int32)
-    launches = forward_launches("pointer", BF16, 128, T=4096, T_q=1, num_splits=4, seqused_k=used)
+    launches = forward_launches(variant, BF16, 128, T=4096, T_q=1, num_splits=4, seqused_k=used)
     assert [fn.__name__ for fn, _, _ in launches] == ["_attn_fwd", "_combine_splits"]
     (fn, args, kwargs), combine = launches
-    assert kwargs["HAS_SEQUSED_K"] and kwargs["SPLIT_K"] and not kwargs["TMA"]
+    assert kwargs["HAS_SEQUSED_K"] and kwargs["SPLIT_K"] and kwargs["TMA"] == (variant == "tma")
     ptx = compile_launch(fn, args, dict(kwargs), HOPPER).asm["ptx"]
     assert "wgmma" in ptx or "mma.sync" in ptx, "no tensor-core products in the cache kernel"
-    assert "cp.async.bulk.tensor" not in ptx
+    assert ("cp.async.bulk.tensor" in ptx) == (variant == "tma")
     compile_launch(*combine, HOPPER)

@@ -86,7 +86,7 @@ def test_auto_runs_the_pointer_kernel_on_the_cpu():
     q, k, v = make_qkv(1, 2, 2, 17, 17, 16, F32)
     flash_attention(q, k, v)
     assert _variants.used(("cpu", F32, 16, "forward")) == "pointer"
-    assert [v.name for v in _variants.chain(q.device, (q, k, v), varlen=False)] == ["pointer"]
+    assert [v.name for v in _variants.chain(q.device, (q, k, v))] == ["pointer"]
 
 
 def test_auto_prefers_tma_on_hopper_only(monkeypatch):
@@ -94,17 +94,19 @@ def test_auto_prefers_tma_on_hopper_only(monkeypatch):
     q, k, v = make_qkv(1, 2, 2, 17, 17, 64, F16)
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    names = [v.name for v in _variants.chain(cuda, (q, k, v), varlen=False)]
+    names = [v.name for v in _variants.chain(cuda, (q, k, v))]
     assert names == list(_variants.AUTO_CHAIN) and names[-1] == "pointer" and names[0].startswith("tma")
-    assert [v.name for v in _variants.chain(cuda, (q.float(), k.float(), v.float()), varlen=False)] == \
+    assert [v.name for v in _variants.chain(cuda, (q.float(), k.float(), v.float()))] == \
         ["tma", "pointer"], "float32 has no tensor-core products for warp specialisation to overlap"
-    assert [v.name for v in _variants.chain(cuda, (q, k, v), varlen=False, warp_spec=False)] == ["tma", "pointer"]
-    assert [v.name for v in _variants.chain(cuda, (q, k, v), varlen=False, warp_spec=False, tma_pays=False)] == \
+    assert [v.name for v in _variants.chain(cuda, (q, k, v), warp_spec=False)] == ["tma", "pointer"]
+    assert [v.name for v in _variants.chain(cuda, (q, k, v), warp_spec=False, tma_pays=False)] == \
         ["pointer"], "where TMA's tiles spill (the backward at D = 256), auto runs the pointer kernel"
-    assert [v.name for v in _variants.chain(cuda, (q, k, v), varlen=True)] == ["pointer"]
-    assert [v.name for v in _variants.chain(cuda, (q[..., ::2], k, v), varlen=False)] == ["pointer"]
+    packed = tuple(x[0].transpose(0, 1) for x in (q, k, v))  # (T, H, D) views, as a varlen batch passes them
+    assert [v.name for v in _variants.chain(cuda, packed, warp_spec=False)] == ["tma", "pointer"], \
+        "packed batches run TMA too (not warp-specialised: their overhanging tile has a loop of its own)"
+    assert [v.name for v in _variants.chain(cuda, (q[..., ::2], k, v))] == ["pointer"]
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert [v.name for v in _variants.chain(cuda, (q, k, v), varlen=False)] == ["pointer"]
+    assert [v.name for v in _variants.chain(cuda, (q, k, v))] == ["pointer"]
 
 
 def test_tma_unready_names_the_rule_that_fails():
@@ -134,9 +136,11 @@ def test_forcing_tma_on_tensors_that_cannot_use_it_is_a_clear_error(monkeypatch)
     with pytest.raises(ValueError, match="ATTN_COURSE_KERNEL=tma cannot run these tensors: the head dim is not"):
         flash_attention(q, k, v.transpose(-1, -2).contiguous().transpose(-1, -2))
     cu = torch.tensor([0, 5, 17], dtype=torch.int32)
-    packed = torch.randn(17, 2, 32, dtype=F16)
-    with pytest.raises(ValueError, match="packed \\(varlen\\) batches and key/value caches use the pointer kernel"):
-        flash_attention_varlen(packed, packed, packed, cu, cu, 12, 12)
+    packed = torch.randn(17, 2, 40, dtype=F16)[..., :32]  # rows of 80 bytes: fine; heads 80 bytes apart: fine
+    flash_attention_varlen(packed, packed, packed, cu, cu, 12, 12)
+    odd = torch.randn(17, 2, 36, dtype=F16)[..., :32]  # heads 72 bytes apart
+    with pytest.raises(ValueError, match="ATTN_COURSE_KERNEL=tma cannot run these tensors: stride 36 of a dim"):
+        flash_attention_varlen(odd, packed, packed, cu, cu, 12, 12)
 
 
 @pytest.mark.parametrize("env,value,message", [
@@ -163,7 +167,7 @@ def _failing_descriptors(monkeypatch):
 
 def test_auto_falls_back_to_the_next_variant_once_and_says_why(monkeypatch):
     _failing_descriptors(monkeypatch)
-    monkeypatch.setattr(_variants, "chain", lambda device, tensors, varlen: [_variants.VARIANTS["tma"],
+    monkeypatch.setattr(_variants, "chain", lambda device, tensors, **_: [_variants.VARIANTS["tma"],
                                                                               _variants.VARIANTS["pointer"]])
     q, k, v = make_qkv(1, 2, 1, 40, 33, 16, F32)
     with pytest.warns(RuntimeWarning, match=r"'tma' attention kernel failed .* PassManager::run failed\); "
@@ -189,7 +193,7 @@ def test_a_requested_variant_never_falls_back(monkeypatch):
 def test_the_last_variant_s_error_is_raised(monkeypatch):
     """A failure that is not the variant's fault (here: every variant fails) reaches the caller."""
     _failing_descriptors(monkeypatch)
-    monkeypatch.setattr(_variants, "chain", lambda device, tensors, varlen: [_variants.VARIANTS["tma"],
+    monkeypatch.setattr(_variants, "chain", lambda device, tensors, **_: [_variants.VARIANTS["tma"],
                                                                               _variants.VARIANTS["tma+ws"]])
     q, k, v = make_qkv(1, 1, 1, 8, 8, 16, F32)
     with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match="PassManager::run failed"):
@@ -201,10 +205,10 @@ def test_forced_tma_ws_means_tma_where_there_is_nothing_to_specialise(monkeypatc
     q16 = make_qkv(1, 2, 2, 17, 17, 64, F16)
     q32 = tuple(x.float() for x in q16)
     cpu = torch.device("cpu")
-    assert [v.name for v in _variants.chain(cpu, q16, varlen=False)] == ["tma+ws"]
-    assert [v.name for v in _variants.chain(cpu, q32, varlen=False)] == ["tma"], "float32: no wgmma to overlap"
-    assert [v.name for v in _variants.chain(cpu, q16, varlen=False, warp_spec=False)] == ["tma"], "backward"
-    assert [v.name for v in _variants.chain(cpu, q16, varlen=False, warp_spec=False, tma_pays=False)] == ["tma"], \
+    assert [v.name for v in _variants.chain(cpu, q16)] == ["tma+ws"]
+    assert [v.name for v in _variants.chain(cpu, q32)] == ["tma"], "float32: no wgmma to overlap"
+    assert [v.name for v in _variants.chain(cpu, q16, warp_spec=False)] == ["tma"], "backward"
+    assert [v.name for v in _variants.chain(cpu, q16, warp_spec=False, tma_pays=False)] == ["tma"], \
         "a variant asked for by name runs even where auto would not pick it"
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_kernels_common import assert_close_by_rule, max_err, reference, reference_lse, torch_same_dtype
 
-from attn_course.kernels import flash_attention_varlen
+from attn_course.kernels import _variants, flash_attention_varlen
 
 LENS_Q = [17, 1, 113]
 LENS_K = [40, 23, 113]  # T_q != T_k within a sequence: bottom-right alignment per sequence
@@ -25,13 +25,17 @@ def per_sequence(x, cu, b):
     return x[cu[b]:cu[b + 1]].transpose(0, 1).unsqueeze(0)  # (1, H, T_b, D)
 
 
-@pytest.mark.parametrize("causal,window,dtype,H_kv,D", [
-    (False, (-1, -1), torch.float32, 2, 32),
-    (True, (-1, -1), torch.float16, 1, 32),
-    (True, (8, -1), torch.bfloat16, 2, 32),
-    (True, (-1, -1), torch.bfloat16, 2, 256),
+@pytest.mark.parametrize("causal,window,dtype,H_kv,D,variant", [
+    (False, (-1, -1), torch.float32, 2, 32, "auto"),
+    (True, (-1, -1), torch.float16, 1, 32, "auto"),
+    (True, (8, -1), torch.bfloat16, 2, 32, "auto"),
+    (True, (-1, -1), torch.bfloat16, 2, 256, "auto"),
+    # through tensor descriptors (Hopper's TMA, emulated by the interpreter): one [1, H, total_T, D] view
+    (False, (-1, -1), torch.float32, 2, 32, "tma"),
+    (True, (8, -1), torch.float16, 1, 64, "tma"),
 ])
-def test_varlen_matches_attention_per_sequence(causal, window, dtype, H_kv, D):
+def test_varlen_matches_attention_per_sequence(causal, window, dtype, H_kv, D, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     H = 4
     q, cu_q = packed(LENS_Q, H, D, dtype, 0)
     k, cu_k = packed(LENS_K, H_kv, D, dtype, 1)
@@ -60,6 +64,42 @@ def test_varlen_matches_attention_per_sequence(causal, window, dtype, H_kv, D):
         got = (per_sequence(dq, cu_q, b), per_sequence(dk, cu_k, b), per_sequence(dv, cu_k, b))
         for name, g, w, bud in zip(("dq", "dk", "dv"), got, want, budget, strict=True):
             assert_close_by_rule(f"{name} of sequence {b}", g, w, bud, dtype)
+    expected = "pointer" if variant == "auto" else variant  # (auto on the CPU: the interpreter's pointers)
+    assert {_variants.used(("cpu", dtype, D, part)) for part in ("forward", "backward")} == {expected}
+
+
+@pytest.mark.parametrize("variant", ["pointer", "tma"])
+@pytest.mark.parametrize("causal,window", [(False, (-1, -1)), (True, (-1, -1)), (True, (3, 0))],
+                         ids=["full", "causal", "window3"])
+def test_nan_in_one_sequence_reaches_no_other(causal, window, variant, monkeypatch):
+    """Sequence 1 all NaN (queries, keys, values, output gradient): the other sequences' outputs and
+    gradients must be bit-identical to a run without it. A tile that overhangs sequence 0's end holds
+    sequence 1's rows when read through a descriptor (the copy engine zero-fills only past the tensor's
+    end), and a masked score gives a zero probability but 0 * NaN is NaN; so the kernels read that tile
+    through masked pointer loads. The window (3, 0) puts the overhanging key tile in the first masked
+    loop rather than the last (see ``_tiles.overhang``)."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    q, k, v, cu_q, cu_k = small_packed()
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(5))
+
+    def run(poison: bool):
+        tensors = [x.clone() for x in (q, k, v, dout)]
+        if poison:
+            for x, cu in zip(tensors, (cu_q, cu_k, cu_k, cu_q), strict=True):
+                x[cu[1]:cu[2]] = float("nan")
+        leaves = [x.requires_grad_(True) for x in tensors[:3]]
+        out = flash_attention_varlen(*leaves, cu_q, cu_k, max(LENS_Q), max(LENS_K), causal=causal, window=window)
+        return (out, *torch.autograd.grad(out, leaves, tensors[3]))
+
+    clean, poisoned = run(False), run(True)
+    for name, c, p, cu in zip(("out", "dq", "dk", "dv"), clean, poisoned, (cu_q, cu_q, cu_k, cu_k), strict=True):
+        for b in (0, 2):
+            got, want = p[cu[b]:cu[b + 1]], c[cu[b]:cu[b + 1]]
+            assert torch.equal(got, want), (
+                f"{name} of sequence {b} changed when sequence 1 became NaN ({variant}): "
+                f"{int(torch.isnan(got).sum())} NaN, max change {max_err(got.nan_to_num(), want):.2e}")
+        assert torch.isnan(p[cu[1]:cu[2]]).any(), f"{name}: sequence 1 was meant to be poisoned"
+    assert _variants.used(("cpu", torch.float32, 16, "forward")) == variant
 
 
 def test_sequences_do_not_see_each_other():
