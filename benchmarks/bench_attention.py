@@ -18,6 +18,12 @@ Llama-3-8B): ``flash_attention_kvcache`` with its keys split by its own rule (``
 naive version. Decoding is bound by memory bandwidth, so these rows give TB/s (bytes of the cache read per
 second) and the fraction of the copy bandwidth measured in the same run. ``--decode-only`` times just these.
 
+Then a packed (varlen) batch: eight causal sequences of ragged lengths, about 8k tokens, through
+``flash_attention_varlen``, forward and forward + backward, as users get it (``triton``: on Hopper the TMA
+forward and the pointer backward, ``kernels/_variants.py``) and forced to each variant (``triton-pointer``,
+``triton-tma``), so whether TMA pays for packed batches is measured rather than assumed. SDPA has no
+packed form to compare with.
+
 On a CPU there is no honest speed comparison (the kernel runs in Triton's interpreter), so it measures
 what a CPU can show: the peak memory of the naive attention, the tiled reference and the kernel as T
 grows, each call in a fresh subprocess (``attn_course.memory``). Writes ``benchmarks/results/cpu.json``
@@ -101,7 +107,7 @@ def implementations():
 
 
 # contenders that are the kernel with a variant forced (for its forward and its backward alike)
-VARIANT_OF = {"triton-pointer": "pointer"}
+VARIANT_OF = {"triton-pointer": "pointer", "triton-tma": "tma"}
 
 
 def kernel_variant(name: str | None):
@@ -189,6 +195,15 @@ def _warm_one(job):
             impls[name](q, k, v, False)
         torch.cuda.synchronize()
         return f"{dtype_name} D={D} decoding: {time.perf_counter() - start:.0f} s"
+    if variant.startswith("packed "):  # a packed batch, as the packed rows run it, in one variant
+        lengths = (300, 77)
+        q, k, v = (torch.randn(sum(lengths), MODEL_DIM // D, D, device="cuda", dtype=dtype, requires_grad=True)
+                   for _ in range(3))
+        name = variant.removeprefix("packed ")
+        with kernel_variant(VARIANT_OF.get(name)):
+            packed_implementations()[name](lengths, "cuda")(q, k, v, True).sum().backward()
+        torch.cuda.synchronize()
+        return f"{dtype_name} D={D} {variant}: {time.perf_counter() - start:.0f} s"
     q, k, v = (torch.randn(1, MODEL_DIM // D, 512, D, device="cuda", dtype=dtype, requires_grad=True)
                for _ in range(3))
     with kernel_variant(variant):
@@ -204,6 +219,7 @@ def warm_compile(workers: int, head_dims=HEAD_DIMS) -> None:
 
     jobs = [(d, D, variant) for d in ("float16", "bfloat16") for D in head_dims for variant in ("auto", "pointer")]
     jobs += [(d, 128, "decode") for d in ("float16", "bfloat16")]
+    jobs += [(d, 128, f"packed {name}") for d in ("float16", "bfloat16") for name in ("triton", "triton-tma")]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
         for line in pool.imap_unordered(_warm_one, jobs):
@@ -338,6 +354,74 @@ def run_decode(shapes, budget_s: float | None, save, result: dict, *, impls=None
             torch.cuda.empty_cache()
         save(result)
     return result
+
+
+PACKED_LENGTHS = (3000, 1900, 1300, 800, 513, 250, 100, 57)  # 7920 tokens; every sequence ends mid-tile
+
+
+def packed_shapes(quick: bool):
+    """(lengths, H, D, dtype) of one packed causal batch (:data:`PACKED_LENGTHS`), ``MODEL_DIM // D`` heads."""
+    return [(PACKED_LENGTHS, MODEL_DIM // D, D, dtype) for D in ((128,) if quick else (128, 64))
+            for dtype in (torch.float16, torch.bfloat16)]
+
+
+def packed_implementations():
+    """name -> f(q, k, v, causal) for one packed batch (``q, k, v`` ``[total_T, H, D]``, the batch's
+    ``cu_seqlens`` and longest length bound in): the kernel as users get it, and forced to each variant
+    (timed under :data:`VARIANT_OF`'s setting)."""
+    from attn_course.kernels import flash_attention_varlen
+
+    def kernel(lengths, device):
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+        longest = max(lengths)
+        return lambda q, k, v, causal: flash_attention_varlen(q, k, v, cu, cu, longest, longest, causal=causal)
+
+    return {name: kernel for name in ("triton", "triton-pointer", "triton-tma")}
+
+
+def run_packed(shapes, budget_s: float | None, save, result: dict, *, impls=None, device="cuda") -> dict:
+    """Time forward and forward + backward of every contender on every packed batch of ``shapes``
+    (:func:`packed_shapes`), appending to ``result["packed_rows"]`` and calling ``save(result)`` after each
+    shape; shapes past ``budget_s`` (from this call) go to ``result["skipped_for_time"]``."""
+    from attn_course.kernels import _variants
+
+    impls = packed_implementations() if impls is None else impls
+    start = time.perf_counter()
+    rows = result.setdefault("packed_rows", [])
+    result.setdefault("skipped_for_time", [])
+    for lengths, H, D, dtype in shapes:
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            result["skipped_for_time"].append({"packed": list(lengths), "D": D, "dtype": str(dtype)[6:]})
+            continue
+        q, k, v = (torch.randn(sum(lengths), H, D, device=device, dtype=dtype) for _ in range(3))  # (total_T, H, D)
+        for backward in (False, True):
+            flops = sum(attention_flops(1, H, T, T, D, causal=True, backward=backward) for T in lengths)
+            row = {"pass": "packed " + ("fwd+bwd" if backward else "fwd"), "dtype": str(dtype)[6:], "D": D, "H": H,
+                   "lengths": list(lengths), "ms": {}, "spread_ms": {}, "tflops": {}}
+            for name, make in impls.items():
+                with kernel_variant(VARIANT_OF.get(name)):
+                    ms, spread = time_one(name, make(lengths, device), q, k, v, True, backward)
+                row["ms"][name], row["spread_ms"][name] = ms, spread
+                row["tflops"][name] = None if ms is None else flops / ms * 1e-9
+                if name == "triton":
+                    row["variant"] = {part: _variants.used((str(q.device), dtype, D, part))
+                                      for part in ("forward", "backward") if backward or part == "forward"}
+            row["speedup_vs"] = speedups(row["ms"])
+            rows.append(row)
+            print(format_packed_row(row), flush=True)
+        del q, k, v
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        save(result)
+    return result
+
+
+def format_packed_row(row) -> str:
+    tf = "  ".join(f"{n}={'-' if t is None else f'{t:6.1f}'}" for n, t in row["tflops"].items())
+    sp = " ".join(f"{n}:{'-' if r is None else f'{r:.2f}x'}" for n, r in row["speedup_vs"].items())
+    ran = "/".join(str(v) for v in row.get("variant", {}).values())
+    return (f"{row['pass']:14s} {row['dtype']:8s} D={row['D']} {len(row['lengths'])} seqs, "
+            f"{sum(row['lengths'])} tokens TFLOP/s {tf} | triton ({ran}) speed-up vs {sp}")
 
 
 def format_decode_row(row) -> str:
@@ -502,6 +586,9 @@ def main(argv=None) -> int:
         result = run_gpu(shapes, args.budget_s, save, ceilings=ceilings)
         left = None if args.budget_s is None else max(args.budget_s - (time.perf_counter() - started), 0.0)
         result = run_decode(decode_shapes(args.quick), left, save, result)
+        if not args.decode_only:
+            left = None if args.budget_s is None else max(args.budget_s - (time.perf_counter() - started), 0.0)
+            result = run_packed(packed_shapes(args.quick), left, save, result)
         result["complete"] = not result["skipped_for_time"]
         plot = plot_gpu
     else:

@@ -7,7 +7,7 @@
 #      then every shape, longest first, until the time budget is spent.
 #
 # Usage: benchmarks/gpu_session.sh [OUT_DIR]      (default: $OUT, else benchmarks/results/session)
-# Knobs: PYTHON (python3), WORKERS (8), TEST_BUDGET_S (180), BENCH_BUDGET_S (240), BENCH_ARGS (extra flags).
+# Knobs: PYTHON (python3), WORKERS (8), TEST_BUDGET_S (200), BENCH_BUDGET_S (220), BENCH_ARGS (extra flags).
 # Writes to OUT_DIR: env.txt (GPU and versions), gpu_tests.log, bench.log, and the benchmark's
 # <device>.json / <device>.png (also left in benchmarks/results/). Exit status: 0 only if both passed.
 set -uo pipefail
@@ -16,8 +16,8 @@ out=${1:-${OUT:-benchmarks/results/session}}
 mkdir -p "$out"
 PY=${PYTHON:-python3}
 WORKERS=${WORKERS:-8}
-TEST_BUDGET_S=${TEST_BUDGET_S:-180}
-BENCH_BUDGET_S=${BENCH_BUDGET_S:-240}
+TEST_BUDGET_S=${TEST_BUDGET_S:-200}
+BENCH_BUDGET_S=${BENCH_BUDGET_S:-220}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 start=$(date +%s)
 # Wheels carried in .whl/ (e.g. numpy<2.4, which triton 3.6's interpreter needs for the CPU half of

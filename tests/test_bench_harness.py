@@ -198,3 +198,68 @@ def test_decoding_shapes_put_the_longest_caches_first(bench):
     shapes = bench.decode_shapes(quick=False)
     assert [T_k for _, _, _, T_k, _, _ in shapes[:4]] == [65536] * 4 and shapes[-1][3] == 4096
     assert {(H, H_kv, D) for _, H, H_kv, _, D, _ in shapes} == {(32, 8, 128)}
+
+
+PACKED_SHAPES = [((40, 7, 17), 2, 16, torch.float32), ((9, 30), 2, 16, torch.float32)]
+
+
+def fake_packed_impls():
+    """Packed-batch contenders (built per batch) whose cost is their number, and one that fails."""
+    impls = fake_impls()
+    return {name: (lambda lengths, device, fn=fn: fn) for name, fn in
+            (("triton", impls["triton"]), ("triton-pointer", impls["triton-pointer"]),
+             ("triton-tma", impls["CUDNN_ATTENTION"]))}
+
+
+@pytest.mark.usefixtures("fixed_timer")
+def test_packed_rows_give_tflops_and_ratios(bench):
+    """A packed causal batch: its FLOPs are the sum of its sequences' (not those of a padded batch), both
+    passes are recorded, and a variant that fails is a gap, not a crash."""
+    from attn_course.cost import attention_flops
+
+    saved = []
+    result = bench.run_packed(PACKED_SHAPES, None, lambda r: saved.append(json.loads(json.dumps(r))), {},
+                              impls=fake_packed_impls(), device="cpu")
+    rows = result["packed_rows"]
+    assert [r["pass"] for r in rows] == ["packed fwd", "packed fwd+bwd"] * 2 and len(saved) == 2
+    fwd, bwd = rows[0], rows[1]
+    flops = sum(attention_flops(1, 2, T, T, 16, causal=True) for T in (40, 7, 17))
+    assert fwd["tflops"]["triton"] == pytest.approx(flops / 2.0 * 1e-9)
+    assert bwd["tflops"]["triton"] == pytest.approx(
+        sum(attention_flops(1, 2, T, T, 16, causal=True, backward=True) for T in (40, 7, 17)) / 2.0 * 1e-9)
+    assert fwd["speedup_vs"] == {"triton-pointer": pytest.approx(1.25), "triton-tma": None}
+    assert "64 tokens" in bench.format_packed_row(fwd) and "triton-pointer:1.25x" in bench.format_packed_row(fwd)
+
+
+@pytest.mark.usefixtures("fixed_timer")
+def test_a_spent_budget_skips_the_packed_rows_and_says_so(bench):
+    result = bench.run_packed(PACKED_SHAPES, -1.0, lambda r: None, {}, impls=fake_packed_impls(), device="cpu")
+    assert result["packed_rows"] == [] and [s["packed"] for s in result["skipped_for_time"]] == [[40, 7, 17], [9, 30]]
+
+
+def test_every_packed_contender_computes_the_same_batch_in_its_own_variant(bench):
+    """The real contenders on a CPU-sized packed batch: each, under its variant setting, gives each
+    sequence's causal attention, and the variant it names is the one that ran."""
+    from test_kernels_common import max_err, reference
+
+    from attn_course.kernels import _variants
+
+    lengths = (40, 7, 17)
+    q, k, v = (torch.randn(sum(lengths), 2, 16) for _ in range(3))  # (total_T, H, D)
+    starts = [0, 40, 47, 64]
+    for name, make in bench.packed_implementations().items():
+        with bench.kernel_variant(bench.VARIANT_OF.get(name)):
+            out = make(lengths, "cpu")(q, k, v, True)
+        for b in range(3):
+            s = slice(starts[b], starts[b + 1])
+            seq = [x[s].transpose(0, 1).unsqueeze(0) for x in (q, k, v)]  # (1, H, T_b, D)
+            assert max_err(out[s].transpose(0, 1).unsqueeze(0), reference(*seq, causal=True)) < 1e-5, (name, b)
+        want = {"triton": "pointer", "triton-pointer": "pointer", "triton-tma": "tma"}[name]  # (auto on a CPU: pointer)
+        assert _variants.used(("cpu", torch.float32, 16, "forward")) == want, name
+
+
+def test_packed_shapes_are_ragged_causal_batches(bench):
+    shapes = bench.packed_shapes(quick=False)
+    assert {D for _, _, D, _ in shapes} == {64, 128} and all(H * D == bench.MODEL_DIM for _, H, D, _ in shapes)
+    lengths = shapes[0][0]
+    assert len(lengths) == 8 and all(T % 64 for T in lengths), "every sequence should end mid-tile"
