@@ -256,8 +256,7 @@ def run_gpu(shapes, budget_s: float | None, save, *, impls=None, device="cuda", 
                 row["ms"][name], row["spread_ms"][name] = ms, spread
                 row["tflops"][name] = None if ms is None else flops / ms * 1e-9
                 if name == "triton":  # which variant auto ran (the last launch for this dtype and head dim)
-                    row["variant"] = {part: _variants.used((str(q.device), dtype, D, part))
-                                      for part in ("forward", "backward") if backward or part == "forward"}
+                    row["variant"] = variants_that_ran(q.device, dtype, D, backward)
             tri = row["ms"]["triton"]
             row["speedup_vs"] = speedups(row["ms"])
             if ceilings is not None and tri is not None:
@@ -265,11 +264,9 @@ def run_gpu(shapes, budget_s: float | None, save, *, impls=None, device="cuda", 
             result["rows"].append(row)
             print(format_row(row), flush=True)
         del q, k, v
-        if device == "cuda":
-            torch.cuda.empty_cache()
         result["variant_failures"] = {" ".join(map(str, k)): why for k, why in _variants.broken().items()}
         result["tuned_configs"] = _variants.tuned_configs()  # the tile shapes that won, per kernel and key
-        save(result)
+        shape_done(save, result, device)
     result["complete"] = not result["skipped_for_time"]
     result["elapsed_s"] = round(time.perf_counter() - start, 1)
     return result
@@ -350,9 +347,7 @@ def run_decode(shapes, budget_s: float | None, save, result: dict, *, impls=None
         rows.append(row)
         print(format_decode_row(row), flush=True)
         del q, k, v
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        save(result)
+        shape_done(save, result, device)
     return result
 
 
@@ -383,8 +378,6 @@ def run_packed(shapes, budget_s: float | None, save, result: dict, *, impls=None
     """Time forward and forward + backward of every contender on every packed batch of ``shapes``
     (:func:`packed_shapes`), appending to ``result["packed_rows"]`` and calling ``save(result)`` after each
     shape; shapes past ``budget_s`` (from this call) go to ``result["skipped_for_time"]``."""
-    from attn_course.kernels import _variants
-
     impls = packed_implementations() if impls is None else impls
     start = time.perf_counter()
     rows = result.setdefault("packed_rows", [])
@@ -404,32 +397,50 @@ def run_packed(shapes, budget_s: float | None, save, result: dict, *, impls=None
                 row["ms"][name], row["spread_ms"][name] = ms, spread
                 row["tflops"][name] = None if ms is None else flops / ms * 1e-9
                 if name == "triton":
-                    row["variant"] = {part: _variants.used((str(q.device), dtype, D, part))
-                                      for part in ("forward", "backward") if backward or part == "forward"}
+                    row["variant"] = variants_that_ran(q.device, dtype, D, backward)
             row["speedup_vs"] = speedups(row["ms"])
             rows.append(row)
             print(format_packed_row(row), flush=True)
         del q, k, v
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        save(result)
+        shape_done(save, result, device)
     return result
 
 
 def format_packed_row(row) -> str:
-    tf = "  ".join(f"{n}={'-' if t is None else f'{t:6.1f}'}" for n, t in row["tflops"].items())
-    sp = " ".join(f"{n}:{'-' if r is None else f'{r:.2f}x'}" for n, r in row["speedup_vs"].items())
+    tf, sp = rates_and_ratios(row, "tflops")
     ran = "/".join(str(v) for v in row.get("variant", {}).values())
     return (f"{row['pass']:14s} {row['dtype']:8s} D={row['D']} {len(row['lengths'])} seqs, "
             f"{sum(row['lengths'])} tokens TFLOP/s {tf} | triton ({ran}) speed-up vs {sp}")
 
 
 def format_decode_row(row) -> str:
-    bw = "  ".join(f"{n}={'-' if t is None else f'{t:5.2f}'}" for n, t in row["tbps"].items())
-    sp = " ".join(f"{n}:{'-' if r is None else f'{r:.2f}x'}" for n, r in row["speedup_vs"].items())
+    bw, sp = rates_and_ratios(row, "tbps", "5.2f")
     of = f", {row['triton_of_copy']:.0%} of copy" if "triton_of_copy" in row else ""
     return (f"decode {row['dtype']:8s} D={row['D']} B={row['B']:2d} H={row['H']}/{row['H_kv']} T_k={row['T_k']:5d} "
             f"TB/s {bw} | triton ({row['splits']} slices{of}) speed-up vs {sp}")
+
+
+def variants_that_ran(device, dtype, D: int, backward: bool) -> dict:
+    """Which variant ``auto`` ran for the forward (and the backward) just timed: the last launch for this
+    device, dtype and head dim."""
+    from attn_course.kernels import _variants
+
+    parts = ("forward", "backward") if backward else ("forward",)
+    return {part: _variants.used((str(device), dtype, D, part)) for part in parts}
+
+
+def shape_done(save, result: dict, device) -> None:
+    """After each shape (whose tensors the caller has dropped): hand their memory back, save the results."""
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    save(result)
+
+
+def rates_and_ratios(row, key: str, fmt: str = "6.1f") -> tuple[str, str]:
+    """A row's per-contender rates (``row[key]``, formatted with ``fmt``) and the kernel's speed-ups, as printed."""
+    rates = "  ".join(f"{n}={'-' if t is None else format(t, fmt)}" for n, t in row[key].items())
+    ratios = " ".join(f"{n}:{'-' if r is None else f'{r:.2f}x'}" for n, r in row["speedup_vs"].items())
+    return rates, ratios
 
 
 def speedups(ms: dict) -> dict:
@@ -440,8 +451,7 @@ def speedups(ms: dict) -> dict:
 
 
 def format_row(row) -> str:
-    tf = "  ".join(f"{n}={'-' if t is None else f'{t:6.1f}'}" for n, t in row["tflops"].items())
-    sp = " ".join(f"{n}:{'-' if r is None else f'{r:.2f}x'}" for n, r in row["speedup_vs"].items())
+    tf, sp = rates_and_ratios(row, "tflops")
     ran = ",".join(f"{v}" for v in row.get("variant", {}).values())
     of = f", {row['triton_of_matmul']:.0%} of matmul" if "triton_of_matmul" in row else ""
     return (f"{row['dtype']:8s} D={row['D']:3d} causal={row['causal']!s:5s} T={row['T']:5d} {row['pass']:7s} "
