@@ -12,7 +12,11 @@ narrow by design), is flagged: on a GPU it would only cost autotuning time. No s
     python benchmarks/kernel_resources.py                 # fp16, D = 64, 128 and 256, all configs
     python benchmarks/kernel_resources.py --workers 16    # compile in parallel (default: all cores)
 
-Writes ``benchmarks/results/kernel_resources_sm90.json``.
+Writes ``benchmarks/results/kernel_resources_sm90.json``. Registers depend on the ``ptxas`` the triton wheel
+ships, so the report is kept twice: this machine's triton 3.9 (that file) and the GPU machines' triton 3.6
+(``kernel_resources_sm90_triton3.6.json``: run this script from a virtual environment with ``torch==2.11.0
+triton==3.6.0 numpy==2.3.5``, ``PYTHONPATH`` at the repository, and ``--out`` naming that file). The tile
+lists offer the autotuner no config that spills under either.
 """
 
 from __future__ import annotations

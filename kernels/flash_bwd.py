@@ -292,9 +292,14 @@ DKDV_TILES = [(32, 64, 8, 2), (32, 64, 8, 3), (16, 128, 8, 2), (32, 128, 8, 2), 
               (64, 128, 8, 2)]
 DQ_TILES = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3), (64, 64, 8, 2), (64, 128, 8, 3),
             (128, 128, 8, 2)]
-# At D = 128 these dK/dV tiles spill registers on sm_90 (checked by tests/test_kernels_compile.py against
-# the report): the autotuner does not try them there.
-DKDV_SPILLS_AT_128 = [(32, 128, 8, 2), (64, 64, 8, 3), (16, 64, 4, 3), (64, 128, 8, 2)]
+# (kernel, head dim) -> the tiles that spill registers on sm_90 there, compiled by triton 3.9 (this
+# machine's) or 3.6 (the GPU machines'): the autotuner does not try them (tests/test_kernels_compile.py
+# checks that no tile it tries spills, against both reports: benchmarks/results/kernel_resources_sm90*.json).
+SPILLS = {
+    ("dkdv", 64): [(64, 64, 8, 3), (64, 128, 8, 2)],  # (triton 3.6, through TMA)
+    ("dkdv", 128): [(32, 128, 8, 2), (64, 64, 8, 3), (16, 64, 4, 3), (64, 128, 8, 2), (32, 64, 8, 3)],
+    ("dq", 128): [(128, 128, 8, 2)],  # (triton 3.6, through TMA)
+}
 # Head dim 256: four (BLOCK_N, 256) tiles per dK/dV program leave room for 32 keys on 8 warps and no more
 # (64 keys spill, so its products stay on mma.sync: wgmma wants 64 rows); dQ keeps 32-key steps. Through
 # pointers none of these spills on sm_90; through TMA the dK/dV ones do, so `auto` runs the backward's
@@ -305,9 +310,11 @@ TMA_HEAD_DIMS = (16, 32, 64, 128)
 
 
 # A packed batch's backward runs pointers under auto (tma_pays below), and for packed batches these of
-# their 16-bit tiles spill registers on sm_90, up to 464 bytes (parts "dkdv varlen" and "dq varlen" of the
-# survey; tests/test_kernels_compile.py checks the lists against it): the autotuner skips them there.
+# their 16-bit tiles spill registers on sm_90 under triton 3.9 or 3.6, up to 1464 bytes (parts "dkdv
+# varlen" and "dq varlen" of both reports; tests/test_kernels_compile.py checks the lists against them):
+# the autotuner skips them there.
 PACKED_POINTER_SPILLS = {
+    ("dkdv", 64): [(64, 64, 8, 3), (64, 128, 8, 2)],  # (triton 3.6)
     ("dkdv", 128): [(32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3), (16, 64, 4, 3), (64, 128, 8, 2)],
     ("dq", 128): [(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 8, 3), (128, 128, 8, 2)],
     ("dq", 64): [(128, 128, 8, 2)],
@@ -347,7 +354,7 @@ def candidate_tiles(kernel: str, D: int) -> list[tuple[int, int, int, int]]:
 def configs(kernel: str, variant: _variants.Variant, D: int) -> list[triton.Config]:
     """The autotuner's search space for ``kernel`` ("dkdv" or "dq") at head dim ``D``."""
     hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
-    spills = DKDV_SPILLS_AT_128 if kernel == "dkdv" and D == 128 else []
+    spills = SPILLS.get((kernel, D), [])
     return [_variants.config(*t, hook) for t in candidate_tiles(kernel, D) if t not in spills]
 
 
