@@ -465,11 +465,14 @@ def plot_gpu(result: dict, path: Path, st: dict) -> None:
 
     panels = sorted({(r["dtype"], r["D"], r["causal"], r["pass"]) for r in result["rows"]})
     decode = sorted({(r["dtype"], r["B"]) for r in result.get("decode_rows", [])})
-    cols, n = 4, len(panels) + len(decode)
+    packed = sorted({r["pass"] for r in result.get("packed_rows", [])}, key=len)  # fwd, then fwd+bwd
+    cols, n = 4, len(panels) + len(decode) + len(packed)
     fig, axes = plt.subplots(max((n + cols - 1) // cols, 1), cols, figsize=(4 * cols, 3 * n / cols + 1),
                              squeeze=False)
     for ax, key in zip(list(axes.flat)[len(panels):], decode, strict=False):
         plot_decode_panel(ax, [r for r in result["decode_rows"] if (r["dtype"], r["B"]) == key], result)
+    for ax, key in zip(list(axes.flat)[len(panels) + len(decode):], packed, strict=False):
+        plot_packed_panel(ax, [r for r in result["packed_rows"] if r["pass"] == key])
     for ax, key in zip(axes.flat, panels, strict=False):
         rows = [r for r in result["rows"] if (r["dtype"], r["D"], r["causal"], r["pass"]) == key]
         plot_contenders(ax, rows, "T", "tflops")
@@ -496,6 +499,23 @@ def plot_contenders(ax, rows, x: str, metric: str) -> None:
         pts = [(r[x], r[metric][name]) for r in rows if r[metric][name] is not None]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=name, lw=2.5 if name == "triton" else 1)
+
+
+def plot_packed_panel(ax, rows) -> None:
+    """TFLOP/s of each contender, bars grouped by (dtype, head dim), for one pass of the packed-batch rows."""
+    names = list(rows[0]["tflops"])
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        bars = [(j + i * width, r["tflops"][name]) for j, r in enumerate(rows) if r["tflops"][name] is not None]
+        if bars:
+            ax.bar(*zip(*bars, strict=True), width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], [f"{r['dtype']} D={r['D']}" for r in rows],
+                  fontsize=7)
+    ax.set_title(f"{rows[0]['pass']}: {len(rows[0]['lengths'])} causal sequences, "
+                 f"{sum(rows[0]['lengths'])} tokens", fontsize=9)
+    ax.set_ylabel("TFLOP/s")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.4)  # room for the legend above the bars
+    ax.legend(fontsize=7, ncol=3, loc="upper center")
 
 
 def plot_decode_panel(ax, rows, result) -> None:

@@ -334,8 +334,9 @@ def tma_pays(D: int, varlen: bool) -> bool:
     """Whether ``auto`` tries the TMA variant for a backward at head dim ``D``: not at D = 256 (above), and
     not for a packed batch, whose TMA kernels also read the tile that overhangs each sequence through
     pointers (``_tiles.overhang``): its dK/dV then spills registers on sm_90 in every tile at D = 128 and in
-    two at D = 64, where the pointer kernel has tiles that do not (parts "dkdv varlen" and "dq varlen" of
-    benchmarks/results/kernel_resources_sm90.json). ``ATTN_COURSE_KERNEL=tma`` still runs it."""
+    two at D = 64 (four under triton 3.6), where the pointer kernel has tiles that do not (parts "dkdv
+    varlen" and "dq varlen" of benchmarks/results/kernel_resources_sm90*.json). ``ATTN_COURSE_KERNEL=tma``
+    still runs it."""
     return D in TMA_HEAD_DIMS and not varlen
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 PREPROCESS_BLOCK = 64

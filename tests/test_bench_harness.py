@@ -212,7 +212,7 @@ def fake_packed_impls():
 
 
 @pytest.mark.usefixtures("fixed_timer")
-def test_packed_rows_give_tflops_and_ratios(bench):
+def test_packed_rows_give_tflops_and_ratios(bench, tmp_path):
     """A packed causal batch: its FLOPs are the sum of its sequences' (not those of a padded batch), both
     passes are recorded, and a variant that fails is a gap, not a crash."""
     from attn_course.cost import attention_flops
@@ -229,6 +229,9 @@ def test_packed_rows_give_tflops_and_ratios(bench):
         sum(attention_flops(1, 2, T, T, 16, causal=True, backward=True) for T in (40, 7, 17)) / 2.0 * 1e-9)
     assert fwd["speedup_vs"] == {"triton-pointer": pytest.approx(1.25), "triton-tma": None}
     assert "64 tokens" in bench.format_packed_row(fwd) and "triton-pointer:1.25x" in bench.format_packed_row(fwd)
+    path = tmp_path / "plot.png"
+    bench.plot_gpu({"rows": [], **result}, path, {**bench.stamp(), "device": "test", "cuda": None})
+    assert path.stat().st_size > 10_000
 
 
 @pytest.mark.usefixtures("fixed_timer")
