@@ -14,9 +14,8 @@ narrow by design), is flagged: on a GPU it would only cost autotuning time. No s
 
 Writes ``benchmarks/results/kernel_resources_sm90.json``. Registers depend on the ``ptxas`` the triton wheel
 ships, so the report is kept twice: this machine's triton 3.9 (that file) and the GPU machines' triton 3.6
-(``kernel_resources_sm90_triton3.6.json``: run this script from a virtual environment with ``torch==2.11.0
-triton==3.6.0 numpy==2.3.5``, ``PYTHONPATH`` at the repository, and ``--out`` naming that file). The tile
-lists offer the autotuner no config that spills under either.
+(``kernel_resources_sm90_triton3.6.json``, from a small venv with triton 3.6 beside the CPU torch).
+``make survey`` writes both. The tile lists offer the autotuner no config that spills under either.
 """
 
 from __future__ import annotations

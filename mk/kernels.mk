@@ -15,3 +15,22 @@ bench-kernels: setup
 ## gpu-session: on a GPU machine, the GPU kernel tests and the benchmark as one time-boxed run (benchmarks/gpu_session.sh)
 gpu-session: setup
 	PYTHON=$(PY) benchmarks/gpu_session.sh
+
+# The register survey is kept for two compilers: this .venv's triton, and triton 3.6, which the GPU machines
+# run (registers come from the ptxas each triton wheel ships). The second needs only triton 3.6 and its
+# numpy beside the CPU torch: a small venv of its own.
+SURVEY36_VENV  ?= .venv-triton3.6
+SURVEY36_SPECS ?= "$(TORCH_SPEC)" triton==3.6.0 numpy==2.3.5
+
+.PHONY: survey
+## survey: compile every autotuning config for sm_90 under both tritons (3.9 here, 3.6 as on the GPUs) and record registers and spills in benchmarks/results/kernel_resources_sm90*.json (about 16 minutes on 2 cores)
+survey: setup $(SURVEY36_VENV)/.installed
+	$(PY) benchmarks/kernel_resources.py
+	PYTHONPATH=$(CURDIR) $(SURVEY36_VENV)/bin/python benchmarks/kernel_resources.py \
+		--out benchmarks/results/kernel_resources_sm90_triton3.6.json
+
+$(SURVEY36_VENV)/.installed: pyproject.toml mk/kernels.mk
+	@test -x $(SURVEY36_VENV)/bin/python || $(PYTHON) -m venv $(SURVEY36_VENV)
+	@set -o pipefail; $(SURVEY36_VENV)/bin/python -m pip install --quiet $(SURVEY36_SPECS) 2>&1 \
+		| { grep -v 'is ignored: it is neither a file' || true; }
+	@touch $@

@@ -163,12 +163,12 @@ def _report(triton_version: str = "3.9"):
 @pytest.mark.parametrize("version", REPORTS)
 def test_the_resource_report_covers_exactly_the_current_tile_lists(version):
     """The committed register/spill surveys must describe the configs the code offers today; change a tile
-    list and this fails until ``python benchmarks/kernel_resources.py`` is rerun (under each triton)."""
+    list and this fails until ``make survey`` is rerun (it writes both)."""
     tool, report = _report(version)
     want = {(part, variant, dtype, D, tuple(tile)) for part, variant, dtype, D, tile, _ in tool.jobs()}
     got = {(r["part"], r["variant"], r["dtype"], r["D"], tuple(r["tile"])) for r in report["rows"]}
     assert got == want, (f"benchmarks/results/{REPORTS[version]} is stale (missing {sorted(want - got)[:4]}, "
-                         f"extra {sorted(got - want)[:4]}): rerun benchmarks/kernel_resources.py, triton {version}")
+                         f"extra {sorted(got - want)[:4]}): run make survey (both tritons)")
 
 
 @pytest.mark.parametrize("version", REPORTS)
