@@ -150,7 +150,10 @@ def _attn_fwd(
         T_k = tl.minimum(tl.load(seqused_k + b), T_k)
     m_start = pid_m * BLOCK_M
     if IS_VARLEN:  # (a constexpr guard: an early return would defeat the warp-specialisation pass)
-        if m_start >= T_q:  # packed batches: this sequence is shorter than the longest one
+        rows = T_q
+        if PACK_GQA:
+            rows = T_q * GROUP
+        if m_start >= rows:  # packed batches: this sequence is shorter than the longest one
             return
 
     b64, h64 = b.to(tl.int64), h.to(tl.int64)  # 64-bit offsets: B * H * T * D can exceed 2^31
@@ -333,10 +336,11 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
                             3 if half else 2, WARP_SPEC=False)
 
 
-def grid_rows(T_q: int, H: int, H_kv: int, varlen: bool) -> tuple[bool, int, int]:
+def grid_rows(T_q: int, H: int, H_kv: int) -> tuple[bool, int, int]:
     """``(pack, rows, heads)``: whether a launch packs each GQA group's query heads into one program's rows
-    (a decoding step, fixed length), and the rows per (sequence, head) and the heads its grid spans."""
-    pack = not varlen and is_decoding(T_q) and H > H_kv
+    (a decoding step: ``T_q``, for a packed batch its longest sequence, at most ``DECODE_ROWS``), and the
+    rows per (sequence, head) and the heads its grid spans."""
+    pack = is_decoding(T_q) and H > H_kv
     return (pack, T_q * (H // H_kv), H_kv) if pack else (pack, T_q, H)
 
 
@@ -346,7 +350,7 @@ def planned_splits(num_splits: int, B: int, H: int, H_kv: int, T_q: int, T_k: in
     the launch will have); never more than one for packed (varlen) batches."""
     if varlen:
         return 1
-    _, rows, heads = grid_rows(T_q, H, H_kv, varlen)
+    _, rows, heads = grid_rows(T_q, H, H_kv)
     sms = None if INTERPRET else flash_split.multiprocessors(device)
     return flash_split.num_splits(num_splits, B=B, H=heads, T_q=rows, T_k=T_k, sms=sms)
 
@@ -383,7 +387,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         sq, sk, sv = _strides(q, 4), _strides(k, 4), _strides(v, 4)
         out, lse = forward_buffers(q, varlen)  # out (B, H, T_q, D) contiguous, lse (B, H, T_q)
         so, sl = out.stride(), lse.stride()
-    pack, rows, heads = grid_rows(T_q, H, H_kv, varlen)
+    pack, rows, heads = grid_rows(T_q, H, H_kv)
     splits = planned_splits(num_splits, B, H, H_kv, T_q, T_k, q.device, varlen)
     if splits > 1:  # the kernel writes one partial result per slice; the combine writes out and lse
         part, part_lse = flash_split.split_buffers(q, splits)  # (B, S, H, T_q, D), (B, S, H, T_q) float32

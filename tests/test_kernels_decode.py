@@ -201,6 +201,19 @@ def test_split_kernels_compile_for_hopper(variant, T_q):
     compile_launch(*combine, HOPPER)
 
 
+@pytest.mark.parametrize("variant", ["pointer", "tma"])
+def test_a_packed_batch_s_decoding_kernel_compiles_for_hopper(variant):
+    """A packed batch of one-token sequences with GQA, as the GPU compiles it: the group's heads packed into
+    16-row tiles (mma.sync), unsplit; through TMA the keys and values, but for each sequence's overhanging
+    tile, come through the descriptors."""
+    from attn_course.kernels._compile import HOPPER, compile_launch, forward_launches
+
+    (fn, args, kwargs), = forward_launches(variant, BF16, 128, T=4096, T_q=1, varlen=True)
+    assert kwargs["IS_VARLEN"] and kwargs["PACK_GQA"] and not kwargs["SPLIT_K"] and kwargs["BLOCK_M"] == 16
+    ptx = compile_launch(fn, args, dict(kwargs), HOPPER).asm["ptx"]
+    assert "mma.sync" in ptx and ("cp.async.bulk.tensor" in ptx) == (variant == "tma")
+
+
 # ---- 16-row tiles for decoding ----------------------------------------------------------------------------
 
 def test_the_autotuner_times_decoding_tiles_only_for_decoding_steps():
@@ -268,7 +281,8 @@ def test_the_interpreter_runs_decoding_steps_with_16_rows(T_q, rows):
     (8, 1, 5, False, True),  # MQA, 5 tokens: 40 rows per key/value head
     (8, 8, 1, False, False),  # MHA: nothing to share
     (8, 2, 17, False, False),  # past decoding: a tile of one head's queries already fills its rows
-    (8, 2, 1, True, False),  # packed (varlen) batches keep one head per program
+    (8, 2, 1, True, True),  # a packed (varlen) batch of one token per sequence packs alike
+    (8, 8, 1, True, False),
 ])
 def test_decoding_with_gqa_packs_a_groups_heads_into_one_program(H, H_kv, T_q, varlen, packed):
     """The grid then has one program per key/value head (its keys and values read once, not once per
@@ -291,6 +305,48 @@ def test_decoding_with_gqa_packs_a_groups_heads_into_one_program(H, H_kv, T_q, v
     rows = kwargs["BLOCK_M"]
     want = (-(-T_q * H // H_kv // rows), H_kv, B) if packed else (-(-T_q // rows), H, B)
     assert grids == [want]
+
+
+@pytest.mark.parametrize("variant", ["pointer", "tma"])
+def test_a_packed_batch_of_decoding_steps_packs_gqa_and_is_right(variant, monkeypatch):
+    """``flash_attention_varlen`` with every sequence at most 16 queries long (a decoding step of several
+    sequences, one of them empty) and 6 query heads on 2 key/value heads: the group's heads share a
+    program's rows, each sequence's rows stop at its own length, and every sequence matches attention
+    on it alone, forward and backward (the backward does not pack); the same answer as with packing off."""
+    from test_kernels_common import grads, reference
+    from test_kernels_varlen import packed, per_sequence
+
+    from attn_course.kernels import flash_attention_varlen
+
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    lens_q, lens_k = [1, 6, 0, 2], [40, 9, 5, 100]  # (6 tokens of 3 heads: 18 rows, past one 16-row block)
+    (q, cu_q), (k, cu_k), (v, _), (dout, _) = (packed(lens, h, 16, F32, seed) for lens, h, seed in (
+        (lens_q, 6, 0), (lens_k, 2, 1), (lens_k, 2, 2), (lens_q, 6, 3)))
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    fwd = kernel_module("flash_fwd", CPU)
+    from attn_course.kernels._compile import recorded_launches
+
+    (_, _, kwargs), = recorded_launches(fwd, ["_attn_fwd"], lambda: fwd.attn_fwd_launch(
+        q, k, v, scale=0.25, window=(1 << 30, 0), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=6))
+    assert kwargs["PACK_GQA"] and kwargs["IS_VARLEN"]
+    out = flash_attention_varlen(*leaves, cu_q, cu_k, max(lens_q), max(lens_k), causal=True, window=(30, 0))
+    dq, dk, dv = torch.autograd.grad(out, leaves, dout)
+    for b in range(len(lens_q)):
+        if not lens_q[b]:  # no queries: its keys and values get no gradient
+            assert not per_sequence(dk, cu_k, b).any() and not per_sequence(dv, cu_k, b).any()
+            continue
+        qb, kb, vb, gb = (per_sequence(x, c, b).repeat_interleave(3 if x.shape[1] == 2 else 1, 1)
+                          for x, c in ((q, cu_q), (k, cu_k), (v, cu_k), (dout, cu_q)))
+        ref = lambda q_, k_, v_: reference(q_, k_, v_, True, (30, 0))  # noqa: E731
+        assert max_err(per_sequence(out, cu_q, b), ref(qb, kb, vb)) < 2e-5, f"out of sequence {b}"
+        want_dq, want_dk, want_dv = grads(ref, qb, kb, vb, gb)
+        assert max_err(per_sequence(dq, cu_q, b), want_dq) < 2e-5, f"dq of sequence {b}"
+        for name, got, want in (("dk", dk, want_dk), ("dv", dv, want_dv)):  # (summed over each group of 3)
+            assert max_err(per_sequence(got, cu_k, b), want.unflatten(1, (2, 3)).sum(2)) < 2e-5, f"{name} of {b}"
+    monkeypatch.setattr(fwd, "DECODE_ROWS", 0)  # packing off: one head per program, usual tiles
+    with torch.no_grad():
+        plain = flash_attention_varlen(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=True, window=(30, 0))
+    assert max_err(plain, out) < 1e-6
 
 
 def test_packed_rows_match_one_head_at_a_time(monkeypatch):
