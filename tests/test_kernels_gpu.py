@@ -129,6 +129,25 @@ def test_compiled_varlen_matches_attention_per_sequence(variant, monkeypatch):
         assert torch.equal(again[sl], out[sl]), f"sequence {b} changed when sequence 1 became NaN ({variant})"
 
 
+def test_a_packed_batch_of_decoding_steps_on_the_gpu():
+    """Sixteen sequences of one to three new tokens against their own long keys, GQA 32/8 (the groups packed
+    into program rows): each against attention on it alone."""
+    lens_q = [1 + i % 3 for i in range(16)]
+    lens_k = [500 + 317 * i for i in range(16)]
+    cu_q, cu_k = (torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+                  for lens in (lens_q, lens_k))
+    q = torch.randn(sum(lens_q), 32, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(sum(lens_k), 8, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    out = flash_attention_varlen(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=True)
+    for b in range(16):
+        sl_q, sl_k = slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b + 1]))
+        qb, kb, vb = (x[s].transpose(0, 1).unsqueeze(0) for x, s in ((q, sl_q), (k, sl_k), (v, sl_k)))
+        kb, vb = kb.repeat_interleave(4, 1), vb.repeat_interleave(4, 1)
+        assert_close_by_rule(f"sequence {b}", out[sl_q].transpose(0, 1).unsqueeze(0),
+                             reference(qb, kb, vb, causal=True), torch_same_dtype(qb, kb, vb, causal=True),
+                             torch.bfloat16)
+
+
 def test_cpu_and_gpu_agree():
     """The interpreter and the compiler run the same kernel in one process: their answers agree closely
     (and the interpreted launch leaves Triton able to compile the GPU one, see _runtime._restore)."""
