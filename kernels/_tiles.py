@@ -22,9 +22,9 @@ two backward kernels agree on it by construction:
 * ``load_rows`` / ``store_rows``: one tile of rows of a ``[B, H, T, D]`` tensor, either through pointers
   (masked on masked tiles) or through a tensor descriptor (TMA on Hopper, see ``_variants``). A packed
   batch's descriptor is one ``[1, H, total_T, D]`` view (``desc_batch``); the tile that overhangs a
-  sequence's end goes through pointers (``overhang``), and so do a packed batch's stores.
-  ``WIDE`` makes their offsets within a sequence 64-bit: ``row * stride_t`` passes 2^31 in a long sequence whose
-  rows are far apart (flash-attn's ``[B, T, H, D]`` layout puts ``H * D`` elements between rows), and a
+  sequence's end goes through pointers (``overhang``), and so do a packed batch's stores. ``WIDE`` makes
+  their offsets within a sequence 64-bit: ``row * stride_t`` passes 2^31 in a long sequence whose rows
+  are far apart (flash-attn's ``[B, T, H, D]`` layout puts ``H * D`` elements between rows), and a
   32-bit product wraps around to an address before the tensor. 64-bit offsets cost registers the
   backward kernels do not have to spare at D = 256, so the host asks for them only where some tensor
   needs them (:func:`needs_wide_offsets`); where a sequence starts is always computed in 64 bits.
