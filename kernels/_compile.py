@@ -86,8 +86,11 @@ def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, 
     ``varlen``: the same tokens as one packed batch of two sequences of unequal lengths (:func:`_packed`)."""
     fwd = kernel_module("flash_fwd", CUDA)
     q, k, v = (torch.randn(2, h, t, D).to(dtype) for h, t in ((4, T_q or T), (2, T), (2, T)))
-    packed = _packed(q, k) if varlen else {}
-    q, k, v = (_pack(x) for x in (q, k, v)) if varlen else (q, k, v)
+    packed = {}
+    if varlen:
+        cu_q, cu_k, max_q, _ = _packed(q, k)
+        packed = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q)
+        q, k, v = (_pack(x) for x in (q, k, v))
 
     def run():
         fwd.attn_fwd_launch(q, k, v, scale=D ** -0.5, window=CAUSAL, num_splits=num_splits, seqused_k=seqused_k,
@@ -107,8 +110,8 @@ def backward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None,
     out, dout, lse = torch.randn_like(q), torch.randn_like(q), torch.zeros(2, 4, T)
     packed = {}
     if varlen:
-        cu = _packed(q, k)
-        packed = dict(cu_seqlens_q=cu["cu_seqlens_q"], cu_seqlens_k=cu["cu_seqlens_k"], max_seqlens=(T, T))
+        cu_q, cu_k, max_q, max_k = _packed(q, k)
+        packed = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlens=(max_q, max_k))
         q, k, v, out, dout = (_pack(x) for x in (q, k, v, out, dout))
         lse = lse.transpose(0, 1).reshape(4, 2 * T)  # (H, total_T)
     with _variants.settings(kernel=variant, autotune=False), _default_config(bwd, config):
@@ -122,14 +125,14 @@ def _pack(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])  # (2, T, H, D) -> (2 T, H, D)
 
 
-def _packed(q: torch.Tensor, k: torch.Tensor) -> dict:
-    """The varlen arguments that cut :func:`_pack`'s ``2 T`` tokens into two sequences of unequal lengths
-    (``T - 37`` and ``T + 37`` for ``T > 37``): ragged tiles in both."""
+def _packed(q: torch.Tensor, k: torch.Tensor):
+    """``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)`` cutting :func:`_pack`'s ``2 T`` tokens into
+    two sequences of unequal lengths (``T - 37`` and ``T + 37`` for ``T > 37``): ragged tiles in both."""
     def cu(T):
         cut = T - 37 if T > 37 else T
         return torch.tensor([0, cut, 2 * T], dtype=torch.int32), 2 * T - cut
-    (cu_q, max_q), (cu_k, _) = cu(q.shape[2]), cu(k.shape[2])
-    return dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q)
+    (cu_q, max_q), (cu_k, max_k) = cu(q.shape[2]), cu(k.shape[2])
+    return cu_q, cu_k, max_q, max_k
 
 
 @contextlib.contextmanager
