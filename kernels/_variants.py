@@ -181,6 +181,11 @@ def config(bm: int, bn: int, warps: int, stages: int, hook=None, **meta) -> trit
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, **meta}, num_warps=warps, num_stages=stages, pre_hook=hook)
 
 
+def tile_of(c: triton.Config) -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, warps, stages)``: what :func:`config` was given."""
+    return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages
+
+
 def launch_plan(interpreted: bool, *, interpreter_meta: dict, default: triton.Config):
     """``(tiles, meta, tune)`` for one launch: the block sizes to build descriptors with, the launch's
     extra keyword arguments, and whether to go through the autotuner (whose pre-hook then resets the

@@ -307,6 +307,10 @@ SPILLS = {
 WIDE_DKDV_TILES = [(32, 32, 8, 2), (16, 32, 8, 2)]
 WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2)]  # (64, 32, 4, 2) spills 40 B under triton 3.6
 TMA_HEAD_DIMS = (16, 32, 64, 128)
+INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
+PREPROCESS_BLOCK = 64
+_DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_do", "BLOCK_M"),
+                ("desc_dq", "BLOCK_M"), ("desc_dk", "BLOCK_N"), ("desc_dv", "BLOCK_N"))
 
 
 # A packed batch's backward runs pointers under auto (tma_pays below), and for packed batches these of
@@ -327,7 +331,7 @@ def prune_for_packing(kernel: str, configs: list[triton.Config], nargs: dict, **
     if not kwargs["IS_VARLEN"] or nargs["Q"].element_size() != 2:
         return configs
     spills = PACKED_POINTER_SPILLS.get((kernel, kwargs["HEAD_DIM"]), [])
-    return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) not in spills]
+    return [c for c in configs if _variants.tile_of(c) not in spills]
 
 
 def tma_pays(D: int, varlen: bool) -> bool:
@@ -338,10 +342,6 @@ def tma_pays(D: int, varlen: bool) -> bool:
     varlen" and "dq varlen" of benchmarks/results/kernel_resources_sm90*.json). ``ATTN_COURSE_KERNEL=tma``
     still runs it."""
     return D in TMA_HEAD_DIMS and not varlen
-INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
-PREPROCESS_BLOCK = 64
-_DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_do", "BLOCK_M"),
-                ("desc_dq", "BLOCK_M"), ("desc_dk", "BLOCK_N"), ("desc_dv", "BLOCK_N"))
 
 
 def candidate_tiles(kernel: str, D: int) -> list[tuple[int, int, int, int]]:

@@ -186,7 +186,7 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
     def offered(r):
         variant = _variants.VARIANTS[r["variant"]]
         if r["part"] == "decode":  # (both variants: a cache whose strides TMA refuses runs pointers)
-            return any([c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages] == r["tile"]
+            return any(list(_variants.tile_of(c)) == r["tile"]
                        for c in fwd.configs(variant, r["D"]) if c.kwargs["BLOCK_M"] == fwd.DECODE_ROWS)
         part, varlen = r["part"].removesuffix(" varlen"), r["part"].endswith(" varlen")
         tma_pays = part == "forward" or bwd.tma_pays(r["D"], varlen)
@@ -200,7 +200,7 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
                 space = bwd.prune_for_packing(part, space, {"Q": torch.empty(0, dtype=torch.float16)},
                                               HEAD_DIM=r["D"], IS_VARLEN=True)
         ws = r["variant"] == "tma+ws"
-        return any([c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages] == r["tile"]
+        return any(list(_variants.tile_of(c)) == r["tile"]
                    and c.kwargs.get("WARP_SPEC", False) == ws for c in space)
 
     def tensor_cores(r):
@@ -251,9 +251,6 @@ def test_a_packed_batch_s_pointer_backward_skips_exactly_the_tiles_that_spill(mo
     pointer = _variants.VARIANTS["pointer"]
     monkeypatch.setattr(_variants, "_autotuned", {})
 
-    def shape(c):
-        return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages
-
     for kernel in ("dkdv", "dq"):
         for D in (64, 128):
             rows = [r for report in reports for r in report["rows"] if r["part"] == f"{kernel} varlen"
@@ -266,7 +263,7 @@ def test_a_packed_batch_s_pointer_backward_skips_exactly_the_tiles_that_spill(mo
                                         prune=functools.partial(bwd.prune_for_packing, kernel))
             for dtype, varlen in ((torch.bfloat16, True), (torch.bfloat16, False), (torch.float32, True)):
                 tuner.nargs = {"Q": torch.empty(0, dtype=dtype)}
-                kept = {shape(c) for c in tuner.prune_configs({"HEAD_DIM": D, "IS_VARLEN": varlen})}
+                kept = {_variants.tile_of(c) for c in tuner.prune_configs({"HEAD_DIM": D, "IS_VARLEN": varlen})}
                 skip = spilling if varlen and dtype != torch.float32 else set()
-                assert kept and kept == {shape(c) for c in space} - skip, (kernel, D, dtype, varlen)
-            assert shape(bwd.default_config(kernel, D, 2, packed=True)) not in spilling
+                assert kept and kept == {_variants.tile_of(c) for c in space} - skip, (kernel, D, dtype, varlen)
+            assert _variants.tile_of(bwd.default_config(kernel, D, 2, packed=True)) not in spilling
