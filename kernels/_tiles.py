@@ -28,6 +28,9 @@ two backward kernels agree on it by construction:
   32-bit product wraps around to an address before the tensor. 64-bit offsets cost registers the
   backward kernels do not have to spare at D = 256, so the host asks for them only where some tensor
   needs them (:func:`needs_wide_offsets`); where a sequence starts is always computed in 64 bits.
+* ``dot`` / ``narrow``: a tile product accumulated in float32, and the cast of a float32 tile to the
+  inputs' dtype (for the next product, or to store), each with a workaround for the interpreter's
+  bfloat16: its ``tl.dot`` is wrong and its cast truncates, where a GPU rounds to nearest even.
 * ``launch_grid`` / ``batch_chunks``: every kernel runs on a grid of ``(blocks, H, B)`` programs, read
   back with ``tl.program_id(0, 1, 2)``: the blocks of one (sequence, head) are neighbours, sharing its keys
   and values in the L2 cache. CUDA allows 2^31 - 1 programs along a grid's x axis but only 65,535 along y
@@ -91,20 +94,40 @@ def needs_wide_offsets(time_dim: int, *tensors) -> bool:
 
 
 @triton.jit
-def dot(a, b, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+def dot(a, b, INTERP_BF16: tl.constexpr, IEEE: tl.constexpr):
     """``a @ b`` accumulated in float32.
 
-    ``UPCAST``: compute in float32 (works around the interpreter's wrong bfloat16 ``tl.dot``, triton
-    issue #11584). ``IEEE``: full float32 products instead of TF32 (for float32 inputs: TF32 keeps only
-    10 mantissa bits and would miss the float32 tolerance).
+    ``INTERP_BF16`` (bfloat16 inputs in the interpreter): compute in float32, which works around the
+    interpreter's wrong bfloat16 ``tl.dot`` (triton issue #11584). ``IEEE``: full float32 products instead
+    of TF32 (for float32 inputs: TF32 keeps only 10 mantissa bits and would miss the float32 tolerance).
     """
-    if UPCAST:
+    if INTERP_BF16:
         c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     elif IEEE:
         c = tl.dot(a, b, input_precision="ieee")
     else:
         c = tl.dot(a, b)
     return c
+
+
+@triton.jit
+def narrow(x, dtype: tl.constexpr, INTERP_BF16: tl.constexpr):
+    """``x`` (float32) cast to ``dtype``, rounded to the nearest (ties to even) as a GPU's cast rounds.
+
+    ``INTERP_BF16`` (bfloat16 kernels in the interpreter): the interpreter's float32 -> bfloat16 cast drops
+    the low 16 bits instead, rounding toward zero: twice a GPU's error, every value pulled towards zero,
+    and in sums of many rounded terms (dK and dV over every query) the errors add up rather than cancel.
+    So the rounding is done here on the bits: add half of the dropped part's unit, less one, plus the
+    lowest kept bit (so that a tie goes to the even neighbour), then drop the low half. A NaN keeps the
+    plain cast (the add could carry its payload into the sign); infinities and overflow come out right.
+    """
+    y = x.to(dtype)
+    if INTERP_BF16:
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits += 0x7FFF + ((bits >> 16) & 1)
+            y = tl.where(x == x, (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), y)
+    return y
 
 
 @triton.jit

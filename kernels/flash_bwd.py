@@ -41,6 +41,7 @@ from ._tiles import (
     key_tiles,
     launch_grid,
     load_rows,
+    narrow,
     needs_wide_offsets,
     overhang,
     query_tiles,
@@ -85,7 +86,7 @@ def _dkdv_tiles(
     start, end,  # query range to walk, [start, end)
     T_q, T_k, window_left, window_right, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
+    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     for m0 in range(start, end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -100,14 +101,15 @@ def _dkdv_tiles(
         else:
             lse = tl.load(Lse + offs_m * stride_lt)
             delta = tl.load(Delta + offs_m * stride_lt)
-        sT = dot(k, qT, UPCAST, IEEE) * qk_scale  # (BLOCK_N, BLOCK_M) scores, transposed, log2 units
+        sT = dot(k, qT, INTERP_BF16, IEEE) * qk_scale  # (BLOCK_N, BLOCK_M) scores, transposed, log2 units
         pT = tl.math.exp2(sT - lse[None, :] * 1.4426950408889634)  # probabilities, recomputed
         if MASKED:  # also zeroes rows with no allowed key, whose lse is -inf
             pT = tl.where(tl.trans(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right)), pT, 0.0)
-        dv += dot(pT.to(do.dtype), do, UPCAST, IEEE)  # (BLOCK_N, HEAD_DIM)
-        dpT = dot(v, tl.trans(do), UPCAST, IEEE)  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
+        dv += dot(narrow(pT, do.dtype, INTERP_BF16), do, INTERP_BF16, IEEE)  # (BLOCK_N, HEAD_DIM)
+        dpT = dot(v, tl.trans(do), INTERP_BF16, IEEE)  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
         dsT = pT * (dpT - delta[None, :])
-        dk += dot(dsT.to(qT.dtype), tl.trans(qT), UPCAST, IEEE)  # (BLOCK_N, HEAD_DIM), scaled at the end
+        ds_low = narrow(dsT, qT.dtype, INTERP_BF16)  # (BLOCK_N, BLOCK_M) in the inputs' dtype, for the MMA
+        dk += dot(ds_low, tl.trans(qT), INTERP_BF16, IEEE)  # (BLOCK_N, HEAD_DIM), scaled at the end
     return dk, dv
 
 
@@ -127,7 +129,7 @@ def _bwd_dkdv(
     qk_scale, scale,  # softmax scale * log2(e), and the plain softmax scale
     window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
+    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     """One program: ``BLOCK_N`` keys of one key/value head of one sequence; sums over its query heads."""
     pid_n, h_kv, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # (see _tiles.launch_grid)
@@ -165,27 +167,28 @@ def _bwd_dkdv(
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, BLOCK_M, True, UPCAST, IEEE, TMA, WIDE)
+                             HEAD_DIM, BLOCK_M, True, INTERP_BF16, IEEE, TMA, WIDE)
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, BLOCK_M, False, UPCAST, IEEE, TMA, WIDE)
+                             HEAD_DIM, BLOCK_M, False, INTERP_BF16, IEEE, TMA, WIDE)
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, BLOCK_M, True, UPCAST, IEEE, TMA, WIDE)
+                             HEAD_DIM, BLOCK_M, True, INTERP_BF16, IEEE, TMA, WIDE)
         if TAIL:  # the query tile that overhangs the sequence's end, if any: through masked pointer loads
             dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                                  stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                                  offs_n, tail, hi, T_q, T_k, window_left, window_right, qk_scale,
-                                 HEAD_DIM, BLOCK_M, True, UPCAST, IEEE, False, WIDE)
+                                 HEAD_DIM, BLOCK_M, True, INTERP_BF16, IEEE, False, WIDE)
 
     # (dK and dV share a layout; a packed batch stores through pointers, which clip at its sequence's end)
     out_off = b64 * stride_dkb + hkv64 * stride_dkh + k_start64 * stride_dkt
-    store_rows(dK + out_off, desc_dk, b, h_kv, n_start, (dk * scale).to(dK.dtype.element_ty), stride_dkt, stride_dkd,
-               T_k, BLOCK_N, HEAD_DIM, TMA and not IS_VARLEN, WIDE)
-    store_rows(dV + out_off, desc_dv, b, h_kv, n_start, dv.to(dV.dtype.element_ty), stride_dkt, stride_dkd,
-               T_k, BLOCK_N, HEAD_DIM, TMA and not IS_VARLEN, WIDE)
+    dk, dv = narrow(dk * scale, dK.dtype.element_ty, INTERP_BF16), narrow(dv, dV.dtype.element_ty, INTERP_BF16)
+    store_rows(dK + out_off, desc_dk, b, h_kv, n_start, dk, stride_dkt, stride_dkd, T_k, BLOCK_N, HEAD_DIM,
+               TMA and not IS_VARLEN, WIDE)
+    store_rows(dV + out_off, desc_dv, b, h_kv, n_start, dv, stride_dkt, stride_dkd, T_k, BLOCK_N, HEAD_DIM,
+               TMA and not IS_VARLEN, WIDE)
 
 
 @triton.jit
@@ -195,7 +198,7 @@ def _dq_tiles(
     desc_k, desc_v, tb, h_kv, k_first,  # descriptors over k and v, and where this (sequence, kv head) is
     offs_m, start, end, T_q, T_k, window_left, window_right, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
+    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -203,13 +206,14 @@ def _dq_tiles(
                        True, WIDE)
         vT = load_rows(V, desc_v, tb, h_kv, n0, k_first, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA,
                        True, WIDE)
-        s = dot(q, kT, UPCAST, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N)
+        s = dot(q, kT, INTERP_BF16, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.math.exp2(s - lse[:, None])
         if MASKED:
             p = tl.where(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right), p, 0.0)
-        dp = dot(do, vT, UPCAST, IEEE)  # (BLOCK_M, BLOCK_N)
+        dp = dot(do, vT, INTERP_BF16, IEEE)  # (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])
-        dq += dot(ds.to(kT.dtype), tl.trans(kT), UPCAST, IEEE)  # (BLOCK_M, HEAD_DIM), scaled at the end
+        ds_low = narrow(ds, kT.dtype, INTERP_BF16)  # (BLOCK_M, BLOCK_N) in the inputs' dtype, for the MMA
+        dq += dot(ds_low, tl.trans(kT), INTERP_BF16, IEEE)  # (BLOCK_M, HEAD_DIM), scaled at the end
     return dq
 
 
@@ -227,7 +231,7 @@ def _bwd_dq(
     TUNE_T_Q, TUNE_T_K,  # the lengths rounded up to a power of two: the autotuner's key, unused here
     H, GROUP, qk_scale, scale, window_left, window_right,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
+    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     """One program: ``BLOCK_M`` queries of one head of one sequence, walking over the keys it may see."""
     pid_m, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # (see _tiles.launch_grid)
@@ -264,19 +268,20 @@ def _bwd_dq(
     tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
                    k_start, offs_m, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
-                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, WIDE)
+                   HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, TMA, WIDE)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
                    k_start, offs_m, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                   HEAD_DIM, BLOCK_N, False, UPCAST, IEEE, TMA, WIDE)
+                   HEAD_DIM, BLOCK_N, False, INTERP_BF16, IEEE, TMA, WIDE)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
                    k_start, offs_m, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
-                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, WIDE)
+                   HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, TMA, WIDE)
     if TAIL:
         dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb,
                        h_kv, k_start, offs_m, tail, hi, T_q, T_k, window_left, window_right, qk_scale,
-                       HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, False, WIDE)
+                       HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, False, WIDE)
     dQh = dQ + b64 * stride_dqb + h64 * stride_dqh + q_start64 * stride_dqt
-    store_rows(dQh, desc_dq, b, h, m_start, (dq * scale).to(dQ.dtype.element_ty), stride_dqt, stride_dqd, T_q,
+    dq = narrow(dq * scale, dQ.dtype.element_ty, INTERP_BF16)
+    store_rows(dQh, desc_dq, b, h, m_start, dq, stride_dqt, stride_dqd, T_q,
                BLOCK_M, HEAD_DIM, TMA and not IS_VARLEN, WIDE)  # (packed: pointers clip at the sequence's end)
 
 
@@ -400,8 +405,8 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
     dq, dk, dv = backward_buffers(q, k, v)  # contiguous, like q, k, v
     sq, sk, sv, sg, so = (_views(x, varlen) for x in (q, k, v, dout, out))
     sdq, sdk = _views(dq, varlen), _views(dk, varlen)
-    upcast = INTERPRET and q.dtype == torch.bfloat16
-    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, UPCAST=upcast, IEEE=q.dtype == torch.float32,
+    interp_bf16 = INTERPRET and q.dtype == torch.bfloat16  # see _tiles.dot and _tiles.narrow
+    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, INTERP_BF16=interp_bf16, IEEE=q.dtype == torch.float32,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, dout, dq, dk, dv))
     window_args = (scale * LOG2E, scale, window[0], window[1])
     tune_lengths = _variants.tuning_lengths(T_q, T_k)

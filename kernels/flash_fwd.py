@@ -51,6 +51,7 @@ from ._tiles import (
     key_tiles_between,
     launch_grid,
     load_rows,
+    narrow,
     needs_wide_offsets,
     overhang,
     packed_offsets,
@@ -72,7 +73,7 @@ def _fwd_tiles(
     T_q, T_k, window_left, window_right, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,  # build the (query, key) mask? False on full tiles
-    UPCAST: tl.constexpr, IEEE: tl.constexpr,  # see _tiles.dot
+    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr,  # see _tiles.dot and _tiles.narrow
     TMA: tl.constexpr, WARP_SPEC: tl.constexpr,  # see _variants
     WIDE: tl.constexpr,  # 64-bit offsets within a sequence (see _tiles)
 ):
@@ -82,7 +83,7 @@ def _fwd_tiles(
                        True, WIDE)
         v = load_rows(V, desc_v, tb, h_kv, n0, k_first, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA,
                       False, WIDE)
-        s = dot(q, kT, UPCAST, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N) scores in log2 units
+        s = dot(q, kT, INTERP_BF16, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N) scores in log2 units
         if MASKED:
             s = tl.where(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -93,7 +94,7 @@ def _fwd_tiles(
         alpha = tl.math.exp2(m_i - m_use)  # (BLOCK_M,) rescales what we summed under the old max
         p = tl.math.exp2(s - m_use[:, None])  # (BLOCK_M, BLOCK_N) unnormalised probabilities
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, UPCAST, IEEE)  # (BLOCK_M, HEAD_DIM)
+        acc = acc * alpha[:, None] + dot(narrow(p, v.dtype, INTERP_BF16), v, INTERP_BF16, IEEE)  # (BLOCK_M, HEAD_DIM)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -121,7 +122,7 @@ def _attn_fwd(
     BLOCK_N: tl.constexpr,  # keys per loop step
     IS_VARLEN: tl.constexpr,
     HAS_SEQUSED_K: tl.constexpr,  # sequence b sees only its first seqused_k[b] keys
-    UPCAST: tl.constexpr, IEEE: tl.constexpr,
+    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr,
     TMA: tl.constexpr,  # tiles through the descriptors (packed batches: one [1, H, total_T, D] view each)
     WARP_SPEC: tl.constexpr,  # one masked key loop, warp-specialised by the compiler
     WIDE: tl.constexpr,  # 64-bit offsets within a sequence (see _tiles)
@@ -199,26 +200,26 @@ def _attn_fwd(
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, hi, T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, True, WIDE)
+                                   HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, TMA, True, WIDE)
     else:  # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
         tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)  # (hi unless TAIL; full tiles never overhang)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False, WIDE)
+                                   HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, BLOCK_N, False, UPCAST, IEEE, TMA, False, WIDE)
+                                   HEAD_DIM, BLOCK_N, False, INTERP_BF16, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, TMA, False, WIDE)
+                                   HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, TMA, False, WIDE)
         if TAIL:  # the tile that overhangs the keys' end, if any: through masked pointer loads
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                        stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                        tail, hi, T_q, T_k, window_left, window_right, qk_scale,
-                                       HEAD_DIM, BLOCK_N, True, UPCAST, IEEE, False, False, WIDE)
+                                       HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, False, False, WIDE)
 
     # epilogue: normalise; a row that saw no allowed key has l = 0 and gets out = 0, lse = -inf
     # (with SPLIT_K: no allowed key *in this slice*; the combine gives such a slice no weight)
@@ -228,13 +229,13 @@ def _attn_fwd(
     lse = tl.where(alive, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # natural log
     if PACK_GQA:
         o_rows = packed_offsets(offs_m, GROUP, stride_ot, stride_oh)  # (BLOCK_M,)
-        tl.store(Out + o_rows[:, None] + offs_d[None, :] * stride_od, out.to(Out.dtype.element_ty),
+        tl.store(Out + o_rows[:, None] + offs_d[None, :] * stride_od, narrow(out, Out.dtype.element_ty, INTERP_BF16),
                  mask=row_ok[:, None])
         tl.store(Lse + packed_offsets(offs_m, GROUP, stride_lt, stride_lh), lse, mask=row_ok)
     else:  # through pointers for a split (desc_o describes out, not the partials) and for a packed batch,
         # whose tile may overhang its sequence into the next one's rows (the copy engine clips only at the end)
-        store_rows(Out, desc_o, b, h, m_start, out.to(Out.dtype.element_ty), stride_ot, stride_od, T_q,
-                   BLOCK_M, HEAD_DIM, TMA and not SPLIT_K and not IS_VARLEN, WIDE)
+        store_rows(Out, desc_o, b, h, m_start, narrow(out, Out.dtype.element_ty, INTERP_BF16), stride_ot, stride_od,
+                   T_q, BLOCK_M, HEAD_DIM, TMA and not SPLIT_K and not IS_VARLEN, WIDE)
         tl.store(Lse + offs_m * stride_lt, lse, mask=offs_m < T_q)
 
 
@@ -397,11 +398,11 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         targets = (part, part_lse)
     else:
         split_strides, targets = (0, 0), (out, lse)
-    upcast = INTERPRET and q.dtype == torch.bfloat16
+    interp_bf16 = INTERPRET and q.dtype == torch.bfloat16  # see _tiles.dot and _tiles.narrow
     strides = (*sq, *sk, *sv, *so, *sl, *split_strides)
     scalars = (T_q, T_k, *_variants.tuning_lengths(T_q, T_k), H, H // H_kv, scale * LOG2E, window[0], window[1],
                splits)
-    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_SEQUSED_K=seqused_k is not None, UPCAST=upcast,
+    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_SEQUSED_K=seqused_k is not None, INTERP_BF16=interp_bf16,
                  IEEE=q.dtype == torch.float32, SPLIT_K=splits > 1, PACK_GQA=pack,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, targets[0][:, 0] if splits > 1 else out))
 
@@ -427,7 +428,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
             kernel[grid](*tensors, *strides, *descs, *cus, used, *scalars, **flags, TMA=variant.tma, **meta)
             if splits > 1:
                 flash_split.combine_splits(*tensors[3:], out[b0:b1], lse[b0:b1],
-                                           launch_grid(T_q, flash_split.COMBINE_ROWS, H, b1 - b0))
+                                           launch_grid(T_q, flash_split.COMBINE_ROWS, H, b1 - b0), INTERPRET)
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():
         # (packed batches and caches read a sequence's overhanging tile in a loop of its own, which the

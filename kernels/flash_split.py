@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiles import narrow
+
 MAX_SPLITS = 128  # more slices only add partial results to write and combine
 MIN_KEYS_PER_SPLIT = 256  # a slice's fixed costs (load q, write a partial row) want a few key tiles behind them
 ROWS_PER_PROGRAM = 64  # the fewest query rows a GPU config gives a program: ceil(T_q / 64) bounds programs per head
@@ -91,6 +93,7 @@ def _combine_splits(
     T_q, S,  # query rows per (sequence, head); number of slices
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,  # query rows per program
+    INTERP_BF16: tl.constexpr,  # a bfloat16 out in the interpreter: see _tiles.narrow
 ):
     pid_m, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # as the forward's grid, unsplit
     b64, h64 = b.to(tl.int64), h.to(tl.int64)
@@ -124,20 +127,23 @@ def _combine_splits(
     lse = tl.where(alive, m_i + tl.log(l_safe), float("-inf"))
     Out += b64 * stride_ob + h64 * stride_oh
     Lse += b64 * stride_lb + h64 * stride_lh
-    tl.store(Out + rows[:, None] * stride_ot + offs_d[None, :] * stride_od, out.to(Out.dtype.element_ty),
-             mask=row_ok[:, None])
+    out = narrow(out, Out.dtype.element_ty, INTERP_BF16)  # (BLOCK_M, HEAD_DIM) in out's dtype
+    tl.store(Out + rows[:, None] * stride_ot + offs_d[None, :] * stride_od, out, mask=row_ok[:, None])
     tl.store(Lse + rows * stride_lt, lse, mask=row_ok)
 
 
 COMBINE_ROWS = 16  # query rows per combine program: decoding has 1, and the combine is a few loads per row
 
 
-def combine_splits(part: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, grid) -> None:
+def combine_splits(part: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, grid,
+                   interpreted: bool) -> None:
     """Write ``out`` ``[B, H, T_q, D]`` and ``lse`` ``[B, H, T_q]`` from the partials of
-    :func:`split_buffers`. ``grid``: ``launch_grid``-shaped ``(blocks, H, B)`` for ``COMBINE_ROWS`` rows."""
+    :func:`split_buffers`. ``grid``: ``launch_grid``-shaped ``(blocks, H, B)`` for ``COMBINE_ROWS`` rows;
+    ``interpreted``: whether the launch runs in Triton's interpreter."""
     S, D = part.shape[1], part.shape[-1]
     _combine_splits[grid](part, part_lse, out, lse, *part.stride(), *part_lse.stride(), *out.stride(),
-                          *lse.stride(), out.shape[2], S, HEAD_DIM=D, BLOCK_M=COMBINE_ROWS)
+                          *lse.stride(), out.shape[2], S, HEAD_DIM=D, BLOCK_M=COMBINE_ROWS,
+                          INTERP_BF16=interpreted and out.dtype == torch.bfloat16)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,105 @@ def test_an_interpreted_launch_leaves_triton_language_as_it_found_it(tmp_path, m
     monkeypatch.delenv(_variants.KERNEL_ENV)
     (fn, args, kwargs), = forward_launches("tma", torch.float16, 64)
     assert "cp.async.bulk.tensor" in compile_launch(fn, args, kwargs).asm["ptx"]
+
+
+# --- the interpreter's bfloat16 casts ---------------------------------------------------------------------
+
+def _cast_rows(X, Y, N: tl.constexpr, OURS: tl.constexpr):
+    """Y = X cast to bfloat16: with ``_tiles.narrow`` (``OURS``) or with Triton's own cast. Decorated in the
+    test, in interpreted mode; ``narrow`` is the interpreted copy's (see ``_interpreted_tiles``)."""
+    offs = tl.arange(0, N)
+    x = tl.load(X + offs)
+    if OURS:
+        y = _TILES[0].narrow(x, tl.bfloat16, True)
+    else:
+        y = x.to(tl.bfloat16)
+    tl.store(Y + offs, y)
+
+
+_TILES: list = []
+
+
+def _interpreted_cast(monkeypatch):
+    """``cast(x, ours)``: float32 ``x`` (1-D, power-of-two length) to bfloat16 in Triton's interpreter."""
+    import triton
+
+    from attn_course.kernels._runtime import interpreter_scope
+
+    kernel_module("flash_fwd", torch.device("cpu"))
+    from attn_course.kernels._interpreted import _tiles
+
+    _TILES[:] = [_tiles]
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    kernel = triton.jit(_cast_rows)
+    monkeypatch.undo()
+
+    def cast(x: torch.Tensor, ours: bool) -> torch.Tensor:
+        y = torch.empty(x.shape, dtype=torch.bfloat16)
+        with interpreter_scope():
+            kernel[(1,)](x, y, N=x.numel(), OURS=ours)
+        return y
+
+    return cast
+
+
+def bfloat16_edge_values() -> torch.Tensor:
+    """float32 values where rounding to bfloat16 is easy to get wrong, then random ones: 1024 in all."""
+    bits = torch.tensor([
+        0x3F808000, 0x3F818000,  # ties: 1 + 2^-8 goes down to 1 (even), 1 + 3 * 2^-8 up to 1 + 2^-6 (even)
+        0x3F808001, 0x3F807FFF,  # just above and just below a tie
+        0x3F7FFFFF, 0x3FFFFFFF,  # round up across a power of two: 1 - 2^-24 -> 1, 2 - 2^-23 -> 2
+        0x7F7FFFFF, 0x7F7F7FFF,  # float32's largest: past bfloat16's largest, so inf; and just below that
+        0x7F800000, 0xFF800000, 0x7FC00000, 0x00000000, 0x80000000,  # inf, -inf, NaN, 0, -0
+        0x00000001, 0x00008000, 0x00018000, 0x807FFFFF,  # subnormals, a subnormal tie, the largest one (< 0)
+    ], dtype=torch.int64).to(torch.int32)  # (the int64 detour lets the literals above 2^31 wrap)
+    crafted = bits.view(torch.float32)
+    crafted = torch.cat([crafted, -crafted])
+    g = torch.Generator().manual_seed(0)
+    scales = torch.logspace(-30, 30, 1024 - crafted.numel(), base=2.0)
+    return torch.cat([crafted, torch.randn(scales.numel(), generator=g) * scales])
+
+
+def test_interpreted_bfloat16_casts_round_to_nearest_even_as_a_gpu_does(monkeypatch):
+    """A GPU's float32 -> bfloat16 cast rounds to nearest, ties to even (as torch's does). The interpreter's
+    drops the low 16 bits (triton 3.6 and 3.9): on the CPU a bfloat16 kernel had twice a GPU's rounding
+    error, all of it towards zero, and dK / dV summed over every query drifted past the tolerance rule
+    (a random packed case in test_kernels_random found it). ``_tiles.narrow`` rounds on the bits instead;
+    it must agree with torch bit for bit, NaN included."""
+    cast = _interpreted_cast(monkeypatch)
+    x = bfloat16_edge_values()
+    want = x.to(torch.bfloat16)
+    ours = cast(x, True)
+    nan = torch.isnan(x)
+    assert torch.isnan(ours[nan]).all()
+    wrong = (ours.view(torch.int16) != want.view(torch.int16)) & ~nan
+    assert not wrong.any(), (f"narrow() rounds {x[wrong][:4].tolist()} to {ours[wrong][:4].tolist()}, "
+                             f"torch to {want[wrong][:4].tolist()}")
+    # why: Triton's own cast keeps the top half of each normal float32 as it is (and garbles some subnormals)
+    theirs = cast(x, False)
+    if torch.equal(theirs.view(torch.int16)[~nan], want.view(torch.int16)[~nan]):
+        pytest.fail("this triton's interpreter rounds float32 -> bfloat16 correctly now: _tiles.narrow's "
+                    "bit rounding can go (keep this test's first half)")
+    normal = x.abs() >= torch.finfo(torch.float32).tiny
+    truncated = (x.view(torch.int32) >> 16).to(torch.int16)  # (1024,) the top half of each float32, as is
+    assert torch.equal(theirs.view(torch.int16)[normal], truncated[normal]), "the interpreter's cast changed"
+
+
+@pytest.mark.parametrize("path", ["pointer", "tma", "split"])
+def test_a_bfloat16_kernel_rounds_its_output_as_a_gpu_does(path):
+    """With q = 0 every query weighs its two keys equally, so out is ``(v_0 + v_1) / 2`` exactly in float32
+    and the bfloat16 out is that rounded once: to nearest even on a GPU, so on the CPU too (the last cast
+    of the forward, through a tile store or through the split combine). Triton's own interpreted cast
+    would miss a third of these values (it truncates, see above)."""
+    from attn_course.kernels import _variants, flash_attention_kvcache
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.zeros(1, 2, 3, 64, dtype=torch.bfloat16)
+    k = torch.randn(1, 2, 2, 64, generator=g).to(torch.bfloat16)
+    v = (torch.randn(1, 2, 2, 64, generator=g) * torch.logspace(-3, 3, 64, base=2.0)).to(torch.bfloat16)
+    mean = (v[:, :, 0].float() + v[:, :, 1].float()) / 2  # (1, 2, 64) exact in float32
+    want = mean.to(torch.bfloat16)[:, :, None].expand(q.shape)  # (1, 2, 3, 64), rounded to nearest even
+    with _variants.settings(kernel="pointer" if path == "split" else path), torch.no_grad():
+        out = flash_attention_kvcache(q, k, v, num_splits=2) if path == "split" else flash_attention(q, k, v)
+    wrong = out.view(torch.int16) != want.view(torch.int16)
+    assert not wrong.any(), f"{wrong.sum().item()} of {wrong.numel()} bfloat16 outputs are not rounded to nearest"
