@@ -25,6 +25,43 @@ def per_sequence(x, cu, b):
     return x[cu[b]:cu[b + 1]].transpose(0, 1).unsqueeze(0)  # (1, H, T_b, D)
 
 
+def check_varlen_case(lens_q, lens_k, H, H_kv, D, causal, window, dtype):
+    """Packed sequences of lengths ``lens_q`` / ``lens_k``: each sequence's out, lse and gradients against
+    attention on that sequence alone, by the tolerance rule. A sequence with no query leaves its keys'
+    gradients exactly zero; one with no key gives zeros, ``lse = -inf`` and a zero dq."""
+    q, cu_q = packed(lens_q, H, D, dtype, 0)
+    k, cu_k = packed(lens_k, H_kv, D, dtype, 1)
+    v, _ = packed(lens_k, H_kv, D, dtype, 2)
+    dout, _ = packed(lens_q, H, D, dtype, 3)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    out, lse = flash_attention_varlen(*leaves, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal, window=window,
+                                      return_lse=True)
+    assert out.shape == q.shape and lse.shape == (H, q.shape[0])
+    dq, dk, dv = torch.autograd.grad(out, leaves, dout)
+    for b in range(len(lens_q)):
+        qb, kb, vb, ob, gb = (per_sequence(x, c, b) for x, c in ((q, cu_q), (k, cu_k), (v, cu_k), (out, cu_q),
+                                                                   (dout, cu_q)))
+        got = (per_sequence(dq, cu_q, b), per_sequence(dk, cu_k, b), per_sequence(dv, cu_k, b))
+        got_lse = lse[:, cu_q[b]:cu_q[b + 1]]
+        if not lens_q[b] or not lens_k[b]:  # nothing attends: no output, no gradient, lse -inf
+            assert not ob.abs().sum() and torch.isneginf(got_lse).all(), f"sequence {b} with no query or key"
+            assert not any(g.abs().sum() for g in got), f"sequence {b} with no query or key has a gradient"
+            continue
+        assert_close_by_rule(f"out of sequence {b}", ob, reference(qb, kb, vb, causal, window),
+                             torch_same_dtype(qb, kb, vb, causal, window), dtype)
+        want_lse = reference_lse(qb, kb, causal, window)[0]  # (H, T_b)
+        assert torch.equal(torch.isneginf(got_lse), torch.isneginf(want_lse))
+        fin = torch.isfinite(want_lse)
+        assert max_err(got_lse[fin], want_lse[fin]) < 1e-2
+        # gradients of sequence b alone, by autograd through the reference and the same-dtype budget
+        ref_leaves = [x.detach().float().requires_grad_(True) for x in (qb, kb, vb)]
+        want = torch.autograd.grad(reference(*ref_leaves, causal, window), ref_leaves, gb.float())
+        low_leaves = [x.detach().clone().requires_grad_(True) for x in (qb, kb, vb)]
+        budget = torch.autograd.grad(torch_same_dtype(*low_leaves, causal, window), low_leaves, gb)
+        for name, g, w, bud in zip(("dq", "dk", "dv"), got, want, budget, strict=True):
+            assert_close_by_rule(f"{name} of sequence {b}", g, w, bud, dtype)
+
+
 @pytest.mark.parametrize("causal,window,dtype,H_kv,D,variant", [
     (False, (-1, -1), torch.float32, 2, 32, "auto"),
     (True, (-1, -1), torch.float16, 1, 32, "auto"),
@@ -36,34 +73,7 @@ def per_sequence(x, cu, b):
 ])
 def test_varlen_matches_attention_per_sequence(causal, window, dtype, H_kv, D, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
-    H = 4
-    q, cu_q = packed(LENS_Q, H, D, dtype, 0)
-    k, cu_k = packed(LENS_K, H_kv, D, dtype, 1)
-    v, _ = packed(LENS_K, H_kv, D, dtype, 2)
-    dout, _ = packed(LENS_Q, H, D, dtype, 3)
-    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    out, lse = flash_attention_varlen(*leaves, cu_q, cu_k, max(LENS_Q), max(LENS_K), causal=causal, window=window,
-                                      return_lse=True)
-    assert out.shape == q.shape and lse.shape == (H, q.shape[0])
-    dq, dk, dv = torch.autograd.grad(out, leaves, dout)
-    for b in range(len(LENS_Q)):
-        qb, kb, vb, ob, gb = (per_sequence(x, c, b) for x, c in ((q, cu_q), (k, cu_k), (v, cu_k), (out, cu_q),
-                                                                   (dout, cu_q)))
-        assert_close_by_rule(f"out of sequence {b}", ob, reference(qb, kb, vb, causal, window),
-                             torch_same_dtype(qb, kb, vb, causal, window), dtype)
-        want_lse = reference_lse(qb, kb, causal, window)[0]  # (H, T_b)
-        got_lse = lse[:, cu_q[b]:cu_q[b + 1]]
-        assert torch.equal(torch.isneginf(got_lse), torch.isneginf(want_lse))
-        fin = torch.isfinite(want_lse)
-        assert max_err(got_lse[fin], want_lse[fin]) < 1e-2
-        # gradients of sequence b alone, by autograd through the reference and the same-dtype budget
-        ref_leaves = [x.detach().float().requires_grad_(True) for x in (qb, kb, vb)]
-        want = torch.autograd.grad(reference(*ref_leaves, causal, window), ref_leaves, gb.float())
-        low_leaves = [x.detach().clone().requires_grad_(True) for x in (qb, kb, vb)]
-        budget = torch.autograd.grad(torch_same_dtype(*low_leaves, causal, window), low_leaves, gb)
-        got = (per_sequence(dq, cu_q, b), per_sequence(dk, cu_k, b), per_sequence(dv, cu_k, b))
-        for name, g, w, bud in zip(("dq", "dk", "dv"), got, want, budget, strict=True):
-            assert_close_by_rule(f"{name} of sequence {b}", g, w, bud, dtype)
+    check_varlen_case(LENS_Q, LENS_K, 4, H_kv, D, causal, window, dtype)
     expected = "pointer" if variant == "auto" else variant  # (auto on the CPU: the interpreter's pointers)
     assert {_variants.used(("cpu", dtype, D, part)) for part in ("forward", "backward")} == {expected}
 

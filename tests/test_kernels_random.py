@@ -1,0 +1,116 @@
+"""Seeded random cases for the three entry points (fixed length, packed, key/value cache), through both
+variants the interpreter runs (pointers and tensor descriptors).
+
+The other kernel tests pick their shapes by hand, one awkward feature at a time. These draw every feature
+at once, from the values where tiles, masks and loops change behaviour: lengths just either side of a tile
+edge, windows that are empty on one side or wider than the sequence, GQA groups of 1 to 4, sequences and
+caches of length zero, every dtype. Each case is drawn from its seed alone, and its test id spells it out,
+so a failure can be rerun and read without the generator. They are checked with the same helpers and
+tolerance rule as the hand-picked cases.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from test_kernels import case_id
+from test_kernels_common import check_case
+from test_kernels_kvcache import check_kvcache_case
+from test_kernels_varlen import check_varlen_case
+
+from attn_course.kernels import _variants
+
+DTYPES = (torch.float32, torch.float32, torch.float16, torch.bfloat16)  # float32 twice: the tightest check
+LENGTHS = (1, 2, 15, 16, 17, 31, 33, 63, 64, 65, 97)  # either side of the 16/32/64-row tile edges
+WINDOWS = ((-1, -1), (-1, -1), (0, 0), (0, -1), (-1, 0), (3, -1), (-1, 2), (5, 7), (40, 0), (200, 200))
+VARIANTS = ("pointer", "tma")
+SEEDS = {"fixed": 8, "packed": 6, "cache": 8}  # cases drawn per entry point (each run through both variants)
+
+
+def heads(rnd: random.Random) -> tuple[int, int]:
+    """``(H, H_kv)``: MHA, GQA or MQA."""
+    H_kv, group = rnd.choice((1, 2)), rnd.choice((1, 2, 3, 4))
+    return H_kv * group, H_kv
+
+
+def fixed_case(seed: int) -> tuple:
+    """``(B, H, H_kv, T_q, T_k, D, causal, window, dtype)`` as ``check_case`` takes it."""
+    rnd = random.Random(seed)
+    H, H_kv = heads(rnd)
+    return (rnd.choice((1, 2)), H, H_kv, rnd.choice(LENGTHS), rnd.choice(LENGTHS), rnd.choice((16, 32, 64)),
+            rnd.random() < 0.5, rnd.choice(WINDOWS), rnd.choice(DTYPES))
+
+
+def packed_case(seed: int) -> tuple:
+    """``(lens_q, lens_k, H, H_kv, D, causal, window, dtype)``: 1 to 4 sequences, one of them sometimes empty
+    on one side."""
+    rnd = random.Random(1000 + seed)
+    n = rnd.choice((1, 2, 3, 4))
+    lens_q, lens_k = ([rnd.choice(LENGTHS) for _ in range(n)] for _ in "qk")
+    if n > 1 and rnd.random() < 0.5:  # one sequence with no query, or no key
+        rnd.choice((lens_q, lens_k))[rnd.randrange(n)] = 0
+    H, H_kv = heads(rnd)
+    return (lens_q, lens_k, H, H_kv, rnd.choice((16, 32)), rnd.random() < 0.5, rnd.choice(WINDOWS),
+            rnd.choice(DTYPES))
+
+
+def cache_case(seed: int) -> tuple:
+    """``(B, H, H_kv, T_cache, T_q, T_new, lengths, causal, window, D, dtype)`` as ``check_kvcache_case``
+    takes it: one decoding step, a chunk, or more queries than new keys, into caches filled to random
+    lengths (0 and full included)."""
+    rnd = random.Random(2000 + seed)
+    B = rnd.choice((1, 2, 3))
+    H, H_kv = heads(rnd)
+    T_cache, T_q = rnd.choice((16, 40, 130)), rnd.choice((1, 1, 2, 5))
+    T_new = rnd.choice((0, 1, T_q))
+    lengths = [rnd.choice((0, rnd.randint(0, T_cache - T_new), T_cache - T_new)) for _ in range(B)]
+    return (B, H, H_kv, T_cache, T_q, T_new, lengths, rnd.random() < 0.5, rnd.choice(WINDOWS),
+            rnd.choice((16, 32)), rnd.choice(DTYPES))
+
+
+def packed_id(case) -> str:
+    lens_q, lens_k, H, H_kv, D, causal, window, dtype = case
+    return (f"q{'_'.join(map(str, lens_q))}-k{'_'.join(map(str, lens_k))}-H{H}kv{H_kv}-D{D}"
+            f"{'-causal' if causal else ''}-win{window[0]},{window[1]}-{str(dtype)[6:]}")
+
+
+def cache_id(case) -> str:
+    B, H, H_kv, T_cache, T_q, T_new, lengths, causal, window, D, dtype = case
+    return (f"B{B}H{H}kv{H_kv}-cache{T_cache}-len{'_'.join(map(str, lengths))}-Tq{T_q}new{T_new}-D{D}"
+            f"{'-causal' if causal else ''}-win{window[0]},{window[1]}-{str(dtype)[6:]}")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", [fixed_case(s) for s in range(SEEDS["fixed"])], ids=case_id)
+def test_random_fixed_length_cases(case, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_case(case)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", [packed_case(s) for s in range(SEEDS["packed"])], ids=packed_id)
+def test_random_packed_cases(case, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_varlen_case(*case)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", [cache_case(s) for s in range(SEEDS["cache"])], ids=cache_id)
+def test_random_cache_cases(case, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_kvcache_case(case)
+
+
+def test_the_draws_cover_what_they_promise():
+    """The seeds in use do reach the edges named above (a generator change that lost them fails here)."""
+    fixed = [fixed_case(s) for s in range(SEEDS["fixed"])]
+    packed = [packed_case(s) for s in range(SEEDS["packed"])]
+    caches = [cache_case(s) for s in range(SEEDS["cache"])]
+    assert {c[-1] for c in fixed} == set(DTYPES)
+    assert any(c[1] != c[2] for c in fixed) and any(c[6] for c in fixed) and any(not c[6] for c in fixed)
+    assert any(c[7] != (-1, -1) for c in fixed) and any(c[3] != c[4] for c in fixed)
+    assert any(0 in c[0] or 0 in c[1] for c in packed) and any(len(c[0]) > 1 for c in packed)
+    assert any(c[5] for c in packed) and any(not c[5] for c in packed)
+    assert any(0 in c[6] for c in caches) and any(c[5] == 0 for c in caches) and any(c[4] > 1 for c in caches)
