@@ -45,7 +45,8 @@ def check_against_each_sequence(q, k_cache, v_cache, lengths, causal, window, ou
         assert_close_by_rule(f"out of sequence {b} (cache length {n})", out[b:b + 1], want, budget, dtype)
         assert torch.equal(torch.isneginf(lse[b]), torch.isneginf(want_lse[0].to(lse.device)))
         finite = torch.isfinite(want_lse[0])
-        assert max_err(lse[b][finite], want_lse[0][finite]) < 1e-2
+        if finite.any():  # (an empty cache: every lse is -inf, checked above)
+            assert max_err(lse[b][finite], want_lse[0][finite]) < 1e-2
 
 
 CASES = [  # (B, H, H_kv, T_cache, T_q, T_new, lengths before appending, causal, window, D, dtype)
