@@ -83,13 +83,16 @@ def check_num_splits(num_splits) -> int:
 
 def kernel_window(window, causal: bool) -> tuple[int, int]:
     """flash-attn's ``window_size=(left, right)`` (``-1`` = unbounded) plus ``causal`` -> the kernel's
-    ``(left, right)``: causal caps the right side at 0; unbounded sides become :data:`UNBOUNDED`."""
+    ``(left, right)``: causal caps the right side at 0; unbounded sides become :data:`UNBOUNDED`, and so do
+    sides of :data:`UNBOUNDED` or more, which reach every key of a sequence shorter than that just the same.
+    (Passed as they are, a side near 2^31 would overflow the kernels' 32-bit bound arithmetic, ``position
+    - left``, and silently drop every key.)"""
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be True or False, got {causal!r}")
     left, right = check_window(window)
     if causal:
         right = 0
-    return (UNBOUNDED if left < 0 else left), (UNBOUNDED if right < 0 else right)
+    return (UNBOUNDED if left < 0 else min(left, UNBOUNDED)), (UNBOUNDED if right < 0 else min(right, UNBOUNDED))
 
 
 def check_fixed(q, k, v) -> None:

@@ -130,6 +130,23 @@ def test_strided_and_flash_layout_inputs():
     assert torch.equal(swap_seq_and_heads(swap_seq_and_heads(q)), q), "the layout swap must be its own inverse"
 
 
+@pytest.mark.parametrize("side", [2**30, 2**31 - 1, 2**40], ids=["2^30", "2^31-1", "2^40"])
+def test_a_window_wider_than_any_sequence_is_unbounded(side):
+    """A window side of any size reaches every key, like ``-1``. More queries than keys put the first
+    queries' positions below zero, where ``position - left`` with a side near 2^31 once wrapped around in
+    the kernels' 32-bit arithmetic and every key was dropped (an output error of ~1.5, no error raised)."""
+    q, k, v = make_qkv(1, 2, 1, 40, 20, 16, torch.float32, requires_grad=True)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
+    for window, same in [((side, 0), (-1, 0)), ((3, side), (3, -1)), ((side, side), (-1, -1))]:
+        out = flash_attention(q, k, v, window=window)
+        want = reference(q, k, v, window=same)
+        assert max_err(out, want) < 2e-5, f"window {window} is not {same}: max error {max_err(out, want):.2e}"
+        got = grads(lambda q, k, v, w=window: flash_attention(q, k, v, window=w), q, k, v, dout)
+        ref = grads(lambda q, k, v, w=same: reference(q, k, v, window=w), q, k, v, dout)
+        for name, g, r in zip(("dq", "dk", "dv"), got, ref, strict=True):
+            assert max_err(g, r) < 2e-5, f"{name} with window {window} differs from window {same}"
+
+
 def test_scale_is_applied():
     q, k, v = make_qkv(1, 1, 1, 17, 17, 16, F32)
     out = flash_attention(q, k, v, scale=0.9)
