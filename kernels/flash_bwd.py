@@ -184,11 +184,10 @@ def _bwd_dkdv(
 
     # (dK and dV share a layout; a packed batch stores through pointers, which clip at its sequence's end)
     out_off = b64 * stride_dkb + hkv64 * stride_dkh + k_start64 * stride_dkt
-    dk, dv = narrow(dk * scale, dK.dtype.element_ty, INTERP_BF16), narrow(dv, dV.dtype.element_ty, INTERP_BF16)
-    store_rows(dK + out_off, desc_dk, b, h_kv, n_start, dk, stride_dkt, stride_dkd, T_k, BLOCK_N, HEAD_DIM,
-               TMA and not IS_VARLEN, WIDE)
-    store_rows(dV + out_off, desc_dv, b, h_kv, n_start, dv, stride_dkt, stride_dkd, T_k, BLOCK_N, HEAD_DIM,
-               TMA and not IS_VARLEN, WIDE)
+    store_rows(dK + out_off, desc_dk, b, h_kv, n_start, narrow(dk * scale, dK.dtype.element_ty, INTERP_BF16),
+               stride_dkt, stride_dkd, T_k, BLOCK_N, HEAD_DIM, TMA and not IS_VARLEN, WIDE)
+    store_rows(dV + out_off, desc_dv, b, h_kv, n_start, narrow(dv, dV.dtype.element_ty, INTERP_BF16),
+               stride_dkt, stride_dkd, T_k, BLOCK_N, HEAD_DIM, TMA and not IS_VARLEN, WIDE)
 
 
 @triton.jit

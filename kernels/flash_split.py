@@ -127,8 +127,8 @@ def _combine_splits(
     lse = tl.where(alive, m_i + tl.log(l_safe), float("-inf"))
     Out += b64 * stride_ob + h64 * stride_oh
     Lse += b64 * stride_lb + h64 * stride_lh
-    out = narrow(out, Out.dtype.element_ty, INTERP_BF16)  # (BLOCK_M, HEAD_DIM) in out's dtype
-    tl.store(Out + rows[:, None] * stride_ot + offs_d[None, :] * stride_od, out, mask=row_ok[:, None])
+    tl.store(Out + rows[:, None] * stride_ot + offs_d[None, :] * stride_od,
+             narrow(out, Out.dtype.element_ty, INTERP_BF16), mask=row_ok[:, None])
     tl.store(Lse + rows * stride_lt, lse, mask=row_ok)
 
 
