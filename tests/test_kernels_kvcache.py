@@ -62,7 +62,7 @@ def case_id(c):
     return f"Tq{T_q}-new{T_new}-len{'_'.join(map(str, lengths))}{'-causal' if causal else ''}-D{D}-{str(dtype)[6:]}"
 
 
-def check_kvcache_case(case, device="cpu"):
+def check_kvcache_case(case, device="cpu", num_splits=0):
     B, H, H_kv, T_cache, T_q, T_new, lengths, causal, window, D, dtype = case
     k_cache, v_cache = make_cache(B, H_kv, T_cache, D, lengths, dtype, device)
     q, k, v = make_qkv(B, H, H_kv, T_q, T_new, D, dtype, device=device, seed=1)
@@ -71,7 +71,7 @@ def check_kvcache_case(case, device="cpu"):
     seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
     with torch.no_grad():
         out, lse = flash_attention_kvcache(q, k_cache, v_cache, seqlens, **new, causal=causal, window=window,
-                                           return_lse=True)
+                                           num_splits=num_splits, return_lse=True)
     assert out.shape == q.shape and out.dtype == dtype and lse.shape == (B, H, T_q)
     filled = [n + T_new for n in lengths]
     for cache, old, x in zip((k_cache, v_cache), before, (k, v), strict=True):  # appended in place, nothing else

@@ -4,9 +4,9 @@ variants the interpreter runs (pointers and tensor descriptors).
 The other kernel tests pick their shapes by hand, one awkward feature at a time. These draw every feature
 at once, from the values where tiles, masks and loops change behaviour: lengths just either side of a tile
 edge, windows that are empty on one side or wider than the sequence, GQA groups of 1 to 4, sequences and
-caches of length zero, every dtype. Each case is drawn from its seed alone, and its test id spells it out,
-so a failure can be rerun and read without the generator. They are checked with the same helpers and
-tolerance rule as the hand-picked cases.
+caches of length zero, a cache's keys split between programs, every dtype. Each case is drawn from its
+seed alone, and its test id spells it out, so a failure can be rerun and read without the generator. They
+are checked with the same helpers and tolerance rule as the hand-picked cases.
 """
 
 from __future__ import annotations
@@ -70,6 +70,12 @@ def cache_case(seed: int) -> tuple:
             rnd.choice((16, 32)), rnd.choice(DTYPES))
 
 
+def cache_splits(seed: int) -> int:
+    """The ``num_splits`` of cache case ``seed``: 0 (the kernel's choice: one slice in the interpreter) or
+    2, 3 or 5 slices of each row's keys, combined afterwards (``flash_split``), some of them empty."""
+    return random.Random(3000 + seed).choice((0, 2, 3, 5))
+
+
 def packed_id(case) -> str:
     lens_q, lens_k, H, H_kv, D, causal, window, dtype = case
     return (f"q{'_'.join(map(str, lens_q))}-k{'_'.join(map(str, lens_k))}-H{H}kv{H_kv}-D{D}"
@@ -97,10 +103,11 @@ def test_random_packed_cases(case, variant, monkeypatch):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case", [cache_case(s) for s in range(SEEDS["cache"])], ids=cache_id)
-def test_random_cache_cases(case, variant, monkeypatch):
+@pytest.mark.parametrize("case,splits", [(cache_case(s), cache_splits(s)) for s in range(SEEDS["cache"])],
+                         ids=lambda x: f"splits{x}" if isinstance(x, int) else cache_id(x))
+def test_random_cache_cases(case, splits, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
-    check_kvcache_case(case)
+    check_kvcache_case(case, num_splits=splits)
 
 
 def test_the_draws_cover_what_they_promise():
@@ -114,3 +121,5 @@ def test_the_draws_cover_what_they_promise():
     assert any(0 in c[0] or 0 in c[1] for c in packed) and any(len(c[0]) > 1 for c in packed)
     assert any(c[5] for c in packed) and any(not c[5] for c in packed)
     assert any(0 in c[6] for c in caches) and any(c[5] == 0 for c in caches) and any(c[4] > 1 for c in caches)
+    splits = [cache_splits(s) for s in range(SEEDS["cache"])]
+    assert 0 in splits and len(set(splits)) > 2
