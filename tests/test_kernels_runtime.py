@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from unittest import mock
 
 import pytest
 import torch
@@ -80,8 +81,8 @@ def test_an_interpreted_launch_leaves_triton_language_as_it_found_it(tmp_path, m
 # --- the interpreter's bfloat16 casts ---------------------------------------------------------------------
 
 def _cast_rows(X, Y, N: tl.constexpr, OURS: tl.constexpr):
-    """Y = X cast to bfloat16: with ``_tiles.narrow`` (``OURS``) or with Triton's own cast. Decorated in the
-    test, in interpreted mode; ``narrow`` is the interpreted copy's (see ``_interpreted_tiles``)."""
+    """Y = X cast to bfloat16: with ``_tiles.narrow`` (``OURS``) or with Triton's own cast. Decorated in
+    interpreted mode by ``_interpreted_cast``, which puts the interpreted copy of ``_tiles`` in ``_TILES``."""
     offs = tl.arange(0, N)
     x = tl.load(X + offs)
     if OURS:
@@ -91,10 +92,10 @@ def _cast_rows(X, Y, N: tl.constexpr, OURS: tl.constexpr):
     tl.store(Y + offs, y)
 
 
-_TILES: list = []
+_TILES: list = []  # [the interpreted _tiles module], once _interpreted_cast has loaded it
 
 
-def _interpreted_cast(monkeypatch):
+def _interpreted_cast():
     """``cast(x, ours)``: float32 ``x`` (1-D, power-of-two length) to bfloat16 in Triton's interpreter."""
     import triton
 
@@ -104,9 +105,8 @@ def _interpreted_cast(monkeypatch):
     from attn_course.kernels._interpreted import _tiles
 
     _TILES[:] = [_tiles]
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    kernel = triton.jit(_cast_rows)
-    monkeypatch.undo()
+    with mock.patch.dict(os.environ, {"TRITON_INTERPRET": "1"}):  # (jit reads it when it decorates)
+        kernel = triton.jit(_cast_rows)
 
     def cast(x: torch.Tensor, ours: bool) -> torch.Tensor:
         y = torch.empty(x.shape, dtype=torch.bfloat16)
@@ -134,13 +134,13 @@ def bfloat16_edge_values() -> torch.Tensor:
     return torch.cat([crafted, torch.randn(scales.numel(), generator=g) * scales])
 
 
-def test_interpreted_bfloat16_casts_round_to_nearest_even_as_a_gpu_does(monkeypatch):
+def test_interpreted_bfloat16_casts_round_to_nearest_even_as_a_gpu_does():
     """A GPU's float32 -> bfloat16 cast rounds to nearest, ties to even (as torch's does). The interpreter's
     drops the low 16 bits (triton 3.6 and 3.9): on the CPU a bfloat16 kernel had twice a GPU's rounding
     error, all of it towards zero, and dK / dV summed over every query drifted past the tolerance rule
     (a random packed case in test_kernels_random found it). ``_tiles.narrow`` rounds on the bits instead;
     it must agree with torch bit for bit, NaN included."""
-    cast = _interpreted_cast(monkeypatch)
+    cast = _interpreted_cast()
     x = bfloat16_edge_values()
     want = x.to(torch.bfloat16)
     ours = cast(x, True)
