@@ -62,10 +62,31 @@ def case_id(c):
     return f"Tq{T_q}-new{T_new}-len{'_'.join(map(str, lengths))}{'-causal' if causal else ''}-D{D}-{str(dtype)[6:]}"
 
 
-def check_kvcache_case(case, device="cpu", num_splits=0):
+def favour_recent_keys(q, k_cache, k, recency: float):
+    """Shift q and the keys along one direction ``u`` so that every query's scores climb by about
+    ``recency`` from the cache's first row to its last, and the new keys score like the last row, as in
+    real decoding where recent tokens matter more. Then the later key slices of a split hold the largest
+    logsumexp, and the combine must rescale what it summed from the earlier ones (with plain random data
+    the first slice, the fullest, nearly always holds the largest). Returns new tensors; NaN tails stay NaN."""
+    D, T_cache = q.shape[-1], k_cache.shape[2]
+    u = torch.ones(D, device=q.device) / D**0.5  # a unit vector
+    lift = 4.0  # every query gets ~4 along u (its own random component is ~N(0, 1))
+    climb = recency * D**0.5 / lift  # row j: + climb * j / (T_cache - 1) along u, scores + ~recency * j / (T_cache - 1)
+    ramp = torch.linspace(0, climb, T_cache, device=q.device)[:, None] * u  # (T_cache, D)
+    q = (q.float() + lift * u).to(q.dtype)
+    k_cache = (k_cache.float() + ramp).to(k_cache.dtype)  # (B, H_kv, T_cache, D), broadcast over B, H_kv
+    k = (k.float() + climb * u).to(k.dtype)
+    return q, k_cache, k
+
+
+def check_kvcache_case(case, device="cpu", num_splits=0, recency=0.0):
+    """``case`` as in ``CASES``; ``num_splits`` is passed on; ``recency > 0`` applies
+    :func:`favour_recent_keys` to the data."""
     B, H, H_kv, T_cache, T_q, T_new, lengths, causal, window, D, dtype = case
     k_cache, v_cache = make_cache(B, H_kv, T_cache, D, lengths, dtype, device)
     q, k, v = make_qkv(B, H, H_kv, T_q, T_new, D, dtype, device=device, seed=1)
+    if recency:
+        q, k_cache, k = favour_recent_keys(q, k_cache, k, recency)
     new = dict(k=k, v=v) if T_new else {}
     before = k_cache.clone(), v_cache.clone()
     seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
@@ -81,6 +102,25 @@ def check_kvcache_case(case, device="cpu", num_splits=0):
         torch.testing.assert_close(cache, want, atol=0, rtol=0, equal_nan=True)
     check_against_each_sequence(q, k_cache, v_cache, filled, causal, window, out, lse, dtype)
     assert seqlens.tolist() == lengths, "cache_seqlens is the caller's: it must not change"
+
+
+@pytest.mark.parametrize("D", [16, 64])
+def test_favouring_recent_keys_makes_the_scores_climb_as_asked(D):
+    """The helper itself: over the cache's rows, the scores' gain (averaged over queries and heads) climbs with
+    a slope of ``recency`` per cache length, give or take a quarter; the new keys gain about ``recency``; the
+    NaN tails stay NaN."""
+    B, H_kv, T_cache, recency = 2, 2, 64, 3.0
+    k_cache, _ = make_cache(B, H_kv, T_cache, D, [T_cache, T_cache], F32)
+    q, k, _ = make_qkv(B, H_kv, H_kv, 8, 3, D, F32, seed=1)
+    nan_cache, _ = make_cache(B, H_kv, T_cache, D, [T_cache - 4, 10], F32)
+    q2, k_cache2, k2 = favour_recent_keys(q, k_cache, k, recency)
+    gain = ((q2 @ k_cache2.transpose(-2, -1) - q @ k_cache.transpose(-2, -1)) * D**-0.5).mean(dim=(0, 1, 2))  # (T,)
+    x = torch.linspace(0, 1, T_cache)  # each row's place in the cache
+    slope = ((x - x.mean()) * (gain - gain.mean())).sum() / ((x - x.mean()) ** 2).sum()  # least squares
+    assert abs(slope.item() - recency) < recency / 4, f"scores climb by {slope.item():.2f}, asked for {recency}"
+    new_gain = ((q2 @ k2.transpose(-2, -1) - q @ k.transpose(-2, -1)) * D**-0.5).mean()
+    assert abs(new_gain.item() - recency) < recency / 3, f"the new keys gain {new_gain.item():.2f}"
+    assert torch.equal(favour_recent_keys(q, nan_cache, k, recency)[1].isnan(), nan_cache.isnan())
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

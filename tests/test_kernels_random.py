@@ -4,7 +4,8 @@ variants the interpreter runs (pointers and tensor descriptors).
 The other kernel tests pick their shapes by hand, one awkward feature at a time. These draw every feature
 at once, from the values where tiles, masks and loops change behaviour: lengths just either side of a tile
 edge, windows that are empty on one side or wider than the sequence, GQA groups of 1 to 4, sequences and
-caches of length zero, a cache's keys split between programs, every dtype. Each case is drawn from its
+caches of length zero, a cache's keys split between programs (with scores that sometimes climb towards the
+newest keys, so later slices outweigh earlier ones), every dtype. Each case is drawn from its
 seed alone, and its test id spells it out, so a failure can be rerun and read without the generator. They
 are checked with the same helpers and tolerance rule as the hand-picked cases.
 """
@@ -76,6 +77,13 @@ def cache_splits(seed: int) -> int:
     return random.Random(3000 + seed).choice((0, 2, 3, 5))
 
 
+def cache_recency(seed: int) -> float:
+    """How much the scores of cache case ``seed`` climb from the cache's oldest row to its newest (see
+    ``favour_recent_keys``): 0 (plain random data, where the first key slice nearly always holds the largest
+    logsumexp) or enough that later slices hold it and the combine must rescale the earlier ones."""
+    return random.Random(4000 + seed).choice((0.0, 2.0, 4.0))
+
+
 def packed_id(case) -> str:
     lens_q, lens_k, H, H_kv, D, causal, window, dtype = case
     return (f"q{'_'.join(map(str, lens_q))}-k{'_'.join(map(str, lens_k))}-H{H}kv{H_kv}-D{D}"
@@ -103,11 +111,13 @@ def test_random_packed_cases(case, variant, monkeypatch):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case,splits", [(cache_case(s), cache_splits(s)) for s in range(SEEDS["cache"])],
-                         ids=lambda x: f"splits{x}" if isinstance(x, int) else cache_id(x))
-def test_random_cache_cases(case, splits, variant, monkeypatch):
+@pytest.mark.parametrize("case,splits,recency",
+                         [(cache_case(s), cache_splits(s), cache_recency(s)) for s in range(SEEDS["cache"])],
+                         ids=lambda x: f"splits{x}" if isinstance(x, int) else f"recency{x:g}" if isinstance(
+                             x, float) else cache_id(x))
+def test_random_cache_cases(case, splits, recency, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
-    check_kvcache_case(case, num_splits=splits)
+    check_kvcache_case(case, num_splits=splits, recency=recency)
 
 
 def test_the_draws_cover_what_they_promise():
@@ -123,3 +133,6 @@ def test_the_draws_cover_what_they_promise():
     assert any(0 in c[6] for c in caches) and any(c[5] == 0 for c in caches) and any(c[4] > 1 for c in caches)
     splits = [cache_splits(s) for s in range(SEEDS["cache"])]
     assert 0 in splits and len(set(splits)) > 2
+    recency = [cache_recency(s) for s in range(SEEDS["cache"])]
+    split_recency = {r > 0 for n, r in zip(splits, recency, strict=True) if n > 1}
+    assert split_recency == {True, False}  # split cases with and without climbing scores
