@@ -26,6 +26,7 @@ from test_kernels_decode import combines  # noqa: F401 (a fixture)
 from test_kernels_empty import EMPTY, check_empty, launches  # noqa: F401 (launches: a fixture)
 from test_kernels_kvcache import case_id as kvcache_case_id
 from test_kernels_kvcache import check_kvcache_case, make_cache
+from test_kernels_runtime import check_bfloat16_output_rounds_to_nearest
 from test_kernels_varlen import per_sequence
 
 from attn_course.kernels import _tiles, _variants, flash_attention, flash_attention_varlen, flash_attn_func
@@ -159,6 +160,13 @@ def test_cpu_and_gpu_agree():
         pytest.skip(f"this machine's interpreter cannot run: {e}")
     gpu = flash_attention(q.cuda(), k.cuda(), v.cuda(), causal=True)
     assert max_err(cpu, gpu.cpu()) < 2e-5
+
+
+@pytest.mark.parametrize("path", [*VARIANTS, "split"])
+def test_a_compiled_bfloat16_output_is_rounded_to_nearest_even(path):
+    """The fact the interpreter's bfloat16 rounding is built to match (``_tiles.narrow``), checked on the GPU
+    with the same exact case as on the CPU."""
+    check_bfloat16_output_rounds_to_nearest(path, "cuda")
 
 
 @pytest.mark.parametrize("case", [(4097, 16, 16, 8, 8, 16, True, NONE, torch.float16),

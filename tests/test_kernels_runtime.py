@@ -159,12 +159,10 @@ def test_interpreted_bfloat16_casts_round_to_nearest_even_as_a_gpu_does():
     assert torch.equal(theirs.view(torch.int16)[normal], truncated[normal]), "the interpreter's cast changed"
 
 
-@pytest.mark.parametrize("path", ["pointer", "tma", "split"])
-def test_a_bfloat16_kernel_rounds_its_output_as_a_gpu_does(path):
+def check_bfloat16_output_rounds_to_nearest(path: str, device="cpu"):
     """With q = 0 every query weighs its two keys equally, so out is ``(v_0 + v_1) / 2`` exactly in float32
-    and the bfloat16 out is that rounded once: to nearest even on a GPU, so on the CPU too (the last cast
-    of the forward, through a tile store or through the split combine). Triton's own interpreted cast
-    would miss a third of these values (it truncates, see above)."""
+    and the bfloat16 out must be that rounded once, to nearest even (the last cast of the forward, through
+    a tile store with ``path`` a kernel variant, or through the split combine with ``path="split"``)."""
     from attn_course.kernels import _variants, flash_attention_kvcache
 
     g = torch.Generator().manual_seed(0)
@@ -173,7 +171,17 @@ def test_a_bfloat16_kernel_rounds_its_output_as_a_gpu_does(path):
     v = (torch.randn(1, 2, 2, 64, generator=g) * torch.logspace(-3, 3, 64, base=2.0)).to(torch.bfloat16)
     mean = (v[:, :, 0].float() + v[:, :, 1].float()) / 2  # (1, 2, 64) exact in float32
     want = mean.to(torch.bfloat16)[:, :, None].expand(q.shape)  # (1, 2, 3, 64), rounded to nearest even
+    q, k, v = (x.to(device) for x in (q, k, v))
     with _variants.settings(kernel="pointer" if path == "split" else path), torch.no_grad():
         out = flash_attention_kvcache(q, k, v, num_splits=2) if path == "split" else flash_attention(q, k, v)
-    wrong = out.view(torch.int16) != want.view(torch.int16)
-    assert not wrong.any(), f"{wrong.sum().item()} of {wrong.numel()} bfloat16 outputs are not rounded to nearest"
+    wrong = out.cpu().view(torch.int16) != want.view(torch.int16)
+    assert not wrong.any(), (f"{path} on {device}: {wrong.sum().item()} of {wrong.numel()} bfloat16 outputs are "
+                             f"not rounded to nearest")
+
+
+@pytest.mark.parametrize("path", ["pointer", "tma", "split"])
+def test_a_bfloat16_kernel_rounds_its_output_as_a_gpu_does(path):
+    """On a GPU a bfloat16 output is rounded to nearest even (``test_kernels_gpu`` runs this check compiled),
+    so on the CPU too. Triton's own interpreted cast would miss a third of these values (it truncates, see
+    above)."""
+    check_bfloat16_output_rounds_to_nearest(path)
