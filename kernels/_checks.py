@@ -21,9 +21,31 @@ UNBOUNDED = 1 << 30  # a window side of "-1" (unbounded) becomes this; lengths m
 
 
 def _require_tensors(**tensors) -> None:
+    """Each a dense (strided) tensor: the kernels address memory through strides."""
     for name, x in tensors.items():
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        _require_dense(name, x)
+
+
+def _require_dense(name: str, x: torch.Tensor) -> None:
+    if x.is_nested:
+        raise ValueError(f"{name} is a nested tensor; the kernels take dense tensors: pack ragged sequences end "
+                         f"to end and use flash_attention_varlen")
+    if x.layout != torch.strided:
+        raise ValueError(f"{name} must be a dense (strided) tensor, got layout {x.layout} (call .to_dense())")
+
+
+def _may_overlap_itself(x: torch.Tensor) -> bool:
+    """Could two of ``x``'s elements share memory? Walking the dims from the smallest stride up, each stride
+    must step past everything the smaller ones reach. An ``expand()``ed dim (stride 0) never does. (A few
+    exotic interleaved layouts that do not overlap are reported too: this errs on the safe side.)"""
+    reach = 0  # elements spanned by the dims walked so far, minus one
+    for stride, size in sorted((st, n) for st, n in zip(x.stride(), x.shape, strict=True) if n > 1):
+        if stride <= reach:
+            return True
+        reach += (size - 1) * stride
+    return False
 
 
 def _check_common(q, k, v, layout: str) -> None:
@@ -44,7 +66,7 @@ def _check_common(q, k, v, layout: str) -> None:
         bigger = [d for d in SUPPORTED_HEAD_DIMS if d > D]
         how = (f"; to run D = {D}, pad q, k and v with zeros to {bigger[0]}, pass scale={1 / math.sqrt(D):.6g} "
                f"(1/sqrt({D}): the default would use the padded size) and keep the first {D} columns of the "
-               f"output" if bigger else "")
+               f"output" if bigger and D > 0 else "")
         raise ValueError(
             f"head dim {D} is not supported: the kernels tile the head dim whole, as a power of two; use one of "
             f"{SUPPORTED_HEAD_DIMS}{how}"
@@ -170,13 +192,14 @@ _host_copies: dict[tuple, tuple[int, torch.Tensor]] = {}  # (id(x), what) -> (x'
 def host_cu_seqlens(cu) -> torch.Tensor | None:
     """``cu_seqlens`` checked (1-D integers from 0, non-decreasing) and on the host, or ``None`` when its
     values cannot be read now (see :func:`host_checked`)."""
-    return host_checked(cu, check_cu_seqlens, _integer_vector("cu_seqlens [0, l1, l1+l2, ...]", 2), "cu_seqlens")
+    return host_checked(cu, check_cu_seqlens, _integer_vector("cu_seqlens [0, l1, l1+l2, ...]", 2), "cu_seqlens",
+                        "cu_seqlens")
 
 
-def host_checked(x, check, check_shape, tag):
+def host_checked(x, check, check_shape, tag, name):
     """``check(x)`` on the host (``x`` checked and as a CPU tensor), or ``None`` when ``x``'s values cannot be
     read now; ``check_shape(x)`` checks what can be seen without reading them. ``tag`` names the check
-    (with whatever its verdict depends on besides ``x``).
+    (with whatever its verdict depends on besides ``x``); ``name`` is ``x``'s, for error messages.
 
     Reading a GPU tensor's values waits for everything queued on the GPU (a synchronisation), so a tensor
     is read once per *version*: a model passes the same ``cu_seqlens`` (or cache lengths) to every layer,
@@ -188,6 +211,9 @@ def host_checked(x, check, check_shape, tag):
     """
     if not isinstance(x, torch.Tensor) or torch.compiler.is_compiling():
         return check(x).to("cpu")
+    _require_dense(name, x)
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} must be on the CPU or a CUDA GPU (its values are read), got {x.device}")
     key, version = (id(x), tag), None if x.is_inference() else x._version
     hit = _host_copies.get(key)
     if hit is not None and version is not None and hit[0] == version:
@@ -217,6 +243,21 @@ def _integer_vector(what: str, min_len: int):
     return check_shape
 
 
+def _check_writable(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """The caches take the new keys and values in place: every position needs memory of its own, and the
+    two caches must not be one (a cache read without appending may be shared or ``expand()``ed freely)."""
+    for name, x in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if _may_overlap_itself(x):
+            raise ValueError(
+                f"{name} has positions that share memory (shape {tuple(x.shape)}, strides {x.stride()}: an "
+                f"expand()ed tensor?): appending the new keys and values in place would write one sequence's "
+                f"or head's rows over another's. Give it memory of its own ({name}.clone()), or append nothing"
+            )
+    if k_cache.data_ptr() == v_cache.data_ptr() and k_cache.stride() == v_cache.stride():
+        raise ValueError("k_cache and v_cache are the same memory: appending would write the new values over the "
+                         "new keys. Give each cache its own tensor")
+
+
 def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
     """q ``[B, H, T_q, D]``, a cache ``k_cache``, ``v_cache`` ``[B, H_kv, T_cache, D]``, new ``k``, ``v``
     ``[B, H_kv, T_new, D]`` (both or neither) and ``cache_seqlens`` (an int, ``B`` ints, or ``None`` for
@@ -237,6 +278,8 @@ def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
         if cache_seqlens is None:
             raise ValueError("appending k and v needs cache_seqlens: where each sequence's cache ends")
         T_new = k.shape[2]
+        if T_new:
+            _check_writable(k_cache, v_cache)
     if cache_seqlens is None:
         return torch.full((B,), T_cache, dtype=torch.int32, device=q.device)
     def check_lengths(x):
@@ -257,5 +300,5 @@ def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
         return torch.full((B,), n, dtype=torch.int32, device=q.device)
     if not isinstance(cache_seqlens, torch.Tensor):
         raise TypeError(f"cache_seqlens must be an int or a tensor of B ints, got {type(cache_seqlens).__name__}")
-    host_checked(cache_seqlens, check_lengths, check_shape, ("cache_seqlens", B, T_cache, T_new))
+    host_checked(cache_seqlens, check_lengths, check_shape, ("cache_seqlens", B, T_cache, T_new), "cache_seqlens")
     return cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()

@@ -30,6 +30,11 @@ def qkv(B=1, H=2, H_kv=2, T=5, D=16, dtype=torch.float32):
     (lambda: (qkv()[0][..., :8], *qkv()[1:]), "share the head dim"),
     (lambda: (qkv()[0], qkv()[1], qkv()[2][:, :, :3]), "same shape"),
     (lambda: (qkv(B=2)[0], *qkv()[1:]), "batch size"),
+    (lambda: qkv(D=0), r"head dim 0 is not supported: .* use one of \(16, 32, 64, 128, 256\)$"),
+    (lambda: (qkv()[0].to_sparse(), *qkv()[1:]), r"q must be a dense \(strided\) tensor, got layout torch.sparse_coo"),
+    (lambda: (qkv()[0], qkv()[1].to_sparse(), qkv()[2]), "k must be a dense .* torch.sparse_coo"),
+    (lambda: (torch.nested.nested_tensor([torch.randn(5, 2, 16), torch.randn(3, 2, 16)], layout=torch.jagged),
+              *qkv()[1:]), "q is a nested tensor.*pack ragged sequences end to end and use flash_attention_varlen"),
 ])
 def test_bad_tensors(make, match):
     with pytest.raises(ValueError, match=match):
@@ -85,6 +90,9 @@ def packed():
     ([0, 4, 10], [0, 5, 12], 6, 7.0, "must be an int"),
     ([0, 4, 10], [0, 5, 12], -1, 7, "must be an int >= 0, got -1"),
     (torch.tensor([0.0, 4.0, 10.0]), [0, 5, 12], 6, 7, "integer"),
+    (torch.tensor([0, 4, 10], device="meta"), [0, 5, 12], 6, 7,
+     r"cu_seqlens_q: cu_seqlens must be on the CPU or a CUDA GPU \(its values are read\), got meta"),
+    ([0, 4, 10], torch.tensor([0, 5, 12]).to_sparse(), 6, 7, "cu_seqlens_k: cu_seqlens must be a dense"),
 ])
 def test_bad_cu_seqlens(cu_q, cu_k, max_q, max_k, match):
     q, k, v = packed()

@@ -200,10 +200,53 @@ def _kv(**kw):
     (dict(v=None), ValueError, "give both k and v"),
     (dict(k=torch.zeros(2, 2, 1, 8), v=torch.zeros(2, 2, 1, 8)), ValueError, r"\[B, H_kv, T_new, D\]"),
     (dict(k_cache=torch.zeros(2, 3, 8, 16), v_cache=torch.zeros(2, 3, 8, 16)), ValueError, "multiple of"),
+    (dict(cache_seqlens=torch.tensor([3, 7], device="meta")), ValueError, "cache_seqlens must be on the CPU or"),
+    (dict(cache_seqlens=torch.tensor([3, 7]).to_sparse()), ValueError, "cache_seqlens must be a dense"),
 ])
 def test_bad_cache_arguments_are_named(kwargs, error, match):
     with pytest.raises(error, match=match), torch.no_grad():
         flash_attention_kvcache(**_kv(**kwargs))
+
+
+@pytest.mark.parametrize("shared", ["expanded k_cache", "expanded v_cache", "one tensor for both"])
+def test_appending_into_a_cache_whose_positions_share_memory_is_refused_untouched(shared):
+    """An ``expand()``ed cache (one prompt's keys shared by a batch) or one tensor passed as both caches
+    can be read, but appending in place would write rows over each other: refused, before anything is
+    written (the caller's cache is as it was)."""
+    base = torch.randn(1, 2, 8, 16)
+    a = _kv()
+    if shared == "one tensor for both":
+        caches = dict(k_cache=a["k_cache"], v_cache=a["k_cache"])
+        match = "k_cache and v_cache are the same memory"
+    else:
+        name = shared.split()[1]
+        caches = {name: base.expand(2, 2, 8, 16)}
+        match = rf"{name} has positions that share memory \(shape \(2, 2, 8, 16\), strides \(0, 128, 16, 1\)"
+    before = {n: c.clone() for n, c in caches.items()}
+    with pytest.raises(ValueError, match=match), torch.no_grad():
+        flash_attention_kvcache(**_kv(**caches))
+    assert all(torch.equal(caches[n], before[n]) for n in caches)
+
+
+def test_an_expanded_cache_is_read_as_it_is_and_interleaved_caches_take_appends():
+    """Reading never writes: a cache ``expand()``ed over the batch is attended to like its copies. Caches
+    that interleave in one buffer (keys and values side by side, ``[B, H_kv, T, 2, D]``) share no position
+    and take the new keys and values."""
+    q, _, _ = make_qkv(3, 4, 2, 2, 1, 16, F32)
+    prompt = torch.randn(1, 2, 10, 16)
+    with torch.no_grad():
+        shared = flash_attention_kvcache(q, prompt.expand(3, -1, -1, -1), prompt.expand(3, -1, -1, -1) * 2, 10)
+        copies = flash_attention_kvcache(q, prompt.repeat(3, 1, 1, 1), prompt.repeat(3, 1, 1, 1) * 2, 10)
+    assert torch.equal(shared, copies)
+    kv = torch.full((3, 2, 12, 2, 16), float("nan"))  # (B, H_kv, T_cache, k or v, D)
+    kv[:, :, :10] = torch.randn(3, 2, 10, 2, 16)
+    plain = [kv[:, :, :, i].clone() for i in range(2)]
+    _, k, v = make_qkv(3, 4, 2, 1, 2, 16, F32, seed=5)
+    with torch.no_grad():
+        interleaved = flash_attention_kvcache(q, kv[:, :, :, 0], kv[:, :, :, 1], 10, k, v)
+        separate = flash_attention_kvcache(q, *plain, 10, k, v)
+    assert torch.equal(interleaved, separate)
+    torch.testing.assert_close(kv[:, :, 10:], torch.stack((k, v), dim=3), atol=0, rtol=0)
 
 
 def test_a_cache_call_that_would_need_a_gradient_is_refused():
