@@ -187,6 +187,7 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
 
 
 _host_copies: dict[tuple, tuple[int, torch.Tensor]] = {}  # (id(x), what) -> (x's version, checked host copy)
+SYNC_TO_READ = ("cuda",)  # device types whose values cost a synchronisation to read: read once per version
 
 
 def host_cu_seqlens(cu) -> torch.Tensor | None:
@@ -201,10 +202,13 @@ def host_checked(x, check, check_shape, tag, name):
     read now; ``check_shape(x)`` checks what can be seen without reading them. ``tag`` names the check
     (with whatever its verdict depends on besides ``x``); ``name`` is ``x``'s, for error messages.
 
-    Reading a GPU tensor's values waits for everything queued on the GPU (a synchronisation), so a tensor
-    is read once per *version*: a model passes the same ``cu_seqlens`` (or cache lengths) to every layer,
-    and only the first layer's call pays; writing into it in place makes a new version, checked again. (A
-    tensor made under ``torch.inference_mode`` has no version counter: it is checked at every call.)
+    Reading a GPU tensor's values waits for everything queued on the GPU (a synchronisation), so a GPU
+    tensor is read once per *version*: a model passes the same ``cu_seqlens`` (or cache lengths) to every
+    layer, and only the first layer's call pays; writing into it in place makes a new version, checked
+    again. (A tensor made under ``torch.inference_mode`` has no version counter: it is checked at every
+    call.) Writes that bypass the version counter (through a NumPy view, DLPack, another kernel) go unseen
+    there. A CPU tensor costs no synchronisation, so it is checked at every call, and such writes are
+    caught (unchecked, a NumPy view's broken lengths had the interpreter write out of bounds).
     During CUDA graph capture, where a copy to the host is not allowed, a tensor not checked before gets
     its shape and dtype checked only: its values are ``None`` here, and the kernels trust them, as
     flash-attn always does.
@@ -214,7 +218,7 @@ def host_checked(x, check, check_shape, tag, name):
     _require_dense(name, x)
     if x.device.type not in ("cpu", "cuda"):
         raise ValueError(f"{name} must be on the CPU or a CUDA GPU (its values are read), got {x.device}")
-    key, version = (id(x), tag), None if x.is_inference() else x._version
+    key, version = (id(x), tag), None if x.is_inference() or x.device.type not in SYNC_TO_READ else x._version
     hit = _host_copies.get(key)
     if hit is not None and version is not None and hit[0] == version:
         return hit[1]

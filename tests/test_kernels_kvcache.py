@@ -249,6 +249,18 @@ def test_an_expanded_cache_is_read_as_it_is_and_interleaved_caches_take_appends(
     torch.testing.assert_close(kv[:, :, 10:], torch.stack((k, v), dim=3), atol=0, rtol=0)
 
 
+def test_cpu_cache_seqlens_written_behind_the_version_counter_are_still_checked():
+    """A CPU ``cache_seqlens`` is checked at every call (see ``_checks.host_checked``), so lengths broken
+    through a NumPy view, which torch's version counter does not see, are refused, not trusted."""
+    args = _kv()
+    lengths = args["cache_seqlens"]
+    with torch.no_grad():
+        flash_attention_kvcache(**args)  # (checked: fine)
+        lengths.numpy()[1] = 8  # one new key appended after 8 cached ones: past the cache's 8 positions
+        with pytest.raises(ValueError, match=r"lengths in \[0, 7\].*got \[3, 8\]"):
+            flash_attention_kvcache(**args)
+
+
 def test_a_cache_call_that_would_need_a_gradient_is_refused():
     args = _kv(q=_kv()["q"].requires_grad_(True))
     with pytest.raises(ValueError, match="inference and has no gradient.*torch.no_grad"):

@@ -135,7 +135,7 @@ def small_packed():
 
 @pytest.fixture
 def value_reads(monkeypatch):
-    """The cu_seqlens whose values the checks read (on a GPU, each read waits for the GPU to finish)."""
+    """The cu_seqlens whose values the checks read."""
     from attn_course.kernels import _checks
 
     reads, real = [], _checks.check_cu_seqlens
@@ -143,9 +143,34 @@ def value_reads(monkeypatch):
     return reads
 
 
-def test_cu_seqlens_values_are_read_once_per_version(value_reads):
-    """A model passes the same cu_seqlens to every layer: their values are read and checked at the first
-    call only, and again after an in-place write (which could have broken them)."""
+@pytest.fixture
+def read_like_a_gpu(monkeypatch):
+    """CPU tensors treated as GPU ones, whose reads cost a synchronisation and are cached per version (so
+    that the caching can be tested here)."""
+    from attn_course.kernels import _checks
+
+    monkeypatch.setattr(_checks, "SYNC_TO_READ", ("cuda", "cpu"))
+
+
+def test_cpu_cu_seqlens_are_checked_at_every_call_even_behind_the_version_counter(value_reads):
+    """Reading a CPU tensor costs no synchronisation: it is checked at every call. A write through a NumPy
+    view leaves torch's version counter as it was; with the checks cached per version, the interpreter ran
+    on the broken lengths and wrote out of bounds ("double free or corruption")."""
+    q, k, v, cu_q, cu_k = small_packed()
+    shared = cu_k.numpy()  # the same memory
+    flash_attention_varlen(q, k, v, cu_q, cu_k, max(LENS_Q), max(LENS_K))
+    flash_attention_varlen(q, k, v, cu_q, cu_k, max(LENS_Q), max(LENS_K))
+    assert len(value_reads) == 4
+    version = cu_k._version
+    shared[1] = shared[2] + 1  # no longer sorted
+    assert cu_k._version == version, "torch saw the write: this test no longer tests what it says"
+    with pytest.raises(ValueError, match="cu_seqlens_k: cu_seqlens must be sorted"):
+        flash_attention_varlen(q, k, v, cu_q, cu_k, max(LENS_Q), max(LENS_K))
+
+
+def test_cu_seqlens_values_are_read_once_per_version(value_reads, read_like_a_gpu):
+    """A model passes the same cu_seqlens to every layer: on a GPU their values are read and checked at the
+    first call only, and again after an in-place write (which could have broken them)."""
     q, k, v, cu_q, cu_k = small_packed()
 
     def call():
@@ -162,7 +187,7 @@ def test_cu_seqlens_values_are_read_once_per_version(value_reads):
     assert torch.equal(call(), first) and len(value_reads) == 4, "cu_k read twice more, cu_q never again"
 
 
-def test_inference_mode_cu_seqlens_are_checked_at_every_call(value_reads):
+def test_inference_mode_cu_seqlens_are_checked_at_every_call(value_reads, read_like_a_gpu):
     """A tensor made under ``torch.inference_mode`` has no version counter to tell a write: no caching."""
     q, k, v, _, _ = small_packed()
     with torch.inference_mode():
@@ -173,7 +198,7 @@ def test_inference_mode_cu_seqlens_are_checked_at_every_call(value_reads):
     assert len(value_reads) == 4
 
 
-def test_checked_cu_seqlens_are_forgotten_with_their_tensor():
+def test_checked_cu_seqlens_are_forgotten_with_their_tensor(read_like_a_gpu):
     """The cache of checked values holds no reference to the tensors: nothing leaks, and an id reused by a
     later tensor cannot find an old tensor's values."""
     import gc
