@@ -48,7 +48,11 @@ except ImportError:  # older triton
 _HERE = Path(__file__).resolve().parent
 _PACKAGE = __name__.rsplit(".", 1)[0]  # "attn_course.kernels"
 _MODES = {"compiled": "0", "interpreted": "1"}
-_lock = threading.Lock()
+# One lock for everything that sets TRITON_INTERPRET or patches triton.language: building a kernel module
+# and running an interpreted launch (so interpreted launches from several threads take turns). Reentrant, so
+# that a launch may build a module it has not needed before.
+_lock = threading.RLock()
+_built: dict[str, types.ModuleType] = {}  # full module name -> the module, once its import has *finished*
 
 
 def mode_for(device: torch.device) -> str:
@@ -82,12 +86,15 @@ def kernel_module(name: str, device: torch.device) -> types.ModuleType:
             "interpreter and CUDA kernels cannot be compiled in this process; unset it (attn_course.kernels "
             "picks the interpreter for CPU tensors by itself)"
         )
-    full = f"{_subpackage(mode)}.{name}"
-    if full in sys.modules:
-        return sys.modules[full]
-    with _lock:
-        if full in sys.modules:
-            return sys.modules[full]
+    full = f"{_PACKAGE}._{mode}.{name}"
+    # (not sys.modules: an import puts the module there *before* running it, and another thread would get a
+    # module half built, with no kernels in it yet)
+    if full in _built:
+        return _built[full]
+    with _lock:  # (taken by the first call only: later ones return above)
+        if full in _built:
+            return _built[full]
+        _subpackage(mode)
         before = os.environ.get("TRITON_INTERPRET")
         os.environ["TRITON_INTERPRET"] = _MODES[mode]
         try:
@@ -97,12 +104,13 @@ def kernel_module(name: str, device: torch.device) -> types.ModuleType:
                 os.environ.pop("TRITON_INTERPRET", None)
             else:
                 os.environ["TRITON_INTERPRET"] = before
-    if module.INTERPRET != (mode == "interpreted"):
-        raise RuntimeError(
-            f"{full} was meant to be built in {mode} mode but Triton built it the other way; is "
-            f"triton.knobs.runtime.interpret forced in this process? Leave it unset: {_PACKAGE} picks the "
-            f"mode from the tensors' device."
-        )
+        if module.INTERPRET != (mode == "interpreted"):
+            raise RuntimeError(
+                f"{full} was meant to be built in {mode} mode but Triton built it the other way; is "
+                f"triton.knobs.runtime.interpret forced in this process? Leave it unset: {_PACKAGE} picks the "
+                f"mode from the tensors' device."
+            )
+        _built[full] = module
     return module
 
 

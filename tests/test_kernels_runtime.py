@@ -26,6 +26,49 @@ def test_cpu_tensors_use_interpreted_kernels_and_restore_the_environment():
         assert isinstance(tl.standard.max, JITFunction)
 
 
+_THREADS = """
+import sys, threading, torch
+from attn_course.kernels import flash_attention, flash_attention_varlen
+n = 6
+start, failures = threading.Barrier(n), []
+
+def work(i):
+    g = torch.Generator().manual_seed(i)
+    dtype = (torch.float32, torch.float16, torch.bfloat16)[i % 3]
+    q, k, v = (torch.randn(1, 2, 9 + i, 16, generator=g).to(dtype).requires_grad_() for _ in range(3))
+    start.wait()  # every thread makes its first call at once
+    try:
+        if i % 2:
+            out = flash_attention_varlen(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1),
+                                         [0, 4, 9 + i], [0, 5, 9 + i], 9 + i, 9 + i, causal=True)
+        else:
+            out = flash_attention(q, k, v, causal=True)
+        out.float().sum().backward()
+        assert torch.isfinite(q.grad.float()).all()
+    except Exception as e:
+        failures.append(f"thread {i}: {e!r}")
+
+threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("\\n".join(failures) or "ALL OK")
+"""
+
+
+def test_first_calls_from_several_threads_at_once():
+    """A fresh process whose threads all make their first call at the same moment: the first builds the
+    interpreted kernel modules while the others wait for it, not for a module Python has registered but
+    not yet run (they used to get "partially initialized module ... has no attribute 'attn_fwd_launch'");
+    the interpreted launches then take turns (see ``_runtime._lock``)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _THREADS], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ALL OK"), run.stdout[-3000:] + run.stderr[-3000:]
+
+
 def test_helpers_are_built_in_the_same_mode_as_their_kernel():
     module = kernel_module("flash_bwd", torch.device("cpu"))
     from attn_course.kernels._interpreted import _tiles
