@@ -140,10 +140,13 @@ def check_fixed(q, k, v) -> None:
 
 
 def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-    """Packed q ``[total_q, H, D]``, k and v ``[total_k, H_kv, D]``; returns ``(cu_q, cu_k, max_q, max_k)``:
-    int32 contiguous ``cu_seqlens`` on q's device (the caller's own tensors when they already are) and the
-    longest lengths as Python ints (NumPy integers are accepted). See :func:`host_cu_seqlens` for what
-    checking the *values* of ``cu_seqlens`` that live on a GPU costs, and when it is skipped."""
+    """Packed q ``[total_q, H, D]``, k and v ``[total_k, H_kv, D]``; returns
+    ``(cu_q, cu_k, max_q, max_k, used_q, used_k)``: int32 contiguous ``cu_seqlens`` on q's device (the
+    caller's own tensors when they already are), the longest lengths as Python ints (NumPy integers are
+    accepted), and the rows the sequences use, ``cu_seqlens[-1]`` (``None`` when its values cannot be read
+    now). The sequences may stop short of the tensors' end (a padding tail, as static-shape buffers have).
+    See :func:`host_cu_seqlens` for what checking the *values* of ``cu_seqlens`` that live on a GPU costs,
+    and when it is skipped."""
     _require_tensors(q=q, k=k, v=v)
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.dim() != 3:
@@ -155,7 +158,7 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
         raise ValueError(f"k and v must have the same shape [total_k, H_kv, D], got {tuple(k.shape)} and "
                          f"{tuple(v.shape)}")
     _check_heads(q.shape[1], k.shape[1])
-    cus, maxes = [], []
+    cus, maxes, used = [], [], []
     for name, cu, x, max_len in (("cu_seqlens_q", cu_seqlens_q, q, max_seqlen_q),
                                  ("cu_seqlens_k", cu_seqlens_k, k, max_seqlen_k)):
         n = integer_scalar(max_len)
@@ -169,10 +172,11 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
             host = host_cu_seqlens(cu)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{name}: {e}") from None
+        used.append(None if host is None else int(host[-1]))
         if host is not None:  # the values are known: check them against the tensors
-            if int(host[-1]) != x.shape[0]:
-                raise ValueError(f"{name} must end at the number of packed tokens ({x.shape[0]}), got "
-                                 f"{host.tolist()}")
+            if used[-1] > x.shape[0]:
+                raise ValueError(f"{name} ends at token {used[-1]} but {name[-1]} holds only {x.shape[0]} packed "
+                                 f"tokens: {host.tolist()}")
             longest = int((host[1:] - host[:-1]).max())
             if max_len < longest:
                 raise ValueError(f"max_seqlen for {name} is {max_len} but its longest sequence has {longest} "
@@ -183,7 +187,7 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
             f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
             f"{cus[0].numel() - 1} and {cus[1].numel() - 1}"
         )
-    return (*(cu.to(device=q.device, dtype=torch.int32).contiguous() for cu in cus), *maxes)
+    return (*(cu.to(device=q.device, dtype=torch.int32).contiguous() for cu in cus), *maxes, *used)
 
 
 _host_copies: dict[tuple, tuple[int, torch.Tensor]] = {}  # (id(x), what) -> (x's version, checked host copy)

@@ -127,13 +127,25 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
     Returns:
         ``out [total_q, H, D]``, or ``(out, lse [H, total_q])`` with ``return_lse``. Sequences never see
         each other.
+
+    The sequences may end before the tensors do (``cu_seqlens_q[-1] < total_q``, or the same for keys): a
+    padding tail, as a static-shape buffer for ``torch.compile`` or CUDA graphs has. The tail is never
+    read; its rows of ``out`` are zeros, of ``lse`` ``-inf``, and its gradients zeros (flash-attn leaves
+    them uninitialised). That costs one copy of ``out``. (Under CUDA graph capture, ``cu_seqlens`` never
+    checked before capture cannot be read: a tail is then left unwritten, as in flash-attn.)
     """
     q, k, v = autocast_inputs(q, k, v)
-    cu_q, cu_k, max_seqlen_q, max_seqlen_k = check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                                          max_seqlen_k)  # (the lengths as Python ints)
+    cu_q, cu_k, max_seqlen_q, max_seqlen_k, used_q, used_k = check_varlen(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)  # (lengths and rows used as Python ints)
     scale = check_scale(scale, q.shape[-1])
     varlen = (cu_q, cu_k, max_seqlen_q, max_seqlen_k)
+    tail_q = 0 if used_q is None else q.shape[0] - used_q
+    if tail_q or (used_k is not None and used_k < k.shape[0]):  # a padding tail: the kernels see the rows used
+        q, k, v = q[:used_q], k[:used_k], v[:used_k]  # (used_q, H, D), (used_k, H_kv, D): views
     out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), varlen)
+    if tail_q:  # autograd gives the tail zero gradients (through the slices above)
+        out = torch.cat([out, out.new_zeros(tail_q, *out.shape[1:])])  # (total_q, H, D)
+        lse = torch.cat([lse, lse.new_full((lse.shape[0], tail_q), float("-inf"))], dim=1)  # (H, total_q)
     return (out, lse) if return_lse else out
 
 

@@ -17,7 +17,7 @@ from test_kernels_common import (
     reference,
     torch_same_dtype,
 )
-from test_kernels_varlen import LENS_K, LENS_Q, packed, per_sequence
+from test_kernels_varlen import LENS_K, LENS_Q, packed, per_sequence, with_tail
 
 from attn_course.kernels import flash_attention, flash_attention_varlen
 from attn_course.mha import repeat_kv
@@ -300,11 +300,14 @@ def test_torch_compile_with_frozen_keys_and_values():
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(dq_of(compiled), dq_of(model), atol=1e-6, rtol=1e-6)
 
-def test_torch_compile_runs_the_varlen_api():
-    """Packed sequences compile too (their checks read cu_seqlens, so the graph may break around them)."""
+@pytest.mark.parametrize("tail", [0, 5], ids=["packed", "padding-tail"])
+def test_torch_compile_runs_the_varlen_api(tail):
+    """Packed sequences compile too (their checks read cu_seqlens, so the graph may break around them),
+    also when they stop short of the tensors' end (a padding tail: the rows used come from the check)."""
     q, cu_q = packed(LENS_Q, 2, 16, F32, 0)
     k, cu_k = packed(LENS_K, 2, 16, F32, 1)
     v, _ = packed(LENS_K, 2, 16, F32, 2)
+    q, k, v = (with_tail(x, tail, 1.0) for x in (q, k, v))
 
     def model(q, k, v):
         return flash_attention_varlen(q, k, v, cu_q, cu_k, max(LENS_Q), max(LENS_K), causal=True)

@@ -168,6 +168,25 @@ def test_varlen_packed_forms_match_flash_attention_varlen():
     assert torch.equal(out, want) and torch.equal(lse, want_lse)
 
 
+def test_a_static_shape_qkv_buffer_with_a_padding_tail():
+    """flash-attn issue #1228's use: one packed qkv buffer of fixed size, the sequences filling only its
+    start. The rows used get what they get without the tail, bit for bit; the tail's output and gradient are
+    zeros (NaN in the tail, so a read of it would show)."""
+    qkv, cu = packed(LENS_Q, 12, 16, torch.float32, 3)
+    qkv = qkv.view(-1, 3, 4, 16)  # (total, 3, H, D)
+    padded = torch.cat([qkv, torch.full((6, 3, 4, 16), float("nan"))])  # (total + 6, 3, H, D)
+    dout = torch.randn(padded.shape[0], 4, 16, generator=torch.Generator().manual_seed(4))  # (total + 6, H, D)
+
+    def run(x):
+        x = x.clone().requires_grad_(True)
+        out = flash_attn_varlen_qkvpacked_func(x, cu, max(LENS_Q), causal=True)
+        return out, *torch.autograd.grad(out, x, dout[:x.shape[0]])
+
+    (out, dqkv), (want, want_dqkv), n = run(padded), run(qkv), qkv.shape[0]
+    assert torch.equal(out[:n], want) and torch.equal(dqkv[:n], want_dqkv)
+    assert not out[n:].abs().sum() and not dqkv[n:].abs().sum(), "the padding tail is not zero"
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda: flash_attn_qkvpacked_func(torch.randn(1, 5, 2, 4, 16)),
      r"qkv must be \[B, T, 3, H, D\].*\(1, 5, 2, 4, 16\)"),

@@ -84,7 +84,8 @@ def packed():
 @pytest.mark.parametrize("cu_q,cu_k,max_q,max_k,match", [
     ([1, 4, 10], [0, 5, 12], 6, 7, "cu_seqlens_q: cu_seqlens must start at 0"),
     ([0, 6, 4, 10], [0, 5, 6, 12], 6, 7, "sorted"),
-    ([0, 4, 9], [0, 5, 12], 6, 7, "must end at the number of packed tokens \\(10\\)"),
+    ([0, 4, 11], [0, 5, 12], 7, 7, r"cu_seqlens_q ends at token 11 but q holds only 10 packed tokens"),
+    ([0, 4, 10], [0, 7, 13], 6, 7, r"cu_seqlens_k ends at token 13 but k holds only 12 packed tokens"),
     ([0, 4, 10], [0, 12], 6, 12, "same number of sequences"),
     ([0, 4, 10], [0, 5, 12], 5, 7, "longest sequence has 6 tokens"),
     ([0, 4, 10], [0, 5, 12], 6, 7.0, "must be an int"),

@@ -27,7 +27,7 @@ from test_kernels_empty import EMPTY, check_empty, launches  # noqa: F401 (launc
 from test_kernels_kvcache import case_id as kvcache_case_id
 from test_kernels_kvcache import check_kvcache_case, make_cache
 from test_kernels_runtime import check_bfloat16_output_rounds_to_nearest
-from test_kernels_varlen import per_sequence
+from test_kernels_varlen import PADDING_TAILS, check_padding_tail, per_sequence
 
 from attn_course.kernels import _tiles, _variants, flash_attention, flash_attention_varlen, flash_attn_func
 from attn_course.kernels._runtime import kernel_module
@@ -133,6 +133,15 @@ def test_compiled_varlen_matches_attention_per_sequence(variant, monkeypatch):
     for b in (0, 2):
         sl = slice(int(cu_q[b]), int(cu_q[b + 1]))
         assert torch.equal(again[sl], out[sl]), f"sequence {b} changed when sequence 1 became NaN ({variant})"
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:2])
+@pytest.mark.parametrize("tail_q,tail_k,causal", PADDING_TAILS)
+def test_a_padding_tail_on_the_gpu(tail_q, tail_k, causal, variant, monkeypatch):
+    """A static-shape buffer's padding tail, compiled: never read, zeros (the caching allocator hands out
+    used memory here, so an unwritten tail would show), the sequences' results unchanged bit for bit."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_padding_tail(tail_q, tail_k, causal, "cuda")
 
 
 def test_a_packed_batch_of_decoding_steps_on_the_gpu():

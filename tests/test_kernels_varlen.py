@@ -212,3 +212,53 @@ def test_checked_cu_seqlens_are_forgotten_with_their_tensor(read_like_a_gpu):
     del cu_q, cu_k
     gc.collect()
     assert not any(key in _checks._host_copies for key in keys)
+
+
+def with_tail(x, tail, fill=float("nan")):
+    """``x [total_T, ...]`` followed by ``tail`` rows of ``fill``: a static-shape buffer's padding."""
+    return torch.cat([x, x.new_full((tail, *x.shape[1:]), fill)])  # (total_T + tail, ...)
+
+
+PADDING_TAILS = [(5, 0, True), (0, 7, False), (3, 9, True), (33, 1, False)]  # (tail_q, tail_k, causal)
+
+
+@pytest.mark.parametrize("variant", ["pointer", "tma"])
+@pytest.mark.parametrize("tail_q,tail_k,causal", PADDING_TAILS)
+def test_a_padding_tail_is_never_read_and_gets_zeros(tail_q, tail_k, causal, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_padding_tail(tail_q, tail_k, causal, "cpu")
+
+
+def check_padding_tail(tail_q, tail_k, causal, device):
+    """Sequences that stop short of the tensors' end (static-shape buffers, flash-attn issue #1228): the
+    sequences' out, lse and gradients are bit-identical to the same call without the tail, whose rows are
+    all NaN here (so any read of them would show); the tail's out is zeros, its lse -inf and its gradients
+    zeros, where flash-attn leaves uninitialised memory."""
+    q, k, v, cu_q, cu_k = (x.to(device) for x in small_packed())
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(6)).to(device)
+
+    def run(q, k, v, dout):
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+        out, lse = flash_attention_varlen(*leaves, cu_q, cu_k, max(LENS_Q), max(LENS_K), causal=causal,
+                                          return_lse=True)
+        return (out, lse, *torch.autograd.grad(out, leaves, dout))
+
+    plain = run(q, k, v, dout)
+    padded = run(with_tail(q, tail_q), with_tail(k, tail_k), with_tail(v, tail_k), with_tail(dout, tail_q))
+    used = (q.shape[0], q.shape[0], q.shape[0], k.shape[0], k.shape[0])  # out, lse (rows on dim 1), dq, dk, dv
+    for name, p, c, n in zip(("out", "lse", "dq", "dk", "dv"), padded, plain, used, strict=True):
+        rows = (lambda x: x.T) if name == "lse" else (lambda x: x)  # noqa: E731 (lse is [H, total_q])
+        got = rows(p)
+        assert got.shape[0] == n + (tail_k if name in ("dk", "dv") else tail_q), f"{name} has shape {p.shape}"
+        assert torch.equal(got[:n], rows(c)), f"{name} of the sequences changed with a padding tail"
+        want_tail = float("-inf") if name == "lse" else 0.0
+        assert (got[n:] == want_tail).all(), f"{name}'s padding tail holds {got[n:].unique().tolist()}"
+
+
+def test_sequences_that_use_no_row_of_a_padded_buffer():
+    """Every row padding (cu_seqlens all zero): zeros, -inf, zero gradients, no launch needed."""
+    q, k, v = (torch.randn(6, 2, 16, requires_grad=True) for _ in range(3))
+    cu = torch.zeros(3, dtype=torch.int32)
+    out, lse = flash_attention_varlen(q, k, v, cu, cu, 0, 0, return_lse=True)
+    assert out.shape == q.shape and not out.abs().sum() and torch.isneginf(lse).all() and lse.shape == (2, 6)
+    assert not any(g.abs().sum() for g in torch.autograd.grad(out.sum() + lse.clamp(min=0).sum(), (q, k, v)))
