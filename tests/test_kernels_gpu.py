@@ -26,8 +26,9 @@ from test_kernels_decode import combines  # noqa: F401 (a fixture)
 from test_kernels_empty import EMPTY, check_empty, launches  # noqa: F401 (launches: a fixture)
 from test_kernels_kvcache import case_id as kvcache_case_id
 from test_kernels_kvcache import check_kvcache_case, make_cache
+from test_kernels_random import GPU_SEEDS, cache_draw_id, cache_draws, fixed_case, packed_case, packed_id
 from test_kernels_runtime import check_bfloat16_output_rounds_to_nearest
-from test_kernels_varlen import PADDING_TAILS, check_padding_tail, per_sequence
+from test_kernels_varlen import PADDING_TAILS, check_padding_tail, check_varlen_case, per_sequence
 
 from attn_course.kernels import _tiles, _variants, flash_attention, flash_attention_varlen, flash_attn_func
 from attn_course.kernels._runtime import kernel_module
@@ -396,3 +397,26 @@ def test_a_decoding_step_captured_in_a_cuda_graph():
         assert torch.equal(out, eager[i]), f"replayed step {i} differs from the eager step"
     for got, want in ((k_graph, k_cache), (v_graph, v_cache)):
         torch.testing.assert_close(got, want, atol=0, rtol=0, equal_nan=True)
+
+
+# Seeded random cases (tests/test_kernels_random.py's generators, other seeds), compiled: every feature at
+# once, lengths either side of the tile edges. Last in the file, so that a time-boxed run reaches the rest first.
+@pytest.mark.parametrize("variant", VARIANTS[:2])
+@pytest.mark.parametrize("case", [fixed_case(s) for s in GPU_SEEDS["fixed"]], ids=case_id)
+def test_random_fixed_length_cases_compiled(case, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_case(case)
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:2])
+@pytest.mark.parametrize("case", [packed_case(s) for s in GPU_SEEDS["packed"]], ids=packed_id)
+def test_random_packed_cases_compiled(case, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_varlen_case(*case, device="cuda")
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:2])
+@pytest.mark.parametrize("case,splits,recency", cache_draws(GPU_SEEDS["cache"]), ids=cache_draw_id)
+def test_random_cache_cases_compiled(case, splits, recency, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_kvcache_case(case, "cuda", num_splits=splits, recency=recency)

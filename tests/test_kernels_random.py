@@ -28,6 +28,7 @@ LENGTHS = (1, 2, 15, 16, 17, 31, 33, 63, 64, 65, 97)  # either side of the 16/32
 WINDOWS = ((-1, -1), (-1, -1), (0, 0), (0, -1), (-1, 0), (3, -1), (-1, 2), (5, 7), (40, 0), (200, 200))
 VARIANTS = ("pointer", "tma")
 SEEDS = {"fixed": 8, "packed": 6, "cache": 8}  # cases drawn per entry point (each run through both variants)
+GPU_SEEDS = {"fixed": range(100, 106), "packed": range(100, 104), "cache": range(100, 106)}  # test_kernels_gpu's
 
 
 def heads(rnd: random.Random) -> tuple[int, int]:
@@ -96,6 +97,16 @@ def cache_id(case) -> str:
             f"{'-causal' if causal else ''}-win{window[0]},{window[1]}-{str(dtype)[6:]}")
 
 
+def cache_draw_id(x) -> str:
+    """A test id for one of ``(cache case, splits, recency)``."""
+    return f"splits{x}" if isinstance(x, int) else f"recency{x:g}" if isinstance(x, float) else cache_id(x)
+
+
+def cache_draws(seeds) -> list[tuple]:
+    """``(case, splits, recency)`` for each seed."""
+    return [(cache_case(s), cache_splits(s), cache_recency(s)) for s in seeds]
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case", [fixed_case(s) for s in range(SEEDS["fixed"])], ids=case_id)
 def test_random_fixed_length_cases(case, variant, monkeypatch):
@@ -111,10 +122,7 @@ def test_random_packed_cases(case, variant, monkeypatch):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case,splits,recency",
-                         [(cache_case(s), cache_splits(s), cache_recency(s)) for s in range(SEEDS["cache"])],
-                         ids=lambda x: f"splits{x}" if isinstance(x, int) else f"recency{x:g}" if isinstance(
-                             x, float) else cache_id(x))
+@pytest.mark.parametrize("case,splits,recency", cache_draws(range(SEEDS["cache"])), ids=cache_draw_id)
 def test_random_cache_cases(case, splits, recency, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_kvcache_case(case, num_splits=splits, recency=recency)

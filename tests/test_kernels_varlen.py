@@ -25,14 +25,13 @@ def per_sequence(x, cu, b):
     return x[cu[b]:cu[b + 1]].transpose(0, 1).unsqueeze(0)  # (1, H, T_b, D)
 
 
-def check_varlen_case(lens_q, lens_k, H, H_kv, D, causal, window, dtype):
+def check_varlen_case(lens_q, lens_k, H, H_kv, D, causal, window, dtype, device="cpu"):
     """Packed sequences of lengths ``lens_q`` / ``lens_k``: each sequence's out, lse and gradients against
     attention on that sequence alone, by the tolerance rule. A sequence with no query leaves its keys'
     gradients exactly zero; one with no key gives zeros, ``lse = -inf`` and a zero dq."""
-    q, cu_q = packed(lens_q, H, D, dtype, 0)
-    k, cu_k = packed(lens_k, H_kv, D, dtype, 1)
-    v, _ = packed(lens_k, H_kv, D, dtype, 2)
-    dout, _ = packed(lens_q, H, D, dtype, 3)
+    (q, cu_q), (k, cu_k), (v, _), (dout, _) = (
+        (x.to(device), cu.to(device)) for x, cu in (packed(lens_q, H, D, dtype, 0), packed(lens_k, H_kv, D, dtype, 1),
+                                                   packed(lens_k, H_kv, D, dtype, 2), packed(lens_q, H, D, dtype, 3)))
     leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
     out, lse = flash_attention_varlen(*leaves, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal, window=window,
                                       return_lse=True)
