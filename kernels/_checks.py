@@ -144,9 +144,9 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     ``(cu_q, cu_k, max_q, max_k, used_q, used_k)``: int32 contiguous ``cu_seqlens`` on q's device (the
     caller's own tensors when they already are), the longest lengths as Python ints (NumPy integers are
     accepted), and the rows the sequences use, ``cu_seqlens[-1]`` (``None`` when its values cannot be read
-    now). The sequences may stop short of the tensors' end (a padding tail, as static-shape buffers have).
-    See :func:`host_cu_seqlens` for what checking the *values* of ``cu_seqlens`` that live on a GPU costs,
-    and when it is skipped."""
+    now, or during CUDA graph capture). The sequences may stop short of the tensors' end (a padding tail,
+    as static-shape buffers have). See :func:`host_cu_seqlens` for what checking the *values* of
+    ``cu_seqlens`` that live on a GPU costs, and when it is skipped."""
     _require_tensors(q=q, k=k, v=v)
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.dim() != 3:
@@ -172,7 +172,8 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
             host = host_cu_seqlens(cu)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{name}: {e}") from None
-        used.append(None if host is None else int(host[-1]))
+        # (during CUDA graph capture the rows used stay unknown: a replay may bring cu_seqlens of another length)
+        used.append(None if host is None or capturing(q) else int(host[-1]))
         if host is not None:  # the values are known: check them against the tensors
             if used[-1] > x.shape[0]:
                 raise ValueError(f"{name} ends at token {used[-1]} but {name[-1]} holds only {x.shape[0]} packed "
@@ -226,7 +227,7 @@ def host_checked(x, check, check_shape, tag, name):
     hit = _host_copies.get(key)
     if hit is not None and version is not None and hit[0] == version:
         return hit[1]
-    if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if capturing(x):
         check_shape(x)
         return None  # (the values stay on the GPU)
     host = check(x.detach().to("cpu", copy=True))  # (a copy: the cache must not keep x alive)
@@ -235,6 +236,12 @@ def host_checked(x, check, check_shape, tag, name):
             weakref.finalize(x, _host_copies.pop, key, None)
         _host_copies[key] = (version, host)
     return host
+
+
+def capturing(x: torch.Tensor) -> bool:
+    """Is ``x``'s GPU stream being recorded into a CUDA graph (where nothing may wait on the GPU, and what
+    is recorded is replayed later on whatever values the tensors then hold)?"""
+    return x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _is_integer_vector(x: torch.Tensor) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _checks
 from ._runtime import kernel_module, on_device
 
 _VARLEN = (None, None, 0, 0)  # cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k of a fixed-length call
@@ -49,6 +50,19 @@ def forward_buffers(q: torch.Tensor, varlen: bool) -> tuple[torch.Tensor, torch.
 def backward_buffers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """The uninitialised ``dq, dk, dv`` the backward kernels write: contiguous, shaped like q, k, v."""
     return tuple(torch.empty(x.shape, device=x.device, dtype=x.dtype) for x in (q, k, v))
+
+
+def define_padding_rows(q: torch.Tensor, zeros=(), minus_inf=()) -> None:
+    """A packed batch's buffers, filled first during CUDA graph capture: ``zeros`` with zeros, ``minus_inf``
+    (lse) with ``-inf``. The kernels write only the sequences' rows. Outside capture,
+    ``flash_attention_varlen`` hands them the rows the sequences use and pads the result itself; during
+    capture a replay may bring ``cu_seqlens`` of other lengths, so they get the whole tensors, and the rows
+    of a padding tail keep these values."""
+    if _checks.capturing(q):
+        for x in zeros:
+            x.zero_()
+        for x in minus_inf:
+            x.fill_(float("-inf"))
 
 
 def drop_unneeded(grads, need_dq: bool, need_dkdv: bool):

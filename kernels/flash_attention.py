@@ -131,8 +131,9 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
     The sequences may end before the tensors do (``cu_seqlens_q[-1] < total_q``, or the same for keys): a
     padding tail, as a static-shape buffer for ``torch.compile`` or CUDA graphs has. The tail is never
     read; its rows of ``out`` are zeros, of ``lse`` ``-inf``, and its gradients zeros (flash-attn leaves
-    them uninitialised). That costs one copy of ``out``. (Under CUDA graph capture, ``cu_seqlens`` never
-    checked before capture cannot be read: a tail is then left unwritten, as in flash-attn.)
+    them uninitialised). That costs one copy of ``out``. Under CUDA graph capture the kernels get the whole
+    tensors, since a replay may bring ``cu_seqlens`` of other lengths, and write into buffers filled with
+    zeros (and ``-inf``) first: a memset instead of the copy.
     """
     q, k, v = autocast_inputs(q, k, v)
     cu_q, cu_k, max_seqlen_q, max_seqlen_k, used_q, used_k = check_varlen(

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from attn_course.kernels import _variants
-from attn_course.kernels._ops import backward_buffers
+from attn_course.kernels._ops import backward_buffers, define_padding_rows
 from attn_course.kernels._runtime import interpreter_scope, is_interpreted
 
 from ._tiles import (
@@ -402,6 +402,8 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
         sl = lse.stride()  # lse (B, H, T_q)
     delta = torch.empty_like(lse)  # (B, H, T_q) or (H, total_q), float32
     dq, dk, dv = backward_buffers(q, k, v)  # contiguous, like q, k, v
+    if varlen:
+        define_padding_rows(q, zeros=(dq, dk, dv))
     sq, sk, sv, sg, so = (_views(x, varlen) for x in (q, k, v, dout, out))
     sdq, sdk = _views(dq, varlen), _views(dk, varlen)
     interp_bf16 = INTERPRET and q.dtype == torch.bfloat16  # see _tiles.dot and _tiles.narrow

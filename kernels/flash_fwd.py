@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from attn_course.kernels import _variants
-from attn_course.kernels._ops import forward_buffers
+from attn_course.kernels._ops import define_padding_rows, forward_buffers
 from attn_course.kernels._runtime import interpreter_scope, is_interpreted
 
 from . import flash_split
@@ -379,6 +379,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         # view the packed tensors as (batch=1 stride 0, head, time, dim): time is dim 0 of the packed layout
         sq, sk, sv = ((0, x.stride(1), x.stride(0), x.stride(2)) for x in (q, k, v))
         out, lse = forward_buffers(q, varlen)  # out like q, lse (H, total_q)
+        define_padding_rows(q, zeros=(out,), minus_inf=(lse,))
         so = (0, out.stride(1), out.stride(0), out.stride(2))
         sl = (0, lse.stride(0), lse.stride(1))
         H_kv = k.shape[1]

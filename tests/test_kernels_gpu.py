@@ -325,6 +325,31 @@ def test_cuda_graph_capture_and_replay():
         assert torch.equal(out, packed(cu_k)()), "a replayed packed batch differs from the eager kernel"
 
 
+@pytest.mark.parametrize("variant", VARIANTS[:2])
+def test_a_replayed_packed_graph_takes_new_lengths_and_a_padding_tail(variant, monkeypatch):
+    """Serving's pattern: record once on full static buffers, then write each step's lengths into the
+    recorded cu_seqlens and replay. Every replay must equal the eager call on the same lengths, bit for bit,
+    including steps whose sequences stop short of the buffers: zeros and lse = -inf there (the recorded
+    graph fills its buffers first), not an earlier step's rows."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    H, H_kv, D, total = 8, 2, 64, 1024
+    q = torch.randn(total, H, D, device="cuda", dtype=torch.float16)  # (total, H, D)
+    k, v = (torch.randn(total, H_kv, D, device="cuda", dtype=torch.float16) for _ in range(2))
+    cu = torch.tensor([0, 300, 700, total], dtype=torch.int32, device="cuda")
+
+    def step():
+        return flash_attention_varlen(q, k, v, cu, cu, 512, 512, causal=True, return_lse=True)
+
+    graph, (out, lse) = _captured(step, step)
+    for lengths in ([300, 400, 324], [100, 5, 0], [512, 200, 1], [0, 0, 0]):
+        cu.copy_(torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()]))
+        graph.replay()
+        want, want_lse = step()
+        used = sum(lengths)
+        assert torch.equal(out, want) and torch.equal(lse, want_lse), f"replay with lengths {lengths} ({variant})"
+        assert not out[used:].abs().sum() and torch.isneginf(lse[:, used:]).all(), f"tail after {lengths}"
+
+
 @pytest.mark.parametrize("case", [
     (4, 32, 8, 4096, 1, 1, [4095, 1, 2048, 0], True, NONE, 128, torch.bfloat16),  # decoding, one full cache
     (2, 16, 2, 8192, 4, 4, [100, 8000], True, (1024, 0), 64, torch.float16),  # a 4-token chunk, a window

@@ -228,6 +228,20 @@ def test_a_padding_tail_is_never_read_and_gets_zeros(tail_q, tail_k, causal, var
     check_padding_tail(tail_q, tail_k, causal, "cpu")
 
 
+@pytest.mark.parametrize("tail_q,tail_k,causal", PADDING_TAILS[2:])
+def test_a_padding_tail_as_recorded_in_a_cuda_graph(tail_q, tail_k, causal, monkeypatch):
+    """During CUDA graph capture the rows used are not known (a replay may bring other cu_seqlens): the
+    kernels get the whole tensors and write into buffers filled with zeros and -inf first. Capture is
+    pretended here (the GPU test records and replays a graph), and the whole tensors are seen to arrive."""
+    from attn_course.kernels import _checks, _ops
+
+    rows, real = [], _ops.forward
+    monkeypatch.setattr(_checks, "capturing", lambda x: True)
+    monkeypatch.setattr(_ops, "forward", lambda q, *args, **kw: rows.append(q.shape[0]) or real(q, *args, **kw))
+    check_padding_tail(tail_q, tail_k, causal, "cpu")
+    assert rows == [sum(LENS_Q), sum(LENS_Q) + tail_q], "the kernels did not get the whole tensors"
+
+
 def check_padding_tail(tail_q, tail_k, causal, device):
     """Sequences that stop short of the tensors' end (static-shape buffers, flash-attn issue #1228): the
     sequences' out, lse and gradients are bit-identical to the same call without the tail, whose rows are
