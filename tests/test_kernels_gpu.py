@@ -26,7 +26,7 @@ from test_kernels_decode import combines  # noqa: F401 (a fixture)
 from test_kernels_empty import EMPTY, check_empty, launches  # noqa: F401 (launches: a fixture)
 from test_kernels_kvcache import case_id as kvcache_case_id
 from test_kernels_kvcache import check_kvcache_case, make_cache
-from test_kernels_random import GPU_SEEDS, cache_draw_id, cache_draws, fixed_case, packed_case, packed_id
+from test_kernels_random import GPU_SEEDS, cache_draw_id, cache_draws, fixed_case, packed_draw_id, packed_draws
 from test_kernels_runtime import check_bfloat16_output_rounds_to_nearest
 from test_kernels_varlen import PADDING_TAILS, check_padding_tail, check_varlen_case, per_sequence
 
@@ -434,10 +434,10 @@ def test_random_fixed_length_cases_compiled(case, variant, monkeypatch):
 
 
 @pytest.mark.parametrize("variant", VARIANTS[:2])
-@pytest.mark.parametrize("case", [packed_case(s) for s in GPU_SEEDS["packed"]], ids=packed_id)
-def test_random_packed_cases_compiled(case, variant, monkeypatch):
+@pytest.mark.parametrize("case,tails", packed_draws(GPU_SEEDS["packed"]), ids=packed_draw_id)
+def test_random_packed_cases_compiled(case, tails, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
-    check_varlen_case(*case, device="cuda")
+    check_varlen_case(*case, device="cuda", tails=tails)
 
 
 @pytest.mark.parametrize("variant", VARIANTS[:2])

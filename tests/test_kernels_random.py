@@ -85,6 +85,13 @@ def cache_recency(seed: int) -> float:
     return random.Random(4000 + seed).choice((0.0, 2.0, 4.0))
 
 
+def packed_tails(seed: int) -> tuple[int, int]:
+    """The padding rows after packed case ``seed``'s queries and keys (a static-shape buffer's tail; NaN,
+    so a read of them shows): none, one row, or more than a tile."""
+    rnd = random.Random(5000 + seed)
+    return rnd.choice((0, 0, 1, 17)), rnd.choice((0, 0, 1, 70))
+
+
 def packed_id(case) -> str:
     lens_q, lens_k, H, H_kv, D, causal, window, dtype = case
     return (f"q{'_'.join(map(str, lens_q))}-k{'_'.join(map(str, lens_k))}-H{H}kv{H_kv}-D{D}"
@@ -114,11 +121,21 @@ def test_random_fixed_length_cases(case, variant, monkeypatch):
     check_case(case)
 
 
+def packed_draws(seeds) -> list[tuple]:
+    """``(case, tails)`` for each seed."""
+    return [(packed_case(s), packed_tails(s)) for s in seeds]
+
+
+def packed_draw_id(x) -> str:
+    """A test id for one of ``(packed case, tails)``."""
+    return f"tail{x[0]},{x[1]}" if isinstance(x[0], int) else packed_id(x)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case", [packed_case(s) for s in range(SEEDS["packed"])], ids=packed_id)
-def test_random_packed_cases(case, variant, monkeypatch):
+@pytest.mark.parametrize("case,tails", packed_draws(range(SEEDS["packed"])), ids=packed_draw_id)
+def test_random_packed_cases(case, tails, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
-    check_varlen_case(*case)
+    check_varlen_case(*case, tails=tails)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -138,6 +155,8 @@ def test_the_draws_cover_what_they_promise():
     assert any(c[7] != (-1, -1) for c in fixed) and any(c[3] != c[4] for c in fixed)
     assert any(0 in c[0] or 0 in c[1] for c in packed) and any(len(c[0]) > 1 for c in packed)
     assert any(c[5] for c in packed) and any(not c[5] for c in packed)
+    tails = [packed_tails(s) for s in range(SEEDS["packed"])]
+    assert (0, 0) in tails and any(t[0] for t in tails) and any(t[1] for t in tails)
     assert any(0 in c[6] for c in caches) and any(c[5] == 0 for c in caches) and any(c[4] > 1 for c in caches)
     splits = [cache_splits(s) for s in range(SEEDS["cache"])]
     assert 0 in splits and len(set(splits)) > 2

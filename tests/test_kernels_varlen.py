@@ -25,18 +25,26 @@ def per_sequence(x, cu, b):
     return x[cu[b]:cu[b + 1]].transpose(0, 1).unsqueeze(0)  # (1, H, T_b, D)
 
 
-def check_varlen_case(lens_q, lens_k, H, H_kv, D, causal, window, dtype, device="cpu"):
+def check_varlen_case(lens_q, lens_k, H, H_kv, D, causal, window, dtype, device="cpu", tails=(0, 0)):
     """Packed sequences of lengths ``lens_q`` / ``lens_k``: each sequence's out, lse and gradients against
     attention on that sequence alone, by the tolerance rule. A sequence with no query leaves its keys'
-    gradients exactly zero; one with no key gives zeros, ``lse = -inf`` and a zero dq."""
+    gradients exactly zero; one with no key gives zeros, ``lse = -inf`` and a zero dq. ``tails``: NaN
+    padding rows after the queries' and the keys' sequences, whose out, gradients (zeros) and lse (-inf)
+    are checked too."""
+    draws = ((lens_q, H, 0, tails[0]), (lens_k, H_kv, 1, tails[1]), (lens_k, H_kv, 2, tails[1]),
+             (lens_q, H, 3, tails[0]))  # q, k, v, dout: (lengths, heads, seed, padding rows)
     (q, cu_q), (k, cu_k), (v, _), (dout, _) = (
-        (x.to(device), cu.to(device)) for x, cu in (packed(lens_q, H, D, dtype, 0), packed(lens_k, H_kv, D, dtype, 1),
-                                                   packed(lens_k, H_kv, D, dtype, 2), packed(lens_q, H, D, dtype, 3)))
+        (with_tail(x, tail).to(device), cu.to(device))
+        for (x, cu), tail in ((packed(lens, h, D, dtype, seed), tail) for lens, h, seed, tail in draws))
     leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
     out, lse = flash_attention_varlen(*leaves, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal, window=window,
                                       return_lse=True)
     assert out.shape == q.shape and lse.shape == (H, q.shape[0])
     dq, dk, dv = torch.autograd.grad(out, leaves, dout)
+    for name, x, used in (("out", out, sum(lens_q)), ("dq", dq, sum(lens_q)), ("dk", dk, sum(lens_k)),
+                          ("dv", dv, sum(lens_k))):
+        assert (x[used:] == 0).all(), f"{name}'s padding tail is not zero"
+    assert torch.isneginf(lse[:, sum(lens_q):]).all(), "lse's padding tail is not -inf"
     for b in range(len(lens_q)):
         qb, kb, vb, ob, gb = (per_sequence(x, c, b) for x, c in ((q, cu_q), (k, cu_k), (v, cu_k), (out, cu_q),
                                                                    (dout, cu_q)))
