@@ -199,12 +199,15 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
     return (out, lse) if return_lse else out
 
 
-def swap_seq_and_heads(x: torch.Tensor) -> torch.Tensor:
-    """flash-attn's layout ``[B, T, H, D]`` <-> ours ``[B, H, T, D]`` (its own inverse).
+def swap_seq_and_heads(x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    """flash-attn's layout ``[B, T, H, D]`` <-> ours ``[B, H, T, D]`` (its own inverse); ``name`` is ``x``'s,
+    for the error message.
 
     A view, no copy: the kernels read any strides, so the transposed tensor costs nothing.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"expected a 4-D tensor [B, T, H, D] or [B, H, T, D], got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a 4-D torch.Tensor [B, T, H, D], got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be a 4-D tensor [B, T, H, D] (flash-attn's layout; ours is [B, H, T, D]), "
+                         f"got shape {tuple(x.shape)}")
     return x.transpose(1, 2)  # (B, T, H, D) <-> (B, H, T, D)

@@ -74,7 +74,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     ``[B, T_q, H, D]``; with ``return_attn_probs``, ``(out, softmax_lse [B, H, T_q], None)``.
     Differentiable in q, k, v (and through softmax_lse). See the module docstring for what is refused."""
     _refuse_unsupported(dropout_p, softcap, alibi_slopes)
-    q, k, v = (swap_seq_and_heads(x) for x in (q, k, v))  # (B, H, T, D)
+    q, k, v = (swap_seq_and_heads(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))  # (B, H, T, D)
     out, lse = flash_attention(q, k, v, causal=causal, scale=softmax_scale, window=window_size, return_lse=True)
     return _results((swap_seq_and_heads(out), lse), return_attn_probs)  # out (B, T_q, H, D)
 
@@ -92,9 +92,10 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
 
 def _unpack(x: torch.Tensor, dim: int, n: int, what: str, layout: str):
     """The ``n`` views of ``x`` along its packing dim ``dim`` (size ``n``): q, k, v or k, v, no copy."""
-    if not isinstance(x, torch.Tensor) or x.dim() != len(layout.split(",")) or x.shape[dim] != n:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{what} must be [{layout}] (dim {dim} of size {n}), got {got}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor [{layout}], got {type(x).__name__}")
+    if x.dim() != len(layout.split(",")) or x.shape[dim] != n:
+        raise ValueError(f"{what} must be [{layout}] (dim {dim} of size {n}), got {tuple(x.shape)}")
     return x.unbind(dim)  # n views, each without the packing dim
 
 
@@ -158,9 +159,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     for name, how in _CACHE_REFUSALS.items():
         if given[name] is not None:
             raise ValueError(f"{name}: not implemented in these kernels; {how}, and pass None")
-    new = [None if x is None else swap_seq_and_heads(x) for x in (k, v)]  # (B, H_kv, T_new, D) views
-    res = flash_attention_kvcache(swap_seq_and_heads(q), swap_seq_and_heads(k_cache), swap_seq_and_heads(v_cache),
-                                  cache_seqlens, *new, causal=causal, scale=softmax_scale, window=window_size,
-                                  num_splits=num_splits, return_lse=True)
+    new = [None if x is None else swap_seq_and_heads(x, name)
+           for x, name in ((k, "k"), (v, "v"))]  # (B, H_kv, T_new, D) views
+    q, k_cache, v_cache = (swap_seq_and_heads(x, name) for x, name in ((q, "q"), (k_cache, "k_cache"),
+                                                                       (v_cache, "v_cache")))  # (B, H, T, D) views
+    res = flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens, *new, causal=causal, scale=softmax_scale,
+                                  window=window_size, num_splits=num_splits, return_lse=True)
     out = swap_seq_and_heads(res[0])  # (B, T_q, H, D)
     return (out, res[1]) if return_softmax_lse else out

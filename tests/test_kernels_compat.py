@@ -194,10 +194,26 @@ def test_a_static_shape_qkv_buffer_with_a_padding_tail():
      r"kv must be \[B, T_k, 2, H_kv, D\]"),
     (lambda: flash_attn_varlen_qkvpacked_func(torch.randn(5, 3, 4, 16, 1), [0, 5], 5),
      r"qkv must be \[total, 3, H, D\]"),
-    (lambda: flash_attn_varlen_kvpacked_func(torch.randn(5, 4, 16), "kv", [0, 5], [0, 5], 5, 5),
-     r"kv must be \[total_k, 2, H_kv, D\].*got str"),
     (lambda: flash_attn_qkvpacked_func(torch.randn(1, 5, 3, 4, 16), dropout_p=0.5), "dropout_p=0.5"),
 ])
 def test_a_badly_packed_input_is_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: flash_attn_varlen_kvpacked_func(torch.randn(5, 4, 16), "kv", [0, 5], [0, 5], 5, 5),
+     r"kv must be a torch.Tensor \[total_k, 2, H_kv, D\], got str"),
+    (lambda: flash_attn_func(torch.randn(1, 5, 4, 16), [[1.0]], torch.randn(1, 5, 4, 16)),
+     r"k must be a 4-D torch.Tensor \[B, T, H, D\], got list"),
+    (lambda: flash_attn_with_kvcache(torch.randn(1, 1, 4, 16), torch.randn(1, 8, 4, 16), None),
+     r"v_cache must be a 4-D torch.Tensor \[B, T, H, D\], got NoneType"),
+])
+def test_a_non_tensor_is_a_type_error_that_names_it(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
+def test_a_tensor_of_the_wrong_rank_is_named():
+    with pytest.raises(ValueError, match=r"v must be a 4-D tensor \[B, T, H, D\].*got shape \(5, 4, 16\)"):
+        flash_attn_func(torch.randn(1, 5, 4, 16), torch.randn(1, 5, 4, 16), torch.randn(5, 4, 16))
