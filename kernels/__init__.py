@@ -14,6 +14,7 @@ Files, in reading order:
 * ``flash_attention.py``: the ``torch.autograd.Function`` and the public functions;
 * ``flash_attn_compat.py``: flash-attn's ``flash_attn_func`` / ``flash_attn_varlen_func`` and their packed
   (qkv, kv) forms, with flash-attn's signatures;
+* ``rotary.py``: rotary position embeddings for generation against a cache, as flash-attn applies them;
 * ``_ops.py``: the launches as PyTorch custom operators, for ``torch.compile``; the gradient through lse;
 * ``_variants.py``: which variant runs (``pointer``, ``tma``, ``tma+ws``) and whether tiles are autotuned;
 * ``_checks.py``: input checks; ``_runtime.py``: compiled vs interpreted kernels, chosen per device;

@@ -33,8 +33,11 @@ from __future__ import annotations
 
 import torch
 
+from attn_course.masks import check_window
+
 from . import _ops
 from ._checks import check_fixed, check_kvcache, check_num_splits, check_scale, check_varlen, kernel_window
+from .rotary import check_rotary, positions_of, rotate
 
 SECOND_DERIVATIVE = (
     "flash_attention has no second derivative: its backward is a Triton kernel that autograd cannot "
@@ -152,6 +155,7 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
 
 def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=None, *, causal: bool = False,
                             scale: float | None = None, window=(-1, -1), num_splits: int = 0,
+                            rotary_cos=None, rotary_sin=None, rotary_interleaved: bool = True,
                             return_lse: bool = False):
     """Attention against a key/value cache, for generation (flash-attn's ``flash_attn_with_kvcache``, in
     this package's ``[B, H, T, D]`` layout). Inference only: no gradient.
@@ -171,6 +175,11 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
             exactly (flash-decoding, ``kernels/flash_split.py``): a decoding step has too few rows to fill a
             GPU otherwise. ``0`` (the default) lets the kernel choose: no split on the CPU or when the rows
             already fill the GPU; ``1`` never splits.
+        rotary_cos, rotary_sin: ``[seqlen_ro, rotary_dim / 2]`` tables of a rotary position embedding, or
+            ``None``. The new keys are rotated to their positions before they are written into the cache,
+            and the queries too (at the same positions when causal or windowed, else all at
+            ``cache_seqlens``), as flash-attn does; ``rotary_interleaved`` picks GPT-J's pairing of dims
+            (``True``, flash-attn's default) or GPT-NeoX's. See ``kernels/rotary.py``.
 
     Returns:
         ``out [B, H, T_q, D]``, or ``(out, lse [B, H, T_q])``.
@@ -187,6 +196,10 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
     lengths = check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v)  # (B,) int32 before appending
     num_splits = check_num_splits(num_splits)
     scale = check_scale(scale, q.shape[-1])
+    kernel_side = kernel_window(window, causal)
+    if rotary_cos is not None or rotary_sin is not None:
+        q, k = _rotated(q, k, lengths, rotary_cos, rotary_sin, rotary_interleaved, T_cache=k_cache.shape[2],
+                        distinct_q=causal or check_window(window) != (-1, -1))
     if k is not None and k.shape[2] > 0:
         T_new = k.shape[2]
         rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1)
@@ -195,8 +208,18 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
         k_cache[rows, :, positions] = k.transpose(1, 2)
         v_cache[rows, :, positions] = v.transpose(1, 2)
         lengths = lengths + T_new
-    out, lse = _ops.forward(q, k_cache, v_cache, scale, kernel_window(window, causal), None, lengths, num_splits)
+    out, lse = _ops.forward(q, k_cache, v_cache, scale, kernel_side, None, lengths, num_splits)
     return (out, lse) if return_lse else out
+
+
+def _rotated(q, k, lengths, cos, sin, interleaved, *, T_cache: int, distinct_q: bool):
+    """``(q, k)`` rotated to their positions after caches filled to ``lengths`` (see ``rotary``)."""
+    if not isinstance(interleaved, bool):
+        raise TypeError(f"rotary_interleaved must be True or False, got {interleaved!r}")
+    check_rotary(cos, sin, q, T_cache, 0 if k is None else k.shape[2], distinct_q)
+    q = rotate(q, cos, sin, positions_of(lengths, q.shape[2], distinct_q), interleaved)  # (B, H, T_q, D)
+    k = rotate(k, cos, sin, positions_of(lengths, k.shape[2], True), interleaved)  # (B, H_kv, T_new, D)
+    return q, k
 
 
 def swap_seq_and_heads(x: torch.Tensor, name: str = "x") -> torch.Tensor:

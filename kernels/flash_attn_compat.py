@@ -28,8 +28,9 @@ The argument *order* matters: models call ``flash_attn_func(q, k, v, self.dropou
 softmax scale and attend uniformly, without an error.
 
 What the kernels do not implement is refused by name rather than ignored: ``dropout_p > 0``, ``softcap``,
-``alibi_slopes`` and ``block_table`` (paged key/value caches); for the cache, also rotary embeddings
-(``rotary_cos``/``rotary_sin``: apply them to q and k first), ``cache_batch_idx`` and ``cache_leftpad``.
+``alibi_slopes`` and ``block_table`` (paged key/value caches); for the cache, also ``cache_batch_idx`` and
+``cache_leftpad``. The cache's rotary embeddings (``rotary_cos``, ``rotary_sin``, ``rotary_interleaved``)
+are applied as flash-attn applies them, in PyTorch before the launch (``rotary``).
 ``num_splits`` splits each row's keys between programs as flash-attn does (``flash_split``: faster decoding
 when the batch is too small to fill the GPU; 0 lets the kernel choose). ``deterministic`` is accepted
 and changes nothing: the backward pass never uses atomics, so it is always deterministic.
@@ -138,8 +139,6 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
 
 
 _CACHE_REFUSALS = {  # flash_attn_with_kvcache's arguments the kernels lack -> what to do instead
-    "rotary_cos": "apply rotary embeddings to q and k before the call",
-    "rotary_sin": "apply rotary embeddings to q and k before the call",
     "cache_batch_idx": "pass the caches' rows in q's batch order",
     "cache_leftpad": "keep each sequence's cache starting at position 0",
 }
@@ -154,8 +153,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     into the caches in place first. Returns out ``[B, T_q, H, D]``, or ``(out, softmax_lse [B, H, T_q])``.
     See :func:`attn_course.kernels.flash_attention_kvcache`; what is refused is in the module docstring."""
     _refuse_unsupported(0.0, softcap, alibi_slopes, block_table)
-    given = dict(rotary_cos=rotary_cos, rotary_sin=rotary_sin, cache_batch_idx=cache_batch_idx,
-                 cache_leftpad=cache_leftpad)
+    given = dict(cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad)
     for name, how in _CACHE_REFUSALS.items():
         if given[name] is not None:
             raise ValueError(f"{name}: not implemented in these kernels; {how}, and pass None")
@@ -164,6 +162,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     q, k_cache, v_cache = (swap_seq_and_heads(x, name) for x, name in ((q, "q"), (k_cache, "k_cache"),
                                                                        (v_cache, "v_cache")))  # (B, H, T, D) views
     res = flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens, *new, causal=causal, scale=softmax_scale,
-                                  window=window_size, num_splits=num_splits, return_lse=True)
+                                  window=window_size, num_splits=num_splits, rotary_cos=rotary_cos,
+                                  rotary_sin=rotary_sin, rotary_interleaved=rotary_interleaved, return_lse=True)
     out = swap_seq_and_heads(res[0])  # (B, T_q, H, D)
     return (out, res[1]) if return_softmax_lse else out

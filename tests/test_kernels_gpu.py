@@ -27,6 +27,7 @@ from test_kernels_empty import EMPTY, check_empty, launches  # noqa: F401 (launc
 from test_kernels_kvcache import case_id as kvcache_case_id
 from test_kernels_kvcache import check_kvcache_case, make_cache
 from test_kernels_random import GPU_SEEDS, cache_draw_id, cache_draws, fixed_case, packed_draw_id, packed_draws
+from test_kernels_rotary import check_generation_with_rotary
 from test_kernels_runtime import check_bfloat16_output_rounds_to_nearest
 from test_kernels_varlen import PADDING_TAILS, check_padding_tail, check_varlen_case, per_sequence
 
@@ -360,6 +361,12 @@ def test_kvcache_on_the_gpu(case, variant, monkeypatch):
     attention on its filled cache alone (``auto`` on Hopper: through TMA but for the overhanging tile)."""
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_kvcache_case(case, "cuda")
+
+
+@pytest.mark.parametrize("interleaved", [True, False], ids=["gptj", "neox"])
+def test_generation_with_rotary_on_the_gpu(interleaved):
+    """The cache's rotary embeddings on CUDA tensors (tables, positions and cache writes on the GPU)."""
+    check_generation_with_rotary(interleaved, 16, "cuda", tol=1e-4)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

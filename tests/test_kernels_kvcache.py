@@ -268,7 +268,6 @@ def test_a_cache_call_that_would_need_a_gradient_is_refused():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(rotary_cos=torch.ones(8, 8)), "rotary_cos: not implemented.*apply rotary embeddings"),
     (dict(cache_batch_idx=torch.tensor([1, 0])), "cache_batch_idx: not implemented"),
     (dict(cache_leftpad=torch.tensor([0, 1])), "cache_leftpad: not implemented"),
     (dict(block_table=torch.zeros(2, 1)), "block_table: paged"),
