@@ -277,7 +277,7 @@ def check_padding_tail(tail_q, tail_k, causal, device):
 
 
 def test_sequences_that_use_no_row_of_a_padded_buffer():
-    """Every row padding (cu_seqlens all zero): zeros, -inf, zero gradients, no launch needed."""
+    """Every row padding (cu_seqlens all zero): zeros, lse -inf and zero gradients throughout."""
     q, k, v = (torch.randn(6, 2, 16, requires_grad=True) for _ in range(3))
     cu = torch.zeros(3, dtype=torch.int32)
     out, lse = flash_attention_varlen(q, k, v, cu, cu, 0, 0, return_lse=True)
