@@ -585,8 +585,9 @@ def main(argv=None) -> int:
                    help="GPU only: start no new shape after this many seconds (the JSON lists what was skipped)")
     p.add_argument("--warm-workers", type=int, default=0,
                    help="GPU only: compile the autotuner's configs first in this many parallel processes")
-    p.add_argument("--head-dim", type=int, action="append", choices=[16, 32, 64, 128, 256],
-                   help=f"GPU only: head dims to time (repeatable; default {', '.join(map(str, HEAD_DIMS))})")
+    p.add_argument("--head-dim", type=int, action="append", choices=range(1, 257), metavar="D",
+                   help=f"GPU only: head dims to time, 1 to 256 (repeatable; default "
+                        f"{', '.join(map(str, HEAD_DIMS))}; 80 or 96 time the padded tiles)")
     p.add_argument("--decode-only", action="store_true", help="GPU only: time only the decoding-step rows")
     p.add_argument("--results", type=Path, default=RESULTS, help="where to write <device>.json and .png")
     args = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """Input checks for the kernels' public functions.
 
-Triton would happily compile a kernel for a head dim of 48 or a float64 tensor and then fail deep in
+Triton would happily compile a kernel for a head dim of 512 or a float64 tensor and then fail deep in
 its compiler (or, worse, read out of bounds). Every check here runs first and raises a ``ValueError``
 (``TypeError`` for a non-tensor) that names the argument and says what would work.
 """
@@ -15,7 +15,7 @@ import torch
 from attn_course._validate import integer_scalar, real_scalar
 from attn_course.masks import check_cu_seqlens, check_window
 
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
+MAX_HEAD_DIM = 256  # any head dim up to this; those not a power of two are padded inside (_tiles.head_dim_tile)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 UNBOUNDED = 1 << 30  # a window side of "-1" (unbounded) becomes this; lengths must stay below it
 
@@ -62,15 +62,13 @@ def _check_common(q, k, v, layout: str) -> None:
     D, D_k, D_v = q.shape[-1], k.shape[-1], v.shape[-1]
     if not (D == D_k == D_v):
         raise ValueError(f"q, k and v must share the head dim (last dim of {layout}), got {D}, {D_k}, {D_v}")
-    if D not in SUPPORTED_HEAD_DIMS:
-        bigger = [d for d in SUPPORTED_HEAD_DIMS if d > D]
-        how = (f"; to run D = {D}, pad q, k and v with zeros to {bigger[0]}, pass scale={1 / math.sqrt(D):.6g} "
-               f"(1/sqrt({D}): the default would use the padded size) and keep the first {D} columns of the "
-               f"output" if bigger and D > 0 else "")
+    if D < 1:
+        raise ValueError(f"head dim {D} is not supported: q, k and v have no columns to take dot products of")
+    if D > MAX_HEAD_DIM:
         raise ValueError(
-            f"head dim {D} is not supported: the kernels tile the head dim whole, as a power of two; use one of "
-            f"{SUPPORTED_HEAD_DIMS}{how}"
-        )
+            f"head dim {D} is not supported: the kernels take head dims up to {MAX_HEAD_DIM}, as flash-attn does (a "
+            f"tile of queries and its float32 accumulator that wide would not fit in a GPU's registers); compute it "
+            f"with attn_course.attention")
 
 
 def _check_heads(H: int, H_kv: int) -> None:

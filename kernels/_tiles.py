@@ -28,6 +28,10 @@ two backward kernels agree on it by construction:
   32-bit product wraps around to an address before the tensor. 64-bit offsets cost registers the
   backward kernels do not have to spare at D = 256, so the host asks for them only where some tensor
   needs them (:func:`needs_wide_offsets`); where a sequence starts is always computed in 64 bits.
+* ``head_dim_tile`` / ``tile_mask``: a head dim that is not a power of two (80, 96, ...) runs in tiles of the
+  next one, ``HEAD_DIM``; the kernels also get the real one, ``D_REAL``, and every pointer load and store
+  masks the columns past it (through a descriptor the copy engine zero-fills and clips them itself). Both
+  are constexprs: at a power of two the masks are compiled out.
 * ``dot`` / ``narrow``: a tile product accumulated in float32, and the cast of a float32 tile to the
   inputs' dtype (for the next product, or to store), each with a workaround for the interpreter's
   bfloat16: its ``tl.dot`` is wrong and its cast truncates, where a GPU rounds to nearest even.
@@ -88,8 +92,8 @@ def batch_part(b0: int, b1: int, tensors, cu_seqlens=None):
 def needs_wide_offsets(time_dim: int, *tensors) -> bool:
     """Whether a row and column offset within one sequence of any of ``tensors`` (time along ``time_dim``)
     may pass ``INT32_MAX`` elements: rows up to the time dim's size, plus a tile's overhang (masked rows
-    still get an address), columns up to ``D``."""
-    return any((x.shape[time_dim] + 256) * x.stride(time_dim) + x.shape[-1] * x.stride(-1) > INT32_MAX
+    still get an address), columns up to the tile's width (:func:`head_dim_tile`)."""
+    return any((x.shape[time_dim] + 256) * x.stride(time_dim) + head_dim_tile(x.shape[-1]) * x.stride(-1) > INT32_MAX
                for x in tensors)
 
 
@@ -237,14 +241,15 @@ def load_rows(
     b, h, row0,  # which sequence (its descriptor coordinate: see desc_batch) and head, first row of the tile
     first,  # TMA: the sequence's row 0 along the descriptor's time dim (a packed batch; else 0)
     stride_t, stride_d, T,
-    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr,  # (see head_dim_tile)
     MASKED: tl.constexpr,  # rows past T may be in the tile (pointer variant; see overhang for TMA)
     TMA: tl.constexpr,
     TRANS: tl.constexpr,  # return (HEAD_DIM, BLOCK) instead of (BLOCK, HEAD_DIM)
     WIDE: tl.constexpr,  # 64-bit offsets (see the module docstring)
 ):
     """Rows ``row0 ... row0 + BLOCK`` of one (sequence, head): zeros past ``T`` through pointers; through a
-    descriptor, zeros past the tensor's end only (see :func:`overhang`)."""
+    descriptor, zeros past the tensor's end only (see :func:`overhang`). Columns past ``D_REAL`` are zeros
+    either way (the copy engine fills them, being past the tensor's last dim)."""
     if TMA:
         x = desc.load([b, h, first + row0, 0]).reshape(BLOCK, HEAD_DIM)  # (1, 1, BLOCK, D) -> (BLOCK, D)
         if TRANS:
@@ -258,7 +263,11 @@ def load_rows(
         else:
             ptrs = ptr + rows[:, None] + cols[None, :]  # (BLOCK, HEAD_DIM)
             row_ok = offs[:, None] < T
-        if MASKED:
+        if D_REAL < HEAD_DIM:  # a padded head dim (a constexpr test: a power of two compiles as if it were not here)
+            col_ok = tl.arange(0, HEAD_DIM) < D_REAL  # (HEAD_DIM,)
+            col_ok = col_ok[:, None] if TRANS else col_ok[None, :]
+            x = tl.load(ptrs, mask=(row_ok & col_ok) if MASKED else col_ok, other=0.0)
+        elif MASKED:
             x = tl.load(ptrs, mask=row_ok, other=0.0)
         else:  # full tile: every row exists, no bounds check
             x = tl.load(ptrs)
@@ -267,14 +276,37 @@ def load_rows(
 
 @triton.jit
 def store_rows(ptr, desc, b, h, row0, x, stride_t, stride_d, T,
-               BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr):
-    """Store ``x`` (BLOCK, HEAD_DIM) as rows ``row0 ...`` of one (sequence, head), dropping rows past ``T``."""
-    if TMA:  # the copy engine clips rows past the tensor's end
+               BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, TMA: tl.constexpr,
+               WIDE: tl.constexpr):
+    """Store ``x`` (BLOCK, HEAD_DIM) as rows ``row0 ...`` of one (sequence, head), dropping rows past ``T``
+    and columns past ``D_REAL``."""
+    if TMA:  # the copy engine clips rows past the tensor's end, and columns past its last dim
         desc.store([b, h, row0, 0], x.reshape(1, 1, BLOCK, HEAD_DIM))
     else:
         offs = row0 + tl.arange(0, BLOCK)
         rows, cols = offsets(offs, stride_t, stride_d, HEAD_DIM, WIDE)
-        tl.store(ptr + rows[:, None] + cols[None, :], x, mask=offs[:, None] < T)
+        tl.store(ptr + rows[:, None] + cols[None, :], x, mask=tile_mask(offs, T, HEAD_DIM, D_REAL))
+
+
+@triton.jit
+def tile_mask(offs, T, HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr):
+    """``[len(offs), HEAD_DIM]`` bools: row ``offs[i]`` exists (``< T``) and column ``d`` is a real one
+    (``< D_REAL``), for the masked loads and stores of whole rows outside :func:`load_rows`."""
+    row_ok = offs[:, None] < T
+    if D_REAL < HEAD_DIM:
+        row_ok = row_ok & (tl.arange(0, HEAD_DIM)[None, :] < D_REAL)
+    return row_ok
+
+
+def head_dim_tile(D: int) -> int:
+    """The width of the kernels' tiles along the head dim for a head dim of ``D``: ``D`` itself when it is a
+    power of two of at least 16, else the next one (``tl.arange`` spans powers of two, and ``tl.dot`` wants
+    at least 16 along the dim it sums over). The kernels get both, as ``HEAD_DIM`` and ``D_REAL``, and
+    treat the columns in between as zeros: loaded as zeros, never stored. Zero columns of q and k add
+    nothing to a score and zero columns of v give zero output columns, so the result is the same; the
+    cost is the padding's share of the products (D = 80 runs the products of D = 128) and none of the
+    memory traffic (the loads are masked, no padded copy exists)."""
+    return max(16, triton.next_power_of_2(D))
 
 
 @triton.jit

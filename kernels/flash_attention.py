@@ -96,7 +96,8 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
     """FlashAttention on ``[B, H, T, D]`` tensors, differentiable in q, k and v.
 
     Args:
-        q: queries ``[B, H, T_q, D]``; D in 16, 32, 64, 128, 256; float16, bfloat16 or float32; any strides.
+        q: queries ``[B, H, T_q, D]``; any D from 1 to 256 (one that is not a power of two runs in tiles of the
+            next, its extra columns masked: ``_tiles.head_dim_tile``); float16, bfloat16 or float32; any strides.
         k, v: keys and values ``[B, H_kv, T_k, D]`` with ``H % H_kv == 0`` (GQA; ``H_kv = 1`` is MQA).
         causal: bottom-right aligned causal mask (see the module docstring).
         scale: multiplies ``q k^T``; defaults to ``1 / sqrt(D)``.

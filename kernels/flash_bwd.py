@@ -38,6 +38,7 @@ from ._tiles import (
     batch_part,
     desc_batch,
     dot,
+    head_dim_tile,
     key_tiles,
     launch_grid,
     load_rows,
@@ -47,6 +48,7 @@ from ._tiles import (
     query_tiles,
     seq_bounds,
     store_rows,
+    tile_mask,
 )
 
 LOG2E = 1.4426950408889634  # log2(e)
@@ -59,7 +61,7 @@ def _bwd_preprocess(
     stride_gb, stride_gh, stride_gt, stride_gd,  # strides of dOut
     stride_lb, stride_lh, stride_lt,  # strides of Delta (the same layout as lse)
     cu_seqlens_q, T_q, H,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_M: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     """``delta_i = sum_d dO_id * O_id`` for one block of query rows, in float32."""
     pid_m, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # (see _tiles.launch_grid)
@@ -69,10 +71,11 @@ def _bwd_preprocess(
     row = (q_start + offs_m).to(tl.int64)
     b64, h64 = b.to(tl.int64), h.to(tl.int64)
     ok = offs_m < T_q
+    mask = tile_mask(offs_m, T_q, HEAD_DIM, D_REAL)  # (BLOCK_M, HEAD_DIM): rows of the sequence, real columns
     o = tl.load(Out + b64 * stride_ob + h64 * stride_oh + row[:, None] * stride_ot + offs_d[None, :] * stride_od,
-                mask=ok[:, None], other=0.0).to(tl.float32)  # (BLOCK_M, HEAD_DIM)
+                mask=mask, other=0.0).to(tl.float32)  # (BLOCK_M, HEAD_DIM)
     do = tl.load(dOut + b64 * stride_gb + h64 * stride_gh + row[:, None] * stride_gt + offs_d[None, :] * stride_gd,
-                 mask=ok[:, None], other=0.0).to(tl.float32)
+                 mask=mask, other=0.0).to(tl.float32)
     tl.store(Delta + b64 * stride_lb + h64 * stride_lh + row * stride_lt, tl.sum(o * do, 1), mask=ok)
 
 
@@ -85,15 +88,15 @@ def _dkdv_tiles(
     offs_n,  # (BLOCK_N,) key indices of this block
     start, end,  # query range to walk, [start, end)
     T_q, T_k, window_left, window_right, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     for m0 in range(start, end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        qT = load_rows(Q, desc_q, tb, h, m0, q_first, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, MASKED, TMA, True,
-                       WIDE)
-        do = load_rows(dOut, desc_do, tb, h, m0, q_first, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, MASKED, TMA,
-                       False, WIDE)
+        qT = load_rows(Q, desc_q, tb, h, m0, q_first, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, D_REAL, MASKED, TMA,
+                       True, WIDE)
+        do = load_rows(dOut, desc_do, tb, h, m0, q_first, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, D_REAL, MASKED,
+                       TMA, False, WIDE)
         if MASKED:
             row_ok = offs_m < T_q
             lse = tl.load(Lse + offs_m * stride_lt, mask=row_ok, other=0.0)
@@ -128,7 +131,7 @@ def _bwd_dkdv(
     H_kv, GROUP,  # key/value heads; query heads per key/value head
     qk_scale, scale,  # softmax scale * log2(e), and the plain softmax scale
     window_left, window_right,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     """One program: ``BLOCK_N`` keys of one key/value head of one sequence; sums over its query heads."""
@@ -144,10 +147,10 @@ def _bwd_dkdv(
     offs_n = n_start + tl.arange(0, BLOCK_N)
     Kh = K + b64 * stride_kb + hkv64 * stride_kh + k_start64 * stride_kt  # this (sequence, kv head)'s row 0
     Vh = V + b64 * stride_vb + hkv64 * stride_vh + k_start64 * stride_vt
-    k = load_rows(Kh, desc_k, tb, h_kv, n_start, k_start, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, True, TMA,
-                  False, WIDE)
-    v = load_rows(Vh, desc_v, tb, h_kv, n_start, k_start, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, True, TMA,
-                  False, WIDE)
+    k = load_rows(Kh, desc_k, tb, h_kv, n_start, k_start, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, D_REAL, True,
+                  TMA, False, WIDE)
+    v = load_rows(Vh, desc_v, tb, h_kv, n_start, k_start, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, D_REAL, True,
+                  TMA, False, WIDE)
     dk = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
     dv = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
 
@@ -167,27 +170,27 @@ def _bwd_dkdv(
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, BLOCK_M, True, INTERP_BF16, IEEE, TMA, WIDE)
+                             HEAD_DIM, D_REAL, BLOCK_M, True, INTERP_BF16, IEEE, TMA, WIDE)
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, BLOCK_M, False, INTERP_BF16, IEEE, TMA, WIDE)
+                             HEAD_DIM, D_REAL, BLOCK_M, False, INTERP_BF16, IEEE, TMA, WIDE)
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, BLOCK_M, True, INTERP_BF16, IEEE, TMA, WIDE)
+                             HEAD_DIM, D_REAL, BLOCK_M, True, INTERP_BF16, IEEE, TMA, WIDE)
         if TAIL:  # the query tile that overhangs the sequence's end, if any: through masked pointer loads
             dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                                  stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                                  offs_n, tail, hi, T_q, T_k, window_left, window_right, qk_scale,
-                                 HEAD_DIM, BLOCK_M, True, INTERP_BF16, IEEE, False, WIDE)
+                                 HEAD_DIM, D_REAL, BLOCK_M, True, INTERP_BF16, IEEE, False, WIDE)
 
     # (dK and dV share a layout; a packed batch stores through pointers, which clip at its sequence's end)
     out_off = b64 * stride_dkb + hkv64 * stride_dkh + k_start64 * stride_dkt
     store_rows(dK + out_off, desc_dk, b, h_kv, n_start, narrow(dk * scale, dK.dtype.element_ty, INTERP_BF16),
-               stride_dkt, stride_dkd, T_k, BLOCK_N, HEAD_DIM, TMA and not IS_VARLEN, WIDE)
+               stride_dkt, stride_dkd, T_k, BLOCK_N, HEAD_DIM, D_REAL, TMA and not IS_VARLEN, WIDE)
     store_rows(dV + out_off, desc_dv, b, h_kv, n_start, narrow(dv, dV.dtype.element_ty, INTERP_BF16),
-               stride_dkt, stride_dkd, T_k, BLOCK_N, HEAD_DIM, TMA and not IS_VARLEN, WIDE)
+               stride_dkt, stride_dkd, T_k, BLOCK_N, HEAD_DIM, D_REAL, TMA and not IS_VARLEN, WIDE)
 
 
 @triton.jit
@@ -196,15 +199,15 @@ def _dq_tiles(
     K, V, stride_kt, stride_kd, stride_vt, stride_vd,  # pointers at this (sequence, kv head)'s first row
     desc_k, desc_v, tb, h_kv, k_first,  # descriptors over k and v, and where this (sequence, kv head) is
     offs_m, start, end, T_q, T_k, window_left, window_right, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        kT = load_rows(K, desc_k, tb, h_kv, n0, k_first, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA,
-                       True, WIDE)
-        vT = load_rows(V, desc_v, tb, h_kv, n0, k_first, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA,
-                       True, WIDE)
+        kT = load_rows(K, desc_k, tb, h_kv, n0, k_first, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, D_REAL, MASKED,
+                       TMA, True, WIDE)
+        vT = load_rows(V, desc_v, tb, h_kv, n0, k_first, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, D_REAL, MASKED,
+                       TMA, True, WIDE)
         s = dot(q, kT, INTERP_BF16, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.math.exp2(s - lse[:, None])
         if MASKED:
@@ -229,7 +232,7 @@ def _bwd_dq(
     cu_seqlens_q, cu_seqlens_k, T_q, T_k,
     TUNE_T_Q, TUNE_T_K,  # the lengths rounded up to a power of two: the autotuner's key, unused here
     H, GROUP, qk_scale, scale, window_left, window_right,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     """One program: ``BLOCK_M`` queries of one head of one sequence, walking over the keys it may see."""
@@ -248,10 +251,10 @@ def _bwd_dq(
     q_start64 = q_start.to(tl.int64)
     Qh = Q + b64 * stride_qb + h64 * stride_qh + q_start64 * stride_qt  # this (sequence, head)'s row 0
     dOh = dOut + b64 * stride_gb + h64 * stride_gh + q_start64 * stride_gt
-    q = load_rows(Qh, desc_q, tb, h, m_start, q_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA, False,
-                  WIDE)
-    do = load_rows(dOh, desc_do, tb, h, m_start, q_start, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, True, TMA,
-                   False, WIDE)
+    q = load_rows(Qh, desc_q, tb, h, m_start, q_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, D_REAL, True, TMA,
+                  False, WIDE)
+    do = load_rows(dOh, desc_do, tb, h, m_start, q_start, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, D_REAL, True,
+                   TMA, False, WIDE)
     rows = q_start64 + offs_m
     lse = tl.load(Lse + b64 * stride_lb + h64 * stride_lh + rows * stride_lt, mask=row_ok, other=0.0)
     lse = lse * 1.4426950408889634  # to log2 units, like the scores
@@ -267,21 +270,21 @@ def _bwd_dq(
     tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
                    k_start, offs_m, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
-                   HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, TMA, WIDE)
+                   HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, TMA, WIDE)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
                    k_start, offs_m, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                   HEAD_DIM, BLOCK_N, False, INTERP_BF16, IEEE, TMA, WIDE)
+                   HEAD_DIM, D_REAL, BLOCK_N, False, INTERP_BF16, IEEE, TMA, WIDE)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
                    k_start, offs_m, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
-                   HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, TMA, WIDE)
+                   HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, TMA, WIDE)
     if TAIL:
         dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb,
                        h_kv, k_start, offs_m, tail, hi, T_q, T_k, window_left, window_right, qk_scale,
-                       HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, False, WIDE)
+                       HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, False, WIDE)
     dQh = dQ + b64 * stride_dqb + h64 * stride_dqh + q_start64 * stride_dqt
     dq = narrow(dq * scale, dQ.dtype.element_ty, INTERP_BF16)
     store_rows(dQh, desc_dq, b, h, m_start, dq, stride_dqt, stride_dqd, T_q,
-               BLOCK_M, HEAD_DIM, TMA and not IS_VARLEN, WIDE)  # (packed: pointers clip at the sequence's end)
+               BLOCK_M, HEAD_DIM, D_REAL, TMA and not IS_VARLEN, WIDE)  # (packed: pointers clip at the sequence's end)
 
 
 INTERPRET = is_interpreted(_bwd_dq)
@@ -407,7 +410,8 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
     sq, sk, sv, sg, so = (_views(x, varlen) for x in (q, k, v, dout, out))
     sdq, sdk = _views(dq, varlen), _views(dk, varlen)
     interp_bf16 = INTERPRET and q.dtype == torch.bfloat16  # see _tiles.dot and _tiles.narrow
-    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, INTERP_BF16=interp_bf16, IEEE=q.dtype == torch.float32,
+    tile_d = head_dim_tile(D)  # (D itself, unless it is padded to a power of two)
+    flags = dict(HEAD_DIM=tile_d, D_REAL=D, IS_VARLEN=varlen, INTERP_BF16=interp_bf16, IEEE=q.dtype == torch.float32,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, dout, dq, dk, dv))
     window_args = (scale * LOG2E, scale, window[0], window[1])
     tune_lengths = _variants.tuning_lengths(T_q, T_k)
@@ -421,13 +425,13 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
         for name, kernel, T, block, heads in plan:
             packed = varlen and not variant.tma
             tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
-                                                      default=default_config(name, D, q.element_size(), packed))
+                                                      default=default_config(name, tile_d, q.element_size(), packed))
             if tune:
                 prune = None if variant.tma else functools.partial(prune_for_packing, name)
-                kernel = _variants.autotuned(kernel, variant, configs(name, variant, D), tag=D, prune=prune)
+                kernel = _variants.autotuned(kernel, variant, configs(name, variant, tile_d), tag=D, prune=prune)
             for n, (q_, k_, v_, do_, _, lse_, delta_, dq_, dk_, dv_), cus in parts:
                 descs = _variants.descriptors((q_, k_, v_, do_, dq_, dk_, dv_),
-                                              [tiles[b] for _, b in _DESCRIPTORS], D, variant)
+                                              [tiles[b] for _, b in _DESCRIPTORS], tile_d, variant)
                 per_kernel = ((dk_, dv_, *sq, *sk, *sv, *sg, *sl, *sdk) if name == "dkdv" else
                               (dq_, *sq, *sk, *sv, *sg, *sl, *sdq))
 
@@ -441,12 +445,12 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
         for n, (_, _, _, do_, out_, _, delta_, *_), cus in parts:
             _bwd_preprocess[launch_grid(T_q, PREPROCESS_BLOCK, H, n)](
                 out_, do_, delta_, *so, *sg, *sl, cus[0], T_q, H,
-                HEAD_DIM=D, BLOCK_M=PREPROCESS_BLOCK, IS_VARLEN=varlen,
+                HEAD_DIM=tile_d, D_REAL=D, BLOCK_M=PREPROCESS_BLOCK, IS_VARLEN=varlen,
             )
         if dlse is not None:  # lse's gradient enters as dS = P * (dP - (delta - dlse)); see _ops
             delta -= dlse.masked_fill(torch.isneginf(lse), 0.0)  # a row with no key: lse is a constant -inf
         chain = _variants.chain(q.device, (q, k, v, dout, dq, dk, dv), warp_spec=False,
-                                tma_pays=tma_pays(D, varlen))
+                                tma_pays=tma_pays(tile_d, varlen))
         _variants.run(chain, (str(q.device), q.dtype, D, "backward"), launch)
     return dq, dk, dv
 

@@ -46,6 +46,7 @@ from ._tiles import (
     batch_part,
     desc_batch,
     dot,
+    head_dim_tile,
     key_slice,
     key_tiles,
     key_tiles_between,
@@ -57,6 +58,7 @@ from ._tiles import (
     packed_offsets,
     seq_bounds,
     store_rows,
+    tile_mask,
 )
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E)
@@ -71,7 +73,7 @@ def _fwd_tiles(
     offs_m,  # (BLOCK_M,) the query position of each row of the block, within the sequence
     start, end,  # key range to walk, [start, end)
     T_q, T_k, window_left, window_right, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,  # build the (query, key) mask? False on full tiles
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr,  # see _tiles.dot and _tiles.narrow
     TMA: tl.constexpr, WARP_SPEC: tl.constexpr,  # see _variants
@@ -79,10 +81,10 @@ def _fwd_tiles(
 ):
     for n0 in tl.range(start, end, BLOCK_N, warp_specialize=WARP_SPEC):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        kT = load_rows(K, desc_k, tb, h_kv, n0, k_first, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA,
-                       True, WIDE)
-        v = load_rows(V, desc_v, tb, h_kv, n0, k_first, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, MASKED, TMA,
-                      False, WIDE)
+        kT = load_rows(K, desc_k, tb, h_kv, n0, k_first, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, D_REAL, MASKED,
+                       TMA, True, WIDE)
+        v = load_rows(V, desc_v, tb, h_kv, n0, k_first, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, D_REAL, MASKED,
+                      TMA, False, WIDE)
         s = dot(q, kT, INTERP_BF16, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N) scores in log2 units
         if MASKED:
             s = tl.where(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right), s, float("-inf"))
@@ -117,7 +119,8 @@ def _attn_fwd(
     qk_scale,  # softmax scale * log2(e)
     window_left, window_right,  # sliding window; a huge value means unbounded; causal is right = 0
     num_splits,  # key slices per row (SPLIT_K): program_id(0) is (query block) * num_splits + slice
-    HEAD_DIM: tl.constexpr,  # D, a power of two
+    HEAD_DIM: tl.constexpr,  # the tiles' width along the head dim, a power of two (see _tiles.head_dim_tile)
+    D_REAL: tl.constexpr,  # the head dim itself, <= HEAD_DIM: columns past it are padding, never read or stored
     BLOCK_M: tl.constexpr,  # queries per program
     BLOCK_N: tl.constexpr,  # keys per loop step
     IS_VARLEN: tl.constexpr,
@@ -173,7 +176,8 @@ def _attn_fwd(
         pos = offs_m // GROUP  # (BLOCK_M,) each row's query position
         row_ok = offs_m < T_q * GROUP
         q_rows = packed_offsets(offs_m, GROUP, stride_qt, stride_qh)  # (BLOCK_M,)
-        q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
+        tile_ok = tile_mask(offs_m, T_q * GROUP, HEAD_DIM, D_REAL)  # (BLOCK_M, HEAD_DIM): real rows and columns
+        q = tl.load(Q + q_rows[:, None] + offs_d[None, :] * stride_qd, mask=tile_ok, other=0.0)
         m_last = tl.minimum((m_start + BLOCK_M - 1) // GROUP, T_q - 1)
         lo, a, b_full, hi = key_tiles_between(m_start // GROUP, m_last, T_q, T_k, window_left, window_right,
                                               BLOCK_N)
@@ -181,8 +185,8 @@ def _attn_fwd(
         pos = offs_m
         # (BLOCK_M, HEAD_DIM), stays in registers for the whole loop (through TMA, rows past T_q may be the
         # next sequence's: each row's softmax is its own, and such rows are never stored)
-        q = load_rows(Q, desc_q, tb, h, m_start, q_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, True, TMA,
-                      False, WIDE)
+        q = load_rows(Q, desc_q, tb, h, m_start, q_start, stride_qt, stride_qd, T_q, BLOCK_M, HEAD_DIM, D_REAL, True,
+                      TMA, False, WIDE)
         lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max (log2 units)
@@ -200,26 +204,26 @@ def _attn_fwd(
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, hi, T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, TMA, True, WIDE)
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, TMA, True, WIDE)
     else:  # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
         tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)  # (hi unless TAIL; full tiles never overhang)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, TMA, False, WIDE)
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, BLOCK_N, False, INTERP_BF16, IEEE, TMA, False, WIDE)
+                                   HEAD_DIM, D_REAL, BLOCK_N, False, INTERP_BF16, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, TMA, False, WIDE)
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, TMA, False, WIDE)
         if TAIL:  # the tile that overhangs the keys' end, if any: through masked pointer loads
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                        stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                        tail, hi, T_q, T_k, window_left, window_right, qk_scale,
-                                       HEAD_DIM, BLOCK_N, True, INTERP_BF16, IEEE, False, False, WIDE)
+                                       HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, False, False, WIDE)
 
     # epilogue: normalise; a row that saw no allowed key has l = 0 and gets out = 0, lse = -inf
     # (with SPLIT_K: no allowed key *in this slice*; the combine gives such a slice no weight)
@@ -230,12 +234,12 @@ def _attn_fwd(
     if PACK_GQA:
         o_rows = packed_offsets(offs_m, GROUP, stride_ot, stride_oh)  # (BLOCK_M,)
         tl.store(Out + o_rows[:, None] + offs_d[None, :] * stride_od, narrow(out, Out.dtype.element_ty, INTERP_BF16),
-                 mask=row_ok[:, None])
+                 mask=tile_ok)
         tl.store(Lse + packed_offsets(offs_m, GROUP, stride_lt, stride_lh), lse, mask=row_ok)
     else:  # through pointers for a split (desc_o describes out, not the partials) and for a packed batch,
         # whose tile may overhang its sequence into the next one's rows (the copy engine clips only at the end)
         store_rows(Out, desc_o, b, h, m_start, narrow(out, Out.dtype.element_ty, INTERP_BF16), stride_ot, stride_od,
-                   T_q, BLOCK_M, HEAD_DIM, TMA and not SPLIT_K and not IS_VARLEN, WIDE)
+                   T_q, BLOCK_M, HEAD_DIM, D_REAL, TMA and not SPLIT_K and not IS_VARLEN, WIDE)
         tl.store(Lse + offs_m * stride_lt, lse, mask=offs_m < T_q)
 
 
@@ -403,8 +407,9 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
     strides = (*sq, *sk, *sv, *so, *sl, *split_strides)
     scalars = (T_q, T_k, *_variants.tuning_lengths(T_q, T_k), H, H // H_kv, scale * LOG2E, window[0], window[1],
                splits)
-    flags = dict(HEAD_DIM=D, IS_VARLEN=varlen, HAS_SEQUSED_K=seqused_k is not None, INTERP_BF16=interp_bf16,
-                 IEEE=q.dtype == torch.float32, SPLIT_K=splits > 1, PACK_GQA=pack,
+    tile_d = head_dim_tile(D)  # (D itself, unless it is padded to a power of two)
+    flags = dict(HEAD_DIM=tile_d, D_REAL=D, IS_VARLEN=varlen, HAS_SEQUSED_K=seqused_k is not None,
+                 INTERP_BF16=interp_bf16, IEEE=q.dtype == torch.float32, SPLIT_K=splits > 1, PACK_GQA=pack,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, targets[0][:, 0] if splits > 1 else out))
 
     decoding = is_decoding(T_q)  # (packed: the longest sequence)
@@ -414,14 +419,16 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         interpreter_meta = dict(blocks or (INTERPRETER_DECODE_BLOCKS if decoding else INTERPRETER_BLOCKS),
                                 WARP_SPEC=variant.warp_specialize and not decoding)
         tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=interpreter_meta,
-                                                  default=default_config(variant, D, q.element_size(), T_q))
-        kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, D), tag=D, extra_key=["SPLIT_K", "PACK_GQA"],
-                                     prune=prune_for_lengths) if tune else _attn_fwd  # (a slice: fewer keys)
+                                                  default=default_config(variant, tile_d, q.element_size(), T_q))
+        kernel = _attn_fwd
+        if tune:  # (SPLIT_K in the key: a slice has fewer keys to walk)
+            kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, tile_d), tag=D,
+                                         extra_key=["SPLIT_K", "PACK_GQA"], prune=prune_for_lengths)
         for b0, b1 in batch_chunks(B):  # (one launch unless B passes the grid's limit)
             tensors, cus = batch_part(b0, b1, (q, k, v, *targets), (cu_seqlens_q, cu_seqlens_k) if varlen else None)
             used = tensors[0] if seqused_k is None else seqused_k[b0:b1]  # (b1 - b0,) or a placeholder
             described = (*tensors[:3], out[b0:b1] if splits > 1 else tensors[3])  # desc_o: over out, always
-            descs = _variants.descriptors(described, [tiles[block] for _, block in _DESCRIPTORS], D, variant)
+            descs = _variants.descriptors(described, [tiles[block] for _, block in _DESCRIPTORS], tile_d, variant)
 
             def grid(meta, n=b1 - b0):
                 return launch_grid(rows, meta["BLOCK_M"], heads, n, splits)

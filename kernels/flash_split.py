@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import narrow
+from ._tiles import head_dim_tile, narrow, tile_mask
 
 MAX_SPLITS = 128  # more slices only add partial results to write and combine
 MIN_KEYS_PER_SPLIT = 256  # a slice's fixed costs (load q, write a partial row) want a few key tiles behind them
@@ -91,7 +91,7 @@ def _combine_splits(
     stride_ob, stride_oh, stride_ot, stride_od,
     stride_lb, stride_lh, stride_lt,
     T_q, S,  # query rows per (sequence, head); number of slices
-    HEAD_DIM: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr,  # the tiles' width and the head dim (see _tiles.head_dim_tile)
     BLOCK_M: tl.constexpr,  # query rows per program
     INTERP_BF16: tl.constexpr,  # a bfloat16 out in the interpreter: see _tiles.narrow
 ):
@@ -110,7 +110,7 @@ def _combine_splits(
     for _ in range(0, S):  # (the pointers step from slice to slice: 64-bit, however big S * H * T_q * D)
         lse_s = tl.load(PartLse + rows * stride_qt, mask=row_ok, other=float("-inf"))  # (BLOCK_M,)
         ptrs = Part + rows[:, None] * stride_pt + offs_d[None, :] * stride_pd  # (BLOCK_M, HEAD_DIM)
-        out_s = tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+        out_s = tl.load(ptrs, mask=tile_mask(offs_m, T_q, HEAD_DIM, D_REAL), other=0.0)
         Part += stride_ps
         PartLse += stride_qs
         m_new = tl.maximum(m_i, lse_s)
@@ -128,7 +128,7 @@ def _combine_splits(
     Out += b64 * stride_ob + h64 * stride_oh
     Lse += b64 * stride_lb + h64 * stride_lh
     tl.store(Out + rows[:, None] * stride_ot + offs_d[None, :] * stride_od,
-             narrow(out, Out.dtype.element_ty, INTERP_BF16), mask=row_ok[:, None])
+             narrow(out, Out.dtype.element_ty, INTERP_BF16), mask=tile_mask(offs_m, T_q, HEAD_DIM, D_REAL))
     tl.store(Lse + rows * stride_lt, lse, mask=row_ok)
 
 
@@ -142,7 +142,7 @@ def combine_splits(part: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor
     ``interpreted``: whether the launch runs in Triton's interpreter."""
     S, D = part.shape[1], part.shape[-1]
     _combine_splits[grid](part, part_lse, out, lse, *part.stride(), *part_lse.stride(), *out.stride(),
-                          *lse.stride(), out.shape[2], S, HEAD_DIM=D, BLOCK_M=COMBINE_ROWS,
+                          *lse.stride(), out.shape[2], S, HEAD_DIM=head_dim_tile(D), D_REAL=D, BLOCK_M=COMBINE_ROWS,
                           INTERP_BF16=interpreted and out.dtype == torch.bfloat16)
 
 

@@ -267,3 +267,24 @@ def test_a_packed_batch_s_pointer_backward_skips_exactly_the_tiles_that_spill(mo
                 skip = spilling if varlen and dtype != torch.float32 else set()
                 assert kept and kept == {_variants.tile_of(c) for c in space} - skip, (kernel, D, dtype, varlen)
             assert _variants.tile_of(bwd.default_config(kernel, D, 2, packed=True)) not in spilling
+
+
+@pytest.mark.parametrize("variant", ["pointer", "tma"])
+def test_a_padded_head_dim_compiles_for_hopper(variant):
+    """D = 80: tiles 128 columns wide whose last 48 are masked (``_tiles.head_dim_tile``), or, through
+    TMA, descriptors whose tiles are wider than the tensor. The prefill forward, a decoding step (keys split
+    in slices, GQA heads packed into rows, a cache) with its combine, and the three backward kernels all
+    compile for sm_90 with tensor-core products (wgmma, or mma.sync for the 16-row decoding tiles)."""
+    used = torch.tensor([100, 200], dtype=torch.int32)
+    launches = (forward_launches(variant, torch.bfloat16, 80) + backward_launches(variant, torch.bfloat16, 80)
+                + forward_launches(variant, torch.bfloat16, 80, T_q=1, num_splits=3, seqused_k=used))
+    assert [fn.__name__ for fn, _, _ in launches] == [
+        "_attn_fwd", "_bwd_preprocess", "_bwd_dkdv", "_bwd_dq", "_attn_fwd", "_combine_splits"]
+    decoding = launches[-2][2]
+    assert decoding["PACK_GQA"] and decoding["SPLIT_K"] and decoding["BLOCK_M"] == 16
+    for fn, args, kwargs in launches:
+        assert (kwargs["HEAD_DIM"], kwargs["D_REAL"]) == (128, 80), fn.__name__
+        kernel = compile_launch(fn, args, dict(kwargs), HOPPER)
+        if fn.__name__ in ("_attn_fwd", "_bwd_dkdv", "_bwd_dq"):
+            check_ptx(fn, kernel, tma=variant == "tma", tensor_cores=True,
+                      narrow=kwargs["BLOCK_M"] == 16 and fn.__name__ == "_attn_fwd")

@@ -24,6 +24,8 @@ from test_kernels_common import (
 from test_kernels_common import check_case as check_on_device
 from test_kernels_decode import combines  # noqa: F401 (a fixture)
 from test_kernels_empty import EMPTY, check_empty, launches  # noqa: F401 (launches: a fixture)
+from test_kernels_head_dims import case_id as head_dims_case_id
+from test_kernels_head_dims import check_padded_cache, check_padded_case, check_padded_varlen
 from test_kernels_kvcache import case_id as kvcache_case_id
 from test_kernels_kvcache import check_kvcache_case, make_cache
 from test_kernels_random import GPU_SEEDS, cache_draw_id, cache_draws, fixed_case, packed_draw_id, packed_draws
@@ -452,3 +454,21 @@ def test_random_packed_cases_compiled(case, tails, variant, monkeypatch):
 def test_random_cache_cases_compiled(case, splits, recency, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_kvcache_case(case, "cuda", num_splits=splits, recency=recency)
+
+
+PADDED = [(2, 8, 2, 1000, 1000, 80, True, NONE, torch.float16),  # (Phi-2's head dim)
+          (1, 4, 4, 513, 2048, 96, False, (128, 0), torch.bfloat16)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", PADDED, ids=head_dims_case_id)
+def test_padded_head_dims_compiled(case, variant):
+    """Head dims 80 and 96 in tiles of 128, compiled, inputs whose padding columns are NaN (never read)."""
+    check_padded_case(case, "cuda", variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:2])
+def test_a_padded_head_dim_packed_and_cached_on_the_gpu(variant):
+    """D = 40 in a packed batch and D = 96 in a long split cache with packed GQA heads, compiled."""
+    check_padded_varlen("cuda", variant)
+    check_padded_cache(3, "cuda", variant, D=96, dtype=torch.bfloat16, T_cache=4096)
