@@ -8,6 +8,7 @@ Files, in reading order:
 
 * ``flash_fwd.py``: the forward kernel, written like a Triton tutorial;
 * ``flash_bwd.py``: the backward kernels (FlashAttention-2: recompute P from the saved logsumexp);
+* ``flash_dropout.py``: attention dropout whose mask is regenerated from a seed, never stored;
 * ``flash_split.py``: a row's keys split between programs and combined exactly (flash-decoding: a
   decoding step has too few rows to fill a GPU otherwise), and the rule that picks how many slices;
 * ``_tiles.py``: masks, loop bounds and tile loads shared by both (full vs masked tiles; pointers vs TMA);
@@ -26,9 +27,11 @@ process: expect seconds for shapes a GPU does in microseconds.
 
 from .flash_attention import (
     FlashAttentionFunction,
+    dropout_mask,
     flash_attention,
     flash_attention_kvcache,
     flash_attention_varlen,
+    next_dropout_seed,
     swap_seq_and_heads,
 )
 from .flash_attn_compat import (
@@ -43,6 +46,7 @@ from .flash_attn_compat import (
 
 __all__ = [
     "FlashAttentionFunction",
+    "dropout_mask",
     "flash_attention",
     "flash_attention_kvcache",
     "flash_attention_varlen",
@@ -53,5 +57,6 @@ __all__ = [
     "flash_attn_varlen_kvpacked_func",
     "flash_attn_varlen_qkvpacked_func",
     "flash_attn_with_kvcache",
+    "next_dropout_seed",
     "swap_seq_and_heads",
 ]

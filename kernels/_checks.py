@@ -91,6 +91,17 @@ def check_scale(scale, D: int) -> float:
     return value
 
 
+def check_dropout(dropout_p) -> float:
+    """``dropout_p``: the probability of dropping each attention weight, a real number in ``[0, 1]``."""
+    value = real_scalar(dropout_p)
+    if value is None:
+        raise TypeError(f"dropout_p must be a number in [0, 1] (0.0 at evaluation), got {type(dropout_p).__name__} "
+                        f"{dropout_p!r}")
+    if not 0.0 <= value <= 1.0:  # (NaN too)
+        raise ValueError(f"dropout_p must be a probability in [0, 1], got {dropout_p!r}")
+    return value
+
+
 def check_num_splits(num_splits) -> int:
     """flash-attn's ``num_splits``: an int >= 0 (``0``: the kernel chooses; ``n``: each row's keys in ``n``
     slices, see ``flash_split``)."""

@@ -185,7 +185,7 @@ def interpreter_scope():
     with _lock:
         snapshot = _snapshot()
         swapped = []
-        for module in (tl, tl.standard):
+        for module in (tl, tl.standard, tl.random):  # (tl.rand calls the random module's own helpers)
             for name, fn in list(vars(module).items()):
                 if isinstance(fn, JITFunction):
                     if fn not in _twins:

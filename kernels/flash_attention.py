@@ -36,7 +36,16 @@ import torch
 from attn_course.masks import check_window
 
 from . import _ops
-from ._checks import check_fixed, check_kvcache, check_num_splits, check_scale, check_varlen, kernel_window
+from ._checks import (
+    check_dropout,
+    check_fixed,
+    check_kvcache,
+    check_num_splits,
+    check_scale,
+    check_varlen,
+    kernel_window,
+)
+from ._runtime import kernel_module
 from .rotary import check_rotary, positions_of, rotate
 
 SECOND_DERIVATIVE = (
@@ -67,13 +76,17 @@ def autocast_inputs(*tensors):
 class FlashAttentionFunction(torch.autograd.Function):
     """``out = softmax(scale q k^T + mask) v`` and ``lse``, forward and backward in Triton, both outputs
     differentiable (the gradient through lse costs one subtraction, see ``_ops``). ``varlen`` is ``None`` or
-    ``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)``."""
+    ``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)``. With ``dropout_p > 0`` the forward draws a
+    seed and saves it (eight bytes): the backward regenerates the same mask from it (``flash_dropout``)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, window, varlen):
-        out, lse = _ops.forward(q, k, v, scale, window, varlen)
-        ctx.save_for_backward(q, k, v, out, lse, *(varlen[:2] if varlen else ()))
+    def forward(ctx, q, k, v, scale, window, varlen, dropout_p=0.0):
+        seed = _ops.draw_seed(q.device) if dropout_p > 0 else None
+        dropout = None if seed is None else (dropout_p, seed)
+        out, lse = _ops.forward(q, k, v, scale, window, varlen, dropout=dropout)
+        ctx.save_for_backward(q, k, v, out, lse, *(varlen[:2] if varlen else ()), *(() if seed is None else (seed,)))
         ctx.scale, ctx.window, ctx.max_seqlens = scale, window, varlen[2:] if varlen else None
+        ctx.dropout_p = dropout_p if seed is not None else 0.0
         ctx.set_materialize_grads(False)  # an output that never reaches the loss gets None, not zeros
         return out, lse
 
@@ -82,17 +95,19 @@ class FlashAttentionFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # backward(create_graph=True): a second derivative is on its way
             raise RuntimeError(SECOND_DERIVATIVE)
         if dout is None and dlse is None:
-            return None, None, None, None, None, None
-        q, k, v, out, lse, *cu_seqlens = ctx.saved_tensors
-        varlen = (*cu_seqlens, *ctx.max_seqlens) if cu_seqlens else None
+            return None, None, None, None, None, None, None
+        q, k, v, out, lse, *rest = ctx.saved_tensors  # then cu_seqlens_q, cu_seqlens_k (packed), the seed (dropout)
+        seed = rest.pop() if ctx.dropout_p else None
+        varlen = (*rest, *ctx.max_seqlens) if rest else None
         need_q, need_k, need_v = ctx.needs_input_grad[:3]  # frozen inputs: skip their kernel
         dq, dk, dv = _ops.backward(dout, dlse, q, k, v, out, lse, ctx.scale, ctx.window, varlen,
-                                   need_dq=need_q, need_dkdv=need_k or need_v)
-        return dq if need_q else None, dk if need_k else None, dv if need_v else None, None, None, None
+                                   need_dq=need_q, need_dkdv=need_k or need_v,
+                                   dropout=None if seed is None else (ctx.dropout_p, seed))  # (the same mask)
+        return dq if need_q else None, dk if need_k else None, dv if need_v else None, None, None, None, None
 
 
 def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None, window=(-1, -1),
-                    return_lse: bool = False):
+                    dropout_p: float = 0.0, return_lse: bool = False):
     """FlashAttention on ``[B, H, T, D]`` tensors, differentiable in q, k and v.
 
     Args:
@@ -102,6 +117,11 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
         causal: bottom-right aligned causal mask (see the module docstring).
         scale: multiplies ``q k^T``; defaults to ``1 / sqrt(D)``.
         window: flash-attn's ``window_size=(left, right)``; ``-1`` = unbounded.
+        dropout_p: attention dropout for training: each attention weight is zeroed with this probability and
+            the rest scaled by ``1 / (1 - dropout_p)``, with a fresh mask at every call (drawn from PyTorch's
+            generator, so ``torch.manual_seed`` repeats it) that is never stored: the backward pass
+            regenerates it (``kernels/flash_dropout.py``). Pass ``0.0`` at evaluation. ``lse`` is not
+            affected (the softmax is taken before dropout).
         return_lse: also return ``lse [B, H, T_q]`` (float32, natural log; ``-inf`` where no key is allowed),
             differentiable like ``out``.
 
@@ -112,13 +132,14 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
     q, k, v = autocast_inputs(q, k, v)
     check_fixed(q, k, v)
     scale = check_scale(scale, q.shape[-1])
-    out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), None)
+    out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), None,
+                                            check_dropout(dropout_p))
     return (out, lse) if return_lse else out
 
 
 def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, *,
                            causal: bool = False, scale: float | None = None, window=(-1, -1),
-                           return_lse: bool = False):
+                           dropout_p: float = 0.0, return_lse: bool = False):
     """FlashAttention on sequences packed end to end (flash-attn's ``flash_attn_varlen_func``).
 
     Args:
@@ -126,7 +147,9 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
         k, v: ``[total_k, H_kv, D]``, sequence ``b`` at rows ``cu_seqlens_k[b] : cu_seqlens_k[b + 1]``.
         cu_seqlens_q, cu_seqlens_k: ``[0, l1, l1 + l2, ...]``, one entry more than there are sequences.
         max_seqlen_q, max_seqlen_k: the longest sequence lengths (at least; they size the grid).
-        causal, scale, window: as :func:`flash_attention`, per sequence (bottom-right within each).
+        causal, scale, window, dropout_p: as :func:`flash_attention`, per sequence (bottom-right within each;
+            sequence ``b``'s dropout mask is ``dropout_mask(seed, B, H, max_seqlen_q, max_seqlen_k, p)[b]``'s
+            top-left corner, see ``flash_dropout``).
 
     Returns:
         ``out [total_q, H, D]``, or ``(out, lse [H, total_q])`` with ``return_lse``. Sequences never see
@@ -143,11 +166,12 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
     cu_q, cu_k, max_seqlen_q, max_seqlen_k, used_q, used_k = check_varlen(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)  # (lengths and rows used as Python ints)
     scale = check_scale(scale, q.shape[-1])
+    dropout_p = check_dropout(dropout_p)
     varlen = (cu_q, cu_k, max_seqlen_q, max_seqlen_k)
     tail_q = 0 if used_q is None else q.shape[0] - used_q
     if tail_q or (used_k is not None and used_k < k.shape[0]):  # a padding tail: the kernels see the rows used
         q, k, v = q[:used_q], k[:used_k], v[:used_k]  # (used_q, H, D), (used_k, H_kv, D): views
-    out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), varlen)
+    out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), varlen, dropout_p)
     if tail_q:  # autograd gives the tail zero gradients (through the slices above)
         out = torch.cat([out, out.new_zeros(tail_q, *out.shape[1:])])  # (total_q, H, D)
         lse = torch.cat([lse, lse.new_full((lse.shape[0], tail_q), float("-inf"))], dim=1)  # (H, total_q)
@@ -221,6 +245,33 @@ def _rotated(q, k, lengths, cos, sin, interleaved, *, T_cache: int, distinct_q: 
     q = rotate(q, cos, sin, positions_of(lengths, q.shape[2], distinct_q), interleaved)  # (B, H, T_q, D)
     k = rotate(k, cos, sin, positions_of(lengths, k.shape[2], True), interleaved)  # (B, H_kv, T_new, D)
     return q, k
+
+
+def next_dropout_seed(device) -> torch.Tensor:
+    """The seed that the next call with ``dropout_p > 0`` on ``device`` will draw, without drawing it (PyTorch's
+    generator is left as it was): pass it to :func:`dropout_mask` to see that call's mask. ::
+
+        seed = next_dropout_seed(q.device)
+        out = flash_attention(q, k, v, dropout_p=0.1)
+        keep = dropout_mask(seed, *q.shape[:3], k.shape[2], 0.1)  # (B, H, T_q, T_k) bools
+    """
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _ops.draw_seed(device)
+
+
+def dropout_mask(seed: torch.Tensor, B: int, H: int, R: int, C: int, dropout_p: float) -> torch.Tensor:
+    """The keep mask, bool ``[B, H, R, C]`` on ``seed``'s device, of a call with dropout rate ``dropout_p``
+    that drew ``seed`` (:func:`next_dropout_seed`): ``R, C = T_q, T_k`` for :func:`flash_attention`; for
+    :func:`flash_attention_varlen` ``R, C = max_seqlen_q, max_seqlen_k``, sequence ``b`` using the corner
+    ``[b, :, :len_q, :len_k]``. The kernels never store it: they regenerate it (``kernels/flash_dropout.py``)."""
+    if not isinstance(seed, torch.Tensor) or seed.dtype != torch.int64 or seed.numel() != 1:
+        raise TypeError(f"seed must be a one-element int64 tensor (from next_dropout_seed), got {seed!r}")
+    for name, n in (("B", B), ("H", H), ("R", R), ("C", C)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {n!r}")
+    return kernel_module("flash_dropout", seed.device).dropout_mask(seed.reshape(1), B, H, R, C,
+                                                                    check_dropout(dropout_p))
 
 
 def swap_seq_and_heads(x: torch.Tensor, name: str = "x") -> torch.Tensor:

@@ -27,16 +27,17 @@ The argument *order* matters: models call ``flash_attn_func(q, k, v, self.dropou
 0.0, causal=True)``, and a signature without ``dropout_p`` in fourth place would take that 0.0 as the
 softmax scale and attend uniformly, without an error.
 
-What the kernels do not implement is refused by name rather than ignored: ``dropout_p > 0``, ``softcap``,
-``alibi_slopes`` and ``block_table`` (paged key/value caches); for the cache, also ``cache_batch_idx`` and
-``cache_leftpad``. The cache's rotary embeddings (``rotary_cos``, ``rotary_sin``, ``rotary_interleaved``)
-are applied as flash-attn applies them, in PyTorch before the launch (``rotary``).
+``dropout_p`` is attention dropout as flash-attn applies it (``kernels/flash_dropout.py``: a fresh mask per
+call from PyTorch's generator, never stored). What the kernels do not implement is refused by name rather than
+ignored: ``softcap``, ``alibi_slopes`` and ``block_table`` (paged key/value caches); for the cache, also
+``cache_batch_idx`` and ``cache_leftpad``. The cache's rotary embeddings (``rotary_cos``, ``rotary_sin``,
+``rotary_interleaved``) are applied as flash-attn applies them, in PyTorch before the launch (``rotary``).
 ``num_splits`` splits each row's keys between programs as flash-attn does (``flash_split``: faster decoding
 when the batch is too small to fill the GPU; 0 lets the kernel choose). ``deterministic`` is accepted
 and changes nothing: the backward pass never uses atomics, so it is always deterministic.
-``return_attn_probs=True`` returns ``(out, softmax_lse, None)`` as flash-attn does without dropout (its third
-element is the dropout pattern, for flash-attn's own tests); the kernels never form the probabilities, and
-``attn_course.attention(..., return_weights=True)`` shows them.
+``return_attn_probs=True`` returns ``(out, softmax_lse, None)``: flash-attn's third element is the dropout
+pattern, for its own tests, which the kernels never form (``flash_dropout.dropout_mask`` regenerates it from
+a call's seed); ``attn_course.attention(..., return_weights=True)`` shows the probabilities.
 """
 
 from __future__ import annotations
@@ -46,14 +47,7 @@ import torch
 from .flash_attention import flash_attention, flash_attention_kvcache, flash_attention_varlen, swap_seq_and_heads
 
 
-def _refuse_unsupported(dropout_p, softcap, alibi_slopes, block_table=None) -> None:
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p <= 1.0:
-        raise ValueError(f"dropout_p must be a probability in [0, 1], got {dropout_p!r}")
-    if dropout_p != 0.0:
-        raise ValueError(
-            f"dropout_p={dropout_p}: attention dropout is not implemented in these kernels; pass 0.0 (as at "
-            f"evaluation), or drop out elsewhere (e.g. on the attention output)"
-        )
+def _refuse_unsupported(softcap, alibi_slopes, block_table=None) -> None:
     if softcap not in (0, 0.0, None):
         raise ValueError(f"softcap={softcap!r}: logit soft-capping is not implemented in these kernels; pass 0.0")
     if alibi_slopes is not None:
@@ -74,9 +68,10 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     """flash-attn's ``flash_attn_func``: q ``[B, T_q, H, D]``, k, v ``[B, T_k, H_kv, D]`` -> out
     ``[B, T_q, H, D]``; with ``return_attn_probs``, ``(out, softmax_lse [B, H, T_q], None)``.
     Differentiable in q, k, v (and through softmax_lse). See the module docstring for what is refused."""
-    _refuse_unsupported(dropout_p, softcap, alibi_slopes)
+    _refuse_unsupported(softcap, alibi_slopes)
     q, k, v = (swap_seq_and_heads(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))  # (B, H, T, D)
-    out, lse = flash_attention(q, k, v, causal=causal, scale=softmax_scale, window=window_size, return_lse=True)
+    out, lse = flash_attention(q, k, v, causal=causal, scale=softmax_scale, window=window_size, dropout_p=dropout_p,
+                               return_lse=True)
     return _results((swap_seq_and_heads(out), lse), return_attn_probs)  # out (B, T_q, H, D)
 
 
@@ -85,9 +80,9 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            deterministic=False, return_attn_probs=False, block_table=None):
     """flash-attn's ``flash_attn_varlen_func``: packed q ``[total_q, H, D]``, k, v ``[total_k, H_kv, D]`` ->
     out ``[total_q, H, D]``; with ``return_attn_probs``, ``(out, softmax_lse [H, total_q], None)``."""
-    _refuse_unsupported(dropout_p, softcap, alibi_slopes, block_table)
+    _refuse_unsupported(softcap, alibi_slopes, block_table)
     res = flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
-                                 scale=softmax_scale, window=window_size, return_lse=True)
+                                 scale=softmax_scale, window=window_size, dropout_p=dropout_p, return_lse=True)
     return _results(res, return_attn_probs)
 
 
@@ -152,7 +147,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     ``[B, T_cache, H_kv, D]`` filled to ``cache_seqlens``; new ``k``, ``v`` ``[B, T_new, H_kv, D]`` are written
     into the caches in place first. Returns out ``[B, T_q, H, D]``, or ``(out, softmax_lse [B, H, T_q])``.
     See :func:`attn_course.kernels.flash_attention_kvcache`; what is refused is in the module docstring."""
-    _refuse_unsupported(0.0, softcap, alibi_slopes, block_table)
+    _refuse_unsupported(softcap, alibi_slopes, block_table)
     given = dict(cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad)
     for name, how in _CACHE_REFUSALS.items():
         if given[name] is not None:

@@ -50,6 +50,7 @@ from ._tiles import (
     store_rows,
     tile_mask,
 )
+from .flash_dropout import counters, keep_scale, kept
 
 LOG2E = 1.4426950408889634  # log2(e)
 
@@ -88,8 +89,9 @@ def _dkdv_tiles(
     offs_n,  # (BLOCK_N,) key indices of this block
     start, end,  # query range to walk, [start, end)
     T_q, T_k, window_left, window_right, qk_scale,
+    seed, drop_head, drop_C, dropout_p, drop_scale,  # dropout: this (sequence, head)'s first counter, etc.
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
+    DROPOUT: tl.constexpr, INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     for m0 in range(start, end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -108,8 +110,13 @@ def _dkdv_tiles(
         pT = tl.math.exp2(sT - lse[None, :] * 1.4426950408889634)  # probabilities, recomputed
         if MASKED:  # also zeroes rows with no allowed key, whose lse is -inf
             pT = tl.where(tl.trans(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right)), pT, 0.0)
-        dv += dot(narrow(pT, do.dtype, INTERP_BF16), do, INTERP_BF16, IEEE)  # (BLOCK_N, HEAD_DIM)
         dpT = dot(v, tl.trans(do), INTERP_BF16, IEEE)  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
+        if DROPOUT:  # the forward's mask, regenerated (transposed: keys down, queries across)
+            keepT = kept(seed, drop_head + offs_m[None, :].to(tl.int64) * drop_C + offs_n[:, None], dropout_p)
+            dv += dot(narrow(tl.where(keepT, pT * drop_scale, 0.0), do.dtype, INTERP_BF16), do, INTERP_BF16, IEEE)
+            dpT = tl.where(keepT, dpT * drop_scale, 0.0)  # the gradient reaches only the kept weights
+        else:
+            dv += dot(narrow(pT, do.dtype, INTERP_BF16), do, INTERP_BF16, IEEE)  # (BLOCK_N, HEAD_DIM)
         dsT = pT * (dpT - delta[None, :])
         ds_low = narrow(dsT, qT.dtype, INTERP_BF16)  # (BLOCK_N, BLOCK_M) in the inputs' dtype, for the MMA
         dk += dot(ds_low, tl.trans(qT), INTERP_BF16, IEEE)  # (BLOCK_N, HEAD_DIM), scaled at the end
@@ -131,8 +138,9 @@ def _bwd_dkdv(
     H_kv, GROUP,  # key/value heads; query heads per key/value head
     qk_scale, scale,  # softmax scale * log2(e), and the plain softmax scale
     window_left, window_right,
+    Seed, dropout_p, drop_scale, drop_R, drop_C, drop_first,  # dropout, as in flash_fwd._attn_fwd
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
-    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
+    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """One program: ``BLOCK_N`` keys of one key/value head of one sequence; sums over its query heads."""
     pid_n, h_kv, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # (see _tiles.launch_grid)
@@ -160,9 +168,13 @@ def _bwd_dkdv(
     # overhangs T_q would feed every key, so it is read through pointers.
     TAIL = TMA and IS_VARLEN
     tail = overhang(T_q, lo, hi, TAIL, BLOCK_M)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(Seed)
     for g in range(0, GROUP):  # the query heads that share this key/value head
         h = h_kv * GROUP + g
         h64 = h.to(tl.int64)
+        drop_head = counters(drop_first, b, h, 0, H_kv * GROUP, drop_R, drop_C)  # (used only with DROPOUT)
         Qh = Q + b64 * stride_qb + h64 * stride_qh + q_start.to(tl.int64) * stride_qt
         dOh = dOut + b64 * stride_gb + h64 * stride_gh + q_start.to(tl.int64) * stride_gt
         Lh = Lse + b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
@@ -170,20 +182,24 @@ def _bwd_dkdv(
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, D_REAL, BLOCK_M, True, INTERP_BF16, IEEE, TMA, WIDE)
+                             seed, drop_head, drop_C, dropout_p, drop_scale,
+                             HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, INTERP_BF16, IEEE, TMA, WIDE)
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, D_REAL, BLOCK_M, False, INTERP_BF16, IEEE, TMA, WIDE)
+                             seed, drop_head, drop_C, dropout_p, drop_scale,
+                             HEAD_DIM, D_REAL, BLOCK_M, False, DROPOUT, INTERP_BF16, IEEE, TMA, WIDE)
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
-                             HEAD_DIM, D_REAL, BLOCK_M, True, INTERP_BF16, IEEE, TMA, WIDE)
+                             seed, drop_head, drop_C, dropout_p, drop_scale,
+                             HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, INTERP_BF16, IEEE, TMA, WIDE)
         if TAIL:  # the query tile that overhangs the sequence's end, if any: through masked pointer loads
             dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                                  stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                                  offs_n, tail, hi, T_q, T_k, window_left, window_right, qk_scale,
-                                 HEAD_DIM, D_REAL, BLOCK_M, True, INTERP_BF16, IEEE, False, WIDE)
+                                 seed, drop_head, drop_C, dropout_p, drop_scale,
+                                 HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, INTERP_BF16, IEEE, False, WIDE)
 
     # (dK and dV share a layout; a packed batch stores through pointers, which clip at its sequence's end)
     out_off = b64 * stride_dkb + hkv64 * stride_dkh + k_start64 * stride_dkt
@@ -199,8 +215,9 @@ def _dq_tiles(
     K, V, stride_kt, stride_kd, stride_vt, stride_vd,  # pointers at this (sequence, kv head)'s first row
     desc_k, desc_v, tb, h_kv, k_first,  # descriptors over k and v, and where this (sequence, kv head) is
     offs_m, start, end, T_q, T_k, window_left, window_right, qk_scale,
+    seed, drop_rows, dropout_p, drop_scale,  # dropout: each row's first counter (see flash_dropout), etc.
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
+    DROPOUT: tl.constexpr, INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -213,6 +230,8 @@ def _dq_tiles(
         if MASKED:
             p = tl.where(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right), p, 0.0)
         dp = dot(do, vT, INTERP_BF16, IEEE)  # (BLOCK_M, BLOCK_N)
+        if DROPOUT:  # the forward's mask, regenerated: the gradient reaches only the kept weights
+            dp = tl.where(kept(seed, drop_rows[:, None] + offs_n[None, :], dropout_p), dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         ds_low = narrow(ds, kT.dtype, INTERP_BF16)  # (BLOCK_M, BLOCK_N) in the inputs' dtype, for the MMA
         dq += dot(ds_low, tl.trans(kT), INTERP_BF16, IEEE)  # (BLOCK_M, HEAD_DIM), scaled at the end
@@ -232,8 +251,9 @@ def _bwd_dq(
     cu_seqlens_q, cu_seqlens_k, T_q, T_k,
     TUNE_T_Q, TUNE_T_K,  # the lengths rounded up to a power of two: the autotuner's key, unused here
     H, GROUP, qk_scale, scale, window_left, window_right,
+    Seed, dropout_p, drop_scale, drop_R, drop_C, drop_first,  # dropout, as in flash_fwd._attn_fwd
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
-    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
+    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """One program: ``BLOCK_M`` queries of one head of one sequence, walking over the keys it may see."""
     pid_m, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # (see _tiles.launch_grid)
@@ -262,6 +282,11 @@ def _bwd_dq(
     Kh = K + b64 * stride_kb + h_kv.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kt
     Vh = V + b64 * stride_vb + h_kv.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vt
     dq = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)
+    seed = 0
+    drop_rows = offs_m  # (unused without dropout)
+    if DROPOUT:
+        seed = tl.load(Seed)
+        drop_rows = counters(drop_first, b, h, offs_m, H, drop_R, drop_C)  # (BLOCK_M,) int64
 
     lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
     # (as in _bwd_dkdv: this block's own rows past T_q feed only their own dQ rows; the key tile that
@@ -270,17 +295,21 @@ def _bwd_dq(
     tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
                    k_start, offs_m, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
-                   HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, TMA, WIDE)
+                   seed, drop_rows, dropout_p, drop_scale,
+                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, TMA, WIDE)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
                    k_start, offs_m, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                   HEAD_DIM, D_REAL, BLOCK_N, False, INTERP_BF16, IEEE, TMA, WIDE)
+                   seed, drop_rows, dropout_p, drop_scale,
+                   HEAD_DIM, D_REAL, BLOCK_N, False, DROPOUT, INTERP_BF16, IEEE, TMA, WIDE)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
                    k_start, offs_m, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
-                   HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, TMA, WIDE)
+                   seed, drop_rows, dropout_p, drop_scale,
+                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, TMA, WIDE)
     if TAIL:
         dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb,
                        h_kv, k_start, offs_m, tail, hi, T_q, T_k, window_left, window_right, qk_scale,
-                       HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, False, WIDE)
+                       seed, drop_rows, dropout_p, drop_scale,
+                       HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, False, WIDE)
     dQh = dQ + b64 * stride_dqb + h64 * stride_dqh + q_start64 * stride_dqt
     dq = narrow(dq * scale, dQ.dtype.element_ty, INTERP_BF16)
     store_rows(dQh, desc_dq, b, h, m_start, dq, stride_dqt, stride_dqd, T_q,
@@ -386,11 +415,12 @@ def _views(x: torch.Tensor, varlen: bool):
 
 
 def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seqlens_q=None, cu_seqlens_k=None,
-                    max_seqlens=None, blocks=None, need_dq=True, need_dkdv=True):
+                    max_seqlens=None, blocks=None, need_dq=True, need_dkdv=True, dropout_p=0.0, dropout_seed=None):
     """``(dq, dk, dv)`` from the saved tensors; shapes and layouts as in ``flash_fwd.attn_fwd_launch``.
     ``dlse``: the loss's gradient with respect to lse (shaped like it), or ``None`` when lse played no part.
     ``need_dq=False`` / ``need_dkdv=False`` skip that kernel (its buffers are returned unwritten): a frozen
-    q, or frozen k and v, costs no backward work."""
+    q, or frozen k and v, costs no backward work. ``dropout_p``, ``dropout_seed``: the forward's (the mask
+    is regenerated from them, see ``flash_dropout``)."""
     varlen = cu_seqlens_q is not None
     if _variants.may_use_tma(q.device) and _variants.tma_unready(dout) and not _variants.tma_unready(q, k, v):
         dout = dout.contiguous()  # e.g. the stride-0 gradient of out.sum(): one copy keeps the TMA path open
@@ -411,13 +441,17 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
     sdq, sdk = _views(dq, varlen), _views(dk, varlen)
     interp_bf16 = INTERPRET and q.dtype == torch.bfloat16  # see _tiles.dot and _tiles.narrow
     tile_d = head_dim_tile(D)  # (D itself, unless it is padded to a power of two)
+    dropout = dropout_seed is not None and dropout_p > 0
     flags = dict(HEAD_DIM=tile_d, D_REAL=D, IS_VARLEN=varlen, INTERP_BF16=interp_bf16, IEEE=q.dtype == torch.float32,
+                 DROPOUT=dropout,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, dout, dq, dk, dv))
     window_args = (scale * LOG2E, scale, window[0], window[1])
     tune_lengths = _variants.tuning_lengths(T_q, T_k)
     # one launch of each kernel per run of at most CUDA_MAX_GRID_YZ sequences (one run unless B is huge)
     parts = [(b1 - b0, *batch_part(b0, b1, (q, k, v, dout, out, lse, delta, dq, dk, dv),
-                                   (cu_seqlens_q, cu_seqlens_k) if varlen else None)) for b0, b1 in batch_chunks(B)]
+                                   (cu_seqlens_q, cu_seqlens_k) if varlen else None),
+              (dropout_seed if dropout else q, dropout_p, keep_scale(dropout_p), T_q, T_k, b0 * H * T_q * T_k))
+             for b0, b1 in batch_chunks(B)]  # (the dropout arguments: flash_fwd's, the counters' strides alike)
 
     def launch(variant: _variants.Variant):
         plan = [("dkdv", _bwd_dkdv, T_k, "BLOCK_N", (H_kv, H // H_kv))] if need_dkdv else []
@@ -429,7 +463,7 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
             if tune:
                 prune = None if variant.tma else functools.partial(prune_for_packing, name)
                 kernel = _variants.autotuned(kernel, variant, configs(name, variant, tile_d), tag=D, prune=prune)
-            for n, (q_, k_, v_, do_, _, lse_, delta_, dq_, dk_, dv_), cus in parts:
+            for n, (q_, k_, v_, do_, _, lse_, delta_, dq_, dk_, dv_), cus, drop in parts:
                 descs = _variants.descriptors((q_, k_, v_, do_, dq_, dk_, dv_),
                                               [tiles[b] for _, b in _DESCRIPTORS], tile_d, variant)
                 per_kernel = ((dk_, dv_, *sq, *sk, *sv, *sg, *sl, *sdk) if name == "dkdv" else
@@ -439,10 +473,10 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
                     return launch_grid(T, meta[block], heads[0], n)
 
                 kernel[grid](q_, k_, v_, do_, lse_, delta_, *per_kernel, *descs, *cus, T_q, T_k, *tune_lengths, *heads,
-                             *window_args, **flags, TMA=variant.tma, **meta)
+                             *window_args, *drop, **flags, TMA=variant.tma, **meta)
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():
-        for n, (_, _, _, do_, out_, _, delta_, *_), cus in parts:
+        for n, (_, _, _, do_, out_, _, delta_, *_), cus, _ in parts:
             _bwd_preprocess[launch_grid(T_q, PREPROCESS_BLOCK, H, n)](
                 out_, do_, delta_, *so, *sg, *sl, cus[0], T_q, H,
                 HEAD_DIM=tile_d, D_REAL=D, BLOCK_M=PREPROCESS_BLOCK, IS_VARLEN=varlen,

@@ -60,6 +60,7 @@ from ._tiles import (
     store_rows,
     tile_mask,
 )
+from .flash_dropout import counters, keep_scale, kept
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E)
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2): log(x) = log2(x) * LN2 (a constexpr: used inside the kernel)
@@ -73,8 +74,10 @@ def _fwd_tiles(
     offs_m,  # (BLOCK_M,) the query position of each row of the block, within the sequence
     start, end,  # key range to walk, [start, end)
     T_q, T_k, window_left, window_right, qk_scale,
+    seed, drop_rows, dropout_p,  # dropout (DROPOUT): the seed, each row's first counter (see flash_dropout)
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,  # build the (query, key) mask? False on full tiles
+    DROPOUT: tl.constexpr,
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr,  # see _tiles.dot and _tiles.narrow
     TMA: tl.constexpr, WARP_SPEC: tl.constexpr,  # see _variants
     WIDE: tl.constexpr,  # 64-bit offsets within a sequence (see _tiles)
@@ -95,7 +98,9 @@ def _fwd_tiles(
             m_use = m_new
         alpha = tl.math.exp2(m_i - m_use)  # (BLOCK_M,) rescales what we summed under the old max
         p = tl.math.exp2(s - m_use[:, None])  # (BLOCK_M, BLOCK_N) unnormalised probabilities
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.sum(p, 1)  # (every allowed key: the softmax is taken before dropout)
+        if DROPOUT:  # only the kept weights reach the output (scaled by 1 / (1 - p) once, at the end)
+            p = tl.where(kept(seed, drop_rows[:, None] + offs_n[None, :], dropout_p), p, 0.0)
         acc = acc * alpha[:, None] + dot(narrow(p, v.dtype, INTERP_BF16), v, INTERP_BF16, IEEE)  # (BLOCK_M, HEAD_DIM)
         m_i = m_new
     return acc, l_i, m_i
@@ -119,6 +124,8 @@ def _attn_fwd(
     qk_scale,  # softmax scale * log2(e)
     window_left, window_right,  # sliding window; a huge value means unbounded; causal is right = 0
     num_splits,  # key slices per row (SPLIT_K): program_id(0) is (query block) * num_splits + slice
+    Seed, dropout_p, drop_scale,  # dropout (DROPOUT): the seed (int64 [1]), the rate, 1 / (1 - rate)
+    drop_R, drop_C, drop_first,  # the counters' row and column strides, the launch's first counter
     HEAD_DIM: tl.constexpr,  # the tiles' width along the head dim, a power of two (see _tiles.head_dim_tile)
     D_REAL: tl.constexpr,  # the head dim itself, <= HEAD_DIM: columns past it are padding, never read or stored
     BLOCK_M: tl.constexpr,  # queries per program
@@ -131,6 +138,7 @@ def _attn_fwd(
     WIDE: tl.constexpr,  # 64-bit offsets within a sequence (see _tiles)
     SPLIT_K: tl.constexpr,  # walk one slice of the keys; Out and Lse are that slice's partial buffers (float32)
     PACK_GQA: tl.constexpr,  # program_id(1) is a key/value head; rows are (query position, head of its group)
+    DROPOUT: tl.constexpr,  # attention dropout (see flash_dropout)
 ):
     pid_m = tl.program_id(0)  # which block of queries (see _tiles.launch_grid)
     if SPLIT_K:
@@ -192,6 +200,14 @@ def _attn_fwd(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max (log2 units)
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)  # running sum of exp2(s - m)
     acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)  # running sum of exp2(s - m) * v
+    seed = 0
+    drop_rows = pos  # (unused without dropout)
+    if DROPOUT:  # each row's first counter: its sequence, its head (one per row when packed) and position
+        seed = tl.load(Seed)
+        if PACK_GQA:
+            drop_rows = counters(drop_first, b, h + offs_m % GROUP, pos, H, drop_R, drop_C)  # (BLOCK_M,)
+        else:
+            drop_rows = counters(drop_first, b, h, pos, H, drop_R, drop_C)  # (BLOCK_M,)
 
     if SPLIT_K:  # keep this slice's share of the visible tiles: [s0, s1), whole tiles but for hi
         lo, a, b_full, hi = key_slice(lo, a, b_full, hi, split, num_splits, BLOCK_N)
@@ -204,32 +220,39 @@ def _attn_fwd(
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, hi, T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, TMA, True, WIDE)
+                                   seed, drop_rows, dropout_p,
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, TMA, True, WIDE)
     else:  # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
         tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)  # (hi unless TAIL; full tiles never overhang)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, TMA, False, WIDE)
+                                   seed, drop_rows, dropout_p,
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    a, b_full, T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, D_REAL, BLOCK_N, False, INTERP_BF16, IEEE, TMA, False, WIDE)
+                                   seed, drop_rows, dropout_p,
+                                   HEAD_DIM, D_REAL, BLOCK_N, False, DROPOUT, INTERP_BF16, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
-                                   HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, TMA, False, WIDE)
+                                   seed, drop_rows, dropout_p,
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, TMA, False, WIDE)
         if TAIL:  # the tile that overhangs the keys' end, if any: through masked pointer loads
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                        stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                        tail, hi, T_q, T_k, window_left, window_right, qk_scale,
-                                       HEAD_DIM, D_REAL, BLOCK_N, True, INTERP_BF16, IEEE, False, False, WIDE)
+                                       seed, drop_rows, dropout_p,
+                                       HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, False, False, WIDE)
 
     # epilogue: normalise; a row that saw no allowed key has l = 0 and gets out = 0, lse = -inf
     # (with SPLIT_K: no allowed key *in this slice*; the combine gives such a slice no weight)
     alive = l_i > 0.0
     l_safe = tl.where(alive, l_i, 1.0)
     out = acc / l_safe[:, None]
+    if DROPOUT:
+        out = out * drop_scale
     lse = tl.where(alive, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))  # natural log
     if PACK_GQA:
         o_rows = packed_offsets(offs_m, GROUP, stride_ot, stride_oh)  # (BLOCK_M,)
@@ -366,14 +389,16 @@ def _strides(x: torch.Tensor, ndim: int):
 
 
 def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
-                    seqused_k=None, num_splits=0, blocks=None):
+                    max_seqlen_k=None, seqused_k=None, num_splits=0, dropout_p=0.0, dropout_seed=None, blocks=None):
     """Run the forward kernel. Inputs are already checked by :mod:`attn_course.kernels.flash_attention`.
 
     Fixed length: q ``[B, H, T_q, D]``, k, v ``[B, H_kv, T_k, D]`` -> out like q, lse ``[B, H, T_q]``;
     with ``seqused_k`` (int32 ``[B]``), sequence ``b`` sees only its first ``seqused_k[b]`` keys (a cache).
     Packed: q ``[total_q, H, D]``, k, v ``[total_k, H_kv, D]`` -> out like q, lse ``[H, total_q]``.
     ``window = (left, right)`` with huge numbers for unbounded sides. ``num_splits``: key slices per row
-    (fixed length only; ``0``: :func:`flash_split.num_splits` chooses). ``blocks``: the interpreter's tiles.
+    (fixed length only; ``0``: :func:`flash_split.num_splits` chooses). ``dropout_p`` with ``dropout_seed``
+    (int64 ``[1]`` on q's device; ``None``: no dropout): see ``flash_dropout``; a packed batch's counters
+    then run over ``max_seqlen_q x max_seqlen_k``. ``blocks``: the interpreter's tiles.
     """
     varlen = cu_seqlens_q is not None
     if varlen:
@@ -407,9 +432,12 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
     strides = (*sq, *sk, *sv, *so, *sl, *split_strides)
     scalars = (T_q, T_k, *_variants.tuning_lengths(T_q, T_k), H, H // H_kv, scale * LOG2E, window[0], window[1],
                splits)
+    dropout = dropout_seed is not None and dropout_p > 0
+    drop_R, drop_C = (max_seqlen_q, max_seqlen_k or 0) if varlen else (T_q, T_k)  # (see flash_dropout.counters)
     tile_d = head_dim_tile(D)  # (D itself, unless it is padded to a power of two)
     flags = dict(HEAD_DIM=tile_d, D_REAL=D, IS_VARLEN=varlen, HAS_SEQUSED_K=seqused_k is not None,
                  INTERP_BF16=interp_bf16, IEEE=q.dtype == torch.float32, SPLIT_K=splits > 1, PACK_GQA=pack,
+                 DROPOUT=dropout,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, targets[0][:, 0] if splits > 1 else out))
 
     decoding = is_decoding(T_q)  # (packed: the longest sequence)
@@ -433,7 +461,9 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
             def grid(meta, n=b1 - b0):
                 return launch_grid(rows, meta["BLOCK_M"], heads, n, splits)
 
-            kernel[grid](*tensors, *strides, *descs, *cus, used, *scalars, **flags, TMA=variant.tma, **meta)
+            drop = (dropout_seed if dropout else used, dropout_p, keep_scale(dropout_p), drop_R, drop_C,
+                    b0 * H * drop_R * drop_C)  # (the chunk's first counter: sequence b0's)
+            kernel[grid](*tensors, *strides, *descs, *cus, used, *scalars, *drop, **flags, TMA=variant.tma, **meta)
             if splits > 1:
                 flash_split.combine_splits(*tensors[3:], out[b0:b1], lse[b0:b1],
                                            launch_grid(T_q, flash_split.COMBINE_ROWS, H, b1 - b0), INTERPRET)

@@ -288,3 +288,20 @@ def test_a_padded_head_dim_compiles_for_hopper(variant):
         if fn.__name__ in ("_attn_fwd", "_bwd_dkdv", "_bwd_dq"):
             check_ptx(fn, kernel, tma=variant == "tma", tensor_cores=True,
                       narrow=kwargs["BLOCK_M"] == 16 and fn.__name__ == "_attn_fwd")
+
+
+@pytest.mark.parametrize("variant", list(_variants.VARIANTS))
+def test_dropout_compiles_for_hopper(variant):
+    """With dropout (``flash_dropout``: Philox numbers per score, regenerated in the backward) every kernel
+    compiles for sm_90 and keeps its tensor-core products; the warp-specialised forward stays specialised."""
+    launches = forward_launches(variant, torch.bfloat16, 128, dropout_p=0.1)
+    if variant != "tma+ws":
+        launches += backward_launches(variant, torch.bfloat16, 128, dropout_p=0.1)
+    for fn, args, kwargs in launches:
+        if fn.__name__ == "_bwd_preprocess":  # (delta = rowsum(dO * O) needs no mask: O is already dropped)
+            continue
+        assert kwargs["DROPOUT"], fn.__name__
+        kernel = compile_launch(fn, args, dict(kwargs), HOPPER)
+        check_ptx(fn, kernel, tma=_variants.VARIANTS[variant].tma, tensor_cores=True)
+        if variant == "tma+ws":
+            assert "setmaxnreg" in kernel.asm["ptx"], "the dropout forward is no longer warp-specialised"

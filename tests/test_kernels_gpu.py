@@ -23,6 +23,8 @@ from test_kernels_common import (
 )
 from test_kernels_common import check_case as check_on_device
 from test_kernels_decode import combines  # noqa: F401 (a fixture)
+from test_kernels_dropout import case_id as dropout_case_id
+from test_kernels_dropout import check_dropout_case, check_dropout_varlen, mask_of, next_seed
 from test_kernels_empty import EMPTY, check_empty, launches  # noqa: F401 (launches: a fixture)
 from test_kernels_head_dims import case_id as head_dims_case_id
 from test_kernels_head_dims import check_padded_cache, check_padded_case, check_padded_varlen
@@ -472,3 +474,40 @@ def test_a_padded_head_dim_packed_and_cached_on_the_gpu(variant):
     """D = 40 in a packed batch and D = 96 in a long split cache with packed GQA heads, compiled."""
     check_padded_varlen("cuda", variant)
     check_padded_cache(3, "cuda", variant, D=96, dtype=torch.bfloat16, T_cache=4096)
+
+
+DROPOUT_CASES = [(2, 8, 2, 1000, 1000, 128, True, NONE, torch.float16, 0.1),
+                 (1, 4, 4, 513, 777, 64, False, (64, 0), torch.bfloat16, 0.3),
+                 (2, 32, 8, 1, 3000, 128, True, NONE, torch.bfloat16, 0.2)]  # (a decoding step: packed GQA rows)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", DROPOUT_CASES, ids=dropout_case_id)
+def test_dropout_compiled(case, variant, monkeypatch):
+    """Dropout compiled (each variant, warp-specialised too): against attention with the call's own mask."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_dropout_case(case, "cuda")
+
+
+def test_dropout_on_the_gpu_packed_and_its_mask_as_on_the_cpu():
+    """A packed batch with dropout, compiled; and the mask of one seed is the same bit for bit whether the
+    compiled kernels or the interpreter draw it (one Philox, two implementations)."""
+    check_dropout_varlen("cuda")
+    seed = next_seed("cuda")
+    assert torch.equal(mask_of(seed, 2, 3, 70, 90, 0.3).cpu(), mask_of(seed.cpu(), 2, 3, 70, 90, 0.3))
+
+
+def test_a_cuda_graph_replays_dropout_with_a_fresh_mask():
+    """The seed is drawn from the CUDA generator inside the captured call, so each replay draws a new one (a
+    seed taken in Python would replay one mask for ever); lse, taken before dropout, stays put."""
+    q, k, v = make_qkv(1, 4, 2, 256, 256, 64, torch.float16, device="cuda")
+
+    def call():
+        return flash_attention(q, k, v, causal=True, dropout_p=0.5, return_lse=True)
+
+    graph, (out, lse) = _captured(call, call)
+    graph.replay()
+    first, first_lse = out.clone(), lse.clone()
+    graph.replay()
+    assert not torch.equal(out, first) and torch.equal(lse, first_lse)
+    assert torch.isfinite(out).all()
