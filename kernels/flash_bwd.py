@@ -110,13 +110,14 @@ def _dkdv_tiles(
         pT = tl.math.exp2(sT - lse[None, :] * 1.4426950408889634)  # probabilities, recomputed
         if MASKED:  # also zeroes rows with no allowed key, whose lse is -inf
             pT = tl.where(tl.trans(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right)), pT, 0.0)
-        dpT = dot(v, tl.trans(do), INTERP_BF16, IEEE)  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
         if DROPOUT:  # the forward's mask, regenerated (transposed: keys down, queries across)
             keepT = kept(seed, drop_head + offs_m[None, :].to(tl.int64) * drop_C + offs_n[:, None], dropout_p)
             dv += dot(narrow(tl.where(keepT, pT * drop_scale, 0.0), do.dtype, INTERP_BF16), do, INTERP_BF16, IEEE)
-            dpT = tl.where(keepT, dpT * drop_scale, 0.0)  # the gradient reaches only the kept weights
         else:
             dv += dot(narrow(pT, do.dtype, INTERP_BF16), do, INTERP_BF16, IEEE)  # (BLOCK_N, HEAD_DIM)
+        dpT = dot(v, tl.trans(do), INTERP_BF16, IEEE)  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
+        if DROPOUT:
+            dpT = tl.where(keepT, dpT * drop_scale, 0.0)  # the gradient reaches only the kept weights
         dsT = pT * (dpT - delta[None, :])
         ds_low = narrow(dsT, qT.dtype, INTERP_BF16)  # (BLOCK_N, BLOCK_M) in the inputs' dtype, for the MMA
         dk += dot(ds_low, tl.trans(qT), INTERP_BF16, IEEE)  # (BLOCK_N, HEAD_DIM), scaled at the end
@@ -174,7 +175,9 @@ def _bwd_dkdv(
     for g in range(0, GROUP):  # the query heads that share this key/value head
         h = h_kv * GROUP + g
         h64 = h.to(tl.int64)
-        drop_head = counters(drop_first, b, h, 0, H_kv * GROUP, drop_R, drop_C)  # (used only with DROPOUT)
+        drop_head = 0
+        if DROPOUT:  # this (sequence, head)'s first counter
+            drop_head = counters(drop_first, b, h, 0, H_kv * GROUP, drop_R, drop_C)
         Qh = Q + b64 * stride_qb + h64 * stride_qh + q_start.to(tl.int64) * stride_qt
         dOh = dOut + b64 * stride_gb + h64 * stride_gh + q_start.to(tl.int64) * stride_gt
         Lh = Lse + b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt

@@ -289,3 +289,27 @@ def test_the_backward_keeps_a_seed_not_a_mask():
     assert [tuple(t.shape) for t in saved] == [(1, 2, 33, 16), (1, 1, 47, 16), (1, 1, 47, 16), (1, 2, 33, 16),
                                                (1, 2, 33), (1,)]
     assert saved[-1].dtype == torch.int64
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_activation_checkpointing_recomputes_the_same_mask(reentrant):
+    """``torch.utils.checkpoint`` reruns the forward in the backward pass, restoring PyTorch's generator
+    first (``preserve_rng_state``): the rerun draws the same seed, so the same mask, and the gradients are
+    those of the run without checkpointing, bit for bit."""
+    from torch.utils.checkpoint import checkpoint
+
+    q, k, v = make_qkv(1, 4, 2, 33, 47, 32, F32, seed=5)
+
+    def block(q, k, v):
+        return flash_attention(q, k, v, causal=True, dropout_p=0.3)
+
+    def grads_of(run):
+        torch.manual_seed(11)
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+        run(*leaves).square().sum().backward()
+        return [x.grad for x in leaves]
+
+    plain = grads_of(block)
+    checkpointed = grads_of(lambda *xs: checkpoint(block, *xs, use_reentrant=reentrant))
+    for name, a, b in zip(("dq", "dk", "dv"), checkpointed, plain, strict=True):
+        assert torch.equal(a, b), name

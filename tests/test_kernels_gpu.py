@@ -462,10 +462,11 @@ PADDED = [(2, 8, 2, 1000, 1000, 80, True, NONE, torch.float16),  # (Phi-2's head
           (1, 4, 4, 513, 2048, 96, False, (128, 0), torch.bfloat16)]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case", PADDED, ids=head_dims_case_id)
+@pytest.mark.parametrize("case,variant", [(PADDED[0], v) for v in VARIANTS] + [(PADDED[1], "auto")],
+                         ids=lambda x: x if isinstance(x, str) else head_dims_case_id(x))
 def test_padded_head_dims_compiled(case, variant):
-    """Head dims 80 and 96 in tiles of 128, compiled, inputs whose padding columns are NaN (never read)."""
+    """Head dims 80 and 96 in tiles of 128, compiled, inputs whose padding columns are NaN (never read):
+    every variant on one case, ``auto`` on the other (each compile costs the GPU session's time budget)."""
     check_padded_case(case, "cuda", variant)
 
 
@@ -481,10 +482,12 @@ DROPOUT_CASES = [(2, 8, 2, 1000, 1000, 128, True, NONE, torch.float16, 0.1),
                  (2, 32, 8, 1, 3000, 128, True, NONE, torch.bfloat16, 0.2)]  # (a decoding step: packed GQA rows)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case", DROPOUT_CASES, ids=dropout_case_id)
+@pytest.mark.parametrize("case,variant", [(DROPOUT_CASES[0], v) for v in VARIANTS]
+                         + [(c, "auto") for c in DROPOUT_CASES[1:]],
+                         ids=lambda x: x if isinstance(x, str) else dropout_case_id(x))
 def test_dropout_compiled(case, variant, monkeypatch):
-    """Dropout compiled (each variant, warp-specialised too): against attention with the call's own mask."""
+    """Dropout compiled against attention with the call's own mask: every variant (warp-specialised too) on
+    one case, ``auto`` on the others."""
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_dropout_case(case, "cuda")
 
