@@ -328,7 +328,7 @@ INTERPRET = is_interpreted(_bwd_dq)
 # float32 accumulators), so it wants 8 warps and few query rows per step; dQ holds two, and needs BLOCK_M
 # >= 64 for Hopper's wgmma (32-row tiles fall back to mma.sync).
 DKDV_TILES = [(32, 64, 8, 2), (32, 64, 8, 3), (16, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 3), (16, 64, 4, 3),
-              (64, 128, 8, 2)]
+              (64, 128, 8, 2), (16, 64, 8, 2)]  # (the last: the one that does not spill with dropout at D = 128)
 DQ_TILES = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3), (64, 64, 8, 2), (64, 128, 8, 3),
             (128, 128, 8, 2)]
 # (kernel, head dim) -> the tiles that spill registers on sm_90 there, compiled by triton 3.9 (this
@@ -373,11 +373,41 @@ def prune_for_packing(kernel: str, configs: list[triton.Config], nargs: dict, **
     return [c for c in configs if _variants.tile_of(c) not in spills]
 
 
+# With dropout (a Philox number per score, regenerated in both kernels) these tiles spill registers on sm_90
+# under triton 3.9 or 3.6 (parts "dkdv dropout" and "dq dropout" of benchmarks/results/kernel_resources_sm90*
+# .json; tests/test_kernels_compile.py checks the lists): a dropout launch's autotuner skips them and its
+# default tile is the first candidate not among them (surveyed through TMA; pointers use the same lists).
+DROPOUT_SPILLS: dict[tuple[str, int], list[tuple[int, int, int, int]]] = {
+    ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2)],
+    ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
+                    (64, 128, 8, 2)],  # (all but DKDV_TILES' last, added for this)
+    ("dq", 64): [(64, 128, 8, 3), (128, 128, 8, 2)],
+    ("dq", 128): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
+}
+
+
+def prune_for_dropout(kernel: str, configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
+    """A dropout launch (``DROPOUT``) skips the tiles of :data:`DROPOUT_SPILLS` (all of them, if none is left)."""
+    if not kwargs.get("DROPOUT"):
+        return configs
+    spills = DROPOUT_SPILLS.get((kernel, kwargs["HEAD_DIM"]), [])
+    return [c for c in configs if _variants.tile_of(c) not in spills] or configs
+
+
+def prune(kernel: str, pointer: bool, configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
+    """The backward autotuner's pruning step: :func:`prune_for_packing` (pointer variant only), then
+    :func:`prune_for_dropout`."""
+    if pointer:
+        configs = prune_for_packing(kernel, configs, nargs, **kwargs)
+    return prune_for_dropout(kernel, configs, nargs, **kwargs)
+
+
 def tma_pays(D: int, varlen: bool) -> bool:
     """Whether ``auto`` tries the TMA variant for a backward at head dim ``D``: not at D = 256 (above), and
     not for a packed batch, whose TMA kernels also read the tile that overhangs each sequence through
-    pointers (``_tiles.overhang``): its dK/dV then spills registers on sm_90 in every tile at D = 128 and in
-    two at D = 64 (four under triton 3.6), where the pointer kernel has tiles that do not (parts "dkdv
+    pointers (``_tiles.overhang``): its dK/dV then spills registers on sm_90 in every tile at D = 128 but the
+    last (added for dropout; untimed) and in two at D = 64 (four under triton 3.6), where the pointer kernel
+    has tiles that do not (parts "dkdv
     varlen" and "dq varlen" of benchmarks/results/kernel_resources_sm90*.json). ``ATTN_COURSE_KERNEL=tma``
     still runs it."""
     return D in TMA_HEAD_DIMS and not varlen
@@ -398,12 +428,13 @@ def configs(kernel: str, variant: _variants.Variant, D: int) -> list[triton.Conf
     return [_variants.config(*t, hook) for t in candidate_tiles(kernel, D) if t not in spills]
 
 
-def default_config(kernel: str, D: int, itemsize: int, packed: bool = False) -> triton.Config:
+def default_config(kernel: str, D: int, itemsize: int, packed: bool = False, dropout: bool = False) -> triton.Config:
     """The config used when autotuning is off: the first candidate for 16-bit inputs (no spills at any
-    head dim), or for a packed batch through pointers (``packed``) the first that does not spill there;
-    smaller tiles for float32, whose tiles take twice the registers and shared memory."""
+    head dim), or for a packed batch through pointers (``packed``) or with ``dropout`` the first that does
+    not spill there; smaller tiles for float32, whose tiles take twice the registers and shared memory."""
     if itemsize == 2:
         spills = PACKED_POINTER_SPILLS.get((kernel, D), []) if packed else []
+        spills = spills + (DROPOUT_SPILLS.get((kernel, D), []) if dropout else [])
         return _variants.config(*next(t for t in candidate_tiles(kernel, D) if t not in spills))
     if D > 128:  # float32 at D = 256: the least spilling tiles on sm_90 (16 and 8 bytes)
         return _variants.config(16, 32, 8 if kernel == "dkdv" else 4, 2)
@@ -462,10 +493,11 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
         for name, kernel, T, block, heads in plan:
             packed = varlen and not variant.tma
             tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
-                                                      default=default_config(name, tile_d, q.element_size(), packed))
+                                                      default=default_config(name, tile_d, q.element_size(), packed,
+                                                                             dropout))
             if tune:
-                prune = None if variant.tma else functools.partial(prune_for_packing, name)
-                kernel = _variants.autotuned(kernel, variant, configs(name, variant, tile_d), tag=D, prune=prune)
+                kernel = _variants.autotuned(kernel, variant, configs(name, variant, tile_d), tag=D,
+                                             prune=functools.partial(prune, name, not variant.tma))
             for n, (q_, k_, v_, do_, _, lse_, delta_, dq_, dk_, dv_), cus, drop in parts:
                 descs = _variants.descriptors((q_, k_, v_, do_, dq_, dk_, dv_),
                                               [tiles[b] for _, b in _DESCRIPTORS], tile_d, variant)

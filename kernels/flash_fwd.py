@@ -341,19 +341,49 @@ def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
                     if t not in DECODE_SPILLS.get(D, [])]
 
 
+# With dropout a Philox number per score costs registers: at these head dims these tiles, (BLOCK_M, BLOCK_N,
+# warps, stages, warp-specialised), spill on sm_90 under triton 3.9 or 3.6 (part "forward dropout" of
+# benchmarks/results/kernel_resources_sm90*.json; tests/test_kernels_compile.py checks the lists against
+# both). A dropout launch's autotuner skips them (prune_for_lengths), and its default tile is the first
+# candidate not among them. (Surveyed through TMA, what Hopper runs; the pointer variant uses the same list.)
+DROPOUT_SPILLS: dict[int, list[tuple[int, int, int, int, bool]]] = {
+    64: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
+         (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
+    128: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
+          (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
+          (128, 128, 8, 3, False)],
+}
+
+
+def dropout_spills(D: int) -> list[tuple[int, int, int, int, bool]]:
+    """:data:`DROPOUT_SPILLS` at head dim ``D`` (the tiles' width); ``[]`` where it was not surveyed."""
+    return DROPOUT_SPILLS.get(D, [])
+
+
 def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
     """The autotuner's pruning step: for ``T_q <= DECODE_ROWS`` (by the tuning key's rounded length) only
-    the 16-row decoding tiles, otherwise only the others; the autotuner then times what is left."""
+    the 16-row decoding tiles, otherwise only the others, and with dropout (``DROPOUT``, a constexpr the
+    autotuner passes as a keyword) none of :data:`DROPOUT_SPILLS`; the autotuner then times what is left."""
     decoding = is_decoding(nargs["TUNE_T_Q"])
-    return [c for c in configs if (c.kwargs["BLOCK_M"] == DECODE_ROWS) == decoding]
+    kept = [c for c in configs if (c.kwargs["BLOCK_M"] == DECODE_ROWS) == decoding]
+    if kwargs.get("DROPOUT"):
+        spills = dropout_spills(kwargs["HEAD_DIM"])
+        kept = [c for c in kept if (*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) not in spills] or kept
+    return kept
 
 
-def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int | None = None) -> triton.Config:
+def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int | None = None,
+                   dropout: bool = False) -> triton.Config:
     """The one config used when autotuning is off: 16-row tiles for ``T_q <= DECODE_ROWS`` (decoding); else
     big query tiles for 16-bit inputs, smaller ones where float32 or a wide head would overflow shared
-    memory, and the warp-specialised variant with WS on."""
+    memory, and the warp-specialised variant with WS on. With ``dropout`` (16-bit inputs), the first
+    candidate that does not spill then (:data:`DROPOUT_SPILLS`)."""
     if T_q is not None and is_decoding(T_q):
         return _variants.config(*(decode_tiles(D)[0] if itemsize == 2 else FLOAT32_DECODE_TILE), WARP_SPEC=False)
+    if dropout and itemsize == 2 and dropout_spills(D):
+        ws = variant.warp_specialize
+        tile = next(t for t in candidate_tiles(D, ws) if (*t, ws) not in dropout_spills(D))
+        return _variants.config(*tile, WARP_SPEC=ws)
     if variant.warp_specialize:
         return _variants.config(*candidate_tiles(D, True)[0], WARP_SPEC=True)
     half = itemsize == 2
@@ -447,7 +477,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         interpreter_meta = dict(blocks or (INTERPRETER_DECODE_BLOCKS if decoding else INTERPRETER_BLOCKS),
                                 WARP_SPEC=variant.warp_specialize and not decoding)
         tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=interpreter_meta,
-                                                  default=default_config(variant, tile_d, q.element_size(), T_q))
+                                                  default=default_config(variant, tile_d, q.element_size(), T_q,
+                                                                         dropout))
         kernel = _attn_fwd
         if tune:  # (SPLIT_K in the key: a slice has fewer keys to walk)
             kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, tile_d), tag=D,
