@@ -97,3 +97,21 @@ def dropout_mask(seed: torch.Tensor, B: int, H: int, R: int, C: int, p: float) -
                                                                  BLOCK_M=block, BLOCK_N=block)
     return mask.bool()
 
+
+
+if __name__ == "__main__":
+    # A check: a call's output is attention with its regenerated mask, and the mask keeps 1 - p.
+    from attn_course import attention
+    from attn_course.kernels import dropout_mask, flash_attention, next_dropout_seed
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    p, T = 0.1, 256 if device == "cuda" else 64
+    q, k, v = (torch.randn(2, 4, T, 64, device=device) for _ in range(3))
+    seed = next_dropout_seed(device)
+    out = flash_attention(q, k, v, causal=True, dropout_p=p)
+    keep = dropout_mask(seed, 2, 4, T, T, p)  # (B, H, T, T)
+    _, weights = attention(q, k, v, causal=True, return_weights=True)
+    err = (out - (weights * keep / (1 - p)) @ v).abs().max().item()
+    print(f"dropout p={p}: kept {keep.float().mean().item():.4f} of the scores; "
+          f"max |kernel - attention with that mask| = {err:.2e} ({device})")
