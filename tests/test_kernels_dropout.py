@@ -21,6 +21,7 @@ from test_kernels_varlen import packed, per_sequence
 
 from attn_course.attention import masked_softmax
 from attn_course.kernels import (
+    _variants,
     dropout_mask,
     flash_attention,
     flash_attention_varlen,
@@ -80,15 +81,17 @@ def case_id(c):
             f"{'' if window == NONE else f'-w{window[0]}_{window[1]}'}-{str(dtype)[6:]}")
 
 
-def check_dropout_case(case, device="cpu"):
-    """Out and ``(dq, dk, dv)`` with dropout against :func:`dropped_attention` with the call's own mask."""
+def check_dropout_case(case, device="cpu", variant="auto"):
+    """Out and ``(dq, dk, dv)`` with dropout against :func:`dropped_attention` with the call's own mask,
+    the kernels' ``variant`` forced (``auto``: whatever the device runs)."""
     B, H, H_kv, T_q, T_k, D, causal, window, dtype, p = case
     q, k, v = make_qkv(B, H, H_kv, T_q, T_k, D, dtype, device=device)
     dout = torch.randn(B, H, T_q, D, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     keep = mask_of(next_seed(device), B, H, T_q, T_k, p)
     assert keep.shape == (B, H, T_q, T_k)
-    out, got = leaf_grads(lambda q, k, v: flash_attention(q, k, v, causal=causal, window=window, dropout_p=p),
-                          (q, k, v), dout)
+    with _variants.settings(kernel=variant):
+        out, got = leaf_grads(lambda q, k, v: flash_attention(q, k, v, causal=causal, window=window, dropout_p=p),
+                              (q, k, v), dout)
     ref, want = leaf_grads(lambda q, k, v: dropped_attention(q, k, v, keep, p, causal, window), (q, k, v), dout)
     same, budget = leaf_grads(lambda q, k, v: dropped_attention(q, k, v, keep, p, causal, window, dtype),
                               (q, k, v), dout)
@@ -101,6 +104,13 @@ def check_dropout_case(case, device="cpu"):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_dropout_matches_attention_with_the_same_mask(case):
     check_dropout_case(case)
+
+
+@pytest.mark.parametrize("variant", ["tma", "tma+ws"])
+def test_dropout_through_tensor_descriptors(variant):
+    """The TMA variants (the interpreter emulates the descriptors; ``tma+ws`` runs its single key loop)
+    draw the same mask from the same counters."""
+    check_dropout_case(CASES[1], variant=variant)
 
 
 def test_a_wrong_mask_fails_the_check():

@@ -485,11 +485,10 @@ DROPOUT_CASES = [(2, 8, 2, 1000, 1000, 128, True, NONE, torch.float16, 0.1),
 @pytest.mark.parametrize("case,variant", [(DROPOUT_CASES[0], v) for v in VARIANTS]
                          + [(c, "auto") for c in DROPOUT_CASES[1:]],
                          ids=lambda x: x if isinstance(x, str) else dropout_case_id(x))
-def test_dropout_compiled(case, variant, monkeypatch):
+def test_dropout_compiled(case, variant):
     """Dropout compiled against attention with the call's own mask: every variant (warp-specialised too) on
     one case, ``auto`` on the others."""
-    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
-    check_dropout_case(case, "cuda")
+    check_dropout_case(case, "cuda", variant)
 
 
 def test_dropout_on_the_gpu_packed_and_its_mask_as_on_the_cpu():
