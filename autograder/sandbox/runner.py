@@ -252,6 +252,11 @@ def main() -> None:
     config = Config()
     config.HistoryManager.enabled = False
     config.InteractiveShell.colors = "nocolor"
+    # plain tracebacks (file, line, source line, exception), as Python prints them: IPython's default mode
+    # re-reads every frame's source through stack_data, which can outlast the cell's time limit on a busy
+    # machine with memory nearly exhausted (a memory bomb's MemoryError), leaving the log full of the
+    # formatter's own interrupted frames instead of the learner's error
+    config.InteractiveShell.xmode = "Plain"
     shell = InteractiveShell.instance(config=config)
     signal.signal(signal.SIGALRM, on_alarm)
     record("start", n_cells=len(job["cells"]))
