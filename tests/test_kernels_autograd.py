@@ -215,14 +215,23 @@ def test_autocast_casts_the_inputs_as_pytorchs_attention_does():
 def test_activation_checkpointing_gives_the_same_gradients(reentrant):
     """``torch.utils.checkpoint`` reruns the forward inside the backward pass (grad mode on, for the
     reentrant flavour): the kernels' backward must neither refuse that as a second derivative nor differ."""
+    def block(q, k, v):
+        return flash_attention(torch.tanh(q), k, v, causal=True)
+
+    check_checkpointing(block, reentrant)
+
+
+def check_checkpointing(block, reentrant: bool, rng_seed: int | None = None):
+    """The gradients of ``block(q, k, v).square().sum()`` through ``torch.utils.checkpoint`` equal, bit for bit,
+    those without it (``rng_seed``: ``torch.manual_seed`` before each run, for a block that draws random
+    numbers)."""
     from torch.utils.checkpoint import checkpoint
 
     q, k, v = make_qkv(1, 4, 2, 33, 47, 32, F32, seed=5)
 
-    def block(q, k, v):
-        return flash_attention(torch.tanh(q), k, v, causal=True)
-
     def grads_of(run):
+        if rng_seed is not None:
+            torch.manual_seed(rng_seed)
         leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
         run(*leaves).square().sum().backward()
         return [x.grad for x in leaves]

@@ -16,6 +16,7 @@ import math
 
 import pytest
 import torch
+from test_kernels_autograd import check_checkpointing
 from test_kernels_common import allowed_mask, assert_close_by_rule, make_qkv
 from test_kernels_varlen import packed, per_sequence
 
@@ -306,20 +307,7 @@ def test_activation_checkpointing_recomputes_the_same_mask(reentrant):
     """``torch.utils.checkpoint`` reruns the forward in the backward pass, restoring PyTorch's generator
     first (``preserve_rng_state``): the rerun draws the same seed, so the same mask, and the gradients are
     those of the run without checkpointing, bit for bit."""
-    from torch.utils.checkpoint import checkpoint
-
-    q, k, v = make_qkv(1, 4, 2, 33, 47, 32, F32, seed=5)
-
     def block(q, k, v):
         return flash_attention(q, k, v, causal=True, dropout_p=0.3)
 
-    def grads_of(run):
-        torch.manual_seed(11)
-        leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-        run(*leaves).square().sum().backward()
-        return [x.grad for x in leaves]
-
-    plain = grads_of(block)
-    checkpointed = grads_of(lambda *xs: checkpoint(block, *xs, use_reentrant=reentrant))
-    for name, a, b in zip(("dq", "dk", "dv"), checkpointed, plain, strict=True):
-        assert torch.equal(a, b), name
+    check_checkpointing(block, reentrant, rng_seed=11)
