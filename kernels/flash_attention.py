@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from attn_course._validate import check_positive_int
 from attn_course.masks import check_window
 
 from . import _ops
@@ -86,7 +87,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         out, lse = _ops.forward(q, k, v, scale, window, varlen, dropout=dropout)
         ctx.save_for_backward(q, k, v, out, lse, *(varlen[:2] if varlen else ()), *(() if seed is None else (seed,)))
         ctx.scale, ctx.window, ctx.max_seqlens = scale, window, varlen[2:] if varlen else None
-        ctx.dropout_p = dropout_p if seed is not None else 0.0
+        ctx.dropout_p = dropout_p  # (0.0 exactly when no seed was drawn)
         ctx.set_materialize_grads(False)  # an output that never reaches the loss gets None, not zeros
         return out, lse
 
@@ -267,9 +268,7 @@ def dropout_mask(seed: torch.Tensor, B: int, H: int, R: int, C: int, dropout_p: 
     ``[b, :, :len_q, :len_k]``. The kernels never store it: they regenerate it (``kernels/flash_dropout.py``)."""
     if not isinstance(seed, torch.Tensor) or seed.dtype != torch.int64 or seed.numel() != 1:
         raise TypeError(f"seed must be a one-element int64 tensor (from next_dropout_seed), got {seed!r}")
-    for name, n in (("B", B), ("H", H), ("R", R), ("C", C)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {n!r}")
+    B, H, R, C = (check_positive_int(n, name, allow_zero=True) for n, name in ((B, "B"), (H, "H"), (R, "R"), (C, "C")))
     return kernel_module("flash_dropout", seed.device).dropout_mask(seed.reshape(1), B, H, R, C,
                                                                     check_dropout(dropout_p))
 

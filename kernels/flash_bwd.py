@@ -50,7 +50,7 @@ from ._tiles import (
     store_rows,
     tile_mask,
 )
-from .flash_dropout import counters, keep_scale, kept
+from .flash_dropout import counters, kept, launch_args
 
 LOG2E = 1.4426950408889634  # log2(e)
 
@@ -484,8 +484,8 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
     # one launch of each kernel per run of at most CUDA_MAX_GRID_YZ sequences (one run unless B is huge)
     parts = [(b1 - b0, *batch_part(b0, b1, (q, k, v, dout, out, lse, delta, dq, dk, dv),
                                    (cu_seqlens_q, cu_seqlens_k) if varlen else None),
-              (dropout_seed if dropout else q, dropout_p, keep_scale(dropout_p), T_q, T_k, b0 * H * T_q * T_k))
-             for b0, b1 in batch_chunks(B)]  # (the dropout arguments: flash_fwd's, the counters' strides alike)
+              launch_args(dropout_seed if dropout else None, dropout_p, H, T_q, T_k, b0, q))
+             for b0, b1 in batch_chunks(B)]
 
     def launch(variant: _variants.Variant):
         plan = [("dkdv", _bwd_dkdv, T_k, "BLOCK_N", (H_kv, H // H_kv))] if need_dkdv else []

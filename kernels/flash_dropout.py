@@ -99,6 +99,14 @@ def dropout_mask(seed: torch.Tensor, B: int, H: int, R: int, C: int, p: float) -
 
 
 
+def launch_args(seed, p: float, H: int, R: int, C: int, b0: int, placeholder: torch.Tensor) -> tuple:
+    """The dropout arguments every kernel takes, ``(Seed, dropout_p, drop_scale, drop_R, drop_C, drop_first)``,
+    for a launch whose first sequence is ``b0`` of a batch with ``H`` query heads and counters over ``R x C``
+    scores per head (:func:`counters`): the forward and both backward kernels get them from here, so that
+    they count alike. Without dropout (``seed`` None) ``placeholder`` stands in for the seed, never read."""
+    return (placeholder if seed is None else seed, p, keep_scale(p), R, C, b0 * H * R * C)
+
+
 if __name__ == "__main__":
     # A check: a call's output is attention with its regenerated mask, and the mask keeps 1 - p.
     from attn_course import attention

@@ -60,7 +60,7 @@ from ._tiles import (
     store_rows,
     tile_mask,
 )
-from .flash_dropout import counters, keep_scale, kept
+from .flash_dropout import counters, kept, launch_args
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E)
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2): log(x) = log2(x) * LN2 (a constexpr: used inside the kernel)
@@ -492,8 +492,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
             def grid(meta, n=b1 - b0):
                 return launch_grid(rows, meta["BLOCK_M"], heads, n, splits)
 
-            drop = (dropout_seed if dropout else used, dropout_p, keep_scale(dropout_p), drop_R, drop_C,
-                    b0 * H * drop_R * drop_C)  # (the chunk's first counter: sequence b0's)
+            drop = launch_args(dropout_seed if dropout else None, dropout_p, H, drop_R, drop_C, b0, used)
             kernel[grid](*tensors, *strides, *descs, *cus, used, *scalars, *drop, **flags, TMA=variant.tma, **meta)
             if splits > 1:
                 flash_split.combine_splits(*tensors[3:], out[b0:b1], lse[b0:b1],

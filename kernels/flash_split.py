@@ -101,6 +101,7 @@ def _combine_splits(
     offs_d = tl.arange(0, HEAD_DIM)
     rows = offs_m.to(tl.int64)
     row_ok = offs_m < T_q
+    tile_ok = tile_mask(offs_m, T_q, HEAD_DIM, D_REAL)  # (BLOCK_M, HEAD_DIM): real rows and columns
     Part += b64 * stride_pb + h64 * stride_ph
     PartLse += b64 * stride_qb + h64 * stride_qh
 
@@ -110,7 +111,7 @@ def _combine_splits(
     for _ in range(0, S):  # (the pointers step from slice to slice: 64-bit, however big S * H * T_q * D)
         lse_s = tl.load(PartLse + rows * stride_qt, mask=row_ok, other=float("-inf"))  # (BLOCK_M,)
         ptrs = Part + rows[:, None] * stride_pt + offs_d[None, :] * stride_pd  # (BLOCK_M, HEAD_DIM)
-        out_s = tl.load(ptrs, mask=tile_mask(offs_m, T_q, HEAD_DIM, D_REAL), other=0.0)
+        out_s = tl.load(ptrs, mask=tile_ok, other=0.0)
         Part += stride_ps
         PartLse += stride_qs
         m_new = tl.maximum(m_i, lse_s)
@@ -128,7 +129,7 @@ def _combine_splits(
     Out += b64 * stride_ob + h64 * stride_oh
     Lse += b64 * stride_lb + h64 * stride_lh
     tl.store(Out + rows[:, None] * stride_ot + offs_d[None, :] * stride_od,
-             narrow(out, Out.dtype.element_ty, INTERP_BF16), mask=tile_mask(offs_m, T_q, HEAD_DIM, D_REAL))
+             narrow(out, Out.dtype.element_ty, INTERP_BF16), mask=tile_ok)
     tl.store(Lse + rows * stride_lt, lse, mask=row_ok)
 
 

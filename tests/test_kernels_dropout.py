@@ -276,8 +276,8 @@ def test_a_batch_launched_in_chunks_keeps_one_mask(monkeypatch):
 @pytest.mark.parametrize("args,error,match", [
     ((torch.tensor([1.0]), 1, 1, 4, 4, 0.1), TypeError, "seed must be a one-element int64 tensor"),
     ((torch.tensor([1, 2]), 1, 1, 4, 4, 0.1), TypeError, "seed must be a one-element int64 tensor"),
-    ((torch.tensor([1]), -1, 1, 4, 4, 0.1), ValueError, "B must be an int >= 0, got -1"),
-    ((torch.tensor([1]), 1, 1, 4.0, 4, 0.1), ValueError, "R must be an int >= 0, got 4.0"),
+    ((torch.tensor([1]), -1, 1, 4, 4, 0.1), ValueError, "B must be >= 0, got -1"),
+    ((torch.tensor([1]), 1, 1, 4.0, 4, 0.1), TypeError, "R must be an int, got float 4.0"),
     ((torch.tensor([1]), 1, 1, 4, 4, 2.0), ValueError, "dropout_p must be a probability"),
 ])
 def test_dropout_mask_names_a_bad_argument(args, error, match):
