@@ -7,6 +7,7 @@ traceback from deep inside ``torch.matmul``.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -92,6 +93,17 @@ def real_scalar(x) -> float | None:
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         return None
     return float(x)
+
+
+def check_softcap(softcap) -> float:
+    """``softcap``: a finite real number ``>= 0`` (``0``: no cap), as a float."""
+    value = real_scalar(softcap)
+    if value is None:
+        raise TypeError(f"softcap must be a number (0.0 for no cap), got {type(softcap).__name__} {softcap!r}")
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"softcap must be a finite number >= 0 (the scores are capped smoothly at +-softcap; 0 "
+                         f"turns the cap off), got {softcap!r}")
+    return value
 
 
 def check_positive_int(x, name: str, *, allow_zero: bool = False) -> int:

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ._validate import HALF_DTYPES, check_mask, check_qkv
+from ._validate import HALF_DTYPES, check_mask, check_qkv, check_softcap
 from .masks import causal_mask
 
 
@@ -47,6 +47,7 @@ def attention(
     *,
     causal: bool = False,
     scale: float | None = None,
+    softcap: float = 0.0,
     return_weights: bool = False,
 ):
     """Scaled dot-product attention.
@@ -60,6 +61,9 @@ def attention(
         causal: apply a bottom-right aligned causal mask (see :mod:`attn_course.masks`), combined with
             ``mask`` if both are given.
         scale: multiplies the scores; defaults to ``1 / sqrt(d_k)``.
+        softcap: if positive, each scaled score ``s`` becomes ``softcap * tanh(s / softcap)`` before the
+            masks: a smooth cap at ``+-softcap`` (Gemma 2's logit soft-capping, flash-attn's ``softcap``).
+            Scores much smaller than the cap pass almost unchanged. ``0`` (the default): no cap.
         return_weights: also return the attention weights.
 
     Returns:
@@ -69,9 +73,12 @@ def attention(
     check_qkv(q, k, v)
     T_q, T_k = q.shape[-2], k.shape[-2]
     scale = default_scale(q.shape[-1]) if scale is None else float(scale)
+    softcap = check_softcap(softcap)
     cdt = compute_dtype(q.dtype)
 
     scores = (q.to(cdt) @ k.to(cdt).transpose(-2, -1)) * scale  # (..., T_q, T_k)
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
     if mask is not None:
         check_mask(mask, scores.shape)
         if mask.dtype == torch.bool:

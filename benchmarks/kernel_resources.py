@@ -4,7 +4,8 @@ Each config of each kernel (forward: ``pointer``, ``tma``, ``tma+ws``; the forwa
 ``decode``, for one query against a 4096-key cache split in 4 slices: ``pointer``, ``tma``; backward dK/dV
 and dQ: ``pointer``, ``tma``; and the forward, dK/dV and dQ of a packed (varlen) batch, ``forward varlen``
 etc.: ``pointer``, ``tma``, at D = 64 and 128 and, for the forward, 256; and with attention dropout,
-``forward dropout`` etc., through TMA at D = 64 and 128) is compiled for sm_90
+``forward dropout`` etc., or logit soft-capping, ``forward softcap`` etc., through TMA at D = 64 and 128) is
+compiled for sm_90
 (``attn_course.kernels._compile``) and read back with ``cuobjdump``: registers per thread, bytes of spill
 stack, shared memory, warps, and counts of Hopper's tensor-core (HGMMA) and TMA (UTMALDG) instructions. A
 config that spills, or whose tile is too small for wgmma (HMMA only; not flagged for the decoding tiles,
@@ -42,7 +43,8 @@ import triton
 RESULTS = Path(__file__).resolve().parent / "results"
 HEAD_DIMS = (64, 128, 256)  # surveyed by default (the kernels' test of the report expects all three)
 VARLEN_BACKWARD_HEAD_DIMS = (64, 128)  # (auto runs a packed batch's backward on pointers: flash_bwd.tma_pays)
-DROPOUT_HEAD_DIMS = (64, 128)  # with dropout: the tiles auto runs on Hopper (TMA; the forward warp-specialised too)
+FEATURE_HEAD_DIMS = (64, 128)  # dropout, softcap: the tiles auto runs on Hopper (TMA; the forward warp-specialised too)
+FEATURES = {"dropout": dict(dropout_p=0.1), "softcap": dict(softcap=30.0)}  # (each surveyed alone, at those dims)
 
 
 def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):
@@ -67,11 +69,13 @@ def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):
                 for part in ("dkdv", "dq"):
                     out += [(f"{part} varlen", variant, dtype, D, tuple(t), False) for t in bwd.candidate_tiles(part, D)
                             if D in VARLEN_BACKWARD_HEAD_DIMS]
-            if D in DROPOUT_HEAD_DIMS:  # attention dropout: a Philox number per score costs registers
-                out += [("forward dropout", "tma", dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
-                out += [("forward dropout", "tma+ws", dtype, D, tuple(t), True) for t in fwd.candidate_tiles(D, True)]
+            for feature in FEATURES if D in FEATURE_HEAD_DIMS else ():  # a Philox number, a tanh per score
+                out += [(f"forward {feature}", "tma", dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
+                out += [(f"forward {feature}", "tma+ws", dtype, D, tuple(t), True)
+                        for t in fwd.candidate_tiles(D, True)]
                 for part in ("dkdv", "dq"):
-                    out += [(f"{part} dropout", "tma", dtype, D, tuple(t), False) for t in bwd.candidate_tiles(part, D)]
+                    out += [(f"{part} {feature}", "tma", dtype, D, tuple(t), False)
+                            for t in bwd.candidate_tiles(part, D)]
     return out
 
 
@@ -83,18 +87,17 @@ def measure(job) -> dict:
     dtype = getattr(torch, dtype_name)
     row = {"part": part, "variant": variant, "dtype": dtype_name, "D": D, "tile": list(tile)}
     try:
-        varlen, dropout = part.endswith(" varlen"), part.endswith(" dropout")
-        part = part.removesuffix(" varlen").removesuffix(" dropout")
-        drop = dict(dropout_p=0.1) if dropout else {}
+        part, _, suffix = part.partition(" ")
+        varlen, extra = suffix == "varlen", FEATURES.get(suffix, {})
         if part == "forward":
             (fn, args, kwargs), = forward_launches(variant, dtype, D, config=_variants.config(*tile, WARP_SPEC=ws),
-                                                   varlen=varlen, **drop)
+                                                   varlen=varlen, **extra)
         elif part == "decode":
             used = torch.tensor([4096, 100], dtype=torch.int32)
             (fn, args, kwargs), _ = forward_launches(variant, dtype, D, T=4096, T_q=1, num_splits=4, seqused_k=used,
                                                      config=_variants.config(*tile, WARP_SPEC=False))
         else:
-            launches = backward_launches(variant, dtype, D, config=_variants.config(*tile), varlen=varlen, **drop)
+            launches = backward_launches(variant, dtype, D, config=_variants.config(*tile), varlen=varlen, **extra)
             (fn, args, kwargs), = [c for c in launches if c[0].__name__ == f"_bwd_{part}"]
         row.update(resources(compile_launch(fn, args, kwargs)))
     except Exception as e:  # a config that does not compile is a finding, not a crash of the report

@@ -51,8 +51,7 @@ from ._tiles import (
     tile_mask,
 )
 from .flash_dropout import counters, kept, launch_args
-
-LOG2E = 1.4426950408889634  # log2(e)
+from .flash_softcap import kernel_scales, tanh
 
 
 @triton.jit
@@ -88,10 +87,11 @@ def _dkdv_tiles(
     stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
     offs_n,  # (BLOCK_N,) key indices of this block
     start, end,  # query range to walk, [start, end)
-    T_q, T_k, window_left, window_right, qk_scale,
+    T_q, T_k, window_left, window_right, qk_scale, cap,  # (see flash_fwd._attn_fwd)
     seed, drop_head, drop_C, dropout_p, drop_scale,  # dropout: this (sequence, head)'s first counter, etc.
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-    DROPOUT: tl.constexpr, INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
+    DROPOUT: tl.constexpr, SOFTCAP: tl.constexpr,
+    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     for m0 in range(start, end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -107,6 +107,9 @@ def _dkdv_tiles(
             lse = tl.load(Lse + offs_m * stride_lt)
             delta = tl.load(Delta + offs_m * stride_lt)
         sT = dot(k, qT, INTERP_BF16, IEEE) * qk_scale  # (BLOCK_N, BLOCK_M) scores, transposed, log2 units
+        if SOFTCAP:  # (the cap's derivative, 1 - tanh^2, multiplies dS below)
+            tT = tanh(sT)
+            sT = cap * tT
         pT = tl.math.exp2(sT - lse[None, :] * 1.4426950408889634)  # probabilities, recomputed
         if MASKED:  # also zeroes rows with no allowed key, whose lse is -inf
             pT = tl.where(tl.trans(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right)), pT, 0.0)
@@ -119,6 +122,8 @@ def _dkdv_tiles(
         if DROPOUT:
             dpT = tl.where(keepT, dpT * drop_scale, 0.0)  # the gradient reaches only the kept weights
         dsT = pT * (dpT - delta[None, :])
+        if SOFTCAP:
+            dsT = dsT * (1.0 - tT * tT)
         ds_low = narrow(dsT, qT.dtype, INTERP_BF16)  # (BLOCK_N, BLOCK_M) in the inputs' dtype, for the MMA
         dk += dot(ds_low, tl.trans(qT), INTERP_BF16, IEEE)  # (BLOCK_N, HEAD_DIM), scaled at the end
     return dk, dv
@@ -137,11 +142,12 @@ def _bwd_dkdv(
     cu_seqlens_q, cu_seqlens_k, T_q, T_k,
     TUNE_T_Q, TUNE_T_K,  # the lengths rounded up to a power of two: the autotuner's key, unused here
     H_kv, GROUP,  # key/value heads; query heads per key/value head
-    qk_scale, scale,  # softmax scale * log2(e), and the plain softmax scale
+    qk_scale, cap, scale,  # the score multipliers (see flash_fwd._attn_fwd), and the plain softmax scale
     window_left, window_right,
     Seed, dropout_p, drop_scale, drop_R, drop_C, drop_first,  # dropout, as in flash_fwd._attn_fwd
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr, DROPOUT: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     """One program: ``BLOCK_N`` keys of one key/value head of one sequence; sums over its query heads."""
     pid_n, h_kv, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # (see _tiles.launch_grid)
@@ -184,25 +190,25 @@ def _bwd_dkdv(
         Dh = Delta + b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
-                             offs_n, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
+                             offs_n, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
                              seed, drop_head, drop_C, dropout_p, drop_scale,
-                             HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, INTERP_BF16, IEEE, TMA, WIDE)
+                             HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, TMA, WIDE)
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
-                             offs_n, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
+                             offs_n, a, b_full, T_q, T_k, window_left, window_right, qk_scale, cap,
                              seed, drop_head, drop_C, dropout_p, drop_scale,
-                             HEAD_DIM, D_REAL, BLOCK_M, False, DROPOUT, INTERP_BF16, IEEE, TMA, WIDE)
+                             HEAD_DIM, D_REAL, BLOCK_M, False, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, TMA, WIDE)
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
-                             offs_n, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
+                             offs_n, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
                              seed, drop_head, drop_C, dropout_p, drop_scale,
-                             HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, INTERP_BF16, IEEE, TMA, WIDE)
+                             HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, TMA, WIDE)
         if TAIL:  # the query tile that overhangs the sequence's end, if any: through masked pointer loads
             dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                                  stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
-                                 offs_n, tail, hi, T_q, T_k, window_left, window_right, qk_scale,
+                                 offs_n, tail, hi, T_q, T_k, window_left, window_right, qk_scale, cap,
                                  seed, drop_head, drop_C, dropout_p, drop_scale,
-                                 HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, INTERP_BF16, IEEE, False, WIDE)
+                                 HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, False, WIDE)
 
     # (dK and dV share a layout; a packed batch stores through pointers, which clip at its sequence's end)
     out_off = b64 * stride_dkb + hkv64 * stride_dkh + k_start64 * stride_dkt
@@ -217,10 +223,11 @@ def _dq_tiles(
     dq, q, do, lse, delta,  # accumulator (BLOCK_M, HEAD_DIM) float32; this block's q, dO; its lse, delta
     K, V, stride_kt, stride_kd, stride_vt, stride_vd,  # pointers at this (sequence, kv head)'s first row
     desc_k, desc_v, tb, h_kv, k_first,  # descriptors over k and v, and where this (sequence, kv head) is
-    offs_m, start, end, T_q, T_k, window_left, window_right, qk_scale,
+    offs_m, start, end, T_q, T_k, window_left, window_right, qk_scale, cap,
     seed, drop_rows, dropout_p, drop_scale,  # dropout: each row's first counter (see flash_dropout), etc.
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-    DROPOUT: tl.constexpr, INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
+    DROPOUT: tl.constexpr, SOFTCAP: tl.constexpr,
+    INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -229,6 +236,9 @@ def _dq_tiles(
         vT = load_rows(V, desc_v, tb, h_kv, n0, k_first, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, D_REAL, MASKED,
                        TMA, True, WIDE)
         s = dot(q, kT, INTERP_BF16, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N)
+        if SOFTCAP:
+            t = tanh(s)
+            s = cap * t
         p = tl.math.exp2(s - lse[:, None])
         if MASKED:
             p = tl.where(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right), p, 0.0)
@@ -236,6 +246,8 @@ def _dq_tiles(
         if DROPOUT:  # the forward's mask, regenerated: the gradient reaches only the kept weights
             dp = tl.where(kept(seed, drop_rows[:, None] + offs_n[None, :], dropout_p), dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - t * t)
         ds_low = narrow(ds, kT.dtype, INTERP_BF16)  # (BLOCK_M, BLOCK_N) in the inputs' dtype, for the MMA
         dq += dot(ds_low, tl.trans(kT), INTERP_BF16, IEEE)  # (BLOCK_M, HEAD_DIM), scaled at the end
     return dq
@@ -253,10 +265,11 @@ def _bwd_dq(
     desc_q, desc_k, desc_v, desc_do, desc_dq, desc_dk, desc_dv,  # descriptors when TMA (else unused)
     cu_seqlens_q, cu_seqlens_k, T_q, T_k,
     TUNE_T_Q, TUNE_T_K,  # the lengths rounded up to a power of two: the autotuner's key, unused here
-    H, GROUP, qk_scale, scale, window_left, window_right,
+    H, GROUP, qk_scale, cap, scale, window_left, window_right,
     Seed, dropout_p, drop_scale, drop_R, drop_C, drop_first,  # dropout, as in flash_fwd._attn_fwd
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr, DROPOUT: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     """One program: ``BLOCK_M`` queries of one head of one sequence, walking over the keys it may see."""
     pid_m, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # (see _tiles.launch_grid)
@@ -297,22 +310,22 @@ def _bwd_dq(
     TAIL = TMA and IS_VARLEN
     tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
-                   k_start, offs_m, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
+                   k_start, offs_m, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
                    seed, drop_rows, dropout_p, drop_scale,
-                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, TMA, WIDE)
+                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, TMA, WIDE)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
-                   k_start, offs_m, a, b_full, T_q, T_k, window_left, window_right, qk_scale,
+                   k_start, offs_m, a, b_full, T_q, T_k, window_left, window_right, qk_scale, cap,
                    seed, drop_rows, dropout_p, drop_scale,
-                   HEAD_DIM, D_REAL, BLOCK_N, False, DROPOUT, INTERP_BF16, IEEE, TMA, WIDE)
+                   HEAD_DIM, D_REAL, BLOCK_N, False, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, TMA, WIDE)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
-                   k_start, offs_m, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
+                   k_start, offs_m, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
                    seed, drop_rows, dropout_p, drop_scale,
-                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, TMA, WIDE)
+                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, TMA, WIDE)
     if TAIL:
         dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb,
-                       h_kv, k_start, offs_m, tail, hi, T_q, T_k, window_left, window_right, qk_scale,
+                       h_kv, k_start, offs_m, tail, hi, T_q, T_k, window_left, window_right, qk_scale, cap,
                        seed, drop_rows, dropout_p, drop_scale,
-                       HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, False, WIDE)
+                       HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, False, WIDE)
     dQh = dQ + b64 * stride_dqb + h64 * stride_dqh + q_start64 * stride_dqt
     dq = narrow(dq * scale, dQ.dtype.element_ty, INTERP_BF16)
     store_rows(dQh, desc_dq, b, h, m_start, dq, stride_dqt, stride_dqd, T_q,
@@ -373,33 +386,47 @@ def prune_for_packing(kernel: str, configs: list[triton.Config], nargs: dict, **
     return [c for c in configs if _variants.tile_of(c) not in spills]
 
 
-# With dropout (a Philox number per score, regenerated in both kernels) these tiles spill registers on sm_90
-# under triton 3.9 or 3.6 (parts "dkdv dropout" and "dq dropout" of benchmarks/results/kernel_resources_sm90*
-# .json; tests/test_kernels_compile.py checks the lists): a dropout launch's autotuner skips them and its
-# default tile is the first candidate not among them (surveyed through TMA; pointers use the same lists).
-DROPOUT_SPILLS: dict[tuple[str, int], list[tuple[int, int, int, int]]] = {
-    ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2)],
-    ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
-                    (64, 128, 8, 2)],  # (all but DKDV_TILES' last, added for this)
-    ("dq", 64): [(64, 128, 8, 3), (128, 128, 8, 2)],
-    ("dq", 128): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
+# With dropout (a Philox number per score, regenerated in both kernels) or a softcap (a tanh per score, and
+# its derivative) these tiles spill registers on sm_90 under triton 3.9 or 3.6 (parts "dkdv dropout", "dq
+# softcap" etc. of benchmarks/results/kernel_resources_sm90*.json; tests/test_kernels_compile.py checks the
+# lists): such a launch's autotuner skips them and its default tile is the first candidate not among them
+# (surveyed through TMA; pointers use the same lists). Keyed by the kernels' constexpr, as in flash_fwd.
+FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
+    "DROPOUT": {
+        ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2)],
+        ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2),
+                        (64, 64, 8, 3), (64, 128, 8, 2)],  # (all but DKDV_TILES' last, added for this)
+        ("dq", 64): [(64, 128, 8, 3), (128, 128, 8, 2)],
+        ("dq", 128): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
+    },
+    "SOFTCAP": {
+        ("dkdv", 64): [(64, 64, 8, 3), (64, 128, 8, 2)],
+        ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
+                        (64, 128, 8, 2)],
+        ("dq", 128): [(64, 128, 8, 3), (128, 128, 8, 2)],
+    },
 }
 
 
-def prune_for_dropout(kernel: str, configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
-    """A dropout launch (``DROPOUT``) skips the tiles of :data:`DROPOUT_SPILLS` (all of them, if none is left)."""
-    if not kwargs.get("DROPOUT"):
-        return configs
-    spills = DROPOUT_SPILLS.get((kernel, kwargs["HEAD_DIM"]), [])
+def feature_spills(kernel: str, D: int, **features) -> list[tuple[int, int, int, int]]:
+    """The tiles of :data:`FEATURE_SPILLS` for ``kernel`` at head dim ``D`` for the features switched on in
+    ``features`` (``DROPOUT=True``, ``SOFTCAP=True``; other keywords are ignored)."""
+    return [t for name, lists in FEATURE_SPILLS.items() if features.get(name) for t in lists.get((kernel, D), [])]
+
+
+def prune_for_features(kernel: str, configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
+    """A launch with dropout or a softcap (``DROPOUT``, ``SOFTCAP``) skips the tiles of :data:`FEATURE_SPILLS`
+    (all of them, if none is left)."""
+    spills = feature_spills(kernel, kwargs["HEAD_DIM"], **kwargs)
     return [c for c in configs if _variants.tile_of(c) not in spills] or configs
 
 
 def prune(kernel: str, pointer: bool, configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
     """The backward autotuner's pruning step: :func:`prune_for_packing` (pointer variant only), then
-    :func:`prune_for_dropout`."""
+    :func:`prune_for_features`."""
     if pointer:
         configs = prune_for_packing(kernel, configs, nargs, **kwargs)
-    return prune_for_dropout(kernel, configs, nargs, **kwargs)
+    return prune_for_features(kernel, configs, nargs, **kwargs)
 
 
 def tma_pays(D: int, varlen: bool) -> bool:
@@ -428,13 +455,14 @@ def configs(kernel: str, variant: _variants.Variant, D: int) -> list[triton.Conf
     return [_variants.config(*t, hook) for t in candidate_tiles(kernel, D) if t not in spills]
 
 
-def default_config(kernel: str, D: int, itemsize: int, packed: bool = False, dropout: bool = False) -> triton.Config:
+def default_config(kernel: str, D: int, itemsize: int, packed: bool = False, **features) -> triton.Config:
     """The config used when autotuning is off: the first candidate for 16-bit inputs (no spills at any
-    head dim), or for a packed batch through pointers (``packed``) or with ``dropout`` the first that does
-    not spill there; smaller tiles for float32, whose tiles take twice the registers and shared memory."""
+    head dim), or for a packed batch through pointers (``packed``) or with ``DROPOUT=True`` or
+    ``SOFTCAP=True`` the first that does not spill there; smaller tiles for float32, whose tiles take twice
+    the registers and shared memory."""
     if itemsize == 2:
         spills = PACKED_POINTER_SPILLS.get((kernel, D), []) if packed else []
-        spills = spills + (DROPOUT_SPILLS.get((kernel, D), []) if dropout else [])
+        spills = spills + feature_spills(kernel, D, **features)
         return _variants.config(*next(t for t in candidate_tiles(kernel, D) if t not in spills))
     if D > 128:  # float32 at D = 256: the least spilling tiles on sm_90 (16 and 8 bytes)
         return _variants.config(16, 32, 8 if kernel == "dkdv" else 4, 2)
@@ -449,12 +477,13 @@ def _views(x: torch.Tensor, varlen: bool):
 
 
 def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seqlens_q=None, cu_seqlens_k=None,
-                    max_seqlens=None, blocks=None, need_dq=True, need_dkdv=True, dropout_p=0.0, dropout_seed=None):
+                    max_seqlens=None, blocks=None, need_dq=True, need_dkdv=True, dropout_p=0.0, dropout_seed=None,
+                    softcap=0.0):
     """``(dq, dk, dv)`` from the saved tensors; shapes and layouts as in ``flash_fwd.attn_fwd_launch``.
     ``dlse``: the loss's gradient with respect to lse (shaped like it), or ``None`` when lse played no part.
     ``need_dq=False`` / ``need_dkdv=False`` skip that kernel (its buffers are returned unwritten): a frozen
     q, or frozen k and v, costs no backward work. ``dropout_p``, ``dropout_seed``: the forward's (the mask
-    is regenerated from them, see ``flash_dropout``)."""
+    is regenerated from them, see ``flash_dropout``). ``softcap``: the forward's (``flash_softcap``)."""
     varlen = cu_seqlens_q is not None
     if _variants.may_use_tma(q.device) and _variants.tma_unready(dout) and not _variants.tma_unready(q, k, v):
         dout = dout.contiguous()  # e.g. the stride-0 gradient of out.sum(): one copy keeps the TMA path open
@@ -477,9 +506,9 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
     tile_d = head_dim_tile(D)  # (D itself, unless it is padded to a power of two)
     dropout = dropout_seed is not None and dropout_p > 0
     flags = dict(HEAD_DIM=tile_d, D_REAL=D, IS_VARLEN=varlen, INTERP_BF16=interp_bf16, IEEE=q.dtype == torch.float32,
-                 DROPOUT=dropout,
+                 DROPOUT=dropout, SOFTCAP=softcap > 0,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, dout, dq, dk, dv))
-    window_args = (scale * LOG2E, scale, window[0], window[1])
+    window_args = (*kernel_scales(scale, softcap), scale, window[0], window[1])
     tune_lengths = _variants.tuning_lengths(T_q, T_k)
     # one launch of each kernel per run of at most CUDA_MAX_GRID_YZ sequences (one run unless B is huge)
     parts = [(b1 - b0, *batch_part(b0, b1, (q, k, v, dout, out, lse, delta, dq, dk, dv),
@@ -492,9 +521,9 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
         plan += [("dq", _bwd_dq, T_q, "BLOCK_M", (H, H // H_kv))] if need_dq else []
         for name, kernel, T, block, heads in plan:
             packed = varlen and not variant.tma
+            default = default_config(name, tile_d, q.element_size(), packed, DROPOUT=dropout, SOFTCAP=softcap > 0)
             tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
-                                                      default=default_config(name, tile_d, q.element_size(), packed,
-                                                                             dropout))
+                                                      default=default)
             if tune:
                 kernel = _variants.autotuned(kernel, variant, configs(name, variant, tile_d), tag=D,
                                              prune=functools.partial(prune, name, not variant.tma))

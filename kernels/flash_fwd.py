@@ -61,8 +61,8 @@ from ._tiles import (
     tile_mask,
 )
 from .flash_dropout import counters, kept, launch_args
+from .flash_softcap import kernel_scales, tanh
 
-LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2E)
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2): log(x) = log2(x) * LN2 (a constexpr: used inside the kernel)
 
 
@@ -73,11 +73,12 @@ def _fwd_tiles(
     stride_kt, stride_kd, stride_vt, stride_vd,  # strides of K and V along time and head dim
     offs_m,  # (BLOCK_M,) the query position of each row of the block, within the sequence
     start, end,  # key range to walk, [start, end)
-    T_q, T_k, window_left, window_right, qk_scale,
+    T_q, T_k, window_left, window_right,
+    qk_scale, cap,  # q . k times qk_scale is the score in log2 units, or with SOFTCAP tanh's argument
     seed, drop_rows, dropout_p,  # dropout (DROPOUT): the seed, each row's first counter (see flash_dropout)
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,  # build the (query, key) mask? False on full tiles
-    DROPOUT: tl.constexpr,
+    DROPOUT: tl.constexpr, SOFTCAP: tl.constexpr,  # (see flash_softcap)
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr,  # see _tiles.dot and _tiles.narrow
     TMA: tl.constexpr, WARP_SPEC: tl.constexpr,  # see _variants
     WIDE: tl.constexpr,  # 64-bit offsets within a sequence (see _tiles)
@@ -89,6 +90,8 @@ def _fwd_tiles(
         v = load_rows(V, desc_v, tb, h_kv, n0, k_first, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, D_REAL, MASKED,
                       TMA, False, WIDE)
         s = dot(q, kT, INTERP_BF16, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N) scores in log2 units
+        if SOFTCAP:  # capped smoothly at +-softcap (cap = softcap * log2(e))
+            s = cap * tanh(s)
         if MASKED:
             s = tl.where(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -121,7 +124,7 @@ def _attn_fwd(
     T_q, T_k,  # lengths for a fixed-length batch (ignored when IS_VARLEN)
     TUNE_T_Q, TUNE_T_K,  # the lengths rounded up to a power of two: the autotuner's key, unused here
     H, GROUP,  # number of query heads; query heads per key/value head (1 = MHA, H = MQA)
-    qk_scale,  # softmax scale * log2(e)
+    qk_scale, cap,  # softmax scale * log2(e); with SOFTCAP scale / softcap and softcap * log2(e)
     window_left, window_right,  # sliding window; a huge value means unbounded; causal is right = 0
     num_splits,  # key slices per row (SPLIT_K): program_id(0) is (query block) * num_splits + slice
     Seed, dropout_p, drop_scale,  # dropout (DROPOUT): the seed (int64 [1]), the rate, 1 / (1 - rate)
@@ -139,6 +142,7 @@ def _attn_fwd(
     SPLIT_K: tl.constexpr,  # walk one slice of the keys; Out and Lse are that slice's partial buffers (float32)
     PACK_GQA: tl.constexpr,  # program_id(1) is a key/value head; rows are (query position, head of its group)
     DROPOUT: tl.constexpr,  # attention dropout (see flash_dropout)
+    SOFTCAP: tl.constexpr,  # logit soft-capping (see flash_softcap)
 ):
     pid_m = tl.program_id(0)  # which block of queries (see _tiles.launch_grid)
     if SPLIT_K:
@@ -219,32 +223,37 @@ def _attn_fwd(
 
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
-                                   lo, hi, T_q, T_k, window_left, window_right, qk_scale,
+                                   lo, hi, T_q, T_k, window_left, window_right, qk_scale, cap,
                                    seed, drop_rows, dropout_p,
-                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, TMA, True, WIDE)
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP,
+                                   INTERP_BF16, IEEE, TMA, True, WIDE)
     else:  # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
         tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)  # (hi unless TAIL; full tiles never overhang)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
-                                   lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale,
+                                   lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
                                    seed, drop_rows, dropout_p,
-                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, TMA, False, WIDE)
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP,
+                                   INTERP_BF16, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
-                                   a, b_full, T_q, T_k, window_left, window_right, qk_scale,
+                                   a, b_full, T_q, T_k, window_left, window_right, qk_scale, cap,
                                    seed, drop_rows, dropout_p,
-                                   HEAD_DIM, D_REAL, BLOCK_N, False, DROPOUT, INTERP_BF16, IEEE, TMA, False, WIDE)
+                                   HEAD_DIM, D_REAL, BLOCK_N, False, DROPOUT, SOFTCAP,
+                                   INTERP_BF16, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
-                                   b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale,
+                                   b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
                                    seed, drop_rows, dropout_p,
-                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, TMA, False, WIDE)
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP,
+                                   INTERP_BF16, IEEE, TMA, False, WIDE)
         if TAIL:  # the tile that overhangs the keys' end, if any: through masked pointer loads
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                        stride_kt, stride_kd, stride_vt, stride_vd, pos,
-                                       tail, hi, T_q, T_k, window_left, window_right, qk_scale,
+                                       tail, hi, T_q, T_k, window_left, window_right, qk_scale, cap,
                                        seed, drop_rows, dropout_p,
-                                       HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, INTERP_BF16, IEEE, False, False, WIDE)
+                                       HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP,
+                                       INTERP_BF16, IEEE, False, False, WIDE)
 
     # epilogue: normalise; a row that saw no allowed key has l = 0 and gets out = 0, lse = -inf
     # (with SPLIT_K: no allowed key *in this slice*; the combine gives such a slice no weight)
@@ -341,48 +350,56 @@ def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
                     if t not in DECODE_SPILLS.get(D, [])]
 
 
-# With dropout a Philox number per score costs registers: at these head dims these tiles, (BLOCK_M, BLOCK_N,
-# warps, stages, warp-specialised), spill on sm_90 under triton 3.9 or 3.6 (part "forward dropout" of
-# benchmarks/results/kernel_resources_sm90*.json; tests/test_kernels_compile.py checks the lists against
-# both). A dropout launch's autotuner skips them (prune_for_lengths), and its default tile is the first
-# candidate not among them. (Surveyed through TMA, what Hopper runs; the pointer variant uses the same list.)
-DROPOUT_SPILLS: dict[int, list[tuple[int, int, int, int, bool]]] = {
-    64: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
-         (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
-    128: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
-          (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
-          (128, 128, 8, 3, False)],
+# A Philox number per score (dropout) or a tanh per score (softcap) costs registers: at these head dims these
+# tiles, (BLOCK_M, BLOCK_N, warps, stages, warp-specialised), spill on sm_90 under triton 3.9 or 3.6 with that
+# feature on (parts "forward dropout" and "forward softcap" of benchmarks/results/kernel_resources_sm90*.json;
+# tests/test_kernels_compile.py checks the lists against both). Such a launch's autotuner skips them
+# (prune_for_lengths), and its default tile is the first candidate not among them. Keyed by the kernel's
+# constexpr; with both on, both lists (that pair is not surveyed). (Surveyed through TMA, what Hopper runs; the
+# pointer variant uses the same lists.)
+FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
+    "DROPOUT": {
+        64: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
+             (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
+        128: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
+              (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
+              (128, 128, 8, 3, False)],
+    },
+    "SOFTCAP": {
+        128: [(128, 64, 4, 3, False), (128, 64, 4, 4, False)],
+    },
 }
 
 
-def dropout_spills(D: int) -> list[tuple[int, int, int, int, bool]]:
-    """:data:`DROPOUT_SPILLS` at head dim ``D`` (the tiles' width); ``[]`` where it was not surveyed."""
-    return DROPOUT_SPILLS.get(D, [])
+def feature_spills(D: int, **features) -> list[tuple[int, int, int, int, bool]]:
+    """The tiles of :data:`FEATURE_SPILLS` at head dim ``D`` (the tiles' width) for the features switched on
+    in ``features`` (``DROPOUT=True``, ``SOFTCAP=True``; other keywords are ignored); ``[]`` where none."""
+    return [t for name, by_dim in FEATURE_SPILLS.items() if features.get(name) for t in by_dim.get(D, [])]
 
 
 def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
     """The autotuner's pruning step: for ``T_q <= DECODE_ROWS`` (by the tuning key's rounded length) only
-    the 16-row decoding tiles, otherwise only the others, and with dropout (``DROPOUT``, a constexpr the
-    autotuner passes as a keyword) none of :data:`DROPOUT_SPILLS`; the autotuner then times what is left."""
+    the 16-row decoding tiles, otherwise only the others, and with dropout or a softcap (``DROPOUT``,
+    ``SOFTCAP``: constexprs the autotuner passes as keywords) none of their :data:`FEATURE_SPILLS`; the
+    autotuner then times what is left."""
     decoding = is_decoding(nargs["TUNE_T_Q"])
     kept = [c for c in configs if (c.kwargs["BLOCK_M"] == DECODE_ROWS) == decoding]
-    if kwargs.get("DROPOUT"):
-        spills = dropout_spills(kwargs["HEAD_DIM"])
-        kept = [c for c in kept if (*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) not in spills] or kept
-    return kept
+    spills = feature_spills(kwargs["HEAD_DIM"], **kwargs)
+    return [c for c in kept if (*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) not in spills] or kept
 
 
 def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int | None = None,
-                   dropout: bool = False) -> triton.Config:
+                   **features) -> triton.Config:
     """The one config used when autotuning is off: 16-row tiles for ``T_q <= DECODE_ROWS`` (decoding); else
     big query tiles for 16-bit inputs, smaller ones where float32 or a wide head would overflow shared
-    memory, and the warp-specialised variant with WS on. With ``dropout`` (16-bit inputs), the first
-    candidate that does not spill then (:data:`DROPOUT_SPILLS`)."""
+    memory, and the warp-specialised variant with WS on. With ``DROPOUT=True`` or ``SOFTCAP=True`` (16-bit
+    inputs), the first candidate that does not spill then (:data:`FEATURE_SPILLS`)."""
     if T_q is not None and is_decoding(T_q):
         return _variants.config(*(decode_tiles(D)[0] if itemsize == 2 else FLOAT32_DECODE_TILE), WARP_SPEC=False)
-    if dropout and itemsize == 2 and dropout_spills(D):
+    spills = feature_spills(D, **features)
+    if itemsize == 2 and spills:
         ws = variant.warp_specialize
-        tile = next(t for t in candidate_tiles(D, ws) if (*t, ws) not in dropout_spills(D))
+        tile = next(t for t in candidate_tiles(D, ws) if (*t, ws) not in spills)
         return _variants.config(*tile, WARP_SPEC=ws)
     if variant.warp_specialize:
         return _variants.config(*candidate_tiles(D, True)[0], WARP_SPEC=True)
@@ -419,7 +436,8 @@ def _strides(x: torch.Tensor, ndim: int):
 
 
 def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
-                    max_seqlen_k=None, seqused_k=None, num_splits=0, dropout_p=0.0, dropout_seed=None, blocks=None):
+                    max_seqlen_k=None, seqused_k=None, num_splits=0, dropout_p=0.0, dropout_seed=None, softcap=0.0,
+                    blocks=None):
     """Run the forward kernel. Inputs are already checked by :mod:`attn_course.kernels.flash_attention`.
 
     Fixed length: q ``[B, H, T_q, D]``, k, v ``[B, H_kv, T_k, D]`` -> out like q, lse ``[B, H, T_q]``;
@@ -428,7 +446,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
     ``window = (left, right)`` with huge numbers for unbounded sides. ``num_splits``: key slices per row
     (fixed length only; ``0``: :func:`flash_split.num_splits` chooses). ``dropout_p`` with ``dropout_seed``
     (int64 ``[1]`` on q's device; ``None``: no dropout): see ``flash_dropout``; a packed batch's counters
-    then run over ``max_seqlen_q x max_seqlen_k``. ``blocks``: the interpreter's tiles.
+    then run over ``max_seqlen_q x max_seqlen_k``. ``softcap > 0``: scores capped smoothly at
+    ``+-softcap`` (see ``flash_softcap``). ``blocks``: the interpreter's tiles.
     """
     varlen = cu_seqlens_q is not None
     if varlen:
@@ -460,14 +479,14 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         split_strides, targets = (0, 0), (out, lse)
     interp_bf16 = INTERPRET and q.dtype == torch.bfloat16  # see _tiles.dot and _tiles.narrow
     strides = (*sq, *sk, *sv, *so, *sl, *split_strides)
-    scalars = (T_q, T_k, *_variants.tuning_lengths(T_q, T_k), H, H // H_kv, scale * LOG2E, window[0], window[1],
-               splits)
+    scalars = (T_q, T_k, *_variants.tuning_lengths(T_q, T_k), H, H // H_kv, *kernel_scales(scale, softcap), window[0],
+               window[1], splits)
     dropout = dropout_seed is not None and dropout_p > 0
     drop_R, drop_C = (max_seqlen_q, max_seqlen_k or 0) if varlen else (T_q, T_k)  # (see flash_dropout.counters)
     tile_d = head_dim_tile(D)  # (D itself, unless it is padded to a power of two)
     flags = dict(HEAD_DIM=tile_d, D_REAL=D, IS_VARLEN=varlen, HAS_SEQUSED_K=seqused_k is not None,
                  INTERP_BF16=interp_bf16, IEEE=q.dtype == torch.float32, SPLIT_K=splits > 1, PACK_GQA=pack,
-                 DROPOUT=dropout,
+                 DROPOUT=dropout, SOFTCAP=softcap > 0,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, targets[0][:, 0] if splits > 1 else out))
 
     decoding = is_decoding(T_q)  # (packed: the longest sequence)
@@ -478,7 +497,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
                                 WARP_SPEC=variant.warp_specialize and not decoding)
         tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=interpreter_meta,
                                                   default=default_config(variant, tile_d, q.element_size(), T_q,
-                                                                         dropout))
+                                                                         DROPOUT=dropout, SOFTCAP=softcap > 0))
         kernel = _attn_fwd
         if tune:  # (SPLIT_K in the key: a slice has fewer keys to walk)
             kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, tile_d), tag=D,

@@ -145,3 +145,27 @@ def test_worked_example_matches_the_documents_printed_numbers():
     # rounded-weights @ V, and the live output agrees with them to within one unit of the last printed digit.
     torch.testing.assert_close(torch.tensor(PRINTED_WEIGHTS) @ v, torch.tensor(PRINTED_OUTPUT))
     assert (out - torch.tensor(PRINTED_OUTPUT)).abs().max() < 0.01
+
+
+def test_softcap_caps_each_scaled_score_before_the_softmax():
+    """Worked by hand: one query, keys giving scaled scores 10, 1 and 0; a cap of 5 turns them into
+    5 tanh(2) = 4.82, 5 tanh(0.2) = 0.987 and 0 before the softmax (and before the mask, which blocks the
+    third key here)."""
+    q = torch.tensor([[[1.0, 0.0]]])  # (1, T_q=1, 2)
+    k = torch.tensor([[[20.0, 0.0], [2.0, 0.0], [0.0, 3.0]]])  # (1, 3, 2): q . k = 20, 2, 0
+    v = torch.eye(3)[None, :, :2]  # (1, 3, 2)
+    capped = [5 * math.tanh(10 / 5), 5 * math.tanh(1 / 5)]  # scale 0.5: scores 10, 1
+    e = [math.exp(s) for s in capped]
+    mask = torch.tensor([True, True, False])
+    out, weights = attention(q, k, v, mask, scale=0.5, softcap=5.0, return_weights=True)
+    torch.testing.assert_close(weights[0, 0], torch.tensor([e[0] / sum(e), e[1] / sum(e), 0.0]))
+    torch.testing.assert_close(out[0, 0], torch.tensor([e[0] / sum(e), e[1] / sum(e)]))
+    assert torch.equal(attention(q, k, v, mask, scale=0.5, softcap=0.0), attention(q, k, v, mask, scale=0.5))
+
+
+@pytest.mark.parametrize("bad,error", [(-1.0, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+                                       ("5", TypeError), (None, TypeError)])
+def test_a_bad_softcap_is_named(bad, error):
+    q = rand(1, 2, 3, 4)
+    with pytest.raises(error, match="softcap must be"):
+        attention(q, q, q, softcap=bad)

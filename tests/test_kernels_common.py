@@ -24,27 +24,39 @@ def allowed_mask(T_q, T_k, causal, window, device="cpu"):
     return m & causal_mask(T_q, T_k, device=device) if causal else m
 
 
-def reference(q, k, v, causal=False, window=(-1, -1), scale=None):
-    """attn_course.attention in float32 (k, v repeated for GQA): the answer everything is checked against."""
+def reference(q, k, v, causal=False, window=(-1, -1), scale=None, softcap=0.0, bias=None):
+    """attn_course.attention in float32 (k, v repeated for GQA): the answer everything is checked against.
+    ``bias``: an additive float32 bias broadcastable to ``[B, H, T_q, T_k]`` (ALiBi's), added to the scores."""
     G = q.shape[1] // k.shape[1]
     mask = allowed_mask(q.shape[2], k.shape[2], causal, window, q.device)
-    return attention(q.float(), repeat_kv(k.float(), G), repeat_kv(v.float(), G), mask, scale=scale)
+    if bias is not None:  # (an additive mask: the bias where allowed, -inf elsewhere)
+        mask = bias.float().masked_fill(~mask, float("-inf"))
+    return attention(q.float(), repeat_kv(k.float(), G), repeat_kv(v.float(), G), mask, scale=scale, softcap=softcap)
 
 
-def torch_same_dtype(q, k, v, causal=False, window=(-1, -1), scale=None):
+def torch_same_dtype(q, k, v, causal=False, window=(-1, -1), scale=None, softcap=0.0, bias=None):
     """PyTorch's attention with every op in the inputs' dtype (no float32 softmax): the error budget."""
     G = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, G), repeat_kv(v, G)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     s = (q @ k.transpose(-2, -1)) * scale  # (B, H, T_q, T_k) in q's dtype
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    if bias is not None:
+        s = s + bias.to(s.dtype)
     s = s.masked_fill(~allowed_mask(q.shape[2], k.shape[2], causal, window, q.device), float("-inf"))
     return masked_softmax(s) @ v
 
 
-def reference_lse(q, k, causal=False, window=(-1, -1)):
-    """Natural-log logsumexp of the scaled, masked scores in float32 (``-inf`` where nothing is allowed)."""
+def reference_lse(q, k, causal=False, window=(-1, -1), softcap=0.0, bias=None):
+    """Natural-log logsumexp of the scaled (and ``softcap``-capped, ``bias``-shifted), masked scores in
+    float32 (``-inf`` where nothing is allowed)."""
     G = q.shape[1] // k.shape[1]
     s = (q.float() @ repeat_kv(k.float(), G).transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    if bias is not None:
+        s = s + bias.to(s.dtype)
     s = s.masked_fill(~allowed_mask(q.shape[2], k.shape[2], causal, window, q.device), float("-inf"))
     return torch.logsumexp(s, dim=-1)  # (B, H, T_q)
 

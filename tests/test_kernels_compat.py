@@ -109,7 +109,7 @@ def test_gradients_flow_through_the_flash_attn_layout():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(dropout_p=1.5), "dropout_p must be a probability"),
-    (dict(softcap=30.0), "softcap=30.0: logit soft-capping is not implemented"),
+    (dict(softcap=-30.0), "softcap must be a finite number >= 0"),
     (dict(alibi_slopes=torch.ones(2)), "alibi_slopes: ALiBi position biases are not implemented"),
 ])
 def test_what_the_kernels_lack_is_refused_by_name(kwargs, match):

@@ -188,8 +188,8 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
         if r["part"] == "decode":  # (both variants: a cache whose strides TMA refuses runs pointers)
             return any(list(_variants.tile_of(c)) == r["tile"]
                        for c in fwd.configs(variant, r["D"]) if c.kwargs["BLOCK_M"] == fwd.DECODE_ROWS)
-        if r["part"].endswith(" dropout"):  # what a dropout launch's pruning step keeps
-            return dropout_offered(r)
+        if r["part"].endswith((" dropout", " softcap")):  # what such a launch's pruning step keeps
+            return feature_offered(r)
         part, varlen = r["part"].removesuffix(" varlen"), r["part"].endswith(" varlen")
         tma_pays = part == "forward" or bwd.tma_pays(r["D"], varlen)
         if variant.tma != tma_pays or (varlen and variant.warp_specialize):
@@ -205,16 +205,16 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
         return any(list(_variants.tile_of(c)) == r["tile"]
                    and c.kwargs.get("WARP_SPEC", False) == ws for c in space)
 
-    def dropout_offered(r):
-        variant, part, tile = _variants.VARIANTS[r["variant"]], r["part"].removesuffix(" dropout"), r["tile"]
-        ws = r["variant"] == "tma+ws"
+    def feature_offered(r):
+        variant, (part, feature), tile = _variants.VARIANTS[r["variant"]], r["part"].split(" "), r["tile"]
+        ws, on = r["variant"] == "tma+ws", {feature.upper(): True}
         if part == "forward":
             space = [c for c in fwd.configs(variant, r["D"]) if c.kwargs["BLOCK_M"] != fwd.DECODE_ROWS]
-            kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 4096}, HEAD_DIM=r["D"], DROPOUT=True)
+            kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 4096}, HEAD_DIM=r["D"], **on)
             return any(list(_variants.tile_of(c)) == tile and c.kwargs["WARP_SPEC"] == ws for c in kept)
         space = bwd.configs(part, variant, r["D"])
         kept = bwd.prune(part, False, space, {"Q": torch.empty(0, dtype=torch.float16)}, HEAD_DIM=r["D"],
-                         IS_VARLEN=False, DROPOUT=True)
+                         IS_VARLEN=False, **on)
         return any(list(_variants.tile_of(c)) == tile for c in kept)
 
     def tensor_cores(r):
@@ -307,52 +307,59 @@ def test_a_padded_head_dim_compiles_for_hopper(variant):
                       narrow=kwargs["BLOCK_M"] == 16 and fn.__name__ == "_attn_fwd")
 
 
+FEATURES = {"DROPOUT": dict(dropout_p=0.1), "SOFTCAP": dict(softcap=30.0)}  # (the kernels' constexpr -> the call's)
+
+
+@pytest.mark.parametrize("feature", FEATURES)
 @pytest.mark.parametrize("variant", list(_variants.VARIANTS))
-def test_dropout_compiles_for_hopper(variant):
-    """With dropout (``flash_dropout``: Philox numbers per score, regenerated in the backward) every kernel
+def test_dropout_and_softcap_compile_for_hopper(variant, feature):
+    """With dropout (``flash_dropout``: Philox numbers per score, regenerated in the backward) or logit
+    soft-capping (``flash_softcap``: a tanh per score, and its derivative in the backward) every kernel
     compiles for sm_90 and keeps its tensor-core products; the warp-specialised forward stays specialised."""
-    launches = forward_launches(variant, torch.bfloat16, 128, dropout_p=0.1)
+    launches = forward_launches(variant, torch.bfloat16, 128, **FEATURES[feature])
     if variant != "tma+ws":
-        launches += backward_launches(variant, torch.bfloat16, 128, dropout_p=0.1)
+        launches += backward_launches(variant, torch.bfloat16, 128, **FEATURES[feature])
     for fn, args, kwargs in launches:
-        if fn.__name__ == "_bwd_preprocess":  # (delta = rowsum(dO * O) needs no mask: O is already dropped)
+        if fn.__name__ == "_bwd_preprocess":  # (delta = rowsum(dO * O) needs neither: O is already dropped)
             continue
-        assert kwargs["DROPOUT"], fn.__name__
+        assert kwargs[feature] and sum(kwargs[f] for f in FEATURES) == 1, fn.__name__
         kernel = compile_launch(fn, args, dict(kwargs), HOPPER)
         check_ptx(fn, kernel, tma=_variants.VARIANTS[variant].tma, tensor_cores=True)
         if variant == "tma+ws":
-            assert "setmaxnreg" in kernel.asm["ptx"], "the dropout forward is no longer warp-specialised"
+            assert "setmaxnreg" in kernel.asm["ptx"], f"the {feature.lower()} forward is no longer warp-specialised"
 
 
-def test_dropout_skips_exactly_the_tiles_that_spill_with_it():
-    """``flash_fwd.DROPOUT_SPILLS`` and ``flash_bwd.DROPOUT_SPILLS`` list, per the two surveys' dropout parts,
-    exactly the candidate tiles that spill with dropout under triton 3.9 or 3.6. A dropout launch's pruning
-    step drops them and keeps something; a launch without dropout keeps every tile; with the autotuner off,
-    a dropout launch's default tile is not among them."""
+@pytest.mark.parametrize("feature", FEATURES)
+def test_dropout_and_softcap_skip_exactly_the_tiles_that_spill_with_them(feature):
+    """``FEATURE_SPILLS[feature]`` of ``flash_fwd`` and ``flash_bwd`` list, per the two surveys' parts for the
+    feature ("forward dropout", "dq softcap", ...), exactly the candidate tiles that spill with it under
+    triton 3.9 or 3.6. Such a launch's pruning step drops them and keeps something; a launch without it
+    keeps every tile; with the autotuner off, its default tile is not among them."""
     reports = [_report(version)[1] for version in REPORTS]
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
     half = {"Q": torch.empty(0, dtype=torch.float16)}
+    suffix, on, off = feature.lower(), {feature: True}, {feature: False}
     for D in (64, 128):
-        rows = [r for report in reports for r in report["rows"] if r["part"] == "forward dropout" and r["D"] == D]
+        rows = [r for report in reports for r in report["rows"] if r["part"] == f"forward {suffix}" and r["D"] == D]
         assert len(rows) == 2 * (len(fwd.candidate_tiles(D, False)) + len(fwd.candidate_tiles(D, True)))
         assert not any("error" in r for r in rows)
         spilling = {(*r["tile"], r["variant"] == "tma+ws") for r in rows if r["spill_stack_bytes"]}
-        assert set(fwd.DROPOUT_SPILLS[D]) == spilling, D
+        assert set(fwd.FEATURE_SPILLS[feature].get(D, [])) == spilling, D
         space = [c for c in fwd.configs(_variants.VARIANTS["tma+ws"], D) if c.kwargs["BLOCK_M"] != fwd.DECODE_ROWS]
-        kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 4096}, HEAD_DIM=D, DROPOUT=True)
+        kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 4096}, HEAD_DIM=D, **on)
         assert kept and not {(*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) for c in kept} & spilling
-        assert fwd.prune_for_lengths(space, {"TUNE_T_Q": 4096}, HEAD_DIM=D, DROPOUT=False) == space
+        assert fwd.prune_for_lengths(space, {"TUNE_T_Q": 4096}, HEAD_DIM=D, **off) == space
         for variant in ("tma", "tma+ws"):
-            c = fwd.default_config(_variants.VARIANTS[variant], D, 2, T_q=4096, dropout=True)
+            c = fwd.default_config(_variants.VARIANTS[variant], D, 2, T_q=4096, **on)
             assert (*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) not in spilling, (variant, D)
         for kernel in ("dkdv", "dq"):
-            rows = [r for report in reports for r in report["rows"] if r["part"] == f"{kernel} dropout"
+            rows = [r for report in reports for r in report["rows"] if r["part"] == f"{kernel} {suffix}"
                     and r["D"] == D]
             assert len(rows) == 2 * len(bwd.candidate_tiles(kernel, D)) and not any("error" in r for r in rows)
             spilling = {tuple(r["tile"]) for r in rows if r["spill_stack_bytes"]}
-            assert set(bwd.DROPOUT_SPILLS.get((kernel, D), [])) == spilling, (kernel, D)
+            assert set(bwd.FEATURE_SPILLS[feature].get((kernel, D), [])) == spilling, (kernel, D)
             space = bwd.configs(kernel, _variants.VARIANTS["tma"], D)
-            kept = bwd.prune(kernel, False, space, half, HEAD_DIM=D, IS_VARLEN=False, DROPOUT=True)
+            kept = bwd.prune(kernel, False, space, half, HEAD_DIM=D, IS_VARLEN=False, **on)
             assert kept and not {_variants.tile_of(c) for c in kept} & spilling, (kernel, D)
-            assert bwd.prune(kernel, False, space, half, HEAD_DIM=D, IS_VARLEN=False, DROPOUT=False) == space
-            assert _variants.tile_of(bwd.default_config(kernel, D, 2, dropout=True)) not in spilling
+            assert bwd.prune(kernel, False, space, half, HEAD_DIM=D, IS_VARLEN=False, **off) == space
+            assert _variants.tile_of(bwd.default_config(kernel, D, 2, **on)) not in spilling

@@ -47,13 +47,16 @@ def mask_of(seed, B, H, R, C, p) -> torch.Tensor:
     return dropout_mask(seed, B, H, R, C, p)
 
 
-def dropped_attention(q, k, v, keep, p, causal=False, window=NONE, dtype=torch.float32):
+def dropped_attention(q, k, v, keep, p, causal=False, window=NONE, dtype=torch.float32, bias=None):
     """Softmax attention computed in ``dtype``, its probabilities multiplied by ``keep / (1 - p)`` before
     ``@ v`` (``keep`` bool ``[B, H, T_q, T_k]``): dropout as PyTorch's ``F.dropout`` would apply it, with a
-    given mask. float32 is the reference; the inputs' dtype gives the error budget."""
+    given mask. float32 is the reference; the inputs' dtype gives the error budget. ``bias``: added to the
+    scores first (ALiBi's)."""
     G = q.shape[1] // k.shape[1]
     q, k, v = q.to(dtype), repeat_kv(k.to(dtype), G), repeat_kv(v.to(dtype), G)
     s = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, T_q, T_k)
+    if bias is not None:
+        s = s + bias.to(dtype)
     s = s.masked_fill(~allowed_mask(q.shape[2], k.shape[2], causal, window, q.device), float("-inf"))
     probs = masked_softmax(s) * keep.to(dtype) * (0.0 if p == 1 else 1 / (1 - p))
     return probs @ v

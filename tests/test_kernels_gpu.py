@@ -33,6 +33,13 @@ from test_kernels_kvcache import check_kvcache_case, make_cache
 from test_kernels_random import GPU_SEEDS, cache_draw_id, cache_draws, fixed_case, packed_draw_id, packed_draws
 from test_kernels_rotary import check_generation_with_rotary
 from test_kernels_runtime import check_bfloat16_output_rounds_to_nearest
+from test_kernels_softcap import case_id as softcap_case_id
+from test_kernels_softcap import (
+    check_softcap_cache,
+    check_softcap_case,
+    check_softcap_varlen,
+    check_softcap_with_dropout,
+)
 from test_kernels_varlen import PADDING_TAILS, check_padding_tail, check_varlen_case, per_sequence
 
 from attn_course.kernels import _tiles, _variants, flash_attention, flash_attention_varlen, flash_attn_func
@@ -513,3 +520,21 @@ def test_a_cuda_graph_replays_dropout_with_a_fresh_mask():
     graph.replay()
     assert not torch.equal(out, first) and torch.equal(lse, first_lse)
     assert torch.isfinite(out).all()
+
+
+SOFTCAP_CASES = [(2, 8, 2, 1000, 1000, 128, True, NONE, 5.0, torch.float16),
+                 (1, 4, 4, 513, 777, 64, False, (64, 0), 30.0, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("case,variant", [(SOFTCAP_CASES[0], v) for v in VARIANTS] + [(SOFTCAP_CASES[1], "auto")],
+                         ids=lambda x: x if isinstance(x, str) else softcap_case_id(x))
+def test_softcap_compiled(case, variant):
+    """Logit soft-capping compiled, forward and backward, against the reference with the same cap: every
+    variant on one case, ``auto`` on the other."""
+    check_softcap_case(case, "cuda", variant)
+
+
+def test_softcap_on_the_gpu_packed_cached_and_with_dropout():
+    check_softcap_varlen("cuda")
+    check_softcap_cache(3, "cuda")
+    check_softcap_with_dropout("cuda")

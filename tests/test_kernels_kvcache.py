@@ -271,7 +271,7 @@ def test_a_cache_call_that_would_need_a_gradient_is_refused():
     (dict(cache_batch_idx=torch.tensor([1, 0])), "cache_batch_idx: not implemented"),
     (dict(cache_leftpad=torch.tensor([0, 1])), "cache_leftpad: not implemented"),
     (dict(block_table=torch.zeros(2, 1)), "block_table: paged"),
-    (dict(softcap=5.0), "softcap"),
+    (dict(softcap=-5.0), "softcap must be a finite number >= 0"),
     (dict(num_splits=-1), "num_splits must be an int >= 0"),
 ])
 def test_flash_attn_with_kvcache_refuses_what_it_lacks_by_name(kwargs, match):
