@@ -4,8 +4,8 @@ Each config of each kernel (forward: ``pointer``, ``tma``, ``tma+ws``; the forwa
 ``decode``, for one query against a 4096-key cache split in 4 slices: ``pointer``, ``tma``; backward dK/dV
 and dQ: ``pointer``, ``tma``; and the forward, dK/dV and dQ of a packed (varlen) batch, ``forward varlen``
 etc.: ``pointer``, ``tma``, at D = 64 and 128 and, for the forward, 256; and with attention dropout,
-``forward dropout`` etc., or logit soft-capping, ``forward softcap`` etc., through TMA at D = 64 and 128) is
-compiled for sm_90
+``forward dropout`` etc., logit soft-capping, ``forward softcap`` etc., or ALiBi, ``forward alibi`` etc.,
+through TMA at D = 64 and 128) is compiled for sm_90
 (``attn_course.kernels._compile``) and read back with ``cuobjdump``: registers per thread, bytes of spill
 stack, shared memory, warps, and counts of Hopper's tensor-core (HGMMA) and TMA (UTMALDG) instructions. A
 config that spills, or whose tile is too small for wgmma (HMMA only; not flagged for the decoding tiles,
@@ -44,7 +44,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 HEAD_DIMS = (64, 128, 256)  # surveyed by default (the kernels' test of the report expects all three)
 VARLEN_BACKWARD_HEAD_DIMS = (64, 128)  # (auto runs a packed batch's backward on pointers: flash_bwd.tma_pays)
 FEATURE_HEAD_DIMS = (64, 128)  # dropout, softcap: the tiles auto runs on Hopper (TMA; the forward warp-specialised too)
-FEATURES = {"dropout": dict(dropout_p=0.1), "softcap": dict(softcap=30.0)}  # (each surveyed alone, at those dims)
+FEATURES = {"dropout": dict(dropout_p=0.1), "softcap": dict(softcap=30.0),  # (each surveyed alone, at those dims)
+            "alibi": dict(alibi=True)}
 
 
 def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):
@@ -69,7 +70,7 @@ def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):
                 for part in ("dkdv", "dq"):
                     out += [(f"{part} varlen", variant, dtype, D, tuple(t), False) for t in bwd.candidate_tiles(part, D)
                             if D in VARLEN_BACKWARD_HEAD_DIMS]
-            for feature in FEATURES if D in FEATURE_HEAD_DIMS else ():  # a Philox number, a tanh per score
+            for feature in FEATURES if D in FEATURE_HEAD_DIMS else ():  # a Philox number, a tanh, a bias per score
                 out += [(f"forward {feature}", "tma", dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
                 out += [(f"forward {feature}", "tma+ws", dtype, D, tuple(t), True)
                         for t in fwd.candidate_tiles(D, True)]

@@ -10,6 +10,7 @@ Files, in reading order:
 * ``flash_bwd.py``: the backward kernels (FlashAttention-2: recompute P from the saved logsumexp);
 * ``flash_dropout.py``: attention dropout whose mask is regenerated from a seed, never stored;
 * ``flash_softcap.py``: logit soft-capping, ``c * tanh(s / c)`` on every score, forward and backward;
+* ``flash_alibi.py``: ALiBi's position biases, ``-slope * |i - j|``, computed per score, never stored;
 * ``flash_split.py``: a row's keys split between programs and combined exactly (flash-decoding: a
   decoding step has too few rows to fill a GPU otherwise), and the rule that picks how many slices;
 * ``_tiles.py``: masks, loop bounds and tile loads shared by both (full vs masked tiles; pointers vs TMA);

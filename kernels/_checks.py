@@ -102,6 +102,29 @@ def check_dropout(dropout_p) -> float:
     return value
 
 
+def check_alibi(alibi_slopes, B: int, H: int, device: torch.device):
+    """flash-attn's ``alibi_slopes``: ``None``, or float32 slopes ``[H]`` (every sequence alike) or ``[B, H]``
+    on q's device. They get no gradient, so slopes that require one are refused rather than left untrained."""
+    if alibi_slopes is None:
+        return None
+    if not isinstance(alibi_slopes, torch.Tensor):
+        raise TypeError(f"alibi_slopes must be a torch.Tensor of float32 slopes, [H] or [B, H], got "
+                        f"{type(alibi_slopes).__name__}")
+    _require_dense("alibi_slopes", alibi_slopes)
+    if tuple(alibi_slopes.shape) not in ((H,), (B, H)):
+        raise ValueError(f"alibi_slopes must be [H] or [B, H] = [{H}] or [{B}, {H}], got shape "
+                         f"{tuple(alibi_slopes.shape)}")
+    if alibi_slopes.dtype != torch.float32:
+        raise ValueError(f"alibi_slopes must be float32, as flash-attn's, got {alibi_slopes.dtype} (use .float())")
+    if alibi_slopes.device != device:
+        raise ValueError(f"alibi_slopes must be on q's device ({device}), got {alibi_slopes.device}")
+    if alibi_slopes.requires_grad and torch.is_grad_enabled():
+        raise ValueError("alibi_slopes requires grad, but the kernels give it no gradient (nor does flash-attn): "
+                         "pass alibi_slopes.detach(), or learn the slopes with attn_course.attention and the bias "
+                         "as an additive mask")
+    return alibi_slopes
+
+
 def check_num_splits(num_splits) -> int:
     """flash-attn's ``num_splits``: an int >= 0 (``0``: the kernel chooses; ``n``: each row's keys in ``n``
     slices, see ``flash_split``)."""

@@ -79,14 +79,14 @@ def compile_launch(fn, args, kwargs, target=HOPPER):
 
 def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, T_q: int | None = None,
                      num_splits: int = 1, seqused_k=None, varlen: bool = False, dropout_p: float = 0.0,
-                     softcap: float = 0.0):
+                     softcap: float = 0.0, alibi: bool = False):
     """The forward launches the wrapper makes for ``[2, 4, T_q, D]`` queries (``T_q`` defaults to ``T``) and
     2 key/value heads of length ``T``, causal, with ``variant`` forced and the autotuner off (``config``:
     the tile shape, else the default one): the forward kernel, then, with ``num_splits > 1``, the kernel
     that combines the key slices (``flash_split``). ``seqused_k``: per-sequence key counts (a cache).
     ``varlen``: the same tokens as one packed batch of two sequences of unequal lengths (:func:`_packed`).
     ``dropout_p > 0``: with attention dropout (``flash_dropout``); ``softcap > 0``: with logit soft-capping
-    (``flash_softcap``)."""
+    (``flash_softcap``); ``alibi``: with ALiBi slopes per (sequence, head) (``flash_alibi``)."""
     fwd = kernel_module("flash_fwd", CUDA)
     q, k, v = (torch.randn(2, h, t, D).to(dtype) for h, t in ((4, T_q or T), (2, T), (2, T)))
     packed = {}
@@ -97,7 +97,7 @@ def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, 
 
     def run():
         fwd.attn_fwd_launch(q, k, v, scale=D ** -0.5, window=CAUSAL, num_splits=num_splits, seqused_k=seqused_k,
-                            softcap=softcap, **_dropout(dropout_p), **packed)
+                            softcap=softcap, alibi_slopes=_slopes(alibi), **_dropout(dropout_p), **packed)
 
     combines = []
     with _variants.settings(kernel=variant, autotune=False), _default_config(fwd, config):
@@ -107,7 +107,7 @@ def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, 
 
 
 def backward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, varlen: bool = False,
-                      dropout_p: float = 0.0, softcap: float = 0.0):
+                      dropout_p: float = 0.0, softcap: float = 0.0, alibi: bool = False):
     """The three backward launches (preprocess, dK/dV, dQ) for the same shapes as :func:`forward_launches`."""
     bwd = kernel_module("flash_bwd", CUDA)
     q, k, v = (torch.randn(2, h, T, D).to(dtype) for h in (4, 2, 2))
@@ -121,13 +121,19 @@ def backward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None,
     with _variants.settings(kernel=variant, autotune=False), _default_config(bwd, config):
         return recorded_launches(bwd, ["_bwd_preprocess", "_bwd_dkdv", "_bwd_dq"],
                                  lambda: bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=D ** -0.5,
-                                                             window=CAUSAL, softcap=softcap, **_dropout(dropout_p),
+                                                             window=CAUSAL, softcap=softcap,
+                                                             alibi_slopes=_slopes(alibi), **_dropout(dropout_p),
                                                              **packed))
 
 
 def _dropout(p: float) -> dict:
     """The launches' dropout arguments: none at ``p = 0``, else ``p`` and a seed (its value is not compiled in)."""
     return dict(dropout_p=p, dropout_seed=torch.ones(1, dtype=torch.int64)) if p else {}
+
+
+def _slopes(alibi: bool):
+    """ALiBi slopes ``[2, 4]`` (the launches' sequences and query heads) when ``alibi``, else ``None``."""
+    return torch.full((2, 4), 0.25) if alibi else None
 
 
 def _pack(x: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,9 @@ as custom operators, opaque to the compiler, each with a *fake* implementation t
 operator returns (shapes, strides, dtypes) without running anything:
 
     attn_course::flash_forward   (q, k, v, ..., seqused_k=None, num_splits=0, dropout_p=0, dropout_seed=None,
-                                  softcap=0) -> out, lse
-    attn_course::flash_backward  (dout, dlse, q, k, v, out, lse, ..., dropout_p=0, dropout_seed=None, softcap=0)
-                                 -> dq, dk, dv
+                                  softcap=0, alibi_slopes=None) -> out, lse
+    attn_course::flash_backward  (dout, dlse, q, k, v, out, lse, ..., dropout_p=0, dropout_seed=None, softcap=0,
+                                  alibi_slopes=None) -> dq, dk, dv
 
 With dropout the seed is an argument (a one-element int64 tensor, ``flash_dropout.draw_seed``): the
 operators are then pure functions of their inputs, as the compiler assumes, and the caller saves the
@@ -96,13 +96,15 @@ def nothing_to_compute(q: torch.Tensor, k: torch.Tensor) -> bool:
 # ---- the launches ---------------------------------------------------------------------------------------
 
 def _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                    max_seqlen_k, seqused_k=None, num_splits=0, dropout_p=0.0, dropout_seed=None, softcap=0.0):
+                    max_seqlen_k, seqused_k=None, num_splits=0, dropout_p=0.0, dropout_seed=None, softcap=0.0,
+                    alibi_slopes=None):
     if nothing_to_compute(q, k):  # every row has no allowed key
         out, lse = forward_buffers(q, cu_seqlens_q is not None)
         return out.zero_(), lse.fill_(float("-inf"))
     with on_device(q.device):
         fwd = kernel_module("flash_fwd", q.device)
-        dropout = dict(dropout_p=dropout_p, dropout_seed=dropout_seed, softcap=softcap)  # (and the cap)
+        dropout = dict(dropout_p=dropout_p, dropout_seed=dropout_seed, softcap=softcap,
+                       alibi_slopes=alibi_slopes)  # (and the other score changes)
         if cu_seqlens_q is None:
             return fwd.attn_fwd_launch(q, k, v, scale=scale, window=(window_left, window_right), seqused_k=seqused_k,
                                        num_splits=num_splits, **dropout)
@@ -112,7 +114,8 @@ def _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_
 
 
 def _launch_backward(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k,
-                     max_seqlen_q, max_seqlen_k, need_dq, need_dkdv, dropout_p=0.0, dropout_seed=None, softcap=0.0):
+                     max_seqlen_q, max_seqlen_k, need_dq, need_dkdv, dropout_p=0.0, dropout_seed=None, softcap=0.0,
+                     alibi_slopes=None):
     if nothing_to_compute(q, k):  # no score depends on any input
         return drop_unneeded(tuple(g.zero_() for g in backward_buffers(q, k, v)), need_dq, need_dkdv)
     with on_device(q.device):
@@ -123,7 +126,7 @@ def _launch_backward(dout, dlse, q, k, v, out, lse, scale, window_left, window_r
                                                       max_seqlens=(max_seqlen_q, max_seqlen_k))
         grads = bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=scale, window=(window_left, window_right),
                                     dlse=dlse, need_dq=need_dq, need_dkdv=need_dkdv, dropout_p=dropout_p,
-                                    dropout_seed=dropout_seed, softcap=softcap, **varlen)
+                                    dropout_seed=dropout_seed, softcap=softcap, alibi_slopes=alibi_slopes, **varlen)
         return drop_unneeded(grads, need_dq, need_dkdv)
 
 
@@ -133,11 +136,12 @@ def _launch_backward(dout, dlse, q, k, v, out, lse, scale, window_left, window_r
 _FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, float scale, int window_left, int window_right, "
                    "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, "
                    "Tensor? seqused_k=None, int num_splits=0, float dropout_p=0.0, Tensor? dropout_seed=None, "
-                   "float softcap=0.0) -> (Tensor, Tensor)")
+                   "float softcap=0.0, Tensor? alibi_slopes=None) -> (Tensor, Tensor)")
 _BACKWARD_SCHEMA = ("(Tensor? dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale, "
                     "int window_left, int window_right, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
                     "int max_seqlen_q, int max_seqlen_k, bool need_dq, bool need_dkdv, float dropout_p=0.0, "
-                    "Tensor? dropout_seed=None, float softcap=0.0) -> (Tensor, Tensor, Tensor)")
+                    "Tensor? dropout_seed=None, float softcap=0.0, Tensor? alibi_slopes=None) "
+                    "-> (Tensor, Tensor, Tensor)")
 
 
 @torch.library.custom_op("attn_course::flash_forward", mutates_args=(), schema=_FORWARD_SCHEMA)
@@ -145,14 +149,14 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                 window_right: int, cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
                 max_seqlen_q: int, max_seqlen_k: int, seqused_k: torch.Tensor | None = None,
                 num_splits: int = 0, dropout_p: float = 0.0, dropout_seed: torch.Tensor | None = None,
-                softcap: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                softcap: float = 0.0, alibi_slopes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     return _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                           max_seqlen_k, seqused_k, num_splits, dropout_p, dropout_seed, softcap)
+                           max_seqlen_k, seqused_k, num_splits, dropout_p, dropout_seed, softcap, alibi_slopes)
 
 
 @_forward_op.register_fake
 def _(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-      seqused_k=None, num_splits=0, dropout_p=0.0, dropout_seed=None, softcap=0.0):
+      seqused_k=None, num_splits=0, dropout_p=0.0, dropout_seed=None, softcap=0.0, alibi_slopes=None):
     return forward_buffers(q, cu_seqlens_q is not None)
 
 
@@ -162,35 +166,36 @@ def _backward_op(dout: torch.Tensor | None, dlse: torch.Tensor | None, q: torch.
                  window_right: int, cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None,
                  max_seqlen_q: int, max_seqlen_k: int, need_dq: bool, need_dkdv: bool, dropout_p: float = 0.0,
                  dropout_seed: torch.Tensor | None = None,
-                 softcap: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 softcap: float = 0.0,
+                 alibi_slopes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _launch_backward(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlens_q,
                             cu_seqlens_k, max_seqlen_q, max_seqlen_k, need_dq, need_dkdv, dropout_p, dropout_seed,
-                            softcap)
+                            softcap, alibi_slopes)
 
 
 @_backward_op.register_fake
 def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-      max_seqlen_k, need_dq, need_dkdv, dropout_p=0.0, dropout_seed=None, softcap=0.0):
+      max_seqlen_k, need_dq, need_dkdv, dropout_p=0.0, dropout_seed=None, softcap=0.0, alibi_slopes=None):
     return drop_unneeded(backward_buffers(q, k, v), need_dq, need_dkdv)
 
 
 def forward(q, k, v, scale: float, window: tuple[int, int], varlen=None, seqused_k=None, num_splits: int = 0,
-            dropout=None, softcap: float = 0.0):
+            dropout=None, softcap: float = 0.0, alibi_slopes=None):
     """``(out, lse)``; ``varlen`` is ``None`` or ``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)``;
     ``seqused_k`` (fixed length only) is ``None`` or the int32 ``[B]`` keys each sequence uses;
     ``num_splits`` (fixed length only): key slices per row, ``0`` to let the kernel choose (``flash_split``);
     ``dropout``: ``None`` or ``(dropout_p, seed)`` (``flash_dropout``); ``softcap``: ``0`` or the cap
-    (``flash_softcap``)."""
+    (``flash_softcap``); ``alibi_slopes``: ``None`` or float32 ``[H]`` / ``[B, H]`` (``flash_alibi``)."""
     args = (q, k, v, scale, *window, *(varlen or _VARLEN), seqused_k, num_splits, *(dropout or (0.0, None)),
-            softcap)
+            softcap, alibi_slopes)
     return torch.ops.attn_course.flash_forward(*args) if torch.compiler.is_compiling() else _launch_forward(*args)
 
 
 def backward(dout, dlse, q, k, v, out, lse, scale: float, window: tuple[int, int], varlen=None, need_dq=True,
-             need_dkdv=True, dropout=None, softcap: float = 0.0):
+             need_dkdv=True, dropout=None, softcap: float = 0.0, alibi_slopes=None):
     """``(dq, dk, dv)`` of a loss whose gradients are ``dout`` for out and ``dlse`` for lse (either may be
     ``None``: that output did not reach the loss); a gradient not needed comes back empty, its kernel skipped
     (see :func:`drop_unneeded`)."""
     args = (dout, dlse, q, k, v, out, lse, scale, *window, *(varlen or _VARLEN), need_dq, need_dkdv,
-            *(dropout or (0.0, None)), softcap)
+            *(dropout or (0.0, None)), softcap, alibi_slopes)
     return torch.ops.attn_course.flash_backward(*args) if torch.compiler.is_compiling() else _launch_backward(*args)

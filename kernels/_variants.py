@@ -169,7 +169,7 @@ def _tuning_bench(kernel_call, quantiles):
 # and a key on the exact lengths would retune (every config timed, about a second) at each new length, i.e.
 # at nearly every step of a training run on packed batches of varying longest sequence.
 TUNE_KEY = ["TUNE_T_Q", "TUNE_T_K", "HEAD_DIM", "window_left", "window_right", "IS_VARLEN", "TMA", "DROPOUT",
-            "SOFTCAP"]
+            "SOFTCAP", "ALIBI"]
 
 
 def tuning_lengths(*lengths: int) -> tuple[int, ...]:

@@ -1,7 +1,7 @@
 """The public API: FlashAttention as a differentiable PyTorch function, shaped like flash-attn's.
 
     flash_attention(q, k, v, *, causal=False, scale=None, window=(-1, -1), dropout_p=0.0, softcap=0.0,
-                    return_lse=False)
+                    alibi_slopes=None, return_lse=False)
         q [B, H, T_q, D], k and v [B, H_kv, T_k, D]  ->  out [B, H, T_q, D]  (and lse [B, H, T_q])
     flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, ...)
         packed q [total_q, H, D], k and v [total_k, H_kv, D]  ->  out [total_q, H, D]  (and lse [H, total_q])
@@ -39,6 +39,7 @@ from attn_course.masks import check_window
 
 from . import _ops
 from ._checks import (
+    check_alibi,
     check_dropout,
     check_fixed,
     check_kvcache,
@@ -80,16 +81,20 @@ class FlashAttentionFunction(torch.autograd.Function):
     differentiable (the gradient through lse costs one subtraction, see ``_ops``). ``varlen`` is ``None`` or
     ``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)``. With ``dropout_p > 0`` the forward draws a
     seed and saves it (eight bytes): the backward regenerates the same mask from it (``flash_dropout``).
-    ``softcap > 0`` caps the scores smoothly at ``+-softcap`` (``flash_softcap``)."""
+    ``softcap > 0`` caps the scores smoothly at ``+-softcap`` (``flash_softcap``); ``alibi_slopes`` adds ALiBi's
+    biases (``flash_alibi``; the slopes are saved, ``B * H`` floats at most)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, window, varlen, dropout_p=0.0, softcap=0.0):
+    def forward(ctx, q, k, v, scale, window, varlen, dropout_p=0.0, softcap=0.0, alibi_slopes=None):
         seed = _ops.draw_seed(q.device) if dropout_p > 0 else None
         dropout = None if seed is None else (dropout_p, seed)
-        out, lse = _ops.forward(q, k, v, scale, window, varlen, dropout=dropout, softcap=softcap)
-        ctx.save_for_backward(q, k, v, out, lse, *(varlen[:2] if varlen else ()), *(() if seed is None else (seed,)))
+        out, lse = _ops.forward(q, k, v, scale, window, varlen, dropout=dropout, softcap=softcap,
+                                alibi_slopes=alibi_slopes)
+        ctx.save_for_backward(q, k, v, out, lse, *(varlen[:2] if varlen else ()), *(() if seed is None else (seed,)),
+                              *(() if alibi_slopes is None else (alibi_slopes,)))
         ctx.scale, ctx.window, ctx.max_seqlens = scale, window, varlen[2:] if varlen else None
         ctx.dropout_p, ctx.softcap = dropout_p, softcap  # (dropout_p is 0.0 exactly when no seed was drawn)
+        ctx.alibi = alibi_slopes is not None
         ctx.set_materialize_grads(False)  # an output that never reaches the loss gets None, not zeros
         return out, lse
 
@@ -98,20 +103,22 @@ class FlashAttentionFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # backward(create_graph=True): a second derivative is on its way
             raise RuntimeError(SECOND_DERIVATIVE)
         if dout is None and dlse is None:
-            return None, None, None, None, None, None, None, None
-        q, k, v, out, lse, *rest = ctx.saved_tensors  # then cu_seqlens_q, cu_seqlens_k (packed), the seed (dropout)
+            return (None,) * 9
+        # then cu_seqlens_q, cu_seqlens_k (packed), the seed (dropout), the slopes (ALiBi)
+        q, k, v, out, lse, *rest = ctx.saved_tensors
+        alibi_slopes = rest.pop() if ctx.alibi else None
         seed = rest.pop() if ctx.dropout_p else None
         varlen = (*rest, *ctx.max_seqlens) if rest else None
         need_q, need_k, need_v = ctx.needs_input_grad[:3]  # frozen inputs: skip their kernel
         dq, dk, dv = _ops.backward(dout, dlse, q, k, v, out, lse, ctx.scale, ctx.window, varlen,
                                    need_dq=need_q, need_dkdv=need_k or need_v,
                                    dropout=None if seed is None else (ctx.dropout_p, seed),  # (the same mask)
-                                   softcap=ctx.softcap)
-        return dq if need_q else None, dk if need_k else None, dv if need_v else None, None, None, None, None, None
+                                   softcap=ctx.softcap, alibi_slopes=alibi_slopes)
+        return dq if need_q else None, dk if need_k else None, dv if need_v else None, *(None,) * 6
 
 
 def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None, window=(-1, -1),
-                    dropout_p: float = 0.0, softcap: float = 0.0, return_lse: bool = False):
+                    dropout_p: float = 0.0, softcap: float = 0.0, alibi_slopes=None, return_lse: bool = False):
     """FlashAttention on ``[B, H, T, D]`` tensors, differentiable in q, k and v.
 
     Args:
@@ -130,6 +137,9 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
             and the softmax (Gemma 2's logit soft-capping; flash-attn's ``softcap``), in the forward and the
             backward passes (``kernels/flash_softcap.py``); ``0.0`` (the default): no cap. ``lse`` is that of
             the capped scores.
+        alibi_slopes: ALiBi's slopes, float32 ``[H]`` or ``[B, H]`` (flash-attn's ``alibi_slopes``), or ``None``:
+            ``-slope * |i + T_k - T_q - j|`` is added to the score of query ``i`` and key ``j`` (after the
+            cap), computed in the kernels, never stored (``kernels/flash_alibi.py``). The slopes get no gradient.
         return_lse: also return ``lse [B, H, T_q]`` (float32, natural log; ``-inf`` where no key is allowed),
             differentiable like ``out``.
 
@@ -140,14 +150,16 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
     q, k, v = autocast_inputs(q, k, v)
     check_fixed(q, k, v)
     scale = check_scale(scale, q.shape[-1])
+    alibi_slopes = check_alibi(alibi_slopes, q.shape[0], q.shape[1], q.device)
     out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), None,
-                                            check_dropout(dropout_p), check_softcap(softcap))
+                                            check_dropout(dropout_p), check_softcap(softcap), alibi_slopes)
     return (out, lse) if return_lse else out
 
 
 def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, *,
                            causal: bool = False, scale: float | None = None, window=(-1, -1),
-                           dropout_p: float = 0.0, softcap: float = 0.0, return_lse: bool = False):
+                           dropout_p: float = 0.0, softcap: float = 0.0, alibi_slopes=None,
+                           return_lse: bool = False):
     """FlashAttention on sequences packed end to end (flash-attn's ``flash_attn_varlen_func``).
 
     Args:
@@ -155,9 +167,10 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
         k, v: ``[total_k, H_kv, D]``, sequence ``b`` at rows ``cu_seqlens_k[b] : cu_seqlens_k[b + 1]``.
         cu_seqlens_q, cu_seqlens_k: ``[0, l1, l1 + l2, ...]``, one entry more than there are sequences.
         max_seqlen_q, max_seqlen_k: the longest sequence lengths (at least; they size the grid).
-        causal, scale, window, dropout_p, softcap: as :func:`flash_attention`, per sequence (bottom-right within each;
-            sequence ``b``'s dropout mask is ``dropout_mask(seed, B, H, max_seqlen_q, max_seqlen_k, p)[b]``'s
-            top-left corner, see ``flash_dropout``).
+        causal, scale, window, dropout_p, softcap, alibi_slopes: as :func:`flash_attention`, per sequence
+            (bottom-right within each; ``alibi_slopes`` ``[B, H]`` has a row per sequence; sequence ``b``'s
+            dropout mask is ``dropout_mask(seed, B, H, max_seqlen_q, max_seqlen_k, p)[b]``'s top-left corner,
+            see ``flash_dropout``).
 
     Returns:
         ``out [total_q, H, D]``, or ``(out, lse [H, total_q])`` with ``return_lse``. Sequences never see
@@ -175,11 +188,13 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)  # (lengths and rows used as Python ints)
     scale = check_scale(scale, q.shape[-1])
     dropout_p, softcap = check_dropout(dropout_p), check_softcap(softcap)
+    alibi_slopes = check_alibi(alibi_slopes, cu_q.numel() - 1, q.shape[1], q.device)
     varlen = (cu_q, cu_k, max_seqlen_q, max_seqlen_k)
     tail_q = 0 if used_q is None else q.shape[0] - used_q
     if tail_q or (used_k is not None and used_k < k.shape[0]):  # a padding tail: the kernels see the rows used
         q, k, v = q[:used_q], k[:used_k], v[:used_k]  # (used_q, H, D), (used_k, H_kv, D): views
-    out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), varlen, dropout_p, softcap)
+    out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), varlen, dropout_p, softcap,
+                                            alibi_slopes)
     if tail_q:  # autograd gives the tail zero gradients (through the slices above)
         out = torch.cat([out, out.new_zeros(tail_q, *out.shape[1:])])  # (total_q, H, D)
         lse = torch.cat([lse, lse.new_full((lse.shape[0], tail_q), float("-inf"))], dim=1)  # (H, total_q)
@@ -187,7 +202,8 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
 
 
 def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=None, *, causal: bool = False,
-                            scale: float | None = None, window=(-1, -1), softcap: float = 0.0, num_splits: int = 0,
+                            scale: float | None = None, window=(-1, -1), softcap: float = 0.0, alibi_slopes=None,
+                            num_splits: int = 0,
                             rotary_cos=None, rotary_sin=None, rotary_interleaved: bool = True,
                             return_lse: bool = False):
     """Attention against a key/value cache, for generation (flash-attn's ``flash_attn_with_kvcache``, in
@@ -202,8 +218,8 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
             cache.
         k, v: new keys and values ``[B, H_kv, T_new, D]``, or ``None``. They are first written *into the
             cache*, in place, at positions ``cache_seqlens[b] ...``, then attended to with the rest.
-        causal, scale, window, softcap, return_lse: as :func:`flash_attention`, with the queries aligned to the end of
-            each sequence's filled cache (bottom-right: the last query is the newest token).
+        causal, scale, window, softcap, alibi_slopes, return_lse: as :func:`flash_attention`, with the queries
+            aligned to the end of each sequence's filled cache (bottom-right: the last query is the newest token).
         num_splits: split each row's keys into this many slices, walked by separate programs and combined
             exactly (flash-decoding, ``kernels/flash_split.py``): a decoding step has too few rows to fill a
             GPU otherwise. ``0`` (the default) lets the kernel choose: no split on the CPU or when the rows
@@ -229,6 +245,7 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
     lengths = check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v)  # (B,) int32 before appending
     num_splits = check_num_splits(num_splits)
     scale, softcap = check_scale(scale, q.shape[-1]), check_softcap(softcap)
+    alibi_slopes = check_alibi(alibi_slopes, q.shape[0], q.shape[1], q.device)
     kernel_side = kernel_window(window, causal)
     if rotary_cos is not None or rotary_sin is not None:
         q, k = _rotated(q, k, lengths, rotary_cos, rotary_sin, rotary_interleaved, T_cache=k_cache.shape[2],
@@ -241,7 +258,8 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
         k_cache[rows, :, positions] = k.transpose(1, 2)
         v_cache[rows, :, positions] = v.transpose(1, 2)
         lengths = lengths + T_new
-    out, lse = _ops.forward(q, k_cache, v_cache, scale, kernel_side, None, lengths, num_splits, softcap=softcap)
+    out, lse = _ops.forward(q, k_cache, v_cache, scale, kernel_side, None, lengths, num_splits, softcap=softcap,
+                            alibi_slopes=alibi_slopes)
     return (out, lse) if return_lse else out
 
 

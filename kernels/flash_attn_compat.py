@@ -30,8 +30,9 @@ softmax scale and attend uniformly, without an error.
 ``dropout_p`` is attention dropout as flash-attn applies it (``kernels/flash_dropout.py``: a fresh mask per
 call from PyTorch's generator, never stored), and ``softcap`` its logit soft-capping, ``softcap * tanh(s /
 softcap)`` on every scaled score (``kernels/flash_softcap.py``; ``0.0`` or ``None``: none). What the kernels
-do not implement is refused by name rather than ignored: ``alibi_slopes`` and ``block_table`` (paged
-key/value caches); for the cache, also ``cache_batch_idx`` and ``cache_leftpad``. The cache's rotary
+take ``alibi_slopes`` as flash-attn does too (``kernels/flash_alibi.py``). What they do not implement is
+refused by name rather than ignored: ``block_table`` (paged key/value caches); for the cache, also
+``cache_batch_idx`` and ``cache_leftpad``. The cache's rotary
 embeddings (``rotary_cos``, ``rotary_sin``, ``rotary_interleaved``) are applied as flash-attn applies them,
 in PyTorch before the launch (``rotary``). ``num_splits`` splits each row's keys between programs as
 flash-attn does (``flash_split``: faster decoding when the batch is too small to fill the GPU; 0 lets the
@@ -49,9 +50,7 @@ import torch
 from .flash_attention import flash_attention, flash_attention_kvcache, flash_attention_varlen, swap_seq_and_heads
 
 
-def _refuse_unsupported(alibi_slopes, block_table=None) -> None:
-    if alibi_slopes is not None:
-        raise ValueError("alibi_slopes: ALiBi position biases are not implemented in these kernels; pass None")
+def _refuse_unsupported(block_table=None) -> None:
     if block_table is not None:
         raise ValueError("block_table: paged key/value caches are not implemented in these kernels; pass None "
                          "and give k and v as packed [total_k, H_kv, D] tensors")
@@ -73,10 +72,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     """flash-attn's ``flash_attn_func``: q ``[B, T_q, H, D]``, k, v ``[B, T_k, H_kv, D]`` -> out
     ``[B, T_q, H, D]``; with ``return_attn_probs``, ``(out, softmax_lse [B, H, T_q], None)``.
     Differentiable in q, k, v (and through softmax_lse). See the module docstring for what is refused."""
-    _refuse_unsupported(alibi_slopes)
     q, k, v = (swap_seq_and_heads(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))  # (B, H, T, D)
     out, lse = flash_attention(q, k, v, causal=causal, scale=softmax_scale, window=window_size, dropout_p=dropout_p,
-                               softcap=_cap(softcap), return_lse=True)
+                               softcap=_cap(softcap), alibi_slopes=alibi_slopes, return_lse=True)
     return _results((swap_seq_and_heads(out), lse), return_attn_probs)  # out (B, T_q, H, D)
 
 
@@ -85,10 +83,10 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            deterministic=False, return_attn_probs=False, block_table=None):
     """flash-attn's ``flash_attn_varlen_func``: packed q ``[total_q, H, D]``, k, v ``[total_k, H_kv, D]`` ->
     out ``[total_q, H, D]``; with ``return_attn_probs``, ``(out, softmax_lse [H, total_q], None)``."""
-    _refuse_unsupported(alibi_slopes, block_table)
+    _refuse_unsupported(block_table)
     res = flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
                                  scale=softmax_scale, window=window_size, dropout_p=dropout_p, softcap=_cap(softcap),
-                                 return_lse=True)
+                                 alibi_slopes=alibi_slopes, return_lse=True)
     return _results(res, return_attn_probs)
 
 
@@ -153,7 +151,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     ``[B, T_cache, H_kv, D]`` filled to ``cache_seqlens``; new ``k``, ``v`` ``[B, T_new, H_kv, D]`` are written
     into the caches in place first. Returns out ``[B, T_q, H, D]``, or ``(out, softmax_lse [B, H, T_q])``.
     See :func:`attn_course.kernels.flash_attention_kvcache`; what is refused is in the module docstring."""
-    _refuse_unsupported(alibi_slopes, block_table)
+    _refuse_unsupported(block_table)
     given = dict(cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad)
     for name, how in _CACHE_REFUSALS.items():
         if given[name] is not None:
@@ -163,7 +161,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     q, k_cache, v_cache = (swap_seq_and_heads(x, name) for x, name in ((q, "q"), (k_cache, "k_cache"),
                                                                        (v_cache, "v_cache")))  # (B, H, T, D) views
     res = flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens, *new, causal=causal, scale=softmax_scale,
-                                  window=window_size, softcap=_cap(softcap), num_splits=num_splits,
+                                  window=window_size, softcap=_cap(softcap), alibi_slopes=alibi_slopes,
+                                  num_splits=num_splits,
                                   rotary_cos=rotary_cos, rotary_sin=rotary_sin, rotary_interleaved=rotary_interleaved,
                                   return_lse=True)
     out = swap_seq_and_heads(res[0])  # (B, T_q, H, D)

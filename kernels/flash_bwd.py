@@ -50,6 +50,9 @@ from ._tiles import (
     store_rows,
     tile_mask,
 )
+from .flash_alibi import bias as alibi_bias
+from .flash_alibi import launch_args as alibi_args
+from .flash_alibi import slopes_of
 from .flash_dropout import counters, kept, launch_args
 from .flash_softcap import kernel_scales, tanh
 
@@ -88,9 +91,10 @@ def _dkdv_tiles(
     offs_n,  # (BLOCK_N,) key indices of this block
     start, end,  # query range to walk, [start, end)
     T_q, T_k, window_left, window_right, qk_scale, cap,  # (see flash_fwd._attn_fwd)
+    slope,  # this query head's ALiBi slope in log2 units (ALIBI)
     seed, drop_head, drop_C, dropout_p, drop_scale,  # dropout: this (sequence, head)'s first counter, etc.
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-    DROPOUT: tl.constexpr, SOFTCAP: tl.constexpr,
+    DROPOUT: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     for m0 in range(start, end, BLOCK_M):
@@ -110,6 +114,8 @@ def _dkdv_tiles(
         if SOFTCAP:  # (the cap's derivative, 1 - tanh^2, multiplies dS below)
             tT = tanh(sT)
             sT = cap * tT
+        if ALIBI:  # (transposed: keys down, queries across)
+            sT += alibi_bias(slope, offs_m[None, :], offs_n[:, None], T_q, T_k)
         pT = tl.math.exp2(sT - lse[None, :] * 1.4426950408889634)  # probabilities, recomputed
         if MASKED:  # also zeroes rows with no allowed key, whose lse is -inf
             pT = tl.where(tl.trans(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right)), pT, 0.0)
@@ -145,9 +151,10 @@ def _bwd_dkdv(
     qk_scale, cap, scale,  # the score multipliers (see flash_fwd._attn_fwd), and the plain softmax scale
     window_left, window_right,
     Seed, dropout_p, drop_scale, drop_R, drop_C, drop_first,  # dropout, as in flash_fwd._attn_fwd
+    Alibi, stride_ab, stride_ah,  # ALiBi slopes, as in flash_fwd._attn_fwd
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr, DROPOUT: tl.constexpr,
-    SOFTCAP: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
 ):
     """One program: ``BLOCK_N`` keys of one key/value head of one sequence; sums over its query heads."""
     pid_n, h_kv, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # (see _tiles.launch_grid)
@@ -184,6 +191,9 @@ def _bwd_dkdv(
         drop_head = 0
         if DROPOUT:  # this (sequence, head)'s first counter
             drop_head = counters(drop_first, b, h, 0, H_kv * GROUP, drop_R, drop_C)
+        slope = 0.0
+        if ALIBI:
+            slope = slopes_of(Alibi, stride_ab, stride_ah, b, h)
         Qh = Q + b64 * stride_qb + h64 * stride_qh + q_start.to(tl.int64) * stride_qt
         dOh = dOut + b64 * stride_gb + h64 * stride_gh + q_start.to(tl.int64) * stride_gt
         Lh = Lse + b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
@@ -191,24 +201,25 @@ def _bwd_dkdv(
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
-                             seed, drop_head, drop_C, dropout_p, drop_scale,
-                             HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, TMA, WIDE)
+                             slope, seed, drop_head, drop_C, dropout_p, drop_scale,
+                             HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, SOFTCAP, ALIBI, INTERP_BF16, IEEE, TMA, WIDE)
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, a, b_full, T_q, T_k, window_left, window_right, qk_scale, cap,
-                             seed, drop_head, drop_C, dropout_p, drop_scale,
-                             HEAD_DIM, D_REAL, BLOCK_M, False, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, TMA, WIDE)
+                             slope, seed, drop_head, drop_C, dropout_p, drop_scale,
+                             HEAD_DIM, D_REAL, BLOCK_M, False, DROPOUT, SOFTCAP, ALIBI, INTERP_BF16, IEEE, TMA, WIDE)
         dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                              stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                              offs_n, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
-                             seed, drop_head, drop_C, dropout_p, drop_scale,
-                             HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, TMA, WIDE)
+                             slope, seed, drop_head, drop_C, dropout_p, drop_scale,
+                             HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, SOFTCAP, ALIBI, INTERP_BF16, IEEE, TMA, WIDE)
         if TAIL:  # the query tile that overhangs the sequence's end, if any: through masked pointer loads
             dk, dv = _dkdv_tiles(dk, dv, k, v, Qh, dOh, Lh, Dh, desc_q, desc_do, tb, h, q_start,
                                  stride_qt, stride_qd, stride_gt, stride_gd, stride_lt,
                                  offs_n, tail, hi, T_q, T_k, window_left, window_right, qk_scale, cap,
-                                 seed, drop_head, drop_C, dropout_p, drop_scale,
-                                 HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, False, WIDE)
+                                 slope, seed, drop_head, drop_C, dropout_p, drop_scale,
+                                 HEAD_DIM, D_REAL, BLOCK_M, True, DROPOUT, SOFTCAP, ALIBI,
+                                 INTERP_BF16, IEEE, False, WIDE)
 
     # (dK and dV share a layout; a packed batch stores through pointers, which clip at its sequence's end)
     out_off = b64 * stride_dkb + hkv64 * stride_dkh + k_start64 * stride_dkt
@@ -224,9 +235,10 @@ def _dq_tiles(
     K, V, stride_kt, stride_kd, stride_vt, stride_vd,  # pointers at this (sequence, kv head)'s first row
     desc_k, desc_v, tb, h_kv, k_first,  # descriptors over k and v, and where this (sequence, kv head) is
     offs_m, start, end, T_q, T_k, window_left, window_right, qk_scale, cap,
+    slope,  # this head's ALiBi slope in log2 units (ALIBI)
     seed, drop_rows, dropout_p, drop_scale,  # dropout: each row's first counter (see flash_dropout), etc.
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-    DROPOUT: tl.constexpr, SOFTCAP: tl.constexpr,
+    DROPOUT: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr,
 ):
     for n0 in range(start, end, BLOCK_N):
@@ -239,6 +251,8 @@ def _dq_tiles(
         if SOFTCAP:
             t = tanh(s)
             s = cap * t
+        if ALIBI:
+            s += alibi_bias(slope, offs_m[:, None], offs_n[None, :], T_q, T_k)
         p = tl.math.exp2(s - lse[:, None])
         if MASKED:
             p = tl.where(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right), p, 0.0)
@@ -267,9 +281,10 @@ def _bwd_dq(
     TUNE_T_Q, TUNE_T_K,  # the lengths rounded up to a power of two: the autotuner's key, unused here
     H, GROUP, qk_scale, cap, scale, window_left, window_right,
     Seed, dropout_p, drop_scale, drop_R, drop_C, drop_first,  # dropout, as in flash_fwd._attn_fwd
+    Alibi, stride_ab, stride_ah,  # ALiBi slopes, as in flash_fwd._attn_fwd
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr,
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, TMA: tl.constexpr, WIDE: tl.constexpr, DROPOUT: tl.constexpr,
-    SOFTCAP: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
 ):
     """One program: ``BLOCK_M`` queries of one head of one sequence, walking over the keys it may see."""
     pid_m, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # (see _tiles.launch_grid)
@@ -303,6 +318,9 @@ def _bwd_dq(
     if DROPOUT:
         seed = tl.load(Seed)
         drop_rows = counters(drop_first, b, h, offs_m, H, drop_R, drop_C)  # (BLOCK_M,) int64
+    slope = 0.0
+    if ALIBI:
+        slope = slopes_of(Alibi, stride_ab, stride_ah, b, h)
 
     lo, a, b_full, hi = key_tiles(m_start, T_q, T_k, window_left, window_right, BLOCK_M, BLOCK_N)
     # (as in _bwd_dkdv: this block's own rows past T_q feed only their own dQ rows; the key tile that
@@ -311,21 +329,21 @@ def _bwd_dq(
     tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
                    k_start, offs_m, lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
-                   seed, drop_rows, dropout_p, drop_scale,
-                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, TMA, WIDE)
+                   slope, seed, drop_rows, dropout_p, drop_scale,
+                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI, INTERP_BF16, IEEE, TMA, WIDE)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
                    k_start, offs_m, a, b_full, T_q, T_k, window_left, window_right, qk_scale, cap,
-                   seed, drop_rows, dropout_p, drop_scale,
-                   HEAD_DIM, D_REAL, BLOCK_N, False, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, TMA, WIDE)
+                   slope, seed, drop_rows, dropout_p, drop_scale,
+                   HEAD_DIM, D_REAL, BLOCK_N, False, DROPOUT, SOFTCAP, ALIBI, INTERP_BF16, IEEE, TMA, WIDE)
     dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb, h_kv,
                    k_start, offs_m, b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
-                   seed, drop_rows, dropout_p, drop_scale,
-                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, TMA, WIDE)
+                   slope, seed, drop_rows, dropout_p, drop_scale,
+                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI, INTERP_BF16, IEEE, TMA, WIDE)
     if TAIL:
         dq = _dq_tiles(dq, q, do, lse, delta, Kh, Vh, stride_kt, stride_kd, stride_vt, stride_vd, desc_k, desc_v, tb,
                        h_kv, k_start, offs_m, tail, hi, T_q, T_k, window_left, window_right, qk_scale, cap,
-                       seed, drop_rows, dropout_p, drop_scale,
-                       HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, INTERP_BF16, IEEE, False, WIDE)
+                       slope, seed, drop_rows, dropout_p, drop_scale,
+                       HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI, INTERP_BF16, IEEE, False, WIDE)
     dQh = dQ + b64 * stride_dqb + h64 * stride_dqh + q_start64 * stride_dqt
     dq = narrow(dq * scale, dQ.dtype.element_ty, INTERP_BF16)
     store_rows(dQh, desc_dq, b, h, m_start, dq, stride_dqt, stride_dqd, T_q,
@@ -386,11 +404,12 @@ def prune_for_packing(kernel: str, configs: list[triton.Config], nargs: dict, **
     return [c for c in configs if _variants.tile_of(c) not in spills]
 
 
-# With dropout (a Philox number per score, regenerated in both kernels) or a softcap (a tanh per score, and
-# its derivative) these tiles spill registers on sm_90 under triton 3.9 or 3.6 (parts "dkdv dropout", "dq
-# softcap" etc. of benchmarks/results/kernel_resources_sm90*.json; tests/test_kernels_compile.py checks the
-# lists): such a launch's autotuner skips them and its default tile is the first candidate not among them
-# (surveyed through TMA; pointers use the same lists). Keyed by the kernels' constexpr, as in flash_fwd.
+# With dropout (a Philox number per score, regenerated in both kernels), a softcap (a tanh per score, and
+# its derivative) or ALiBi (a bias per score) these tiles spill registers on sm_90 under triton 3.9 or 3.6
+# (parts "dkdv dropout", "dq softcap" etc. of benchmarks/results/kernel_resources_sm90*.json;
+# tests/test_kernels_compile.py checks the lists): such a launch's autotuner skips them and its default tile
+# is the first candidate not among them (surveyed through TMA; pointers use the same lists). Keyed by the
+# kernels' constexpr, as in flash_fwd.
 FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
     "DROPOUT": {
         ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2)],
@@ -404,6 +423,11 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
         ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
                         (64, 128, 8, 2)],
         ("dq", 128): [(64, 128, 8, 3), (128, 128, 8, 2)],
+    },
+    "ALIBI": {
+        ("dkdv", 64): [(64, 64, 8, 3)],
+        ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2),
+                        (64, 64, 8, 3), (64, 128, 8, 2)],  # (all but DKDV_TILES' last)
     },
 }
 
@@ -478,12 +502,13 @@ def _views(x: torch.Tensor, varlen: bool):
 
 def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seqlens_q=None, cu_seqlens_k=None,
                     max_seqlens=None, blocks=None, need_dq=True, need_dkdv=True, dropout_p=0.0, dropout_seed=None,
-                    softcap=0.0):
+                    softcap=0.0, alibi_slopes=None):
     """``(dq, dk, dv)`` from the saved tensors; shapes and layouts as in ``flash_fwd.attn_fwd_launch``.
     ``dlse``: the loss's gradient with respect to lse (shaped like it), or ``None`` when lse played no part.
     ``need_dq=False`` / ``need_dkdv=False`` skip that kernel (its buffers are returned unwritten): a frozen
     q, or frozen k and v, costs no backward work. ``dropout_p``, ``dropout_seed``: the forward's (the mask
-    is regenerated from them, see ``flash_dropout``). ``softcap``: the forward's (``flash_softcap``)."""
+    is regenerated from them, see ``flash_dropout``). ``softcap``, ``alibi_slopes``: the forward's
+    (``flash_softcap``, ``flash_alibi``)."""
     varlen = cu_seqlens_q is not None
     if _variants.may_use_tma(q.device) and _variants.tma_unready(dout) and not _variants.tma_unready(q, k, v):
         dout = dout.contiguous()  # e.g. the stride-0 gradient of out.sum(): one copy keeps the TMA path open
@@ -506,14 +531,15 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
     tile_d = head_dim_tile(D)  # (D itself, unless it is padded to a power of two)
     dropout = dropout_seed is not None and dropout_p > 0
     flags = dict(HEAD_DIM=tile_d, D_REAL=D, IS_VARLEN=varlen, INTERP_BF16=interp_bf16, IEEE=q.dtype == torch.float32,
-                 DROPOUT=dropout, SOFTCAP=softcap > 0,
+                 DROPOUT=dropout, SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, dout, dq, dk, dv))
     window_args = (*kernel_scales(scale, softcap), scale, window[0], window[1])
     tune_lengths = _variants.tuning_lengths(T_q, T_k)
     # one launch of each kernel per run of at most CUDA_MAX_GRID_YZ sequences (one run unless B is huge)
     parts = [(b1 - b0, *batch_part(b0, b1, (q, k, v, dout, out, lse, delta, dq, dk, dv),
                                    (cu_seqlens_q, cu_seqlens_k) if varlen else None),
-              launch_args(dropout_seed if dropout else None, dropout_p, H, T_q, T_k, b0, q))
+              (*launch_args(dropout_seed if dropout else None, dropout_p, H, T_q, T_k, b0, q),
+               *alibi_args(alibi_slopes, b0, b1, q)))  # (the dropout, then the ALiBi arguments)
              for b0, b1 in batch_chunks(B)]
 
     def launch(variant: _variants.Variant):
@@ -521,7 +547,8 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
         plan += [("dq", _bwd_dq, T_q, "BLOCK_M", (H, H // H_kv))] if need_dq else []
         for name, kernel, T, block, heads in plan:
             packed = varlen and not variant.tma
-            default = default_config(name, tile_d, q.element_size(), packed, DROPOUT=dropout, SOFTCAP=softcap > 0)
+            default = default_config(name, tile_d, q.element_size(), packed, DROPOUT=dropout, SOFTCAP=softcap > 0,
+                                     ALIBI=alibi_slopes is not None)
             tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
                                                       default=default)
             if tune:

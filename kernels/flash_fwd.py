@@ -60,6 +60,9 @@ from ._tiles import (
     store_rows,
     tile_mask,
 )
+from .flash_alibi import bias as alibi_bias
+from .flash_alibi import launch_args as alibi_args
+from .flash_alibi import slopes_of
 from .flash_dropout import counters, kept, launch_args
 from .flash_softcap import kernel_scales, tanh
 
@@ -75,10 +78,11 @@ def _fwd_tiles(
     start, end,  # key range to walk, [start, end)
     T_q, T_k, window_left, window_right,
     qk_scale, cap,  # q . k times qk_scale is the score in log2 units, or with SOFTCAP tanh's argument
+    slopes,  # (BLOCK_M,) each row's ALiBi slope in log2 units (ALIBI)
     seed, drop_rows, dropout_p,  # dropout (DROPOUT): the seed, each row's first counter (see flash_dropout)
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,  # build the (query, key) mask? False on full tiles
-    DROPOUT: tl.constexpr, SOFTCAP: tl.constexpr,  # (see flash_softcap)
+    DROPOUT: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,  # (see flash_softcap, flash_alibi)
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr,  # see _tiles.dot and _tiles.narrow
     TMA: tl.constexpr, WARP_SPEC: tl.constexpr,  # see _variants
     WIDE: tl.constexpr,  # 64-bit offsets within a sequence (see _tiles)
@@ -92,6 +96,8 @@ def _fwd_tiles(
         s = dot(q, kT, INTERP_BF16, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N) scores in log2 units
         if SOFTCAP:  # capped smoothly at +-softcap (cap = softcap * log2(e))
             s = cap * tanh(s)
+        if ALIBI:  # -slope * distance, added after the cap (as flash-attn does)
+            s += alibi_bias(slopes[:, None], offs_m[:, None], offs_n[None, :], T_q, T_k)
         if MASKED:
             s = tl.where(allowed(offs_m, offs_n, T_q, T_k, window_left, window_right), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -129,6 +135,7 @@ def _attn_fwd(
     num_splits,  # key slices per row (SPLIT_K): program_id(0) is (query block) * num_splits + slice
     Seed, dropout_p, drop_scale,  # dropout (DROPOUT): the seed (int64 [1]), the rate, 1 / (1 - rate)
     drop_R, drop_C, drop_first,  # the counters' row and column strides, the launch's first counter
+    Alibi, stride_ab, stride_ah,  # ALiBi slopes (ALIBI): float32 [B, H], or [H] with stride_ab = 0
     HEAD_DIM: tl.constexpr,  # the tiles' width along the head dim, a power of two (see _tiles.head_dim_tile)
     D_REAL: tl.constexpr,  # the head dim itself, <= HEAD_DIM: columns past it are padding, never read or stored
     BLOCK_M: tl.constexpr,  # queries per program
@@ -143,6 +150,7 @@ def _attn_fwd(
     PACK_GQA: tl.constexpr,  # program_id(1) is a key/value head; rows are (query position, head of its group)
     DROPOUT: tl.constexpr,  # attention dropout (see flash_dropout)
     SOFTCAP: tl.constexpr,  # logit soft-capping (see flash_softcap)
+    ALIBI: tl.constexpr,  # ALiBi position biases (see flash_alibi)
 ):
     pid_m = tl.program_id(0)  # which block of queries (see _tiles.launch_grid)
     if SPLIT_K:
@@ -212,6 +220,12 @@ def _attn_fwd(
             drop_rows = counters(drop_first, b, h + offs_m % GROUP, pos, H, drop_R, drop_C)  # (BLOCK_M,)
         else:
             drop_rows = counters(drop_first, b, h, pos, H, drop_R, drop_C)  # (BLOCK_M,)
+    slopes = tl.zeros([BLOCK_M], dtype=tl.float32)  # (unused without ALiBi)
+    if ALIBI:
+        if PACK_GQA:  # each row a head of its own
+            slopes = slopes_of(Alibi, stride_ab, stride_ah, b, h + offs_m % GROUP)  # (BLOCK_M,)
+        else:
+            slopes += slopes_of(Alibi, stride_ab, stride_ah, b, h)
 
     if SPLIT_K:  # keep this slice's share of the visible tiles: [s0, s1), whole tiles but for hi
         lo, a, b_full, hi = key_slice(lo, a, b_full, hi, split, num_splits, BLOCK_N)
@@ -224,35 +238,35 @@ def _attn_fwd(
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, hi, T_q, T_k, window_left, window_right, qk_scale, cap,
-                                   seed, drop_rows, dropout_p,
-                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP,
+                                   slopes, seed, drop_rows, dropout_p,
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI,
                                    INTERP_BF16, IEEE, TMA, True, WIDE)
     else:  # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
         tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)  # (hi unless TAIL; full tiles never overhang)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
-                                   seed, drop_rows, dropout_p,
-                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP,
+                                   slopes, seed, drop_rows, dropout_p,
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI,
                                    INTERP_BF16, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    a, b_full, T_q, T_k, window_left, window_right, qk_scale, cap,
-                                   seed, drop_rows, dropout_p,
-                                   HEAD_DIM, D_REAL, BLOCK_N, False, DROPOUT, SOFTCAP,
+                                   slopes, seed, drop_rows, dropout_p,
+                                   HEAD_DIM, D_REAL, BLOCK_N, False, DROPOUT, SOFTCAP, ALIBI,
                                    INTERP_BF16, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
-                                   seed, drop_rows, dropout_p,
-                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP,
+                                   slopes, seed, drop_rows, dropout_p,
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI,
                                    INTERP_BF16, IEEE, TMA, False, WIDE)
         if TAIL:  # the tile that overhangs the keys' end, if any: through masked pointer loads
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
                                        stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                        tail, hi, T_q, T_k, window_left, window_right, qk_scale, cap,
-                                       seed, drop_rows, dropout_p,
-                                       HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP,
+                                       slopes, seed, drop_rows, dropout_p,
+                                       HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI,
                                        INTERP_BF16, IEEE, False, False, WIDE)
 
     # epilogue: normalise; a row that saw no allowed key has l = 0 and gets out = 0, lse = -inf
@@ -350,9 +364,9 @@ def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
                     if t not in DECODE_SPILLS.get(D, [])]
 
 
-# A Philox number per score (dropout) or a tanh per score (softcap) costs registers: at these head dims these
-# tiles, (BLOCK_M, BLOCK_N, warps, stages, warp-specialised), spill on sm_90 under triton 3.9 or 3.6 with that
-# feature on (parts "forward dropout" and "forward softcap" of benchmarks/results/kernel_resources_sm90*.json;
+# A Philox number per score (dropout), a tanh (softcap) or a bias (ALiBi) costs registers: at these head dims
+# these tiles, (BLOCK_M, BLOCK_N, warps, stages, warp-specialised), spill on sm_90 under triton 3.9 or 3.6 with
+# that feature on (parts "forward dropout", "forward softcap", ... of benchmarks/results/kernel_resources_sm90*.json;
 # tests/test_kernels_compile.py checks the lists against both). Such a launch's autotuner skips them
 # (prune_for_lengths), and its default tile is the first candidate not among them. Keyed by the kernel's
 # constexpr; with both on, both lists (that pair is not surveyed). (Surveyed through TMA, what Hopper runs; the
@@ -366,6 +380,9 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
               (128, 128, 8, 3, False)],
     },
     "SOFTCAP": {
+        128: [(128, 64, 4, 3, False), (128, 64, 4, 4, False)],
+    },
+    "ALIBI": {
         128: [(128, 64, 4, 3, False), (128, 64, 4, 4, False)],
     },
 }
@@ -437,7 +454,7 @@ def _strides(x: torch.Tensor, ndim: int):
 
 def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
                     max_seqlen_k=None, seqused_k=None, num_splits=0, dropout_p=0.0, dropout_seed=None, softcap=0.0,
-                    blocks=None):
+                    alibi_slopes=None, blocks=None):
     """Run the forward kernel. Inputs are already checked by :mod:`attn_course.kernels.flash_attention`.
 
     Fixed length: q ``[B, H, T_q, D]``, k, v ``[B, H_kv, T_k, D]`` -> out like q, lse ``[B, H, T_q]``;
@@ -447,7 +464,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
     (fixed length only; ``0``: :func:`flash_split.num_splits` chooses). ``dropout_p`` with ``dropout_seed``
     (int64 ``[1]`` on q's device; ``None``: no dropout): see ``flash_dropout``; a packed batch's counters
     then run over ``max_seqlen_q x max_seqlen_k``. ``softcap > 0``: scores capped smoothly at
-    ``+-softcap`` (see ``flash_softcap``). ``blocks``: the interpreter's tiles.
+    ``+-softcap`` (see ``flash_softcap``). ``alibi_slopes``: float32 ``[B, H]`` or ``[H]``, ALiBi's slopes
+    (see ``flash_alibi``). ``blocks``: the interpreter's tiles.
     """
     varlen = cu_seqlens_q is not None
     if varlen:
@@ -486,7 +504,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
     tile_d = head_dim_tile(D)  # (D itself, unless it is padded to a power of two)
     flags = dict(HEAD_DIM=tile_d, D_REAL=D, IS_VARLEN=varlen, HAS_SEQUSED_K=seqused_k is not None,
                  INTERP_BF16=interp_bf16, IEEE=q.dtype == torch.float32, SPLIT_K=splits > 1, PACK_GQA=pack,
-                 DROPOUT=dropout, SOFTCAP=softcap > 0,
+                 DROPOUT=dropout, SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, targets[0][:, 0] if splits > 1 else out))
 
     decoding = is_decoding(T_q)  # (packed: the longest sequence)
@@ -497,7 +515,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
                                 WARP_SPEC=variant.warp_specialize and not decoding)
         tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=interpreter_meta,
                                                   default=default_config(variant, tile_d, q.element_size(), T_q,
-                                                                         DROPOUT=dropout, SOFTCAP=softcap > 0))
+                                                                         DROPOUT=dropout, SOFTCAP=softcap > 0,
+                                                                         ALIBI=alibi_slopes is not None))
         kernel = _attn_fwd
         if tune:  # (SPLIT_K in the key: a slice has fewer keys to walk)
             kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, tile_d), tag=D,
@@ -512,7 +531,9 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
                 return launch_grid(rows, meta["BLOCK_M"], heads, n, splits)
 
             drop = launch_args(dropout_seed if dropout else None, dropout_p, H, drop_R, drop_C, b0, used)
-            kernel[grid](*tensors, *strides, *descs, *cus, used, *scalars, *drop, **flags, TMA=variant.tma, **meta)
+            alibi = alibi_args(alibi_slopes, b0, b1, used)  # (the slopes' rows of these sequences)
+            kernel[grid](*tensors, *strides, *descs, *cus, used, *scalars, *drop, *alibi, **flags, TMA=variant.tma,
+                         **meta)
             if splits > 1:
                 flash_split.combine_splits(*tensors[3:], out[b0:b1], lse[b0:b1],
                                            launch_grid(T_q, flash_split.COMBINE_ROWS, H, b1 - b0), INTERPRET)

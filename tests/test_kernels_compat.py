@@ -110,7 +110,7 @@ def test_gradients_flow_through_the_flash_attn_layout():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(dropout_p=1.5), "dropout_p must be a probability"),
     (dict(softcap=-30.0), "softcap must be a finite number >= 0"),
-    (dict(alibi_slopes=torch.ones(2)), "alibi_slopes: ALiBi position biases are not implemented"),
+    (dict(alibi_slopes=torch.ones(3)), r"alibi_slopes must be \[H\] or \[B, H\] = \[2\] or \[1, 2\]"),
 ])
 def test_what_the_kernels_lack_is_refused_by_name(kwargs, match):
     q, k, v = bthd(1, 2, 2, 5, 5, 16)

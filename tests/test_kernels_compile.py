@@ -188,7 +188,7 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
         if r["part"] == "decode":  # (both variants: a cache whose strides TMA refuses runs pointers)
             return any(list(_variants.tile_of(c)) == r["tile"]
                        for c in fwd.configs(variant, r["D"]) if c.kwargs["BLOCK_M"] == fwd.DECODE_ROWS)
-        if r["part"].endswith((" dropout", " softcap")):  # what such a launch's pruning step keeps
+        if r["part"].endswith(tuple(f" {f.lower()}" for f in FEATURES)):  # what such a launch's pruning keeps
             return feature_offered(r)
         part, varlen = r["part"].removesuffix(" varlen"), r["part"].endswith(" varlen")
         tma_pays = part == "forward" or bwd.tma_pays(r["D"], varlen)
@@ -307,15 +307,17 @@ def test_a_padded_head_dim_compiles_for_hopper(variant):
                       narrow=kwargs["BLOCK_M"] == 16 and fn.__name__ == "_attn_fwd")
 
 
-FEATURES = {"DROPOUT": dict(dropout_p=0.1), "SOFTCAP": dict(softcap=30.0)}  # (the kernels' constexpr -> the call's)
+FEATURES = {"DROPOUT": dict(dropout_p=0.1), "SOFTCAP": dict(softcap=30.0),  # (the kernels' constexpr -> the
+            "ALIBI": dict(alibi=True)}  # arguments of _compile's launches)
 
 
 @pytest.mark.parametrize("feature", FEATURES)
 @pytest.mark.parametrize("variant", list(_variants.VARIANTS))
-def test_dropout_and_softcap_compile_for_hopper(variant, feature):
-    """With dropout (``flash_dropout``: Philox numbers per score, regenerated in the backward) or logit
-    soft-capping (``flash_softcap``: a tanh per score, and its derivative in the backward) every kernel
-    compiles for sm_90 and keeps its tensor-core products; the warp-specialised forward stays specialised."""
+def test_dropout_softcap_and_alibi_compile_for_hopper(variant, feature):
+    """With dropout (``flash_dropout``: Philox numbers per score, regenerated in the backward), logit
+    soft-capping (``flash_softcap``: a tanh per score, and its derivative in the backward) or ALiBi
+    (``flash_alibi``: a bias per score from its positions) every kernel compiles for sm_90 and keeps its
+    tensor-core products; the warp-specialised forward stays specialised."""
     launches = forward_launches(variant, torch.bfloat16, 128, **FEATURES[feature])
     if variant != "tma+ws":
         launches += backward_launches(variant, torch.bfloat16, 128, **FEATURES[feature])
@@ -330,7 +332,7 @@ def test_dropout_and_softcap_compile_for_hopper(variant, feature):
 
 
 @pytest.mark.parametrize("feature", FEATURES)
-def test_dropout_and_softcap_skip_exactly_the_tiles_that_spill_with_them(feature):
+def test_dropout_softcap_and_alibi_skip_exactly_the_tiles_that_spill_with_them(feature):
     """``FEATURE_SPILLS[feature]`` of ``flash_fwd`` and ``flash_bwd`` list, per the two surveys' parts for the
     feature ("forward dropout", "dq softcap", ...), exactly the candidate tiles that spill with it under
     triton 3.9 or 3.6. Such a launch's pruning step drops them and keeps something; a launch without it

@@ -12,6 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 from test_kernels import CASES, case_id
+from test_kernels_alibi import case_id as alibi_case_id
+from test_kernels_alibi import check_alibi_cache, check_alibi_case, check_alibi_varlen, check_alibi_with_dropout
 from test_kernels_autograd import LSE_CASES, check_compiled_model, check_lse_gradient, lse_case_id
 from test_kernels_common import (
     assert_close_by_rule,
@@ -538,3 +540,21 @@ def test_softcap_on_the_gpu_packed_cached_and_with_dropout():
     check_softcap_varlen("cuda")
     check_softcap_cache(3, "cuda")
     check_softcap_with_dropout("cuda")
+
+
+ALIBI_CASES = [(2, 8, 2, 1000, 1000, 128, True, NONE, True, torch.float16),
+               (1, 4, 4, 513, 777, 64, False, (64, 0), False, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("case,variant", [(ALIBI_CASES[0], v) for v in VARIANTS] + [(ALIBI_CASES[1], "auto")],
+                         ids=lambda x: x if isinstance(x, str) else alibi_case_id(x))
+def test_alibi_compiled(case, variant):
+    """ALiBi compiled, forward and backward, against attention with the bias as a mask: every variant on one
+    case (slopes per sequence and head), ``auto`` on the other."""
+    check_alibi_case(case, "cuda", variant)
+
+
+def test_alibi_on_the_gpu_packed_cached_and_with_dropout():
+    check_alibi_varlen("cuda")
+    check_alibi_cache(3, "cuda", T_cache=4096)
+    check_alibi_with_dropout("cuda")
