@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_kernels_autograd import assert_compiled_matches_eager, check_operators_with
 from test_kernels_common import (
     assert_close_by_rule,
     assert_matches_by_rule,
@@ -281,33 +282,16 @@ def test_slopes_that_require_grad_are_refused_rather_than_left_untrained():
 
 
 def test_the_operators_with_alibi_pass_opcheck():
-    ops = torch.ops.attn_course
-    q, k, v = make_qkv(2, 2, 1, 17, 23, 16, F16)
-    slopes = geometric_slopes(2, 2)
-    fwd_args = (q, k, v, 0.25, 7, 0, None, None, 0, 0, None, 0, 0.0, None, 0.0, slopes)
-    torch.library.opcheck(ops.flash_forward.default, fwd_args)
-    out, lse = ops.flash_forward(*fwd_args)
-    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
-    torch.library.opcheck(ops.flash_backward.default, (dout, None, q, k, v, out, lse, 0.25, 7, 0, None, None, 0, 0,
-                                                       True, True, 0.0, None, 0.0, slopes))
+    check_operators_with(*make_qkv(2, 2, 1, 17, 23, 16, F16), alibi_slopes=geometric_slopes(2, 2))
 
 
 def test_alibi_under_torch_compile_matches_eager():
-    q, k, v = make_qkv(1, 4, 2, 21, 27, 32, F32, seed=2)
     slopes = geometric_slopes(4)
 
     def model(q, k, v):
         return flash_attention(q, k, v, causal=True, alibi_slopes=slopes).square().sum()
 
-    def run(fn):
-        leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-        loss = fn(*leaves)
-        return (loss, *torch.autograd.grad(loss, leaves))
-
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    for name, c, e in zip(("loss", "dq", "dk", "dv"), run(compiled), run(model), strict=True):
-        torch.testing.assert_close(c, e, atol=1e-6, rtol=1e-6, msg=lambda m, name=name: f"compiled {name}: {m}")
+    assert_compiled_matches_eager(model, *make_qkv(1, 4, 2, 21, 27, 32, F32, seed=2))
 
 
 def test_the_bias_is_computed_not_stored():

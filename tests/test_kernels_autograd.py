@@ -274,6 +274,23 @@ def test_torch_compile_traces_the_kernels_as_operators_in_one_graph():
     assert any("attn_course.flash_backward" in g for g in graphs["backward"]), graphs["backward"]
 
 
+def assert_compiled_matches_eager(model, q, k, v, backend="aot_eager", tol=1e-6, seed=None):
+    """``model(q, k, v)`` (a scalar loss) compiled whole (``fullgraph``) with ``backend``: the loss and its
+    gradients must match the same model run eagerly. ``seed``: ``torch.manual_seed`` before each run (a
+    model that draws random numbers, such as dropout's seed)."""
+    def run(fn):
+        if seed is not None:
+            torch.manual_seed(seed)
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+        loss = fn(*leaves)
+        return (loss, *torch.autograd.grad(loss, leaves))
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    for name, c, e in zip(("loss", "dq", "dk", "dv"), run(compiled), run(model), strict=True):
+        torch.testing.assert_close(c, e, atol=tol, rtol=tol, msg=lambda m, name=name: f"compiled {name}: {m}")
+
+
 def check_compiled_model(backend, device, dtype, tol=1e-5):
     """A small model around ``flash_attention`` (its loss uses out and lse), compiled whole with
     ``backend``: loss and gradients must match the same model run eagerly."""
@@ -283,15 +300,7 @@ def check_compiled_model(backend, device, dtype, tol=1e-5):
         out, lse = flash_attention(torch.tanh(q), k, v, causal=True, window=(20, -1), return_lse=True)
         return (out * out).sum() + lse.exp().sum()  # (B, H, T_q, D), (B, H, T_q)
 
-    def run(fn):
-        leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-        loss = fn(*leaves)
-        return (loss, *torch.autograd.grad(loss, leaves))
-
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend=backend, fullgraph=True)
-    for name, c, e in zip(("loss", "dq", "dk", "dv"), run(compiled), run(model), strict=True):
-        torch.testing.assert_close(c, e, atol=tol, rtol=tol, msg=lambda m, name=name: f"compiled {name}: {m}")
+    assert_compiled_matches_eager(model, q, k, v, backend, tol)
 
 
 def test_torch_compile_with_frozen_keys_and_values():
@@ -364,6 +373,19 @@ def test_custom_operators_pass_torch_opcheck(varlen):
     for grads, needs in (((dout, None), (True, True)), ((None, torch.randn_like(lse)), (True, True)),
                          ((dout, torch.randn_like(lse)), (True, False)), ((dout, None), (False, True))):
         torch.library.opcheck(ops.flash_backward.default, (*grads, q, k, v, out, lse, 0.25, 7, 0, *tail, *needs))
+
+
+def check_operators_with(q, k, v, dropout_p=0.0, seed=None, softcap=0.0, alibi_slopes=None):
+    """``opcheck`` of both operators on a fixed-length call with the given score changes (their trailing
+    arguments, in the schemas' order)."""
+    ops = torch.ops.attn_course
+    extra = (dropout_p, seed, softcap, alibi_slopes)
+    fwd_args = (q, k, v, 0.25, 7, 0, None, None, 0, 0, None, 0, *extra)
+    torch.library.opcheck(ops.flash_forward.default, fwd_args)
+    out, lse = ops.flash_forward(*fwd_args)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
+    torch.library.opcheck(ops.flash_backward.default, (dout, None, q, k, v, out, lse, 0.25, 7, 0, None, None, 0, 0,
+                                                       True, True, *extra))
 
 
 def test_a_second_derivative_is_refused_with_a_reason():

@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from test_kernels_autograd import check_checkpointing
+from test_kernels_autograd import assert_compiled_matches_eager, check_checkpointing, check_operators_with
 from test_kernels_common import allowed_mask, assert_matches_by_rule, make_qkv
 from test_kernels_varlen import packed, per_sequence
 
@@ -235,28 +235,11 @@ def test_dropout_under_torch_compile_matches_eager():
     def model(q, k, v):
         return flash_attention(q, k, v, causal=True, dropout_p=0.3).square().sum()
 
-    def run(fn):
-        torch.manual_seed(5)
-        leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-        loss = fn(*leaves)
-        return (loss, *torch.autograd.grad(loss, leaves))
-
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    for name, c, e in zip(("loss", "dq", "dk", "dv"), run(compiled), run(model), strict=True):
-        torch.testing.assert_close(c, e, atol=1e-6, rtol=1e-6, msg=lambda m, name=name: f"compiled {name}: {m}")
+    assert_compiled_matches_eager(model, q, k, v, seed=5)
 
 
 def test_the_operators_with_dropout_pass_opcheck():
-    ops = torch.ops.attn_course
-    q, k, v = make_qkv(1, 2, 1, 17, 23, 16, F16)
-    seed = next_seed("cpu")
-    fwd_args = (q, k, v, 0.25, 7, 0, None, None, 0, 0, None, 0, 0.2, seed)
-    torch.library.opcheck(ops.flash_forward.default, fwd_args)
-    out, lse = ops.flash_forward(*fwd_args)
-    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
-    torch.library.opcheck(ops.flash_backward.default, (dout, None, q, k, v, out, lse, 0.25, 7, 0, None, None, 0, 0,
-                                                       True, True, 0.2, seed))
+    check_operators_with(*make_qkv(1, 2, 1, 17, 23, 16, F16), dropout_p=0.2, seed=next_seed("cpu"))
 
 
 def test_a_batch_launched_in_chunks_keeps_one_mask(monkeypatch):
