@@ -5,7 +5,9 @@ The other kernel tests pick their shapes by hand, one awkward feature at a time.
 at once, from the values where tiles, masks and loops change behaviour: lengths just either side of a tile
 edge, windows that are empty on one side or wider than the sequence, GQA groups of 1 to 4, sequences and
 caches of length zero, a cache's keys split between programs (with scores that sometimes climb towards the
-newest keys, so later slices outweigh earlier ones), every dtype. Each case is drawn from its
+newest keys, so later slices outweigh earlier ones), every dtype; and on top of the fixed-length and packed
+shapes, the scores changed by a softcap, ALiBi slopes (per head or per sequence and head), or both. Each
+case is drawn from its
 seed alone, and its test id spells it out, so a failure can be rerun and read without the generator. They
 are checked with the same helpers and tolerance rule as the hand-picked cases.
 """
@@ -17,17 +19,18 @@ import random
 import pytest
 import torch
 from test_kernels import case_id
-from test_kernels_common import check_case
+from test_kernels_alibi import alibi_bias, geometric_slopes
+from test_kernels_common import assert_matches_by_rule, check_case, make_qkv, reference, torch_same_dtype
 from test_kernels_kvcache import check_kvcache_case
 from test_kernels_varlen import check_varlen_case
 
-from attn_course.kernels import _variants
+from attn_course.kernels import _variants, flash_attention
 
 DTYPES = (torch.float32, torch.float32, torch.float16, torch.bfloat16)  # float32 twice: the tightest check
 LENGTHS = (1, 2, 15, 16, 17, 31, 33, 63, 64, 65, 97)  # either side of the 16/32/64-row tile edges
 WINDOWS = ((-1, -1), (-1, -1), (0, 0), (0, -1), (-1, 0), (3, -1), (-1, 2), (5, 7), (40, 0), (200, 200))
 VARIANTS = ("pointer", "tma")
-SEEDS = {"fixed": 8, "packed": 6, "cache": 8}  # cases drawn per entry point (each run through both variants)
+SEEDS = {"fixed": 8, "packed": 6, "cache": 8, "scored": 8}  # cases drawn per kind (each run through both variants)
 GPU_SEEDS = {"fixed": range(100, 106), "packed": range(100, 104), "cache": range(100, 106)}  # test_kernels_gpu's
 
 
@@ -145,6 +148,49 @@ def test_random_cache_cases(case, splits, recency, variant, monkeypatch):
     check_kvcache_case(case, num_splits=splits, recency=recency)
 
 
+SOFTCAPS = (0.0, 1.5, 5.0, 30.0)
+ALIBI = (None, "H", "BH")  # no slopes, one per head, one per (sequence, head)
+
+
+def scored_case(seed: int) -> tuple:
+    """``(fixed-length case, softcap, alibi)``: a :func:`fixed_case`-like shape whose scores are capped, biased
+    by ALiBi, or both (never neither)."""
+    rnd = random.Random(6000 + seed)
+    softcap, alibi = rnd.choice(SOFTCAPS), rnd.choice(ALIBI)
+    if not softcap and alibi is None:
+        alibi = rnd.choice(ALIBI[1:])
+    return fixed_case(6000 + seed), softcap, alibi
+
+
+def scored_id(x) -> str:
+    return x if isinstance(x, str) or x is None else f"cap{x:g}" if isinstance(x, float) else case_id(x)
+
+
+def check_scored_case(case, softcap, alibi, device="cpu"):
+    """The kernel's out and gradients with the softcap and slopes against the float32 reference with the same
+    cap and the bias as an additive mask (queries scaled by 3, so that scores reach past small caps)."""
+    B, H, H_kv, T_q, T_k, D, causal, window, dtype = case
+    q, k, v = make_qkv(B, H, H_kv, T_q, T_k, D, torch.float32, device=device)
+    q, k, v = (x.to(dtype) for x in (q * 3, k, v))
+    slopes = None if alibi is None else geometric_slopes(H, B if alibi == "BH" else None, device)
+    bias = None if slopes is None else alibi_bias(slopes, T_q, T_k)
+    dout = torch.randn(B, H, T_q, D, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    out = flash_attention(*leaves, causal=causal, window=window, softcap=softcap, alibi_slopes=slopes)
+    got = torch.autograd.grad(out, leaves, dout)
+    assert_matches_by_rule("", out, got, (q, k, v), dout,
+                           lambda q, k, v: reference(q, k, v, causal, window, softcap=softcap, bias=bias),
+                           lambda q, k, v: torch_same_dtype(q, k, v, causal, window, softcap=softcap, bias=bias),
+                           dtype)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case,softcap,alibi", [scored_case(s) for s in range(SEEDS["scored"])], ids=scored_id)
+def test_random_cases_with_a_softcap_and_alibi(case, softcap, alibi, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_scored_case(case, softcap, alibi)
+
+
 def test_the_draws_cover_what_they_promise():
     """The seeds in use do reach the edges named above (a generator change that lost them fails here)."""
     fixed = [fixed_case(s) for s in range(SEEDS["fixed"])]
@@ -163,3 +209,7 @@ def test_the_draws_cover_what_they_promise():
     recency = [cache_recency(s) for s in range(SEEDS["cache"])]
     split_recency = {r > 0 for n, r in zip(splits, recency, strict=True) if n > 1}
     assert split_recency == {True, False}  # split cases with and without climbing scores
+    scored = [scored_case(s) for s in range(SEEDS["scored"])]
+    caps, slopes = {c for _, c, _ in scored}, {a for _, _, a in scored}
+    assert slopes == set(ALIBI) and 0.0 in caps and len(caps) >= 3 and any(c and a for _, c, a in scored)
+    assert {c[-1] for c, _, _ in scored} == {torch.float32, torch.float16, torch.bfloat16}
