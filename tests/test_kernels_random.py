@@ -191,6 +191,14 @@ def test_random_cases_with_a_softcap_and_alibi(case, softcap, alibi, variant, mo
     check_scored_case(case, softcap, alibi)
 
 
+@pytest.mark.parametrize("case,softcap,alibi", [
+    ((1, 2, 1, 29, 29, 256, True, (-1, -1), torch.bfloat16), 5.0, "BH"),  # the widest head dim: other tiles
+    ((2, 4, 2, 23, 31, 80, False, (7, 3), torch.float16), 2.0, "H"),  # a padded head dim (tiles of 128)
+], ids=scored_id)
+def test_a_softcap_and_alibi_at_the_widest_and_a_padded_head_dim(case, softcap, alibi):
+    check_scored_case(case, softcap, alibi)
+
+
 def test_the_draws_cover_what_they_promise():
     """The seeds in use do reach the edges named above (a generator change that lost them fails here)."""
     fixed = [fixed_case(s) for s in range(SEEDS["fixed"])]
