@@ -149,9 +149,10 @@ def kernel_window(window, causal: bool) -> tuple[int, int]:
     return (UNBOUNDED if left < 0 else min(left, UNBOUNDED)), (UNBOUNDED if right < 0 else min(right, UNBOUNDED))
 
 
-def check_fixed(q, k, v) -> None:
+def check_fixed(q, k, v, same_batch: bool = True) -> None:
     """q ``[B, H, T_q, D]``, k and v ``[B, H_kv, T_k, D]``. Empty ``B``, ``H``, ``T_q`` or ``T_k`` are
-    allowed (an empty batch on one rank, a sequence with no cached keys yet): see ``_ops.nothing_to_compute``."""
+    allowed (an empty batch on one rank, a sequence with no cached keys yet): see ``_ops.nothing_to_compute``.
+    ``same_batch=False``: k and v may hold another number of sequences (a cache indexed by ``cache_batch_idx``)."""
     _require_tensors(q=q, k=k, v=v)
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.dim() != 4:
@@ -164,7 +165,7 @@ def check_fixed(q, k, v) -> None:
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape [B, H_kv, T_k, D], got {tuple(k.shape)} and "
                          f"{tuple(v.shape)}")
-    if q.shape[0] != k.shape[0]:
+    if same_batch and q.shape[0] != k.shape[0]:
         raise ValueError(f"q and k must have the same batch size B, got q {tuple(q.shape)}, k {tuple(k.shape)}")
     _check_heads(q.shape[1], k.shape[1])
     if max(q.shape[2], k.shape[2]) >= UNBOUNDED:
@@ -305,12 +306,13 @@ def _check_writable(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
                          "new keys. Give each cache its own tensor")
 
 
-def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
-    """q ``[B, H, T_q, D]``, a cache ``k_cache``, ``v_cache`` ``[B, H_kv, T_cache, D]``, new ``k``, ``v``
-    ``[B, H_kv, T_new, D]`` (both or neither) and ``cache_seqlens`` (an int, ``B`` ints, or ``None`` for
-    a full cache). Returns the int32 cache lengths ``[B]`` on q's device."""
-    check_fixed(q, k_cache, v_cache)
-    B, H_kv, T_cache, D = k_cache.shape
+def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, same_batch: bool = True):
+    """q ``[B, H, T_q, D]``, a cache ``k_cache``, ``v_cache`` ``[B, H_kv, T_cache, D]`` (any number of rows
+    when not ``same_batch``: a cache indexed by ``cache_batch_idx``), new ``k``, ``v`` ``[B, H_kv, T_new, D]``
+    (both or neither) and ``cache_seqlens`` (an int, ``B`` ints, or ``None`` for a full cache). Returns the
+    int32 cache lengths ``[B]`` on q's device, and on the host (``None`` where they cannot be read now)."""
+    check_fixed(q, k_cache, v_cache, same_batch)
+    B, (_, H_kv, T_cache, D) = q.shape[0], k_cache.shape
     if (k is None) != (v is None):
         raise ValueError("give both k and v (new keys and values to append to the cache), or neither")
     T_new = 0
@@ -328,7 +330,7 @@ def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
         if T_new:
             _check_writable(k_cache, v_cache)
     if cache_seqlens is None:
-        return torch.full((B,), T_cache, dtype=torch.int32, device=q.device)
+        return torch.full((B,), T_cache, dtype=torch.int32, device=q.device), torch.full((B,), T_cache)
     def check_lengths(x):
         check_shape(x)
         if (x < 0).any() or (x + T_new > T_cache).any():
@@ -344,8 +346,59 @@ def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v) -> torch.Tensor:
     n = integer_scalar(cache_seqlens)
     if n is not None:
         check_lengths(torch.tensor([n]).expand(B))
-        return torch.full((B,), n, dtype=torch.int32, device=q.device)
+        return torch.full((B,), n, dtype=torch.int32, device=q.device), torch.full((B,), n)
     if not isinstance(cache_seqlens, torch.Tensor):
         raise TypeError(f"cache_seqlens must be an int or a tensor of B ints, got {type(cache_seqlens).__name__}")
-    host_checked(cache_seqlens, check_lengths, check_shape, ("cache_seqlens", B, T_cache, T_new), "cache_seqlens")
-    return cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+    host = host_checked(cache_seqlens, check_lengths, check_shape, ("cache_seqlens", B, T_cache, T_new),
+                        "cache_seqlens")
+    return cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous(), host
+
+
+def check_cache_map(cache_batch_idx, cache_leftpad, lengths, B: int, B_cache: int, T_cache: int, appending: bool,
+                    device):
+    """flash-attn's ``cache_batch_idx`` (the cache's row of each of the ``B`` sequences, ``None``: row ``b``)
+    and ``cache_leftpad`` (where each sequence's keys start in its row, ``None``: 0), as int32 ``[B]`` tensors
+    on ``device``. The rows must exist, and be distinct when new keys are appended (two sequences would write
+    one row); a sequence's first key is at most its cache length (``lengths``, read on the host, or ``None``)."""
+    def shape_of(name):
+        def check_shape(x):
+            if not _is_integer_vector(x) or x.numel() != B:
+                raise ValueError(f"{name} must be a 1-D integer tensor of B = {B} entries, got {x.dtype} of shape "
+                                 f"{tuple(x.shape)}")
+        return check_shape
+
+    def check_rows(x):
+        shape_of("cache_batch_idx")(x)
+        if ((x < 0) | (x >= B_cache)).any():
+            raise ValueError(f"cache_batch_idx must hold rows of the cache, in [0, {B_cache - 1}], got {x.tolist()}")
+        if appending and x.unique().numel() != B:
+            raise ValueError(f"cache_batch_idx must not repeat a row when k and v are appended (two sequences "
+                             f"would write the same cache row), got {x.tolist()}")
+        return x
+
+    def check_starts(x):
+        shape_of("cache_leftpad")(x)
+        if ((x < 0) | (x > T_cache)).any():
+            raise ValueError(f"cache_leftpad must hold first positions in [0, {T_cache}], got {x.tolist()}")
+        return x
+
+    rows, starts = torch.arange(B, dtype=torch.int32, device=device), torch.zeros(B, dtype=torch.int32, device=device)
+    if cache_batch_idx is not None:
+        if not isinstance(cache_batch_idx, torch.Tensor):
+            raise TypeError(f"cache_batch_idx must be a tensor of B = {B} ints, got {type(cache_batch_idx).__name__}")
+        host_checked(cache_batch_idx, check_rows, shape_of("cache_batch_idx"), ("cache_batch_idx", B, B_cache,
+                                                                                  appending), "cache_batch_idx")
+        rows = cache_batch_idx.to(device=device, dtype=torch.int32).contiguous()
+    elif B != B_cache:
+        raise ValueError(f"q has B = {B} sequences and the cache {B_cache} rows: pass cache_batch_idx to say which "
+                         f"row each sequence uses")
+    if cache_leftpad is not None:
+        if not isinstance(cache_leftpad, torch.Tensor):
+            raise TypeError(f"cache_leftpad must be a tensor of B = {B} ints, got {type(cache_leftpad).__name__}")
+        host = host_checked(cache_leftpad, check_starts, shape_of("cache_leftpad"), ("cache_leftpad", B, T_cache),
+                            "cache_leftpad")
+        if host is not None and lengths is not None and (host > lengths).any():
+            raise ValueError(f"cache_leftpad must not pass cache_seqlens (keys run from cache_leftpad[b] to "
+                             f"cache_seqlens[b]), got {host.tolist()} and {lengths.tolist()}")
+        starts = cache_leftpad.to(device=device, dtype=torch.int32).contiguous()
+    return rows, starts

@@ -79,14 +79,15 @@ def compile_launch(fn, args, kwargs, target=HOPPER):
 
 def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, T_q: int | None = None,
                      num_splits: int = 1, seqused_k=None, varlen: bool = False, dropout_p: float = 0.0,
-                     softcap: float = 0.0, alibi: bool = False):
+                     softcap: float = 0.0, alibi: bool = False, cache_map=None):
     """The forward launches the wrapper makes for ``[2, 4, T_q, D]`` queries (``T_q`` defaults to ``T``) and
     2 key/value heads of length ``T``, causal, with ``variant`` forced and the autotuner off (``config``:
     the tile shape, else the default one): the forward kernel, then, with ``num_splits > 1``, the kernel
     that combines the key slices (``flash_split``). ``seqused_k``: per-sequence key counts (a cache).
     ``varlen``: the same tokens as one packed batch of two sequences of unequal lengths (:func:`_packed`).
     ``dropout_p > 0``: with attention dropout (``flash_dropout``); ``softcap > 0``: with logit soft-capping
-    (``flash_softcap``); ``alibi``: with ALiBi slopes per (sequence, head) (``flash_alibi``)."""
+    (``flash_softcap``); ``alibi``: with ALiBi slopes per (sequence, head) (``flash_alibi``); ``cache_map``:
+    each sequence's cache row and first key (int32 ``(rows, starts)``, with ``seqused_k``)."""
     fwd = kernel_module("flash_fwd", CUDA)
     q, k, v = (torch.randn(2, h, t, D).to(dtype) for h, t in ((4, T_q or T), (2, T), (2, T)))
     packed = {}
@@ -97,7 +98,8 @@ def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, 
 
     def run():
         fwd.attn_fwd_launch(q, k, v, scale=D ** -0.5, window=CAUSAL, num_splits=num_splits, seqused_k=seqused_k,
-                            softcap=softcap, alibi_slopes=_slopes(alibi), **_dropout(dropout_p), **packed)
+                            softcap=softcap, alibi_slopes=_slopes(alibi), cache_map=cache_map, **_dropout(dropout_p),
+                            **packed)
 
     combines = []
     with _variants.settings(kernel=variant, autotune=False), _default_config(fwd, config):

@@ -40,6 +40,7 @@ from attn_course.masks import check_window
 from . import _ops
 from ._checks import (
     check_alibi,
+    check_cache_map,
     check_dropout,
     check_fixed,
     check_kvcache,
@@ -205,7 +206,7 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
                             scale: float | None = None, window=(-1, -1), softcap: float = 0.0, alibi_slopes=None,
                             num_splits: int = 0,
                             rotary_cos=None, rotary_sin=None, rotary_interleaved: bool = True,
-                            return_lse: bool = False):
+                            cache_batch_idx=None, cache_leftpad=None, return_lse: bool = False):
     """Attention against a key/value cache, for generation (flash-attn's ``flash_attn_with_kvcache``, in
     this package's ``[B, H, T, D]`` layout). Inference only: no gradient.
 
@@ -229,6 +230,12 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
             and the queries too (at the same positions when causal or windowed, else all at
             ``cache_seqlens``), as flash-attn does; ``rotary_interleaved`` picks GPT-J's pairing of dims
             (``True``, flash-attn's default) or GPT-NeoX's. See ``kernels/rotary.py``.
+        cache_batch_idx: int ``[B]``, the cache row of each sequence (``None``: row ``b``), as flash-attn's:
+            the caches may then hold more rows than q has sequences (a pool of slots, each sequence in one);
+            new keys and values go into those rows, which must then be distinct.
+        cache_leftpad: int ``[B]``, where each sequence's keys start in its row (``None``: 0), as
+            flash-attn's: keys ``cache_leftpad[b] ... cache_seqlens[b] + T_new - 1``, positions counted from
+            there (a batch of prompts padded on the left, say). Not with rotary embeddings.
 
     Returns:
         ``out [B, H, T_q, D]``, or ``(out, lse [B, H, T_q])``.
@@ -242,24 +249,31 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
         raise ValueError("flash_attention_kvcache is for inference and has no gradient (as flash-attn's "
                          "flash_attn_with_kvcache); call it under torch.no_grad(), or train with flash_attention")
     q, k, v = autocast_inputs(q, k, v)  # (the caches are never cast: they are written in place)
-    lengths = check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v)  # (B,) int32 before appending
+    # (B,) int32 before appending; the cache's rows: check_cache_map
+    lengths, host_lengths = check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, same_batch=False)
+    mapped = cache_batch_idx is not None or cache_leftpad is not None
+    rows, starts = check_cache_map(cache_batch_idx, cache_leftpad, host_lengths, q.shape[0], k_cache.shape[0],
+                                   k_cache.shape[2], k is not None and k.shape[2] > 0, q.device)
     num_splits = check_num_splits(num_splits)
     scale, softcap = check_scale(scale, q.shape[-1]), check_softcap(softcap)
     alibi_slopes = check_alibi(alibi_slopes, q.shape[0], q.shape[1], q.device)
     kernel_side = kernel_window(window, causal)
     if rotary_cos is not None or rotary_sin is not None:
+        if cache_leftpad is not None:
+            raise ValueError("rotary embeddings with cache_leftpad are not implemented: rotate q and k to their "
+                             "positions yourself, or keep each sequence's cache starting at position 0")
         q, k = _rotated(q, k, lengths, rotary_cos, rotary_sin, rotary_interleaved, T_cache=k_cache.shape[2],
                         distinct_q=causal or check_window(window) != (-1, -1))
     if k is not None and k.shape[2] > 0:
         T_new = k.shape[2]
-        rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1)
+        cache_rows = rows.to(device=k.device, dtype=torch.long)[:, None]  # (B, 1): each sequence's row
         positions = lengths[:, None] + torch.arange(T_new, device=k.device)  # (B, T_new); lengths on k's device
         # indexing (B, 1) x all heads x (B, T_new) selects (B, T_new, H_kv, D): k as (B, T_new, H_kv, D)
-        k_cache[rows, :, positions] = k.transpose(1, 2)
-        v_cache[rows, :, positions] = v.transpose(1, 2)
+        k_cache[cache_rows, :, positions] = k.transpose(1, 2)
+        v_cache[cache_rows, :, positions] = v.transpose(1, 2)
         lengths = lengths + T_new
     out, lse = _ops.forward(q, k_cache, v_cache, scale, kernel_side, None, lengths, num_splits, softcap=softcap,
-                            alibi_slopes=alibi_slopes)
+                            alibi_slopes=alibi_slopes, cache_map=(rows, starts) if mapped else None)
     return (out, lse) if return_lse else out
 
 

@@ -29,12 +29,12 @@ softmax scale and attend uniformly, without an error.
 
 ``dropout_p`` is attention dropout as flash-attn applies it (``kernels/flash_dropout.py``: a fresh mask per
 call from PyTorch's generator, never stored), and ``softcap`` its logit soft-capping, ``softcap * tanh(s /
-softcap)`` on every scaled score (``kernels/flash_softcap.py``; ``0.0`` or ``None``: none). What the kernels
-take ``alibi_slopes`` as flash-attn does too (``kernels/flash_alibi.py``). What they do not implement is
-refused by name rather than ignored: ``block_table`` (paged key/value caches); for the cache, also
-``cache_batch_idx`` and ``cache_leftpad``. The cache's rotary
-embeddings (``rotary_cos``, ``rotary_sin``, ``rotary_interleaved``) are applied as flash-attn applies them,
-in PyTorch before the launch (``rotary``). ``num_splits`` splits each row's keys between programs as
+softcap)`` on every scaled score (``kernels/flash_softcap.py``; ``0.0`` or ``None``: none). The kernels
+take ``alibi_slopes`` as flash-attn does too (``kernels/flash_alibi.py``), and the cache its
+``cache_batch_idx`` and ``cache_leftpad``. What they do not implement is refused by name rather than
+ignored: ``block_table`` (paged key/value caches). The cache's rotary embeddings (``rotary_cos``,
+``rotary_sin``, ``rotary_interleaved``) are applied as flash-attn applies them, in PyTorch before the
+launch (``rotary``). ``num_splits`` splits each row's keys between programs as
 flash-attn does (``flash_split``: faster decoding when the batch is too small to fill the GPU; 0 lets the
 kernel choose). ``deterministic`` is accepted and changes nothing: the backward pass never uses atomics,
 so it is always deterministic.
@@ -137,12 +137,6 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
                                   return_attn_probs)
 
 
-_CACHE_REFUSALS = {  # flash_attn_with_kvcache's arguments the kernels lack -> what to do instead
-    "cache_batch_idx": "pass the caches' rows in q's batch order",
-    "cache_leftpad": "keep each sequence's cache starting at position 0",
-}
-
-
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
                             cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
@@ -152,10 +146,6 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     into the caches in place first. Returns out ``[B, T_q, H, D]``, or ``(out, softmax_lse [B, H, T_q])``.
     See :func:`attn_course.kernels.flash_attention_kvcache`; what is refused is in the module docstring."""
     _refuse_unsupported(block_table)
-    given = dict(cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad)
-    for name, how in _CACHE_REFUSALS.items():
-        if given[name] is not None:
-            raise ValueError(f"{name}: not implemented in these kernels; {how}, and pass None")
     new = [None if x is None else swap_seq_and_heads(x, name)
            for x, name in ((k, "k"), (v, "v"))]  # (B, H_kv, T_new, D) views
     q, k_cache, v_cache = (swap_seq_and_heads(x, name) for x, name in ((q, "q"), (k_cache, "k_cache"),
@@ -164,6 +154,6 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                                   window=window_size, softcap=_cap(softcap), alibi_slopes=alibi_slopes,
                                   num_splits=num_splits,
                                   rotary_cos=rotary_cos, rotary_sin=rotary_sin, rotary_interleaved=rotary_interleaved,
-                                  return_lse=True)
+                                  cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, return_lse=True)
     out = swap_seq_and_heads(res[0])  # (B, T_q, H, D)
     return (out, res[1]) if return_softmax_lse else out

@@ -127,6 +127,7 @@ def _attn_fwd(
     desc_q, desc_k, desc_v, desc_o,  # tensor descriptors over q, k, v, out when TMA (else unused)
     cu_seqlens_q, cu_seqlens_k,  # int32 (B + 1,) sequence starts when IS_VARLEN (then the batch strides are 0)
     seqused_k,  # int32 (B,) keys each sequence uses when HAS_SEQUSED_K (a key/value cache filled so far)
+    cache_batch_idx, cache_leftpad,  # int32 (B,) each sequence's cache row and first key when CACHE_MAP
     T_q, T_k,  # lengths for a fixed-length batch (ignored when IS_VARLEN)
     TUNE_T_Q, TUNE_T_K,  # the lengths rounded up to a power of two: the autotuner's key, unused here
     H, GROUP,  # number of query heads; query heads per key/value head (1 = MHA, H = MQA)
@@ -142,6 +143,7 @@ def _attn_fwd(
     BLOCK_N: tl.constexpr,  # keys per loop step
     IS_VARLEN: tl.constexpr,
     HAS_SEQUSED_K: tl.constexpr,  # sequence b sees only its first seqused_k[b] keys
+    CACHE_MAP: tl.constexpr,  # ... of cache row cache_batch_idx[b], and only from key cache_leftpad[b] on
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr,
     TMA: tl.constexpr,  # tiles through the descriptors (packed batches: one [1, H, total_T, D] view each)
     WARP_SPEC: tl.constexpr,  # one masked key loop, warp-specialised by the compiler
@@ -172,6 +174,12 @@ def _attn_fwd(
     k_start, T_k = seq_bounds(cu_seqlens_k, b, T_k, IS_VARLEN)
     if HAS_SEQUSED_K:  # a cache: keys past the filled part are never read (masked loads: see TAIL)
         T_k = tl.minimum(tl.load(seqused_k + b), T_k)
+    kb = b  # the keys' and values' batch row
+    if CACHE_MAP:  # keys [leftpad, seqused) of another row of the cache (see flash_attention_kvcache)
+        kb = tl.load(cache_batch_idx + b)
+        k_start = tl.load(cache_leftpad + b)
+        T_k = T_k - k_start
+    tkb = desc_batch(kb, IS_VARLEN)  # (their coordinate in the descriptors)
     m_start = pid_m * BLOCK_M
     if IS_VARLEN:  # (a constexpr guard: an early return would defeat the warp-specialisation pass)
         rows = T_q
@@ -182,8 +190,8 @@ def _attn_fwd(
 
     b64, h64 = b.to(tl.int64), h.to(tl.int64)  # 64-bit offsets: B * H * T * D can exceed 2^31
     Q += b64 * stride_qb + h64 * stride_qh + q_start.to(tl.int64) * stride_qt
-    K += b64 * stride_kb + h_kv.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kt
-    V += b64 * stride_vb + h_kv.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vt
+    K += kb.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kt
+    V += kb.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vt
     Out += b64 * stride_ob + h64 * stride_oh + q_start.to(tl.int64) * stride_ot
     Lse += b64 * stride_lb + h64 * stride_lh + q_start.to(tl.int64) * stride_lt
     if SPLIT_K:
@@ -235,7 +243,7 @@ def _attn_fwd(
         # kernel with one key loop and no branch inside it (a runtime `if` to skip the mask on full
         # tiles fails to compile, as do two loops); the mask costs a few integer ops per score
 
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tkb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, hi, T_q, T_k, window_left, window_right, qk_scale, cap,
                                    slopes, seed, drop_rows, dropout_p,
@@ -243,26 +251,26 @@ def _attn_fwd(
                                    INTERP_BF16, IEEE, TMA, True, WIDE)
     else:  # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
         tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)  # (hi unless TAIL; full tiles never overhang)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tkb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
                                    slopes, seed, drop_rows, dropout_p,
                                    HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI,
                                    INTERP_BF16, IEEE, TMA, False, WIDE)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tkb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    a, b_full, T_q, T_k, window_left, window_right, qk_scale, cap,
                                    slopes, seed, drop_rows, dropout_p,
                                    HEAD_DIM, D_REAL, BLOCK_N, False, DROPOUT, SOFTCAP, ALIBI,
                                    INTERP_BF16, IEEE, TMA, False, WIDE)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tkb, h_kv, k_start,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
                                    slopes, seed, drop_rows, dropout_p,
                                    HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI,
                                    INTERP_BF16, IEEE, TMA, False, WIDE)
         if TAIL:  # the tile that overhangs the keys' end, if any: through masked pointer loads
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tb, h_kv, k_start,
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tkb, h_kv, k_start,
                                        stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                        tail, hi, T_q, T_k, window_left, window_right, qk_scale, cap,
                                        slopes, seed, drop_rows, dropout_p,
@@ -454,7 +462,7 @@ def _strides(x: torch.Tensor, ndim: int):
 
 def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
                     max_seqlen_k=None, seqused_k=None, num_splits=0, dropout_p=0.0, dropout_seed=None, softcap=0.0,
-                    alibi_slopes=None, blocks=None):
+                    alibi_slopes=None, cache_map=None, blocks=None):
     """Run the forward kernel. Inputs are already checked by :mod:`attn_course.kernels.flash_attention`.
 
     Fixed length: q ``[B, H, T_q, D]``, k, v ``[B, H_kv, T_k, D]`` -> out like q, lse ``[B, H, T_q]``;
@@ -465,7 +473,9 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
     (int64 ``[1]`` on q's device; ``None``: no dropout): see ``flash_dropout``; a packed batch's counters
     then run over ``max_seqlen_q x max_seqlen_k``. ``softcap > 0``: scores capped smoothly at
     ``+-softcap`` (see ``flash_softcap``). ``alibi_slopes``: float32 ``[B, H]`` or ``[H]``, ALiBi's slopes
-    (see ``flash_alibi``). ``blocks``: the interpreter's tiles.
+    (see ``flash_alibi``). ``cache_map``: ``None`` or int32 ``(cache_batch_idx, cache_leftpad)``, each ``[B]``
+    (with ``seqused_k``): sequence ``b`` reads keys ``cache_leftpad[b] ... seqused_k[b] - 1`` of the cache's
+    row ``cache_batch_idx[b]``. ``blocks``: the interpreter's tiles.
     """
     varlen = cu_seqlens_q is not None
     if varlen:
@@ -503,6 +513,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
     drop_R, drop_C = (max_seqlen_q, max_seqlen_k or 0) if varlen else (T_q, T_k)  # (see flash_dropout.counters)
     tile_d = head_dim_tile(D)  # (D itself, unless it is padded to a power of two)
     flags = dict(HEAD_DIM=tile_d, D_REAL=D, IS_VARLEN=varlen, HAS_SEQUSED_K=seqused_k is not None,
+                 CACHE_MAP=cache_map is not None,
                  INTERP_BF16=interp_bf16, IEEE=q.dtype == torch.float32, SPLIT_K=splits > 1, PACK_GQA=pack,
                  DROPOUT=dropout, SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, targets[0][:, 0] if splits > 1 else out))
@@ -524,6 +535,9 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         for b0, b1 in batch_chunks(B):  # (one launch unless B passes the grid's limit)
             tensors, cus = batch_part(b0, b1, (q, k, v, *targets), (cu_seqlens_q, cu_seqlens_k) if varlen else None)
             used = tensors[0] if seqused_k is None else seqused_k[b0:b1]  # (b1 - b0,) or a placeholder
+            mapped = (used, used) if cache_map is None else (cache_map[0][b0:b1], cache_map[1][b0:b1])
+            if cache_map is not None:  # the whole cache: sequences pick their rows (cache_batch_idx)
+                tensors = (tensors[0], k, v, *tensors[3:])
             described = (*tensors[:3], out[b0:b1] if splits > 1 else tensors[3])  # desc_o: over out, always
             descs = _variants.descriptors(described, [tiles[block] for _, block in _DESCRIPTORS], tile_d, variant)
 
@@ -532,8 +546,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
 
             drop = launch_args(dropout_seed if dropout else None, dropout_p, H, drop_R, drop_C, b0, used)
             alibi = alibi_args(alibi_slopes, b0, b1, used)  # (the slopes' rows of these sequences)
-            kernel[grid](*tensors, *strides, *descs, *cus, used, *scalars, *drop, *alibi, **flags, TMA=variant.tma,
-                         **meta)
+            kernel[grid](*tensors, *strides, *descs, *cus, used, *mapped, *scalars, *drop, *alibi, **flags,
+                         TMA=variant.tma, **meta)
             if splits > 1:
                 flash_split.combine_splits(*tensors[3:], out[b0:b1], lse[b0:b1],
                                            launch_grid(T_q, flash_split.COMBINE_ROWS, H, b1 - b0), INTERPRET)

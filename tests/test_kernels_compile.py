@@ -311,6 +311,19 @@ FEATURES = {"DROPOUT": dict(dropout_p=0.1), "SOFTCAP": dict(softcap=30.0),  # (t
             "ALIBI": dict(alibi=True)}  # arguments of _compile's launches)
 
 
+@pytest.mark.parametrize("variant", ["pointer", "tma"])
+def test_a_decoding_step_in_mapped_cache_rows_compiles_for_hopper(variant):
+    """A cache indexed by ``cache_batch_idx`` and ``cache_leftpad`` (``CACHE_MAP``: two loads, another row and
+    first key): the decoding forward, split and with packed GQA rows, compiles for sm_90, mma.sync as usual."""
+    used = torch.tensor([100, 200], dtype=torch.int32)
+    cache_map = (torch.tensor([1, 0], dtype=torch.int32), torch.tensor([7, 0], dtype=torch.int32))
+    (fn, args, kwargs), _ = forward_launches(variant, torch.bfloat16, 128, T_q=1, num_splits=3, seqused_k=used,
+                                             cache_map=cache_map)
+    assert kwargs["CACHE_MAP"] and kwargs["PACK_GQA"] and kwargs["SPLIT_K"]
+    check_ptx(fn, compile_launch(fn, args, dict(kwargs), HOPPER), tma=variant == "tma", tensor_cores=True,
+              narrow=True)
+
+
 @pytest.mark.parametrize("feature", FEATURES)
 @pytest.mark.parametrize("variant", list(_variants.VARIANTS))
 def test_dropout_softcap_and_alibi_compile_for_hopper(variant, feature):

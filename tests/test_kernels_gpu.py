@@ -31,7 +31,7 @@ from test_kernels_empty import EMPTY, check_empty, launches  # noqa: F401 (launc
 from test_kernels_head_dims import case_id as head_dims_case_id
 from test_kernels_head_dims import check_padded_cache, check_padded_case, check_padded_varlen
 from test_kernels_kvcache import case_id as kvcache_case_id
-from test_kernels_kvcache import check_kvcache_case, make_cache
+from test_kernels_kvcache import check_cache_map, check_kvcache_case, make_cache
 from test_kernels_random import GPU_SEEDS, cache_draw_id, cache_draws, fixed_case, packed_draw_id, packed_draws
 from test_kernels_rotary import check_generation_with_rotary
 from test_kernels_runtime import check_bfloat16_output_rounds_to_nearest
@@ -558,3 +558,10 @@ def test_alibi_on_the_gpu_packed_cached_and_with_dropout():
     check_alibi_varlen("cuda")
     check_alibi_cache(3, "cuda", T_cache=4096)
     check_alibi_with_dropout("cuda")
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:2])
+def test_sequences_in_mapped_cache_rows_compiled(variant):
+    """``cache_batch_idx`` and ``cache_leftpad``, compiled: a split decoding step and a three-token chunk."""
+    check_cache_map(3, "cuda", variant, dtype=torch.bfloat16)
+    check_cache_map(0, "cuda", variant, dtype=torch.float16, T_q=3, T_new=3)

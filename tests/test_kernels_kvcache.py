@@ -208,6 +208,77 @@ def test_bad_cache_arguments_are_named(kwargs, error, match):
         flash_attention_kvcache(**_kv(**kwargs))
 
 
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(cache_batch_idx=torch.tensor([0, 2])), ValueError, r"cache_batch_idx must hold rows of the cache, in "
+                                                             r"\[0, 1\], got \[0, 2\]"),
+    (dict(cache_batch_idx=torch.tensor([1, 1])), ValueError, "must not repeat a row when k and v are appended"),
+    (dict(cache_batch_idx=torch.tensor([1])), ValueError, "cache_batch_idx must be a 1-D integer tensor of B = 2"),
+    (dict(cache_batch_idx=[1, 0]), TypeError, "cache_batch_idx must be a tensor of B = 2 ints, got list"),
+    (dict(cache_leftpad=torch.tensor([4, 0])), ValueError, r"cache_leftpad must not pass cache_seqlens .*got "
+                                                          r"\[4, 0\] and \[3, 7\]"),
+    (dict(cache_leftpad=torch.tensor([0, 9])), ValueError, r"cache_leftpad must hold first positions in \[0, 8\]"),
+    (dict(cache_leftpad=torch.tensor([1, 0]), rotary_cos=torch.ones(8, 8), rotary_sin=torch.zeros(8, 8)),
+     ValueError, "rotary embeddings with cache_leftpad are not implemented"),
+    (dict(k_cache=torch.zeros(3, 2, 8, 16), v_cache=torch.zeros(3, 2, 8, 16)), ValueError,
+     "q has B = 2 sequences and the cache 3 rows: pass cache_batch_idx"),
+])
+def test_bad_cache_rows_and_starts_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match), torch.no_grad():
+        flash_attention_kvcache(**_kv(**kwargs))
+
+
+def check_cache_map(num_splits, device="cpu", variant="auto", dtype=F32, T_q=1, T_new=1):
+    """Three sequences in a pool of five cache rows (``cache_batch_idx``), each row's keys starting at its own
+    position (``cache_leftpad``, the positions before it NaN, as the unfilled tails): the new keys go into the
+    sequences' rows only, and each sequence attends to keys ``leftpad ... length + T_new - 1`` of its row,
+    positions counted from ``leftpad``, against attention on those keys alone."""
+    B, H, H_kv, T_cache, D = 3, 4, 2, 100, 32
+    rows, starts, lengths = [4, 0, 1], [3, 0, 10], [9, 0, 90]  # (the last: whole key tiles, through TMA too)
+    row_lengths = [lengths[rows.index(r)] if r in rows else T_cache for r in range(5)]
+    k_cache, v_cache = make_cache(5, H_kv, T_cache, D, row_lengths, dtype, device)
+    for r, first in zip(rows, starts, strict=True):
+        k_cache[r, :, :first] = v_cache[r, :, :first] = float("nan")  # (before its first key: never read)
+    others = [r for r in range(5) if r not in rows]
+    untouched = [k_cache[r].clone() for r in others]
+    q, k, v = make_qkv(B, H, H_kv, T_q, T_new, D, dtype, device=device, seed=1)
+    as_tensor = lambda x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
+    with torch.no_grad(), _variants.settings(kernel=variant):
+        out, lse = flash_attention_kvcache(q, k_cache, v_cache, as_tensor(lengths), k, v, causal=True,
+                                           num_splits=num_splits, cache_batch_idx=as_tensor(rows),
+                                           cache_leftpad=as_tensor(starts), return_lse=True)
+    for b, (r, n) in enumerate(zip(rows, lengths, strict=True)):
+        assert torch.equal(k_cache[r, :, n:n + T_new], k[b]), f"sequence {b}'s new keys are not in cache row {r}"
+    assert all(torch.equal(k_cache[r], was) for r, was in zip(others, untouched, strict=True)), "another row written"
+    seen = torch.full((B, H_kv, T_cache, D), float("nan"), dtype=dtype, device=device)  # each sequence's keys ...
+    seen_v = seen.clone()
+    for b, (r, first) in enumerate(zip(rows, starts, strict=True)):  # ... moved to start at position 0
+        seen[b, :, :T_cache - first], seen_v[b, :, :T_cache - first] = k_cache[r, :, first:], v_cache[r, :, first:]
+    check_against_each_sequence(q, seen, seen_v, [n + T_new - f for n, f in zip(lengths, starts, strict=True)],
+                                True, NONE, out, lse, dtype)
+
+
+@pytest.mark.parametrize("num_splits,variant,T_q,T_new", [(1, "auto", 1, 1), (3, "auto", 1, 1), (3, "tma", 1, 1),
+                                                          (0, "auto", 2, 0), (0, "tma", 3, 3)])
+def test_sequences_in_their_own_cache_rows_from_their_own_first_key(num_splits, variant, T_q, T_new):
+    check_cache_map(num_splits, variant=variant, T_q=T_q, T_new=T_new)
+
+
+def test_flash_attn_with_kvcache_takes_cache_rows_and_starts():
+    """flash-attn's layout: the same as attending to each sequence's keys, gathered by hand; a row read by two
+    sequences (no new keys) is fine."""
+    B, H, H_kv, T_cache, D = 2, 4, 2, 24, 16
+    k_cache, v_cache = (torch.randn(3, T_cache, H_kv, D, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    q = torch.randn(B, 1, H, D, generator=torch.Generator().manual_seed(3))  # (B, T_q, H, D)
+    rows, starts, lengths = torch.tensor([2, 2], dtype=torch.int32), torch.tensor([5, 0], dtype=torch.int32), [20, 7]
+    with torch.no_grad():
+        out = flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=torch.tensor(lengths, dtype=torch.int32),
+                                      cache_batch_idx=rows, cache_leftpad=starts, causal=True)
+    for b in range(B):
+        keys, values = (swap_seq_and_heads(c[2:3, starts[b]:lengths[b]]) for c in (k_cache, v_cache))
+        want = reference(swap_seq_and_heads(q[b:b + 1]), keys, values, True)
+        assert max_err(swap_seq_and_heads(out[b:b + 1]), want) < 2e-5, f"sequence {b}"
+
+
 @pytest.mark.parametrize("shared", ["expanded k_cache", "expanded v_cache", "one tensor for both"])
 def test_appending_into_a_cache_whose_positions_share_memory_is_refused_untouched(shared):
     """An ``expand()``ed cache (one prompt's keys shared by a batch) or one tensor passed as both caches
@@ -268,8 +339,6 @@ def test_a_cache_call_that_would_need_a_gradient_is_refused():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(cache_batch_idx=torch.tensor([1, 0])), "cache_batch_idx: not implemented"),
-    (dict(cache_leftpad=torch.tensor([0, 1])), "cache_leftpad: not implemented"),
     (dict(block_table=torch.zeros(2, 1)), "block_table: paged"),
     (dict(softcap=-5.0), "softcap must be a finite number >= 0"),
     (dict(num_splits=-1), "num_splits must be an int >= 0"),
