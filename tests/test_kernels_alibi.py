@@ -27,7 +27,7 @@ from test_kernels_common import (
 )
 from test_kernels_dropout import dropped_attention
 from test_kernels_kvcache import make_cache
-from test_kernels_varlen import packed, per_sequence
+from test_kernels_varlen import check_packed_with, packed, per_sequence
 
 from attn_course.kernels import (
     _variants,
@@ -165,25 +165,11 @@ def test_a_batch_launched_in_chunks_reads_each_sequences_own_slopes(monkeypatch)
 
 
 def check_alibi_varlen(device="cpu", variant="auto"):
-    """Three packed sequences (one with no query), GQA, causal, slopes per (sequence, head): each sequence
-    against the reference with its own lengths' bias, and its own row of slopes."""
-    lens_q, lens_k, H, H_kv, D, dtype = [5, 0, 33], [9, 23, 33], 4, 2, 32, F16
-    (q, cu_q), (k, cu_k), (v, _), (dout, _) = (packed(lens, h, D, dtype, seed) for lens, h, seed in (
-        (lens_q, H, 0), (lens_k, H_kv, 1), (lens_k, H_kv, 2), (lens_q, H, 3)))
-    q, k, v, dout, cu_q, cu_k = (x.to(device) for x in (q, k, v, dout, cu_q, cu_k))
-    slopes = geometric_slopes(H, 3, device)
-    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    with _variants.settings(kernel=variant):
-        out = flash_attention_varlen(*leaves, cu_q, cu_k, max(lens_q), max(lens_k), causal=True, alibi_slopes=slopes)
-        got = torch.autograd.grad(out, leaves, dout)
-    for b in (0, 2):
-        bias = alibi_bias(slopes[b], lens_q[b], lens_k[b])
-        qb, kb, vb, gb = (per_sequence(x, c, b) for x, c in ((q, cu_q), (k, cu_k), (v, cu_k), (dout, cu_q)))
-        assert_matches_by_rule(f"of sequence {b}", per_sequence(out, cu_q, b),
-                               [per_sequence(g, cu, b) for g, cu in zip(got, (cu_q, cu_k, cu_k), strict=True)],
-                               (qb, kb, vb), gb, lambda q, k, v, bias=bias: reference(q, k, v, True, bias=bias),
-                               lambda q, k, v, bias=bias: torch_same_dtype(q, k, v, True, bias=bias), dtype)
-    assert not per_sequence(got[1], cu_k, 1).any(), "a sequence with no query gives its keys no gradient"
+    """Packed sequences with slopes per (sequence, head) (see ``check_packed_with``): each sequence against
+    the reference with its own lengths' bias and its own row of slopes."""
+    slopes = geometric_slopes(4, 3, device)
+    check_packed_with(device, variant, dict(alibi_slopes=slopes),
+                      lambda b, n_q, n_k: dict(bias=alibi_bias(slopes[b], n_q, n_k)))
 
 
 @pytest.mark.parametrize("variant", ["auto", "tma"])

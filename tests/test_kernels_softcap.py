@@ -26,7 +26,7 @@ from test_kernels_common import (
 )
 from test_kernels_dropout import dropped_attention
 from test_kernels_kvcache import make_cache
-from test_kernels_varlen import packed, per_sequence
+from test_kernels_varlen import check_packed_with
 
 from attn_course import attention
 from attn_course.kernels import (
@@ -131,23 +131,8 @@ def test_a_huge_cap_changes_nothing_and_a_tiny_one_makes_keys_equally_likely():
 
 
 def check_softcap_varlen(device="cpu", variant="auto"):
-    """Three packed sequences (one with no query), GQA, causal, a cap of 3: each sequence against the reference."""
-    lens_q, lens_k, H, H_kv, D, dtype, cap = [5, 0, 33], [9, 23, 33], 4, 2, 32, F16, 3.0
-    (q, cu_q), (k, cu_k), (v, _), (dout, _) = (packed(lens, h, D, F32, seed) for lens, h, seed in (
-        (lens_q, H, 0), (lens_k, H_kv, 1), (lens_k, H_kv, 2), (lens_q, H, 3)))
-    q, k, v, dout = (x.to(device, dtype) for x in (q * BOOST, k, v, dout))
-    cu_q, cu_k = cu_q.to(device), cu_k.to(device)
-    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    with _variants.settings(kernel=variant):
-        out = flash_attention_varlen(*leaves, cu_q, cu_k, max(lens_q), max(lens_k), causal=True, softcap=cap)
-        got = torch.autograd.grad(out, leaves, dout)
-    for b in (0, 2):
-        qb, kb, vb, gb = (per_sequence(x, c, b) for x, c in ((q, cu_q), (k, cu_k), (v, cu_k), (dout, cu_q)))
-        assert_matches_by_rule(f"of sequence {b}", per_sequence(out, cu_q, b),
-                               [per_sequence(g, cu, b) for g, cu in zip(got, (cu_q, cu_k, cu_k), strict=True)],
-                               (qb, kb, vb), gb, lambda q, k, v: reference(q, k, v, True, softcap=cap),
-                               lambda q, k, v: torch_same_dtype(q, k, v, True, softcap=cap), dtype)
-    assert not per_sequence(got[1], cu_k, 1).any(), "a sequence with no query gives its keys no gradient"
+    """Packed sequences with a cap of 3 (see ``check_packed_with``)."""
+    check_packed_with(device, variant, dict(softcap=3.0), lambda b, n_q, n_k: dict(softcap=3.0), q_scale=BOOST)
 
 
 @pytest.mark.parametrize("variant", ["auto", "tma"])
