@@ -17,7 +17,6 @@ import pytest
 import torch
 from test_kernels_autograd import assert_compiled_matches_eager, check_operators_with
 from test_kernels_common import (
-    assert_close_by_rule,
     assert_matches_by_rule,
     make_qkv,
     max_err,
@@ -26,14 +25,13 @@ from test_kernels_common import (
     torch_same_dtype,
 )
 from test_kernels_dropout import dropped_attention
-from test_kernels_kvcache import make_cache
+from test_kernels_kvcache import check_decoding_step_with
 from test_kernels_varlen import check_packed_with, packed, per_sequence
 
 from attn_course.kernels import (
     _variants,
     dropout_mask,
     flash_attention,
-    flash_attention_kvcache,
     flash_attention_varlen,
     flash_attn_func,
     flash_attn_varlen_func,
@@ -178,22 +176,11 @@ def test_alibi_in_a_packed_batch(variant):
 
 
 def check_alibi_cache(num_splits, device="cpu", variant="auto", dtype=BF16, T_cache=96):
-    """One decoding step with GQA: the 4 query heads of a key/value head are rows of one program, each with
-    its own slope; caches of three lengths (NaN past them), ``num_splits`` slices of the keys combined."""
-    B, H, H_kv, D, lengths = 3, 8, 2, 64, [0, 41, T_cache - 1]
-    k_cache, v_cache = make_cache(B, H_kv, T_cache, D, lengths, dtype, device)
-    q, k, v = make_qkv(B, H, H_kv, 1, 1, D, dtype, device=device, seed=1)
-    slopes = geometric_slopes(H, B, device)
-    seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
-    with torch.no_grad(), _variants.settings(kernel=variant):
-        out, lse = flash_attention_kvcache(q, k_cache, v_cache, seqlens, k, v, causal=True, alibi_slopes=slopes,
-                                           num_splits=num_splits, return_lse=True)
-    for b, n in enumerate(n + 1 for n in lengths):  # (each with its new key appended)
-        qb, kb, vb = q[b:b + 1], k_cache[b:b + 1, :, :n], v_cache[b:b + 1, :, :n]  # (1, H or H_kv, T, D)
-        bias = alibi_bias(slopes[b], 1, n)
-        assert_close_by_rule(f"out of sequence {b}", out[b:b + 1], reference(qb, kb, vb, True, bias=bias),
-                             torch_same_dtype(qb, kb, vb, True, bias=bias), dtype)
-        assert max_err(lse[b:b + 1], reference_lse(qb, kb, True, bias=bias)) < 1e-2
+    """A decoding step with slopes per (sequence, head): each packed GQA row loads its own head's slope (see
+    ``check_decoding_step_with``)."""
+    slopes = geometric_slopes(8, 3, device)
+    check_decoding_step_with(num_splits, device, variant, dtype, dict(alibi_slopes=slopes),
+                             lambda b, n: dict(bias=alibi_bias(slopes[b], 1, n)), T_cache=T_cache)
 
 
 @pytest.mark.parametrize("num_splits,variant", [(1, "auto"), (3, "auto"), (3, "tma")])

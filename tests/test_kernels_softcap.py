@@ -16,7 +16,6 @@ import torch
 from test_kernels_autograd import assert_compiled_matches_eager, check_operators_with
 from test_kernels_common import (
     allowed_mask,
-    assert_close_by_rule,
     assert_matches_by_rule,
     make_qkv,
     max_err,
@@ -25,7 +24,7 @@ from test_kernels_common import (
     torch_same_dtype,
 )
 from test_kernels_dropout import dropped_attention
-from test_kernels_kvcache import make_cache
+from test_kernels_kvcache import check_decoding_step_with, make_cache
 from test_kernels_varlen import check_packed_with
 
 from attn_course import attention
@@ -141,21 +140,9 @@ def test_softcap_in_a_packed_batch(variant):
 
 
 def check_softcap_cache(num_splits, device="cpu", variant="auto", dtype=BF16):
-    """One decoding step with GQA (query heads packed into one program's rows), caches of three lengths
-    (NaN past them), ``num_splits`` slices of the keys combined, a cap of 2."""
-    B, H, H_kv, T_cache, D, lengths, cap = 3, 8, 2, 96, 64, [0, 41, 95], 2.0
-    k_cache, v_cache = make_cache(B, H_kv, T_cache, D, lengths, dtype, device)
-    q, k, v = boosted_qkv(B, H, H_kv, 1, 1, D, dtype, device, seed=1)
-    seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
-    with torch.no_grad(), _variants.settings(kernel=variant):
-        out, lse = flash_attention_kvcache(q, k_cache, v_cache, seqlens, k, v, causal=True, softcap=cap,
-                                           num_splits=num_splits, return_lse=True)
-    for b, n in enumerate(n + 1 for n in lengths):  # (each with its new key appended)
-        qb, kb, vb = q[b:b + 1], k_cache[b:b + 1, :, :n], v_cache[b:b + 1, :, :n]  # (1, H or H_kv, T, D)
-        want = reference(qb, kb, vb, True, softcap=cap)
-        assert_close_by_rule(f"out of sequence {b}", out[b:b + 1], want,
-                             torch_same_dtype(qb, kb, vb, True, softcap=cap), dtype)
-        assert max_err(lse[b:b + 1], reference_lse(qb, kb, True, softcap=cap)) < 1e-2
+    """A decoding step with a cap of 2 (see ``check_decoding_step_with``)."""
+    check_decoding_step_with(num_splits, device, variant, dtype, dict(softcap=2.0), lambda b, n: dict(softcap=2.0),
+                             q_scale=BOOST)
 
 
 @pytest.mark.parametrize("num_splits,variant", [(1, "auto"), (3, "auto"), (3, "tma")])
