@@ -187,6 +187,14 @@ def tile_of(c: triton.Config) -> tuple[int, int, int, int]:
     return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages
 
 
+def feature_spills(table: dict, key, **features) -> list:
+    """The tiles ``table`` lists at ``key`` (a head dim, or ``(kernel, head dim)``) for the features switched on
+    in ``features``: ``table`` maps a feature's constexpr (``DROPOUT``, ``SOFTCAP``, ``ALIBI``) to the tiles
+    that spill with it, and ``features`` is a launch's constexprs (others are ignored), as the autotuner's
+    pruning step gets them. With several features on, every list they name (the pairs are not surveyed)."""
+    return [t for name, by_key in table.items() if features.get(name) for t in by_key.get(key, [])]
+
+
 def launch_plan(interpreted: bool, *, interpreter_meta: dict, default: triton.Config):
     """``(tiles, meta, tune)`` for one launch: the block sizes to build descriptors with, the launch's
     extra keyword arguments, and whether to go through the autotuner (whose pre-hook then resets the

@@ -432,16 +432,10 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
 }
 
 
-def feature_spills(kernel: str, D: int, **features) -> list[tuple[int, int, int, int]]:
-    """The tiles of :data:`FEATURE_SPILLS` for ``kernel`` at head dim ``D`` for the features switched on in
-    ``features`` (``DROPOUT=True``, ``SOFTCAP=True``; other keywords are ignored)."""
-    return [t for name, lists in FEATURE_SPILLS.items() if features.get(name) for t in lists.get((kernel, D), [])]
-
-
 def prune_for_features(kernel: str, configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
-    """A launch with dropout or a softcap (``DROPOUT``, ``SOFTCAP``) skips the tiles of :data:`FEATURE_SPILLS`
-    (all of them, if none is left)."""
-    spills = feature_spills(kernel, kwargs["HEAD_DIM"], **kwargs)
+    """A launch with dropout, a softcap or ALiBi (``DROPOUT``, ``SOFTCAP``, ``ALIBI``) skips the tiles of
+    :data:`FEATURE_SPILLS` (all of them, if none is left)."""
+    spills = _variants.feature_spills(FEATURE_SPILLS, (kernel, kwargs["HEAD_DIM"]), **kwargs)
     return [c for c in configs if _variants.tile_of(c) not in spills] or configs
 
 
@@ -481,12 +475,12 @@ def configs(kernel: str, variant: _variants.Variant, D: int) -> list[triton.Conf
 
 def default_config(kernel: str, D: int, itemsize: int, packed: bool = False, **features) -> triton.Config:
     """The config used when autotuning is off: the first candidate for 16-bit inputs (no spills at any
-    head dim), or for a packed batch through pointers (``packed``) or with ``DROPOUT=True`` or
-    ``SOFTCAP=True`` the first that does not spill there; smaller tiles for float32, whose tiles take twice
-    the registers and shared memory."""
+    head dim), or for a packed batch through pointers (``packed``) or with ``DROPOUT``, ``SOFTCAP`` or ``ALIBI``
+    on in ``features`` (the launch's constexprs) the first that does not spill there; smaller tiles for
+    float32, whose tiles take twice the registers and shared memory."""
     if itemsize == 2:
         spills = PACKED_POINTER_SPILLS.get((kernel, D), []) if packed else []
-        spills = spills + feature_spills(kernel, D, **features)
+        spills = spills + _variants.feature_spills(FEATURE_SPILLS, (kernel, D), **features)
         return _variants.config(*next(t for t in candidate_tiles(kernel, D) if t not in spills))
     if D > 128:  # float32 at D = 256: the least spilling tiles on sm_90 (16 and 8 bytes)
         return _variants.config(16, 32, 8 if kernel == "dkdv" else 4, 2)
@@ -547,10 +541,9 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
         plan += [("dq", _bwd_dq, T_q, "BLOCK_M", (H, H // H_kv))] if need_dq else []
         for name, kernel, T, block, heads in plan:
             packed = varlen and not variant.tma
-            default = default_config(name, tile_d, q.element_size(), packed, DROPOUT=dropout, SOFTCAP=softcap > 0,
-                                     ALIBI=alibi_slopes is not None)
             tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
-                                                      default=default)
+                                                      default=default_config(name, tile_d, q.element_size(), packed,
+                                                                             **flags))
             if tune:
                 kernel = _variants.autotuned(kernel, variant, configs(name, variant, tile_d), tag=D,
                                              prune=functools.partial(prune, name, not variant.tma))

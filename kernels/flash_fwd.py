@@ -396,20 +396,14 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
 }
 
 
-def feature_spills(D: int, **features) -> list[tuple[int, int, int, int, bool]]:
-    """The tiles of :data:`FEATURE_SPILLS` at head dim ``D`` (the tiles' width) for the features switched on
-    in ``features`` (``DROPOUT=True``, ``SOFTCAP=True``; other keywords are ignored); ``[]`` where none."""
-    return [t for name, by_dim in FEATURE_SPILLS.items() if features.get(name) for t in by_dim.get(D, [])]
-
-
 def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
     """The autotuner's pruning step: for ``T_q <= DECODE_ROWS`` (by the tuning key's rounded length) only
-    the 16-row decoding tiles, otherwise only the others, and with dropout or a softcap (``DROPOUT``,
-    ``SOFTCAP``: constexprs the autotuner passes as keywords) none of their :data:`FEATURE_SPILLS`; the
-    autotuner then times what is left."""
+    the 16-row decoding tiles, otherwise only the others, and with dropout, a softcap or ALiBi (``DROPOUT``,
+    ``SOFTCAP``, ``ALIBI``: constexprs the autotuner passes as keywords) none of their :data:`FEATURE_SPILLS`;
+    the autotuner then times what is left."""
     decoding = is_decoding(nargs["TUNE_T_Q"])
     kept = [c for c in configs if (c.kwargs["BLOCK_M"] == DECODE_ROWS) == decoding]
-    spills = feature_spills(kwargs["HEAD_DIM"], **kwargs)
+    spills = _variants.feature_spills(FEATURE_SPILLS, kwargs["HEAD_DIM"], **kwargs)
     return [c for c in kept if (*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) not in spills] or kept
 
 
@@ -417,11 +411,12 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
                    **features) -> triton.Config:
     """The one config used when autotuning is off: 16-row tiles for ``T_q <= DECODE_ROWS`` (decoding); else
     big query tiles for 16-bit inputs, smaller ones where float32 or a wide head would overflow shared
-    memory, and the warp-specialised variant with WS on. With ``DROPOUT=True`` or ``SOFTCAP=True`` (16-bit
-    inputs), the first candidate that does not spill then (:data:`FEATURE_SPILLS`)."""
+    memory, and the warp-specialised variant with WS on. ``features``: the launch's constexprs; with
+    ``DROPOUT``, ``SOFTCAP`` or ``ALIBI`` on (16-bit inputs), the first candidate that does not spill then
+    (:data:`FEATURE_SPILLS`)."""
     if T_q is not None and is_decoding(T_q):
         return _variants.config(*(decode_tiles(D)[0] if itemsize == 2 else FLOAT32_DECODE_TILE), WARP_SPEC=False)
-    spills = feature_spills(D, **features)
+    spills = _variants.feature_spills(FEATURE_SPILLS, D, **features)
     if itemsize == 2 and spills:
         ws = variant.warp_specialize
         tile = next(t for t in candidate_tiles(D, ws) if (*t, ws) not in spills)
@@ -526,8 +521,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
                                 WARP_SPEC=variant.warp_specialize and not decoding)
         tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=interpreter_meta,
                                                   default=default_config(variant, tile_d, q.element_size(), T_q,
-                                                                         DROPOUT=dropout, SOFTCAP=softcap > 0,
-                                                                         ALIBI=alibi_slopes is not None))
+                                                                         **flags))
         kernel = _attn_fwd
         if tune:  # (SPLIT_K in the key: a slice has fewer keys to walk)
             kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, tile_d), tag=D,
