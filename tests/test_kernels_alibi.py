@@ -18,18 +18,16 @@ import torch
 from test_kernels_autograd import assert_compiled_matches_eager, check_operators_with
 from test_kernels_common import (
     assert_matches_by_rule,
+    check_changed_scores,
     make_qkv,
     max_err,
     reference,
-    reference_lse,
-    torch_same_dtype,
 )
 from test_kernels_dropout import dropped_attention
 from test_kernels_kvcache import check_decoding_step_with
 from test_kernels_varlen import check_packed_with, packed, per_sequence
 
 from attn_course.kernels import (
-    _variants,
     dropout_mask,
     flash_attention,
     flash_attention_varlen,
@@ -90,21 +88,7 @@ def check_alibi_case(case, device="cpu", variant="auto", softcap=0.0):
     slopes = geometric_slopes(H, B if per_seq else None, device)
     bias = alibi_bias(slopes, T_q, T_k)
     assert_the_bias_matters(q, k, v, causal, window, bias)
-    dout = torch.randn(B, H, T_q, D, generator=torch.Generator().manual_seed(1)).to(device, dtype)
-    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    with _variants.settings(kernel=variant):
-        out, lse = flash_attention(*leaves, causal=causal, window=window, alibi_slopes=slopes, softcap=softcap,
-                                   return_lse=True)
-        got = torch.autograd.grad(out, leaves, dout)
-    assert out.shape == q.shape and out.dtype == dtype
-    assert_matches_by_rule("", out, got, (q, k, v), dout,
-                           lambda q, k, v: reference(q, k, v, causal, window, softcap=softcap, bias=bias),
-                           lambda q, k, v: torch_same_dtype(q, k, v, causal, window, softcap=softcap, bias=bias),
-                           dtype)
-    want_lse = reference_lse(q, k, causal, window, softcap=softcap, bias=bias)
-    assert torch.equal(torch.isneginf(lse), torch.isneginf(want_lse))
-    finite = torch.isfinite(want_lse)
-    assert max_err(lse[finite], want_lse[finite]) < 1e-4, "lse must be the logsumexp of the biased scores"
+    check_changed_scores(q, k, v, causal, window, dtype, variant, softcap=softcap, alibi_slopes=slopes, bias=bias)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

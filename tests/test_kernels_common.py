@@ -139,6 +139,31 @@ def assert_matches_by_rule(label, out, got, inputs, dout, ref_fn, same_fn, dtype
         assert_close_by_rule(f"{name}{suffix}", g, w, b, dtype)
 
 
+def check_changed_scores(q, k, v, causal, window, dtype, variant=None, softcap=0.0, alibi_slopes=None, bias=None):
+    """``flash_attention`` with a softcap and/or ALiBi slopes on ``(q, k, v)`` against the float32 reference
+    with the same cap and ``bias`` (the slopes' bias, built by the test from its definition) as an additive
+    mask: out and gradients by the tolerance rule, lse within 1e-4 (``-inf`` exactly where the reference's
+    is). ``variant``: the kernel variant to force (``None``: as set)."""
+    from attn_course.kernels import _variants, flash_attention
+
+    B, H, T_q, D = q.shape
+    dout = torch.randn(B, H, T_q, D, generator=torch.Generator().manual_seed(1)).to(q.device, dtype)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    with _variants.settings(kernel=variant):
+        out, lse = flash_attention(*leaves, causal=causal, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+                                   return_lse=True)
+        got = torch.autograd.grad(out, leaves, dout)
+    assert out.shape == q.shape and out.dtype == dtype
+    assert_matches_by_rule("", out, got, (q, k, v), dout,
+                           lambda q, k, v: reference(q, k, v, causal, window, softcap=softcap, bias=bias),
+                           lambda q, k, v: torch_same_dtype(q, k, v, causal, window, softcap=softcap, bias=bias),
+                           dtype)
+    want_lse = reference_lse(q, k, causal, window, softcap=softcap, bias=bias)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(want_lse))
+    finite = torch.isfinite(want_lse)
+    assert max_err(lse[finite], want_lse[finite]) < 1e-4, "lse must be the logsumexp of the changed scores"
+
+
 def check_case(case, device="cpu"):
     """The kernel's ``out`` and ``(dq, dk, dv)`` on ``case = (B, H, H_kv, T_q, T_k, D, causal, window,
     dtype)`` against the float32 reference, by the tolerance rule, with shapes and dtypes checked."""

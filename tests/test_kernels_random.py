@@ -20,11 +20,11 @@ import pytest
 import torch
 from test_kernels import case_id
 from test_kernels_alibi import alibi_bias, geometric_slopes
-from test_kernels_common import assert_matches_by_rule, check_case, make_qkv, reference, torch_same_dtype
+from test_kernels_common import check_case, check_changed_scores, make_qkv
 from test_kernels_kvcache import check_kvcache_case
 from test_kernels_varlen import check_varlen_case
 
-from attn_course.kernels import _variants, flash_attention
+from attn_course.kernels import _variants
 
 DTYPES = (torch.float32, torch.float32, torch.float16, torch.bfloat16)  # float32 twice: the tightest check
 LENGTHS = (1, 2, 15, 16, 17, 31, 33, 63, 64, 65, 97)  # either side of the 16/32/64-row tile edges
@@ -167,21 +167,14 @@ def scored_id(x) -> str:
 
 
 def check_scored_case(case, softcap, alibi, device="cpu"):
-    """The kernel's out and gradients with the softcap and slopes against the float32 reference with the same
-    cap and the bias as an additive mask (queries scaled by 3, so that scores reach past small caps)."""
+    """The kernel's out, gradients and lse with the softcap and slopes against the float32 reference with the
+    same cap and the bias as an additive mask (queries scaled by 3, so that scores reach past small caps)."""
     B, H, H_kv, T_q, T_k, D, causal, window, dtype = case
     q, k, v = make_qkv(B, H, H_kv, T_q, T_k, D, torch.float32, device=device)
     q, k, v = (x.to(dtype) for x in (q * 3, k, v))
     slopes = None if alibi is None else geometric_slopes(H, B if alibi == "BH" else None, device)
     bias = None if slopes is None else alibi_bias(slopes, T_q, T_k)
-    dout = torch.randn(B, H, T_q, D, generator=torch.Generator().manual_seed(1)).to(device, dtype)
-    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    out = flash_attention(*leaves, causal=causal, window=window, softcap=softcap, alibi_slopes=slopes)
-    got = torch.autograd.grad(out, leaves, dout)
-    assert_matches_by_rule("", out, got, (q, k, v), dout,
-                           lambda q, k, v: reference(q, k, v, causal, window, softcap=softcap, bias=bias),
-                           lambda q, k, v: torch_same_dtype(q, k, v, causal, window, softcap=softcap, bias=bias),
-                           dtype)
+    check_changed_scores(q, k, v, causal, window, dtype, softcap=softcap, alibi_slopes=slopes, bias=bias)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -17,11 +17,11 @@ from test_kernels_autograd import assert_compiled_matches_eager, check_operators
 from test_kernels_common import (
     allowed_mask,
     assert_matches_by_rule,
+    check_changed_scores,
     make_qkv,
     max_err,
     reference,
     reference_lse,
-    torch_same_dtype,
 )
 from test_kernels_dropout import dropped_attention
 from test_kernels_kvcache import check_decoding_step_with, make_cache
@@ -29,7 +29,6 @@ from test_kernels_varlen import check_packed_with
 
 from attn_course import attention
 from attn_course.kernels import (
-    _variants,
     dropout_mask,
     flash_attention,
     flash_attention_kvcache,
@@ -78,19 +77,7 @@ def check_softcap_case(case, device="cpu", variant="auto"):
     q, k, v = boosted_qkv(B, H, H_kv, T_q, T_k, D, dtype, device)
     if cap < 10:
         assert_the_cap_matters(q, k, v, causal, window, cap)
-    dout = torch.randn(B, H, T_q, D, generator=torch.Generator().manual_seed(1)).to(device, dtype)
-    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    with _variants.settings(kernel=variant):
-        out, lse = flash_attention(*leaves, causal=causal, window=window, softcap=cap, return_lse=True)
-        got = torch.autograd.grad(out, leaves, dout)
-    assert out.shape == q.shape and out.dtype == dtype
-    assert_matches_by_rule("", out, got, (q, k, v), dout,
-                           lambda q, k, v: reference(q, k, v, causal, window, softcap=cap),
-                           lambda q, k, v: torch_same_dtype(q, k, v, causal, window, softcap=cap), dtype)
-    want_lse = reference_lse(q, k, causal, window, softcap=cap)
-    assert torch.equal(torch.isneginf(lse), torch.isneginf(want_lse))
-    finite = torch.isfinite(want_lse)
-    assert max_err(lse[finite], want_lse[finite]) < 1e-4, "lse must be the logsumexp of the capped scores"
+    check_changed_scores(q, k, v, causal, window, dtype, variant, softcap=cap)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
