@@ -1,7 +1,9 @@
 """What every tile shape the autotuner may try costs on Hopper, measured without a GPU.
 
 Each config of each kernel (forward: ``pointer``, ``tma``, ``tma+ws``; the forward's 16-row decoding tiles,
-``decode``, for one query against a 4096-key cache split in 4 slices: ``pointer``, ``tma``; backward dK/dV
+``decode``, for one query against a 4096-key cache split in 4 slices: ``pointer``, ``tma``; the same on a
+paged cache of 16-row pages, ``decode paged``, and a packed batch against one, ``forward varlen paged``:
+``pointer``, the only variant they run; backward dK/dV
 and dQ: ``pointer``, ``tma``; and the forward, dK/dV and dQ of a packed (varlen) batch, ``forward varlen``
 etc.: ``pointer``, ``tma``, at D = 64 and 128 and, for the forward, 256; and with attention dropout,
 ``forward dropout`` etc., logit soft-capping, ``forward softcap`` etc., or ALiBi, ``forward alibi`` etc.,
@@ -62,6 +64,9 @@ def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):
             out += [("forward", "tma+ws", dtype, D, tuple(t), True) for t in fwd.candidate_tiles(D, True)]
             for variant in ("pointer", "tma"):
                 out += [("decode", variant, dtype, D, tuple(t), False) for t in fwd.decode_tiles(D)]
+            out += [("decode paged", "pointer", dtype, D, tuple(t), False) for t in fwd.decode_tiles(D)]
+            out += [("forward varlen paged", "pointer", dtype, D, tuple(t), False)
+                    for t in fwd.candidate_tiles(D, False)]
             for part in ("dkdv", "dq"):
                 for variant in ("pointer", "tma"):
                     out += [(part, variant, dtype, D, tuple(t), False) for t in bwd.candidate_tiles(part, D)]
@@ -89,14 +94,16 @@ def measure(job) -> dict:
     row = {"part": part, "variant": variant, "dtype": dtype_name, "D": D, "tile": list(tile)}
     try:
         part, _, suffix = part.partition(" ")
-        varlen, extra = suffix == "varlen", FEATURES.get(suffix, {})
+        varlen, extra = suffix.startswith("varlen"), FEATURES.get(suffix, {})
+        page_size = 16 if suffix.endswith("paged") else None
         if part == "forward":
             (fn, args, kwargs), = forward_launches(variant, dtype, D, config=_variants.config(*tile, WARP_SPEC=ws),
-                                                   varlen=varlen, **extra)
+                                                   varlen=varlen, page_size=page_size, **extra)
         elif part == "decode":
             used = torch.tensor([4096, 100], dtype=torch.int32)
             (fn, args, kwargs), _ = forward_launches(variant, dtype, D, T=4096, T_q=1, num_splits=4, seqused_k=used,
-                                                     config=_variants.config(*tile, WARP_SPEC=False))
+                                                     config=_variants.config(*tile, WARP_SPEC=False),
+                                                     page_size=page_size)
         else:
             launches = backward_launches(variant, dtype, D, config=_variants.config(*tile), varlen=varlen, **extra)
             (fn, args, kwargs), = [c for c in launches if c[0].__name__ == f"_bwd_{part}"]
@@ -112,7 +119,7 @@ def flags(row) -> list[str]:
     found = []
     if row["spill_stack_bytes"]:
         found.append(f"spills {row['spill_stack_bytes']} B")
-    if row["HGMMA"] == 0 and not (row["part"] == "decode" and row["HMMA"]):  # (16 rows: mma.sync by design)
+    if row["HGMMA"] == 0 and not (row["part"].startswith("decode") and row["HMMA"]):  # (16 rows: mma.sync by design)
         found.append("no wgmma" + (" (HMMA)" if row["HMMA"] else ""))
     from attn_course.kernels._compile import HOPPER_SHARED_MEMORY
 

@@ -172,8 +172,9 @@ def check_fixed(q, k, v, same_batch: bool = True) -> None:
         raise ValueError(f"sequences must be shorter than {UNBOUNDED} tokens")
 
 
-def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
-    """Packed q ``[total_q, H, D]``, k and v ``[total_k, H_kv, D]``; returns
+def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, paged: bool = False):
+    """Packed q ``[total_q, H, D]``, k and v ``[total_k, H_kv, D]`` (``paged``: pools of pages ``[num_pages,
+    H_kv, page_size, D]``, whose positions :func:`check_block_table` checks); returns
     ``(cu_q, cu_k, max_q, max_k, used_q, used_k)``: int32 contiguous ``cu_seqlens`` on q's device (the
     caller's own tensors when they already are), the longest lengths as Python ints (NumPy integers are
     accepted), and the rows the sequences use, ``cu_seqlens[-1]`` (``None`` when its values cannot be read
@@ -182,14 +183,17 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     ``cu_seqlens`` that live on a GPU costs, and when it is skipped."""
     _require_tensors(q=q, k=k, v=v)
     for name, x in (("q", q), ("k", k), ("v", v)):
-        if x.dim() != 3:
+        if paged and name != "q" and x.dim() != 4:
+            raise ValueError(f"{name} must be 4-D [num_pages, H_kv, page_size, D] with a block_table (a pool of "
+                             f"pages), got shape {tuple(x.shape)}")
+        if x.dim() != 3 and not (paged and name != "q"):
             raise ValueError(
                 f"{name} must be 3-D [total_T, H, D] (packed sequences, end to end), got shape {tuple(x.shape)}"
             )
     _check_common(q, k, v, "[total_T, H, D]")
     if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape [total_k, H_kv, D], got {tuple(k.shape)} and "
-                         f"{tuple(v.shape)}")
+        layout = "[num_pages, H_kv, page_size, D]" if paged else "[total_k, H_kv, D]"
+        raise ValueError(f"k and v must have the same shape {layout}, got {tuple(k.shape)} and {tuple(v.shape)}")
     _check_heads(q.shape[1], k.shape[1])
     cus, maxes, used = [], [], []
     for name, cu, x, max_len in (("cu_seqlens_q", cu_seqlens_q, q, max_seqlen_q),
@@ -207,8 +211,8 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
             raise ValueError(f"{name}: {e}") from None
         # (during CUDA graph capture the rows used stay unknown: a replay may bring cu_seqlens of another length)
         used.append(None if host is None or capturing(q) else int(host[-1]))
-        if host is not None:  # the values are known: check them against the tensors
-            if used[-1] > x.shape[0]:
+        if host is not None:  # the values are known: check them against the tensors (pages: check_block_table)
+            if used[-1] > x.shape[0] and not (paged and x is k):
                 raise ValueError(f"{name} ends at token {used[-1]} but {name[-1]} holds only {x.shape[0]} packed "
                                  f"tokens: {host.tolist()}")
             longest = int((host[1:] - host[:-1]).max())
@@ -216,6 +220,8 @@ def check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
                 raise ValueError(f"max_seqlen for {name} is {max_len} but its longest sequence has {longest} "
                                  f"tokens")
         cus.append(cu if isinstance(cu, torch.Tensor) and cu.device == q.device else host)
+    if paged:
+        used[1] = None  # (a pool's pages are not a padding tail)
     if cus[0].numel() != cus[1].numel():
         raise ValueError(
             f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
@@ -306,13 +312,16 @@ def _check_writable(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
                          "new keys. Give each cache its own tensor")
 
 
-def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, same_batch: bool = True):
+def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, same_batch: bool = True, T_cache: int | None = None):
     """q ``[B, H, T_q, D]``, a cache ``k_cache``, ``v_cache`` ``[B, H_kv, T_cache, D]`` (any number of rows
-    when not ``same_batch``: a cache indexed by ``cache_batch_idx``), new ``k``, ``v`` ``[B, H_kv, T_new, D]``
-    (both or neither) and ``cache_seqlens`` (an int, ``B`` ints, or ``None`` for a full cache). Returns the
-    int32 cache lengths ``[B]`` on q's device, and on the host (``None`` where they cannot be read now)."""
+    when not ``same_batch``: a cache indexed by ``cache_batch_idx``, or a pool of pages), new ``k``, ``v``
+    ``[B, H_kv, T_new, D]`` (both or neither) and ``cache_seqlens`` (an int, ``B`` ints, or ``None`` for a full
+    cache). ``T_cache``: the positions a sequence can hold, if not the cache's third dim (a paged cache's
+    pages per sequence times their size). Returns the int32 cache lengths ``[B]`` on q's device, and on the
+    host (``None`` where they cannot be read now)."""
     check_fixed(q, k_cache, v_cache, same_batch)
-    B, (_, H_kv, T_cache, D) = q.shape[0], k_cache.shape
+    B, (_, H_kv, T_rows, D) = q.shape[0], k_cache.shape
+    T_cache = T_rows if T_cache is None else T_cache
     if (k is None) != (v is None):
         raise ValueError("give both k and v (new keys and values to append to the cache), or neither")
     T_new = 0
@@ -352,6 +361,65 @@ def check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, same_batch: bool = T
     host = host_checked(cache_seqlens, check_lengths, check_shape, ("cache_seqlens", B, T_cache, T_new),
                         "cache_seqlens")
     return cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous(), host
+
+
+def block_table_width(block_table, B: int) -> int:
+    """The pages per sequence of flash-attn's ``block_table``, an integer ``[B, pages_per_seq]`` tensor (seen
+    without reading its values)."""
+    if not isinstance(block_table, torch.Tensor):
+        raise TypeError(f"block_table must be a tensor [B, pages_per_seq] of page numbers, got "
+                        f"{type(block_table).__name__}")
+    _require_dense("block_table", block_table)
+    if (block_table.dim() != 2 or block_table.shape[0] != B or block_table.shape[1] == 0
+            or block_table.dtype.is_floating_point or block_table.dtype in (torch.bool, torch.complex64)):
+        raise ValueError(f"block_table must be a 2-D integer tensor [B, pages_per_seq] with B = {B} (a row of page "
+                         f"numbers per sequence, at least one), got {block_table.dtype} of shape "
+                         f"{tuple(block_table.shape)}")
+    return block_table.shape[1]
+
+
+def check_block_table(block_table, lengths, T_new: int, B: int, num_pages: int, page_size: int, device):
+    """flash-attn's ``block_table`` (sequence ``b``'s pages of a pool of ``num_pages`` pages of ``page_size``
+    positions, in order) as an int32 tensor on ``device``. The pages a sequence uses, its first
+    ``ceil((lengths[b] + T_new) / page_size)``, must be pages of the pool; a page that gets new keys must be
+    used by no other sequence, nor twice by its own (the write would change keys that another position
+    reads; sharing a prompt's full pages is fine). ``lengths``: the cache lengths before appending, read on
+    the host, or ``None`` (the values are then trusted, as flash-attn trusts them)."""
+    width = block_table_width(block_table, B)
+
+    def check_shape(x):
+        block_table_width(x, B)
+
+    def check_pages(x):
+        if lengths is None:
+            return x
+        if (lengths + T_new > width * page_size).any():
+            raise ValueError(f"block_table holds {width} pages of {page_size} positions per sequence, "
+                             f"{width * page_size} in all, but the sequences need {(lengths + T_new).tolist()}")
+        slot = torch.arange(width)[None, :]  # (1, pages_per_seq)
+        used = slot < (lengths[:, None] + T_new + page_size - 1) // page_size  # (B, pages_per_seq)
+        outside = used & ((x < 0) | (x >= num_pages))
+        if outside.any():
+            b, j = (int(i) for i in outside.nonzero()[0])
+            raise ValueError(f"block_table must hold pages of the pool, in [0, {num_pages - 1}], wherever a "
+                             f"sequence has keys: sequence {b}'s page {j} is {int(x[b, j])} (it holds positions "
+                             f"{j * page_size} ... {(j + 1) * page_size - 1}, and the sequence has "
+                             f"{int(lengths[b]) + T_new})")
+        if T_new:
+            counts = torch.bincount(x[used].long(), minlength=num_pages)  # (num_pages,) uses of each page
+            written = used & (slot >= (lengths // page_size)[:, None])  # (B, pages_per_seq) the pages appended to
+            shared = written & (counts[x.long().clamp(0, num_pages - 1)] > 1)
+            if shared.any():
+                b, j = (int(i) for i in shared.nonzero()[0])
+                raise ValueError(f"block_table: page {int(x[b, j])} gets sequence {b}'s new keys but is also used "
+                                 f"by another sequence (or twice by the same one); appending would overwrite keys "
+                                 f"that another position reads: give each sequence its own page to write into")
+        return x
+
+    host_checked(block_table, check_pages, check_shape,
+                 ("block_table", B, num_pages, page_size, T_new, None if lengths is None else tuple(lengths.tolist())),
+                 "block_table")
+    return block_table.to(device=device, dtype=torch.int32).contiguous()
 
 
 def check_cache_map(cache_batch_idx, cache_leftpad, lengths, B: int, B_cache: int, T_cache: int, appending: bool,

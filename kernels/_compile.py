@@ -79,7 +79,7 @@ def compile_launch(fn, args, kwargs, target=HOPPER):
 
 def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, T_q: int | None = None,
                      num_splits: int = 1, seqused_k=None, varlen: bool = False, dropout_p: float = 0.0,
-                     softcap: float = 0.0, alibi: bool = False, cache_map=None):
+                     softcap: float = 0.0, alibi: bool = False, cache_map=None, page_size: int | None = None):
     """The forward launches the wrapper makes for ``[2, 4, T_q, D]`` queries (``T_q`` defaults to ``T``) and
     2 key/value heads of length ``T``, causal, with ``variant`` forced and the autotuner off (``config``:
     the tile shape, else the default one): the forward kernel, then, with ``num_splits > 1``, the kernel
@@ -87,7 +87,9 @@ def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, 
     ``varlen``: the same tokens as one packed batch of two sequences of unequal lengths (:func:`_packed`).
     ``dropout_p > 0``: with attention dropout (``flash_dropout``); ``softcap > 0``: with logit soft-capping
     (``flash_softcap``); ``alibi``: with ALiBi slopes per (sequence, head) (``flash_alibi``); ``cache_map``:
-    each sequence's cache row and first key (int32 ``(rows, starts)``, with ``seqused_k``)."""
+    each sequence's cache row and first key (int32 ``(rows, starts)``, with ``seqused_k``); ``page_size``: the
+    keys and values in a pool of pages of that size instead, the pages of both sequences shuffled
+    (``flash_paged``, with ``seqused_k``)."""
     fwd = kernel_module("flash_fwd", CUDA)
     q, k, v = (torch.randn(2, h, t, D).to(dtype) for h, t in ((4, T_q or T), (2, T), (2, T)))
     packed = {}
@@ -95,11 +97,16 @@ def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, 
         cu_q, cu_k, max_q, _ = _packed(q, k)
         packed = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=_packed(q, k)[3])
         q, k, v = (_pack(x) for x in (q, k, v))
+    block_table = None
+    if page_size is not None:  # (2, 2, T, D) -> a pool (2 * pages_per_seq, 2, page_size, D), pages in any order
+        per_seq = -(-(T + 37) // page_size)  # (room for the longer packed sequence too)
+        k, v = (torch.zeros(2 * per_seq, 2, page_size, D, dtype=dtype) for _ in range(2))
+        block_table = torch.randperm(2 * per_seq).reshape(2, per_seq).to(torch.int32)
 
     def run():
         fwd.attn_fwd_launch(q, k, v, scale=D ** -0.5, window=CAUSAL, num_splits=num_splits, seqused_k=seqused_k,
-                            softcap=softcap, alibi_slopes=_slopes(alibi), cache_map=cache_map, **_dropout(dropout_p),
-                            **packed)
+                            softcap=softcap, alibi_slopes=_slopes(alibi), cache_map=cache_map,
+                            block_table=block_table, **_dropout(dropout_p), **packed)
 
     combines = []
     with _variants.settings(kernel=variant, autotune=False), _default_config(fwd, config):

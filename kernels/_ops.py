@@ -6,7 +6,8 @@ as custom operators, opaque to the compiler, each with a *fake* implementation t
 operator returns (shapes, strides, dtypes) without running anything:
 
     attn_course::flash_forward   (q, k, v, ..., seqused_k=None, num_splits=0, dropout_p=0, dropout_seed=None,
-                                  softcap=0, alibi_slopes=None, cache_batch_idx=None, cache_leftpad=None)
+                                  softcap=0, alibi_slopes=None, cache_batch_idx=None, cache_leftpad=None,
+                                  block_table=None)
                                  -> out, lse
     attn_course::flash_backward  (dout, dlse, q, k, v, out, lse, ..., dropout_p=0, dropout_seed=None, softcap=0,
                                   alibi_slopes=None) -> dq, dk, dv
@@ -98,7 +99,7 @@ def nothing_to_compute(q: torch.Tensor, k: torch.Tensor) -> bool:
 
 def _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                     max_seqlen_k, seqused_k=None, num_splits=0, dropout_p=0.0, dropout_seed=None, softcap=0.0,
-                    alibi_slopes=None, cache_batch_idx=None, cache_leftpad=None):
+                    alibi_slopes=None, cache_batch_idx=None, cache_leftpad=None, block_table=None):
     if nothing_to_compute(q, k):  # every row has no allowed key
         out, lse = forward_buffers(q, cu_seqlens_q is not None)
         return out.zero_(), lse.fill_(float("-inf"))
@@ -109,10 +110,11 @@ def _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_
         if cu_seqlens_q is None:
             cache_map = None if cache_batch_idx is None else (cache_batch_idx, cache_leftpad)
             return fwd.attn_fwd_launch(q, k, v, scale=scale, window=(window_left, window_right), seqused_k=seqused_k,
-                                       num_splits=num_splits, cache_map=cache_map, **dropout)
+                                       num_splits=num_splits, cache_map=cache_map, block_table=block_table,
+                                       **dropout)
         return fwd.attn_fwd_launch(q, k, v, scale=scale, window=(window_left, window_right),
                                    cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
-                                   max_seqlen_k=max_seqlen_k, **dropout)
+                                   max_seqlen_k=max_seqlen_k, block_table=block_table, **dropout)
 
 
 def _launch_backward(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k,
@@ -139,7 +141,7 @@ _FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, float scale, int window_left,
                    "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, "
                    "Tensor? seqused_k=None, int num_splits=0, float dropout_p=0.0, Tensor? dropout_seed=None, "
                    "float softcap=0.0, Tensor? alibi_slopes=None, Tensor? cache_batch_idx=None, "
-                   "Tensor? cache_leftpad=None) -> (Tensor, Tensor)")
+                   "Tensor? cache_leftpad=None, Tensor? block_table=None) -> (Tensor, Tensor)")
 _BACKWARD_SCHEMA = ("(Tensor? dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, float scale, "
                     "int window_left, int window_right, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
                     "int max_seqlen_q, int max_seqlen_k, bool need_dq, bool need_dkdv, float dropout_p=0.0, "
@@ -154,16 +156,17 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                 num_splits: int = 0, dropout_p: float = 0.0, dropout_seed: torch.Tensor | None = None,
                 softcap: float = 0.0, alibi_slopes: torch.Tensor | None = None,
                 cache_batch_idx: torch.Tensor | None = None,
-                cache_leftpad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                cache_leftpad: torch.Tensor | None = None,
+                block_table: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     return _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                            max_seqlen_k, seqused_k, num_splits, dropout_p, dropout_seed, softcap, alibi_slopes,
-                           cache_batch_idx, cache_leftpad)
+                           cache_batch_idx, cache_leftpad, block_table)
 
 
 @_forward_op.register_fake
 def _(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
       seqused_k=None, num_splits=0, dropout_p=0.0, dropout_seed=None, softcap=0.0, alibi_slopes=None,
-      cache_batch_idx=None, cache_leftpad=None):
+      cache_batch_idx=None, cache_leftpad=None, block_table=None):
     return forward_buffers(q, cu_seqlens_q is not None)
 
 
@@ -187,16 +190,17 @@ def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlen
 
 
 def forward(q, k, v, scale: float, window: tuple[int, int], varlen=None, seqused_k=None, num_splits: int = 0,
-            dropout=None, softcap: float = 0.0, alibi_slopes=None, cache_map=None):
+            dropout=None, softcap: float = 0.0, alibi_slopes=None, cache_map=None, block_table=None):
     """``(out, lse)``; ``varlen`` is ``None`` or ``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)``;
     ``seqused_k`` (fixed length only) is ``None`` or the int32 ``[B]`` keys each sequence uses;
     ``num_splits`` (fixed length only): key slices per row, ``0`` to let the kernel choose (``flash_split``);
     ``dropout``: ``None`` or ``(dropout_p, seed)`` (``flash_dropout``); ``softcap``: ``0`` or the cap
     (``flash_softcap``); ``alibi_slopes``: ``None`` or float32 ``[H]`` / ``[B, H]`` (``flash_alibi``);
     ``cache_map``: ``None`` or int32 ``(cache_batch_idx, cache_leftpad)`` (with ``seqused_k``: each sequence's
-    row of the cache and its first key)."""
+    row of the cache and its first key); ``block_table``: ``None`` or int32 ``[B, pages_per_seq]`` (with
+    ``seqused_k`` or ``varlen``: k and v are a pool of pages, see ``flash_paged``)."""
     args = (q, k, v, scale, *window, *(varlen or _VARLEN), seqused_k, num_splits, *(dropout or (0.0, None)),
-            softcap, alibi_slopes, *(cache_map or (None, None)))
+            softcap, alibi_slopes, *(cache_map or (None, None)), block_table)
     return torch.ops.attn_course.flash_forward(*args) if torch.compiler.is_compiling() else _launch_forward(*args)
 
 

@@ -257,20 +257,31 @@ def load_rows(
     else:
         offs = row0 + tl.arange(0, BLOCK)
         rows, cols = offsets(offs, stride_t, stride_d, HEAD_DIM, WIDE)  # (BLOCK,), (HEAD_DIM,)
-        if TRANS:
-            ptrs = ptr + rows[None, :] + cols[:, None]  # (HEAD_DIM, BLOCK)
-            row_ok = offs[None, :] < T
-        else:
-            ptrs = ptr + rows[:, None] + cols[None, :]  # (BLOCK, HEAD_DIM)
-            row_ok = offs[:, None] < T
-        if D_REAL < HEAD_DIM:  # a padded head dim (a constexpr test: a power of two compiles as if it were not here)
-            col_ok = tl.arange(0, HEAD_DIM) < D_REAL  # (HEAD_DIM,)
-            col_ok = col_ok[:, None] if TRANS else col_ok[None, :]
-            x = tl.load(ptrs, mask=(row_ok & col_ok) if MASKED else col_ok, other=0.0)
-        elif MASKED:
-            x = tl.load(ptrs, mask=row_ok, other=0.0)
-        else:  # full tile: every row exists, no bounds check
-            x = tl.load(ptrs)
+        x = load_at(ptr, rows, cols, offs, T, HEAD_DIM, D_REAL, MASKED, TRANS)
+    return x
+
+
+@triton.jit
+def load_at(ptr, rows, cols, offs, T, HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, MASKED: tl.constexpr,
+            TRANS: tl.constexpr):
+    """The rows at element offsets ``rows`` (one per row, wherever it lives: consecutive rows of a sequence,
+    or rows gathered from a paged cache's pages, see ``flash_paged``) and the columns at ``cols``; rows whose
+    index ``offs`` is past ``T`` and columns past ``D_REAL`` are zeros. ``(BLOCK, HEAD_DIM)``, or its
+    transpose when ``TRANS``."""
+    if TRANS:
+        ptrs = ptr + rows[None, :] + cols[:, None]  # (HEAD_DIM, BLOCK)
+        row_ok = offs[None, :] < T
+    else:
+        ptrs = ptr + rows[:, None] + cols[None, :]  # (BLOCK, HEAD_DIM)
+        row_ok = offs[:, None] < T
+    if D_REAL < HEAD_DIM:  # a padded head dim (a constexpr test: a power of two compiles as if it were not here)
+        col_ok = tl.arange(0, HEAD_DIM) < D_REAL  # (HEAD_DIM,)
+        col_ok = col_ok[:, None] if TRANS else col_ok[None, :]
+        x = tl.load(ptrs, mask=(row_ok & col_ok) if MASKED else col_ok, other=0.0)
+    elif MASKED:
+        x = tl.load(ptrs, mask=row_ok, other=0.0)
+    else:  # full tile: every row exists, no bounds check
+        x = tl.load(ptrs)
     return x
 
 

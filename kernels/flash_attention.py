@@ -39,7 +39,9 @@ from attn_course.masks import check_window
 
 from . import _ops
 from ._checks import (
+    block_table_width,
     check_alibi,
+    check_block_table,
     check_cache_map,
     check_dropout,
     check_fixed,
@@ -47,6 +49,7 @@ from ._checks import (
     check_num_splits,
     check_scale,
     check_varlen,
+    host_cu_seqlens,
     kernel_window,
 )
 from ._runtime import kernel_module
@@ -160,7 +163,7 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
 def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, *,
                            causal: bool = False, scale: float | None = None, window=(-1, -1),
                            dropout_p: float = 0.0, softcap: float = 0.0, alibi_slopes=None,
-                           return_lse: bool = False):
+                           block_table=None, return_lse: bool = False):
     """FlashAttention on sequences packed end to end (flash-attn's ``flash_attn_varlen_func``).
 
     Args:
@@ -172,6 +175,11 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
             (bottom-right within each; ``alibi_slopes`` ``[B, H]`` has a row per sequence; sequence ``b``'s
             dropout mask is ``dropout_mask(seed, B, H, max_seqlen_q, max_seqlen_k, p)[b]``'s top-left corner,
             see ``flash_dropout``).
+        block_table: int ``[B, pages_per_seq]``, or ``None``: k and v are then a pool of pages ``[num_pages,
+            H_kv, page_size, D]`` and sequence ``b``'s key ``j`` is row ``j % page_size`` of page
+            ``block_table[b, j // page_size]``, for ``j < cu_seqlens_k[b + 1] - cu_seqlens_k[b]`` (flash-attn's
+            ``block_table``: a prompt's chunk attending to a paged cache, as in
+            :func:`flash_attention_kvcache`). Inference only: no gradient.
 
     Returns:
         ``out [total_q, H, D]``, or ``(out, lse [H, total_q])`` with ``return_lse``. Sequences never see
@@ -184,9 +192,13 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
     tensors, since a replay may bring ``cu_seqlens`` of other lengths, and write into buffers filled with
     zeros (and ``-inf``) first: a memset instead of the copy.
     """
+    paged = block_table is not None
+    if paged and torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in (q, k, v)):
+        raise ValueError("flash_attention_varlen with a block_table (keys and values in pages) is for inference and "
+                         "has no gradient, as in flash-attn; call it under torch.no_grad(), or train on packed k, v")
     q, k, v = autocast_inputs(q, k, v)
     cu_q, cu_k, max_seqlen_q, max_seqlen_k, used_q, used_k = check_varlen(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)  # (lengths and rows used as Python ints)
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, paged)  # (lengths, rows used: Python ints)
     scale = check_scale(scale, q.shape[-1])
     dropout_p, softcap = check_dropout(dropout_p), check_softcap(softcap)
     alibi_slopes = check_alibi(alibi_slopes, cu_q.numel() - 1, q.shape[1], q.device)
@@ -194,8 +206,17 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
     tail_q = 0 if used_q is None else q.shape[0] - used_q
     if tail_q or (used_k is not None and used_k < k.shape[0]):  # a padding tail: the kernels see the rows used
         q, k, v = q[:used_q], k[:used_k], v[:used_k]  # (used_q, H, D), (used_k, H_kv, D): views
-    out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), varlen, dropout_p, softcap,
-                                            alibi_slopes)
+    if paged:  # (the sequences' key counts, read on the host: None during capture)
+        lengths = host_cu_seqlens(cu_seqlens_k)
+        block_table = check_block_table(block_table, None if lengths is None else lengths.diff(), 0, cu_q.numel() - 1,
+                                        *k.shape[::2], q.device)
+        seed = _ops.draw_seed(q.device) if dropout_p > 0 else None
+        out, lse = _ops.forward(q, k, v, scale, kernel_window(window, causal), varlen,
+                                dropout=None if seed is None else (dropout_p, seed), softcap=softcap,
+                                alibi_slopes=alibi_slopes, block_table=block_table)
+    else:
+        out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), varlen, dropout_p,
+                                                softcap, alibi_slopes)
     if tail_q:  # autograd gives the tail zero gradients (through the slices above)
         out = torch.cat([out, out.new_zeros(tail_q, *out.shape[1:])])  # (total_q, H, D)
         lse = torch.cat([lse, lse.new_full((lse.shape[0], tail_q), float("-inf"))], dim=1)  # (H, total_q)
@@ -206,7 +227,7 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
                             scale: float | None = None, window=(-1, -1), softcap: float = 0.0, alibi_slopes=None,
                             num_splits: int = 0,
                             rotary_cos=None, rotary_sin=None, rotary_interleaved: bool = True,
-                            cache_batch_idx=None, cache_leftpad=None, return_lse: bool = False):
+                            cache_batch_idx=None, cache_leftpad=None, block_table=None, return_lse: bool = False):
     """Attention against a key/value cache, for generation (flash-attn's ``flash_attn_with_kvcache``, in
     this package's ``[B, H, T, D]`` layout). Inference only: no gradient.
 
@@ -236,6 +257,13 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
         cache_leftpad: int ``[B]``, where each sequence's keys start in its row (``None``: 0), as
             flash-attn's: keys ``cache_leftpad[b] ... cache_seqlens[b] + T_new - 1``, positions counted from
             there (a batch of prompts padded on the left, say). Not with rotary embeddings.
+        block_table: int ``[B, pages_per_seq]``, or ``None``: a *paged* cache (flash-attn's ``block_table``, vLLM's
+            PagedAttention). k_cache and v_cache are then a pool of pages ``[num_pages, H_kv, page_size, D]``
+            (any ``page_size``), and sequence ``b``'s position ``j`` is row ``j % page_size`` of page
+            ``block_table[b, j // page_size]``; it holds at most ``pages_per_seq * page_size`` positions. The
+            kernel looks each key's page up as it goes (``kernels/flash_paged.py``); new keys and values are
+            written into the pages of their positions, which no other sequence may use. Not with
+            ``cache_batch_idx`` or ``cache_leftpad`` (flash-attn takes neither with it).
 
     Returns:
         ``out [B, H, T_q, D]``, or ``(out, lse [B, H, T_q])``.
@@ -249,11 +277,20 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
         raise ValueError("flash_attention_kvcache is for inference and has no gradient (as flash-attn's "
                          "flash_attn_with_kvcache); call it under torch.no_grad(), or train with flash_attention")
     q, k, v = autocast_inputs(q, k, v)  # (the caches are never cast: they are written in place)
-    # (B,) int32 before appending; the cache's rows: check_cache_map
-    lengths, host_lengths = check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, same_batch=False)
     mapped = cache_batch_idx is not None or cache_leftpad is not None
-    rows, starts = check_cache_map(cache_batch_idx, cache_leftpad, host_lengths, q.shape[0], k_cache.shape[0],
-                                   k_cache.shape[2], k is not None and k.shape[2] > 0, q.device)
+    paged = block_table is not None
+    if paged and mapped:
+        raise ValueError("block_table with cache_batch_idx or cache_leftpad is not implemented (flash-attn takes "
+                         "neither with a paged cache): a sequence's pages already say where its keys are")
+    T_cache = block_table_width(block_table, q.shape[0]) * k_cache.shape[2] if paged else None
+    # (B,) int32 before appending; the cache's rows: check_cache_map (a paged cache: check_block_table)
+    lengths, host_lengths = check_kvcache(q, k_cache, v_cache, cache_seqlens, k, v, same_batch=False, T_cache=T_cache)
+    T_cache, T_new = T_cache or k_cache.shape[2], 0 if k is None else k.shape[2]
+    if paged:
+        block_table = check_block_table(block_table, host_lengths, T_new, q.shape[0], *k_cache.shape[::2], q.device)
+    else:
+        rows, starts = check_cache_map(cache_batch_idx, cache_leftpad, host_lengths, q.shape[0], k_cache.shape[0],
+                                       T_cache, T_new > 0, q.device)
     num_splits = check_num_splits(num_splits)
     scale, softcap = check_scale(scale, q.shape[-1]), check_softcap(softcap)
     alibi_slopes = check_alibi(alibi_slopes, q.shape[0], q.shape[1], q.device)
@@ -262,18 +299,22 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
         if cache_leftpad is not None:
             raise ValueError("rotary embeddings with cache_leftpad are not implemented: rotate q and k to their "
                              "positions yourself, or keep each sequence's cache starting at position 0")
-        q, k = _rotated(q, k, lengths, rotary_cos, rotary_sin, rotary_interleaved, T_cache=k_cache.shape[2],
+        q, k = _rotated(q, k, lengths, rotary_cos, rotary_sin, rotary_interleaved, T_cache=T_cache,
                         distinct_q=causal or check_window(window) != (-1, -1))
-    if k is not None and k.shape[2] > 0:
-        T_new = k.shape[2]
-        cache_rows = rows.to(device=k.device, dtype=torch.long)[:, None]  # (B, 1): each sequence's row
+    if T_new:
         positions = lengths[:, None] + torch.arange(T_new, device=k.device)  # (B, T_new); lengths on k's device
-        # indexing (B, 1) x all heads x (B, T_new) selects (B, T_new, H_kv, D): k as (B, T_new, H_kv, D)
+        if paged:  # each position's page, and its row in the page
+            cache_rows = block_table.gather(1, positions // k_cache.shape[2]).long()  # (B, T_new)
+            positions = positions % k_cache.shape[2]
+        else:
+            cache_rows = rows.to(device=k.device, dtype=torch.long)[:, None]  # (B, 1): each sequence's row
+        # indexing rows x all heads x (B, T_new) selects (B, T_new, H_kv, D): k as (B, T_new, H_kv, D)
         k_cache[cache_rows, :, positions] = k.transpose(1, 2)
         v_cache[cache_rows, :, positions] = v.transpose(1, 2)
         lengths = lengths + T_new
     out, lse = _ops.forward(q, k_cache, v_cache, scale, kernel_side, None, lengths, num_splits, softcap=softcap,
-                            alibi_slopes=alibi_slopes, cache_map=(rows, starts) if mapped else None)
+                            alibi_slopes=alibi_slopes, cache_map=(rows, starts) if mapped else None,
+                            block_table=block_table if paged else None)
     return (out, lse) if return_lse else out
 
 

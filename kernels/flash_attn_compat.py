@@ -31,13 +31,14 @@ softmax scale and attend uniformly, without an error.
 call from PyTorch's generator, never stored), and ``softcap`` its logit soft-capping, ``softcap * tanh(s /
 softcap)`` on every scaled score (``kernels/flash_softcap.py``; ``0.0`` or ``None``: none). The kernels
 take ``alibi_slopes`` as flash-attn does too (``kernels/flash_alibi.py``), and the cache its
-``cache_batch_idx`` and ``cache_leftpad``. What they do not implement is refused by name rather than
-ignored: ``block_table`` (paged key/value caches). The cache's rotary embeddings (``rotary_cos``,
-``rotary_sin``, ``rotary_interleaved``) are applied as flash-attn applies them, in PyTorch before the
-launch (``rotary``). ``num_splits`` splits each row's keys between programs as
-flash-attn does (``flash_split``: faster decoding when the batch is too small to fill the GPU; 0 lets the
-kernel choose). ``deterministic`` is accepted and changes nothing: the backward pass never uses atomics,
-so it is always deterministic.
+``cache_batch_idx``, ``cache_leftpad`` and ``block_table`` (a paged cache, ``k_cache [num_pages, page_size,
+H_kv, D]``: ``kernels/flash_paged.py``), which ``flash_attn_varlen_func`` takes too (a packed batch of queries
+attending to paged keys, for inference): every argument of flash-attn's signatures does what it does there,
+but ``return_attn_probs``' third element (below). The cache's rotary embeddings (``rotary_cos``,
+``rotary_sin``, ``rotary_interleaved``) are applied as flash-attn applies them, in PyTorch before the launch
+(``rotary``). ``num_splits`` splits each row's keys between programs as flash-attn does (``flash_split``:
+faster decoding when the batch is too small to fill the GPU; 0 lets the kernel choose). ``deterministic`` is
+accepted and changes nothing: the backward pass never uses atomics, so it is always deterministic.
 ``return_attn_probs=True`` returns ``(out, softmax_lse, None)``: flash-attn's third element is the dropout
 pattern, for its own tests, which the kernels never form (``flash_dropout.dropout_mask`` regenerates it from
 a call's seed); ``attn_course.attention(..., return_weights=True)`` shows the probabilities.
@@ -48,12 +49,6 @@ from __future__ import annotations
 import torch
 
 from .flash_attention import flash_attention, flash_attention_kvcache, flash_attention_varlen, swap_seq_and_heads
-
-
-def _refuse_unsupported(block_table=None) -> None:
-    if block_table is not None:
-        raise ValueError("block_table: paged key/value caches are not implemented in these kernels; pass None "
-                         "and give k and v as packed [total_k, H_kv, D] tensors")
 
 
 def _cap(softcap) -> float:
@@ -81,12 +76,14 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None):
-    """flash-attn's ``flash_attn_varlen_func``: packed q ``[total_q, H, D]``, k, v ``[total_k, H_kv, D]`` ->
-    out ``[total_q, H, D]``; with ``return_attn_probs``, ``(out, softmax_lse [H, total_q], None)``."""
-    _refuse_unsupported(block_table)
+    """flash-attn's ``flash_attn_varlen_func``: packed q ``[total_q, H, D]``, k, v ``[total_k, H_kv, D]`` (with
+    ``block_table``, pools of pages ``[num_pages, page_size, H_kv, D]``: inference only) -> out ``[total_q, H, D]``;
+    with ``return_attn_probs``, ``(out, softmax_lse [H, total_q], None)``."""
+    if block_table is not None:  # (num_pages, page_size, H_kv, D) -> ours, (num_pages, H_kv, page_size, D): views
+        k, v = swap_seq_and_heads(k, "k"), swap_seq_and_heads(v, "v")
     res = flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
                                  scale=softmax_scale, window=window_size, dropout_p=dropout_p, softcap=_cap(softcap),
-                                 alibi_slopes=alibi_slopes, return_lse=True)
+                                 alibi_slopes=alibi_slopes, block_table=block_table, return_lse=True)
     return _results(res, return_attn_probs)
 
 
@@ -142,10 +139,10 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                             softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                             rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False):
     """flash-attn's ``flash_attn_with_kvcache``: q ``[B, T_q, H, D]`` against ``k_cache``, ``v_cache``
-    ``[B, T_cache, H_kv, D]`` filled to ``cache_seqlens``; new ``k``, ``v`` ``[B, T_new, H_kv, D]`` are written
-    into the caches in place first. Returns out ``[B, T_q, H, D]``, or ``(out, softmax_lse [B, H, T_q])``.
-    See :func:`attn_course.kernels.flash_attention_kvcache`; what is refused is in the module docstring."""
-    _refuse_unsupported(block_table)
+    ``[B, T_cache, H_kv, D]`` (with ``block_table``, a pool of pages ``[num_pages, page_size, H_kv, D]``) filled to
+    ``cache_seqlens``; new ``k``, ``v`` ``[B, T_new, H_kv, D]`` are written into the caches in place first. Returns
+    out ``[B, T_q, H, D]``, or ``(out, softmax_lse [B, H, T_q])``. See
+    :func:`attn_course.kernels.flash_attention_kvcache`; what is refused is in the module docstring."""
     new = [None if x is None else swap_seq_and_heads(x, name)
            for x, name in ((k, "k"), (v, "v"))]  # (B, H_kv, T_new, D) views
     q, k_cache, v_cache = (swap_seq_and_heads(x, name) for x, name in ((q, "q"), (k_cache, "k_cache"),
@@ -154,6 +151,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                                   window=window_size, softcap=_cap(softcap), alibi_slopes=alibi_slopes,
                                   num_splits=num_splits,
                                   rotary_cos=rotary_cos, rotary_sin=rotary_sin, rotary_interleaved=rotary_interleaved,
-                                  cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad, return_lse=True)
+                                  cache_batch_idx=cache_batch_idx, cache_leftpad=cache_leftpad,
+                                  block_table=block_table, return_lse=True)
     out = swap_seq_and_heads(res[0])  # (B, T_q, H, D)
     return (out, res[1]) if return_softmax_lse else out

@@ -64,6 +64,8 @@ from .flash_alibi import bias as alibi_bias
 from .flash_alibi import launch_args as alibi_args
 from .flash_alibi import slopes_of
 from .flash_dropout import counters, kept, launch_args
+from .flash_paged import launch_args as paged_args
+from .flash_paged import load_paged, pages_of
 from .flash_softcap import kernel_scales, tanh
 
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2): log(x) = log2(x) * LN2 (a constexpr: used inside the kernel)
@@ -73,6 +75,7 @@ LN2 = tl.constexpr(0.6931471805599453)  # ln(2): log(x) = log2(x) * LN2 (a const
 def _fwd_tiles(
     acc, l_i, m_i, q,  # running state (BLOCK_M x HEAD_DIM, BLOCK_M, BLOCK_M) and the query block
     K, V, desc_k, desc_v, tb, h_kv, k_first,  # where the keys and values are (see _tiles.load_rows)
+    Pages, page_size, stride_kp, stride_vp,  # with PAGED: the sequence's pages, their size and stride in the pool
     stride_kt, stride_kd, stride_vt, stride_vd,  # strides of K and V along time and head dim
     offs_m,  # (BLOCK_M,) the query position of each row of the block, within the sequence
     start, end,  # key range to walk, [start, end)
@@ -83,16 +86,22 @@ def _fwd_tiles(
     HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,  # build the (query, key) mask? False on full tiles
     DROPOUT: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,  # (see flash_softcap, flash_alibi)
+    PAGED: tl.constexpr,  # keys and values in the pages of a pool (see flash_paged)
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr,  # see _tiles.dot and _tiles.narrow
     TMA: tl.constexpr, WARP_SPEC: tl.constexpr,  # see _variants
     WIDE: tl.constexpr,  # 64-bit offsets within a sequence (see _tiles)
 ):
     for n0 in tl.range(start, end, BLOCK_N, warp_specialize=WARP_SPEC):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        kT = load_rows(K, desc_k, tb, h_kv, n0, k_first, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, D_REAL, MASKED,
-                       TMA, True, WIDE)
-        v = load_rows(V, desc_v, tb, h_kv, n0, k_first, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, D_REAL, MASKED,
-                      TMA, False, WIDE)
+        if PAGED:  # each key's rows from its page (always through pointers: a tile's rows may span pages)
+            page, row = pages_of(Pages, offs_n, page_size, T_k, MASKED)  # (BLOCK_N,), (BLOCK_N,)
+            kT = load_paged(K, page, row, stride_kp, stride_kt, stride_kd, offs_n, T_k, HEAD_DIM, D_REAL, MASKED, True)
+            v = load_paged(V, page, row, stride_vp, stride_vt, stride_vd, offs_n, T_k, HEAD_DIM, D_REAL, MASKED, False)
+        else:
+            kT = load_rows(K, desc_k, tb, h_kv, n0, k_first, stride_kt, stride_kd, T_k, BLOCK_N, HEAD_DIM, D_REAL,
+                           MASKED, TMA, True, WIDE)
+            v = load_rows(V, desc_v, tb, h_kv, n0, k_first, stride_vt, stride_vd, T_k, BLOCK_N, HEAD_DIM, D_REAL,
+                          MASKED, TMA, False, WIDE)
         s = dot(q, kT, INTERP_BF16, IEEE) * qk_scale  # (BLOCK_M, BLOCK_N) scores in log2 units
         if SOFTCAP:  # capped smoothly at +-softcap (cap = softcap * log2(e))
             s = cap * tanh(s)
@@ -128,6 +137,7 @@ def _attn_fwd(
     cu_seqlens_q, cu_seqlens_k,  # int32 (B + 1,) sequence starts when IS_VARLEN (then the batch strides are 0)
     seqused_k,  # int32 (B,) keys each sequence uses when HAS_SEQUSED_K (a key/value cache filled so far)
     cache_batch_idx, cache_leftpad,  # int32 (B,) each sequence's cache row and first key when CACHE_MAP
+    block_table, stride_pb, page_size,  # int32 (B, pages per sequence) when PAGED, its row stride, rows per page
     T_q, T_k,  # lengths for a fixed-length batch (ignored when IS_VARLEN)
     TUNE_T_Q, TUNE_T_K,  # the lengths rounded up to a power of two: the autotuner's key, unused here
     H, GROUP,  # number of query heads; query heads per key/value head (1 = MHA, H = MQA)
@@ -144,6 +154,7 @@ def _attn_fwd(
     IS_VARLEN: tl.constexpr,
     HAS_SEQUSED_K: tl.constexpr,  # sequence b sees only its first seqused_k[b] keys
     CACHE_MAP: tl.constexpr,  # ... of cache row cache_batch_idx[b], and only from key cache_leftpad[b] on
+    PAGED: tl.constexpr,  # ... or in the pages block_table[b] lists, of a pool k, v (P, H_kv, page_size, D)
     INTERP_BF16: tl.constexpr, IEEE: tl.constexpr,
     TMA: tl.constexpr,  # tiles through the descriptors (packed batches: one [1, H, total_T, D] view each)
     WARP_SPEC: tl.constexpr,  # one masked key loop, warp-specialised by the compiler
@@ -179,6 +190,11 @@ def _attn_fwd(
         kb = tl.load(cache_batch_idx + b)
         k_start = tl.load(cache_leftpad + b)
         T_k = T_k - k_start
+    Pages = block_table  # (unused unless PAGED)
+    if PAGED:  # the pool has no batch row: each key's page stands in for it (see flash_paged)
+        Pages += b.to(tl.int64) * stride_pb
+        kb = b * 0
+        k_start = k_start * 0  # (packed: the sequence's keys from position 0 of its pages, not cu_seqlens_k[b])
     tkb = desc_batch(kb, IS_VARLEN)  # (their coordinate in the descriptors)
     m_start = pid_m * BLOCK_M
     if IS_VARLEN:  # (a constexpr guard: an early return would defeat the warp-specialisation pass)
@@ -244,37 +260,42 @@ def _attn_fwd(
         # tiles fails to compile, as do two loops); the mask costs a few integer ops per score
 
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tkb, h_kv, k_start,
+                                   Pages, page_size, stride_kb, stride_vb,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, hi, T_q, T_k, window_left, window_right, qk_scale, cap,
                                    slopes, seed, drop_rows, dropout_p,
-                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI,
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI, PAGED,
                                    INTERP_BF16, IEEE, TMA, True, WIDE)
     else:  # the window's left edge, then the full tiles, then the diagonal / right edge / ragged tail
         tail = overhang(T_k, lo, hi, TAIL, BLOCK_N)  # (hi unless TAIL; full tiles never overhang)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tkb, h_kv, k_start,
+                                   Pages, page_size, stride_kb, stride_vb,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    lo, tl.minimum(a, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
                                    slopes, seed, drop_rows, dropout_p,
-                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI,
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI, PAGED,
                                    INTERP_BF16, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tkb, h_kv, k_start,
+                                   Pages, page_size, stride_kb, stride_vb,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    a, b_full, T_q, T_k, window_left, window_right, qk_scale, cap,
                                    slopes, seed, drop_rows, dropout_p,
-                                   HEAD_DIM, D_REAL, BLOCK_N, False, DROPOUT, SOFTCAP, ALIBI,
+                                   HEAD_DIM, D_REAL, BLOCK_N, False, DROPOUT, SOFTCAP, ALIBI, PAGED,
                                    INTERP_BF16, IEEE, TMA, False, WIDE)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tkb, h_kv, k_start,
+                                   Pages, page_size, stride_kb, stride_vb,
                                    stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                    b_full, tl.minimum(hi, tail), T_q, T_k, window_left, window_right, qk_scale, cap,
                                    slopes, seed, drop_rows, dropout_p,
-                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI,
+                                   HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI, PAGED,
                                    INTERP_BF16, IEEE, TMA, False, WIDE)
         if TAIL:  # the tile that overhangs the keys' end, if any: through masked pointer loads
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, desc_k, desc_v, tkb, h_kv, k_start,
+                                       Pages, page_size, stride_kb, stride_vb,
                                        stride_kt, stride_kd, stride_vt, stride_vd, pos,
                                        tail, hi, T_q, T_k, window_left, window_right, qk_scale, cap,
                                        slopes, seed, drop_rows, dropout_p,
-                                       HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI,
+                                       HEAD_DIM, D_REAL, BLOCK_N, True, DROPOUT, SOFTCAP, ALIBI, PAGED,
                                        INTERP_BF16, IEEE, False, False, WIDE)
 
     # epilogue: normalise; a row that saw no allowed key has l = 0 and gets out = 0, lse = -inf
@@ -382,7 +403,8 @@ def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
 FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
     "DROPOUT": {
         64: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
-             (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
+             (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
+             (128, 128, 8, 3, False)],
         128: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
               (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
               (128, 128, 8, 3, False)],
@@ -392,6 +414,13 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
     },
     "ALIBI": {
         128: [(128, 64, 4, 3, False), (128, 64, 4, 4, False)],
+    },
+    # a paged cache (pointers, a page lookup per key): parts "decode paged" and "forward varlen paged"
+    "PAGED": {
+        64: [(16, 128, 4, 2, False)],
+        128: [(64, 128, 4, 3, False), (128, 32, 4, 4, False), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
+              (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
+        256: [(64, 32, 4, 3, False)],
     },
 }
 
@@ -457,7 +486,7 @@ def _strides(x: torch.Tensor, ndim: int):
 
 def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
                     max_seqlen_k=None, seqused_k=None, num_splits=0, dropout_p=0.0, dropout_seed=None, softcap=0.0,
-                    alibi_slopes=None, cache_map=None, blocks=None):
+                    alibi_slopes=None, cache_map=None, block_table=None, blocks=None):
     """Run the forward kernel. Inputs are already checked by :mod:`attn_course.kernels.flash_attention`.
 
     Fixed length: q ``[B, H, T_q, D]``, k, v ``[B, H_kv, T_k, D]`` -> out like q, lse ``[B, H, T_q]``;
@@ -470,7 +499,10 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
     ``+-softcap`` (see ``flash_softcap``). ``alibi_slopes``: float32 ``[B, H]`` or ``[H]``, ALiBi's slopes
     (see ``flash_alibi``). ``cache_map``: ``None`` or int32 ``(cache_batch_idx, cache_leftpad)``, each ``[B]``
     (with ``seqused_k``): sequence ``b`` reads keys ``cache_leftpad[b] ... seqused_k[b] - 1`` of the cache's
-    row ``cache_batch_idx[b]``. ``blocks``: the interpreter's tiles.
+    row ``cache_batch_idx[b]``. ``block_table``: ``None`` or int32 ``[B, pages_per_seq]`` (with ``seqused_k``, or
+    packed with ``cu_seqlens_k`` giving the key counts): k and v are then a pool of pages ``[num_pages, H_kv,
+    page_size, D]`` and sequence ``b``'s key ``j`` is row ``j % page_size`` of page ``block_table[b, j //
+    page_size]`` (see ``flash_paged``; always the pointer variant). ``blocks``: the interpreter's tiles.
     """
     varlen = cu_seqlens_q is not None
     if varlen:
@@ -479,6 +511,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         T_q, T_k = max_seqlen_q, 0  # grid size; the kernel reads the real lengths from cu_seqlens
         # view the packed tensors as (batch=1 stride 0, head, time, dim): time is dim 0 of the packed layout
         sq, sk, sv = ((0, x.stride(1), x.stride(0), x.stride(2)) for x in (q, k, v))
+        if block_table is not None:  # k and v: pools (page, head, row, dim), as in a fixed-length launch
+            sk, sv = k.stride(), v.stride()
         out, lse = forward_buffers(q, varlen)  # out like q, lse (H, total_q)
         define_padding_rows(q, zeros=(out,), minus_inf=(lse,))
         so = (0, out.stride(1), out.stride(0), out.stride(2))
@@ -487,6 +521,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
     else:
         B, H, T_q, D = q.shape
         H_kv, T_k = k.shape[1], k.shape[2]
+        if block_table is not None:  # a pool of pages: a sequence holds up to its pages' positions
+            T_k = block_table.shape[1] * k.shape[2]
         sq, sk, sv = _strides(q, 4), _strides(k, 4), _strides(v, 4)
         out, lse = forward_buffers(q, varlen)  # out (B, H, T_q, D) contiguous, lse (B, H, T_q)
         so, sl = out.stride(), lse.stride()
@@ -508,12 +544,13 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
     drop_R, drop_C = (max_seqlen_q, max_seqlen_k or 0) if varlen else (T_q, T_k)  # (see flash_dropout.counters)
     tile_d = head_dim_tile(D)  # (D itself, unless it is padded to a power of two)
     flags = dict(HEAD_DIM=tile_d, D_REAL=D, IS_VARLEN=varlen, HAS_SEQUSED_K=seqused_k is not None,
-                 CACHE_MAP=cache_map is not None,
+                 CACHE_MAP=cache_map is not None, PAGED=block_table is not None,
                  INTERP_BF16=interp_bf16, IEEE=q.dtype == torch.float32, SPLIT_K=splits > 1, PACK_GQA=pack,
                  DROPOUT=dropout, SOFTCAP=softcap > 0, ALIBI=alibi_slopes is not None,
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, targets[0][:, 0] if splits > 1 else out))
 
     decoding = is_decoding(T_q)  # (packed: the longest sequence)
+    page_size = 1 if block_table is None else k.shape[2]  # (a pool's rows per page)
 
     def launch(variant: _variants.Variant):
         # (in the interpreter, tma+ws runs the single-loop code path: checked there too)
@@ -525,12 +562,12 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         kernel = _attn_fwd
         if tune:  # (SPLIT_K in the key: a slice has fewer keys to walk)
             kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, tile_d), tag=D,
-                                         extra_key=["SPLIT_K", "PACK_GQA"], prune=prune_for_lengths)
+                                         extra_key=["SPLIT_K", "PACK_GQA", "PAGED"], prune=prune_for_lengths)
         for b0, b1 in batch_chunks(B):  # (one launch unless B passes the grid's limit)
             tensors, cus = batch_part(b0, b1, (q, k, v, *targets), (cu_seqlens_q, cu_seqlens_k) if varlen else None)
             used = tensors[0] if seqused_k is None else seqused_k[b0:b1]  # (b1 - b0,) or a placeholder
             mapped = (used, used) if cache_map is None else (cache_map[0][b0:b1], cache_map[1][b0:b1])
-            if cache_map is not None:  # the whole cache: sequences pick their rows (cache_batch_idx)
+            if cache_map is not None or block_table is not None:  # the whole cache: sequences pick their rows
                 tensors = (tensors[0], k, v, *tensors[3:])
             described = (*tensors[:3], out[b0:b1] if splits > 1 else tensors[3])  # desc_o: over out, always
             descs = _variants.descriptors(described, [tiles[block] for _, block in _DESCRIPTORS], tile_d, variant)
@@ -540,8 +577,9 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
 
             drop = launch_args(dropout_seed if dropout else None, dropout_p, H, drop_R, drop_C, b0, used)
             alibi = alibi_args(alibi_slopes, b0, b1, used)  # (the slopes' rows of these sequences)
-            kernel[grid](*tensors, *strides, *descs, *cus, used, *mapped, *scalars, *drop, *alibi, **flags,
-                         TMA=variant.tma, **meta)
+            pages = paged_args(block_table, b0, b1, used)  # (and their rows of the block table)
+            kernel[grid](*tensors, *strides, *descs, *cus, used, *mapped, *pages, page_size, *scalars, *drop, *alibi,
+                         **flags, TMA=variant.tma, **meta)
             if splits > 1:
                 flash_split.combine_splits(*tensors[3:], out[b0:b1], lse[b0:b1],
                                            launch_grid(T_q, flash_split.COMBINE_ROWS, H, b1 - b0), INTERPRET)
@@ -550,6 +588,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         # (packed batches and caches read a sequence's overhanging tile in a loop of its own, which the
         # warp-specialisation pass, wanting one key loop, does not take)
         chain = _variants.chain(q.device, (q, k, v, out), warp_spec=not (varlen or seqused_k is not None))
+        if block_table is not None:  # (a copy engine's box is consecutive rows; a tile's rows may span pages)
+            chain = [_variants.VARIANTS["pointer"]]
         _variants.run(chain, (str(q.device), q.dtype, D, "forward"), launch)
     return out, lse
 

@@ -118,10 +118,12 @@ def test_what_the_kernels_lack_is_refused_by_name(kwargs, match):
         flash_attn_func(q, k, v, **kwargs)
 
 
-def test_a_paged_kv_cache_is_refused_by_name():
+def test_a_block_table_with_packed_keys_is_named():
+    """flash_attn_varlen_func takes a block_table (tests/test_kernels_paged.py); with packed [total_k, H_kv, D]
+    keys instead of a pool of pages it says what it wants."""
     q, cu_q = packed(LENS_Q, 2, 16, torch.float32, 0)
     k, cu_k = packed(LENS_K, 2, 16, torch.float32, 1)
-    with pytest.raises(ValueError, match="block_table: paged key/value caches are not implemented"):
+    with pytest.raises(ValueError, match=r"k must be a 4-D tensor \[B, T, H, D\]"), torch.no_grad():
         flash_attn_varlen_func(q, k, k, cu_q, cu_k, max(LENS_Q), max(LENS_K), block_table=torch.zeros(3, 1))
 
 

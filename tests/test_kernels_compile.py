@@ -59,7 +59,7 @@ def uses_mma_sync(part: str, D: int) -> bool:
     """Whether ``part``'s tiles at head dim ``D`` are too few rows for wgmma (the dK/dV kernel at D = 256,
     whose 32-key tiles run on mma.sync: kernels/flash_bwd.py's WIDE_DKDV_TILES; the forward's 16-row
     decoding tiles: kernels/flash_fwd.py's DECODE_TILES)."""
-    return part == "decode" or (part == "dkdv" and D > 128)
+    return part.startswith("decode") or (part == "dkdv" and D > 128)
 
 
 CASES = [(torch.float16, 64), (torch.bfloat16, 128), (torch.float32, 128), (torch.float16, 256)]
@@ -185,7 +185,9 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
 
     def offered(r):
         variant = _variants.VARIANTS[r["variant"]]
-        if r["part"] == "decode":  # (both variants: a cache whose strides TMA refuses runs pointers)
+        if r["part"].endswith(" paged"):  # (always pointers: what such a launch's pruning keeps)
+            return paged_offered(r)
+        if r["part"].startswith("decode"):  # (both variants: a cache whose strides TMA refuses runs pointers)
             return any(list(_variants.tile_of(c)) == r["tile"]
                        for c in fwd.configs(variant, r["D"]) if c.kwargs["BLOCK_M"] == fwd.DECODE_ROWS)
         if r["part"].endswith(tuple(f" {f.lower()}" for f in FEATURES)):  # what such a launch's pruning keeps
@@ -205,6 +207,12 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
         return any(list(_variants.tile_of(c)) == r["tile"]
                    and c.kwargs.get("WARP_SPEC", False) == ws for c in space)
 
+    def paged_offered(r):
+        space = fwd.configs(_variants.VARIANTS["pointer"], r["D"])
+        kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 1 if r["part"].startswith("decode") else 4096},
+                                     HEAD_DIM=r["D"], PAGED=True)
+        return any(list(_variants.tile_of(c)) == r["tile"] for c in kept)
+
     def feature_offered(r):
         variant, (part, feature), tile = _variants.VARIANTS[r["variant"]], r["part"].split(" "), r["tile"]
         ws, on = r["variant"] == "tma+ws", {feature.upper(): True}
@@ -223,8 +231,9 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
     rows = [r for r in report["rows"] if offered(r)]
     assert len(rows) > 40 and {r["D"] for r in rows} == {64, 128, 256}
     assert {(r["part"], r["variant"]) for r in rows if r["D"] == 256} == {
-        ("forward", "tma"), ("forward", "tma+ws"), ("decode", "pointer"), ("decode", "tma"), ("dkdv", "pointer"),
-        ("dq", "pointer"), ("forward varlen", "tma")}
+        ("forward", "tma"), ("forward", "tma+ws"), ("decode", "pointer"), ("decode", "tma"),
+        ("decode paged", "pointer"), ("dkdv", "pointer"), ("dq", "pointer"), ("forward varlen", "tma"),
+        ("forward varlen paged", "pointer")}
     assert {(r["part"], r["variant"]) for r in rows if r["D"] == 128} >= {
         ("forward varlen", "tma"), ("dkdv varlen", "pointer"), ("dq varlen", "pointer")}
     bad = [(r["part"], r["variant"], r["D"], r["tile"], r.get("error") or r["spill_stack_bytes"]) for r in rows

@@ -32,6 +32,7 @@ from test_kernels_head_dims import case_id as head_dims_case_id
 from test_kernels_head_dims import check_padded_cache, check_padded_case, check_padded_varlen
 from test_kernels_kvcache import case_id as kvcache_case_id
 from test_kernels_kvcache import check_cache_map, check_kvcache_case, make_cache
+from test_kernels_paged import check_paged, make_paged_cache
 from test_kernels_random import GPU_SEEDS, cache_draw_id, cache_draws, fixed_case, packed_draw_id, packed_draws
 from test_kernels_rotary import check_generation_with_rotary
 from test_kernels_runtime import check_bfloat16_output_rounds_to_nearest
@@ -404,11 +405,12 @@ def test_an_autotuned_decoding_step_runs_16_row_tiles(monkeypatch):
     assert decoding and all("BLOCK_M: 16," in config for config in decoding), picked
 
 
-def test_a_decoding_step_captured_in_a_cuda_graph():
+@pytest.mark.parametrize("paged", [False, True], ids=["cache-rows", "paged"])
+def test_a_decoding_step_captured_in_a_cuda_graph(paged):
     """Serving captures one decoding step (write the new key and value into the cache, attend, the keys
     split by the rule) in a CUDA graph and replays it at every step, advancing the cache lengths in place
-    in between: the lengths are not read on the host during the capture, and each replay gives the eager
-    step's bits and leaves the caches as the eager steps do."""
+    in between: the lengths (and a paged cache's block table) are not read on the host during the capture,
+    and each replay gives the eager step's bits and leaves the caches as the eager steps do."""
     from attn_course.kernels import flash_attention_kvcache
 
     B, H, H_kv, D, T_cache, lengths = 2, 8, 2, 128, 4096, [3000, 17]
@@ -416,21 +418,24 @@ def test_a_decoding_step_captured_in_a_cuda_graph():
     steps = [tuple(torch.randn(B, h, 1, D, device="cuda", dtype=torch.float16, generator=g) for h in (H, H_kv, H_kv))
              for _ in range(4)]
 
-    def fresh():
-        k_cache, v_cache = make_cache(B, H_kv, T_cache, D, lengths, torch.float16, "cuda")
-        return k_cache, v_cache, torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    def fresh():  # (the same caches at each call; pages of 16 rows, room for the 4 steps)
+        if paged:
+            k_cache, v_cache, table = make_paged_cache(B, H_kv, D, 16, lengths, 4, torch.float16, "cuda")
+        else:
+            (k_cache, v_cache), table = make_cache(B, H_kv, T_cache, D, lengths, torch.float16, "cuda"), None
+        return k_cache, v_cache, torch.tensor(lengths, dtype=torch.int32, device="cuda"), dict(block_table=table)
 
-    k_cache, v_cache, seqlens = fresh()
+    k_cache, v_cache, seqlens, pages = fresh()
     eager = []
     for q, k, v in steps:
-        eager.append(flash_attention_kvcache(q, k_cache, v_cache, seqlens, k, v, causal=True))
+        eager.append(flash_attention_kvcache(q, k_cache, v_cache, seqlens, k, v, causal=True, **pages))
         seqlens += 1
 
-    k_graph, v_graph, seqlens_graph = fresh()
+    k_graph, v_graph, seqlens_graph, pages = fresh()
     q_in, k_in, v_in = (x.clone() for x in steps[0])
 
     def step():  # (the warm-up writes step 0's key and value; each replay of step 0 writes the same again)
-        return flash_attention_kvcache(q_in, k_graph, v_graph, seqlens_graph, k_in, v_in, causal=True)
+        return flash_attention_kvcache(q_in, k_graph, v_graph, seqlens_graph, k_in, v_in, causal=True, **pages)
 
     graph, out = _captured(step, step)
     for i, new in enumerate(steps):
@@ -442,6 +447,20 @@ def test_a_decoding_step_captured_in_a_cuda_graph():
         assert torch.equal(out, eager[i]), f"replayed step {i} differs from the eager step"
     for got, want in ((k_graph, k_cache), (v_graph, v_cache)):
         torch.testing.assert_close(got, want, atol=0, rtol=0, equal_nan=True)
+
+
+PAGED_GPU = [  # (page_size, lengths, dtype, D, num_splits): pages of vLLM's 16 rows to flash-attn 2's 256
+    (16, (0, 1000, 16383), torch.bfloat16, 128, 0), (256, (5000, 77, 4096), torch.float16, 64, 0),
+    (48, (3, 2047), torch.float32, 128, 3), (16, (700, 9000), torch.float16, 256, 0),
+]
+
+
+@pytest.mark.parametrize("page_size,lengths,dtype,D,num_splits", PAGED_GPU)
+def test_a_paged_cache_compiled(page_size, lengths, dtype, D, num_splits):
+    """A decoding step with GQA on a paged cache (pages shuffled through the pool, up to 16k keys), then a
+    three-token chunk, compiled."""
+    check_paged(page_size, 1, 1, lengths=lengths, dtype=dtype, D=D, num_splits=num_splits, device="cuda")
+    check_paged(page_size, 3, 3, lengths=lengths, dtype=dtype, D=D, device="cuda")
 
 
 # Seeded random cases (tests/test_kernels_random.py's generators, other seeds), compiled: every feature at

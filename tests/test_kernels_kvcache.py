@@ -368,7 +368,6 @@ def test_a_cache_call_that_would_need_a_gradient_is_refused():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(block_table=torch.zeros(2, 1)), "block_table: paged"),
     (dict(softcap=-5.0), "softcap must be a finite number >= 0"),
     (dict(num_splits=-1), "num_splits must be an int >= 0"),
 ])
