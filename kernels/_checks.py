@@ -371,7 +371,7 @@ def block_table_width(block_table, B: int) -> int:
                         f"{type(block_table).__name__}")
     _require_dense("block_table", block_table)
     if (block_table.dim() != 2 or block_table.shape[0] != B or block_table.shape[1] == 0
-            or block_table.dtype.is_floating_point or block_table.dtype in (torch.bool, torch.complex64)):
+            or block_table.dtype.is_floating_point or block_table.dtype.is_complex or block_table.dtype == torch.bool):
         raise ValueError(f"block_table must be a 2-D integer tensor [B, pages_per_seq] with B = {B} (a row of page "
                          f"numbers per sequence, at least one), got {block_table.dtype} of shape "
                          f"{tuple(block_table.shape)}")
