@@ -314,7 +314,7 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
         lengths = lengths + T_new
     out, lse = _ops.forward(q, k_cache, v_cache, scale, kernel_side, None, lengths, num_splits, softcap=softcap,
                             alibi_slopes=alibi_slopes, cache_map=(rows, starts) if mapped else None,
-                            block_table=block_table if paged else None)
+                            block_table=block_table)
     return (out, lse) if return_lse else out
 
 
