@@ -256,7 +256,10 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
             new keys and values go into those rows, which must then be distinct.
         cache_leftpad: int ``[B]``, where each sequence's keys start in its row (``None``: 0), as
             flash-attn's: keys ``cache_leftpad[b] ... cache_seqlens[b] + T_new - 1``, positions counted from
-            there (a batch of prompts padded on the left, say). Not with rotary embeddings.
+            there (a batch of prompts padded on the left, say). Rotary positions stay the row's own, as in
+            flash-attn: the first key sits at position ``cache_leftpad[b]``, the new keys at
+            ``cache_seqlens[b] + j``. A rotary score depends only on how far apart a query and a key are, so
+            that attends exactly as positions counted from the first key would.
         block_table: int ``[B, pages_per_seq]``, or ``None``: a *paged* cache (flash-attn's ``block_table``, vLLM's
             PagedAttention). k_cache and v_cache are then a pool of pages ``[num_pages, H_kv, page_size, D]``
             (any ``page_size``), and sequence ``b``'s position ``j`` is row ``j % page_size`` of page
@@ -296,9 +299,6 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
     alibi_slopes = check_alibi(alibi_slopes, q.shape[0], q.shape[1], q.device)
     kernel_side = kernel_window(window, causal)
     if rotary_cos is not None or rotary_sin is not None:
-        if cache_leftpad is not None:
-            raise ValueError("rotary embeddings with cache_leftpad are not implemented: rotate q and k to their "
-                             "positions yourself, or keep each sequence's cache starting at position 0")
         q, k = _rotated(q, k, lengths, rotary_cos, rotary_sin, rotary_interleaved, T_cache=T_cache,
                         distinct_q=causal or check_window(window) != (-1, -1))
     if T_new:

@@ -13,7 +13,10 @@ from ``R`` on are left alone. Two conventions pair the dims differently:
 In a decoding step the new keys sit at positions ``cache_seqlens[b], cache_seqlens[b] + 1, ...``; they are
 rotated *before* they are written into the cache, so the cache holds rotated keys and is never rotated
 again. The queries are rotated at the same positions when attention is causal or windowed; otherwise
-(as in flash-attn) every query of sequence ``b`` sits at position ``cache_seqlens[b]``.
+(as in flash-attn) every query of sequence ``b`` sits at position ``cache_seqlens[b]``. With
+``cache_leftpad`` these are still the positions of the cache row, as in flash-attn (the first key sits at
+``cache_leftpad[b]``): the score of a query and a key depends only on their distance, which is the same
+counted from the row's start or from the first key.
 
 flash-attn fuses the rotation into its kernel. Here it is a few PyTorch operations before the launch,
 computed in float32 and rounded once to the inputs' dtype: one extra pass over q and the new keys, which

@@ -246,8 +246,6 @@ def test_bad_cache_arguments_are_named(kwargs, error, match):
     (dict(cache_leftpad=torch.tensor([4, 0])), ValueError, r"cache_leftpad must not pass cache_seqlens .*got "
                                                           r"\[4, 0\] and \[3, 7\]"),
     (dict(cache_leftpad=torch.tensor([0, 9])), ValueError, r"cache_leftpad must hold first positions in \[0, 8\]"),
-    (dict(cache_leftpad=torch.tensor([1, 0]), rotary_cos=torch.ones(8, 8), rotary_sin=torch.zeros(8, 8)),
-     ValueError, "rotary embeddings with cache_leftpad are not implemented"),
     (dict(k_cache=torch.zeros(3, 2, 8, 16), v_cache=torch.zeros(3, 2, 8, 16)), ValueError,
      "q has B = 2 sequences and the cache 3 rows: pass cache_batch_idx"),
 ])

@@ -95,13 +95,47 @@ def check_generation_with_rotary(interleaved, R, device, tol):
     assert max_err(k_cache[:, :, :T], rk) < 1e-5, "the cache must hold the keys rotated at their positions"
 
 
+@pytest.mark.parametrize("interleaved", [True, False], ids=["gptj", "neox"])
+def test_left_padded_prompts_generate_as_if_they_started_at_position_0(interleaved):
+    """A batch of prompts of 7 and 3 tokens, left-padded to end together (``cache_leftpad = [0, 4]``, the
+    padding NaN), their keys rotated at the cache row's positions (flash-attn's convention), then 4 tokens
+    generated one at a time with rotary tables: each step must give causal attention over the sequence's own
+    tokens rotated at positions ``0, 1, ...`` (RoPE depends on distances only)."""
+    B, H, H_kv, D, R, T_cache, steps = 2, 4, 2, 32, 16, 16, 4
+    starts, prompt = [0, 4], 7  # sequence 1 holds 3 prompt tokens, at positions 4, 5, 6 of its row
+    cos, sin = rope_tables(T_cache, R)
+    q, k, v = make_qkv(B, H, H_kv, prompt + steps, prompt + steps, D, F32, seed=11)  # (B, H, 11, D) etc.
+    physical = torch.arange(prompt).expand(B, prompt)  # (B, 7): the prompts' positions in their rows
+    k_cache, v_cache = (torch.full((B, H_kv, T_cache, D), float("nan")) for _ in range(2))
+    k_cache[:, :, :prompt] = rotated_by_complex_numbers(k[:, :, :prompt], cos, sin, physical, interleaved).float()
+    v_cache[:, :, :prompt] = v[:, :, :prompt]
+    for b, first in enumerate(starts):
+        k_cache[b, :, :first] = v_cache[b, :, :first] = float("nan")  # (the padding: never read)
+    leftpad, seqlens = torch.tensor(starts, dtype=torch.int32), torch.full((B,), prompt, dtype=torch.int32)
+    for t in range(prompt, prompt + steps):
+        with torch.no_grad():
+            out = flash_attention_kvcache(q[:, :, t:t + 1], k_cache, v_cache, seqlens, k[:, :, t:t + 1],
+                                          v[:, :, t:t + 1], causal=True, rotary_cos=cos, rotary_sin=sin,
+                                          rotary_interleaved=interleaved, cache_leftpad=leftpad)
+        seqlens += 1
+        for b, first in enumerate(starts):
+            own = torch.arange(t + 1 - first)[None]  # (1, n): the sequence's tokens counted from its first
+            rq, rk = (rotated_by_complex_numbers(x[b:b + 1, :, first:t + 1], cos, sin, own, interleaved).float()
+                      for x in (q, k))  # (1, H, n, D), (1, H_kv, n, D)
+            want = reference(rq, rk, v[b:b + 1, :, first:t + 1], causal=True)[:, :, -1:]  # the newest token's row
+            assert max_err(out[b:b + 1], want) < 2e-5, f"sequence {b}, token {t}"
+
+
+@pytest.mark.parametrize("leftpad", [None, [3, 1]], ids=["from0", "leftpad"])
 @pytest.mark.parametrize("causal,window", [(True, (-1, -1)), (False, (3, 2)), (False, (-1, -1))],
                          ids=["causal", "window", "full"])
-def test_flash_attn_with_kvcache_rotates_where_flash_attn_does(causal, window):
+def test_flash_attn_with_kvcache_rotates_where_flash_attn_does(causal, window, leftpad):
     """flash-attn's rule in its layout: new keys at ``cache_seqlens[b] + j``; queries at ``cache_seqlens[b] + i``
-    when causal or windowed, else every query at ``cache_seqlens[b]``. The call must give the same bits as
+    when causal or windowed, else every query at ``cache_seqlens[b]``; with ``cache_leftpad`` the same
+    positions of the cache row (not counted from the first key). The call must give the same bits as
     rotating by hand (with the same function) and calling without the tables, and write the same cache."""
     lengths = [9, 2]
+    leftpad = None if leftpad is None else torch.tensor(leftpad, dtype=torch.int32)
     k_cache, v_cache = make_cache(2, 2, 24, 32, lengths, torch.float16)  # (B, H_kv, T, D)
     q, k, v = make_qkv(2, 4, 2, 3, 3, 32, torch.float16, seed=5)  # three new tokens per sequence
     cos, sin = rope_tables(30, 16)
@@ -112,10 +146,11 @@ def test_flash_attn_with_kvcache_rotates_where_flash_attn_does(causal, window):
     if not distinct:
         assert torch.equal(positions_of(seqlens, 3, False), torch.tensor([[9, 9, 9], [2, 2, 2]]))
     caches = [(k_cache.clone(), v_cache.clone()) for _ in range(2)]
-    want = flash_attention_kvcache(by_hand_q, *caches[0], seqlens, by_hand_k, v, causal=causal, window=window)
+    want = flash_attention_kvcache(by_hand_q, *caches[0], seqlens, by_hand_k, v, causal=causal, window=window,
+                                   cache_leftpad=leftpad)
     bthd = [swap_seq_and_heads(x) for x in (q, *caches[1], k, v)]  # (B, T, H, D) views
     got = flash_attn_with_kvcache(*bthd[:3], *bthd[3:], rotary_cos=cos, rotary_sin=sin, cache_seqlens=seqlens,
-                                  causal=causal, window_size=window, rotary_interleaved=False)
+                                  causal=causal, window_size=window, rotary_interleaved=False, cache_leftpad=leftpad)
     assert torch.equal(swap_seq_and_heads(got), want)
     for ours, theirs in zip(caches[0], caches[1], strict=True):
         torch.testing.assert_close(ours, theirs, atol=0, rtol=0, equal_nan=True)
