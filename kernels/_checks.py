@@ -125,6 +125,13 @@ def check_alibi(alibi_slopes, B: int, H: int, device: torch.device):
     return alibi_slopes
 
 
+def refuse_gradients(tensors, refusal: str) -> None:
+    """A ``ValueError`` saying ``refusal`` when autograd would want a gradient through any of ``tensors``
+    (``None`` entries skipped): for the inference-only calls, which have no backward."""
+    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in tensors):
+        raise ValueError(refusal)
+
+
 def check_num_splits(num_splits) -> int:
     """flash-attn's ``num_splits``: an int >= 0 (``0``: the kernel chooses; ``n``: each row's keys in ``n``
     slices, see ``flash_split``)."""

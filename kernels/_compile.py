@@ -89,7 +89,7 @@ def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, 
     (``flash_softcap``); ``alibi``: with ALiBi slopes per (sequence, head) (``flash_alibi``); ``cache_map``:
     each sequence's cache row and first key (int32 ``(rows, starts)``, with ``seqused_k``); ``page_size``: the
     keys and values in a pool of pages of that size instead, the pages of both sequences shuffled
-    (``flash_paged``, with ``seqused_k``)."""
+    (``flash_paged``; with ``seqused_k`` a decoding step, with ``varlen`` a packed batch of queries)."""
     fwd = kernel_module("flash_fwd", CUDA)
     q, k, v = (torch.randn(2, h, t, D).to(dtype) for h, t in ((4, T_q or T), (2, T), (2, T)))
     packed = {}

@@ -51,6 +51,7 @@ from ._checks import (
     check_varlen,
     host_cu_seqlens,
     kernel_window,
+    refuse_gradients,
 )
 from ._runtime import kernel_module
 from .rotary import check_rotary, positions_of, rotate
@@ -193,9 +194,10 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
     zeros (and ``-inf``) first: a memset instead of the copy.
     """
     paged = block_table is not None
-    if paged and torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in (q, k, v)):
-        raise ValueError("flash_attention_varlen with a block_table (keys and values in pages) is for inference and "
-                         "has no gradient, as in flash-attn; call it under torch.no_grad(), or train on packed k, v")
+    if paged:
+        refuse_gradients((q, k, v), "flash_attention_varlen with a block_table (keys and values in pages) is for "
+                         "inference and has no gradient, as in flash-attn; call it under torch.no_grad(), or "
+                         "train on packed k, v")
     q, k, v = autocast_inputs(q, k, v)
     cu_q, cu_k, max_seqlen_q, max_seqlen_k, used_q, used_k = check_varlen(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, paged)  # (lengths, rows used: Python ints)
@@ -275,10 +277,9 @@ def flash_attention_kvcache(q, k_cache, v_cache, cache_seqlens=None, k=None, v=N
     reads no further, so the caches' unused tails cost nothing and may hold anything. ``cache_seqlens`` is
     left as it is: advancing it is the caller's job.
     """
-    if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad
-                                       for x in (q, k_cache, v_cache, k, v)):
-        raise ValueError("flash_attention_kvcache is for inference and has no gradient (as flash-attn's "
-                         "flash_attn_with_kvcache); call it under torch.no_grad(), or train with flash_attention")
+    refuse_gradients((q, k_cache, v_cache, k, v), "flash_attention_kvcache is for inference and has no gradient "
+                     "(as flash-attn's flash_attn_with_kvcache); call it under torch.no_grad(), or train with "
+                     "flash_attention")
     q, k, v = autocast_inputs(q, k, v)  # (the caches are never cast: they are written in place)
     mapped = cache_batch_idx is not None or cache_leftpad is not None
     paged = block_table is not None
