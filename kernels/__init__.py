@@ -11,6 +11,7 @@ Files, in reading order:
 * ``flash_dropout.py``: attention dropout whose mask is regenerated from a seed, never stored;
 * ``flash_softcap.py``: logit soft-capping, ``c * tanh(s / c)`` on every score, forward and backward;
 * ``flash_alibi.py``: ALiBi's position biases, ``-slope * |i - j|``, computed per score, never stored;
+* ``flash_paged.py``: keys and values in a pool of pages, each key's page looked up in a table (paged caches);
 * ``flash_split.py``: a row's keys split between programs and combined exactly (flash-decoding: a
   decoding step has too few rows to fill a GPU otherwise), and the rule that picks how many slices;
 * ``_tiles.py``: masks, loop bounds and tile loads shared by both (full vs masked tiles; pointers vs TMA);
@@ -18,6 +19,7 @@ Files, in reading order:
 * ``flash_attn_compat.py``: flash-attn's ``flash_attn_func`` / ``flash_attn_varlen_func`` and their packed
   (qkv, kv) forms, with flash-attn's signatures;
 * ``rotary.py``: rotary position embeddings for generation against a cache, as flash-attn applies them;
+* ``attn_probs.py``: the probabilities and dropout pattern of a call, for flash-attn's ``return_attn_probs``;
 * ``_ops.py``: the launches as PyTorch custom operators, for ``torch.compile``; the gradient through lse;
 * ``_variants.py``: which variant runs (``pointer``, ``tma``, ``tma+ws``) and whether tiles are autotuned;
 * ``_checks.py``: input checks; ``_runtime.py``: compiled vs interpreted kernels, chosen per device;

@@ -39,16 +39,27 @@ but ``return_attn_probs``' third element (below). The cache's rotary embeddings 
 (``rotary``). ``num_splits`` splits each row's keys between programs as flash-attn does (``flash_split``:
 faster decoding when the batch is too small to fill the GPU; 0 lets the kernel choose). ``deterministic`` is
 accepted and changes nothing: the backward pass never uses atomics, so it is always deterministic.
-``return_attn_probs=True`` returns ``(out, softmax_lse, None)``: flash-attn's third element is the dropout
-pattern, for its own tests, which the kernels never form (``flash_dropout.dropout_mask`` regenerates it from
-a call's seed); ``attn_course.attention(..., return_weights=True)`` shows the probabilities.
+``return_attn_probs=True`` returns ``(out, softmax_lse, S_dmask)`` as flash-attn does: ``S_dmask`` is ``None``
+without dropout, and with ``dropout_p > 0`` the call's attention probabilities with the entries dropout zeroed
+negated (``S_dmask >= 0`` is the keep mask), ``[B, H, T_q, T_k]`` (packed: ``[B, H, max_seqlen_q,
+max_seqlen_k]``, each sequence in its corner). The kernels never form it: it is rebuilt after the call from
+the reference attention and the call's seed (``attn_probs``), for tests and small shapes, as flash-attn means
+it. Not under CUDA graph capture.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .flash_attention import flash_attention, flash_attention_kvcache, flash_attention_varlen, swap_seq_and_heads
+from . import attn_probs
+from ._checks import check_dropout, check_scale, kernel_window
+from .flash_attention import (
+    flash_attention,
+    flash_attention_kvcache,
+    flash_attention_varlen,
+    next_dropout_seed,
+    swap_seq_and_heads,
+)
 
 
 def _cap(softcap) -> float:
@@ -56,21 +67,41 @@ def _cap(softcap) -> float:
     return 0.0 if softcap is None else softcap
 
 
-def _results(res, return_attn_probs: bool):
-    """flash-attn's return value: ``out``, or ``(out, softmax_lse, None)`` with ``return_attn_probs``."""
+def _probs_seed(return_attn_probs: bool, dropout_p, q):
+    """The seed the coming call will draw, when it must return its probabilities (``return_attn_probs`` with
+    dropout), else ``None``. Read before the call, without drawing it (``next_dropout_seed``)."""
+    if not return_attn_probs or check_dropout(dropout_p) == 0.0 or not isinstance(q, torch.Tensor):
+        return None  # (a q that is not a tensor: the call names the problem)
+    if q.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise ValueError("return_attn_probs with dropout_p > 0 builds the [T_q, T_k] probabilities after the call, "
+                         "which a CUDA graph cannot replay: call it outside the capture (it is meant for tests)")
+    return next_dropout_seed(q.device)
+
+
+def _results(res, return_attn_probs: bool, probs=None):
+    """flash-attn's return value: ``out``, or ``(out, softmax_lse, S_dmask)`` with ``return_attn_probs``
+    (``S_dmask``: ``probs()``, or ``None`` without dropout)."""
     out, lse = res
-    return (out, lse, None) if return_attn_probs else out
+    if not return_attn_probs:
+        return out
+    with torch.no_grad():
+        return out, lse, None if probs is None else probs()
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                     alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """flash-attn's ``flash_attn_func``: q ``[B, T_q, H, D]``, k, v ``[B, T_k, H_kv, D]`` -> out
-    ``[B, T_q, H, D]``; with ``return_attn_probs``, ``(out, softmax_lse [B, H, T_q], None)``.
+    ``[B, T_q, H, D]``; with ``return_attn_probs``, ``(out, softmax_lse [B, H, T_q], S_dmask)`` (``S_dmask``:
+    ``None`` without dropout, else ``[B, H, T_q, T_k]``, see the module docstring).
     Differentiable in q, k, v (and through softmax_lse). See the module docstring for what is refused."""
     q, k, v = (swap_seq_and_heads(x, name) for x, name in ((q, "q"), (k, "k"), (v, "v")))  # (B, H, T, D)
+    seed = _probs_seed(return_attn_probs, dropout_p, q)
     out, lse = flash_attention(q, k, v, causal=causal, scale=softmax_scale, window=window_size, dropout_p=dropout_p,
                                softcap=_cap(softcap), alibi_slopes=alibi_slopes, return_lse=True)
-    return _results((swap_seq_and_heads(out), lse), return_attn_probs)  # out (B, T_q, H, D)
+    probs = None if seed is None else lambda: attn_probs.fixed(  # (the call has checked every argument)
+        q.to(out.dtype), k, seed, check_dropout(dropout_p), scale=check_scale(softmax_scale, q.shape[-1]),
+        window=kernel_window(window_size, causal), softcap=_cap(softcap), alibi_slopes=alibi_slopes)
+    return _results((swap_seq_and_heads(out), lse), return_attn_probs, probs)  # out (B, T_q, H, D)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
@@ -78,13 +109,20 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            deterministic=False, return_attn_probs=False, block_table=None):
     """flash-attn's ``flash_attn_varlen_func``: packed q ``[total_q, H, D]``, k, v ``[total_k, H_kv, D]`` (with
     ``block_table``, pools of pages ``[num_pages, page_size, H_kv, D]``: inference only) -> out ``[total_q, H, D]``;
-    with ``return_attn_probs``, ``(out, softmax_lse [H, total_q], None)``."""
+    with ``return_attn_probs``, ``(out, softmax_lse [H, total_q], S_dmask)`` (``S_dmask``: ``None`` without
+    dropout, else ``[B, H, max_seqlen_q, max_seqlen_k]``)."""
     if block_table is not None:  # (num_pages, page_size, H_kv, D) -> ours, (num_pages, H_kv, page_size, D): views
         k, v = swap_seq_and_heads(k, "k"), swap_seq_and_heads(v, "v")
+    seed = _probs_seed(return_attn_probs, dropout_p, q)
     res = flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
                                  scale=softmax_scale, window=window_size, dropout_p=dropout_p, softcap=_cap(softcap),
                                  alibi_slopes=alibi_slopes, block_table=block_table, return_lse=True)
-    return _results(res, return_attn_probs)
+    probs = None if seed is None else lambda: attn_probs.varlen(  # (the call has checked every argument)
+        q.to(res[0].dtype), k, cu_seqlens_q.cpu(), cu_seqlens_k.cpu(), int(max_seqlen_q), int(max_seqlen_k), seed,
+        check_dropout(dropout_p), scale=check_scale(softmax_scale, q.shape[-1]),
+        window=kernel_window(window_size, causal), softcap=_cap(softcap), alibi_slopes=alibi_slopes,
+        block_table=block_table)
+    return _results(res, return_attn_probs, probs)
 
 
 def _unpack(x: torch.Tensor, dim: int, n: int, what: str, layout: str):

@@ -14,6 +14,7 @@ import torch
 from test_kernels import CASES, case_id
 from test_kernels_alibi import case_id as alibi_case_id
 from test_kernels_alibi import check_alibi_cache, check_alibi_case, check_alibi_varlen, check_alibi_with_dropout
+from test_kernels_attn_probs import check_s_dmask
 from test_kernels_autograd import LSE_CASES, check_compiled_model, check_lse_gradient, lse_case_id
 from test_kernels_common import (
     assert_close_by_rule,
@@ -541,6 +542,14 @@ def test_a_cuda_graph_replays_dropout_with_a_fresh_mask():
     graph.replay()
     assert not torch.equal(out, first) and torch.equal(lse, first_lse)
     assert torch.isfinite(out).all()
+
+
+def test_attention_probabilities_with_dropout_on_the_gpu():
+    """flash-attn's ``return_attn_probs`` with dropout, after a compiled call; refused, named, under capture."""
+    check_s_dmask("softcap-alibi", "cuda")
+    q, k, v = (x.transpose(1, 2) for x in make_qkv(1, 2, 2, 64, 64, 64, torch.float16, device="cuda"))
+    with pytest.raises(ValueError, match="return_attn_probs with dropout_p > 0 .* CUDA graph"):
+        _captured(lambda: flash_attn_func(q, k, v, 0.1), lambda: flash_attn_func(q, k, v, 0.1, return_attn_probs=True))
 
 
 SOFTCAP_CASES = [(2, 8, 2, 1000, 1000, 128, True, NONE, 5.0, torch.float16),
