@@ -18,7 +18,8 @@ seed for the backward pass.
 
 ``FlashAttentionFunction`` calls them through :func:`forward` and :func:`backward`. Outside
 ``torch.compile`` these call the launches directly, skipping the operators' dispatch: it runs in Python
-on every call, time that a short GPU kernel would otherwise wait on.
+on every call, time that a short GPU kernel would otherwise wait on. Under ``torch.func.vmap`` they go
+through the operators, whose batching rules (``_vmap``) merge the vmapped dim into the batch.
 
 The gradient through ``lse``: with ``dlse`` the gradient of the loss with respect to ``lse``,
 ``d lse_i / d s_ij = P_ij``, so the score gradient ``dS = P * (dP - delta)`` becomes
@@ -34,9 +35,15 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks
+from . import _checks, _vmap
 from ._runtime import kernel_module, on_device
 
+SECOND_DERIVATIVE = (
+    "flash_attention has no second derivative: its backward is a Triton kernel that autograd cannot "
+    "differentiate, and differentiating its gradients (a gradient penalty, a Hessian) would silently leave out "
+    "attention's second-order terms. Compute that loss with attn_course.attention, plain PyTorch, which "
+    "autograd differentiates as often as you like."
+)
 _VARLEN = (None, None, 0, 0)  # cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k of a fixed-length call
 
 
@@ -189,6 +196,16 @@ def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlen
     return drop_unneeded(backward_buffers(q, k, v), need_dq, need_dkdv)
 
 
+_forward_op.register_vmap(_vmap.forward_rule)
+_backward_op.register_vmap(_vmap.backward_rule)
+
+
+def _through_operators(*tensors) -> bool:
+    """Reach the launches through the operators (under ``torch.compile``, or on a ``torch.func`` transform's
+    tensors) rather than directly."""
+    return torch.compiler.is_compiling() or _vmap.wrapped(*tensors)
+
+
 def forward(q, k, v, scale: float, window: tuple[int, int], varlen=None, seqused_k=None, num_splits: int = 0,
             dropout=None, softcap: float = 0.0, alibi_slopes=None, cache_map=None, block_table=None):
     """``(out, lse)``; ``varlen`` is ``None`` or ``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)``;
@@ -201,7 +218,7 @@ def forward(q, k, v, scale: float, window: tuple[int, int], varlen=None, seqused
     ``seqused_k`` or ``varlen``: k and v are a pool of pages, see ``flash_paged``)."""
     args = (q, k, v, scale, *window, *(varlen or _VARLEN), seqused_k, num_splits, *(dropout or (0.0, None)),
             softcap, alibi_slopes, *(cache_map or (None, None)), block_table)
-    return torch.ops.attn_course.flash_forward(*args) if torch.compiler.is_compiling() else _launch_forward(*args)
+    return torch.ops.attn_course.flash_forward(*args) if _through_operators(q, k, v) else _launch_forward(*args)
 
 
 def backward(dout, dlse, q, k, v, out, lse, scale: float, window: tuple[int, int], varlen=None, need_dq=True,
@@ -211,4 +228,5 @@ def backward(dout, dlse, q, k, v, out, lse, scale: float, window: tuple[int, int
     (see :func:`drop_unneeded`)."""
     args = (dout, dlse, q, k, v, out, lse, scale, *window, *(varlen or _VARLEN), need_dq, need_dkdv,
             *(dropout or (0.0, None)), softcap, alibi_slopes)
-    return torch.ops.attn_course.flash_backward(*args) if torch.compiler.is_compiling() else _launch_backward(*args)
+    through = _through_operators(dout, dlse, q, k, v, out, lse)
+    return torch.ops.attn_course.flash_backward(*args) if through else _launch_backward(*args)

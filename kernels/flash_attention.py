@@ -56,12 +56,7 @@ from ._checks import (
 from ._runtime import kernel_module
 from .rotary import check_rotary, positions_of, rotate
 
-SECOND_DERIVATIVE = (
-    "flash_attention has no second derivative: its backward is a Triton kernel that autograd cannot "
-    "differentiate, and backward(create_graph=True) (a gradient penalty, a Hessian) would silently leave out "
-    "attention's second-order terms. Compute that loss with attn_course.attention, plain PyTorch, which "
-    "autograd differentiates as often as you like."
-)
+SECOND_DERIVATIVE = _ops.SECOND_DERIVATIVE
 
 
 _AUTOCAST_FROM = (torch.float32, torch.float16, torch.bfloat16)  # what autocast lowers (never float64)
@@ -84,42 +79,89 @@ def autocast_inputs(*tensors):
 class FlashAttentionFunction(torch.autograd.Function):
     """``out = softmax(scale q k^T + mask) v`` and ``lse``, forward and backward in Triton, both outputs
     differentiable (the gradient through lse costs one subtraction, see ``_ops``). ``varlen`` is ``None`` or
-    ``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)``. With ``dropout_p > 0`` the forward draws a
-    seed and saves it (eight bytes): the backward regenerates the same mask from it (``flash_dropout``).
-    ``softcap > 0`` caps the scores smoothly at ``+-softcap`` (``flash_softcap``); ``alibi_slopes`` adds ALiBi's
-    biases (``flash_alibi``; the slopes are saved, ``B * H`` floats at most)."""
+    ``(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)``. With ``dropout_p > 0``, ``seed`` is the call's
+    dropout seed (``_ops.draw_seed``, drawn by the caller), saved (eight bytes): the backward regenerates the
+    same mask from it (``flash_dropout``). ``softcap > 0`` caps the scores smoothly at ``+-softcap``
+    (``flash_softcap``); ``alibi_slopes`` adds ALiBi's biases (``flash_alibi``; the slopes are saved,
+    ``B * H`` floats at most).
+
+    Written for ``torch.func`` too (a ``forward`` without ``ctx``, and ``setup_context``): under ``vmap``
+    PyTorch runs it on batched tensors, which reach the operators' batching rules (``_vmap``)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, window, varlen, dropout_p=0.0, softcap=0.0, alibi_slopes=None):
-        seed = _ops.draw_seed(q.device) if dropout_p > 0 else None
-        dropout = None if seed is None else (dropout_p, seed)
-        out, lse = _ops.forward(q, k, v, scale, window, varlen, dropout=dropout, softcap=softcap,
-                                alibi_slopes=alibi_slopes)
+    def forward(q, k, v, scale, window, varlen, dropout_p=0.0, softcap=0.0, alibi_slopes=None, seed=None):
+        if dropout_p > 0 and seed is None:
+            raise ValueError("FlashAttentionFunction with dropout_p > 0 needs the call's seed (a one-element int64 "
+                             "tensor, as _ops.draw_seed draws it): the backward pass regenerates the mask from it")
+        return _ops.forward(q, k, v, scale, window, varlen, dropout=(dropout_p, seed) if dropout_p > 0 else None,
+                            softcap=softcap, alibi_slopes=alibi_slopes)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, scale, window, varlen, dropout_p, softcap, alibi_slopes, seed = (*inputs, 0.0, 0.0, None, None)[:10]
+        out, lse = output
+        seed = seed if dropout_p > 0 else None
         ctx.save_for_backward(q, k, v, out, lse, *(varlen[:2] if varlen else ()), *(() if seed is None else (seed,)),
                               *(() if alibi_slopes is None else (alibi_slopes,)))
         ctx.scale, ctx.window, ctx.max_seqlens = scale, window, varlen[2:] if varlen else None
-        ctx.dropout_p, ctx.softcap = dropout_p, softcap  # (dropout_p is 0.0 exactly when no seed was drawn)
+        ctx.dropout_p, ctx.softcap = dropout_p if seed is not None else 0.0, softcap  # (0.0 exactly without a seed)
         ctx.alibi = alibi_slopes is not None
         ctx.set_materialize_grads(False)  # an output that never reaches the loss gets None, not zeros
-        return out, lse
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        if torch.is_grad_enabled():  # backward(create_graph=True): a second derivative is on its way
-            raise RuntimeError(SECOND_DERIVATIVE)
         if dout is None and dlse is None:
-            return (None,) * 9
+            return (None,) * 10
         # then cu_seqlens_q, cu_seqlens_k (packed), the seed (dropout), the slopes (ALiBi)
         q, k, v, out, lse, *rest = ctx.saved_tensors
         alibi_slopes = rest.pop() if ctx.alibi else None
         seed = rest.pop() if ctx.dropout_p else None
-        varlen = (*rest, *ctx.max_seqlens) if rest else None
+        cu_seqlens = rest or [None, None]
         need_q, need_k, need_v = ctx.needs_input_grad[:3]  # frozen inputs: skip their kernel
-        dq, dk, dv = _ops.backward(dout, dlse, q, k, v, out, lse, ctx.scale, ctx.window, varlen,
-                                   need_dq=need_q, need_dkdv=need_k or need_v,
-                                   dropout=None if seed is None else (ctx.dropout_p, seed),  # (the same mask)
-                                   softcap=ctx.softcap, alibi_slopes=alibi_slopes)
-        return dq if need_q else None, dk if need_k else None, dv if need_v else None, *(None,) * 6
+        args = (dout, dlse, q, k, v, out, lse, ctx.scale, ctx.window, *cu_seqlens, ctx.max_seqlens, need_q,
+                need_k or need_v, ctx.dropout_p, seed, ctx.softcap, alibi_slopes)
+        # a backward that builds a graph (create_graph=True; torch.func.grad always builds one) goes through
+        # a Function whose own gradient refuses, by name
+        dq, dk, dv = _BackwardPass.apply(*args) if torch.is_grad_enabled() else _backward(*args)
+        return dq if need_q else None, dk if need_k else None, dv if need_v else None, *(None,) * 7
+
+
+def _backward(dout, dlse, q, k, v, out, lse, scale, window, cu_seqlens_q, cu_seqlens_k, max_seqlens, need_dq,
+              need_dkdv, dropout_p, seed, softcap, alibi_slopes):
+    """``(dq, dk, dv)`` from the backward kernels (one left empty where not needed, see ``_ops``)."""
+    varlen = None if cu_seqlens_q is None else (cu_seqlens_q, cu_seqlens_k, *max_seqlens)
+    return _ops.backward(dout, dlse, q, k, v, out, lse, scale, window, varlen, need_dq=need_dq, need_dkdv=need_dkdv,
+                         dropout=None if seed is None else (dropout_p, seed),  # (the same mask)
+                         softcap=softcap, alibi_slopes=alibi_slopes)
+
+
+class _BackwardPass(torch.autograd.Function):
+    """:func:`_backward` as a Function of its own, for a backward pass that builds a graph: its gradients
+    come out tied to what they depend on, and differentiating them again (a gradient penalty, a Hessian)
+    stops with :data:`SECOND_DERIVATIVE` instead of silently leaving out attention's second-order terms.
+    A Function also lets ``torch.func.grad`` run the kernels on its plain tensors, not its wrappers."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return _backward(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(SECOND_DERIVATIVE)
+
+
+def _function(q, k, v, scale, window, varlen, dropout_p, softcap, alibi_slopes):
+    """``FlashAttentionFunction`` applied, with a fresh dropout seed drawn first when ``dropout_p > 0``."""
+    seed = _ops.draw_seed(q.device) if dropout_p > 0 else None
+    return FlashAttentionFunction.apply(q, k, v, scale, window, varlen, dropout_p, softcap, alibi_slopes, seed)
 
 
 def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None, window=(-1, -1),
@@ -156,8 +198,8 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
     check_fixed(q, k, v)
     scale = check_scale(scale, q.shape[-1])
     alibi_slopes = check_alibi(alibi_slopes, q.shape[0], q.shape[1], q.device)
-    out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), None,
-                                            check_dropout(dropout_p), check_softcap(softcap), alibi_slopes)
+    out, lse = _function(q, k, v, scale, kernel_window(window, causal), None, check_dropout(dropout_p),
+                         check_softcap(softcap), alibi_slopes)
     return (out, lse) if return_lse else out
 
 
@@ -217,8 +259,8 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
                                 dropout=None if seed is None else (dropout_p, seed), softcap=softcap,
                                 alibi_slopes=alibi_slopes, block_table=block_table)
     else:
-        out, lse = FlashAttentionFunction.apply(q, k, v, scale, kernel_window(window, causal), varlen, dropout_p,
-                                                softcap, alibi_slopes)
+        out, lse = _function(q, k, v, scale, kernel_window(window, causal), varlen, dropout_p, softcap,
+                             alibi_slopes)
     if tail_q:  # autograd gives the tail zero gradients (through the slices above)
         out = torch.cat([out, out.new_zeros(tail_q, *out.shape[1:])])  # (total_q, H, D)
         lse = torch.cat([lse, lse.new_full((lse.shape[0], tail_q), float("-inf"))], dim=1)  # (H, total_q)

@@ -504,6 +504,7 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
     is regenerated from them, see ``flash_dropout``). ``softcap``, ``alibi_slopes``: the forward's
     (``flash_softcap``, ``flash_alibi``)."""
     varlen = cu_seqlens_q is not None
+    lse = lse.contiguous()  # (as the forward wrote it, unless broadcast, as vmap may: delta takes lse's strides)
     if _variants.may_use_tma(q.device) and _variants.tma_unready(dout) and not _variants.tma_unready(q, k, v):
         dout = dout.contiguous()  # e.g. the stride-0 gradient of out.sum(): one copy keeps the TMA path open
     if varlen:

@@ -388,12 +388,36 @@ def check_operators_with(q, k, v, dropout_p=0.0, seed=None, softcap=0.0, alibi_s
                                                        True, True, *extra))
 
 
+def test_the_backward_operator_reads_out_and_lse_broadcast_over_the_batch():
+    """``out`` and ``lse`` broadcast over the batch (stride 0, as ``torch.func.vmap`` hands over a sample's
+    saved tensors): the same gradients as from contiguous copies (delta, written with lse's strides, once
+    landed every sequence on sequence 0)."""
+    ops = torch.ops.attn_course
+    q, k, v = make_qkv(1, 2, 2, 9, 9, 16, F32)
+    out, lse = ops.flash_forward(q, k, v, 0.25, 7, 0, None, None, 0, 0)
+    broadcast = [x.expand(3, *x.shape[1:]) for x in (q, k, v, out, lse)]  # (3, ...) with batch stride 0
+    dout = torch.randn(3, 2, 9, 16, generator=torch.Generator().manual_seed(2))
+    tail = (0.25, 7, 0, None, None, 0, 0, True, True)
+    got = ops.flash_backward(dout, None, *broadcast, *tail)
+    want = ops.flash_backward(dout, None, *(x.contiguous() for x in broadcast), *tail)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want, strict=True):
+        assert torch.equal(g, w), name
+
+
 def test_a_second_derivative_is_refused_with_a_reason():
-    """``create_graph=True`` would silently miss attention's second-order terms: it must raise instead."""
+    """Differentiating the gradients (a gradient penalty) would silently miss attention's second-order terms:
+    it must raise instead. A backward that only builds a graph (``create_graph=True`` for some other part of
+    the model) gives the same first derivative as without it."""
     q, k, v = make_qkv(1, 2, 2, 17, 17, 16, F32, requires_grad=True)
     out = flash_attention(q, k, v)
+    dq, dk = torch.autograd.grad(out.pow(2).sum(), (q, k), create_graph=True)
+    plain_dq, plain_dk = torch.autograd.grad(flash_attention(q, k, v).pow(2).sum(), (q, k))
+    assert torch.equal(dq, plain_dq) and torch.equal(dk, plain_dk)
+    assert dq.requires_grad, "the gradients must be tied to the graph, so that differentiating them is caught"
     with pytest.raises(RuntimeError, match="no second derivative.*attn_course.attention"):
-        torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
+        (dq.square().sum() + dk.sum()).backward()
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(dk.sum(), v)
     # the first derivative on its own is still fine after the refusal
     (dq,) = torch.autograd.grad(flash_attention(q, k, v).pow(2).sum(), q)
     assert torch.isfinite(dq).all()

@@ -45,6 +45,7 @@ from test_kernels_softcap import (
     check_softcap_with_dropout,
 )
 from test_kernels_varlen import PADDING_TAILS, check_padding_tail, check_varlen_case, per_sequence
+from test_kernels_vmap import check_per_sample_gradients
 
 from attn_course.kernels import _tiles, _variants, flash_attention, flash_attention_varlen, flash_attn_func
 from attn_course.kernels._runtime import kernel_module
@@ -550,6 +551,11 @@ def test_attention_probabilities_with_dropout_on_the_gpu():
     q, k, v = (x.transpose(1, 2) for x in make_qkv(1, 2, 2, 64, 64, 64, torch.float16, device="cuda"))
     with pytest.raises(ValueError, match="return_attn_probs with dropout_p > 0 .* CUDA graph"):
         _captured(lambda: flash_attn_func(q, k, v, 0.1), lambda: flash_attn_func(q, k, v, 0.1, return_attn_probs=True))
+
+
+def test_per_sample_gradients_on_the_gpu():
+    """``torch.func.vmap(grad(...))`` on CUDA tensors: the batching rules' merged launches, compiled."""
+    check_per_sample_gradients("cuda")
 
 
 SOFTCAP_CASES = [(2, 8, 2, 1000, 1000, 128, True, NONE, 5.0, torch.float16),
