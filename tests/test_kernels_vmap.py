@@ -36,6 +36,20 @@ def test_vmap_is_a_loop_of_calls(kwargs):
         assert torch.equal(out[n], want) and torch.equal(lse[n], want_lse), f"sample {n}"
 
 
+def test_nested_vmap_and_vmap_under_torch_compile():
+    """``vmap(vmap(f))`` merges twice (the inner rule's launch is itself batched by the outer), and
+    ``torch.compile(vmap(f), fullgraph=True)`` traces the rule into one graph: both equal plain loops."""
+    q, k = torch.randn(2, 3, 1, 2, 5, 16), torch.randn(2, 3, 1, 2, 7, 16)  # (N1, N2, B, H, T, D)
+    out = vmap(vmap(lambda a, b: flash_attention(a, b, b, causal=True)))(q, k)
+    for i in range(2):
+        for j in range(3):
+            assert torch.equal(out[i, j], flash_attention(q[i, j], k[i, j], k[i, j], causal=True)), (i, j)
+    batched = vmap(lambda a: flash_attention(a, a, a, window=(2, 2)))
+    torch._dynamo.reset()
+    compiled = torch.compile(batched, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(q[0]), batched(q[0]))
+
+
 def test_vmap_over_another_dim_with_shared_keys_and_values():
     """``in_dims=(2, None, None)``: the queries vmapped along their heads' dim... of a stack, the keys and
     values shared by every sample (broadcast before the merge), the output on dim 1."""
