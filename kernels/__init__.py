@@ -21,6 +21,7 @@ Files, in reading order:
 * ``rotary.py``: rotary position embeddings for generation against a cache, as flash-attn applies them;
 * ``attn_probs.py``: the probabilities and dropout pattern of a call, for flash-attn's ``return_attn_probs``;
 * ``_ops.py``: the launches as PyTorch custom operators, for ``torch.compile``; the gradient through lse;
+* ``_packed.py``: the packed forms' gradient (``dqkv``) written in place by the backward kernels;
 * ``_vmap.py``: the operators' batching rules, for ``torch.func.vmap`` (a vmapped dim is more sequences);
 * ``_variants.py``: which variant runs (``pointer``, ``tma``, ``tma+ws``) and whether tiles are autotuned;
 * ``_checks.py``: input checks; ``_runtime.py``: compiled vs interpreted kernels, chosen per device;

@@ -90,6 +90,13 @@ def define_padding_rows(q: torch.Tensor, zeros=(), minus_inf=()) -> None:
             x.fill_(float("-inf"))
 
 
+def _buffers(q, k, v, into=None):
+    """:func:`backward_buffers`, except where ``into`` (``None``, or ``(dq, dk, dv)`` with ``None`` entries)
+    gives the tensor to write: views of one packed gradient (``_packed``)."""
+    fresh = backward_buffers(q, k, v)
+    return fresh if into is None else tuple(f if g is None else g for f, g in zip(fresh, into, strict=True))
+
+
 def drop_unneeded(grads, need_dq: bool, need_dkdv: bool):
     """``(dq, dk, dv)`` with each gradient whose kernel was skipped replaced by an empty ``(0,)`` tensor
     (an operator must return tensors, and its fake must say which)."""
@@ -126,9 +133,9 @@ def _launch_forward(q, k, v, scale, window_left, window_right, cu_seqlens_q, cu_
 
 def _launch_backward(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, cu_seqlens_q, cu_seqlens_k,
                      max_seqlen_q, max_seqlen_k, need_dq, need_dkdv, dropout_p=0.0, dropout_seed=None, softcap=0.0,
-                     alibi_slopes=None):
+                     alibi_slopes=None, into=None):
     if nothing_to_compute(q, k):  # no score depends on any input
-        return drop_unneeded(tuple(g.zero_() for g in backward_buffers(q, k, v)), need_dq, need_dkdv)
+        return drop_unneeded(tuple(g.zero_() for g in _buffers(q, k, v, into)), need_dq, need_dkdv)
     with on_device(q.device):
         bwd = kernel_module("flash_bwd", q.device)
         if dout is None:  # only lse reached the loss
@@ -137,7 +144,8 @@ def _launch_backward(dout, dlse, q, k, v, out, lse, scale, window_left, window_r
                                                       max_seqlens=(max_seqlen_q, max_seqlen_k))
         grads = bwd.attn_bwd_launch(dout, q, k, v, out, lse, scale=scale, window=(window_left, window_right),
                                     dlse=dlse, need_dq=need_dq, need_dkdv=need_dkdv, dropout_p=dropout_p,
-                                    dropout_seed=dropout_seed, softcap=softcap, alibi_slopes=alibi_slopes, **varlen)
+                                    dropout_seed=dropout_seed, softcap=softcap, alibi_slopes=alibi_slopes,
+                                    buffers=_buffers(q, k, v, into), **varlen)
         return drop_unneeded(grads, need_dq, need_dkdv)
 
 
@@ -222,11 +230,13 @@ def forward(q, k, v, scale: float, window: tuple[int, int], varlen=None, seqused
 
 
 def backward(dout, dlse, q, k, v, out, lse, scale: float, window: tuple[int, int], varlen=None, need_dq=True,
-             need_dkdv=True, dropout=None, softcap: float = 0.0, alibi_slopes=None):
+             need_dkdv=True, dropout=None, softcap: float = 0.0, alibi_slopes=None, into=None):
     """``(dq, dk, dv)`` of a loss whose gradients are ``dout`` for out and ``dlse`` for lse (either may be
     ``None``: that output did not reach the loss); a gradient not needed comes back empty, its kernel skipped
-    (see :func:`drop_unneeded`)."""
+    (see :func:`drop_unneeded`). ``into``: ``None``, or tensors (``None`` entries allowed) for the launch to
+    write the gradients into, in eager mode (``_packed``)."""
     args = (dout, dlse, q, k, v, out, lse, scale, *window, *(varlen or _VARLEN), need_dq, need_dkdv,
             *(dropout or (0.0, None)), softcap, alibi_slopes)
-    through = _through_operators(dout, dlse, q, k, v, out, lse)
-    return torch.ops.attn_course.flash_backward(*args) if through else _launch_backward(*args)
+    if _through_operators(dout, dlse, q, k, v, out, lse):
+        return torch.ops.attn_course.flash_backward(*args)
+    return _launch_backward(*args, into=into)

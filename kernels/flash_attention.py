@@ -37,7 +37,7 @@ import torch
 from attn_course._validate import check_positive_int, check_softcap
 from attn_course.masks import check_window
 
-from . import _ops
+from . import _ops, _packed
 from ._checks import (
     block_table_width,
     check_alibi,
@@ -108,6 +108,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         ctx.scale, ctx.window, ctx.max_seqlens = scale, window, varlen[2:] if varlen else None
         ctx.dropout_p, ctx.softcap = dropout_p if seed is not None else 0.0, softcap  # (0.0 exactly without a seed)
         ctx.alibi = alibi_slopes is not None
+        ctx.packed = _packed.active()  # (q, k, v: views of a packed qkv or kv, see _packed)
         ctx.set_materialize_grads(False)  # an output that never reaches the loss gets None, not zeros
 
     @staticmethod
@@ -122,19 +123,21 @@ class FlashAttentionFunction(torch.autograd.Function):
         need_q, need_k, need_v = ctx.needs_input_grad[:3]  # frozen inputs: skip their kernel
         args = (dout, dlse, q, k, v, out, lse, ctx.scale, ctx.window, *cu_seqlens, ctx.max_seqlens, need_q,
                 need_k or need_v, ctx.dropout_p, seed, ctx.softcap, alibi_slopes)
-        # a backward that builds a graph (create_graph=True; torch.func.grad always builds one) goes through
-        # a Function whose own gradient refuses, by name
-        dq, dk, dv = _BackwardPass.apply(*args) if torch.is_grad_enabled() else _backward(*args)
+        if torch.is_grad_enabled():  # a backward that builds a graph (create_graph=True; torch.func.grad always
+            dq, dk, dv = _BackwardPass.apply(*args)  # builds one): through a Function whose gradient refuses
+        else:  # (a packed qkv or kv: the kernels write its gradient in place, see _packed)
+            dq, dk, dv = _backward(*args, into=_packed.into_for(q, k, v) if ctx.packed else None)
         return dq if need_q else None, dk if need_k else None, dv if need_v else None, *(None,) * 7
 
 
 def _backward(dout, dlse, q, k, v, out, lse, scale, window, cu_seqlens_q, cu_seqlens_k, max_seqlens, need_dq,
-              need_dkdv, dropout_p, seed, softcap, alibi_slopes):
-    """``(dq, dk, dv)`` from the backward kernels (one left empty where not needed, see ``_ops``)."""
+              need_dkdv, dropout_p, seed, softcap, alibi_slopes, into=None):
+    """``(dq, dk, dv)`` from the backward kernels (one left empty where not needed, see ``_ops``), written into
+    ``into`` where it gives a tensor."""
     varlen = None if cu_seqlens_q is None else (cu_seqlens_q, cu_seqlens_k, *max_seqlens)
     return _ops.backward(dout, dlse, q, k, v, out, lse, scale, window, varlen, need_dq=need_dq, need_dkdv=need_dkdv,
                          dropout=None if seed is None else (dropout_p, seed),  # (the same mask)
-                         softcap=softcap, alibi_slopes=alibi_slopes)
+                         softcap=softcap, alibi_slopes=alibi_slopes, into=into)
 
 
 class _BackwardPass(torch.autograd.Function):

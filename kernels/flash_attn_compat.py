@@ -15,8 +15,9 @@ and their packed-input forms, for models that project q, k and v (or k and v) wi
     flash_attn_varlen_kvpacked_func(q [total_q, H, D], kv [total_k, 2, H_kv, D], cu_seqlens_q, ...)
 
 In the packed forms' forward, q, k and v are views into the packed tensor (the kernels read any strides:
-no copy). The gradient comes back in the packed layout, as one ``dqkv`` / ``dkv``: the backward kernels
-write dq, dk and dv and autograd stacks them, one copy that flash-attn saves by writing into ``dqkv``.
+no copy). The gradient comes back in the packed layout, as one ``dqkv`` / ``dkv``, which the backward
+kernels write in place, as flash-attn's do (``_packed``; under ``torch.compile`` and ``torch.func``,
+autograd stacks dq, dk and dv instead).
 
 and its entry point for generation with a key/value cache (inference only)::
 
@@ -49,9 +50,11 @@ it. Not under CUDA graph capture.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from . import attn_probs
+from . import _packed, _vmap, attn_probs
 from ._checks import check_dropout, check_scale, kernel_window
 from .flash_attention import (
     flash_attention,
@@ -126,20 +129,35 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
 
 
 def _unpack(x: torch.Tensor, dim: int, n: int, what: str, layout: str):
-    """The ``n`` views of ``x`` along its packing dim ``dim`` (size ``n``): q, k, v or k, v, no copy."""
+    """The ``n`` views of ``x`` along its packing dim ``dim`` (size ``n``): q, k, v or k, v, no copy. In eager
+    mode, a ``_packed.Split``, whose gradient the backward kernels write in place (see ``_packed``)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor [{layout}], got {type(x).__name__}")
     if x.dim() != len(layout.split(",")) or x.shape[dim] != n:
         raise ValueError(f"{what} must be [{layout}] (dim {dim} of size {n}), got {tuple(x.shape)}")
-    return x.unbind(dim)  # n views, each without the packing dim
+    if _in_place_gradient(x):
+        return _packed.Split.apply(x, dim)  # n views, each without the packing dim
+    return x.unbind(dim)
+
+
+def _in_place_gradient(x: torch.Tensor) -> bool:
+    """Whether ``x``'s gradient can be written in place: a graph is being recorded for it, in eager mode."""
+    return (x.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and not _vmap.wrapped(x))
+
+
+def _packed_call(packed: torch.Tensor, fn, *args):
+    """``fn(*args)``, inside ``_packed.packing()`` when ``packed``'s gradient is written in place."""
+    with _packed.packing() if _in_place_gradient(packed) else contextlib.nullcontext():
+        return fn(*args)
 
 
 def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
                               softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
     """flash-attn's ``flash_attn_qkvpacked_func``: ``qkv [B, T, 3, H, D]`` -> out ``[B, T, H, D]``."""
     q, k, v = _unpack(qkv, 2, 3, "qkv", "B, T, 3, H, D")  # each (B, T, H, D)
-    return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                           deterministic, return_attn_probs)
+    return _packed_call(qkv, flash_attn_func, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
+                        alibi_slopes, deterministic, return_attn_probs)
 
 
 def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
@@ -147,8 +165,8 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
     """flash-attn's ``flash_attn_kvpacked_func``: q ``[B, T_q, H, D]``, ``kv [B, T_k, 2, H_kv, D]`` -> out
     ``[B, T_q, H, D]``."""
     k, v = _unpack(kv, 2, 2, "kv", "B, T_k, 2, H_kv, D")  # each (B, T_k, H_kv, D)
-    return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                           deterministic, return_attn_probs)
+    return _packed_call(kv, flash_attn_func, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
+                        alibi_slopes, deterministic, return_attn_probs)
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
@@ -156,9 +174,9 @@ def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
                                      return_attn_probs=False):
     """flash-attn's ``flash_attn_varlen_qkvpacked_func``: ``qkv [total, 3, H, D]`` -> out ``[total, H, D]``."""
     q, k, v = _unpack(qkv, 1, 3, "qkv", "total, 3, H, D")  # each (total, H, D)
-    return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p,
-                                  softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                                  return_attn_probs)
+    return _packed_call(qkv, flash_attn_varlen_func, q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+                        dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                        return_attn_probs)
 
 
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
@@ -167,9 +185,9 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
     """flash-attn's ``flash_attn_varlen_kvpacked_func``: q ``[total_q, H, D]``, ``kv [total_k, 2, H_kv, D]``
     -> out ``[total_q, H, D]``."""
     k, v = _unpack(kv, 1, 2, "kv", "total_k, 2, H_kv, D")  # each (total_k, H_kv, D)
-    return flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
-                                  softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                                  return_attn_probs)
+    return _packed_call(kv, flash_attn_varlen_func, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                        max_seqlen_k, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                        deterministic, return_attn_probs)
 
 
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,

@@ -496,13 +496,14 @@ def _views(x: torch.Tensor, varlen: bool):
 
 def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seqlens_q=None, cu_seqlens_k=None,
                     max_seqlens=None, blocks=None, need_dq=True, need_dkdv=True, dropout_p=0.0, dropout_seed=None,
-                    softcap=0.0, alibi_slopes=None):
+                    softcap=0.0, alibi_slopes=None, buffers=None):
     """``(dq, dk, dv)`` from the saved tensors; shapes and layouts as in ``flash_fwd.attn_fwd_launch``.
     ``dlse``: the loss's gradient with respect to lse (shaped like it), or ``None`` when lse played no part.
     ``need_dq=False`` / ``need_dkdv=False`` skip that kernel (its buffers are returned unwritten): a frozen
     q, or frozen k and v, costs no backward work. ``dropout_p``, ``dropout_seed``: the forward's (the mask
     is regenerated from them, see ``flash_dropout``). ``softcap``, ``alibi_slopes``: the forward's
-    (``flash_softcap``, ``flash_alibi``)."""
+    (``flash_softcap``, ``flash_alibi``). ``buffers``: ``(dq, dk, dv)`` to write, shaped like q, k, v, any
+    strides but dk's and dv's alike (``None``: fresh contiguous ones)."""
     varlen = cu_seqlens_q is not None
     lse = lse.contiguous()  # (as the forward wrote it, unless broadcast, as vmap may: delta takes lse's strides)
     if _variants.may_use_tma(q.device) and _variants.tma_unready(dout) and not _variants.tma_unready(q, k, v):
@@ -517,7 +518,7 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
         H_kv, T_k = k.shape[1], k.shape[2]
         sl = lse.stride()  # lse (B, H, T_q)
     delta = torch.empty_like(lse)  # (B, H, T_q) or (H, total_q), float32
-    dq, dk, dv = backward_buffers(q, k, v)  # contiguous, like q, k, v
+    dq, dk, dv = buffers or backward_buffers(q, k, v)  # (fresh: contiguous, like q, k, v)
     if varlen:
         define_padding_rows(q, zeros=(dq, dk, dv))
     sq, sk, sv, sg, so = (_views(x, varlen) for x in (q, k, v, dout, out))

@@ -203,7 +203,7 @@ def _poisoned(make_buffers):
 def poison_kernel_outputs(monkeypatch) -> None:
     """Make the kernels' output buffers NaN-filled instead of uninitialised, for the rest of the test, in the
     kernel modules of every device this machine has (see ``conftest._poison_kernel_outputs``)."""
-    from attn_course.kernels import _ops
+    from attn_course.kernels import _ops, _packed
     from attn_course.kernels._runtime import kernel_module
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -213,6 +213,7 @@ def poison_kernel_outputs(monkeypatch) -> None:
                             _poisoned(_ops.backward_buffers))
         split = kernel_module("flash_fwd", device).flash_split  # the key slices' partial results
         monkeypatch.setattr(split, "split_buffers", _poisoned(split.split_buffers))
+    monkeypatch.setattr(_packed, "gradient_buffer", lambda root: torch.full_like(root, float("nan")))
 
 
 def test_reference_agrees_with_plain_softmax_on_a_full_mask():
