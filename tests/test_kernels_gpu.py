@@ -33,6 +33,7 @@ from test_kernels_head_dims import case_id as head_dims_case_id
 from test_kernels_head_dims import check_padded_cache, check_padded_case, check_padded_varlen
 from test_kernels_kvcache import case_id as kvcache_case_id
 from test_kernels_kvcache import check_cache_map, check_kvcache_case, make_cache
+from test_kernels_packed_grads import check_qkv_gradient_in_place, written  # noqa: F401 (written: a fixture)
 from test_kernels_paged import check_paged, make_paged_cache
 from test_kernels_random import GPU_SEEDS, cache_draw_id, cache_draws, fixed_case, packed_draw_id, packed_draws
 from test_kernels_rotary import check_generation_with_rotary
@@ -551,6 +552,12 @@ def test_attention_probabilities_with_dropout_on_the_gpu():
     q, k, v = (x.transpose(1, 2) for x in make_qkv(1, 2, 2, 64, 64, 64, torch.float16, device="cuda"))
     with pytest.raises(ValueError, match="return_attn_probs with dropout_p > 0 .* CUDA graph"):
         _captured(lambda: flash_attn_func(q, k, v, 0.1), lambda: flash_attn_func(q, k, v, 0.1, return_attn_probs=True))
+
+
+def test_a_packed_qkv_gradient_written_in_place_on_the_gpu(written):  # noqa: F811 (the imported fixture)
+    """``dqkv`` written through views of one buffer (strides of 3 heads' worth), compiled: every variant the
+    chain picks for such strides."""
+    check_qkv_gradient_in_place(written, "cuda", torch.float16, T=1000, D=64)
 
 
 def test_per_sample_gradients_on_the_gpu():
