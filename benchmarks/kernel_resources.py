@@ -7,7 +7,8 @@ paged cache of 16-row pages, ``decode paged``, and a packed batch against one, `
 and dQ: ``pointer``, ``tma``; and the forward, dK/dV and dQ of a packed (varlen) batch, ``forward varlen``
 etc.: ``pointer``, ``tma``, at D = 64 and 128 and, for the forward, 256; and with attention dropout,
 ``forward dropout`` etc., logit soft-capping, ``forward softcap`` etc., or ALiBi, ``forward alibi`` etc.,
-through TMA at D = 64 and 128) is compiled for sm_90
+and with each pair of them, ``forward dropout+softcap`` etc., through TMA at D = 64 and 128) is compiled for
+sm_90
 (``attn_course.kernels._compile``) and read back with ``cuobjdump``: registers per thread, bytes of spill
 stack, shared memory, warps, and counts of Hopper's tensor-core (HGMMA) and TMA (UTMALDG) instructions. A
 config that spills, or whose tile is too small for wgmma (HMMA only; not flagged for the decoding tiles,
@@ -46,8 +47,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 HEAD_DIMS = (64, 128, 256)  # surveyed by default (the kernels' test of the report expects all three)
 VARLEN_BACKWARD_HEAD_DIMS = (64, 128)  # (auto runs a packed batch's backward on pointers: flash_bwd.tma_pays)
 FEATURE_HEAD_DIMS = (64, 128)  # dropout, softcap: the tiles auto runs on Hopper (TMA; the forward warp-specialised too)
-FEATURES = {"dropout": dict(dropout_p=0.1), "softcap": dict(softcap=30.0),  # (each surveyed alone, at those dims)
-            "alibi": dict(alibi=True)}
+SINGLE_FEATURES = {"dropout": dict(dropout_p=0.1), "softcap": dict(softcap=30.0), "alibi": dict(alibi=True)}
+FEATURES = {**SINGLE_FEATURES,  # each alone, and each pair ("dropout+softcap": both on), at those dims
+            **{f"{a}+{b}": {**SINGLE_FEATURES[a], **SINGLE_FEATURES[b]}
+               for a, b in (("dropout", "softcap"), ("dropout", "alibi"), ("softcap", "alibi"))}}
 
 
 def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):

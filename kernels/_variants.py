@@ -189,10 +189,12 @@ def tile_of(c: triton.Config) -> tuple[int, int, int, int]:
 
 def feature_spills(table: dict, key, **features) -> list:
     """The tiles ``table`` lists at ``key`` (a head dim, or ``(kernel, head dim)``) for the features switched on
-    in ``features``: ``table`` maps a feature's constexpr (``DROPOUT``, ``SOFTCAP``, ``ALIBI``) to the tiles
-    that spill with it, and ``features`` is a launch's constexprs (others are ignored), as the autotuner's
-    pruning step gets them. With several features on, every list they name (the pairs are not surveyed)."""
-    return [t for name, by_key in table.items() if features.get(name) for t in by_key.get(key, [])]
+    in ``features``: ``table`` maps a feature's constexpr (``DROPOUT``, ``SOFTCAP``, ``ALIBI``), or a pair of
+    them (``DROPOUT+SOFTCAP``: both on), to the tiles that spill with it, and ``features`` is a launch's
+    constexprs (others are ignored), as the autotuner's pruning step gets them. With several features on,
+    every list they name: each one's and each pair's (all three at once are not surveyed)."""
+    return [t for name, by_key in table.items() if all(features.get(part) for part in name.split("+"))
+            for t in by_key.get(key, [])]
 
 
 def launch_plan(interpreted: bool, *, interpreter_meta: dict, default: triton.Config):

@@ -415,6 +415,25 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
     "ALIBI": {
         128: [(128, 64, 4, 3, False), (128, 64, 4, 4, False)],
     },
+    # two features at once (parts "forward dropout+softcap" etc.): each pair's own spills
+    "DROPOUT+SOFTCAP": {
+        64: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
+             (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
+             (128, 128, 8, 3, False)],
+        128: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
+              (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
+              (128, 128, 8, 3, False)],
+    },
+    "DROPOUT+ALIBI": {
+        64: [(64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False), (128, 64, 4, 3, False),
+             (128, 64, 4, 4, False), (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
+        128: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
+              (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
+              (128, 128, 8, 3, False)],
+    },
+    "SOFTCAP+ALIBI": {
+        128: [(128, 32, 4, 4, False), (128, 64, 4, 3, False), (128, 64, 4, 4, False)],
+    },
     # a paged cache (pointers, a page lookup per key): parts "decode paged" and "forward varlen paged"
     "PAGED": {
         64: [(16, 128, 4, 2, False)],

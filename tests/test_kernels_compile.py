@@ -190,7 +190,7 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
         if r["part"].startswith("decode"):  # (both variants: a cache whose strides TMA refuses runs pointers)
             return any(list(_variants.tile_of(c)) == r["tile"]
                        for c in fwd.configs(variant, r["D"]) if c.kwargs["BLOCK_M"] == fwd.DECODE_ROWS)
-        if r["part"].endswith(tuple(f" {f.lower()}" for f in FEATURES)):  # what such a launch's pruning keeps
+        if r["part"].partition(" ")[2].upper() in FEATURE_PARTS:  # what such a launch's pruning keeps
             return feature_offered(r)
         part, varlen = r["part"].removesuffix(" varlen"), r["part"].endswith(" varlen")
         tma_pays = part == "forward" or bwd.tma_pays(r["D"], varlen)
@@ -215,7 +215,7 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
 
     def feature_offered(r):
         variant, (part, feature), tile = _variants.VARIANTS[r["variant"]], r["part"].split(" "), r["tile"]
-        ws, on = r["variant"] == "tma+ws", {feature.upper(): True}
+        ws, on = r["variant"] == "tma+ws", dict.fromkeys(feature.upper().split("+"), True)
         if part == "forward":
             space = [c for c in fwd.configs(variant, r["D"]) if c.kwargs["BLOCK_M"] != fwd.DECODE_ROWS]
             kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 4096}, HEAD_DIM=r["D"], **on)
@@ -318,6 +318,7 @@ def test_a_padded_head_dim_compiles_for_hopper(variant):
 
 FEATURES = {"DROPOUT": dict(dropout_p=0.1), "SOFTCAP": dict(softcap=30.0),  # (the kernels' constexpr -> the
             "ALIBI": dict(alibi=True)}  # arguments of _compile's launches)
+FEATURE_PARTS = [*FEATURES, "DROPOUT+SOFTCAP", "DROPOUT+ALIBI", "SOFTCAP+ALIBI"]  # (surveyed alone and in pairs)
 
 
 @pytest.mark.parametrize("variant", ["pointer", "tma"])
@@ -353,22 +354,24 @@ def test_dropout_softcap_and_alibi_compile_for_hopper(variant, feature):
             assert "setmaxnreg" in kernel.asm["ptx"], f"the {feature.lower()} forward is no longer warp-specialised"
 
 
-@pytest.mark.parametrize("feature", FEATURES)
+@pytest.mark.parametrize("feature", FEATURE_PARTS)
 def test_dropout_softcap_and_alibi_skip_exactly_the_tiles_that_spill_with_them(feature):
     """``FEATURE_SPILLS[feature]`` of ``flash_fwd`` and ``flash_bwd`` list, per the two surveys' parts for the
-    feature ("forward dropout", "dq softcap", ...), exactly the candidate tiles that spill with it under
-    triton 3.9 or 3.6. Such a launch's pruning step drops them and keeps something; a launch without it
-    keeps every tile; with the autotuner off, its default tile is not among them."""
+    feature or pair of features ("forward dropout", "dq softcap+alibi", ...), exactly the candidate tiles
+    that spill with it under triton 3.9 or 3.6. Such a launch's pruning step drops them (and, for a pair,
+    each feature's own) and keeps something; a launch without them keeps every tile; with the autotuner
+    off, its default tile is not among them."""
     reports = [_report(version)[1] for version in REPORTS]
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
     half = {"Q": torch.empty(0, dtype=torch.float16)}
-    suffix, on, off = feature.lower(), {feature: True}, {feature: False}
+    names = feature.split("+")
+    suffix, on, off = feature.lower(), dict.fromkeys(names, True), dict.fromkeys(names, False)
     for D in (64, 128):
         rows = [r for report in reports for r in report["rows"] if r["part"] == f"forward {suffix}" and r["D"] == D]
         assert len(rows) == 2 * (len(fwd.candidate_tiles(D, False)) + len(fwd.candidate_tiles(D, True)))
         assert not any("error" in r for r in rows)
         spilling = {(*r["tile"], r["variant"] == "tma+ws") for r in rows if r["spill_stack_bytes"]}
-        assert set(fwd.FEATURE_SPILLS[feature].get(D, [])) == spilling, D
+        assert set(fwd.FEATURE_SPILLS.get(feature, {}).get(D, [])) == spilling, D
         space = [c for c in fwd.configs(_variants.VARIANTS["tma+ws"], D) if c.kwargs["BLOCK_M"] != fwd.DECODE_ROWS]
         kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 4096}, HEAD_DIM=D, **on)
         assert kept and not {(*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) for c in kept} & spilling
@@ -381,7 +384,7 @@ def test_dropout_softcap_and_alibi_skip_exactly_the_tiles_that_spill_with_them(f
                     and r["D"] == D]
             assert len(rows) == 2 * len(bwd.candidate_tiles(kernel, D)) and not any("error" in r for r in rows)
             spilling = {tuple(r["tile"]) for r in rows if r["spill_stack_bytes"]}
-            assert set(bwd.FEATURE_SPILLS[feature].get((kernel, D), [])) == spilling, (kernel, D)
+            assert set(bwd.FEATURE_SPILLS.get(feature, {}).get((kernel, D), [])) == spilling, (kernel, D)
             space = bwd.configs(kernel, _variants.VARIANTS["tma"], D)
             kept = bwd.prune(kernel, False, space, half, HEAD_DIM=D, IS_VARLEN=False, **on)
             assert kept and not {_variants.tile_of(c) for c in kept} & spilling, (kernel, D)
