@@ -48,9 +48,10 @@ HEAD_DIMS = (64, 128, 256)  # surveyed by default (the kernels' test of the repo
 VARLEN_BACKWARD_HEAD_DIMS = (64, 128)  # (auto runs a packed batch's backward on pointers: flash_bwd.tma_pays)
 FEATURE_HEAD_DIMS = (64, 128)  # dropout, softcap: the tiles auto runs on Hopper (TMA; the forward warp-specialised too)
 SINGLE_FEATURES = {"dropout": dict(dropout_p=0.1), "softcap": dict(softcap=30.0), "alibi": dict(alibi=True)}
-FEATURES = {**SINGLE_FEATURES,  # each alone, and each pair ("dropout+softcap": both on), at those dims
-            **{f"{a}+{b}": {**SINGLE_FEATURES[a], **SINGLE_FEATURES[b]}
-               for a, b in (("dropout", "softcap"), ("dropout", "alibi"), ("softcap", "alibi"))}}
+FEATURES = {**SINGLE_FEATURES,  # each alone, each pair ("dropout+softcap": both on) and all three, at those dims
+            **{"+".join(names): {k: v for name in names for k, v in SINGLE_FEATURES[name].items()}
+               for names in (("dropout", "softcap"), ("dropout", "alibi"), ("softcap", "alibi"),
+                             ("dropout", "softcap", "alibi"))}}
 
 
 def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):

@@ -189,12 +189,24 @@ def tile_of(c: triton.Config) -> tuple[int, int, int, int]:
 
 def feature_spills(table: dict, key, **features) -> list:
     """The tiles ``table`` lists at ``key`` (a head dim, or ``(kernel, head dim)``) for the features switched on
-    in ``features``: ``table`` maps a feature's constexpr (``DROPOUT``, ``SOFTCAP``, ``ALIBI``), or a pair of
-    them (``DROPOUT+SOFTCAP``: both on), to the tiles that spill with it, and ``features`` is a launch's
-    constexprs (others are ignored), as the autotuner's pruning step gets them. With several features on,
-    every list they name: each one's and each pair's (all three at once are not surveyed)."""
+    in ``features``: ``table`` maps a feature's constexpr (``DROPOUT``, ``SOFTCAP``, ``ALIBI``), or a
+    combination of them (``DROPOUT+SOFTCAP``: both on), to the tiles that spill with it, and ``features`` is a
+    launch's constexprs (others are ignored), as the autotuner's pruning step gets them. With several features
+    on, every list they name (each one's, each pair's and, with all three, the triple's), a tile once per list."""
     return [t for name, by_key in table.items() if all(features.get(part) for part in name.split("+"))
             for t in by_key.get(key, [])]
+
+
+def fewest_spills(items: list, tile, table: dict, key, **features) -> list:
+    """Of ``items`` (configs or tiles; ``tile(item)`` is how ``table`` names one), those named by the fewest
+    of :func:`feature_spills`' lists: every item that spills with none of the launch's features where there
+    is one, as the pruning steps want. Where every candidate spills with some combination (dK/dV at D = 128
+    with dropout, a softcap and ALiBi all on, under triton 3.6), those spilling in the fewest surveyed
+    combinations, which there is also the smallest spill (tests/test_kernels_compile.py checks that against
+    the surveys), rather than none or all of them."""
+    named = feature_spills(table, key, **features)
+    counts = [named.count(tile(item)) for item in items]
+    return [item for item, count in zip(items, counts, strict=True) if count == min(counts, default=0)]
 
 
 def launch_plan(interpreted: bool, *, interpreter_meta: dict, default: triton.Config):

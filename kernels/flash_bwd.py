@@ -410,7 +410,8 @@ def prune_for_packing(kernel: str, configs: list[triton.Config], nargs: dict, **
 # (parts "dkdv dropout", "dq softcap" etc. of benchmarks/results/kernel_resources_sm90*.json;
 # tests/test_kernels_compile.py checks the lists): such a launch's autotuner skips them and its default tile
 # is the first candidate not among them (surveyed through TMA; pointers use the same lists). Keyed by the
-# kernels' constexpr, as in flash_fwd.
+# kernels' constexpr, as in flash_fwd; with all three on, every dK/dV tile spills at D = 128 under triton 3.6,
+# and the pruning keeps the one named by the fewest lists (16 x 64: 32 bytes there, none under 3.9).
 FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
     "DROPOUT": {
         ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2)],
@@ -453,14 +454,23 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
                         (64, 128, 8, 2)],
         ("dq", 128): [(64, 128, 8, 3), (128, 128, 8, 2)],
     },
+    "DROPOUT+SOFTCAP+ALIBI": {  # (all three; at D = 128 under triton 3.6 every dK/dV tile spills)
+        ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
+                       (64, 128, 8, 2)],
+        ("dq", 64): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
+        ("dkdv", 128): [(16, 64, 4, 3), (16, 64, 8, 2), (16, 128, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3),
+                        (32, 128, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2)],
+        ("dq", 128): [(64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 32, 8, 3),
+                      (128, 64, 8, 3), (128, 128, 8, 2)],
+    },
 }
 
 
 def prune_for_features(kernel: str, configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
     """A launch with dropout, a softcap or ALiBi (``DROPOUT``, ``SOFTCAP``, ``ALIBI``) skips the tiles of
-    :data:`FEATURE_SPILLS` (all of them, if none is left)."""
-    spills = _variants.feature_spills(FEATURE_SPILLS, (kernel, kwargs["HEAD_DIM"]), **kwargs)
-    return [c for c in configs if _variants.tile_of(c) not in spills] or configs
+    :data:`FEATURE_SPILLS` (if every tile spills with them, keeps those that spill least:
+    :func:`_variants.fewest_spills`)."""
+    return _variants.fewest_spills(configs, _variants.tile_of, FEATURE_SPILLS, (kernel, kwargs["HEAD_DIM"]), **kwargs)
 
 
 def prune(kernel: str, pointer: bool, configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
@@ -504,8 +514,8 @@ def default_config(kernel: str, D: int, itemsize: int, packed: bool = False, **f
     float32, whose tiles take twice the registers and shared memory."""
     if itemsize == 2:
         spills = PACKED_POINTER_SPILLS.get((kernel, D), []) if packed else []
-        spills = spills + _variants.feature_spills(FEATURE_SPILLS, (kernel, D), **features)
-        return _variants.config(*next(t for t in candidate_tiles(kernel, D) if t not in spills))
+        tiles = [t for t in candidate_tiles(kernel, D) if t not in spills]
+        return _variants.config(*_variants.fewest_spills(tiles, tuple, FEATURE_SPILLS, (kernel, D), **features)[0])
     if D > 128:  # float32 at D = 256: the least spilling tiles on sm_90 (16 and 8 bytes)
         return _variants.config(16, 32, 8 if kernel == "dkdv" else 4, 2)
     return _variants.config(32, 64 if D <= 64 else 32, 4, 2)

@@ -398,8 +398,9 @@ def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
 # that feature on (parts "forward dropout", "forward softcap", ... of benchmarks/results/kernel_resources_sm90*.json;
 # tests/test_kernels_compile.py checks the lists against both). Such a launch's autotuner skips them
 # (prune_for_lengths), and its default tile is the first candidate not among them. Keyed by the kernel's
-# constexpr; with both on, both lists (that pair is not surveyed). (Surveyed through TMA, what Hopper runs; the
-# pointer variant uses the same lists.)
+# constexpr, or by a combination ("DROPOUT+SOFTCAP": both on, surveyed as the part "forward dropout+softcap");
+# a launch skips every list its features name (_variants.fewest_spills). (Surveyed through TMA, what Hopper
+# runs; the pointer variant uses the same lists.)
 FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
     "DROPOUT": {
         64: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
@@ -434,6 +435,13 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
     "SOFTCAP+ALIBI": {
         128: [(128, 32, 4, 4, False), (128, 64, 4, 3, False), (128, 64, 4, 4, False)],
     },
+    "DROPOUT+SOFTCAP+ALIBI": {  # (all three: part "forward dropout+softcap+alibi")
+        64: [(64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False), (128, 64, 4, 3, False),
+             (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
+        128: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
+              (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
+              (128, 128, 8, 3, False)],
+    },
     # a paged cache (pointers, a page lookup per key): parts "decode paged" and "forward varlen paged"
     "PAGED": {
         64: [(16, 128, 4, 2, False)],
@@ -451,8 +459,8 @@ def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> li
     the autotuner then times what is left."""
     decoding = is_decoding(nargs["TUNE_T_Q"])
     kept = [c for c in configs if (c.kwargs["BLOCK_M"] == DECODE_ROWS) == decoding]
-    spills = _variants.feature_spills(FEATURE_SPILLS, kwargs["HEAD_DIM"], **kwargs)
-    return [c for c in kept if (*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) not in spills] or kept
+    return _variants.fewest_spills(kept, lambda c: (*_variants.tile_of(c), c.kwargs["WARP_SPEC"]), FEATURE_SPILLS,
+                                   kwargs["HEAD_DIM"], **kwargs)
 
 
 def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int | None = None,
@@ -461,13 +469,12 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
     big query tiles for 16-bit inputs, smaller ones where float32 or a wide head would overflow shared
     memory, and the warp-specialised variant with WS on. ``features``: the launch's constexprs; with
     ``DROPOUT``, ``SOFTCAP`` or ``ALIBI`` on (16-bit inputs), the first candidate that does not spill then
-    (:data:`FEATURE_SPILLS`)."""
+    (:data:`FEATURE_SPILLS`, :func:`_variants.fewest_spills`)."""
     if T_q is not None and is_decoding(T_q):
         return _variants.config(*(decode_tiles(D)[0] if itemsize == 2 else FLOAT32_DECODE_TILE), WARP_SPEC=False)
-    spills = _variants.feature_spills(FEATURE_SPILLS, D, **features)
-    if itemsize == 2 and spills:
+    if itemsize == 2 and _variants.feature_spills(FEATURE_SPILLS, D, **features):
         ws = variant.warp_specialize
-        tile = next(t for t in candidate_tiles(D, ws) if (*t, ws) not in spills)
+        tile = _variants.fewest_spills(candidate_tiles(D, ws), lambda t: (*t, ws), FEATURE_SPILLS, D, **features)[0]
         return _variants.config(*tile, WARP_SPEC=ws)
     if variant.warp_specialize:
         return _variants.config(*candidate_tiles(D, True)[0], WARP_SPEC=True)

@@ -278,3 +278,20 @@ def test_the_tile_shapes_the_autotuner_picked_are_reported(monkeypatch):
     picked = _variants.tuned_configs()
     assert picked == {"_attn_fwd tma D=64": {"1024 4096 64 torch.float16": str(configs[-1])}}
     assert f"BLOCK_M: {configs[-1].kwargs['BLOCK_M']}" in str(configs[-1])
+
+
+def test_pruning_by_features_skips_every_list_they_name_and_keeps_the_least_named_when_all_spill():
+    """``_variants.fewest_spills`` on a made-up survey table: each feature's list, each combination's list
+    only when all its parts are on; tiles named by no list kept; where every tile is named, those named by
+    the fewest lists; a launch with no feature keeps everything."""
+    table = {"DROPOUT": {64: ["a", "b"]}, "SOFTCAP": {64: ["b"]}, "DROPOUT+SOFTCAP": {64: ["c"]},
+             "ALIBI": {128: ["a"]}}
+    tiles = ["a", "b", "c", "d"]
+    assert _variants.fewest_spills(tiles, str, table, 64) == tiles
+    assert _variants.fewest_spills(tiles, str, table, 64, DROPOUT=True) == ["c", "d"]
+    assert _variants.fewest_spills(tiles, str, table, 64, SOFTCAP=True, ALIBI=False) == ["a", "c", "d"]
+    assert _variants.fewest_spills(tiles, str, table, 64, DROPOUT=True, SOFTCAP=True) == ["d"]
+    assert _variants.fewest_spills(tiles, str, table, 128, ALIBI=True) == ["b", "c", "d"]
+    # every tile spills: "a" (dropout), "b" (dropout and softcap), "c" (the pair): the least named are kept
+    assert _variants.fewest_spills(["a", "b", "c"], str, table, 64, DROPOUT=True, SOFTCAP=True) == ["a", "c"]
+    assert _variants.fewest_spills([("a", 1)], lambda t: t[0], table, 64, DROPOUT=True) == [("a", 1)]
