@@ -14,8 +14,9 @@ versions.
 
 Then one decoding step (one new query per sequence against a long key/value cache, GQA 32/8 heads as in
 Llama-3-8B): ``flash_attention_kvcache`` with its keys split by its own rule (``num_splits=0``,
-``kernels/flash_split.py``) and unsplit (``num_splits=1``) against SDPA's backends (``enable_gqa``) and the
-naive version. Decoding is bound by memory bandwidth, so these rows give TB/s (bytes of the cache read per
+``kernels/flash_split.py``), unsplit (``num_splits=1``) and from the same cache cut into scattered pages of 16
+positions (``block_table``, as vLLM lays a cache out) against SDPA's backends (``enable_gqa``) and the naive
+version. Decoding is bound by memory bandwidth, so these rows give TB/s (bytes of the cache read per
 second) and the fraction of the copy bandwidth measured in the same run. ``--decode-only`` times just these.
 
 Then a packed (varlen) batch: eight causal sequences of ragged lengths, about 8k tokens, through
@@ -187,11 +188,11 @@ def _warm_one(job):
 
     start = time.perf_counter()
     dtype = getattr(torch, dtype_name)
-    if variant == "decode":  # the cache kernel, split by the rule (B = 1 on any big GPU) and unsplit
+    if variant == "decode":  # the cache kernel, split by the rule (B = 1 on any big GPU), unsplit and paged
         impls = decode_implementations()
         q = torch.randn(1, DECODE_HEADS[0], 1, D, device="cuda", dtype=dtype)
         k, v = (torch.randn(1, DECODE_HEADS[1], 4096, D, device="cuda", dtype=dtype) for _ in range(2))
-        for name in ("triton", "triton-nosplit"):
+        for name in ("triton", "triton-nosplit", "triton-paged"):
             impls[name](q, k, v, False)
         torch.cuda.synchronize()
         return f"{dtype_name} D={D} decoding: {time.perf_counter() - start:.0f} s"
@@ -282,9 +283,35 @@ def decode_shapes(quick: bool):
             for B in (1, 16)]
 
 
+DECODE_PAGE_SIZE = 16  # the paged contender's page: vLLM's default block of 16 positions
+
+
+def paged_cache(k: torch.Tensor, v: torch.Tensor, page_size: int = DECODE_PAGE_SIZE, seed: int = 0):
+    """The contiguous cache ``k, v [B, H_kv, T_k, D]`` cut into pages of ``page_size`` positions, as a paged
+    cache holds it: ``(k_pool, v_pool, block_table, cache_seqlens)``, the pages scattered over the pool in a
+    random order (as an allocator hands them out), the last page of each sequence zero-padded."""
+    B, H_kv, T_k, D = k.shape
+    per_seq = -(-T_k // page_size)
+    order = torch.randperm(B * per_seq, generator=torch.Generator().manual_seed(seed)).to(k.device)
+
+    def pool_of(x):
+        x = torch.nn.functional.pad(x, (0, 0, 0, per_seq * page_size - T_k))  # (B, H_kv, per_seq * page, D)
+        x = x.view(B, H_kv, per_seq, page_size, D).transpose(1, 2)  # (B, per_seq, H_kv, page, D)
+        pool = torch.empty(B * per_seq, H_kv, page_size, D, dtype=x.dtype, device=x.device)
+        pool[order] = x.reshape(B * per_seq, H_kv, page_size, D)  # sequence b's page i -> slot order[b, i]
+        return pool
+
+    table = order.view(B, per_seq).to(torch.int32)
+    return pool_of(k), pool_of(v), table, torch.full((B,), T_k, dtype=torch.int32, device=k.device)
+
+
 def decode_implementations():
     """name -> f(q, k, v, causal) for one decoding step: q ``[B, H, 1, D]`` against the whole cache
-    ``[B, H_kv, T_k, D]``. ``triton`` splits the keys by its own rule, ``triton-nosplit`` never does."""
+    ``[B, H_kv, T_k, D]``. ``triton`` splits the keys by its own rule, ``triton-nosplit`` never does;
+    ``triton-paged`` reads the same cache cut into scattered pages (:func:`paged_cache`, made on its first
+    call for a cache and reused, so that the timed calls do not include it), which prices the page lookups."""
+    import weakref
+
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
@@ -292,6 +319,15 @@ def decode_implementations():
 
     def kvcache(splits):
         return lambda q, k, v, causal: flash_attention_kvcache(q, k, v, causal=causal, num_splits=splits)
+
+    made = {}  # the cache last paged (weak references, so a dropped cache is freed) and its pages
+
+    def paged(q, k, v, causal):
+        if made.get("of") is None or made["of"][0]() is not k or made["of"][1]() is not v:
+            made.clear()  # (first: drop the last cache's pages)
+            made["pages"], made["of"] = paged_cache(k, v), (weakref.ref(k), weakref.ref(v))
+        k_pool, v_pool, table, seqlens = made["pages"]
+        return flash_attention_kvcache(q, k_pool, v_pool, seqlens, causal=causal, block_table=table)
 
     def sdpa_with(backend):
         def run(q, k, v, causal):  # (one query: no mask either way, as the kernel's bottom-right causal)
@@ -303,7 +339,7 @@ def decode_implementations():
         G = q.shape[1] // k.shape[1]  # (B, H_kv, T_k, D) -> (B, H, T_k, D): naive GQA copies the cache
         return naive_attention(q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), False)
 
-    impls = {"triton": kvcache(0), "triton-nosplit": kvcache(1)}
+    impls = {"triton": kvcache(0), "triton-nosplit": kvcache(1), "triton-paged": paged}
     for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"):
         impls[name] = sdpa_with(getattr(SDPBackend, name))
     impls["naive"] = naive

@@ -190,8 +190,35 @@ def test_every_decoding_contender_computes_the_same_step(bench):
             continue
         assert out.shape == q.shape and max_err(out, want) < 1e-5, name
         ran.append(name)
-    assert {"triton", "triton-nosplit", "MATH", "naive"} <= set(ran), ran
+    assert {"triton", "triton-nosplit", "triton-paged", "MATH", "naive"} <= set(ran), ran
     assert max_err(flash_attention_kvcache(q, k, v, num_splits=3), want) < 1e-5
+
+
+def test_the_paged_contender_reads_the_same_cache_from_scattered_pages(bench, monkeypatch):
+    """``paged_cache``: every position of every sequence is found again through the block table (a ragged
+    last page, zero-padded), the pages are not in order, and the contender pages a cache once, not per call;
+    a new cache gets new pages."""
+    k, v = (torch.randn(3, 2, 37, 8) for _ in range(2))
+    k_pool, v_pool, table, seqlens = bench.paged_cache(k, v, page_size=16)
+    assert k_pool.shape == (9, 2, 16, 8) and table.shape == (3, 3) and table.dtype == torch.int32
+    assert sorted(table.flatten().tolist()) == list(range(9)) and table.flatten().tolist() != list(range(9))
+    assert seqlens.tolist() == [37, 37, 37]
+    for pool, x in ((k_pool, k), (v_pool, v)):
+        pos = torch.arange(37)
+        for b in range(3):  # position j of sequence b: row j % 16 of page table[b, j // 16]
+            torch.testing.assert_close(pool[table[b, pos // 16].long(), :, pos % 16].transpose(0, 1), x[b],
+                                       rtol=0, atol=0)
+        assert not pool[table[:, 2].long(), :, 5:].any(), "the last page's tail is zero"
+
+    paged, seen, real = bench.decode_implementations()["triton-paged"], [], bench.paged_cache
+    monkeypatch.setattr(bench, "paged_cache", lambda k, v: seen.append(k) or real(k, v))
+    q = torch.randn(3, 4, 1, 8)
+    for _ in range(3):
+        paged(q, k, v, False)
+    assert len(seen) == 1
+    k2 = k.clone()
+    paged(q, k2, v, False)
+    assert len(seen) == 2 and seen[1] is k2
 
 
 def test_decoding_shapes_put_the_longest_caches_first(bench):
