@@ -322,10 +322,15 @@ def decode_implementations():
 
     made = {}  # the cache last paged (weak references, so a dropped cache is freed) and its pages
 
+    def forget(of):  # the paged cache was dropped: drop its pages too (unless another cache's replaced them)
+        if made.get("of") is of:
+            made.clear()
+
     def paged(q, k, v, causal):
         if made.get("of") is None or made["of"][0]() is not k or made["of"][1]() is not v:
             made.clear()  # (first: drop the last cache's pages)
             made["pages"], made["of"] = paged_cache(k, v), (weakref.ref(k), weakref.ref(v))
+            weakref.finalize(k, forget, made["of"])
         k_pool, v_pool, table, seqlens = made["pages"]
         return flash_attention_kvcache(q, k_pool, v_pool, seqlens, causal=causal, block_table=table)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import weakref
 from pathlib import Path
 
 import pytest
@@ -210,15 +211,26 @@ def test_the_paged_contender_reads_the_same_cache_from_scattered_pages(bench, mo
                                        rtol=0, atol=0)
         assert not pool[table[:, 2].long(), :, 5:].any(), "the last page's tail is zero"
 
-    paged, seen, real = bench.decode_implementations()["triton-paged"], [], bench.paged_cache
-    monkeypatch.setattr(bench, "paged_cache", lambda k, v: seen.append(k) or real(k, v))
+    paged, pools, real = bench.decode_implementations()["triton-paged"], [], bench.paged_cache
+
+    def paging(k, v):  # (weak references: the test must not keep a cache or its pages alive)
+        made = real(k, v)
+        pools.append(weakref.ref(made[0]))
+        return made
+
+    monkeypatch.setattr(bench, "paged_cache", paging)
     q = torch.randn(3, 4, 1, 8)
     for _ in range(3):
         paged(q, k, v, False)
-    assert len(seen) == 1
+    assert len(pools) == 1
     k2 = k.clone()
     paged(q, k2, v, False)
-    assert len(seen) == 2 and seen[1] is k2
+    assert len(pools) == 2 and pools[0]() is None, "a new cache is paged, and the last one's pages dropped"
+    del k  # (dropping a cache no longer paged leaves the current pages alone)
+    paged(q, k2, v, False)
+    assert len(pools) == 2 and pools[1]() is not None
+    del k2  # a dropped cache's pages go with it
+    assert pools[1]() is None
 
 
 def test_decoding_shapes_put_the_longest_caches_first(bench):
