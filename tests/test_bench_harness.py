@@ -305,3 +305,64 @@ def test_packed_shapes_are_ragged_causal_batches(bench):
     assert {D for _, _, D, _ in shapes} == {64, 128} and all(H * D == bench.MODEL_DIM for _, H, D, _ in shapes)
     lengths = shapes[0][0]
     assert len(lengths) == 8 and all(T % 64 for T in lengths), "every sequence should end mid-tile"
+
+
+@pytest.fixture
+def gpu_main(bench, monkeypatch, fixed_timer):
+    """``main`` down its GPU branch on the CPU: a CUDA device that says it is an H100, the three phases fed
+    the small shapes and stand-in contenders above, the warm-up compile recorded instead of run."""
+    import functools
+
+    stamp = {"device": "NVIDIA H100 80GB HBM3", "torch": torch.__version__, "triton": "3.6.0", "cuda": "13.0",
+             "python": "3.12.3", "date": "2026-12-05T12:00:00"}
+    warmed = []
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench, "stamp", lambda: dict(stamp))
+    monkeypatch.setattr(bench, "warm_compile", lambda workers, head_dims: warmed.append((workers, head_dims)))
+    monkeypatch.setattr(bench, "measure_ceilings", lambda: CEILINGS)
+    monkeypatch.setattr(bench, "gpu_shapes",
+                        lambda quick, head_dims: warmed.append(("shapes for", head_dims)) or SHAPES)
+    monkeypatch.setattr(bench, "decode_shapes", lambda quick: DECODE_SHAPES)
+    monkeypatch.setattr(bench, "packed_shapes", lambda quick: PACKED_SHAPES)
+    monkeypatch.setattr(bench, "run_gpu", functools.partial(bench.run_gpu, impls=fake_impls(), device="cpu",
+                                                            tokens=128, model_dim=32))
+    monkeypatch.setattr(bench, "run_decode", functools.partial(bench.run_decode, impls=fake_impls(), device="cpu"))
+    monkeypatch.setattr(bench, "run_packed", functools.partial(bench.run_packed, impls=fake_packed_impls(),
+                                                               device="cpu"))
+    return warmed
+
+
+def test_a_gpu_run_writes_every_phase_to_the_device_s_json_and_plot(bench, gpu_main, tmp_path):
+    """The whole GPU run as ``make bench`` / gpu_session.sh start it: the warm-up compile, then the shapes,
+    the decoding step and the packed batch in one JSON named after the device, stamped, complete, and its
+    plot; ``--replot`` redraws the plot from that JSON alone."""
+    assert bench.main(["--results", str(tmp_path), "--warm-workers", "4", "--budget-s", "600"]) == 0
+    assert gpu_main == [(4, bench.HEAD_DIMS), ("shapes for", bench.HEAD_DIMS)]
+    saved = json.loads((tmp_path / "nvidia-h100-80gb-hbm3.json").read_text())
+    assert saved["stamp"]["device"] == "NVIDIA H100 80GB HBM3" and saved["stamp"]["cuda"] == "13.0"
+    assert saved["complete"] and saved["ceilings"] == CEILINGS and not saved["skipped_for_time"]
+    assert (len(saved["rows"]), len(saved["decode_rows"]), len(saved["packed_rows"])) == (4, 2, 4)
+    png = tmp_path / "nvidia-h100-80gb-hbm3.png"
+    assert png.stat().st_size > 10_000
+    png.unlink()
+    assert bench.main(["--results", str(tmp_path), "--replot"]) == 0 and png.stat().st_size > 10_000
+    assert json.loads((tmp_path / "nvidia-h100-80gb-hbm3.json").read_text()) == saved
+
+
+def test_a_gpu_run_out_of_budget_says_what_it_skipped(bench, gpu_main, tmp_path):
+    """A budget spent before the first shape: nothing is timed, every shape of every phase is listed as
+    skipped, and the run is marked incomplete (no warm-up compile without ``--warm-workers``)."""
+    assert bench.main(["--results", str(tmp_path), "--budget-s", "-1"]) == 0
+    saved = json.loads((tmp_path / "nvidia-h100-80gb-hbm3.json").read_text())
+    assert not saved["complete"] and not saved["rows"] and not saved["decode_rows"] and not saved["packed_rows"]
+    assert len(saved["skipped_for_time"]) == len(SHAPES) + len(DECODE_SHAPES) + len(PACKED_SHAPES)
+    assert gpu_main == [("shapes for", bench.HEAD_DIMS)]
+
+
+def test_a_gpu_run_of_the_decoding_rows_only(bench, gpu_main, tmp_path):
+    assert bench.main(["--results", str(tmp_path), "--decode-only", "--head-dim", "16"]) == 0
+    saved = json.loads((tmp_path / "nvidia-h100-80gb-hbm3.json").read_text())
+    assert saved["complete"] and not saved["rows"] and len(saved["decode_rows"]) == 2 and "packed_rows" not in saved
+    assert bench.main(["--results", str(tmp_path), "--decode-only", "--budget-s", "-1"]) == 0
+    saved = json.loads((tmp_path / "nvidia-h100-80gb-hbm3.json").read_text())
+    assert not saved["complete"] and len(saved["skipped_for_time"]) == 2, "decoding rows skipped: incomplete"
