@@ -366,3 +366,24 @@ def test_a_gpu_run_of_the_decoding_rows_only(bench, gpu_main, tmp_path):
     assert bench.main(["--results", str(tmp_path), "--decode-only", "--budget-s", "-1"]) == 0
     saved = json.loads((tmp_path / "nvidia-h100-80gb-hbm3.json").read_text())
     assert not saved["complete"] and len(saved["skipped_for_time"]) == 2, "decoding rows skipped: incomplete"
+
+
+def test_the_notes_quote_the_floors_as_computed():
+    """benchmarks/NOTES.md's table is floors.py's output (so the notes and the code cannot drift), and
+    floors.py's numbers are the goal's arithmetic: 4 B H T^2 D FLOPs (halved causal) at 798 TFLOP/s, four
+    16-bit [B, H, T, D] tensors at 3.0 TB/s, FlashAttention-2's published rate over 1.15."""
+    spec = importlib.util.spec_from_file_location("floors", ROOT / "benchmarks" / "floors.py")
+    floors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floors)
+    notes = (ROOT / "benchmarks" / "NOTES.md").read_text()
+    quoted = notes.split("<!-- floors table: begin -->\n")[1].split("\n<!-- floors table: end -->")[0]
+    assert quoted == floors.table(), "rerun python benchmarks/floors.py and paste its table into NOTES.md"
+    r = floors.floors(16384, 128, causal=False)
+    assert (r["B"], r["H"]) == (1, 16)
+    assert r["compute_ms"] == pytest.approx(4 * 16 * 16384**2 * 128 / 798e12 * 1e3)
+    assert r["memory_ms"] == pytest.approx(4 * 16 * 16384 * 128 * 2 / 3.0e12 * 1e3)
+    assert r["goal_ms"] == pytest.approx(4 * 16 * 16384**2 * 128 / 370e12 * 1e3 / 1.15)
+    assert r["goal_of_ceiling"] == pytest.approx(370 * 1.15 / 798)
+    causal = floors.floors(4096, 64, causal=True)
+    assert causal["compute_ms"] == pytest.approx(4 * 4 * 32 * 4096**2 * 64 / 2 / 798e12 * 1e3)
+    assert "fa2_ms" not in causal, "no published causal rate: no goal time is made up"
