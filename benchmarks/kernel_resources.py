@@ -89,6 +89,11 @@ def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):
     return out
 
 
+CACHE_NOTE = ("this run's wall time with Triton's on-disk cache as this machine had it: configs compiled by an "
+              "earlier run load from the cache instead, so a cold run takes longer (make survey: about 30 minutes "
+              "for both tritons on 2 cores)")
+
+
 def measure(job) -> dict:
     part, variant, dtype_name, D, tile, ws = job
     from attn_course.kernels import _variants
@@ -154,7 +159,8 @@ def main(argv=None) -> int:
 
     report = {"target": "sm_90 (compiled on the CPU, no GPU involved)", "triton": triton.__version__,
               "torch": torch.__version__, "machine": platform.machine(),
-              "compile_seconds": round(time.perf_counter() - start, 1), "rows": rows,
+              "compile_seconds": round(time.perf_counter() - start, 1), "compile_seconds_note": CACHE_NOTE,
+              "rows": rows,
               "flagged": [dict(r, flags=flags(r)) for r in rows if flags(r)]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
