@@ -25,6 +25,7 @@ from test_kernels_common import (
 )
 from test_kernels_dropout import dropped_attention
 from test_kernels_kvcache import check_decoding_step_with
+from test_kernels_softcap import boosted_qkv
 from test_kernels_varlen import check_packed_with, packed, per_sequence
 
 from attn_course.kernels import (
@@ -194,6 +195,40 @@ def check_alibi_with_dropout(device="cpu"):
 
 def test_alibi_with_dropout():
     check_alibi_with_dropout()
+
+
+def check_dropout_softcap_and_alibi(device="cpu", D=32, dtype=F32):
+    """All three at once, as one call of flash-attn's may ask: each scaled score capped, then the bias added,
+    the causal mask, the softmax, then the call's own dropout mask; out and gradients against that, built
+    here from the definitions, by the tolerance rule. Each of the three first shown to matter."""
+    B, H, H_kv, T_q, T_k, p, cap = 1, 4, 2, 29, 37, 0.2, 2.0
+    q, k, v = boosted_qkv(B, H, H_kv, T_q, T_k, D, dtype, device)
+    slopes = geometric_slopes(H, device=device)
+    dout = torch.randn(B, H, T_q, D, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    seed = next_dropout_seed(device)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    out = flash_attention(*leaves, causal=True, dropout_p=p, softcap=cap, alibi_slopes=slopes)
+    got = torch.autograd.grad(out, leaves, dout)
+    keep = dropout_mask(seed, B, H, T_q, T_k, p)  # (B, H, T_q, T_k)
+    allowed = torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril(T_k - T_q)  # bottom-right causal
+    bias = alibi_bias(slopes, T_q, T_k)  # (1, H, T_q, T_k)
+
+    def defined(q, k, v, cap=cap, bias=bias, keep=keep):
+        G = H // H_kv
+        k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)  # (B, H, T_k, D)
+        s = (q @ k.transpose(-2, -1)) * D**-0.5  # (B, H, T_q, T_k)
+        s = (cap * torch.tanh(s / cap) if cap else s) + bias.to(s.dtype)
+        probs = torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1)  # (every row has a key)
+        return (probs * keep / (1 - p)) @ v
+
+    ref = defined(*(x.float() for x in (q, k, v)))
+    for without in (dict(cap=0.0), dict(bias=torch.zeros(1)), dict(keep=torch.ones_like(keep))):
+        assert max_err(defined(*(x.float() for x in (q, k, v)), **without), ref) > 0.05, without
+    assert_matches_by_rule("", out, got, (q, k, v), dout, defined, defined, dtype)
+
+
+def test_dropout_softcap_and_alibi_at_once():
+    check_dropout_softcap_and_alibi()
 
 
 def test_flash_attn_functions_take_alibi_slopes():

@@ -13,7 +13,13 @@ import pytest
 import torch
 from test_kernels import CASES, case_id
 from test_kernels_alibi import case_id as alibi_case_id
-from test_kernels_alibi import check_alibi_cache, check_alibi_case, check_alibi_varlen, check_alibi_with_dropout
+from test_kernels_alibi import (
+    check_alibi_cache,
+    check_alibi_case,
+    check_alibi_varlen,
+    check_alibi_with_dropout,
+    check_dropout_softcap_and_alibi,
+)
 from test_kernels_attn_probs import check_s_dmask
 from test_kernels_autograd import LSE_CASES, check_compiled_model, check_lse_gradient, lse_case_id
 from test_kernels_common import (
@@ -599,6 +605,34 @@ def test_alibi_on_the_gpu_packed_cached_and_with_dropout():
     check_alibi_varlen("cuda")
     check_alibi_cache(3, "cuda", T_cache=4096)
     check_alibi_with_dropout("cuda")
+
+
+def test_dropout_softcap_and_alibi_at_once_through_the_autotuner(monkeypatch):
+    """All three features at D = 128 in float16, through the autotuner: right, and each of its kernels tuned
+    only among the tiles its pruning keeps (for dK/dV, where every tile spills under triton 3.6, the one that
+    spills least: ``_variants.fewest_spills``)."""
+    import re
+
+    monkeypatch.setenv(_variants.AUTOTUNE_ENV, "1")
+    check_dropout_softcap_and_alibi("cuda", D=128, dtype=torch.float16)
+    fwd, bwd = kernel_module("flash_fwd", torch.device("cuda")), kernel_module("flash_bwd", torch.device("cuda"))
+    on, half = dict(DROPOUT=True, SOFTCAP=True, ALIBI=True), {"Q": torch.empty(0, dtype=torch.float16)}
+    kept = {"_bwd_dkdv": bwd.prune("dkdv", False, bwd.configs("dkdv", _variants.VARIANTS["tma"], 128), half,
+                                   HEAD_DIM=128, IS_VARLEN=False, **on),
+            "_bwd_dq": bwd.prune("dq", False, bwd.configs("dq", _variants.VARIANTS["tma"], 128), half,
+                                 HEAD_DIM=128, IS_VARLEN=False, **on),
+            "_attn_fwd": fwd.prune_for_lengths(fwd.configs(_variants.VARIANTS["tma+ws"], 128), {"TUNE_T_Q": 32},
+                                               HEAD_DIM=128, **on)}
+    seen = set()
+    for name, keys in _variants.tuned_configs().items():
+        kernel = name.split()[0]
+        for key, config in keys.items():
+            if name.endswith("D=128") and key.split()[7:10] == ["True"] * 3:  # (DROPOUT SOFTCAP ALIBI in the key)
+                tile = tuple(int(re.search(rf"{f}: (\d+)", config)[1])
+                             for f in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
+                assert tile in {_variants.tile_of(c) for c in kept[kernel]}, (name, config)
+                seen.add(kernel)
+    assert seen == set(kept), f"tuned with all three features: {seen}"
 
 
 @pytest.mark.parametrize("variant", VARIANTS[:2])
