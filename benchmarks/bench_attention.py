@@ -668,7 +668,19 @@ def main(argv=None) -> int:
     save(result)
     plot({"stamp": st, **result}, out.with_suffix(".png"), st)
     print(f"wrote {out} and {out.with_suffix('.png')}")
+    if gpu:  # the verdict on the speed goals, last (benchmarks/goals.py)
+        print(load_goals().summary({"stamp": st, **result}))
     return 0
+
+
+def load_goals():
+    """``benchmarks/goals.py`` (beside this file), which judges a run against the speed goals."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("goals", Path(__file__).resolve().parent / "goals.py")
+    goals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(goals)
+    return goals
 
 
 if __name__ == "__main__":

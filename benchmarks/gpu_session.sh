@@ -8,8 +8,9 @@
 #
 # Usage: benchmarks/gpu_session.sh [OUT_DIR]      (default: $OUT, else benchmarks/results/session)
 # Knobs: PYTHON (python3), WORKERS (8), TEST_BUDGET_S (200), BENCH_BUDGET_S (220), BENCH_ARGS (extra flags).
-# Writes to OUT_DIR: env.txt (GPU and versions), gpu_tests.log, bench.log, and the benchmark's
-# <device>.json / <device>.png (also left in benchmarks/results/). Exit status: 0 only if both passed.
+# Writes to OUT_DIR: env.txt (GPU and versions), gpu_tests.log, bench.log, the benchmark's <device>.json /
+# <device>.png (also left in benchmarks/results/) and goals.txt (benchmarks/goals.py's verdict on the speed
+# goals, printed last). Exit status: 0 only if the tests and the benchmark both passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-benchmarks/results/session}}
@@ -54,5 +55,8 @@ bench_rc=${PIPESTATUS[0]}
 for f in benchmarks/results/*.json benchmarks/results/*.png; do
   case "$(basename "$f")" in cpu.*|grading_*) ;; *) [ "$f" -nt "$out/env.txt" ] && cp "$f" "$out/" ;; esac
 done
+# the verdict on the speed goals, last, so that the end of the output holds it (also in goals.txt)
+echo "== speed goals"
+"$PY" benchmarks/goals.py 2>&1 | tee "$out/goals.txt"
 echo "== done in $(( $(date +%s) - start )) s: GPU tests exit ${tests_rc}, benchmark exit ${bench_rc}"
 [ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]

@@ -332,11 +332,15 @@ def gpu_main(bench, monkeypatch, fixed_timer):
     return warmed
 
 
-def test_a_gpu_run_writes_every_phase_to_the_device_s_json_and_plot(bench, gpu_main, tmp_path):
+def test_a_gpu_run_writes_every_phase_to_the_device_s_json_and_plot(bench, gpu_main, tmp_path, capsys):
     """The whole GPU run as ``make bench`` / gpu_session.sh start it: the warm-up compile, then the shapes,
     the decoding step and the packed batch in one JSON named after the device, stamped, complete, and its
-    plot; ``--replot`` redraws the plot from that JSON alone."""
+    plot, then the verdict on the goals (none of these small shapes is a goal shape); ``--replot`` redraws the
+    plot from that JSON alone."""
     assert bench.main(["--results", str(tmp_path), "--warm-workers", "4", "--budget-s", "600"]) == 0
+    printed = capsys.readouterr().out.rstrip().splitlines()
+    start = next(i for i, line in enumerate(printed) if line.startswith("speed goals on NVIDIA H100 80GB HBM3"))
+    assert printed[start - 1].startswith("wrote ") and "no goal row" in printed[-1]
     assert gpu_main == [(4, bench.HEAD_DIMS), ("shapes for", bench.HEAD_DIMS)]
     saved = json.loads((tmp_path / "nvidia-h100-80gb-hbm3.json").read_text())
     assert saved["stamp"]["device"] == "NVIDIA H100 80GB HBM3" and saved["stamp"]["cuda"] == "13.0"
@@ -387,3 +391,66 @@ def test_the_notes_quote_the_floors_as_computed():
     causal = floors.floors(4096, 64, causal=True)
     assert causal["compute_ms"] == pytest.approx(4 * 4 * 32 * 4096**2 * 64 / 2 / 798e12 * 1e3)
     assert "fa2_ms" not in causal, "no published causal rate: no goal time is made up"
+
+
+def goal_row(T, D, causal, pass_, triton_ms, fa2_ms, cudnn_ms=None, dtype="float16", spread=0.01):
+    """A benchmark row as run_gpu writes it, for the contenders that matter to the goals."""
+    ms = {"triton": triton_ms, "FLASH_ATTENTION": fa2_ms, "CUDNN_ATTENTION": cudnn_ms}
+    return {"dtype": dtype, "D": D, "causal": causal, "T": T, "pass": pass_, "ms": ms,
+            "spread_ms": {n: None if m is None else (m * (1 - spread), m * (1 + spread)) for n, m in ms.items()},
+            "tflops": {n: None if m is None else 100.0 / m for n, m in ms.items()},
+            "speedup_vs": {n: None if m is None else m / triton_ms for n, m in ms.items() if n != "triton"}}
+
+
+@pytest.fixture(scope="module")
+def goals():
+    spec = importlib.util.spec_from_file_location("goals", ROOT / "benchmarks" / "goals.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_goals_are_judged_on_the_goal_rows_only(goals):
+    """1.15x FlashAttention-2 forward, 1.0x forward + backward, at T >= 4096, D = 64 and 128, 16-bit: rows
+    outside that are not judged; a missing FA2 time is "no ratio", not a pass; overlapping spreads are
+    marked as noise; the tallies, the best forward against cuDNN and the shapes the budget skipped."""
+    result = {"stamp": {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "triton": "3.6.0", "cuda": "13.0"},
+              "rows": [goal_row(16384, 128, False, "fwd", 1.0, 1.2, 0.8),  # 1.20x: met; 0.80x cuDNN
+                       goal_row(8192, 64, True, "fwd", 1.0, 1.1),  # 1.10x: missed
+                       goal_row(4096, 128, True, "fwd+bwd", 1.0, 1.0),  # exactly 1.0x: met, within noise
+                       goal_row(4096, 64, False, "fwd+bwd", 1.0, None),  # FA2 did not run: no verdict
+                       goal_row(2048, 128, False, "fwd", 1.0, 2.0),  # T < 4096: not a goal row
+                       goal_row(16384, 256, False, "fwd", 1.0, 2.0),  # D = 256: not a goal row
+                       goal_row(16384, 64, False, "fwd", 1.0, 2.0, dtype="float32")],  # not 16-bit
+              "skipped_for_time": [{"T": 4096, "dtype": "bfloat16", "D": 64, "causal": True},
+                                   {"T": 1024, "dtype": "bfloat16", "D": 64, "causal": True},
+                                   {"decode": True, "B": 1, "T_k": 4096, "dtype": "float16"}]}
+    v = goals.verdicts(result)
+    assert [(r["T"], r["D"], r["pass"], r["met"]) for r in v] == [
+        (16384, 128, "fwd", True), (8192, 64, "fwd", False), (4096, 128, "fwd+bwd", True), (4096, 64, "fwd+bwd", None)]
+    assert v[0]["fa2"] == pytest.approx(1.2) and v[0]["cudnn"] == pytest.approx(0.8) and not v[0]["fa2_noise"]
+    assert v[2]["fa2_noise"], "equal times with overlapping spreads: a ratio of 1.0 is noise"
+    assert [s["T"] for s in goals.unmeasured(result)] == [4096]
+    text = goals.summary(result)
+    assert "fwd >= 1.15x FlashAttention-2: 1 of 2 measured goal rows (missed by the smallest ratio 1.10x)" in text
+    assert "fwd+bwd >= 1.0x FlashAttention-2: 1 of 1 measured goal rows" in text
+    assert "best forward: 100 TFLOP/s (float16, D=128, T=16384, causal=False); cuDNN there 125 (80%)" in text
+    assert "not measured (time budget): 1 goal shapes" in text and "NVIDIA H100" in text
+    assert text.count("MISSED") == 1 and text.count("no ratio") == 1 and "~1.00x" in text
+
+
+def test_goals_main_reads_the_newest_gpu_result_and_refuses_what_is_not_one(goals, tmp_path, capsys):
+    assert goals.newest_gpu_result(tmp_path) is None
+    (tmp_path / "cpu.json").write_text(json.dumps({"kind": "cpu-memory", "rows": []}))
+    (tmp_path / "broken.json").write_text("{not json")
+    assert goals.newest_gpu_result(tmp_path) is None
+    older, newer = tmp_path / "a.json", tmp_path / "b.json"
+    older.write_text(json.dumps({"kind": "gpu-speed", "rows": []}))
+    newer.write_text(json.dumps({"kind": "gpu-speed", "stamp": {"device": "newer"},
+                                 "rows": [goal_row(4096, 64, False, "fwd", 1.0, 1.2)]}))
+    os.utime(older, (1, 1))
+    assert goals.newest_gpu_result(tmp_path) == newer
+    assert goals.main([str(newer)]) == 0 and "on newer" in capsys.readouterr().out
+    assert goals.main([str(tmp_path / "broken.json")]) == 1
+    assert "cannot read a benchmark result" in capsys.readouterr().out
+    assert goals.main([str(older)]) == 0 and "no goal row in this run" in capsys.readouterr().out

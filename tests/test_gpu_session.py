@@ -29,6 +29,7 @@ case "$1" in
       pytest) echo "PYTHONPATH=$PYTHONPATH"; echo "test_kernels_gpu.py::test_one PASSED"
               sleep "${STUB_TEST_SECONDS:-0}"; exit "${STUB_TEST_RC:-0}" ;;
     esac ;;
+  benchmarks/goals.py) echo "speed goals on stand-in: fwd >= 1.15x FlashAttention-2: 1 of 1"; exit 0 ;;
   benchmarks/bench_attention.py)
     mkdir -p benchmarks/results
     echo '{"stamp": {"device": "stand-in"}}' > benchmarks/results/stand-in-gpu.json
@@ -78,8 +79,12 @@ def test_a_good_session_runs_the_tests_then_the_benchmark_and_brings_back_its_re
     assert "triton 3.6.0" in (out / "env.txt").read_text()
     assert "test_one PASSED" in (out / "gpu_tests.log").read_text()
     assert (out / "bench.log").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["bench.log", "env.txt", "gpu_tests.log", "stand-in-gpu.json",
-                                                     "stand-in-gpu.png"], "the CPU and grading results stay"
+    assert sorted(p.name for p in out.iterdir()) == ["bench.log", "env.txt", "goals.txt", "gpu_tests.log",
+                                                     "stand-in-gpu.json", "stand-in-gpu.png"], \
+        "the CPU and grading results stay"
+    assert calls[-1] == "benchmarks/goals.py", "the verdict on the goals comes last"
+    assert "1 of 1" in (out / "goals.txt").read_text()
+    assert output.rstrip().splitlines()[-2].startswith("speed goals on stand-in"), "printed just before the end"
     assert "GPU tests exit 0, benchmark exit 0" in output
 
 
