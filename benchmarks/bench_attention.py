@@ -34,6 +34,7 @@ and ``cpu.png``.
     python benchmarks/bench_attention.py --quick    # fewer shapes (a smoke run)
     python benchmarks/bench_attention.py --warm-workers 8 --budget-s 300   # a time-boxed GPU session
     python benchmarks/bench_attention.py --decode-only                    # the decoding rows alone
+    python benchmarks/bench_attention.py --warm-only --warm-workers 8     # compile only (then time later)
 """
 
 from __future__ import annotations
@@ -630,12 +631,18 @@ def main(argv=None) -> int:
                    help=f"GPU only: head dims to time, 1 to 256 (repeatable; default "
                         f"{', '.join(map(str, HEAD_DIMS))}; 80 or 96 time the padded tiles)")
     p.add_argument("--decode-only", action="store_true", help="GPU only: time only the decoding-step rows")
+    p.add_argument("--warm-only", action="store_true",
+                   help="GPU only: compile the autotuner's configs (with --warm-workers processes) and stop; a "
+                        "later run finds them in Triton's cache (gpu_session.sh does this beside the GPU tests)")
     p.add_argument("--results", type=Path, default=RESULTS, help="where to write <device>.json and .png")
     args = p.parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)
     st = stamp()
     print(f"benchmarking on {st['device']} (torch {st['torch']}, triton {st['triton']}, CUDA {st['cuda']})")
     gpu = torch.cuda.is_available()
+    if args.warm_only and not gpu:
+        print("--warm-only compiles the kernels for a CUDA GPU, and this machine has none: nothing to do")
+        return 2
     name = device_slug(st["device"]) if gpu else "cpu"
     out = args.results / f"{name}.json"
     if args.replot:
@@ -649,6 +656,9 @@ def main(argv=None) -> int:
 
     if gpu:
         head_dims = tuple(args.head_dim or HEAD_DIMS)
+        if args.warm_only:
+            warm_compile(max(args.warm_workers, 1), head_dims)
+            return 0
         if args.warm_workers > 1:
             warm_compile(args.warm_workers, head_dims)
         ceilings = measure_ceilings()

@@ -454,3 +454,15 @@ def test_goals_main_reads_the_newest_gpu_result_and_refuses_what_is_not_one(goal
     assert goals.main([str(tmp_path / "broken.json")]) == 1
     assert "cannot read a benchmark result" in capsys.readouterr().out
     assert goals.main([str(older)]) == 0 and "no goal row in this run" in capsys.readouterr().out
+
+
+def test_warm_only_compiles_and_times_nothing(bench, gpu_main, tmp_path):
+    """``--warm-only`` (gpu_session.sh runs it beside the GPU tests): the parallel compile, then stop, with
+    no JSON written; a later timed run is told ``--warm-workers 0``."""
+    assert bench.main(["--results", str(tmp_path), "--warm-only", "--warm-workers", "8"]) == 0
+    assert gpu_main == [(8, bench.HEAD_DIMS)] and not list(tmp_path.iterdir())
+
+
+def test_warm_only_on_a_machine_without_a_gpu_says_so(bench, tmp_path, capsys):
+    assert bench.main(["--results", str(tmp_path), "--warm-only"]) == 2
+    assert "has none" in capsys.readouterr().out and not list(tmp_path.iterdir())

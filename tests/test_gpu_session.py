@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,9 @@ case "$1" in
     esac ;;
   benchmarks/goals.py) echo "speed goals on stand-in: fwd >= 1.15x FlashAttention-2: 1 of 1"; exit 0 ;;
   benchmarks/bench_attention.py)
+    if [ "$2" = --warm-only ]; then
+      echo "  compiled float16 D=64 auto: 1 s"; sleep "${STUB_WARM_SECONDS:-0}"; exit "${STUB_WARM_RC:-0}"
+    fi
     mkdir -p benchmarks/results
     echo '{"stamp": {"device": "stand-in"}}' > benchmarks/results/stand-in-gpu.json
     echo png > benchmarks/results/stand-in-gpu.png
@@ -66,21 +70,28 @@ def session(tmp_path):
     return run
 
 
+def bench_budget(call: str) -> int:
+    return int(call.split("--budget-s ")[1].split()[0])
+
+
 def test_a_good_session_runs_the_tests_then_the_benchmark_and_brings_back_its_results(session):
     rc, output, calls, out = session()
     assert rc == 0, output
     assert calls[0].startswith("-c ")  # the versions, first
     pytest_call = next(c for c in calls if c.startswith("-m pytest"))
     assert "tests/test_kernels_gpu.py" in pytest_call and "-n 8" in pytest_call and "-v" in pytest_call
-    bench_call = next(c for c in calls if c.startswith("benchmarks/bench_attention.py"))
-    assert "--warm-workers 8" in bench_call and "--budget-s 220" in bench_call
+    warm_call = next(c for c in calls if "--warm-only" in c)
+    assert "--warm-workers 8" in warm_call
+    bench_call = next(c for c in calls if c.startswith("benchmarks/bench_attention.py") and c != warm_call)
+    assert "--warm-workers 0" in bench_call, "the warm-up already ran beside the tests"
+    assert 505 <= bench_budget(bench_call) <= 510, "the session's 570 s, less the tail of 60, less what was spent"
     assert calls.index(pytest_call) < calls.index(bench_call)
     assert not any(c.startswith("-m pip") for c in calls), "no wheels were carried: nothing to install"
     assert "triton 3.6.0" in (out / "env.txt").read_text()
     assert "test_one PASSED" in (out / "gpu_tests.log").read_text()
-    assert (out / "bench.log").exists()
+    assert "compiled float16" in (out / "warm.log").read_text() and "warm-up compile: exit 0" in output
     assert sorted(p.name for p in out.iterdir()) == ["bench.log", "env.txt", "goals.txt", "gpu_tests.log",
-                                                     "stand-in-gpu.json", "stand-in-gpu.png"], \
+                                                     "stand-in-gpu.json", "stand-in-gpu.png", "warm.log"], \
         "the CPU and grading results stay"
     assert calls[-1] == "benchmarks/goals.py", "the verdict on the goals comes last"
     assert "1 of 1" in (out / "goals.txt").read_text()
@@ -114,12 +125,31 @@ def test_the_tests_budget_is_enforced_and_the_benchmark_still_gets_its_turn(sess
     assert (out / "stand-in-gpu.json").exists()
 
 
-def test_the_benchmark_is_cut_at_its_budget_plus_the_warm_up_allowance(session):
-    """The benchmark is told its budget and stops itself; the script also kills it 150 s after that (the
-    parallel warm-up compile is outside the budget), so a hung run cannot eat the machine's time."""
-    rc, output, _, out = session(BENCH_BUDGET_S="-149", STUB_BENCH_SECONDS="20")
+def test_the_benchmark_is_cut_at_what_the_session_has_left_plus_its_tail(session):
+    """The benchmark is told what the session has left (less a tail for its last shape) and stops itself;
+    the script also kills it at the end of that tail, so a hung run cannot eat the machine's time."""
+    started = time.monotonic()
+    rc, output, _, out = session(SESSION_S="3", TAIL_S="1", MIN_BENCH_S="1", STUB_BENCH_SECONDS="20")
     assert rc != 0 and "benchmark exit 124" in output, output
+    assert time.monotonic() - started < 10
     assert (out / "stand-in-gpu.json").exists()
+
+
+def test_the_warm_up_runs_beside_the_tests_and_the_benchmark_gets_the_time_left(session):
+    """The warm-up compile and the GPU tests overlap (the session takes the longer of the two, not their
+    sum); the benchmark's budget is then what the session has left."""
+    started = time.monotonic()
+    rc, output, calls, _ = session(STUB_WARM_SECONDS="5", STUB_TEST_SECONDS="5", SESSION_S="100", TAIL_S="10")
+    assert rc == 0, output
+    assert time.monotonic() - started < 8.5, "the warm-up and the tests ran one after the other (10 s)"
+    bench_call = next(c for c in calls if c.startswith("benchmarks/bench_attention.py") and "--warm-only" not in c)
+    assert 80 <= bench_budget(bench_call) <= 85, "100 s, less the tail, less the 5 s spent"
+
+
+def test_a_warm_up_past_its_budget_is_cut_and_the_benchmark_still_runs(session):
+    rc, output, calls, _ = session(WARM_BUDGET_S="1", STUB_WARM_SECONDS="20")
+    assert rc == 0 and "warm-up compile: exit 124" in output, output
+    assert any(c.startswith("benchmarks/bench_attention.py --warm-workers 0") for c in calls)
 
 
 def test_the_script_is_what_make_gpu_session_runs():
