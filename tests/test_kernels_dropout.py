@@ -107,19 +107,22 @@ def test_dropout_matches_attention_with_the_same_mask(case):
     check_dropout_case(case)
 
 
-def fa2_dq(q, k, v, keep, p, causal, window, dout):
-    """FlashAttention-2's dq, computed by PyTorch in float32 with the one rounding its algorithm makes:
-    ``delta = rowsum(dO * O)`` from the output as stored, in the inputs' dtype (then ``dS = P (dP - delta)``,
-    ``dq = dS K * scale``)."""
-    G = q.shape[1] // k.shape[1]
-    dtype, scale = q.dtype, q.shape[-1] ** -0.5
+def fa2_grads(q, k, v, keep, p, causal, window, dout):
+    """FlashAttention-2's ``(dq, dk, dv)``, computed by PyTorch in float32 with the one rounding its algorithm
+    makes: ``delta = rowsum(dO * O)`` from the output as stored, in the inputs' dtype (then ``dS = P (dP -
+    delta)``; GQA's key/value gradients summed over each group)."""
+    B, H, H_kv = q.shape[0], q.shape[1], k.shape[1]
+    G, dtype, scale = H // H_kv, q.dtype, q.shape[-1] ** -0.5
     q, k, v, dout = q.float(), repeat_kv(k.float(), G), repeat_kv(v.float(), G), dout.float()  # (B, H, T, D)
     s = (q @ k.transpose(-2, -1)) * scale  # (B, H, T_q, T_k)
     probs = masked_softmax(s.masked_fill(~allowed_mask(q.shape[2], k.shape[2], causal, window), float("-inf")))
     drop = keep.float() / (1 - p)
     out = (probs * drop) @ v  # (B, H, T_q, D), then stored in the inputs' dtype
     delta = (dout * out.to(dtype).float()).sum(-1, keepdim=True)  # (B, H, T_q, 1)
-    return (probs * ((dout @ v.transpose(-2, -1)) * drop - delta)) @ k * scale
+    ds = probs * ((dout @ v.transpose(-2, -1)) * drop - delta)  # (B, H, T_q, T_k)
+    dk = (ds.transpose(-2, -1) @ q * scale).view(B, H_kv, G, -1, q.shape[-1]).sum(2)  # (B, H_kv, T_k, D)
+    dv = ((probs * drop).transpose(-2, -1) @ dout).view(B, H_kv, G, -1, q.shape[-1]).sum(2)
+    return ds @ k * scale, dk, dv
 
 
 # rows whose attention falls on one key: a window of 0 around the diagonal, or the causal corner of (0, -1)
@@ -145,7 +148,7 @@ def test_rows_with_one_key_carry_flash_attention_2_s_rounding_of_the_output(case
                                  [x.float() for x in (q, k, v)], dout.float())
     _, (same, _, _) = leaf_grads(lambda q, k, v: dropped_attention(q, k, v, keep, p, causal, window, dtype),
                                  (q, k, v), dout)
-    fa2 = fa2_dq(q, k, v, keep, p, causal, window, dout)
+    fa2 = fa2_grads(q, k, v, keep, p, causal, window, dout)[0]
     rounding = max_err(fa2, want)
     assert rounding > 2 * max_err(same, want) + FLOOR[dtype], \
         "the case no longer shows FlashAttention-2's rounding beyond the tolerance rule: it tests nothing new"

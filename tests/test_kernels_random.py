@@ -6,31 +6,40 @@ at once, from the values where tiles, masks and loops change behaviour: lengths 
 edge, windows that are empty on one side or wider than the sequence, GQA groups of 1 to 4, sequences and
 caches of length zero, a cache's keys split between programs (with scores that sometimes climb towards the
 newest keys, so later slices outweigh earlier ones), every dtype; and on top of the fixed-length and packed
-shapes, the scores changed by a softcap, ALiBi slopes (per head or per sequence and head), or both. Each
-case is drawn from its
-seed alone, and its test id spells it out, so a failure can be rerun and read without the generator. They
-are checked with the same helpers and tolerance rule as the hand-picked cases.
+shapes, the scores changed by a softcap, ALiBi slopes (per head or per sequence and head), or both; dropout
+at rates from 0.1 to 0.9; and single calls on paged caches (pages of 1 to 64 positions). Each case is drawn
+from its seed alone, and its test id spells it out, so a failure can be rerun and read without the
+generator. They are checked with the same helpers and tolerance rule as the hand-picked cases (dropout's
+gradients with FlashAttention-2's own error as a second budget: test_kernels_dropout). ``make sweep``
+(``ATTN_COURSE_SWEEP=n``) draws n times as many.
 """
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
 import torch
 from test_kernels import case_id
 from test_kernels_alibi import alibi_bias, geometric_slopes
-from test_kernels_common import check_case, check_changed_scores, make_qkv
+from test_kernels_common import assert_close_by_rule, check_case, check_changed_scores, make_qkv, max_err
+from test_kernels_dropout import case_id as dropout_case_id
+from test_kernels_dropout import dropped_attention, fa2_grads, leaf_grads, mask_of, next_seed
 from test_kernels_kvcache import check_kvcache_case
+from test_kernels_paged import check_paged
 from test_kernels_varlen import check_varlen_case
 
-from attn_course.kernels import _variants
+from attn_course.kernels import _variants, flash_attention
 
 DTYPES = (torch.float32, torch.float32, torch.float16, torch.bfloat16)  # float32 twice: the tightest check
 LENGTHS = (1, 2, 15, 16, 17, 31, 33, 63, 64, 65, 97)  # either side of the 16/32/64-row tile edges
 WINDOWS = ((-1, -1), (-1, -1), (0, 0), (0, -1), (-1, 0), (3, -1), (-1, 2), (5, 7), (40, 0), (200, 200))
 VARIANTS = ("pointer", "tma")
-SEEDS = {"fixed": 8, "packed": 6, "cache": 8, "scored": 8}  # cases drawn per kind (each run through both variants)
+# cases drawn per kind (each run through both variants); ATTN_COURSE_SWEEP=n draws n times as many (make sweep)
+SWEEP = int(os.environ.get("ATTN_COURSE_SWEEP", "1") or 1)
+SEEDS = {kind: n * SWEEP for kind, n in {"fixed": 8, "packed": 6, "cache": 8, "scored": 8, "dropout": 4,
+                                          "paged": 4}.items()}
 GPU_SEEDS = {"fixed": range(100, 106), "packed": range(100, 104), "cache": range(100, 106)}  # test_kernels_gpu's
 
 
@@ -184,6 +193,68 @@ def test_random_cases_with_a_softcap_and_alibi(case, softcap, alibi, variant, mo
     check_scored_case(case, softcap, alibi)
 
 
+DROPOUT_RATES = (0.1, 0.3, 0.5, 0.9)
+
+
+def dropout_case(seed: int) -> tuple:
+    """A :func:`fixed_case`-like shape and a dropout rate: ``check_dropout_case``'s tuple."""
+    return (*fixed_case(7000 + seed), random.Random(7000 + seed).choice(DROPOUT_RATES))
+
+
+def check_dropout_draw(case, variant):
+    """Out and gradients with dropout against attention with the call's own mask, by the tolerance rule, the
+    budget the larger of PyTorch's half-precision error and FlashAttention-2's (``fa2_grads``): rows whose
+    attention falls on one key carry FA2's rounding of the stored output (test_kernels_dropout)."""
+    B, H, H_kv, T_q, T_k, D, causal, window, dtype, p = case
+    q, k, v = make_qkv(B, H, H_kv, T_q, T_k, D, dtype)
+    dout = torch.randn(B, H, T_q, D, generator=torch.Generator().manual_seed(1)).to(dtype)
+    keep = mask_of(next_seed("cpu"), B, H, T_q, T_k, p)
+    with _variants.settings(kernel=variant):
+        out, got = leaf_grads(lambda q, k, v: flash_attention(q, k, v, causal=causal, window=window, dropout_p=p),
+                              (q, k, v), dout)
+    want_out, want = leaf_grads(lambda q, k, v: dropped_attention(q, k, v, keep, p, causal, window),
+                                [x.float() for x in (q, k, v)], dout.float())
+    same_out, same = leaf_grads(lambda q, k, v: dropped_attention(q, k, v, keep, p, causal, window, dtype),
+                                (q, k, v), dout)
+    fa2 = fa2_grads(q, k, v, keep, p, causal, window, dout)
+    assert_close_by_rule("out", out, want_out, same_out, dtype)
+    for name, g, w, b, f in zip(("dq", "dk", "dv"), got, want, same, fa2, strict=True):
+        assert_close_by_rule(name, g, w, max((b, f), key=lambda x: max_err(x, w)), dtype)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", [dropout_case(s) for s in range(SEEDS["dropout"])], ids=dropout_case_id)
+def test_random_cases_with_dropout(case, variant):
+    check_dropout_draw(case, variant)
+
+
+def paged_draw(seed: int) -> dict:
+    """``check_paged``'s arguments for one call on a paged cache: pages of 1 to 64 positions, 1 to 3 sequences
+    of ragged lengths (0 and page edges included), a decoding step or a chunk with or without new keys, split
+    or not, GQA, a window, every dtype."""
+    rnd = random.Random(8000 + seed)
+    B = rnd.choice((1, 2, 3))
+    H, H_kv = heads(rnd)
+    T_q = rnd.choice((1, 1, 2, 5))
+    return dict(page_size=rnd.choice((1, 3, 16, 64)), T_q=T_q, T_new=rnd.choice((0, 1, T_q)),
+                lengths=tuple(rnd.choice((0, 1, 15, 16, 17, 63, 100)) for _ in range(B)), causal=rnd.random() < 0.5,
+                window=rnd.choice(WINDOWS), num_splits=rnd.choice((0, 2, 3)), dtype=rnd.choice(DTYPES), H=H,
+                H_kv=H_kv, D=rnd.choice((16, 32)))
+
+
+def paged_draw_id(draw: dict) -> str:
+    return (f"page{draw['page_size']}-len{'_'.join(map(str, draw['lengths']))}-Tq{draw['T_q']}new{draw['T_new']}"
+            f"-H{draw['H']}kv{draw['H_kv']}-D{draw['D']}{'-causal' if draw['causal'] else ''}"
+            f"-win{draw['window'][0]},{draw['window'][1]}-splits{draw['num_splits']}-{str(draw['dtype'])[6:]}")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("draw", [paged_draw(s) for s in range(SEEDS["paged"])], ids=paged_draw_id)
+def test_random_paged_cache_steps(draw, variant):
+    draw = dict(draw)
+    check_paged(draw.pop("page_size"), draw.pop("T_q"), draw.pop("T_new"), variant=variant, **draw)
+
+
 @pytest.mark.parametrize("case,softcap,alibi", [
     ((1, 2, 1, 29, 29, 256, True, (-1, -1), torch.bfloat16), 5.0, "BH"),  # the widest head dim: other tiles
     ((2, 4, 2, 23, 31, 80, False, (7, 3), torch.float16), 2.0, "H"),  # a padded head dim (tiles of 128)
@@ -214,3 +285,7 @@ def test_the_draws_cover_what_they_promise():
     caps, slopes = {c for _, c, _ in scored}, {a for _, _, a in scored}
     assert slopes == set(ALIBI) and 0.0 in caps and len(caps) >= 3 and any(c and a for _, c, a in scored)
     assert {c[-1] for c, _, _ in scored} == {torch.float32, torch.float16, torch.bfloat16}
+    dropout = [dropout_case(s) for s in range(SEEDS["dropout"])]
+    assert len({c[-1] for c in dropout}) > 1 and any(c[-2] != torch.float32 for c in dropout)
+    paged = [paged_draw(s) for s in range(SEEDS["paged"])]
+    assert len({d["page_size"] for d in paged}) > 1 and any(d["T_new"] for d in paged)
