@@ -5,7 +5,8 @@ Each config of each kernel (forward: ``pointer``, ``tma``, ``tma+ws``; the forwa
 paged cache of 16-row pages, ``decode paged``, and a packed batch against one, ``forward varlen paged``:
 ``pointer``, the only variant they run; backward dK/dV
 and dQ: ``pointer``, ``tma``; and the forward, dK/dV and dQ of a packed (varlen) batch, ``forward varlen``
-etc.: ``pointer``, ``tma``, at D = 64 and 128 and, for the forward, 256; and with attention dropout,
+etc.: ``pointer``, ``tma``, at D = 64, 80 (a padded head dim: 128-wide tiles, 48 columns masked) and 128
+and, for the forward, 256; and with attention dropout,
 ``forward dropout`` etc., logit soft-capping, ``forward softcap`` etc., or ALiBi, ``forward alibi`` etc.,
 and with each pair of them, ``forward dropout+softcap`` etc., through TMA at D = 64 and 128) is compiled for
 sm_90
@@ -14,7 +15,7 @@ stack, shared memory, warps, and counts of Hopper's tensor-core (HGMMA) and TMA 
 config that spills, or whose tile is too small for wgmma (HMMA only; not flagged for the decoding tiles,
 narrow by design), is flagged: on a GPU it would only cost autotuning time. No speed is measured here.
 
-    python benchmarks/kernel_resources.py                 # fp16, D = 64, 128 and 256, all configs
+    python benchmarks/kernel_resources.py                 # fp16, D = 64, 80, 128 and 256, all configs
     python benchmarks/kernel_resources.py --workers 16    # compile in parallel (default: all cores)
 
 Writes ``benchmarks/results/kernel_resources_sm90.json``. Registers depend on the ``ptxas`` the triton wheel
@@ -44,8 +45,11 @@ import torch
 import triton
 
 RESULTS = Path(__file__).resolve().parent / "results"
-HEAD_DIMS = (64, 128, 256)  # surveyed by default (the kernels' test of the report expects all three)
-VARLEN_BACKWARD_HEAD_DIMS = (64, 128)  # (auto runs a packed batch's backward on pointers: flash_bwd.tma_pays)
+# surveyed by default (the kernels' test of the report expects all four); 80 is a padded head dim: tiles 128
+# columns wide whose last 48 are masked on every pointer load and store (_tiles.head_dim_tile), pruned by D = 128's
+# spill lists (the kernels key them by the tile's width), so the survey checks that those lists hold there too
+HEAD_DIMS = (64, 80, 128, 256)
+VARLEN_BACKWARD_HEAD_DIMS = (64, 80, 128)  # (auto runs a packed batch's backward on pointers: flash_bwd.tma_pays)
 FEATURE_HEAD_DIMS = (64, 128)  # dropout, softcap: the tiles auto runs on Hopper (TMA; the forward warp-specialised too)
 SINGLE_FEATURES = {"dropout": dict(dropout_p=0.1), "softcap": dict(softcap=30.0), "alibi": dict(alibi=True)}
 FEATURES = {**SINGLE_FEATURES,  # each alone, each pair ("dropout+softcap": both on) and all three, at those dims
@@ -90,7 +94,7 @@ def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):
 
 
 CACHE_NOTE = ("this run's wall time with Triton's on-disk cache as this machine had it: configs compiled by an "
-              "earlier run load from the cache instead, so a cold run takes longer (make survey: about 30 minutes "
+              "earlier run load from the cache instead, so a cold run takes longer (make survey: about 40 minutes "
               "for both tritons on 2 cores)")
 
 
@@ -141,7 +145,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--dtype", action="append", choices=["float16", "bfloat16", "float32"])
-    p.add_argument("--head-dim", type=int, action="append", choices=[16, 32, 64, 128, 256])
+    p.add_argument("--head-dim", type=int, action="append", choices=[16, 32, 64, 80, 128, 256])
     p.add_argument("--out", type=Path, default=RESULTS / "kernel_resources_sm90.json")
     args = p.parse_args(argv)
     todo = jobs(tuple(args.dtype or ["float16"]), tuple(args.head_dim or HEAD_DIMS))

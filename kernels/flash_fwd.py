@@ -449,18 +449,26 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
               (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
         256: [(64, 32, 4, 3, False)],
     },
+    # a padded head dim (D_REAL < HEAD_DIM: its columns masked on every pointer load and store), surveyed at
+    # D = 80 in 128-wide tiles (rows with "D": 80): under triton 3.6 this decoding tile spills 8 bytes
+    # through pointers there, where at D = 128 its 3-stage twin does instead (DECODE_SPILLS)
+    "PADDED": {
+        128: [(16, 128, 4, 2, False)],
+    },
 }
 
 
 def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
     """The autotuner's pruning step: for ``T_q <= DECODE_ROWS`` (by the tuning key's rounded length) only
     the 16-row decoding tiles, otherwise only the others, and with dropout, a softcap or ALiBi (``DROPOUT``,
-    ``SOFTCAP``, ``ALIBI``: constexprs the autotuner passes as keywords) none of their :data:`FEATURE_SPILLS`;
-    the autotuner then times what is left."""
+    ``SOFTCAP``, ``ALIBI``: constexprs the autotuner passes as keywords) none of their :data:`FEATURE_SPILLS`,
+    nor, for a padded head dim (``D_REAL < HEAD_DIM``; a caller that names no ``D_REAL`` means the tile's own
+    width), the ``PADDED`` list; the autotuner then times what is left."""
     decoding = is_decoding(nargs["TUNE_T_Q"])
     kept = [c for c in configs if (c.kwargs["BLOCK_M"] == DECODE_ROWS) == decoding]
+    padded = kwargs.get("D_REAL", kwargs["HEAD_DIM"]) < kwargs["HEAD_DIM"]
     return _variants.fewest_spills(kept, lambda c: (*_variants.tile_of(c), c.kwargs["WARP_SPEC"]), FEATURE_SPILLS,
-                                   kwargs["HEAD_DIM"], **kwargs)
+                                   kwargs["HEAD_DIM"], **kwargs, PADDED=padded)
 
 
 def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int | None = None,

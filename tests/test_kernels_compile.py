@@ -31,6 +31,7 @@ from attn_course.kernels._compile import (
     forward_launches,
 )
 from attn_course.kernels._runtime import kernel_module
+from attn_course.kernels._tiles import head_dim_tile
 
 SHARED_MEMORY = HOPPER_SHARED_MEMORY
 
@@ -184,34 +185,35 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
     _, report = _report(version)
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
 
-    def offered(r):
-        variant = _variants.VARIANTS[r["variant"]]
+    def offered(r):  # (the kernels key their tile lists by the tiles' width: D = 80 runs D = 128's)
+        variant, D = _variants.VARIANTS[r["variant"]], head_dim_tile(r["D"])
         if r["part"].endswith(" paged"):  # (always pointers: what such a launch's pruning keeps)
             return paged_offered(r)
         if r["part"].startswith("decode"):  # (both variants: a cache whose strides TMA refuses runs pointers)
-            return any(list(_variants.tile_of(c)) == r["tile"]
-                       for c in fwd.configs(variant, r["D"]) if c.kwargs["BLOCK_M"] == fwd.DECODE_ROWS)
+            kept = fwd.prune_for_lengths(fwd.configs(variant, D), {"TUNE_T_Q": 1}, HEAD_DIM=D, D_REAL=r["D"])
+            return any(list(_variants.tile_of(c)) == r["tile"] for c in kept)
         if r["part"].partition(" ")[2].upper() in FEATURE_PARTS:  # what such a launch's pruning keeps
             return feature_offered(r)
         part, varlen = r["part"].removesuffix(" varlen"), r["part"].endswith(" varlen")
-        tma_pays = part == "forward" or bwd.tma_pays(r["D"], varlen)
+        tma_pays = part == "forward" or bwd.tma_pays(D, varlen)
         if variant.tma != tma_pays or (varlen and variant.warp_specialize):
             return False  # auto would run the other variant here (a packed batch: never warp-specialised)
         if part == "forward":
-            space = fwd.configs(variant, r["D"])
+            space = fwd.configs(variant, D)
         else:
-            space = bwd.configs(part, variant, r["D"])
+            space = bwd.configs(part, variant, D)
             if varlen:  # what Triton's autotuner keeps after the pruning step (its constexprs as keywords)
                 space = bwd.prune_for_packing(part, space, {"Q": torch.empty(0, dtype=torch.float16)},
-                                              HEAD_DIM=r["D"], IS_VARLEN=True)
+                                              HEAD_DIM=D, IS_VARLEN=True)
         ws = r["variant"] == "tma+ws"
         return any(list(_variants.tile_of(c)) == r["tile"]
                    and c.kwargs.get("WARP_SPEC", False) == ws for c in space)
 
     def paged_offered(r):
-        space = fwd.configs(_variants.VARIANTS["pointer"], r["D"])
+        D = head_dim_tile(r["D"])
+        space = fwd.configs(_variants.VARIANTS["pointer"], D)
         kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 1 if r["part"].startswith("decode") else 4096},
-                                     HEAD_DIM=r["D"], PAGED=True)
+                                     HEAD_DIM=D, D_REAL=r["D"], PAGED=True)
         return any(list(_variants.tile_of(c)) == r["tile"] for c in kept)
 
     def feature_offered(r):
@@ -235,13 +237,15 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
         return (r["part"], r["D"], version) in EVERY_TILE_SPILLS and r["spill_stack_bytes"] == min(peers)
 
     rows = [r for r in report["rows"] if offered(r)]
-    assert len(rows) > 40 and {r["D"] for r in rows} == {64, 128, 256}
+    assert len(rows) > 40 and {r["D"] for r in rows} == {64, 80, 128, 256}
     assert {(r["part"], r["variant"]) for r in rows if r["D"] == 256} == {
         ("forward", "tma"), ("forward", "tma+ws"), ("decode", "pointer"), ("decode", "tma"),
         ("decode paged", "pointer"), ("dkdv", "pointer"), ("dq", "pointer"), ("forward varlen", "tma"),
         ("forward varlen paged", "pointer")}
-    assert {(r["part"], r["variant"]) for r in rows if r["D"] == 128} >= {
-        ("forward varlen", "tma"), ("dkdv varlen", "pointer"), ("dq varlen", "pointer")}
+    for D in (80, 128):  # (80: a padded head dim, through its masked pointer loads where auto runs pointers)
+        assert {(r["part"], r["variant"]) for r in rows if r["D"] == D} >= {
+            ("forward varlen", "tma"), ("dkdv varlen", "pointer"), ("dq varlen", "pointer"),
+            ("forward varlen paged", "pointer"), ("decode paged", "pointer")}
     bad = [(r["part"], r["variant"], r["D"], r["tile"], r.get("error") or r["spill_stack_bytes"]) for r in rows
            if "error" in r or (r["spill_stack_bytes"] and not spills_least_of_all(r)) or not tensor_cores(r)
            or r["shared_bytes"] > SHARED_MEMORY]
@@ -300,6 +304,34 @@ def test_a_packed_batch_s_pointer_backward_skips_exactly_the_tiles_that_spill(mo
                 skip = spilling if varlen and dtype != torch.float32 else set()
                 assert kept and kept == {_variants.tile_of(c) for c in space} - skip, (kernel, D, dtype, varlen)
             assert _variants.tile_of(bwd.default_config(kernel, D, 2, packed=True)) not in spilling
+
+
+def test_a_padded_head_dim_skips_exactly_the_tiles_that_spill_there(monkeypatch):
+    """The kernels key their tile lists by the tiles' width, so D = 80 is offered D = 128's configs; its
+    masked columns cost registers of their own, and the survey compiles its forward configs at D = 80 too.
+    The forward's ``PADDED`` list must name exactly the tiles the autotuner would otherwise try there, as
+    ``auto`` runs them on Hopper (prefill through TMA, decoding through either, paged caches through pointers),
+    that spill under triton 3.9 or 3.6: none needlessly dropped, none that spills kept."""
+    fwd = kernel_module("flash_fwd", CUDA)
+    padded = {tuple(t) for t in fwd.FEATURE_SPILLS["PADDED"][128]}
+    monkeypatch.setattr(fwd, "FEATURE_SPILLS", {k: v for k, v in fwd.FEATURE_SPILLS.items() if k != "PADDED"})
+    runs = {"forward": ("tma", "tma+ws"), "forward varlen": ("tma",), "decode": ("pointer", "tma"),
+            "decode paged": ("pointer",), "forward varlen paged": ("pointer",)}
+    spilling, seen = set(), set()
+    for version in REPORTS:
+        for r in _report(version)[1]["rows"]:
+            if r["D"] != 80 or r["variant"] not in runs.get(r["part"], ()):
+                continue
+            seen.add(r["part"])
+            space = fwd.configs(_variants.VARIANTS[r["variant"]], 128)
+            kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 1 if r["part"].startswith("decode") else 4096},
+                                         HEAD_DIM=128, D_REAL=80, PAGED=r["part"].endswith("paged"))
+            tile = (*r["tile"], r["variant"] == "tma+ws")
+            if tile in {(*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) for c in kept} and r["spill_stack_bytes"]:
+                spilling.add(tile)
+    assert seen == set(runs), f"the surveys lack D = 80 rows of {set(runs) - seen}: run make survey"
+    assert spilling == padded, f"tiles that spill at D = 80 (triton 3.9 or 3.6): {sorted(spilling)}; " \
+                               f"flash_fwd.FEATURE_SPILLS['PADDED'] names {sorted(padded)}"
 
 
 @pytest.mark.parametrize("variant", ["pointer", "tma"])
