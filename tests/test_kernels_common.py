@@ -148,10 +148,12 @@ def grads(fn, q, k, v, dout):
     return torch.autograd.grad(out, leaves, dout.to(out.dtype))
 
 
-def assert_matches_by_rule(label, out, got, inputs, dout, ref_fn, same_fn, dtype):
+def assert_matches_by_rule(label, out, got, inputs, dout, ref_fn, same_fn, dtype, other_grads=None):
     """A kernel's ``out`` and gradients ``got = (dq, dk, dv)`` of ``<out, dout>`` on ``inputs = (q, k, v)``
     against ``ref_fn(q, k, v)`` (float32 leaves: the reference) by the tolerance rule, the budget from
-    ``same_fn`` on leaves in the inputs' dtype. ``label`` prefixes the names in a failure ("of sequence 1")."""
+    ``same_fn`` on leaves in the inputs' dtype, or, for each gradient, from ``other_grads`` (another
+    algorithm's ``(dq, dk, dv)``) where that one is further from the reference. ``label`` prefixes the names
+    in a failure ("of sequence 1")."""
     suffix = f" {label}" if label else ""
     ref_leaves = [x.detach().float().requires_grad_(True) for x in inputs]
     ref = ref_fn(*ref_leaves)
@@ -159,6 +161,9 @@ def assert_matches_by_rule(label, out, got, inputs, dout, ref_fn, same_fn, dtype
     low_leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
     same = same_fn(*low_leaves)
     budget = torch.autograd.grad(same, low_leaves, dout.to(same.dtype))
+    if other_grads is not None:
+        budget = [max((b, o), key=lambda x, w=w: max_err(x, w)) for b, o, w in zip(budget, other_grads, want,
+                                                                                    strict=True)]
     assert_close_by_rule(f"out{suffix}", out, ref, same, dtype)
     for name, g, w, b in zip(("dq", "dk", "dv"), got, want, budget, strict=True):
         assert_close_by_rule(f"{name}{suffix}", g, w, b, dtype)

@@ -23,14 +23,14 @@ import pytest
 import torch
 from test_kernels import case_id
 from test_kernels_alibi import alibi_bias, geometric_slopes
-from test_kernels_common import assert_close_by_rule, check_case, check_changed_scores, make_qkv, max_err
+from test_kernels_common import check_case, check_changed_scores, make_qkv
 from test_kernels_dropout import case_id as dropout_case_id
-from test_kernels_dropout import dropped_attention, fa2_grads, leaf_grads, mask_of, next_seed
+from test_kernels_dropout import check_dropout_case
 from test_kernels_kvcache import check_kvcache_case
 from test_kernels_paged import check_paged
 from test_kernels_varlen import check_varlen_case
 
-from attn_course.kernels import _variants, flash_attention
+from attn_course.kernels import _variants
 
 DTYPES = (torch.float32, torch.float32, torch.float16, torch.bfloat16)  # float32 twice: the tightest check
 LENGTHS = (1, 2, 15, 16, 17, 31, 33, 63, 64, 65, 97)  # either side of the 16/32/64-row tile edges
@@ -197,35 +197,15 @@ DROPOUT_RATES = (0.1, 0.3, 0.5, 0.9)
 
 
 def dropout_case(seed: int) -> tuple:
-    """A :func:`fixed_case`-like shape and a dropout rate: ``check_dropout_case``'s tuple."""
+    """A :func:`fixed_case`-like shape and a dropout rate: ``check_dropout_case``'s tuple (checked with
+    FlashAttention-2's own error as a second budget for the gradients: ``fa2_grads``)."""
     return (*fixed_case(7000 + seed), random.Random(7000 + seed).choice(DROPOUT_RATES))
-
-
-def check_dropout_draw(case, variant):
-    """Out and gradients with dropout against attention with the call's own mask, by the tolerance rule, the
-    budget the larger of PyTorch's half-precision error and FlashAttention-2's (``fa2_grads``): rows whose
-    attention falls on one key carry FA2's rounding of the stored output (test_kernels_dropout)."""
-    B, H, H_kv, T_q, T_k, D, causal, window, dtype, p = case
-    q, k, v = make_qkv(B, H, H_kv, T_q, T_k, D, dtype)
-    dout = torch.randn(B, H, T_q, D, generator=torch.Generator().manual_seed(1)).to(dtype)
-    keep = mask_of(next_seed("cpu"), B, H, T_q, T_k, p)
-    with _variants.settings(kernel=variant):
-        out, got = leaf_grads(lambda q, k, v: flash_attention(q, k, v, causal=causal, window=window, dropout_p=p),
-                              (q, k, v), dout)
-    want_out, want = leaf_grads(lambda q, k, v: dropped_attention(q, k, v, keep, p, causal, window),
-                                [x.float() for x in (q, k, v)], dout.float())
-    same_out, same = leaf_grads(lambda q, k, v: dropped_attention(q, k, v, keep, p, causal, window, dtype),
-                                (q, k, v), dout)
-    fa2 = fa2_grads(q, k, v, keep, p, causal, window, dout)
-    assert_close_by_rule("out", out, want_out, same_out, dtype)
-    for name, g, w, b, f in zip(("dq", "dk", "dv"), got, want, same, fa2, strict=True):
-        assert_close_by_rule(name, g, w, max((b, f), key=lambda x: max_err(x, w)), dtype)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case", [dropout_case(s) for s in range(SEEDS["dropout"])], ids=dropout_case_id)
 def test_random_cases_with_dropout(case, variant):
-    check_dropout_draw(case, variant)
+    check_dropout_case(case, variant=variant, fa2_budget=True)
 
 
 def paged_draw(seed: int) -> dict:
