@@ -172,6 +172,17 @@ def test_the_resource_report_covers_exactly_the_current_tile_lists(version):
                          f"extra {sorted(got - want)[:4]}): run make survey (both tritons)")
 
 
+def forward_kept(fwd, r) -> set[tuple]:
+    """The forward's configs, ``(*tile, warp-specialised)``, that the autotuner keeps for the launch of survey
+    row ``r``: its variant, its head dim's tile width (the lists are keyed by it) and real width, on a paged
+    cache or not, a decoding step or a 4096-row prefill."""
+    width = head_dim_tile(r["D"])
+    kept = fwd.prune_for_lengths(fwd.configs(_variants.VARIANTS[r["variant"]], width),
+                                 {"TUNE_T_Q": 1 if r["part"].startswith("decode") else 4096}, HEAD_DIM=width,
+                                 D_REAL=r["D"], PAGED=r["part"].endswith("paged"))
+    return {(*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) for c in kept}
+
+
 @pytest.mark.parametrize("version", REPORTS)
 def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
     """On Hopper, under ``auto``, the autotuner tries the TMA variants' configs, and the pointer variant's
@@ -187,11 +198,9 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
 
     def offered(r):  # (the kernels key their tile lists by the tiles' width: D = 80 runs D = 128's)
         variant, D = _variants.VARIANTS[r["variant"]], head_dim_tile(r["D"])
-        if r["part"].endswith(" paged"):  # (always pointers: what such a launch's pruning keeps)
-            return paged_offered(r)
-        if r["part"].startswith("decode"):  # (both variants: a cache whose strides TMA refuses runs pointers)
-            kept = fwd.prune_for_lengths(fwd.configs(variant, D), {"TUNE_T_Q": 1}, HEAD_DIM=D, D_REAL=r["D"])
-            return any(list(_variants.tile_of(c)) == r["tile"] for c in kept)
+        # paged: always pointers; decoding: both variants (a cache whose strides TMA refuses runs pointers)
+        if r["part"].endswith(" paged") or r["part"].startswith("decode"):
+            return (*r["tile"], False) in forward_kept(fwd, r)
         if r["part"].partition(" ")[2].upper() in FEATURE_PARTS:  # what such a launch's pruning keeps
             return feature_offered(r)
         part, varlen = r["part"].removesuffix(" varlen"), r["part"].endswith(" varlen")
@@ -208,13 +217,6 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
         ws = r["variant"] == "tma+ws"
         return any(list(_variants.tile_of(c)) == r["tile"]
                    and c.kwargs.get("WARP_SPEC", False) == ws for c in space)
-
-    def paged_offered(r):
-        D = head_dim_tile(r["D"])
-        space = fwd.configs(_variants.VARIANTS["pointer"], D)
-        kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 1 if r["part"].startswith("decode") else 4096},
-                                     HEAD_DIM=D, D_REAL=r["D"], PAGED=True)
-        return any(list(_variants.tile_of(c)) == r["tile"] for c in kept)
 
     def feature_offered(r):
         variant, (part, feature), tile = _variants.VARIANTS[r["variant"]], r["part"].split(" "), r["tile"]
@@ -323,11 +325,8 @@ def test_a_padded_head_dim_skips_exactly_the_tiles_that_spill_there(monkeypatch)
             if r["D"] != 80 or r["variant"] not in runs.get(r["part"], ()):
                 continue
             seen.add(r["part"])
-            space = fwd.configs(_variants.VARIANTS[r["variant"]], 128)
-            kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 1 if r["part"].startswith("decode") else 4096},
-                                         HEAD_DIM=128, D_REAL=80, PAGED=r["part"].endswith("paged"))
             tile = (*r["tile"], r["variant"] == "tma+ws")
-            if tile in {(*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) for c in kept} and r["spill_stack_bytes"]:
+            if tile in forward_kept(fwd, r) and r["spill_stack_bytes"]:
                 spilling.add(tile)
     assert seen == set(runs), f"the surveys lack D = 80 rows of {set(runs) - seen}: run make survey"
     assert spilling == padded, f"tiles that spill at D = 80 (triton 3.9 or 3.6): {sorted(spilling)}; " \
