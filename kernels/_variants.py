@@ -187,6 +187,13 @@ def tile_of(c: triton.Config) -> tuple[int, int, int, int]:
     return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages
 
 
+def padded(width: int, constexprs: dict) -> bool:
+    """Whether a launch in tiles ``width`` columns wide runs a padded head dim (``D_REAL < width``: its last
+    columns masked on every pointer load and store, which costs registers of their own); a launch that names
+    no ``D_REAL`` means the tiles' own width."""
+    return constexprs.get("D_REAL", width) < width
+
+
 def feature_spills(table: dict, key, **features) -> list:
     """The tiles ``table`` lists at ``key`` (a head dim, or ``(kernel, head dim)``) for the features switched on
     in ``features``: ``table`` maps a feature's constexpr (``DROPOUT``, ``SOFTCAP``, ``ALIBI``), or a

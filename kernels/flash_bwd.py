@@ -394,14 +394,27 @@ PACKED_POINTER_SPILLS = {
     ("dq", 128): [(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 8, 3), (128, 128, 8, 2)],
     ("dq", 64): [(128, 128, 8, 2)],
 }
+# ... and these beside them where the head dim is padded to the tiles' width (D_REAL < HEAD_DIM; surveyed at
+# D = 40 in 64-wide tiles, D = 80 in 128-wide ones): 8 bytes under triton 3.9 at D = 40
+PADDED_PACKED_POINTER_SPILLS = {
+    ("dq", 64): [(64, 128, 8, 3)],
+}
+
+
+def packed_pointer_spills(kernel: str, width: int, padded: bool) -> list[tuple[int, int, int, int]]:
+    """The tiles a packed 16-bit batch's pointer ``kernel`` skips in tiles ``width`` columns wide (a padded head
+    dim, ``padded``, skips its own list's too)."""
+    return PACKED_POINTER_SPILLS.get((kernel, width), []) + \
+        (PADDED_PACKED_POINTER_SPILLS.get((kernel, width), []) if padded else [])
 
 
 def prune_for_packing(kernel: str, configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
     """The pointer backward's pruning step: a packed batch (``IS_VARLEN``) of 16-bit inputs skips the tiles
-    of :data:`PACKED_POINTER_SPILLS`. Triton's autotuner passes the launch's constexprs as keywords."""
+    of :data:`PACKED_POINTER_SPILLS` (and, for a padded head dim, ``D_REAL < HEAD_DIM``, those of
+    :data:`PADDED_PACKED_POINTER_SPILLS`). Triton's autotuner passes the launch's constexprs as keywords."""
     if not kwargs["IS_VARLEN"] or nargs["Q"].element_size() != 2:
         return configs
-    spills = PACKED_POINTER_SPILLS.get((kernel, kwargs["HEAD_DIM"]), [])
+    spills = packed_pointer_spills(kernel, kwargs["HEAD_DIM"], _variants.padded(kwargs["HEAD_DIM"], kwargs))
     return [c for c in configs if _variants.tile_of(c) not in spills]
 
 
@@ -513,7 +526,7 @@ def default_config(kernel: str, D: int, itemsize: int, packed: bool = False, **f
     on in ``features`` (the launch's constexprs) the first that does not spill there; smaller tiles for
     float32, whose tiles take twice the registers and shared memory."""
     if itemsize == 2:
-        spills = PACKED_POINTER_SPILLS.get((kernel, D), []) if packed else []
+        spills = packed_pointer_spills(kernel, D, _variants.padded(D, features)) if packed else []
         tiles = [t for t in candidate_tiles(kernel, D) if t not in spills]
         return _variants.config(*_variants.fewest_spills(tiles, tuple, FEATURE_SPILLS, (kernel, D), **features)[0])
     if D > 128:  # float32 at D = 256: the least spilling tiles on sm_90 (16 and 8 bytes)

@@ -376,6 +376,14 @@ def decode_tiles(D: int) -> list[tuple[int, int, int, int]]:
     return WIDE_DECODE_TILES if D > 128 else DECODE_TILES
 
 
+def offered_tiles(D: int, warp_spec: bool) -> list[tuple[int, int, int, int]]:
+    """The candidate tiles (not the decoding ones) :func:`configs` offers at head dim ``D``: at D = 128 not
+    128 query rows on 4 warps (they spill), nor warp-specialised 128-key tiles (they overflow shared memory)."""
+    if warp_spec:
+        return [t for t in candidate_tiles(D, True) if D != 128 or t[1] < 128]
+    return [t for t in candidate_tiles(D, False) if D != 128 or not (t[0] == 128 and t[2] == 4)]
+
+
 def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
     """The autotuner's search space for ``variant`` at head dim ``D``: the candidate tiles without warp
     specialisation, plus the warp-specialised ones when the variant allows it, plus the decoding tiles
@@ -384,11 +392,9 @@ def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
     benchmarks/results/kernel_resources_sm90.json), so those are not tried, nor are warp-specialised
     128-key tiles, which overflow shared memory."""
     hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
-    tiles = [t for t in candidate_tiles(D, False) if D != 128 or not (t[0] == 128 and t[2] == 4)]
-    space = [_variants.config(*t, hook, WARP_SPEC=False) for t in tiles]
+    space = [_variants.config(*t, hook, WARP_SPEC=False) for t in offered_tiles(D, False)]
     if variant.warp_specialize:
-        space += [_variants.config(*t, hook, WARP_SPEC=True) for t in candidate_tiles(D, True)
-                  if D != 128 or t[1] < 128]
+        space += [_variants.config(*t, hook, WARP_SPEC=True) for t in offered_tiles(D, True)]
     return space + [_variants.config(*t, hook, WARP_SPEC=False) for t in decode_tiles(D)
                     if t not in DECODE_SPILLS.get(D, [])]
 
@@ -450,10 +456,20 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
         256: [(64, 32, 4, 3, False)],
     },
     # a padded head dim (D_REAL < HEAD_DIM: its columns masked on every pointer load and store), surveyed at
-    # D = 80 in 128-wide tiles (rows with "D": 80): under triton 3.6 this decoding tile spills 8 bytes
-    # through pointers there, where at D = 128 its 3-stage twin does instead (DECODE_SPILLS)
+    # D = 40 in 64-wide tiles and D = 80 in 128-wide ones (rows with "D": 40 and 80). Where every decoding tile
+    # offered spills at D = 40 (through pointers under triton 3.9: 48 bytes at 16 x 64, 96 at 16 x 128), the
+    # list leaves out the least spilling, which the pruning then keeps (tests/test_kernels_compile.py)
     "PADDED": {
-        128: [(16, 128, 4, 2, False)],
+        64: [(16, 128, 4, 2, False), (64, 128, 4, 3, False)],
+        128: [(16, 128, 4, 2, False)],  # (triton 3.6, through pointers; at D = 128 its 3-stage twin instead)
+    },
+    # a padded head dim on a paged cache (parts "decode paged" and "forward varlen paged" at D = 40; beyond
+    # PADDED's and PAGED's tiles): up to 360 bytes under triton 3.9 and 1048 under 3.6. Paged decoding at
+    # D = 40 spills in every tile, 16 x 64 under triton 3.9 (152 bytes), 16 x 128 under 3.6 (976): the list
+    # leaves out the former, and the pruning keeps it
+    "PADDED+PAGED": {
+        64: [(64, 64, 4, 3, False), (128, 32, 4, 4, False), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
+             (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
     },
 }
 
@@ -466,32 +482,37 @@ def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> li
     width), the ``PADDED`` list; the autotuner then times what is left."""
     decoding = is_decoding(nargs["TUNE_T_Q"])
     kept = [c for c in configs if (c.kwargs["BLOCK_M"] == DECODE_ROWS) == decoding]
-    padded = kwargs.get("D_REAL", kwargs["HEAD_DIM"]) < kwargs["HEAD_DIM"]
     return _variants.fewest_spills(kept, lambda c: (*_variants.tile_of(c), c.kwargs["WARP_SPEC"]), FEATURE_SPILLS,
-                                   kwargs["HEAD_DIM"], **kwargs, PADDED=padded)
+                                   kwargs["HEAD_DIM"], **kwargs, PADDED=_variants.padded(kwargs["HEAD_DIM"], kwargs))
 
 
 def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int | None = None,
                    **features) -> triton.Config:
     """The one config used when autotuning is off: 16-row tiles for ``T_q <= DECODE_ROWS`` (decoding); else
     big query tiles for 16-bit inputs, smaller ones where float32 or a wide head would overflow shared
-    memory, and the warp-specialised variant with WS on. ``features``: the launch's constexprs; with
-    ``DROPOUT``, ``SOFTCAP`` or ``ALIBI`` on (16-bit inputs), the first candidate that does not spill then
-    (:data:`FEATURE_SPILLS`, :func:`_variants.fewest_spills`)."""
+    memory, and the warp-specialised variant with WS on. ``features``: the launch's constexprs; where that
+    tile spills with them (16-bit inputs with ``DROPOUT``, ``SOFTCAP``, ``ALIBI`` or ``PAGED`` on, or a padded
+    head dim, ``D_REAL < D``: :data:`FEATURE_SPILLS`), the first tile :func:`configs` offers that spills
+    least then (:func:`_variants.fewest_spills`)."""
     if T_q is not None and is_decoding(T_q):
         return _variants.config(*(decode_tiles(D)[0] if itemsize == 2 else FLOAT32_DECODE_TILE), WARP_SPEC=False)
-    if itemsize == 2 and _variants.feature_spills(FEATURE_SPILLS, D, **features):
-        ws = variant.warp_specialize
-        tile = _variants.fewest_spills(candidate_tiles(D, ws), lambda t: (*t, ws), FEATURE_SPILLS, D, **features)[0]
-        return _variants.config(*tile, WARP_SPEC=ws)
-    if variant.warp_specialize:
-        return _variants.config(*candidate_tiles(D, True)[0], WARP_SPEC=True)
-    half = itemsize == 2
-    if D > 128:  # (float32 at D = 256 spills on sm_90 whatever the tile; these 32 x 32 tiles least)
-        return _variants.config(*WIDE_TILES[0], WARP_SPEC=False) if half else \
-            _variants.config(32, 32, 8, 2, WARP_SPEC=False)
-    return _variants.config(128 if half else 64, 64 if half or D <= 64 else 32, 4 if D <= 64 else 8,
-                            3 if half else 2, WARP_SPEC=False)
+    ws, half = variant.warp_specialize, itemsize == 2
+    features = dict(features, PADDED=_variants.padded(D, features))
+    tile = usual_tile(D, ws, half)
+    if half and (*tile, ws) in _variants.feature_spills(FEATURE_SPILLS, D, **features):
+        tile = _variants.fewest_spills(offered_tiles(D, ws), lambda t: (*t, ws), FEATURE_SPILLS, D, **features)[0]
+    return _variants.config(*tile, WARP_SPEC=ws)
+
+
+def usual_tile(D: int, warp_spec: bool, half: bool) -> tuple[int, int, int, int]:
+    """:func:`default_config`'s tile before any feature: the first warp-specialised candidate with WS on; at
+    D = 256 the first wide tile (float32 there spills on sm_90 whatever the tile; 32 x 32 on 8 warps least);
+    else 128 query rows for 16-bit inputs (on 8 warps at D = 128), 64 for float32."""
+    if warp_spec:
+        return candidate_tiles(D, True)[0]
+    if D > 128:
+        return WIDE_TILES[0] if half else (32, 32, 8, 2)
+    return 128 if half else 64, 64 if half or D <= 64 else 32, 4 if D <= 64 else 8, 3 if half else 2
 
 
 def grid_rows(T_q: int, H: int, H_kv: int) -> tuple[bool, int, int]:

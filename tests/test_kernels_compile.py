@@ -172,6 +172,16 @@ def test_the_resource_report_covers_exactly_the_current_tile_lists(version):
                          f"extra {sorted(got - want)[:4]}): run make survey (both tritons)")
 
 
+def worst_spills(r) -> dict[tuple, int]:
+    """Each tile of survey row ``r``'s part, variant and head dim, and its larger spill under the two tritons."""
+    worst = {}
+    for version in REPORTS:
+        for p in _report(version)[1]["rows"]:
+            if (p["part"], p["variant"], p["D"]) == (r["part"], r["variant"], r["D"]):
+                worst[tuple(p["tile"])] = max(worst.get(tuple(p["tile"]), 0), p["spill_stack_bytes"])
+    return worst
+
+
 def forward_kept(fwd, r) -> set[tuple]:
     """The forward's configs, ``(*tile, warp-specialised)``, that the autotuner keeps for the launch of survey
     row ``r``: its variant, its head dim's tile width (the lists are keyed by it) and real width, on a paged
@@ -196,7 +206,7 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
     _, report = _report(version)
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
 
-    def offered(r):  # (the kernels key their tile lists by the tiles' width: D = 80 runs D = 128's)
+    def offered(r):  # (the kernels key their tile lists by the tiles' width: D = 40 runs D = 64's, 80 D = 128's)
         variant, D = _variants.VARIANTS[r["variant"]], head_dim_tile(r["D"])
         # paged: always pointers; decoding: both variants (a cache whose strides TMA refuses runs pointers)
         if r["part"].endswith(" paged") or r["part"].startswith("decode"):
@@ -207,16 +217,13 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
         tma_pays = part == "forward" or bwd.tma_pays(D, varlen)
         if variant.tma != tma_pays or (varlen and variant.warp_specialize):
             return False  # auto would run the other variant here (a packed batch: never warp-specialised)
-        if part == "forward":
-            space = fwd.configs(variant, D)
-        else:
-            space = bwd.configs(part, variant, D)
-            if varlen:  # what Triton's autotuner keeps after the pruning step (its constexprs as keywords)
-                space = bwd.prune_for_packing(part, space, {"Q": torch.empty(0, dtype=torch.float16)},
-                                              HEAD_DIM=D, IS_VARLEN=True)
-        ws = r["variant"] == "tma+ws"
-        return any(list(_variants.tile_of(c)) == r["tile"]
-                   and c.kwargs.get("WARP_SPEC", False) == ws for c in space)
+        if part == "forward":  # (what its pruning keeps: a padded head dim skips tiles of its own)
+            return (*r["tile"], r["variant"] == "tma+ws") in forward_kept(fwd, r)
+        space = bwd.configs(part, variant, D)
+        if varlen:  # what Triton's autotuner keeps after the pruning step (its constexprs as keywords)
+            space = bwd.prune_for_packing(part, space, {"Q": torch.empty(0, dtype=torch.float16)},
+                                          HEAD_DIM=D, D_REAL=r["D"], IS_VARLEN=True)
+        return any(list(_variants.tile_of(c)) == r["tile"] for c in space)
 
     def feature_offered(r):
         variant, (part, feature), tile = _variants.VARIANTS[r["variant"]], r["part"].split(" "), r["tile"]
@@ -233,18 +240,17 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
     def tensor_cores(r):
         return r["HMMA"] > 0 if uses_mma_sync(r["part"], r["D"]) else r["HGMMA"] > 0
 
-    def spills_least_of_all(r):  # where every tile spills (EVERY_TILE_SPILLS), the pruning keeps the least
-        peers = [p["spill_stack_bytes"] for p in report["rows"]
-                 if (p["part"], p["variant"], p["D"]) == (r["part"], r["variant"], r["D"])]
-        return (r["part"], r["D"], version) in EVERY_TILE_SPILLS and r["spill_stack_bytes"] == min(peers)
+    def spills_least_of_all(r):  # where every tile spills (EVERY_TILE_SPILLS), the pruning keeps the least:
+        peers = worst_spills(r)  # (by its larger spill under the two tritons)
+        return (r["part"], r["D"], version) in EVERY_TILE_SPILLS and peers[tuple(r["tile"])] == min(peers.values())
 
     rows = [r for r in report["rows"] if offered(r)]
-    assert len(rows) > 40 and {r["D"] for r in rows} == {64, 80, 128, 256}
+    assert len(rows) > 40 and {r["D"] for r in rows} == {40, 64, 80, 128, 256}
     assert {(r["part"], r["variant"]) for r in rows if r["D"] == 256} == {
         ("forward", "tma"), ("forward", "tma+ws"), ("decode", "pointer"), ("decode", "tma"),
         ("decode paged", "pointer"), ("dkdv", "pointer"), ("dq", "pointer"), ("forward varlen", "tma"),
         ("forward varlen paged", "pointer")}
-    for D in (80, 128):  # (80: a padded head dim, through its masked pointer loads where auto runs pointers)
+    for D in (40, 80, 128):  # (40, 80: padded head dims, through masked pointer loads where auto runs pointers)
         assert {(r["part"], r["variant"]) for r in rows if r["D"] == D} >= {
             ("forward varlen", "tma"), ("dkdv varlen", "pointer"), ("dq varlen", "pointer"),
             ("forward varlen paged", "pointer"), ("decode paged", "pointer")}
@@ -281,56 +287,95 @@ def test_a_packed_batch_s_backward_runs_pointers_because_tma_spills_more(version
 
 def test_a_packed_batch_s_pointer_backward_skips_exactly_the_tiles_that_spill(monkeypatch):
     """``flash_bwd.PACKED_POINTER_SPILLS`` lists, per the two surveys, exactly the candidate tiles that spill
-    for a packed batch through pointers under triton 3.9 or 3.6 (none needlessly dropped). Wired into
-    Triton's own autotuner (``prune_configs``, before any timing), a packed 16-bit launch skips them and
-    other launches keep the whole space; with the autotuner off, the packed default is a tile that does
-    not spill."""
+    for a packed batch through pointers under triton 3.9 or 3.6 (none needlessly dropped), and with
+    ``PADDED_PACKED_POINTER_SPILLS`` beside it, exactly those that spill at a head dim padded to the tiles'
+    width (D = 40 in 64-wide tiles, 80 in 128-wide ones; the padded list names only tiles that spill there and
+    not unpadded). Wired into Triton's own autotuner (``prune_configs``, before any timing), a packed 16-bit
+    launch skips them and other launches keep the whole space; with the autotuner off, the packed default is
+    a tile that does not spill."""
     reports = [_report(version)[1] for version in REPORTS]
     bwd = kernel_module("flash_bwd", CUDA)
     pointer = _variants.VARIANTS["pointer"]
     monkeypatch.setattr(_variants, "_autotuned", {})
 
     for kernel in ("dkdv", "dq"):
-        for D in (64, 128):
+        for D in (40, 64, 80, 128):
+            width = head_dim_tile(D)
             rows = [r for report in reports for r in report["rows"] if r["part"] == f"{kernel} varlen"
                     and r["variant"] == "pointer" and r["D"] == D]
-            assert len(rows) == 2 * len(bwd.candidate_tiles(kernel, D)) and not any("error" in r for r in rows)
+            assert len(rows) == 2 * len(bwd.candidate_tiles(kernel, width)) and not any("error" in r for r in rows)
             spilling = {tuple(r["tile"]) for r in rows if r["spill_stack_bytes"]}
-            assert set(bwd.PACKED_POINTER_SPILLS.get((kernel, D), [])) == spilling, (kernel, D)
-            space = bwd.configs(kernel, pointer, D)
+            assert set(bwd.packed_pointer_spills(kernel, width, D < width)) == spilling, (kernel, D)
+            assert not set(bwd.PADDED_PACKED_POINTER_SPILLS.get((kernel, width), [])) & \
+                set(bwd.PACKED_POINTER_SPILLS.get((kernel, width), [])), (kernel, width)
+            space = bwd.configs(kernel, pointer, width)
             tuner = _variants.autotuned(getattr(bwd, f"_bwd_{kernel}"), pointer, space, tag=D,
                                         prune=functools.partial(bwd.prune_for_packing, kernel))
             for dtype, varlen in ((torch.bfloat16, True), (torch.bfloat16, False), (torch.float32, True)):
                 tuner.nargs = {"Q": torch.empty(0, dtype=dtype)}
-                kept = {_variants.tile_of(c) for c in tuner.prune_configs({"HEAD_DIM": D, "IS_VARLEN": varlen})}
+                key = {"HEAD_DIM": width, "D_REAL": D, "IS_VARLEN": varlen}
+                kept = {_variants.tile_of(c) for c in tuner.prune_configs(key)}
                 skip = spilling if varlen and dtype != torch.float32 else set()
                 assert kept and kept == {_variants.tile_of(c) for c in space} - skip, (kernel, D, dtype, varlen)
-            assert _variants.tile_of(bwd.default_config(kernel, D, 2, packed=True)) not in spilling
+            default = bwd.default_config(kernel, width, 2, packed=True, HEAD_DIM=width, D_REAL=D)
+            assert _variants.tile_of(default) not in spilling, (kernel, D)
 
 
-def test_a_padded_head_dim_skips_exactly_the_tiles_that_spill_there(monkeypatch):
-    """The kernels key their tile lists by the tiles' width, so D = 80 is offered D = 128's configs; its
-    masked columns cost registers of their own, and the survey compiles its forward configs at D = 80 too.
-    The forward's ``PADDED`` list must name exactly the tiles the autotuner would otherwise try there, as
-    ``auto`` runs them on Hopper (prefill through TMA, decoding through either, paged caches through pointers),
-    that spill under triton 3.9 or 3.6: none needlessly dropped, none that spills kept."""
+@pytest.mark.parametrize("D", [40, 80])
+def test_a_padded_head_dim_skips_exactly_the_tiles_that_spill_there(D):
+    """The kernels key their tile lists by the tiles' width, so D = 40 is offered D = 64's configs and D = 80
+    D = 128's; their masked columns cost registers of their own, and the survey compiles the forward's configs
+    at both. For every launch ``auto`` runs on Hopper (prefill through TMA, decoding through either variant,
+    paged caches through pointers), the forward's pruning must keep, of the tiles it would otherwise try
+    there, exactly those that spill under neither triton 3.9 nor 3.6, or where every one of them spills
+    (:data:`EVERY_TILE_SPILLS`), those whose larger spill is smallest. And the ``PADDED`` and ``PADDED+PAGED``
+    lists that do it name only tiles that spill at D in a launch they apply to (unpaged, paged): none
+    needlessly dropped but where a list is shared by launches whose spills differ. With the autotuner off,
+    each launch's default tile is one of those it keeps."""
     fwd = kernel_module("flash_fwd", CUDA)
-    padded = {tuple(t) for t in fwd.FEATURE_SPILLS["PADDED"][128]}
-    monkeypatch.setattr(fwd, "FEATURE_SPILLS", {k: v for k, v in fwd.FEATURE_SPILLS.items() if k != "PADDED"})
+    width = head_dim_tile(D)
+    lists = {name: {tuple(t) for t in fwd.FEATURE_SPILLS.get(name, {}).get(width, [])}
+             for name in ("PADDED", "PADDED+PAGED")}
+    unpadded = {k: v for k, v in fwd.FEATURE_SPILLS.items() if not k.startswith("PADDED")}
     runs = {"forward": ("tma", "tma+ws"), "forward varlen": ("tma",), "decode": ("pointer", "tma"),
             "decode paged": ("pointer",), "forward varlen paged": ("pointer",)}
-    spilling, seen = set(), set()
+    groups = {}  # (part, variant) -> {(*tile, warp-specialised): its larger spill under the two tritons}
     for version in REPORTS:
         for r in _report(version)[1]["rows"]:
-            if r["D"] != 80 or r["variant"] not in runs.get(r["part"], ()):
-                continue
-            seen.add(r["part"])
-            tile = (*r["tile"], r["variant"] == "tma+ws")
-            if tile in forward_kept(fwd, r) and r["spill_stack_bytes"]:
-                spilling.add(tile)
-    assert seen == set(runs), f"the surveys lack D = 80 rows of {set(runs) - seen}: run make survey"
-    assert spilling == padded, f"tiles that spill at D = 80 (triton 3.9 or 3.6): {sorted(spilling)}; " \
-                               f"flash_fwd.FEATURE_SPILLS['PADDED'] names {sorted(padded)}"
+            if r["D"] == D and r["variant"] in runs.get(r["part"], ()):
+                assert "error" not in r, r
+                tile, group = (*r["tile"], r["variant"] == "tma+ws"), groups.setdefault((r["part"], r["variant"]), {})
+                group[tile] = max(group.get(tile, 0), r["spill_stack_bytes"])
+    assert {part for part, _ in groups} == set(runs), f"the surveys lack D = {D} rows of some parts: run make survey"
+    spilling = {"PADDED": set(), "PADDED+PAGED": set()}
+    for (part, variant), worst in groups.items():
+        r = {"part": part, "variant": variant, "D": D}
+        kept = forward_kept(fwd, r)
+        with pytest.MonkeyPatch.context() as m:  # what the pruning would keep without the padded lists
+            m.setattr(fwd, "FEATURE_SPILLS", unpadded)
+            would = forward_kept(fwd, r)
+        tried = {t: bytes_ for t, bytes_ in worst.items() if t in would}
+        clean = {t for t, bytes_ in tried.items() if not bytes_}
+        assert kept, (part, variant)
+        if clean:
+            assert kept & set(tried) <= clean, f"D = {D}, {part} ({variant}) keeps tiles that spill: " \
+                                               f"{sorted((t, tried[t]) for t in kept & set(tried) - clean)}"
+        else:
+            every = (part, D, "3.9") in EVERY_TILE_SPILLS or (part, D, "3.6") in EVERY_TILE_SPILLS
+            assert every, f"every tile spills at D = {D} in {part} ({variant}): {tried}; not in EVERY_TILE_SPILLS"
+            assert {tried[t] for t in kept & set(tried)} == {min(tried.values())}, (part, variant, tried)
+        spilling["PADDED+PAGED" if part.endswith("paged") else "PADDED"] |= set(tried) - clean
+        c = fwd.default_config(_variants.VARIANTS[variant], width, 2, T_q=1 if part.startswith("decode") else 4096,
+                               HEAD_DIM=width, D_REAL=D, PAGED=part.endswith("paged"))  # (the autotuner off)
+        default = (*_variants.tile_of(c), c.kwargs["WARP_SPEC"])
+        assert tried.get(default) == (0 if clean else min(tried.values())), \
+            f"D = {D}, {part} ({variant}): the untuned default {default} spills {tried.get(default)} bytes"
+    assert lists["PADDED"] <= spilling["PADDED"], \
+        f"flash_fwd.FEATURE_SPILLS['PADDED'][{width}] names tiles that do not spill at D = {D}: " \
+        f"{sorted(lists['PADDED'] - spilling['PADDED'])}"
+    assert lists["PADDED+PAGED"] <= spilling["PADDED+PAGED"] - lists["PADDED"], \
+        f"flash_fwd.FEATURE_SPILLS['PADDED+PAGED'][{width}] names tiles that do not spill paged at D = {D}, or " \
+        f"that PADDED already names: {sorted(lists['PADDED+PAGED'] - (spilling['PADDED+PAGED'] - lists['PADDED']))}"
 
 
 @pytest.mark.parametrize("variant", ["pointer", "tma"])
@@ -360,7 +405,10 @@ FEATURE_PARTS = [*FEATURES, "DROPOUT+SOFTCAP", "DROPOUT+ALIBI", "SOFTCAP+ALIBI",
                  "DROPOUT+SOFTCAP+ALIBI"]  # all three at once)
 # Where every candidate tile spills with a combination of features in one of the surveys (survey part, head
 # dim, triton): the pruning then keeps the tile that spills least (_variants.fewest_spills).
-EVERY_TILE_SPILLS = {("dkdv dropout+softcap+alibi", 128, "3.6")}
+# (Decoding at D = 40, a head dim padded to 64, through pointers: every offered tile spills under triton 3.9, the
+# 16 x 64 ones least; on a paged cache 16 x 64 spills under 3.9 and 16 x 128 under 3.6, 976 bytes, the former
+# less.)
+EVERY_TILE_SPILLS = {("dkdv dropout+softcap+alibi", 128, "3.6"), ("decode", 40, "3.9"), ("decode paged", 40, "3.9")}
 
 
 @pytest.mark.parametrize("variant", ["pointer", "tma"])
