@@ -227,14 +227,14 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
 
     def feature_offered(r):
         variant, (part, feature), tile = _variants.VARIANTS[r["variant"]], r["part"].split(" "), r["tile"]
-        ws, on = r["variant"] == "tma+ws", dict.fromkeys(feature.upper().split("+"), True)
+        ws, width = r["variant"] == "tma+ws", head_dim_tile(r["D"])
+        on = dict.fromkeys(feature.upper().split("+"), True) | dict(HEAD_DIM=width, D_REAL=r["D"])
         if part == "forward":
-            space = [c for c in fwd.configs(variant, r["D"]) if c.kwargs["BLOCK_M"] != fwd.DECODE_ROWS]
-            kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 4096}, HEAD_DIM=r["D"], **on)
+            space = [c for c in fwd.configs(variant, width) if c.kwargs["BLOCK_M"] != fwd.DECODE_ROWS]
+            kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 4096}, **on)
             return any(list(_variants.tile_of(c)) == tile and c.kwargs["WARP_SPEC"] == ws for c in kept)
-        space = bwd.configs(part, variant, r["D"])
-        kept = bwd.prune(part, False, space, {"Q": torch.empty(0, dtype=torch.float16)}, HEAD_DIM=r["D"],
-                         IS_VARLEN=False, **on)
+        space = bwd.configs(part, variant, width)
+        kept = bwd.prune(part, False, space, {"Q": torch.empty(0, dtype=torch.float16)}, IS_VARLEN=False, **on)
         return any(list(_variants.tile_of(c)) == tile for c in kept)
 
     def tensor_cores(r):
@@ -407,8 +407,51 @@ FEATURE_PARTS = [*FEATURES, "DROPOUT+SOFTCAP", "DROPOUT+ALIBI", "SOFTCAP+ALIBI",
 # dim, triton): the pruning then keeps the tile that spills least (_variants.fewest_spills).
 # (Decoding at D = 40, a head dim padded to 64, through pointers: every offered tile spills under triton 3.9, the
 # 16 x 64 ones least; on a paged cache 16 x 64 spills under 3.9 and 16 x 128 under 3.6, 976 bytes, the former
-# less.)
-EVERY_TILE_SPILLS = {("dkdv dropout+softcap+alibi", 128, "3.6"), ("decode", 40, "3.9"), ("decode paged", 40, "3.9")}
+# less. D = 80 with all three features spills as D = 128 does, 32 bytes at 16 x 64 on 8 warps.)
+EVERY_TILE_SPILLS = {("dkdv dropout+softcap+alibi", 128, "3.6"), ("dkdv dropout+softcap+alibi", 80, "3.6"),
+                     ("decode", 40, "3.9"), ("decode paged", 40, "3.9")}
+
+
+@pytest.mark.parametrize("feature", FEATURE_PARTS)
+def test_dropout_softcap_and_alibi_at_a_padded_head_dim_keep_only_tiles_that_do_not_spill_there(feature):
+    """Dropout, a softcap and ALiBi, alone, in pairs and all three, at D = 40 and 80 (heads padded to 64 and
+    128, whose masked columns cost registers of their own): the surveys compile each feature's parts there too,
+    and the lists of the tiles' width (with the ``PADDED`` ones) must leave each kernel's autotuner only tiles
+    that spill under neither triton there, and its untuned default one of them (or, where every tile spills,
+    per :data:`EVERY_TILE_SPILLS`, those whose larger spill is smallest)."""
+    reports = [_report(version)[1] for version in REPORTS]
+    fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
+    half, on = {"Q": torch.empty(0, dtype=torch.float16)}, dict.fromkeys(feature.split("+"), True)
+    every_tile_spills = {(part, dim) for part, dim, _ in EVERY_TILE_SPILLS}
+    for D in (40, 80):
+        width = head_dim_tile(D)
+        padded = dict(HEAD_DIM=width, D_REAL=D, **on)  # (a launch's constexprs)
+        for kernel in ("forward", "dkdv", "dq"):
+            part = f"{kernel} {feature.lower()}"
+            rows = [r for report in reports for r in report["rows"] if r["part"] == part and r["D"] == D]
+            assert rows and not any("error" in r for r in rows), f"no clean {part} rows at D = {D}: run make survey"
+            least = least_spilling(rows, lambda r: (*r["tile"], r["variant"] == "tma+ws"))
+            worst = {}  # (*tile, warp-specialised) -> its larger spill under the two tritons
+            for r in rows:
+                tile = (*r["tile"], r["variant"] == "tma+ws")
+                worst[tile] = max(worst.get(tile, 0), r["spill_stack_bytes"])
+            assert (min(worst[t] for t in least) > 0) == ((part, D) in every_tile_spills), (part, D)
+            if kernel == "forward":
+                space = [c for c in fwd.configs(_variants.VARIANTS["tma+ws"], width)
+                         if c.kwargs["BLOCK_M"] != fwd.DECODE_ROWS]
+                kept = {(*_variants.tile_of(c), c.kwargs["WARP_SPEC"])
+                        for c in fwd.prune_for_lengths(space, {"TUNE_T_Q": 4096}, **padded)}
+                defaults = [fwd.default_config(_variants.VARIANTS[v], width, 2, T_q=4096, **padded)
+                            for v in ("tma", "tma+ws")]
+            else:
+                space = bwd.configs(kernel, _variants.VARIANTS["tma"], width)
+                kept = {(*_variants.tile_of(c), False)
+                        for c in bwd.prune(kernel, False, space, half, IS_VARLEN=False, **padded)}
+                defaults = [bwd.default_config(kernel, width, 2, **padded)]
+            assert kept and kept <= least, f"{part} at D = {D} keeps tiles that spill: " \
+                                           f"{sorted((t, worst[t]) for t in kept - least)}"
+            for c in defaults:
+                assert (*_variants.tile_of(c), c.kwargs.get("WARP_SPEC", False)) in least, (part, D, c)
 
 
 @pytest.mark.parametrize("variant", ["pointer", "tma"])
