@@ -59,9 +59,18 @@ system-deps:
 	       "the parts that need them will fail with a message naming them"; \
 	fi
 
-## test: run the whole test suite (CPU; GPU tests run too when a GPU is present)
+# The kernel tests (Triton's interpreter: CPU-bound, independent cases) run on PYTEST_JOBS workers, the rest
+# (book build, sandboxed grading, which time themselves against limits) serially; both always run, and the
+# target fails if either does.
+PYTEST_JOBS  ?= 2
+KERNEL_TESTS := $(sort $(wildcard tests/test_kernels*.py)) tests/test_attention.py
+
+## test: run the whole test suite (CPU; GPU tests run too when a GPU is present): the kernel tests on PYTEST_JOBS (2) workers, then the rest
 test: setup
-	$(BIN)/pytest $(PYTEST_ARGS)
+	@status=0; \
+	$(BIN)/pytest -n $(PYTEST_JOBS) $(PYTEST_ARGS) $(KERNEL_TESTS) || status=1; \
+	$(BIN)/pytest $(PYTEST_ARGS) $(addprefix --ignore=,$(KERNEL_TESTS)) || status=1; \
+	exit $$status
 
 ## lint: ruff over the package, kernels, tests and benchmarks
 lint: setup
