@@ -479,7 +479,7 @@ def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> li
     the 16-row decoding tiles, otherwise only the others, and with dropout, a softcap or ALiBi (``DROPOUT``,
     ``SOFTCAP``, ``ALIBI``: constexprs the autotuner passes as keywords) none of their :data:`FEATURE_SPILLS`,
     nor, for a padded head dim (``D_REAL < HEAD_DIM``; a caller that names no ``D_REAL`` means the tile's own
-    width), the ``PADDED`` list; the autotuner then times what is left."""
+    width), the ``PADDED`` list (on a paged cache ``PADDED+PAGED`` too); the autotuner then times what is left."""
     decoding = is_decoding(nargs["TUNE_T_Q"])
     kept = [c for c in configs if (c.kwargs["BLOCK_M"] == DECODE_ROWS) == decoding]
     return _variants.fewest_spills(kept, lambda c: (*_variants.tile_of(c), c.kwargs["WARP_SPEC"]), FEATURE_SPILLS,
