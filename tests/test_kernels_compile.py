@@ -145,9 +145,10 @@ def test_pointer_kernels_compile_for_ampere(D):
 REPORTS = {"3.9": "kernel_resources_sm90.json", "3.6": "kernel_resources_sm90_triton3.6.json"}
 
 
+@functools.cache
 def _report(triton_version: str = "3.9"):
     """The survey tool and its committed report compiled by ``triton_version`` (this machine's 3.9; the GPU
-    machines' 3.6, whose ptxas allocates registers differently)."""
+    machines' 3.6, whose ptxas allocates registers differently): read once per test process (never modified)."""
     import importlib.util
     import json
     from pathlib import Path
@@ -174,12 +175,23 @@ def test_the_resource_report_covers_exactly_the_current_tile_lists(version):
 
 def worst_spills(r) -> dict[tuple, int]:
     """Each tile of survey row ``r``'s part, variant and head dim, and its larger spill under the two tritons."""
+    return worst_by_tile([p for version in REPORTS for p in _report(version)[1]["rows"]
+                          if (p["part"], p["variant"], p["D"]) == (r["part"], r["variant"], r["D"])],
+                         lambda p: tuple(p["tile"]))
+
+
+def worst_by_tile(rows: list[dict], tile) -> dict[tuple, int]:
+    """Each tile (``tile(row)``) of survey ``rows`` and its largest spill over them: over both surveys' rows,
+    its larger spill under the two tritons."""
     worst = {}
-    for version in REPORTS:
-        for p in _report(version)[1]["rows"]:
-            if (p["part"], p["variant"], p["D"]) == (r["part"], r["variant"], r["D"]):
-                worst[tuple(p["tile"])] = max(worst.get(tuple(p["tile"]), 0), p["spill_stack_bytes"])
+    for r in rows:
+        worst[tile(r)] = max(worst.get(tile(r), 0), r["spill_stack_bytes"])
     return worst
+
+
+def config_of(r) -> tuple:
+    """Survey row ``r``'s forward config as the forward's lists name one: ``(*tile, warp-specialised)``."""
+    return *r["tile"], r["variant"] == "tma+ws"
 
 
 def forward_kept(fwd, r) -> set[tuple]:
@@ -218,7 +230,7 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
         if variant.tma != tma_pays or (varlen and variant.warp_specialize):
             return False  # auto would run the other variant here (a packed batch: never warp-specialised)
         if part == "forward":  # (what its pruning keeps: a padded head dim skips tiles of its own)
-            return (*r["tile"], r["variant"] == "tma+ws") in forward_kept(fwd, r)
+            return config_of(r) in forward_kept(fwd, r)
         space = bwd.configs(part, variant, D)
         if varlen:  # what Triton's autotuner keeps after the pruning step (its constexprs as keywords)
             space = bwd.prune_for_packing(part, space, {"Q": torch.empty(0, dtype=torch.float16)},
@@ -339,13 +351,12 @@ def test_a_padded_head_dim_skips_exactly_the_tiles_that_spill_there(D):
     unpadded = {k: v for k, v in fwd.FEATURE_SPILLS.items() if not k.startswith("PADDED")}
     runs = {"forward": ("tma", "tma+ws"), "forward varlen": ("tma",), "decode": ("pointer", "tma"),
             "decode paged": ("pointer",), "forward varlen paged": ("pointer",)}
-    groups = {}  # (part, variant) -> {(*tile, warp-specialised): its larger spill under the two tritons}
-    for version in REPORTS:
-        for r in _report(version)[1]["rows"]:
-            if r["D"] == D and r["variant"] in runs.get(r["part"], ()):
-                assert "error" not in r, r
-                tile, group = (*r["tile"], r["variant"] == "tma+ws"), groups.setdefault((r["part"], r["variant"]), {})
-                group[tile] = max(group.get(tile, 0), r["spill_stack_bytes"])
+    rows = [r for version in REPORTS for r in _report(version)[1]["rows"]
+            if r["D"] == D and r["variant"] in runs.get(r["part"], ())]
+    assert not [r for r in rows if "error" in r], [r for r in rows if "error" in r]
+    # (part, variant) -> {(*tile, warp-specialised): its larger spill under the two tritons}
+    groups = {g: worst_by_tile([r for r in rows if (r["part"], r["variant"]) == g], config_of)
+              for g in {(r["part"], r["variant"]) for r in rows}}
     assert {part for part, _ in groups} == set(runs), f"the surveys lack D = {D} rows of some parts: run make survey"
     spilling = {"PADDED": set(), "PADDED+PAGED": set()}
     for (part, variant), worst in groups.items():
@@ -361,8 +372,8 @@ def test_a_padded_head_dim_skips_exactly_the_tiles_that_spill_there(D):
             assert kept & set(tried) <= clean, f"D = {D}, {part} ({variant}) keeps tiles that spill: " \
                                                f"{sorted((t, tried[t]) for t in kept & set(tried) - clean)}"
         else:
-            every = (part, D, "3.9") in EVERY_TILE_SPILLS or (part, D, "3.6") in EVERY_TILE_SPILLS
-            assert every, f"every tile spills at D = {D} in {part} ({variant}): {tried}; not in EVERY_TILE_SPILLS"
+            assert (part, D) in EVERY_TILE_SPILLS_PARTS, \
+                f"every tile spills at D = {D} in {part} ({variant}): {tried}; not in EVERY_TILE_SPILLS"
             assert {tried[t] for t in kept & set(tried)} == {min(tried.values())}, (part, variant, tried)
         spilling["PADDED+PAGED" if part.endswith("paged") else "PADDED"] |= set(tried) - clean
         c = fwd.default_config(_variants.VARIANTS[variant], width, 2, T_q=1 if part.startswith("decode") else 4096,
@@ -410,6 +421,7 @@ FEATURE_PARTS = [*FEATURES, "DROPOUT+SOFTCAP", "DROPOUT+ALIBI", "SOFTCAP+ALIBI",
 # less. D = 80 with all three features spills as D = 128 does, 32 bytes at 16 x 64 on 8 warps.)
 EVERY_TILE_SPILLS = {("dkdv dropout+softcap+alibi", 128, "3.6"), ("dkdv dropout+softcap+alibi", 80, "3.6"),
                      ("decode", 40, "3.9"), ("decode paged", 40, "3.9")}
+EVERY_TILE_SPILLS_PARTS = {(part, dim) for part, dim, _ in EVERY_TILE_SPILLS}  # (under either triton)
 
 
 @pytest.mark.parametrize("feature", FEATURE_PARTS)
@@ -422,7 +434,6 @@ def test_dropout_softcap_and_alibi_at_a_padded_head_dim_keep_only_tiles_that_do_
     reports = [_report(version)[1] for version in REPORTS]
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
     half, on = {"Q": torch.empty(0, dtype=torch.float16)}, dict.fromkeys(feature.split("+"), True)
-    every_tile_spills = {(part, dim) for part, dim, _ in EVERY_TILE_SPILLS}
     for D in (40, 80):
         width = head_dim_tile(D)
         padded = dict(HEAD_DIM=width, D_REAL=D, **on)  # (a launch's constexprs)
@@ -430,12 +441,8 @@ def test_dropout_softcap_and_alibi_at_a_padded_head_dim_keep_only_tiles_that_do_
             part = f"{kernel} {feature.lower()}"
             rows = [r for report in reports for r in report["rows"] if r["part"] == part and r["D"] == D]
             assert rows and not any("error" in r for r in rows), f"no clean {part} rows at D = {D}: run make survey"
-            least = least_spilling(rows, lambda r: (*r["tile"], r["variant"] == "tma+ws"))
-            worst = {}  # (*tile, warp-specialised) -> its larger spill under the two tritons
-            for r in rows:
-                tile = (*r["tile"], r["variant"] == "tma+ws")
-                worst[tile] = max(worst.get(tile, 0), r["spill_stack_bytes"])
-            assert (min(worst[t] for t in least) > 0) == ((part, D) in every_tile_spills), (part, D)
+            worst, least = worst_by_tile(rows, config_of), least_spilling(rows, config_of)
+            assert (min(worst[t] for t in least) > 0) == ((part, D) in EVERY_TILE_SPILLS_PARTS), (part, D)
             if kernel == "forward":
                 space = [c for c in fwd.configs(_variants.VARIANTS["tma+ws"], width)
                          if c.kwargs["BLOCK_M"] != fwd.DECODE_ROWS]
@@ -490,9 +497,7 @@ def test_dropout_softcap_and_alibi_compile_for_hopper(variant, feature):
 def least_spilling(rows: list[dict], tile) -> set:
     """The tiles (``tile(row)``) whose largest spill over the surveys' ``rows`` is smallest: those that spill
     under neither triton, where there are any."""
-    worst = {}
-    for r in rows:
-        worst[tile(r)] = max(worst.get(tile(r), 0), r["spill_stack_bytes"])
+    worst = worst_by_tile(rows, tile)
     return {t for t, bytes_ in worst.items() if bytes_ == min(worst.values())}
 
 
@@ -510,15 +515,14 @@ def test_dropout_softcap_and_alibi_skip_exactly_the_tiles_that_spill_with_them(f
     half = {"Q": torch.empty(0, dtype=torch.float16)}
     names = feature.split("+")
     suffix, on, off = feature.lower(), dict.fromkeys(names, True), dict.fromkeys(names, False)
-    every_tile_spills = {(part, dim) for part, dim, _ in EVERY_TILE_SPILLS}
     for D in (64, 128):
         rows = [r for report in reports for r in report["rows"] if r["part"] == f"forward {suffix}" and r["D"] == D]
         assert len(rows) == 2 * (len(fwd.candidate_tiles(D, False)) + len(fwd.candidate_tiles(D, True)))
         assert not any("error" in r for r in rows)
-        spilling = {(*r["tile"], r["variant"] == "tma+ws") for r in rows if r["spill_stack_bytes"]}
+        spilling = {config_of(r) for r in rows if r["spill_stack_bytes"]}
         assert set(fwd.FEATURE_SPILLS.get(feature, {}).get(D, [])) == spilling, D
-        least = least_spilling(rows, lambda r: (*r["tile"], r["variant"] == "tma+ws"))
-        assert (least <= spilling) == ((f"forward {suffix}", D) in every_tile_spills), D
+        least = least_spilling(rows, config_of)
+        assert (least <= spilling) == ((f"forward {suffix}", D) in EVERY_TILE_SPILLS_PARTS), D
         space = [c for c in fwd.configs(_variants.VARIANTS["tma+ws"], D) if c.kwargs["BLOCK_M"] != fwd.DECODE_ROWS]
         kept = fwd.prune_for_lengths(space, {"TUNE_T_Q": 4096}, HEAD_DIM=D, **on)
         assert kept and {(*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) for c in kept} <= least
@@ -534,7 +538,7 @@ def test_dropout_softcap_and_alibi_skip_exactly_the_tiles_that_spill_with_them(f
             spilling = {tuple(r["tile"]) for r in rows if r["spill_stack_bytes"]}
             assert set(bwd.FEATURE_SPILLS.get(feature, {}).get((kernel, D), [])) == spilling, (kernel, D)
             least = least_spilling(rows, lambda r: tuple(r["tile"]))
-            assert (least <= spilling) == ((f"{kernel} {suffix}", D) in every_tile_spills), (kernel, D)
+            assert (least <= spilling) == ((f"{kernel} {suffix}", D) in EVERY_TILE_SPILLS_PARTS), (kernel, D)
             space = bwd.configs(kernel, _variants.VARIANTS["tma"], D)
             kept = bwd.prune(kernel, False, space, half, HEAD_DIM=D, IS_VARLEN=False, **on)
             assert kept and {_variants.tile_of(c) for c in kept} <= least, (kernel, D)
