@@ -5,18 +5,19 @@ Each config of each kernel (forward: ``pointer``, ``tma``, ``tma+ws``; the forwa
 paged cache of 16-row pages, ``decode paged``, and a packed batch against one, ``forward varlen paged``:
 ``pointer``, the only variant they run; backward dK/dV
 and dQ: ``pointer``, ``tma``; and the forward, dK/dV and dQ of a packed (varlen) batch, ``forward varlen``
-etc.: ``pointer``, ``tma``, at D = 64, 80 (a padded head dim: 128-wide tiles, 48 columns masked) and 128
-and, for the forward, 256; and with attention dropout,
+etc.: ``pointer``, ``tma``, at D = 40 and 80 (padded head dims: 64- and 128-wide tiles, 24 and 48 columns
+masked), 64 and 128 and, for the forward, 256; and with attention dropout,
 ``forward dropout`` etc., logit soft-capping, ``forward softcap`` etc., or ALiBi, ``forward alibi`` etc.,
-and with each pair of them, ``forward dropout+softcap`` etc., through TMA at D = 64 and 128) is compiled for
-sm_90
+and with each pair of them and all three, ``forward dropout+softcap`` etc., through TMA at D = 40, 64, 80 and
+128) is compiled for sm_90
 (``attn_course.kernels._compile``) and read back with ``cuobjdump``: registers per thread, bytes of spill
 stack, shared memory, warps, and counts of Hopper's tensor-core (HGMMA) and TMA (UTMALDG) instructions. A
 config that spills, or whose tile is too small for wgmma (HMMA only; not flagged for the decoding tiles,
 narrow by design), is flagged: on a GPU it would only cost autotuning time. No speed is measured here.
 
-    python benchmarks/kernel_resources.py                 # fp16, D = 64, 80, 128 and 256, all configs
+    python benchmarks/kernel_resources.py                 # fp16, D = 40, 64, 80, 128 and 256, all configs
     python benchmarks/kernel_resources.py --workers 16    # compile in parallel (default: all cores)
+    python benchmarks/kernel_resources.py --head-dim 48 --out /tmp/d48.json   # a one-off probe, any D 1..256
 
 Writes ``benchmarks/results/kernel_resources_sm90.json``. Registers depend on the ``ptxas`` the triton wheel
 ships, so the report is kept twice: this machine's triton 3.9 (that file) and the GPU machines' triton 3.6
