@@ -52,6 +52,7 @@ import torch
 import triton
 
 from attn_course.cost import attention_flops
+from attn_course.kernels._checks import head_dim_argument
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKENS = 16384  # batch * T is kept at this, like flash-attn's benchmark
@@ -627,7 +628,7 @@ def main(argv=None) -> int:
                    help="GPU only: start no new shape after this many seconds (the JSON lists what was skipped)")
     p.add_argument("--warm-workers", type=int, default=0,
                    help="GPU only: compile the autotuner's configs first in this many parallel processes")
-    p.add_argument("--head-dim", type=int, action="append", choices=range(1, 257), metavar="D",
+    p.add_argument("--head-dim", type=head_dim_argument, action="append", metavar="D",
                    help=f"GPU only: head dims to time, 1 to 256 (repeatable; default "
                         f"{', '.join(map(str, HEAD_DIMS))}; 80 or 96 time the padded tiles)")
     p.add_argument("--decode-only", action="store_true", help="GPU only: time only the decoding-step rows")

@@ -45,6 +45,8 @@ from pathlib import Path
 import torch
 import triton
 
+from attn_course.kernels._checks import head_dim_argument
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # surveyed by default (the kernels' test of the report expects all five); 40 and 80 are padded head dims: tiles 64
 # and 128 columns wide whose last 24 and 48 are masked on every pointer load and store (_tiles.head_dim_tile),
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--dtype", action="append", choices=["float16", "bfloat16", "float32"])
-    p.add_argument("--head-dim", type=int, action="append", choices=range(1, 257), metavar="D")
+    p.add_argument("--head-dim", type=head_dim_argument, action="append", metavar="D")
     p.add_argument("--out", type=Path, default=RESULTS / "kernel_resources_sm90.json")
     args = p.parse_args(argv)
     todo = jobs(tuple(args.dtype or ["float16"]), tuple(args.head_dim or HEAD_DIMS))

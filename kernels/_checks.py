@@ -62,6 +62,11 @@ def _check_common(q, k, v, layout: str) -> None:
     D, D_k, D_v = q.shape[-1], k.shape[-1], v.shape[-1]
     if not (D == D_k == D_v):
         raise ValueError(f"q, k and v must share the head dim (last dim of {layout}), got {D}, {D_k}, {D_v}")
+    check_head_dim(D)
+
+
+def check_head_dim(D: int) -> None:
+    """A head dim the kernels take: 1 to ``MAX_HEAD_DIM``, else a ValueError that says why not."""
     if D < 1:
         raise ValueError(f"head dim {D} is not supported: q, k and v have no columns to take dot products of")
     if D > MAX_HEAD_DIM:
@@ -69,6 +74,23 @@ def _check_common(q, k, v, layout: str) -> None:
             f"head dim {D} is not supported: the kernels take head dims up to {MAX_HEAD_DIM}, as flash-attn does (a "
             f"tile of queries and its float32 accumulator that wide would not fit in a GPU's registers); compute it "
             f"with attn_course.attention")
+
+
+def head_dim_argument(text: str) -> int:
+    """``argparse`` type for a ``--head-dim`` flag: the benchmarks' and the survey's one check of it, which names
+    the range instead of argparse listing 256 choices."""
+    import argparse
+
+    try:
+        D = int(text)
+    except ValueError:
+        whole = f"head dim must be a whole number from 1 to {MAX_HEAD_DIM}, got {text!r}"
+        raise argparse.ArgumentTypeError(whole) from None
+    try:
+        check_head_dim(D)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return D
 
 
 def _check_heads(H: int, H_kv: int) -> None:

@@ -372,6 +372,22 @@ def test_a_gpu_run_of_the_decoding_rows_only(bench, gpu_main, tmp_path):
     assert not saved["complete"] and len(saved["skipped_for_time"]) == 2, "decoding rows skipped: incomplete"
 
 
+@pytest.mark.parametrize("bad, says", [("300", "up to 256"), ("0", "no columns"), ("2.5", "whole number from 1")])
+def test_a_head_dim_out_of_range_is_refused_by_naming_the_range(bench, bad, says, capsys):
+    """``--head-dim`` is checked by the kernels' own head-dim check, so the flag refuses exactly what the kernels
+    would, and says why in one line instead of listing 256 choices; the survey's flag is the same type."""
+    with pytest.raises(SystemExit):
+        bench.main(["--head-dim", bad])
+    err = capsys.readouterr().err
+    assert "--head-dim" in err and says in err and "choose from" not in err
+    spec = importlib.util.spec_from_file_location("kernel_resources", ROOT / "benchmarks" / "kernel_resources.py")
+    survey = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(survey)
+    with pytest.raises(SystemExit):
+        survey.main(["--head-dim", bad])
+    assert says in capsys.readouterr().err
+
+
 def test_the_notes_quote_the_floors_as_computed():
     """benchmarks/NOTES.md's table is floors.py's output (so the notes and the code cannot drift), and
     floors.py's numbers are the goal's arithmetic: 4 B H T^2 D FLOPs (halved causal) at 798 TFLOP/s, four
