@@ -5,8 +5,8 @@ Each config of each kernel (forward: ``pointer``, ``tma``, ``tma+ws``; the forwa
 paged cache of 16-row pages, ``decode paged``, and a packed batch against one, ``forward varlen paged``:
 ``pointer``, the only variant they run; backward dK/dV
 and dQ: ``pointer``, ``tma``; and the forward, dK/dV and dQ of a packed (varlen) batch, ``forward varlen``
-etc.: ``pointer``, ``tma``, at D = 40 and 80 (padded head dims: 64- and 128-wide tiles, 24 and 48 columns
-masked), 64 and 128 and, for the forward, 256; and with attention dropout,
+etc.: ``pointer``, ``tma``, at D = 40, 80 and 160 (padded head dims: 64-, 128- and 256-wide tiles, 24, 48
+and 96 columns masked), 64 and 128 and, for the forward, 256 (and 160); and with attention dropout,
 ``forward dropout`` etc., logit soft-capping, ``forward softcap`` etc., or ALiBi, ``forward alibi`` etc.,
 and with each pair of them and all three, ``forward dropout+softcap`` etc., through TMA at D = 40, 64, 80 and
 128) is compiled for sm_90
@@ -15,7 +15,7 @@ stack, shared memory, warps, and counts of Hopper's tensor-core (HGMMA) and TMA 
 config that spills, or whose tile is too small for wgmma (HMMA only; not flagged for the decoding tiles,
 narrow by design), is flagged: on a GPU it would only cost autotuning time. No speed is measured here.
 
-    python benchmarks/kernel_resources.py                 # fp16, D = 40, 64, 80, 128 and 256, all configs
+    python benchmarks/kernel_resources.py                 # fp16, D = 40, 64, 80, 128, 160 and 256, all configs
     python benchmarks/kernel_resources.py --workers 16    # compile in parallel (default: all cores)
     python benchmarks/kernel_resources.py --head-dim 48 --out /tmp/d48.json   # a one-off probe, any D 1..256
 
@@ -48,11 +48,11 @@ import triton
 from attn_course.kernels._checks import head_dim_argument
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# surveyed by default (the kernels' test of the report expects all five); 40 and 80 are padded head dims: tiles 64
-# and 128 columns wide whose last 24 and 48 are masked on every pointer load and store (_tiles.head_dim_tile),
-# offered the configs of their tile's width (the kernels key their lists by it) less their own PADDED spill lists,
-# which the survey is the evidence for
-HEAD_DIMS = (40, 64, 80, 128, 256)
+# surveyed by default (the kernels' test of the report expects all six); 40, 80 and 160 are padded head dims: tiles
+# 64, 128 and 256 columns wide whose last 24, 48 and 96 are masked on every pointer load and store
+# (_tiles.head_dim_tile), offered the configs of their tile's width (the kernels key their lists by it) less their
+# own PADDED spill lists, which the survey is the evidence for
+HEAD_DIMS = (40, 64, 80, 128, 160, 256)
 VARLEN_BACKWARD_HEAD_DIMS = (40, 64, 80, 128)  # (auto runs a packed batch's backward on pointers: flash_bwd.tma_pays)
 # dropout, softcap, ALiBi: the tiles auto runs on Hopper (TMA; the forward warp-specialised too), padded heads too
 FEATURE_HEAD_DIMS = (40, 64, 80, 128)

@@ -331,10 +331,10 @@ GPU_TILES = [
 # Checked to compile for sm_90 by tests/test_kernels_compile.py; 128-row tiles on 4 warps do not (the
 # pass splits the query tile between two consumers but not its descriptor).
 WS_TILES = [(64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 4), (64, 64, 4, 4)]
-# Head dim 256: a (64, 256) float32 accumulator is already 128 registers per thread on 4 warps and each
-# (64, 256) key or value tile is 32 KiB of shared memory per stage, so fewer rows, fewer stages, more
-# warps. Through TMA (what Hopper runs) none of these spills on sm_90; through pointers two spill 8 and 16
-# bytes there (benchmarks/results/kernel_resources_sm90.json).
+# Head dim 256: a (64, 256) float32 accumulator is already 128 registers per thread on 4 warps and each (64, 256)
+# key or value tile is 32 KiB of shared memory per stage, so fewer rows, fewer stages, more warps. Through TMA (what
+# Hopper runs; D = 160, padded to 256, too) none spills on sm_90; through pointers some spill 8 to 16 bytes, and at
+# D = 160 64 x 64 on 8 warps 104 (triton 3.9): benchmarks/results/kernel_resources_sm90*.json, parts "forward".
 WIDE_TILES = [(64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 3), (64, 32, 8, 2)]
 WIDE_WS_TILES = [(64, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2)]
 # Decoding (T_q <= 16: one new token per sequence, or a few speculative ones): 16 query rows, the fewest a

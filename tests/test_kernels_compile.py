@@ -257,11 +257,12 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
         return (r["part"], r["D"], version) in EVERY_TILE_SPILLS and peers[tuple(r["tile"])] == min(peers.values())
 
     rows = [r for r in report["rows"] if offered(r)]
-    assert len(rows) > 40 and {r["D"] for r in rows} == {40, 64, 80, 128, 256}
-    assert {(r["part"], r["variant"]) for r in rows if r["D"] == 256} == {
-        ("forward", "tma"), ("forward", "tma+ws"), ("decode", "pointer"), ("decode", "tma"),
-        ("decode paged", "pointer"), ("dkdv", "pointer"), ("dq", "pointer"), ("forward varlen", "tma"),
-        ("forward varlen paged", "pointer")}
+    assert len(rows) > 40 and {r["D"] for r in rows} == {40, 64, 80, 128, 160, 256}
+    for D in (160, 256):  # (160: padded to 256-wide tiles, which run what D = 256 runs)
+        assert {(r["part"], r["variant"]) for r in rows if r["D"] == D} == {
+            ("forward", "tma"), ("forward", "tma+ws"), ("decode", "pointer"), ("decode", "tma"),
+            ("decode paged", "pointer"), ("dkdv", "pointer"), ("dq", "pointer"), ("forward varlen", "tma"),
+            ("forward varlen paged", "pointer")}, D
     for D in (40, 80, 128):  # (40, 80: padded head dims, through masked pointer loads where auto runs pointers)
         assert {(r["part"], r["variant"]) for r in rows if r["D"] == D} >= {
             ("forward varlen", "tma"), ("dkdv varlen", "pointer"), ("dq varlen", "pointer"),
@@ -333,16 +334,16 @@ def test_a_packed_batch_s_pointer_backward_skips_exactly_the_tiles_that_spill(mo
             assert _variants.tile_of(default) not in spilling, (kernel, D)
 
 
-@pytest.mark.parametrize("D", [40, 80])
+@pytest.mark.parametrize("D", [40, 80, 160])
 def test_a_padded_head_dim_skips_exactly_the_tiles_that_spill_there(D):
-    """The kernels key their tile lists by the tiles' width, so D = 40 is offered D = 64's configs and D = 80
-    D = 128's; their masked columns cost registers of their own, and the survey compiles the forward's configs
-    at both. For every launch ``auto`` runs on Hopper (prefill through TMA, decoding through either variant,
-    paged caches through pointers), the forward's pruning must keep, of the tiles it would otherwise try
-    there, exactly those that spill under neither triton 3.9 nor 3.6, or where every one of them spills
-    (:data:`EVERY_TILE_SPILLS`), those whose larger spill is smallest. And the ``PADDED`` and ``PADDED+PAGED``
-    lists that do it name only tiles that spill at D in a launch they apply to (unpaged, paged): none
-    needlessly dropped but where a list is shared by launches whose spills differ. With the autotuner off,
+    """The kernels key their tile lists by the tiles' width, so D = 40 is offered D = 64's configs, D = 80
+    D = 128's and D = 160 D = 256's; their masked columns cost registers of their own, and the survey compiles
+    the forward's configs at all three. For every launch ``auto`` runs on Hopper (prefill through TMA, decoding
+    through either variant, paged caches through pointers), the forward's pruning must keep, of the tiles it
+    would otherwise try there, exactly those that spill under neither triton 3.9 nor 3.6, or where every one of
+    them spills (:data:`EVERY_TILE_SPILLS`), those whose larger spill is smallest. And the ``PADDED`` and
+    ``PADDED+PAGED`` lists that do it name only tiles that spill at D in a launch they apply to (unpaged,
+    paged): none needlessly dropped but where a list is shared by launches whose spills differ. With the autotuner off,
     each launch's default tile is one of those it keeps."""
     fwd = kernel_module("flash_fwd", CUDA)
     width = head_dim_tile(D)
