@@ -424,7 +424,10 @@ def prune_for_packing(kernel: str, configs: list[triton.Config], nargs: dict, **
 # tests/test_kernels_compile.py checks the lists): such a launch's autotuner skips them and its default tile
 # is the first candidate not among them (surveyed through TMA; pointers use the same lists). Keyed by the
 # kernels' constexpr, as in flash_fwd; with all three on, every dK/dV tile spills at D = 128 under triton 3.6,
-# and the pruning keeps the one named by the fewest lists (16 x 64: 32 bytes there, none under 3.9).
+# and the pruning keeps the one named by the fewest lists (16 x 64: 32 bytes there, none under 3.9). At D = 256
+# (through pointers, what auto runs there) every dQ tile spills with dropout (128 x 32 least: 8 to 168 bytes) and
+# every dK/dV tile with dropout and ALiBi (16 x 32 least: 8 or 40 bytes under 3.6); the lists name the others
+# more often (dropout's own leaves 128 x 32 out), so the pruning keeps the least.
 FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
     "DROPOUT": {
         ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2)],
@@ -432,17 +435,22 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
                         (64, 64, 8, 3), (64, 128, 8, 2)],  # (all but DKDV_TILES' last, added for this)
         ("dq", 64): [(64, 128, 8, 3), (128, 128, 8, 2)],
         ("dq", 128): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
+        ("dkdv", 256): [(32, 32, 8, 2)],
+        ("dq", 256): [(64, 32, 8, 2)],  # (every dQ tile spills: 128 x 32 least, left out)
     },
     "SOFTCAP": {
         ("dkdv", 64): [(64, 64, 8, 3), (64, 128, 8, 2)],
         ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
                         (64, 128, 8, 2)],
         ("dq", 128): [(64, 128, 8, 3), (128, 128, 8, 2)],
+        ("dq", 256): [(64, 32, 8, 2)],
     },
     "ALIBI": {
         ("dkdv", 64): [(64, 64, 8, 3)],
         ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2),
                         (64, 64, 8, 3), (64, 128, 8, 2)],  # (all but DKDV_TILES' last)
+        ("dkdv", 256): [(32, 32, 8, 2)],
+        ("dq", 256): [(64, 32, 8, 2)],
     },
     # two features at once (parts "dq dropout+softcap" etc.): each pair's own spills
     "DROPOUT+SOFTCAP": {
@@ -452,6 +460,8 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
                         (64, 64, 8, 3), (64, 128, 8, 2)],
         ("dq", 128): [(64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 32, 8, 3), (128, 64, 8, 3),
                       (128, 128, 8, 2)],
+        ("dkdv", 256): [(32, 32, 8, 2)],
+        ("dq", 256): [(64, 32, 8, 2), (128, 32, 8, 2)],
     },
     "DROPOUT+ALIBI": {
         ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
@@ -460,12 +470,16 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
         ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2),
                         (64, 64, 8, 3), (64, 128, 8, 2)],
         ("dq", 128): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
+        ("dkdv", 256): [(16, 32, 8, 2), (32, 32, 8, 2)],
+        ("dq", 256): [(64, 32, 8, 2), (128, 32, 8, 2)],
     },
     "SOFTCAP+ALIBI": {
         ("dkdv", 64): [(64, 64, 8, 3), (64, 128, 8, 2)],
         ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
                         (64, 128, 8, 2)],
         ("dq", 128): [(64, 128, 8, 3), (128, 128, 8, 2)],
+        ("dkdv", 256): [(32, 32, 8, 2)],
+        ("dq", 256): [(64, 32, 8, 2)],
     },
     "DROPOUT+SOFTCAP+ALIBI": {  # (all three; at D = 128 under triton 3.6 every dK/dV tile spills)
         ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
@@ -475,6 +489,8 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
                         (32, 128, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2)],
         ("dq", 128): [(64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 32, 8, 3),
                       (128, 64, 8, 3), (128, 128, 8, 2)],
+        ("dkdv", 256): [(16, 32, 8, 2), (32, 32, 8, 2)],
+        ("dq", 256): [(64, 32, 8, 2), (128, 32, 8, 2)],
     },
 }
 

@@ -406,7 +406,8 @@ def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
 # (prune_for_lengths), and its default tile is the first candidate not among them. Keyed by the kernel's
 # constexpr, or by a combination ("DROPOUT+SOFTCAP": both on, surveyed as the part "forward dropout+softcap");
 # a launch skips every list its features name (_variants.fewest_spills). (Surveyed through TMA, what Hopper
-# runs; the pointer variant uses the same lists.)
+# runs; the pointer variant uses the same lists.) At D = 256 with dropout every tile spills but 64 x 32 on 8 warps,
+# each warp-specialised one too (8 to 160 bytes): such a launch's autotuner tries that tile alone.
 FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
     "DROPOUT": {
         64: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
@@ -415,6 +416,8 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
         128: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
               (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
               (128, 128, 8, 3, False)],
+        256: [(64, 32, 4, 3, False), (64, 64, 8, 2, False), (128, 32, 8, 2, False), (64, 32, 4, 2, True),
+              (64, 32, 4, 3, True), (64, 64, 4, 2, True)],
     },
     "SOFTCAP": {
         128: [(128, 64, 4, 3, False), (128, 64, 4, 4, False)],
@@ -430,6 +433,8 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
         128: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
               (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
               (128, 128, 8, 3, False)],
+        256: [(64, 32, 4, 3, False), (64, 64, 8, 2, False), (128, 32, 8, 2, False), (64, 32, 4, 2, True),
+              (64, 32, 4, 3, True), (64, 64, 4, 2, True)],
     },
     "DROPOUT+ALIBI": {
         64: [(64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False), (128, 64, 4, 3, False),
@@ -437,6 +442,8 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
         128: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
               (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
               (128, 128, 8, 3, False)],
+        256: [(64, 32, 4, 3, False), (64, 64, 8, 2, False), (128, 32, 8, 2, False), (64, 32, 4, 2, True),
+              (64, 32, 4, 3, True), (64, 64, 4, 2, True)],
     },
     "SOFTCAP+ALIBI": {
         128: [(128, 32, 4, 4, False), (128, 64, 4, 3, False), (128, 64, 4, 4, False)],
@@ -447,6 +454,8 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
         128: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
               (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
               (128, 128, 8, 3, False)],
+        256: [(64, 32, 4, 3, False), (64, 64, 8, 2, False), (128, 32, 8, 2, False), (64, 32, 4, 2, True),
+              (64, 32, 4, 3, True), (64, 64, 4, 2, True)],
     },
     # a paged cache (pointers, a page lookup per key): parts "decode paged" and "forward varlen paged"
     "PAGED": {
