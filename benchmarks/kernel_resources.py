@@ -8,8 +8,8 @@ and dQ: ``pointer``, ``tma``; and the forward, dK/dV and dQ of a packed (varlen)
 etc.: ``pointer``, ``tma``, at D = 40, 80 and 160 (padded head dims: 64-, 128- and 256-wide tiles, 24, 48
 and 96 columns masked), 64 and 128 and, for the forward, 256 (and 160); and with attention dropout,
 ``forward dropout`` etc., logit soft-capping, ``forward softcap`` etc., or ALiBi, ``forward alibi`` etc.,
-and with each pair of them and all three, ``forward dropout+softcap`` etc., through TMA at D = 40, 64, 80, 128
-and 256, the backward at 256 through pointers, as ``auto`` runs it there) is compiled for sm_90
+and with each pair of them and all three, ``forward dropout+softcap`` etc., through TMA at D = 40, 64, 80, 128,
+160 and 256, the backward at 160 and 256 through pointers, as ``auto`` runs it there) is compiled for sm_90
 (``attn_course.kernels._compile``) and read back with ``cuobjdump``: registers per thread, bytes of spill
 stack, shared memory, warps, and counts of Hopper's tensor-core (HGMMA) and TMA (UTMALDG) instructions. A
 config that spills, or whose tile is too small for wgmma (HMMA only; not flagged for the decoding tiles,
@@ -56,7 +56,7 @@ HEAD_DIMS = (40, 64, 80, 128, 160, 256)
 VARLEN_BACKWARD_HEAD_DIMS = (40, 64, 80, 128)  # (auto runs a packed batch's backward on pointers: flash_bwd.tma_pays)
 # dropout, softcap, ALiBi: the tiles auto runs on Hopper (the forward through TMA, warp-specialised too; the backward
 # through TMA, or at D = 256 through pointers: flash_bwd.tma_pays), padded heads too
-FEATURE_HEAD_DIMS = (40, 64, 80, 128, 256)
+FEATURE_HEAD_DIMS = (40, 64, 80, 128, 160, 256)
 SINGLE_FEATURES = {"dropout": dict(dropout_p=0.1), "softcap": dict(softcap=30.0), "alibi": dict(alibi=True)}
 FEATURES = {**SINGLE_FEATURES,  # each alone, each pair ("dropout+softcap": both on) and all three, at those dims
             **{"+".join(names): {k: v for name in names for k, v in SINGLE_FEATURES[name].items()}

@@ -427,7 +427,8 @@ def prune_for_packing(kernel: str, configs: list[triton.Config], nargs: dict, **
 # and the pruning keeps the one named by the fewest lists (16 x 64: 32 bytes there, none under 3.9). At D = 256
 # (through pointers, what auto runs there) every dQ tile spills with dropout (128 x 32 least: 8 to 168 bytes) and
 # every dK/dV tile with dropout and ALiBi (16 x 32 least: 8 or 40 bytes under 3.6); the lists name the others
-# more often (dropout's own leaves 128 x 32 out), so the pruning keeps the least.
+# more often (dropout's own leaves 128 x 32 out), so the pruning keeps the least. (D = 160, padded to 256-wide
+# tiles: the same tiles spill, the same least.)
 FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
     "DROPOUT": {
         ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2)],

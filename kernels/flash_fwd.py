@@ -407,7 +407,8 @@ def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
 # constexpr, or by a combination ("DROPOUT+SOFTCAP": both on, surveyed as the part "forward dropout+softcap");
 # a launch skips every list its features name (_variants.fewest_spills). (Surveyed through TMA, what Hopper
 # runs; the pointer variant uses the same lists.) At D = 256 with dropout every tile spills but 64 x 32 on 8 warps,
-# each warp-specialised one too (8 to 160 bytes): such a launch's autotuner tries that tile alone.
+# each warp-specialised one too (8 to 160 bytes): such a launch's autotuner tries that tile alone. (D = 160, padded
+# to 256-wide tiles, spills in the same tiles: surveyed, no list of its own.)
 FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
     "DROPOUT": {
         64: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),

@@ -423,30 +423,34 @@ FEATURE_PARTS = [*FEATURES, "DROPOUT+SOFTCAP", "DROPOUT+ALIBI", "SOFTCAP+ALIBI",
 # dim, triton): the pruning then keeps the tile that spills least (_variants.fewest_spills).
 # (Decoding at D = 40, a head dim padded to 64, through pointers: every offered tile spills under triton 3.9, the
 # 16 x 64 ones least; on a paged cache 16 x 64 spills under 3.9 and 16 x 128 under 3.6, 976 bytes, the former
-# less. D = 80 with all three features spills as D = 128 does, 32 bytes at 16 x 64 on 8 warps. At D = 256, through
-# pointers as auto runs the backward there: dQ with dropout under both tritons, 128 x 32 least, and dK/dV with
-# dropout and ALiBi under 3.6, 16 x 32 least.)
+# less. D = 80 with all three features spills as D = 128 does, 32 bytes at 16 x 64 on 8 warps. At D = 256 and 160
+# (padded to 256), through pointers as auto runs the backward there: dQ with dropout under both tritons, 128 x 32
+# least, and dK/dV with dropout and ALiBi under 3.6, 16 x 32 least.)
 EVERY_TILE_SPILLS = {("dkdv dropout+softcap+alibi", 128, "3.6"), ("dkdv dropout+softcap+alibi", 80, "3.6"),
                      ("decode", 40, "3.9"), ("decode paged", 40, "3.9"),
-                     *((f"dq {f}", 256, v) for f in ("dropout", "dropout+softcap", "dropout+alibi",
-                                                      "dropout+softcap+alibi") for v in ("3.9", "3.6")),
-                     ("dkdv dropout+alibi", 256, "3.6"), ("dkdv dropout+softcap+alibi", 256, "3.6")}
+                     *((f"dq {f}", D, v) for f in ("dropout", "dropout+softcap", "dropout+alibi",
+                                                    "dropout+softcap+alibi")
+                       for v in ("3.9", "3.6") for D in (160, 256)),
+                     *((f"dkdv {f}", D, "3.6") for f in ("dropout+alibi", "dropout+softcap+alibi")
+                       for D in (160, 256))}
 EVERY_TILE_SPILLS_PARTS = {(part, dim) for part, dim, _ in EVERY_TILE_SPILLS}  # (under either triton)
 
 
 @pytest.mark.parametrize("feature", FEATURE_PARTS)
 def test_dropout_softcap_and_alibi_at_a_padded_head_dim_keep_only_tiles_that_do_not_spill_there(feature):
-    """Dropout, a softcap and ALiBi, alone, in pairs and all three, at D = 40 and 80 (heads padded to 64 and
-    128, whose masked columns cost registers of their own): the surveys compile each feature's parts there too,
+    """Dropout, a softcap and ALiBi, alone, in pairs and all three, at D = 40, 80 and 160 (heads padded to 64,
+    128 and 256, whose masked columns cost registers of their own; the backward at 160 through pointers, as
+    ``auto`` runs it there): the surveys compile each feature's parts there too,
     and the lists of the tiles' width (with the ``PADDED`` ones) must leave each kernel's autotuner only tiles
     that spill under neither triton there, and its untuned default one of them (or, where every tile spills,
     per :data:`EVERY_TILE_SPILLS`, those whose larger spill is smallest)."""
     reports = [_report(version)[1] for version in REPORTS]
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
     half, on = {"Q": torch.empty(0, dtype=torch.float16)}, dict.fromkeys(feature.split("+"), True)
-    for D in (40, 80):
+    for D in (40, 80, 160):
         width = head_dim_tile(D)
         padded = dict(HEAD_DIM=width, D_REAL=D, **on)  # (a launch's constexprs)
+        backward = "tma" if bwd.tma_pays(width, False) else "pointer"
         for kernel in ("forward", "dkdv", "dq"):
             part = f"{kernel} {feature.lower()}"
             rows = [r for report in reports for r in report["rows"] if r["part"] == part and r["D"] == D]
@@ -458,17 +462,19 @@ def test_dropout_softcap_and_alibi_at_a_padded_head_dim_keep_only_tiles_that_do_
                          if c.kwargs["BLOCK_M"] != fwd.DECODE_ROWS]
                 kept = {(*_variants.tile_of(c), c.kwargs["WARP_SPEC"])
                         for c in fwd.prune_for_lengths(space, {"TUNE_T_Q": 4096}, **padded)}
-                defaults = [fwd.default_config(_variants.VARIANTS[v], width, 2, T_q=4096, **padded)
-                            for v in ("tma", "tma+ws")]
+                defaults = {v: fwd.default_config(_variants.VARIANTS[v], width, 2, T_q=4096, **padded)
+                            for v in ("tma", "tma+ws")}
             else:
-                space = bwd.configs(kernel, _variants.VARIANTS["tma"], width)
-                kept = {(*_variants.tile_of(c), False)
-                        for c in bwd.prune(kernel, False, space, half, IS_VARLEN=False, **padded)}
-                defaults = [bwd.default_config(kernel, width, 2, **padded)]
+                assert {r["variant"] for r in rows} == {backward}, (part, D)
+                space = bwd.configs(kernel, _variants.VARIANTS[backward], width)
+                kept = {(*_variants.tile_of(c), False) for c in bwd.prune(kernel, backward == "pointer", space, half,
+                                                                          IS_VARLEN=False, **padded)}
+                defaults = {backward: bwd.default_config(kernel, width, 2, **padded)}
             assert kept and kept <= least, f"{part} at D = {D} keeps tiles that spill: " \
                                            f"{sorted((t, worst[t]) for t in kept - least)}"
-            for c in defaults:
-                assert (*_variants.tile_of(c), c.kwargs.get("WARP_SPEC", False)) in least, (part, D, c)
+            for variant, c in defaults.items():  # (untuned, WS on stays warp-specialised: its own least, as unpadded)
+                alike = least_spilling([r for r in rows if r["variant"] == variant], config_of)
+                assert (*_variants.tile_of(c), c.kwargs.get("WARP_SPEC", False)) in alike, (part, D, variant)
 
 
 @pytest.mark.parametrize("variant", ["pointer", "tma"])
