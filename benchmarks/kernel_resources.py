@@ -55,7 +55,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 HEAD_DIMS = (40, 64, 80, 128, 160, 256)
 VARLEN_BACKWARD_HEAD_DIMS = (40, 64, 80, 128)  # (auto runs a packed batch's backward on pointers: flash_bwd.tma_pays)
 # dropout, softcap, ALiBi: the tiles auto runs on Hopper (the forward through TMA, warp-specialised too; the backward
-# through TMA, or at D = 256 through pointers: flash_bwd.tma_pays), padded heads too
+# through TMA, or in 256-wide tiles through pointers: flash_bwd.tma_pays), padded heads too
 FEATURE_HEAD_DIMS = (40, 64, 80, 128, 160, 256)
 SINGLE_FEATURES = {"dropout": dict(dropout_p=0.1), "softcap": dict(softcap=30.0), "alibi": dict(alibi=True)}
 FEATURES = {**SINGLE_FEATURES,  # each alone, each pair ("dropout+softcap": both on) and all three, at those dims
@@ -102,7 +102,7 @@ def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):
 
 
 CACHE_NOTE = ("this run's wall time with Triton's on-disk cache as this machine had it: configs compiled by an "
-              "earlier run load from the cache instead, so a cold run takes longer (make survey: about 75 minutes "
+              "earlier run load from the cache instead, so a cold run takes longer (make survey: about 85 minutes "
               "for both tritons on 2 cores)")
 
 

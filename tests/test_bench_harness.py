@@ -19,12 +19,17 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_attention", ROOT / "benchmarks" / "bench_attention.py")
+def benchmark_script(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return benchmark_script("bench_attention")
 
 
 def fake_impls():
@@ -380,11 +385,8 @@ def test_a_head_dim_out_of_range_is_refused_by_naming_the_range(bench, bad, says
         bench.main(["--head-dim", bad])
     err = capsys.readouterr().err
     assert "--head-dim" in err and says in err and "choose from" not in err
-    spec = importlib.util.spec_from_file_location("kernel_resources", ROOT / "benchmarks" / "kernel_resources.py")
-    survey = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(survey)
     with pytest.raises(SystemExit):
-        survey.main(["--head-dim", bad])
+        benchmark_script("kernel_resources").main(["--head-dim", bad])
     assert says in capsys.readouterr().err
 
 
@@ -392,9 +394,7 @@ def test_the_notes_quote_the_floors_as_computed():
     """benchmarks/NOTES.md's table is floors.py's output (so the notes and the code cannot drift), and
     floors.py's numbers are the goal's arithmetic: 4 B H T^2 D FLOPs (halved causal) at 798 TFLOP/s, four
     16-bit [B, H, T, D] tensors at 3.0 TB/s, FlashAttention-2's published rate over 1.15."""
-    spec = importlib.util.spec_from_file_location("floors", ROOT / "benchmarks" / "floors.py")
-    floors = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(floors)
+    floors = benchmark_script("floors")
     notes = (ROOT / "benchmarks" / "NOTES.md").read_text()
     quoted = notes.split("<!-- floors table: begin -->\n")[1].split("\n<!-- floors table: end -->")[0]
     assert quoted == floors.table(), "rerun python benchmarks/floors.py and paste its table into NOTES.md"
@@ -420,10 +420,7 @@ def goal_row(T, D, causal, pass_, triton_ms, fa2_ms, cudnn_ms=None, dtype="float
 
 @pytest.fixture(scope="module")
 def goals():
-    spec = importlib.util.spec_from_file_location("goals", ROOT / "benchmarks" / "goals.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("goals")
 
 
 def test_the_goals_are_judged_on_the_goal_rows_only(goals):

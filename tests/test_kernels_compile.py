@@ -450,7 +450,7 @@ def test_dropout_softcap_and_alibi_at_a_padded_head_dim_keep_only_tiles_that_do_
     for D in (40, 80, 160):
         width = head_dim_tile(D)
         padded = dict(HEAD_DIM=width, D_REAL=D, **on)  # (a launch's constexprs)
-        backward = "tma" if bwd.tma_pays(width, False) else "pointer"
+        backward = hopper_backward(width)
         for kernel in ("forward", "dkdv", "dq"):
             part = f"{kernel} {feature.lower()}"
             rows = [r for report in reports for r in report["rows"] if r["part"] == part and r["D"] == D]
@@ -517,6 +517,12 @@ def least_spilling(rows: list[dict], tile) -> set:
     return {t for t, bytes_ in worst.items() if bytes_ == min(worst.values())}
 
 
+def hopper_backward(width: int) -> str:
+    """The backward variant ``auto`` runs on Hopper for an unpacked batch at tile width ``width`` (pointers at
+    256: ``flash_bwd.tma_pays``), which the surveys compile the features' backward parts through."""
+    return "tma" if kernel_module("flash_bwd", CUDA).tma_pays(width, False) else "pointer"
+
+
 def assert_lists_the_spilling(listed, spilling: set, least: set, where) -> None:
     """A feature's list names exactly the tiles that spill with it, but that where every tile spills it may
     leave out the least spilling, so that the pruning keeps them (:func:`_variants.fewest_spills` counts lists)."""
@@ -558,7 +564,7 @@ def test_dropout_softcap_and_alibi_skip_exactly_the_tiles_that_spill_with_them(f
             c = fwd.default_config(_variants.VARIANTS[variant], D, 2, T_q=4096, **on)
             alike = least_spilling([r for r in rows if r["variant"] == variant], lambda r: tuple(r["tile"]))
             assert _variants.tile_of(c) in alike and c.kwargs["WARP_SPEC"] == (variant == "tma+ws"), (variant, D)
-        variant = "tma" if bwd.tma_pays(D, False) else "pointer"  # (what auto runs: pointers at D = 256)
+        variant = hopper_backward(D)
         for kernel in ("dkdv", "dq"):
             rows = [r for report in reports for r in report["rows"] if r["part"] == f"{kernel} {suffix}"
                     and r["D"] == D]
