@@ -374,9 +374,11 @@ SPILLS = {
 # Head dim 256: four (BLOCK_N, 256) tiles per dK/dV program leave room for 32 keys on 8 warps and no more
 # (64 keys spill, so its products stay on mma.sync: wgmma wants 64 rows); dQ keeps 32-key steps. Through
 # pointers none of these spills on sm_90; through TMA the dK/dV ones do, so `auto` runs the backward's
-# pointer variant at D = 256 (TMA_HEAD_DIMS).
-WIDE_DKDV_TILES = [(32, 32, 8, 2), (16, 32, 8, 2)]
-WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2)]  # (64, 32, 4, 2) spills 40 B under triton 3.6
+# pointer variant at D = 256 (TMA_HEAD_DIMS). Each list's last is there for the features: 16 keys per dK/dV
+# program, 16-key dQ steps, the only tiles that do not spill with dropout and ALiBi (dK/dV, under triton 3.6)
+# or dropout (dQ, both tritons) at D = 256 (FEATURE_SPILLS; untimed).
+WIDE_DKDV_TILES = [(32, 32, 8, 2), (16, 32, 8, 2), (32, 16, 8, 2)]
+WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2)]  # (64, 32, 4, 2) spills 40 B under triton 3.6
 TMA_HEAD_DIMS = (16, 32, 64, 128)
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 PREPROCESS_BLOCK = 64
@@ -425,10 +427,8 @@ def prune_for_packing(kernel: str, configs: list[triton.Config], nargs: dict, **
 # is the first candidate not among them (surveyed through TMA; pointers use the same lists). Keyed by the
 # kernels' constexpr, as in flash_fwd; with all three on, every dK/dV tile spills at D = 128 under triton 3.6,
 # and the pruning keeps the one named by the fewest lists (16 x 64: 32 bytes there, none under 3.9). At D = 256
-# (through pointers, what auto runs there) every dQ tile spills with dropout (128 x 32 least: 8 to 168 bytes) and
-# every dK/dV tile with dropout and ALiBi (16 x 32 least: 8 or 40 bytes under 3.6); the lists name the others
-# more often (dropout's own leaves 128 x 32 out), so the pruning keeps the least. (D = 160, padded to 256-wide
-# tiles: the same tiles spill, the same least.)
+# (through pointers, what auto runs there) dropout leaves dQ only its 128 x 16 tile, and dropout with ALiBi
+# leaves dK/dV only its 32 x 16 (the wide lists' last). (D = 160, padded to 256-wide tiles: the same tiles spill.)
 FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
     "DROPOUT": {
         ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2)],
@@ -437,7 +437,7 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
         ("dq", 64): [(64, 128, 8, 3), (128, 128, 8, 2)],
         ("dq", 128): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
         ("dkdv", 256): [(32, 32, 8, 2)],
-        ("dq", 256): [(64, 32, 8, 2)],  # (every dQ tile spills: 128 x 32 least, left out)
+        ("dq", 256): [(64, 32, 8, 2), (128, 32, 8, 2)],
     },
     "SOFTCAP": {
         ("dkdv", 64): [(64, 64, 8, 3), (64, 128, 8, 2)],

@@ -58,7 +58,7 @@ def check_ptx(fn, kernel, *, tma: bool, tensor_cores: bool, must_fit: bool = Tru
 
 def uses_mma_sync(part: str, D: int) -> bool:
     """Whether ``part``'s tiles at head dim ``D`` are too few rows for wgmma (the dK/dV kernel at D = 256,
-    whose 32-key tiles run on mma.sync: kernels/flash_bwd.py's WIDE_DKDV_TILES; the forward's 16-row
+    whose 32- and 16-key tiles run on mma.sync: kernels/flash_bwd.py's WIDE_DKDV_TILES; the forward's 16-row
     decoding tiles: kernels/flash_fwd.py's DECODE_TILES)."""
     return part.startswith("decode") or (part.partition(" ")[0] == "dkdv" and D > 128)
 
@@ -423,16 +423,10 @@ FEATURE_PARTS = [*FEATURES, "DROPOUT+SOFTCAP", "DROPOUT+ALIBI", "SOFTCAP+ALIBI",
 # dim, triton): the pruning then keeps the tile that spills least (_variants.fewest_spills).
 # (Decoding at D = 40, a head dim padded to 64, through pointers: every offered tile spills under triton 3.9, the
 # 16 x 64 ones least; on a paged cache 16 x 64 spills under 3.9 and 16 x 128 under 3.6, 976 bytes, the former
-# less. D = 80 with all three features spills as D = 128 does, 32 bytes at 16 x 64 on 8 warps. At D = 256 and 160
-# (padded to 256), through pointers as auto runs the backward there: dQ with dropout under both tritons, 128 x 32
-# least, and dK/dV with dropout and ALiBi under 3.6, 16 x 32 least.)
+# less. D = 80 with all three features spills as D = 128 does, 32 bytes at 16 x 64 on 8 warps. At D = 256 and 160,
+# the backward's wide lists end in a tile that does not spill with any of them: flash_bwd's WIDE_*_TILES.)
 EVERY_TILE_SPILLS = {("dkdv dropout+softcap+alibi", 128, "3.6"), ("dkdv dropout+softcap+alibi", 80, "3.6"),
-                     ("decode", 40, "3.9"), ("decode paged", 40, "3.9"),
-                     *((f"dq {f}", D, v) for f in ("dropout", "dropout+softcap", "dropout+alibi",
-                                                    "dropout+softcap+alibi")
-                       for v in ("3.9", "3.6") for D in (160, 256)),
-                     *((f"dkdv {f}", D, "3.6") for f in ("dropout+alibi", "dropout+softcap+alibi")
-                       for D in (160, 256))}
+                     ("decode", 40, "3.9"), ("decode paged", 40, "3.9")}
 EVERY_TILE_SPILLS_PARTS = {(part, dim) for part, dim, _ in EVERY_TILE_SPILLS}  # (under either triton)
 
 
