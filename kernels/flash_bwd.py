@@ -379,6 +379,13 @@ SPILLS = {
 # or dropout (dQ, both tritons) at D = 256 (FEATURE_SPILLS; untimed).
 WIDE_DKDV_TILES = [(32, 32, 8, 2), (16, 32, 8, 2), (32, 16, 8, 2)]
 WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2)]  # (64, 32, 4, 2) spills 40 B under triton 3.6
+# float32 at D = 256 (through pointers, as auto runs it there): 16 x 16 tiles on 8 warps; of the tiles probed,
+# these spill no registers on sm_90 under triton 3.9 or 3.6 in either kernel, at D = 256 and at 160 and 192
+# (padded to 256; tests/test_kernels_compile.py checks these under this machine's triton). 16 x 32, the earlier default,
+# spills 16 bytes in dK/dV and 8 in dQ under 3.9. Just above 128 (D = 136) every dK/dV tile probed spills in
+# float32, these least (184 and 240 bytes). What runs with the autotuner off; the autotuner is offered the
+# 16-bit lists (float32 is not surveyed: the dQ list's 128 x 16 spills 12704 bytes in float32).
+FLOAT32_WIDE_TILES = {"dkdv": (16, 16, 8, 2), "dq": (16, 16, 8, 2)}
 TMA_HEAD_DIMS = (16, 32, 64, 128)
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 PREPROCESS_BLOCK = 64
@@ -546,8 +553,8 @@ def default_config(kernel: str, D: int, itemsize: int, packed: bool = False, **f
         spills = packed_pointer_spills(kernel, D, _variants.padded(D, features)) if packed else []
         tiles = [t for t in candidate_tiles(kernel, D) if t not in spills]
         return _variants.config(*_variants.fewest_spills(tiles, tuple, FEATURE_SPILLS, (kernel, D), **features)[0])
-    if D > 128:  # float32 at D = 256: the least spilling tiles on sm_90 (16 and 8 bytes)
-        return _variants.config(16, 32, 8 if kernel == "dkdv" else 4, 2)
+    if D > 128:
+        return _variants.config(*FLOAT32_WIDE_TILES[kernel])
     return _variants.config(32, 64 if D <= 64 else 32, 4, 2)
 
 

@@ -516,7 +516,7 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
 
 def usual_tile(D: int, warp_spec: bool, half: bool) -> tuple[int, int, int, int]:
     """:func:`default_config`'s tile before any feature: the first warp-specialised candidate with WS on; at
-    D = 256 the first wide tile (float32 there spills on sm_90 whatever the tile; 32 x 32 on 8 warps least);
+    D = 256 the first wide tile (float32 there spills on sm_90 through TMA, 2 to 6 KB in every tile probed);
     else 128 query rows for 16-bit inputs (on 8 warps at D = 128), 64 for float32."""
     if warp_spec:
         return candidate_tiles(D, True)[0]
