@@ -19,8 +19,9 @@ from global memory to the chip:
 
 ``ATTN_COURSE_KERNEL`` picks: ``auto`` (the default), ``pointer``, ``tma`` or ``tma+ws``. ``auto`` on a
 Hopper-or-newer GPU with TMA-ready tensors tries ``tma+ws`` (16-bit inputs only), then ``tma``, then
-``pointer``; everywhere else (older GPUs, CPU tensors in the interpreter, and the backward at head dim
-256 or of a packed batch, whose TMA tiles spill registers: ``flash_bwd.tma_pays``) it runs ``pointer``.
+``pointer``; everywhere else (older GPUs, CPU tensors in the interpreter, the backward at head dim 256 or
+of a packed batch, and float32's forward above head dim 128, whose TMA tiles spill registers:
+``flash_bwd.tma_pays``, ``flash_fwd.tma_pays``) it runs ``pointer``.
 Packed batches and caches are never warp-specialised.
 
 Why a chain: the TMA variants are checked on the CPU through the interpreter, which emulates the

@@ -347,6 +347,12 @@ DECODE_ROWS = 16
 DECODE_TILES = [(16, 64, 4, 3), (16, 128, 4, 2), (16, 64, 4, 4), (16, 128, 4, 3)]
 WIDE_DECODE_TILES = [(16, 64, 4, 3), (16, 64, 4, 4)]
 FLOAT32_DECODE_TILE = (16, 32, 4, 2)
+# float32 above D = 128 (tiles 256 wide): on 4 warps the decoding tile spills 6.5 to 7 KB on sm_90, and through
+# TMA every prefill tile probed spills 2 to 6 KB, under triton 3.9 or 3.6; through pointers, on 8 warps, these
+# spill nothing at D = 256, 192 and 160 (and 136) under either (tests/test_kernels_compile.py checks them under
+# this machine's triton). So float32 runs them there, through pointers under auto (tma_pays); untimed.
+FLOAT32_WIDE_TILE = (16, 16, 8, 2)
+FLOAT32_WIDE_DECODE_TILE = (16, 32, 8, 2)
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 INTERPRETER_DECODE_BLOCKS = {"BLOCK_M": DECODE_ROWS, "BLOCK_N": 32}
 _DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_o", "BLOCK_M"))
@@ -505,7 +511,8 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
     head dim, ``D_REAL < D``: :data:`FEATURE_SPILLS`), the first tile :func:`configs` offers that spills
     least then (:func:`_variants.fewest_spills`)."""
     if T_q is not None and is_decoding(T_q):
-        return _variants.config(*(decode_tiles(D)[0] if itemsize == 2 else FLOAT32_DECODE_TILE), WARP_SPEC=False)
+        tile = decode_tiles(D)[0] if itemsize == 2 else FLOAT32_DECODE_TILE if D <= 128 else FLOAT32_WIDE_DECODE_TILE
+        return _variants.config(*tile, WARP_SPEC=False)
     ws, half = variant.warp_specialize, itemsize == 2
     features = dict(features, PADDED=_variants.padded(D, features))
     tile = usual_tile(D, ws, half)
@@ -516,13 +523,20 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
 
 def usual_tile(D: int, warp_spec: bool, half: bool) -> tuple[int, int, int, int]:
     """:func:`default_config`'s tile before any feature: the first warp-specialised candidate with WS on; at
-    D = 256 the first wide tile (float32 there spills on sm_90 through TMA, 2 to 6 KB in every tile probed);
-    else 128 query rows for 16-bit inputs (on 8 warps at D = 128), 64 for float32."""
+    D = 256 the first wide tile (float32: :data:`FLOAT32_WIDE_TILE`); else 128 query rows for 16-bit inputs
+    (on 8 warps at D = 128), 64 for float32."""
     if warp_spec:
         return candidate_tiles(D, True)[0]
     if D > 128:
-        return WIDE_TILES[0] if half else (32, 32, 8, 2)
+        return WIDE_TILES[0] if half else FLOAT32_WIDE_TILE
     return 128 if half else 64, 64 if half or D <= 64 else 32, 4 if D <= 64 else 8, 3 if half else 2
+
+
+def tma_pays(D: int, dtype: torch.dtype) -> bool:
+    """Whether ``auto`` tries the TMA variants for a forward in tiles ``D`` wide: not for float32 above
+    D = 128, where every TMA tile spills kilobytes of registers on sm_90 and :data:`FLOAT32_WIDE_TILE`
+    through pointers spills none. ``ATTN_COURSE_KERNEL=tma`` still runs it."""
+    return not (dtype == torch.float32 and D > 128)
 
 
 def grid_rows(T_q: int, H: int, H_kv: int) -> tuple[bool, int, int]:
@@ -652,7 +666,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():
         # (packed batches and caches read a sequence's overhanging tile in a loop of its own, which the
         # warp-specialisation pass, wanting one key loop, does not take)
-        chain = _variants.chain(q.device, (q, k, v, out), warp_spec=not (varlen or seqused_k is not None))
+        chain = _variants.chain(q.device, (q, k, v, out), warp_spec=not (varlen or seqused_k is not None),
+                                tma_pays=tma_pays(tile_d, q.dtype))
         if block_table is not None:  # (a copy engine's box is consecutive rows; a tile's rows may span pages)
             chain = [_variants.VARIANTS["pointer"]]
         _variants.run(chain, (str(q.device), q.dtype, D, "forward"), launch)

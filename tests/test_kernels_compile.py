@@ -143,6 +143,14 @@ def test_pointer_kernels_compile_for_ampere(D):
             assert "mma.sync" in ptx and "wgmma" not in ptx, f"{fn.__name__}: expected Ampere's mma.sync"
 
 
+def check_float32_tile(launch, tile, what: str):
+    """One float32 launch recorded with the autotuner off runs ``tile`` and spills no registers on sm_90."""
+    fn, args, kwargs = launch
+    assert (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["num_warps"], kwargs["num_stages"]) == tile, what
+    used = resources(compile_launch(fn, args, dict(kwargs), HOPPER))
+    assert used["spill_stack_bytes"] == 0, f"{what} in float32 spills: {used}"
+
+
 def test_float32_backward_at_head_dim_256_runs_tiles_that_do_not_spill_on_hopper():
     """float32 at D = 256 (not surveyed, whose 16-bit tiles spill in float32): with the autotuner off the
     backward runs flash_bwd's FLOAT32_WIDE_TILES, through pointers as ``auto`` does there, and neither kernel
@@ -150,12 +158,24 @@ def test_float32_backward_at_head_dim_256_runs_tiles_that_do_not_spill_on_hopper
     bwd = kernel_module("flash_bwd", CUDA)
     assert not bwd.tma_pays(256, False)
     for D in (256, 192, 160):
-        for fn, args, kwargs in backward_launches("pointer", torch.float32, D)[1:]:  # (not the row-wise preprocess)
-            part = fn.__name__.removeprefix("_bwd_")
-            assert _variants.tile_of(_variants.config(*bwd.FLOAT32_WIDE_TILES[part])) == (
-                kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["num_warps"], kwargs["num_stages"]), part
-            used = resources(compile_launch(fn, args, dict(kwargs), HOPPER))
-            assert used["spill_stack_bytes"] == 0, f"{part} at D = {D} in float32 spills: {used}"
+        for launch in backward_launches("pointer", torch.float32, D)[1:]:  # (not the row-wise preprocess)
+            part = launch[0].__name__.removeprefix("_bwd_")
+            check_float32_tile(launch, bwd.FLOAT32_WIDE_TILES[part], f"{part} at D = {D}")
+
+
+def test_float32_forward_above_head_dim_128_runs_pointer_tiles_that_do_not_spill_on_hopper():
+    """float32 in 256-wide tiles: ``auto`` runs the forward through pointers there (flash_fwd.tma_pays: every
+    TMA tile spills kilobytes), a prefill in FLOAT32_WIDE_TILE and a decoding step in FLOAT32_WIDE_DECODE_TILE,
+    and neither spills registers on sm_90 at D = 256, 192 or 160 (checked under triton 3.6 by hand)."""
+    fwd = kernel_module("flash_fwd", CUDA)
+    assert not fwd.tma_pays(256, torch.float32) and not fwd.tma_pays(160, torch.float32)
+    assert fwd.tma_pays(128, torch.float32) and fwd.tma_pays(256, torch.bfloat16)
+    used = torch.tensor([4096, 100], dtype=torch.int32)
+    for D in (256, 192, 160):
+        (prefill,) = forward_launches("pointer", torch.float32, D)
+        decode, _ = forward_launches("pointer", torch.float32, D, T=4096, T_q=1, num_splits=4, seqused_k=used)
+        check_float32_tile(prefill, fwd.FLOAT32_WIDE_TILE, f"the prefill at D = {D}")
+        check_float32_tile(decode, fwd.FLOAT32_WIDE_DECODE_TILE, f"decoding at D = {D}")
 
 
 REPORTS = {"3.9": "kernel_resources_sm90.json", "3.6": "kernel_resources_sm90_triton3.6.json"}

@@ -105,14 +105,17 @@ def test_long_sequences(case):
     torch.cuda.empty_cache()
 
 
-@pytest.mark.parametrize("D,backward", [(64, "tma"), (256, "pointer")])
-def test_auto_uses_tma_on_hopper_without_falling_back(D, backward):
-    """``auto`` picks the TMA variants on Hopper, except the backward at D = 256, whose TMA dK/dV tiles
-    spill registers: it runs the pointer variant there."""
-    q, k, v = make_qkv(2, 4, 2, 300, 300, D, torch.bfloat16, device="cuda", requires_grad=True)
+@pytest.mark.parametrize("D,dtype,forward,backward", [(64, torch.bfloat16, "tma+ws", "tma"),
+                                                     (256, torch.bfloat16, "tma+ws", "pointer"),
+                                                     (256, torch.float32, "pointer", "pointer")])
+def test_auto_uses_tma_on_hopper_without_falling_back(D, dtype, forward, backward):
+    """``auto`` picks the TMA variants on Hopper (warp-specialised where there are tensor cores to overlap),
+    except the backward at D = 256, whose TMA dK/dV tiles spill registers, and float32's forward above
+    D = 128, whose TMA tiles spill kilobytes (flash_fwd.tma_pays): those run the pointer variant."""
+    q, k, v = make_qkv(2, 4, 2, 300, 300, D, dtype, device="cuda", requires_grad=True)
     flash_attention(q, k, v, causal=True).sum().backward()
-    for part, best in (("forward", "tma+ws"), ("backward", backward)):
-        used = _variants.used(("cuda:0", torch.bfloat16, D, part))
+    for part, best in (("forward", forward), ("backward", backward)):
+        used = _variants.used(("cuda:0", dtype, D, part))
         assert used == (best if len(VARIANTS) > 1 else "pointer"), (part, used)
     assert not _variants.broken(), f"a kernel variant failed and auto fell back: {_variants.broken()}"
 
