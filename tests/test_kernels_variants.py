@@ -212,10 +212,12 @@ def test_forced_tma_ws_means_tma_where_there_is_nothing_to_specialise(monkeypatc
         "a variant asked for by name runs even where auto would not pick it"
 
 
-@pytest.mark.parametrize("D,pays", [(128, True), (256, False)])
-def test_the_backward_tells_auto_whether_tma_pays_at_its_head_dim(D, pays, monkeypatch):
+@pytest.mark.parametrize("D,dtype,forward,backward", [(128, F32, True, True), (256, F16, True, False),
+                                                     (256, F32, False, False), (160, F32, False, False)])
+def test_each_kernel_tells_auto_whether_tma_pays(D, dtype, forward, backward, monkeypatch):
     """At D = 256 the backward's TMA dK/dV tiles spill registers on sm_90 (the survey), so the backward
-    asks the chain for the pointer kernel there; the forward's TMA tiles fit at every head dim."""
+    asks the chain for the pointer kernel there; the forward's 16-bit TMA tiles fit at every head dim, but
+    float32's spill kilobytes in 256-wide tiles (D = 160 is padded to them), so it asks for pointers there."""
     seen = []
     real = _variants.chain
 
@@ -224,9 +226,9 @@ def test_the_backward_tells_auto_whether_tma_pays_at_its_head_dim(D, pays, monke
         return real(device, tensors, **kwargs)
 
     monkeypatch.setattr(_variants, "chain", spy)
-    q, k, v = make_qkv(1, 1, 1, 5, 5, D, F32, requires_grad=True)
+    q, k, v = make_qkv(1, 1, 1, 5, 5, D, dtype, requires_grad=True)
     flash_attention(q, k, v).sum().backward()
-    assert seen == [(True, True), (False, pays)], seen
+    assert seen == [(True, forward), (False, backward)], seen
 
 
 def _tuning_keys(T_q: int, T_k: int):
