@@ -48,10 +48,13 @@ def set_limits(limits: dict) -> None:
 
 
 class CappedText(io.TextIOBase):
-    """A stdout/stderr that forwards the first ``cap`` bytes to a file descriptor and drops the rest."""
+    """A stdout/stderr that forwards the first bytes of each part of the run (a cell, the grading calls) to a
+    file descriptor and drops the rest of that part. The budget is per part, not per run, so that one cell's
+    flood (a fork bomb's repeated "Exception ignored" reports, a loop of prints) cannot hide what the cells
+    after it print: the parent keeps the head and the tail of the whole stream (``run._LogReader``)."""
 
     def __init__(self, fd: int, budget: list):
-        self.fd, self.budget = fd, budget  # budget is shared by stdout and stderr: [bytes left]
+        self.fd, self.budget = fd, budget  # budget is shared by stdout and stderr: [bytes left in this part]
 
     def writable(self):
         return True
@@ -64,7 +67,7 @@ class CappedText(io.TextIOBase):
             try:
                 os.write(self.fd, chunk)
                 if self.budget[0] <= 0:
-                    os.write(self.fd, b"\n[sandbox: output limit reached, the rest is not shown]\n")
+                    os.write(self.fd, b"\n[sandbox: output limit reached, the rest of this part is not shown]\n")
             except OSError:
                 pass
         return len(text)
@@ -177,9 +180,10 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
-def report_stragglers(sandboxed: bool) -> None:
+def report_stragglers(sandboxed: bool, budget: list, log_bytes: int) -> None:
     found = stop_stragglers(sandboxed)
     if found:
+        budget[0] = max(budget[0], log_bytes // 64)  # (the sandbox's own line, shown after a cell's flood too)
         print(f"[sandbox: stopped {found} process{'es' if found != 1 else ''} this cell left behind]", flush=True)
 
 
@@ -262,6 +266,7 @@ def main() -> None:
     record("start", n_cells=len(job["cells"]))
 
     for index, source in job["cells"]:
+        budget[0] = limits["log_bytes"]  # (each cell's own: see CappedText)
         print(f"\n----- cell {index} -----", flush=True)
         began, error = time.monotonic(), None
         try:
@@ -273,10 +278,11 @@ def main() -> None:
         except BaseException as exc:  # the alarm fired outside the learner's frame, or IPython itself failed
             disarm()
             error = describe(exc, limits["cell_timeout_s"])
-        report_stragglers(sandboxed)
+        report_stragglers(sandboxed, budget, limits["log_bytes"])
         sys.last_type = sys.last_value = sys.last_traceback = None  # let a failed cell's frames (and memory) go
         record("cell", index=index, error=error, seconds=round(time.monotonic() - began, 3))
 
+    budget[0] = limits["log_bytes"]
     print("\n----- grading calls -----", flush=True)
     for probe in job["probes"]:
         fn = shell.user_ns.get(probe["target"])
@@ -296,7 +302,7 @@ def main() -> None:
                 outputs.append({"raised": describe(exc, limits["call_timeout_s"])})
         record("probe", id=probe["id"], outputs=outputs)
 
-    report_stragglers(sandboxed)
+    report_stragglers(sandboxed, budget, limits["log_bytes"])
     record("done")
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown: learner atexit hooks and threads get no say
