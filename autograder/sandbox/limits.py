@@ -38,7 +38,8 @@ class Limits:
                           the cgroup also holds ``memory_bytes`` and ``processes`` for all processes together
     ``file_bytes``        largest file the sandbox may write (``RLIMIT_FSIZE``), the results file included
     ``scratch_bytes``     size of the writable scratch folder and of ``/tmp`` (each a ``tmpfs``)
-    ``log_bytes``         how much of the sandbox's printed output is kept (head and tail)
+    ``log_bytes``         how much of the sandbox's printed output is kept (head and tail); also what each cell
+                          may print through Python before the rest of that cell's output is dropped
     ``notebook_bytes``    largest submission accepted; a bigger file is rejected unread
     ``results_bytes``     largest results file the parent will parse
     """

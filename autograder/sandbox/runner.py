@@ -21,6 +21,7 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 
 SANDBOX_DIR = "/sandbox"  # where bwrap mounts job.pt and submission/ read-only
 MAX_MESSAGE = 2000  # characters of an exception message kept
@@ -30,6 +31,19 @@ MAX_DEPTH = 16  # nesting of an output (tuples of tuples...)
 class TimeLimitExceeded(BaseException):
     """Raised by the alarm when a cell or a call runs too long (a BaseException: ``except Exception`` in learner
     code does not swallow it)."""
+
+    def _render_traceback_(self):
+        """What IPython shows when a cell ends with this (its hook for exceptions that format themselves): the
+        cell is over, so the alarm stops first, then the standard library's plain traceback from the cell's
+        frame on (not this file's alarm handler). IPython's own formatter imports pygments on first use; on a
+        machine a fork bomb has just saturated that can outlast the alarm's 0.2 s repeat, which then interrupted
+        it: no traceback at all."""
+        disarm()
+        tb = self.__traceback__
+        tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb  # (not IPython's run_code frame)
+        frames = [f for f in traceback.extract_tb(tb) if f.filename != __file__]
+        return ["Traceback (most recent call last):\n", *traceback.format_list(frames),
+                *traceback.format_exception_only(type(self), self)]
 
 
 def set_limits(limits: dict) -> None:

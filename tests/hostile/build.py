@@ -111,6 +111,16 @@ CORPUS = {
     "infinite_loop_no_alarm": ("ignores the per-cell alarm and spins forever: only the wall clock stops it",
                                submission("import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
                                           "while True:\n    pass"), "timeout", [], ["LAST-CELL-RAN"], {}),
+    "slow_traceback": ("makes IPython's traceback formatter slower than the alarm's repeat, then runs out of time",
+                       submission("import time\nimport IPython.core.ultratb as ultratb\n"
+                                  "formatter = ultratb.ListTB.structured_traceback\n"
+                                  "def slow(*args, **kwargs):\n    end = time.monotonic() + 2\n"
+                                  "    while time.monotonic() < end:\n        pass\n"
+                                  "    return formatter(*args, **kwargs)\n"
+                                  "ultratb.ListTB.structured_traceback = slow",
+                                  "def spin():\n    while True:\n        pass\nspin()"),
+                       # (the timed-out cell's traceback does not go through IPython's formatter: it still shows)
+                       "ok", ["LAST-CELL-RAN", "TimeLimitExceeded", "in spin"], [], {}),
     "fork_bomb": ("forks until it cannot, every child forking too",
                   submission("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
                              # the next cell starts alone in the sandbox: every child killed and reaped
