@@ -109,7 +109,13 @@ CACHE_NOTE = ("this run's wall time with Triton's on-disk cache as this machine 
 def measure(job) -> dict:
     part, variant, dtype_name, D, tile, ws = job
     from attn_course.kernels import _variants
-    from attn_course.kernels._compile import backward_launches, compile_launch, forward_launches, resources
+    from attn_course.kernels._compile import (
+        backward_launches,
+        compile_launch,
+        decoding_launches,
+        forward_launches,
+        resources,
+    )
 
     dtype = getattr(torch, dtype_name)
     row = {"part": part, "variant": variant, "dtype": dtype_name, "D": D, "tile": list(tile)}
@@ -121,10 +127,8 @@ def measure(job) -> dict:
             (fn, args, kwargs), = forward_launches(variant, dtype, D, config=_variants.config(*tile, WARP_SPEC=ws),
                                                    varlen=varlen, page_size=page_size, **extra)
         elif part == "decode":
-            used = torch.tensor([4096, 100], dtype=torch.int32)
-            (fn, args, kwargs), _ = forward_launches(variant, dtype, D, T=4096, T_q=1, num_splits=4, seqused_k=used,
-                                                     config=_variants.config(*tile, WARP_SPEC=False),
-                                                     page_size=page_size)
+            (fn, args, kwargs), _ = decoding_launches(variant, dtype, D, page_size=page_size,
+                                                      config=_variants.config(*tile, WARP_SPEC=False))
         else:
             launches = backward_launches(variant, dtype, D, config=_variants.config(*tile), varlen=varlen, **extra)
             (fn, args, kwargs), = [c for c in launches if c[0].__name__ == f"_bwd_{part}"]

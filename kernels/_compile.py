@@ -115,6 +115,14 @@ def forward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, 
     return calls + combines
 
 
+def decoding_launches(variant: str, dtype, D: int, *, config=None, page_size: int | None = None):
+    """A decoding step as the survey compiles it (:func:`forward_launches`): one query per sequence against
+    caches of 4096 and 100 keys (``seqused_k``), the keys split four ways: the forward kernel, then the combine."""
+    used = torch.tensor([4096, 100], dtype=torch.int32)
+    return forward_launches(variant, dtype, D, T=4096, T_q=1, num_splits=4, seqused_k=used, config=config,
+                            page_size=page_size)
+
+
 def backward_launches(variant: str, dtype, D: int, *, T: int = 256, config=None, varlen: bool = False,
                       dropout_p: float = 0.0, softcap: float = 0.0, alibi: bool = False):
     """The three backward launches (preprocess, dK/dV, dQ) for the same shapes as :func:`forward_launches`."""

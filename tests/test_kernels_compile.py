@@ -28,6 +28,7 @@ from attn_course.kernels._compile import (
     HOPPER_SHARED_MEMORY,
     backward_launches,
     compile_launch,
+    decoding_launches,
     forward_launches,
     resources,
 )
@@ -170,10 +171,9 @@ def test_float32_forward_above_head_dim_128_runs_pointer_tiles_that_do_not_spill
     fwd = kernel_module("flash_fwd", CUDA)
     assert not fwd.tma_pays(256, torch.float32) and not fwd.tma_pays(160, torch.float32)
     assert fwd.tma_pays(128, torch.float32) and fwd.tma_pays(256, torch.bfloat16)
-    used = torch.tensor([4096, 100], dtype=torch.int32)
     for D in (256, 192, 160):
         (prefill,) = forward_launches("pointer", torch.float32, D)
-        decode, _ = forward_launches("pointer", torch.float32, D, T=4096, T_q=1, num_splits=4, seqused_k=used)
+        decode, _ = decoding_launches("pointer", torch.float32, D)
         check_float32_tile(prefill, fwd.FLOAT32_WIDE_TILE, f"the prefill at D = {D}")
         check_float32_tile(decode, fwd.FLOAT32_WIDE_DECODE_TILE, f"decoding at D = {D}")
 

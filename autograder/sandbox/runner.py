@@ -62,10 +62,11 @@ def set_limits(limits: dict) -> None:
 
 
 class CappedText(io.TextIOBase):
-    """A stdout/stderr that forwards the first bytes of each part of the run (a cell, the grading calls) to a
-    file descriptor and drops the rest of that part. The budget is per part, not per run, so that one cell's
-    flood (a fork bomb's repeated "Exception ignored" reports, a loop of prints) cannot hide what the cells
-    after it print: the parent keeps the head and the tail of the whole stream (``run._LogReader``)."""
+    """A stdout/stderr that forwards the first bytes of each part of the run (a cell, the sandbox's report on
+    what it left behind, the grading calls: ``new_part`` in :func:`main`) to a file descriptor and drops the
+    rest of that part. The budget is per part, not per run, so that one cell's flood (a fork bomb's repeated
+    "Exception ignored" reports, a loop of prints) cannot hide what the cells after it print: the parent keeps
+    the head and the tail of the whole stream (``run._LogReader``)."""
 
     def __init__(self, fd: int, budget: list):
         self.fd, self.budget = fd, budget  # budget is shared by stdout and stderr: [bytes left in this part]
@@ -194,10 +195,9 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
-def report_stragglers(sandboxed: bool, budget: list, log_bytes: int) -> None:
+def report_stragglers(sandboxed: bool) -> None:
     found = stop_stragglers(sandboxed)
     if found:
-        budget[0] = max(budget[0], log_bytes // 64)  # (the sandbox's own line, shown after a cell's flood too)
         print(f"[sandbox: stopped {found} process{'es' if found != 1 else ''} this cell left behind]", flush=True)
 
 
@@ -247,6 +247,9 @@ def main() -> None:
     budget = [limits["log_bytes"]]
     sys.stdout, sys.stderr = CappedText(1, budget), CappedText(2, budget)
 
+    def new_part():  # a cell, the sandbox's report after it, the grading calls: each prints within its own budget
+        budget[0] = limits["log_bytes"]
+
     import torch
 
     def record(kind, **data):
@@ -280,7 +283,7 @@ def main() -> None:
     record("start", n_cells=len(job["cells"]))
 
     for index, source in job["cells"]:
-        budget[0] = limits["log_bytes"]  # (each cell's own: see CappedText)
+        new_part()
         print(f"\n----- cell {index} -----", flush=True)
         began, error = time.monotonic(), None
         try:
@@ -292,11 +295,12 @@ def main() -> None:
         except BaseException as exc:  # the alarm fired outside the learner's frame, or IPython itself failed
             disarm()
             error = describe(exc, limits["cell_timeout_s"])
-        report_stragglers(sandboxed, budget, limits["log_bytes"])
+        new_part()
+        report_stragglers(sandboxed)
         sys.last_type = sys.last_value = sys.last_traceback = None  # let a failed cell's frames (and memory) go
         record("cell", index=index, error=error, seconds=round(time.monotonic() - began, 3))
 
-    budget[0] = limits["log_bytes"]
+    new_part()
     print("\n----- grading calls -----", flush=True)
     for probe in job["probes"]:
         fn = shell.user_ns.get(probe["target"])
@@ -316,7 +320,8 @@ def main() -> None:
                 outputs.append({"raised": describe(exc, limits["call_timeout_s"])})
         record("probe", id=probe["id"], outputs=outputs)
 
-    report_stragglers(sandboxed, budget, limits["log_bytes"])
+    new_part()
+    report_stragglers(sandboxed)
     record("done")
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown: learner atexit hooks and threads get no say
