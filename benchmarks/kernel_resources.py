@@ -9,13 +9,17 @@ etc.: ``pointer``, ``tma``, at D = 40, 80 and 160 (padded head dims: 64-, 128- a
 and 96 columns masked), 64 and 128 and, for the forward, 256 (and 160); and with attention dropout,
 ``forward dropout`` etc., logit soft-capping, ``forward softcap`` etc., or ALiBi, ``forward alibi`` etc.,
 and with each pair of them and all three, ``forward dropout+softcap`` etc., through TMA at D = 40, 64, 80, 128,
-160 and 256, the backward at 160 and 256 through pointers, as ``auto`` runs it there) is compiled for sm_90
+160 and 256, the backward at 160 and 256 through pointers, as ``auto`` runs it there; and float32's own tile
+lists, dtype ``float32``: forward, decode, dK/dV and dQ through pointers at all six head dims and through TMA at
+64 and 128, no packed batches, caches or features) is compiled for sm_90
 (``attn_course.kernels._compile``) and read back with ``cuobjdump``: registers per thread, bytes of spill
 stack, shared memory, warps, and counts of Hopper's tensor-core (HGMMA) and TMA (UTMALDG) instructions. A
 config that spills, or whose tile is too small for wgmma (HMMA only; not flagged for the decoding tiles,
-narrow by design), is flagged: on a GPU it would only cost autotuning time. No speed is measured here.
+narrow by design, nor for float32, which has no tensor-core products), is flagged: on a GPU it would only cost
+autotuning time. No speed is measured here.
 
-    python benchmarks/kernel_resources.py                 # fp16, D = 40, 64, 80, 128, 160 and 256, all configs
+    python benchmarks/kernel_resources.py                 # fp16 and fp32, D = 40, 64, 80, 128, 160 and 256
+    python benchmarks/kernel_resources.py --dtype float32 --out /tmp/f32.json   # float32's lists alone
     python benchmarks/kernel_resources.py --workers 16    # compile in parallel (default: all cores)
     python benchmarks/kernel_resources.py --head-dim 48 --out /tmp/d48.json   # a one-off probe, any D 1..256
 
@@ -64,15 +68,16 @@ FEATURES = {**SINGLE_FEATURES,  # each alone, each pair ("dropout+softcap": both
                              ("dropout", "softcap", "alibi"))}}
 
 
-def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):
-    """(part, variant, dtype, D, tile, warp_spec) for every config the autotuner may try."""
+def jobs(dtypes=("float16", "float32"), head_dims=HEAD_DIMS):
+    """(part, variant, dtype, D, tile, warp_spec) for every config the autotuner may try: ``float16`` stands for
+    both 16-bit types (one tile list), ``float32`` has lists of its own (:func:`float32_jobs`)."""
     from attn_course.kernels._compile import CUDA
     from attn_course.kernels._runtime import kernel_module
     from attn_course.kernels._tiles import head_dim_tile
 
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
-    out = []
-    for dtype in dtypes:
+    out = float32_jobs(fwd, bwd, head_dims) if "float32" in dtypes else []
+    for dtype in (d for d in dtypes if d != "float32"):
         for D in head_dims:
             for variant in ("pointer", "tma"):
                 out += [("forward", variant, dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
@@ -94,10 +99,30 @@ def jobs(dtypes=("float16",), head_dims=HEAD_DIMS):
                 out += [(f"forward {feature}", "tma", dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
                 out += [(f"forward {feature}", "tma+ws", dtype, D, tuple(t), True)
                         for t in fwd.candidate_tiles(D, True)]
-                backward = "tma" if bwd.tma_pays(head_dim_tile(D), False) else "pointer"
+                backward = "tma" if bwd.tma_pays(head_dim_tile(D), False, torch.float16) else "pointer"
                 for part in ("dkdv", "dq"):
                     out += [(f"{part} {feature}", backward, dtype, D, tuple(t), False)
                             for t in bwd.candidate_tiles(part, D)]
+    return out
+
+
+# float32's TMA tiles (evidence for flash_fwd/flash_bwd.tma_pays, which keep float32 on pointers), surveyed at these
+# widths; in 256-wide tiles each spills kilobytes too, and takes ptxas up to a minute (probed once, not surveyed)
+FLOAT32_TMA_HEAD_DIMS = (64, 128)
+
+
+def float32_jobs(fwd, bwd, head_dims) -> list[tuple]:
+    """float32's own tiles (``flash_fwd.FLOAT32_TILES`` and ``FLOAT32_DECODE_TILES``, ``flash_bwd.FLOAT32_TILES``):
+    the forward, a decoding step and both backward kernels, through pointers (what ``auto`` runs for float32) at
+    every head dim surveyed, and through TMA at :data:`FLOAT32_TMA_HEAD_DIMS`. No packed batches, caches or
+    features: float32 is surveyed plain."""
+    out = []
+    for D in head_dims:
+        for variant in ("pointer", "tma") if D in FLOAT32_TMA_HEAD_DIMS else ("pointer",):
+            out += [("forward", variant, "float32", D, tuple(t), False) for t in fwd.candidate_tiles(D, False, True)]
+            out += [("decode", variant, "float32", D, tuple(t), False) for t in fwd.decode_tiles(D, True)]
+            for part in ("dkdv", "dq"):
+                out += [(part, variant, "float32", D, tuple(t), False) for t in bwd.candidate_tiles(part, D, True)]
     return out
 
 
@@ -144,7 +169,8 @@ def flags(row) -> list[str]:
     found = []
     if row["spill_stack_bytes"]:
         found.append(f"spills {row['spill_stack_bytes']} B")
-    if row["HGMMA"] == 0 and not (row["part"].startswith("decode") and row["HMMA"]):  # (16 rows: mma.sync by design)
+    # (16 rows: mma.sync by design; float32: IEEE products on the CUDA cores, no tensor cores by design)
+    if row["HGMMA"] == 0 and not (row["part"].startswith("decode") and row["HMMA"]) and row["dtype"] != "float32":
         found.append("no wgmma" + (" (HMMA)" if row["HMMA"] else ""))
     from attn_course.kernels._compile import HOPPER_SHARED_MEMORY
 
@@ -160,7 +186,7 @@ def main(argv=None) -> int:
     p.add_argument("--head-dim", type=head_dim_argument, action="append", metavar="D")
     p.add_argument("--out", type=Path, default=RESULTS / "kernel_resources_sm90.json")
     args = p.parse_args(argv)
-    todo = jobs(tuple(args.dtype or ["float16"]), tuple(args.head_dim or HEAD_DIMS))
+    todo = jobs(tuple(args.dtype or ["float16", "float32"]), tuple(args.head_dim or HEAD_DIMS))
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(max(1, args.workers)) as pool:
         rows = list(pool.imap(measure, todo))

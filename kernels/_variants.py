@@ -20,8 +20,8 @@ from global memory to the chip:
 ``ATTN_COURSE_KERNEL`` picks: ``auto`` (the default), ``pointer``, ``tma`` or ``tma+ws``. ``auto`` on a
 Hopper-or-newer GPU with TMA-ready tensors tries ``tma+ws`` (16-bit inputs only), then ``tma``, then
 ``pointer``; everywhere else (older GPUs, CPU tensors in the interpreter, the backward at head dim 256 or
-of a packed batch, and float32's forward above head dim 128, whose TMA tiles spill registers:
-``flash_bwd.tma_pays``, ``flash_fwd.tma_pays``) it runs ``pointer``.
+of a packed batch, and float32 inputs, whose TMA tiles spill registers: ``flash_bwd.tma_pays``,
+``flash_fwd.tma_pays``) it runs ``pointer``.
 Packed batches and caches are never warp-specialised.
 
 Why a chain: the TMA variants are checked on the CPU through the interpreter, which emulates the
@@ -193,6 +193,12 @@ def padded(width: int, constexprs: dict) -> bool:
     columns masked on every pointer load and store, which costs registers of their own); a launch that names
     no ``D_REAL`` means the tiles' own width."""
     return constexprs.get("D_REAL", width) < width
+
+
+def float32_width(D: int) -> int:
+    """The width float32's tile lists (``flash_fwd.FLOAT32_TILES``, ``flash_bwd.FLOAT32_TILES``) are keyed by for
+    tiles ``D`` columns wide: 64 (which also serves 16 and 32: narrower tiles take fewer registers), 128 or 256."""
+    return 64 if D <= 64 else 128 if D <= 128 else 256
 
 
 def feature_spills(table: dict, key, **features) -> list:

@@ -379,13 +379,22 @@ SPILLS = {
 # or dropout (dQ, both tritons) at D = 256 (FEATURE_SPILLS; untimed).
 WIDE_DKDV_TILES = [(32, 32, 8, 2), (16, 32, 8, 2), (32, 16, 8, 2)]
 WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2)]  # (64, 32, 4, 2) spills 40 B under triton 3.6
-# float32 at D = 256 (through pointers, as auto runs it there): 16 x 16 tiles on 8 warps; of the tiles probed,
-# these spill no registers on sm_90 under triton 3.9 or 3.6 in either kernel, at D = 256 and at 160 and 192
-# (padded to 256; tests/test_kernels_compile.py checks these under this machine's triton). 16 x 32, the earlier default,
-# spills 16 bytes in dK/dV and 8 in dQ under 3.9. Just above 128 (D = 136) every dK/dV tile probed spills in
-# float32, these least (184 and 240 bytes). What runs with the autotuner off; the autotuner is offered the
-# 16-bit lists (float32 is not surveyed: the dQ list's 128 x 16 spills 12704 bytes in float32).
-FLOAT32_WIDE_TILES = {"dkdv": (16, 16, 8, 2), "dq": (16, 16, 8, 2)}
+# float32 (IEEE products on the CUDA cores) has tiles of its own, as the forward's (flash_fwd.FLOAT32_TILES): in
+# float32 every 16-bit tile above but one (dK/dV's 16 x 64 at D = 128) spills registers on sm_90 (24 bytes to 32 KB;
+# the wide dQ list's 128 x 16 12.7 KB) and through TMA every float32 tile surveyed spills (0.6 to 8.2 KB), so auto
+# runs float32 through pointers (tma_pays). These spill nothing through pointers under triton 3.9 or 3.6 at their
+# width or at the head dims padded to it (benchmarks/results/kernel_resources_sm90*.json, dtype "float32";
+# tests/test_kernels_compile.py): dK/dV in 64-wide tiles has one such tile of the 21 probed (the others spill 8 bytes
+# to 13 KB, at D = 40 or under 3.6 where least). Keyed by kernel and width (_variants.float32_width: 64 also serves 16
+# and 32); each list's first runs with the autotuner off; none is timed.
+FLOAT32_TILES = {
+    ("dkdv", 64): [(16, 32, 8, 2)],
+    ("dq", 64): [(32, 64, 8, 2), (16, 64, 4, 2)],
+    ("dkdv", 128): [(16, 64, 8, 2), (16, 16, 8, 2)],
+    ("dq", 128): [(32, 64, 8, 2), (16, 64, 4, 2), (32, 64, 8, 3)],
+    ("dkdv", 256): [(16, 16, 8, 2)],
+    ("dq", 256): [(16, 16, 8, 2), (16, 16, 4, 2)],
+}
 TMA_HEAD_DIMS = (16, 32, 64, 128)
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 PREPROCESS_BLOCK = 64
@@ -507,6 +516,8 @@ def prune_for_features(kernel: str, configs: list[triton.Config], nargs: dict, *
     """A launch with dropout, a softcap or ALiBi (``DROPOUT``, ``SOFTCAP``, ``ALIBI``) skips the tiles of
     :data:`FEATURE_SPILLS` (if every tile spills with them, keeps those that spill least:
     :func:`_variants.fewest_spills`)."""
+    if kwargs.get("IEEE"):  # (the lists are 16-bit surveys; float32 has tiles of its own)
+        return configs
     return _variants.fewest_spills(configs, _variants.tile_of, FEATURE_SPILLS, (kernel, kwargs["HEAD_DIM"]), **kwargs)
 
 
@@ -518,44 +529,45 @@ def prune(kernel: str, pointer: bool, configs: list[triton.Config], nargs: dict,
     return prune_for_features(kernel, configs, nargs, **kwargs)
 
 
-def tma_pays(D: int, varlen: bool) -> bool:
-    """Whether ``auto`` tries the TMA variant for a backward at head dim ``D``: not at D = 256 (above), and
-    not for a packed batch, whose TMA kernels also read the tile that overhangs each sequence through
-    pointers (``_tiles.overhang``): its dK/dV then spills registers on sm_90 in every tile at D = 128 but the
-    last (added for dropout; untimed) and in two at D = 64 (four under triton 3.6), where the pointer kernel
-    has tiles that do not (parts "dkdv
-    varlen" and "dq varlen" of benchmarks/results/kernel_resources_sm90*.json). ``ATTN_COURSE_KERNEL=tma``
-    still runs it."""
-    return D in TMA_HEAD_DIMS and not varlen
+def tma_pays(D: int, varlen: bool, dtype: torch.dtype) -> bool:
+    """Whether ``auto`` tries the TMA variant for a backward at head dim ``D``: not at D = 256 (above), not for
+    float32 (:data:`FLOAT32_TILES`: every float32 TMA tile spills), and not for a packed batch, whose TMA kernels
+    also read the tile that overhangs each sequence through pointers (``_tiles.overhang``): its dK/dV then spills
+    registers on sm_90 in every tile at D = 128 but the last (added for dropout; untimed) and in two at D = 64 (four
+    under triton 3.6), where the pointer kernel has tiles that do not (parts "dkdv varlen" and "dq varlen" of
+    benchmarks/results/kernel_resources_sm90*.json). ``ATTN_COURSE_KERNEL=tma`` still runs it."""
+    return D in TMA_HEAD_DIMS and not varlen and dtype != torch.float32
 
 
-def candidate_tiles(kernel: str, D: int) -> list[tuple[int, int, int, int]]:
+def candidate_tiles(kernel: str, D: int, float32: bool = False) -> list[tuple[int, int, int, int]]:
     """Every tile shape considered for ``kernel`` ("dkdv" or "dq") at head dim ``D`` (what
-    benchmarks/kernel_resources.py surveys); :func:`configs` offers the autotuner the ones that fit."""
+    benchmarks/kernel_resources.py surveys); :func:`configs` offers the autotuner the ones that fit.
+    ``float32``: float32's own (:data:`FLOAT32_TILES`)."""
+    if float32:
+        return FLOAT32_TILES[kernel, _variants.float32_width(D)]
     if D > 128:
         return WIDE_DQ_TILES if kernel == "dq" else WIDE_DKDV_TILES
     return DQ_TILES if kernel == "dq" else DKDV_TILES
 
 
-def configs(kernel: str, variant: _variants.Variant, D: int) -> list[triton.Config]:
-    """The autotuner's search space for ``kernel`` ("dkdv" or "dq") at head dim ``D``."""
+def configs(kernel: str, variant: _variants.Variant, D: int, float32: bool = False) -> list[triton.Config]:
+    """The autotuner's search space for ``kernel`` ("dkdv" or "dq") at head dim ``D`` (for float32 inputs,
+    ``float32``: their own tiles)."""
     hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
-    spills = SPILLS.get((kernel, D), [])
-    return [_variants.config(*t, hook) for t in candidate_tiles(kernel, D) if t not in spills]
+    spills = [] if float32 else SPILLS.get((kernel, D), [])
+    return [_variants.config(*t, hook) for t in candidate_tiles(kernel, D, float32) if t not in spills]
 
 
 def default_config(kernel: str, D: int, itemsize: int, packed: bool = False, **features) -> triton.Config:
     """The config used when autotuning is off: the first candidate for 16-bit inputs (no spills at any
     head dim), or for a packed batch through pointers (``packed``) or with ``DROPOUT``, ``SOFTCAP`` or ``ALIBI``
-    on in ``features`` (the launch's constexprs) the first that does not spill there; smaller tiles for
-    float32, whose tiles take twice the registers and shared memory."""
+    on in ``features`` (the launch's constexprs) the first that does not spill there; float32's first
+    (:data:`FLOAT32_TILES`) for float32."""
     if itemsize == 2:
         spills = packed_pointer_spills(kernel, D, _variants.padded(D, features)) if packed else []
         tiles = [t for t in candidate_tiles(kernel, D) if t not in spills]
         return _variants.config(*_variants.fewest_spills(tiles, tuple, FEATURE_SPILLS, (kernel, D), **features)[0])
-    if D > 128:
-        return _variants.config(*FLOAT32_WIDE_TILES[kernel])
-    return _variants.config(32, 64 if D <= 64 else 32, 4, 2)
+    return _variants.config(*candidate_tiles(kernel, D, True)[0])
 
 
 def _views(x: torch.Tensor, varlen: bool):
@@ -618,7 +630,9 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
                                                       default=default_config(name, tile_d, q.element_size(), packed,
                                                                              **flags))
             if tune:
-                kernel = _variants.autotuned(kernel, variant, configs(name, variant, tile_d), tag=D,
+                float32 = q.dtype == torch.float32  # (float32 has tiles of its own: an autotuner of its own)
+                kernel = _variants.autotuned(kernel, variant, configs(name, variant, tile_d, float32),
+                                             tag=f"{D} float32" if float32 else D,
                                              prune=functools.partial(prune, name, not variant.tma))
             for n, (q_, k_, v_, do_, _, lse_, delta_, dq_, dk_, dv_), cus, drop in parts:
                 descs = _variants.descriptors((q_, k_, v_, do_, dq_, dk_, dv_),
@@ -641,7 +655,7 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
         if dlse is not None:  # lse's gradient enters as dS = P * (dP - (delta - dlse)); see _ops
             delta -= dlse.masked_fill(torch.isneginf(lse), 0.0)  # a row with no key: lse is a constant -inf
         chain = _variants.chain(q.device, (q, k, v, dout, dq, dk, dv), warp_spec=False,
-                                tma_pays=tma_pays(tile_d, varlen))
+                                tma_pays=tma_pays(tile_d, varlen, q.dtype))
         _variants.run(chain, (str(q.device), q.dtype, D, "backward"), launch)
     return dq, dk, dv
 

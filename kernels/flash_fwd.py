@@ -346,21 +346,37 @@ WIDE_WS_TILES = [(64, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2)]
 DECODE_ROWS = 16
 DECODE_TILES = [(16, 64, 4, 3), (16, 128, 4, 2), (16, 64, 4, 4), (16, 128, 4, 3)]
 WIDE_DECODE_TILES = [(16, 64, 4, 3), (16, 64, 4, 4)]
-FLOAT32_DECODE_TILE = (16, 32, 4, 2)
-# float32 above D = 128 (tiles 256 wide): on 4 warps the decoding tile spills 6.5 to 7 KB on sm_90, and through
-# TMA every prefill tile probed spills 2 to 6 KB, under triton 3.9 or 3.6; through pointers, on 8 warps, these
-# spill nothing at D = 256, 192 and 160 (and 136) under either (tests/test_kernels_compile.py checks them under
-# this machine's triton). So float32 runs them there, through pointers under auto (tma_pays); untimed.
-FLOAT32_WIDE_TILE = (16, 16, 8, 2)
-FLOAT32_WIDE_DECODE_TILE = (16, 32, 8, 2)
+# float32 (full-precision products on the CUDA cores: IEEE, no tensor cores; each element twice a 16-bit one's
+# bytes) has tile lists of its own, keyed by the tiles' width (_variants.float32_width: 64 also serves 16 and 32).
+# Compiled for sm_90 in float32, every 16-bit prefill tile above spills registers (0.4 to 21 KB under triton 3.9),
+# every decoding tile but two at D = 64 does (up to 9 KB), 13 of them overflow shared memory, and ptxas spends
+# tens of seconds on each, which an autotuner offered them would spend on a float32 call's first launch. These are
+# the tiles of those probed in float32 that spill nothing through pointers under triton 3.9 or 3.6 at their width
+# and at the head dims padded to it (40, 80 and 160 surveyed): small query tiles, on 8 warps mostly
+# (benchmarks/results/kernel_resources_sm90*.json, dtype "float32"; tests/test_kernels_compile.py checks them).
+# Through TMA every float32 prefill tile spills (32 bytes to 2.8 KB), so auto runs float32 through pointers
+# (tma_pays). Each list's first runs with the autotuner off; none is timed.
+FLOAT32_TILES = {
+    64: [(32, 64, 8, 2), (32, 32, 4, 2), (64, 16, 8, 2), (16, 64, 4, 2), (16, 64, 8, 2), (32, 16, 4, 2)],
+    128: [(32, 16, 8, 2), (16, 64, 4, 2), (16, 128, 8, 2), (16, 16, 8, 2)],
+    256: [(16, 16, 8, 2)],
+}
+FLOAT32_DECODE_TILES = {
+    64: [(16, 64, 4, 2), (16, 64, 8, 2), (16, 64, 4, 3)],
+    128: [(16, 64, 8, 2), (16, 16, 4, 2)],
+    256: [(16, 32, 8, 2)],
+}
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 INTERPRETER_DECODE_BLOCKS = {"BLOCK_M": DECODE_ROWS, "BLOCK_N": 32}
 _DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_N"), ("desc_o", "BLOCK_M"))
 
 
-def candidate_tiles(D: int, warp_spec: bool) -> list[tuple[int, int, int, int]]:
+def candidate_tiles(D: int, warp_spec: bool, float32: bool = False) -> list[tuple[int, int, int, int]]:
     """Every tile shape considered at head dim ``D`` (what benchmarks/kernel_resources.py surveys);
-    :func:`configs` offers the autotuner those that do not spill or overflow."""
+    :func:`configs` offers the autotuner those that do not spill or overflow. ``float32``: float32's own
+    (:data:`FLOAT32_TILES`; never warp-specialised)."""
+    if float32:
+        return [] if warp_spec else FLOAT32_TILES[_variants.float32_width(D)]
     if D > 128:
         return WIDE_WS_TILES if warp_spec else WIDE_TILES
     return WS_TILES if warp_spec else GPU_TILES
@@ -377,32 +393,37 @@ def is_decoding(T_q: int) -> bool:
 DECODE_SPILLS = {64: [(16, 128, 4, 3)], 128: [(16, 128, 4, 3)]}
 
 
-def decode_tiles(D: int) -> list[tuple[int, int, int, int]]:
+def decode_tiles(D: int, float32: bool = False) -> list[tuple[int, int, int, int]]:
     """The 16-row tiles offered when ``T_q <= DECODE_ROWS`` (and only then: see :func:`prune_for_lengths`)."""
+    if float32:
+        return FLOAT32_DECODE_TILES[_variants.float32_width(D)]
     return WIDE_DECODE_TILES if D > 128 else DECODE_TILES
 
 
-def offered_tiles(D: int, warp_spec: bool) -> list[tuple[int, int, int, int]]:
+def offered_tiles(D: int, warp_spec: bool, float32: bool = False) -> list[tuple[int, int, int, int]]:
     """The candidate tiles (not the decoding ones) :func:`configs` offers at head dim ``D``: at D = 128 not
-    128 query rows on 4 warps (they spill), nor warp-specialised 128-key tiles (they overflow shared memory)."""
+    128 query rows on 4 warps (they spill), nor warp-specialised 128-key tiles (they overflow shared memory);
+    float32's own all."""
+    if float32:
+        return candidate_tiles(D, warp_spec, True)
     if warp_spec:
         return [t for t in candidate_tiles(D, True) if D != 128 or t[1] < 128]
     return [t for t in candidate_tiles(D, False) if D != 128 or not (t[0] == 128 and t[2] == 4)]
 
 
-def configs(variant: _variants.Variant, D: int) -> list[triton.Config]:
-    """The autotuner's search space for ``variant`` at head dim ``D``: the candidate tiles without warp
-    specialisation, plus the warp-specialised ones when the variant allows it, plus the decoding tiles
-    (which :func:`prune_for_lengths` keeps apart). At D = 128, 128 query rows on 4 warps spill registers
-    on sm_90 (a 128 x 128 float32 accumulator is 128 registers per thread before anything else; see
-    benchmarks/results/kernel_resources_sm90.json), so those are not tried, nor are warp-specialised
-    128-key tiles, which overflow shared memory."""
+def configs(variant: _variants.Variant, D: int, float32: bool = False) -> list[triton.Config]:
+    """The autotuner's search space for ``variant`` at head dim ``D`` (for float32 inputs, ``float32``: their own
+    tiles): the candidate tiles without warp specialisation, plus the warp-specialised ones when the variant allows
+    it, plus the decoding tiles (which :func:`prune_for_lengths` keeps apart). At D = 128, 128 query rows on 4 warps
+    spill registers on sm_90 (a 128 x 128 float32 accumulator is 128 registers per thread before anything else; see
+    benchmarks/results/kernel_resources_sm90.json), so those are not tried, nor are warp-specialised 128-key tiles,
+    which overflow shared memory."""
     hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
-    space = [_variants.config(*t, hook, WARP_SPEC=False) for t in offered_tiles(D, False)]
+    space = [_variants.config(*t, hook, WARP_SPEC=False) for t in offered_tiles(D, False, float32)]
     if variant.warp_specialize:
-        space += [_variants.config(*t, hook, WARP_SPEC=True) for t in offered_tiles(D, True)]
-    return space + [_variants.config(*t, hook, WARP_SPEC=False) for t in decode_tiles(D)
-                    if t not in DECODE_SPILLS.get(D, [])]
+        space += [_variants.config(*t, hook, WARP_SPEC=True) for t in offered_tiles(D, True, float32)]
+    return space + [_variants.config(*t, hook, WARP_SPEC=False) for t in decode_tiles(D, float32)
+                    if t not in (offered_tiles(D, False, True) if float32 else DECODE_SPILLS.get(D, []))]
 
 
 # A Philox number per score (dropout), a tanh (softcap) or a bias (ALiBi) costs registers: at these head dims
@@ -491,13 +512,22 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
 
 
 def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
-    """The autotuner's pruning step: for ``T_q <= DECODE_ROWS`` (by the tuning key's rounded length) only
-    the 16-row decoding tiles, otherwise only the others, and with dropout, a softcap or ALiBi (``DROPOUT``,
-    ``SOFTCAP``, ``ALIBI``: constexprs the autotuner passes as keywords) none of their :data:`FEATURE_SPILLS`,
-    nor, for a padded head dim (``D_REAL < HEAD_DIM``; a caller that names no ``D_REAL`` means the tile's own
-    width), the ``PADDED`` list (on a paged cache ``PADDED+PAGED`` too); the autotuner then times what is left."""
-    decoding = is_decoding(nargs["TUNE_T_Q"])
-    kept = [c for c in configs if (c.kwargs["BLOCK_M"] == DECODE_ROWS) == decoding]
+    """The autotuner's pruning step: for ``T_q <= DECODE_ROWS`` (by the tuning key's rounded length) only the
+    decoding tiles (:func:`decode_tiles`), otherwise only the others (by tile, not by its 16 rows: float32's prefill
+    tiles have 16-row ones too; a tile in both lists serves both), and with dropout, a softcap or ALiBi
+    (``DROPOUT``, ``SOFTCAP``, ``ALIBI``: constexprs the autotuner passes as keywords) none of their
+    :data:`FEATURE_SPILLS`, nor, for a padded head dim (``D_REAL < HEAD_DIM``; a caller that names no ``D_REAL``
+    means the tile's own width), the ``PADDED`` list (on a paged cache ``PADDED+PAGED`` too); the autotuner then
+    times what is left. (Those lists are 16-bit surveys: a float32 launch, ``IEEE``, has tiles of its own and keeps
+    them all.)"""
+    width, float32 = kwargs["HEAD_DIM"], bool(kwargs.get("IEEE"))
+    if is_decoding(nargs["TUNE_T_Q"]):
+        wanted = decode_tiles(width, float32)
+    else:
+        wanted = offered_tiles(width, False, float32) + offered_tiles(width, True, float32)
+    kept = [c for c in configs if _variants.tile_of(c) in wanted]
+    if float32:
+        return kept
     return _variants.fewest_spills(kept, lambda c: (*_variants.tile_of(c), c.kwargs["WARP_SPEC"]), FEATURE_SPILLS,
                                    kwargs["HEAD_DIM"], **kwargs, PADDED=_variants.padded(kwargs["HEAD_DIM"], kwargs))
 
@@ -511,7 +541,7 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
     head dim, ``D_REAL < D``: :data:`FEATURE_SPILLS`), the first tile :func:`configs` offers that spills
     least then (:func:`_variants.fewest_spills`)."""
     if T_q is not None and is_decoding(T_q):
-        tile = decode_tiles(D)[0] if itemsize == 2 else FLOAT32_DECODE_TILE if D <= 128 else FLOAT32_WIDE_DECODE_TILE
+        tile = decode_tiles(D, float32=itemsize == 4)[0]
         return _variants.config(*tile, WARP_SPEC=False)
     ws, half = variant.warp_specialize, itemsize == 2
     features = dict(features, PADDED=_variants.padded(D, features))
@@ -522,21 +552,24 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
 
 
 def usual_tile(D: int, warp_spec: bool, half: bool) -> tuple[int, int, int, int]:
-    """:func:`default_config`'s tile before any feature: the first warp-specialised candidate with WS on; at
-    D = 256 the first wide tile (float32: :data:`FLOAT32_WIDE_TILE`); else 128 query rows for 16-bit inputs
-    (on 8 warps at D = 128), 64 for float32."""
+    """:func:`default_config`'s tile before any feature: float32's first (:data:`FLOAT32_TILES`); the first
+    warp-specialised candidate with WS on; at D = 256 the first wide tile; else 128 query rows (on 8 warps at
+    D = 128)."""
+    if not half:
+        return candidate_tiles(D, False, True)[0]
     if warp_spec:
         return candidate_tiles(D, True)[0]
     if D > 128:
-        return WIDE_TILES[0] if half else FLOAT32_WIDE_TILE
-    return 128 if half else 64, 64 if half or D <= 64 else 32, 4 if D <= 64 else 8, 3 if half else 2
+        return WIDE_TILES[0]
+    return 128, 64, 4 if D <= 64 else 8, 3
 
 
 def tma_pays(D: int, dtype: torch.dtype) -> bool:
-    """Whether ``auto`` tries the TMA variants for a forward in tiles ``D`` wide: not for float32 above
-    D = 128, where every TMA tile spills kilobytes of registers on sm_90 and :data:`FLOAT32_WIDE_TILE`
-    through pointers spills none. ``ATTN_COURSE_KERNEL=tma`` still runs it."""
-    return not (dtype == torch.float32 and D > 128)
+    """Whether ``auto`` tries the TMA variants for a forward in tiles ``D`` wide: not for float32, whose TMA
+    tiles all spill registers on sm_90 (0.4 to 8 KB) where :data:`FLOAT32_TILES` through pointers spill none.
+    ``ATTN_COURSE_KERNEL=tma`` still runs it. (``D``: kept for the backward's signature, whose answer
+    depends on it.)"""
+    return dtype != torch.float32
 
 
 def grid_rows(T_q: int, H: int, H_kv: int) -> tuple[bool, int, int]:
@@ -640,7 +673,9 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
                                                                          **flags))
         kernel = _attn_fwd
         if tune:  # (SPLIT_K in the key: a slice has fewer keys to walk)
-            kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, tile_d), tag=D,
+            float32 = q.dtype == torch.float32  # (float32 has tiles of its own: an autotuner of its own)
+            kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, tile_d, float32),
+                                         tag=f"{D} float32" if float32 else D,
                                          extra_key=["SPLIT_K", "PACK_GQA", "PAGED"], prune=prune_for_lengths)
         for b0, b1 in batch_chunks(B):  # (one launch unless B passes the grid's limit)
             tensors, cus = batch_part(b0, b1, (q, k, v, *targets), (cu_seqlens_q, cu_seqlens_k) if varlen else None)

@@ -152,37 +152,30 @@ def check_float32_tile(launch, tile, what: str):
     assert used["spill_stack_bytes"] == 0, f"{what} in float32 spills: {used}"
 
 
-def test_float32_backward_at_head_dim_256_runs_tiles_that_do_not_spill_on_hopper():
-    """float32 at D = 256 (not surveyed, whose 16-bit tiles spill in float32): with the autotuner off the
-    backward runs flash_bwd's FLOAT32_WIDE_TILES, through pointers as ``auto`` does there, and neither kernel
-    spills registers on sm_90 (checked under triton 3.6 by hand), nor at head dims padded to 256."""
-    bwd = kernel_module("flash_bwd", CUDA)
-    assert not bwd.tma_pays(256, False)
-    for D in (256, 192, 160):
-        for launch in backward_launches("pointer", torch.float32, D)[1:]:  # (not the row-wise preprocess)
-            part = launch[0].__name__.removeprefix("_bwd_")
-            check_float32_tile(launch, bwd.FLOAT32_WIDE_TILES[part], f"{part} at D = {D}")
-
-
-def test_float32_forward_above_head_dim_128_runs_pointer_tiles_that_do_not_spill_on_hopper():
-    """float32 in 256-wide tiles: ``auto`` runs the forward through pointers there (flash_fwd.tma_pays: every
-    TMA tile spills kilobytes), a prefill in FLOAT32_WIDE_TILE and a decoding step in FLOAT32_WIDE_DECODE_TILE,
-    and neither spills registers on sm_90 at D = 256, 192 or 160 (checked under triton 3.6 by hand)."""
-    fwd = kernel_module("flash_fwd", CUDA)
-    assert not fwd.tma_pays(256, torch.float32) and not fwd.tma_pays(160, torch.float32)
-    assert fwd.tma_pays(128, torch.float32) and fwd.tma_pays(256, torch.bfloat16)
-    for D in (256, 192, 160):
-        (prefill,) = forward_launches("pointer", torch.float32, D)
-        decode, _ = decoding_launches("pointer", torch.float32, D)
-        check_float32_tile(prefill, fwd.FLOAT32_WIDE_TILE, f"the prefill at D = {D}")
-        check_float32_tile(decode, fwd.FLOAT32_WIDE_DECODE_TILE, f"decoding at D = {D}")
+@pytest.mark.parametrize("D", [256, 128, 40])
+def test_float32_runs_its_own_first_tiles_through_pointers_and_they_do_not_spill_on_hopper(D):
+    """float32, whose 16-bit tiles spill kilobytes: with the autotuner off a prefill, a decoding step and both
+    backward kernels run the first of float32's own lists, through pointers as ``auto`` runs float32 on
+    Hopper (``tma_pays``), and none spills registers on sm_90 (compiled here, by this machine's triton; the
+    survey test below checks every listed tile under both tritons)."""
+    fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
+    width = _variants.float32_width(head_dim_tile(D))
+    assert not fwd.tma_pays(head_dim_tile(D), torch.float32) and fwd.tma_pays(head_dim_tile(D), torch.bfloat16)
+    assert not bwd.tma_pays(head_dim_tile(D), False, torch.float32)
+    (prefill,) = forward_launches("pointer", torch.float32, D)
+    decode, _ = decoding_launches("pointer", torch.float32, D)
+    check_float32_tile(prefill, fwd.FLOAT32_TILES[width][0], f"the prefill at D = {D}")
+    check_float32_tile(decode, fwd.FLOAT32_DECODE_TILES[width][0], f"decoding at D = {D}")
+    for launch in backward_launches("pointer", torch.float32, D)[1:]:  # (not the row-wise preprocess)
+        part = launch[0].__name__.removeprefix("_bwd_")
+        check_float32_tile(launch, bwd.FLOAT32_TILES[part, width][0], f"{part} at D = {D}")
 
 
 REPORTS = {"3.9": "kernel_resources_sm90.json", "3.6": "kernel_resources_sm90_triton3.6.json"}
 
 
 @functools.cache
-def _report(triton_version: str = "3.9"):
+def _survey(triton_version: str = "3.9"):
     """The survey tool and its committed report compiled by ``triton_version`` (this machine's 3.9; the GPU
     machines' 3.6, whose ptxas allocates registers differently): read once per test process (never modified)."""
     import importlib.util
@@ -198,11 +191,24 @@ def _report(triton_version: str = "3.9"):
     return tool, report
 
 
+@functools.cache
+def _report(triton_version: str = "3.9"):
+    """:func:`_survey` with only the 16-bit rows (``float16``, standing for both 16-bit types: one tile list),
+    which every test of the 16-bit tile lists reads; float32's rows, of lists of its own, are read apart."""
+    tool, report = _survey(triton_version)
+    return tool, dict(report, rows=[r for r in report["rows"] if r["dtype"] != "float32"])
+
+
+def float32_rows(triton_version: str) -> list[dict]:
+    """The survey's float32 rows (:func:`_survey`)."""
+    return [r for r in _survey(triton_version)[1]["rows"] if r["dtype"] == "float32"]
+
+
 @pytest.mark.parametrize("version", REPORTS)
 def test_the_resource_report_covers_exactly_the_current_tile_lists(version):
     """The committed register/spill surveys must describe the configs the code offers today; change a tile
     list and this fails until ``make survey`` is rerun (it writes both)."""
-    tool, report = _report(version)
+    tool, report = _survey(version)
     want = {(part, variant, dtype, D, tuple(tile)) for part, variant, dtype, D, tile, _ in tool.jobs()}
     got = {(r["part"], r["variant"], r["dtype"], r["D"], tuple(r["tile"])) for r in report["rows"]}
     assert got == want, (f"benchmarks/results/{REPORTS[version]} is stale (missing {sorted(want - got)[:4]}, "
@@ -262,7 +268,7 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
         if r["part"].partition(" ")[2].upper() in FEATURE_PARTS:  # what such a launch's pruning keeps
             return feature_offered(r)
         part, varlen = r["part"].removesuffix(" varlen"), r["part"].endswith(" varlen")
-        tma_pays = part == "forward" or bwd.tma_pays(D, varlen)
+        tma_pays = part == "forward" or bwd.tma_pays(D, varlen, torch.float16)
         if variant.tma != tma_pays or (varlen and variant.warp_specialize):
             return False  # auto would run the other variant here (a packed batch: never warp-specialised)
         if part == "forward":  # (what its pruning keeps: a padded head dim skips tiles of its own)
@@ -314,6 +320,59 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
                     f"(triton {version}): {bad}"
 
 
+def float32_offered(r) -> bool:
+    """Whether the autotuner tries float32 survey row ``r``'s tile on Hopper under ``auto``: through pointers
+    (``tma_pays``), for its part (a decoding step or a 4096-row prefill; dK/dV or dQ), at its head dim."""
+    fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
+    width, variant = head_dim_tile(r["D"]), _variants.VARIANTS[r["variant"]]
+    if r["part"] in ("dkdv", "dq"):
+        if variant.tma != bwd.tma_pays(width, False, torch.float32):
+            return False
+        space = bwd.prune(r["part"], not variant.tma, bwd.configs(r["part"], variant, width, True),
+                          {"Q": torch.empty(0, dtype=torch.float32)}, HEAD_DIM=width, D_REAL=r["D"], IS_VARLEN=False,
+                          IEEE=True)
+    else:
+        if variant.tma != fwd.tma_pays(width, torch.float32):
+            return False
+        space = fwd.prune_for_lengths(fwd.configs(variant, width, True),
+                                      {"TUNE_T_Q": 1 if r["part"] == "decode" else 4096}, HEAD_DIM=width,
+                                      D_REAL=r["D"], IEEE=True)
+    return r["tile"] in [list(_variants.tile_of(c)) for c in space]
+
+
+@pytest.mark.parametrize("version", REPORTS)
+def test_no_float32_config_the_autotuner_tries_on_hopper_spills_registers(version):
+    """float32 has tile lists of its own (``flash_fwd.FLOAT32_TILES``, ``FLOAT32_DECODE_TILES``,
+    ``flash_bwd.FLOAT32_TILES``), which ``auto`` runs through pointers: each tile the autotuner may try,
+    at every surveyed head dim (the padded ones too), compiles, spills nothing and fits Hopper's shared
+    memory, per the survey under both compilers. (No tensor cores: float32's products are IEEE FMAs.)"""
+    rows = float32_rows(version)
+    offered = [r for r in rows if float32_offered(r)]
+    assert {(r["part"], r["D"]) for r in offered} == {(part, D) for part in ("forward", "decode", "dkdv", "dq")
+                                                      for D in (40, 64, 80, 128, 160, 256)}
+    assert {r["variant"] for r in offered} == {"pointer"}
+    bad = [(r["part"], r["D"], r["tile"], r.get("error") or r["spill_stack_bytes"]) for r in offered
+           if "error" in r or r["spill_stack_bytes"] or r["shared_bytes"] > SHARED_MEMORY]
+    assert not bad, f"float32 configs offered to the autotuner that spill / fail / overflow on sm_90 " \
+                    f"(triton {version}): {bad}"
+    assert not [r for r in offered if r["HGMMA"] or r["HMMA"]], "float32 ran on tensor cores: TF32, not IEEE?"
+
+
+@pytest.mark.parametrize("version", REPORTS)
+def test_float32_runs_pointers_because_every_tma_tile_spills(version):
+    """``tma_pays`` is false for float32 (forward and backward): through TMA every float32 prefill, dK/dV and dQ
+    tile surveyed spills registers on sm_90 at D = 64 and 128 (decoding tiles some, up to 240 bytes), while
+    the same tiles through pointers do not."""
+    rows = float32_rows(version)
+    tma = [r for r in rows if r["variant"] == "tma"]
+    assert {(r["part"], r["D"]) for r in tma} == {(part, D) for part in ("forward", "decode", "dkdv", "dq")
+                                                  for D in (64, 128)}
+    prefill = [r for r in tma if r["part"] != "decode"]
+    assert all(r["spill_stack_bytes"] > 0 for r in prefill), [r["tile"] for r in prefill if not r["spill_stack_bytes"]]
+    pointer = {(r["part"], r["D"], tuple(r["tile"])): r["spill_stack_bytes"] for r in rows if r["variant"] == "pointer"}
+    assert all(pointer[r["part"], r["D"], tuple(r["tile"])] == 0 for r in tma)
+
+
 @pytest.mark.parametrize("version", REPORTS)
 def test_a_packed_batch_s_backward_runs_pointers_because_tma_spills_more(version):
     """``flash_bwd.tma_pays``: through TMA a packed batch's dK/dV kernel also reads, through pointers, the
@@ -335,7 +394,8 @@ def test_a_packed_batch_s_backward_runs_pointers_because_tma_spills_more(version
     assert spilling("tma", 64)[0] >= 2
     assert spilling("pointer", 128)[0] < spilling("pointer", 128)[1]
     assert spilling("pointer", 64)[0] < spilling("tma", 64)[0] or spilling("pointer", 64)[0] == 0
-    assert not bwd.tma_pays(128, True) and not bwd.tma_pays(64, True) and bwd.tma_pays(64, False)
+    assert not bwd.tma_pays(128, True, torch.float16) and not bwd.tma_pays(64, True, torch.float16)
+    assert bwd.tma_pays(64, False, torch.float16)
 
 
 def test_a_packed_batch_s_pointer_backward_skips_exactly_the_tiles_that_spill(monkeypatch):
@@ -550,7 +610,7 @@ def least_spilling(rows: list[dict], tile) -> set:
 def hopper_backward(width: int) -> str:
     """The backward variant ``auto`` runs on Hopper for an unpacked batch at tile width ``width`` (pointers at
     256: ``flash_bwd.tma_pays``), which the surveys compile the features' backward parts through."""
-    return "tma" if kernel_module("flash_bwd", CUDA).tma_pays(width, False) else "pointer"
+    return "tma" if kernel_module("flash_bwd", CUDA).tma_pays(width, False, torch.float16) else "pointer"
 
 
 def assert_lists_the_spilling(listed, spilling: set, least: set, where) -> None:

@@ -9,6 +9,8 @@ autotuner is off except in one test: each (variant, dtype, head dim) compiles on
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from test_kernels import CASES, case_id
@@ -107,11 +109,12 @@ def test_long_sequences(case):
 
 @pytest.mark.parametrize("D,dtype,forward,backward", [(64, torch.bfloat16, "tma+ws", "tma"),
                                                      (256, torch.bfloat16, "tma+ws", "pointer"),
+                                                     (64, torch.float32, "pointer", "pointer"),
                                                      (256, torch.float32, "pointer", "pointer")])
 def test_auto_uses_tma_on_hopper_without_falling_back(D, dtype, forward, backward):
     """``auto`` picks the TMA variants on Hopper (warp-specialised where there are tensor cores to overlap),
-    except the backward at D = 256, whose TMA dK/dV tiles spill registers, and float32's forward above
-    D = 128, whose TMA tiles spill kilobytes (flash_fwd.tma_pays): those run the pointer variant."""
+    except the backward at D = 256, whose TMA dK/dV tiles spill registers, and float32, whose TMA tiles
+    spill kilobytes (``tma_pays``): those run the pointer variant."""
     q, k, v = make_qkv(2, 4, 2, 300, 300, D, dtype, device="cuda", requires_grad=True)
     flash_attention(q, k, v, causal=True).sum().backward()
     for part, best in (("forward", forward), ("backward", backward)):
@@ -408,6 +411,27 @@ def test_a_short_batch_of_long_rows_splits_its_keys(case, variant, combines, mon
     assert combines and min(combines) > 1, f"the rule did not split ({combines})"
 
 
+@pytest.mark.parametrize("D", [64, 128, 256])
+def test_float32_autotunes_over_its_own_tiles(D, monkeypatch):
+    """Through the autotuner, float32 is timed on float32's own tiles only (flash_fwd / flash_bwd
+    ``FLOAT32_TILES``: the 16-bit ones spill kilobytes in float32), prefill and decoding, and is right."""
+    monkeypatch.setenv(_variants.AUTOTUNE_ENV, "1")
+    check_case((1, 4, 2, 600, 600, D, True, NONE, torch.float32))
+    check_kvcache_case((2, 4, 2, 700, 1, 1, [650, 7], True, NONE, D, torch.float32), "cuda")
+    fwd, bwd = kernel_module("flash_fwd", torch.device("cuda")), kernel_module("flash_bwd", torch.device("cuda"))
+    allowed = {"_attn_fwd": fwd.FLOAT32_TILES[D] + fwd.FLOAT32_DECODE_TILES[D],
+               "_bwd_dkdv": bwd.FLOAT32_TILES["dkdv", D], "_bwd_dq": bwd.FLOAT32_TILES["dq", D]}
+    seen = set()
+    for name, keys in _variants.tuned_configs().items():
+        if name.endswith(f"D={D} float32"):
+            for config in keys.values():
+                tile = tuple(int(re.search(rf"{f}: (\d+)", config)[1])
+                             for f in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
+                assert tile in allowed[name.split()[0]], (name, config)
+                seen.add(name.split()[0])
+    assert seen == set(allowed), f"float32 at D = {D} tuned: {seen}"
+
+
 def test_an_autotuned_decoding_step_runs_16_row_tiles(monkeypatch):
     """Through the autotuner, a decoding step (T_q = 1) is timed on the 16-row tiles only, and is right."""
     monkeypatch.setenv(_variants.AUTOTUNE_ENV, "1")
@@ -614,7 +638,6 @@ def test_dropout_softcap_and_alibi_at_once_through_the_autotuner(monkeypatch):
     """All three features at D = 128 in float16, through the autotuner: right, and each of its kernels tuned
     only among the tiles its pruning keeps (for dK/dV, where every tile spills under triton 3.6, the one that
     spills least: ``_variants.fewest_spills``)."""
-    import re
 
     monkeypatch.setenv(_variants.AUTOTUNE_ENV, "1")
     check_dropout_softcap_and_alibi("cuda", D=128, dtype=torch.float16)

@@ -26,6 +26,7 @@ from test_kernels_common import (
 from attn_course.kernels import _variants, flash_attention, flash_attention_varlen
 from attn_course.kernels._checks import kernel_window
 from attn_course.kernels._runtime import kernel_module
+from attn_course.kernels._tiles import head_dim_tile
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 # ragged lengths, T_q != T_k both ways, GQA and MQA, windows, every dtype, D = 16 ... 256; the warp-specialised
@@ -212,12 +213,14 @@ def test_forced_tma_ws_means_tma_where_there_is_nothing_to_specialise(monkeypatc
         "a variant asked for by name runs even where auto would not pick it"
 
 
-@pytest.mark.parametrize("D,dtype,forward,backward", [(128, F32, True, True), (256, F16, True, False),
-                                                     (256, F32, False, False), (160, F32, False, False)])
+@pytest.mark.parametrize("D,dtype,forward,backward", [(128, F16, True, True), (256, F16, True, False),
+                                                     (160, BF16, True, False), (64, F32, False, False),
+                                                     (128, F32, False, False), (256, F32, False, False)])
 def test_each_kernel_tells_auto_whether_tma_pays(D, dtype, forward, backward, monkeypatch):
     """At D = 256 the backward's TMA dK/dV tiles spill registers on sm_90 (the survey), so the backward
-    asks the chain for the pointer kernel there; the forward's 16-bit TMA tiles fit at every head dim, but
-    float32's spill kilobytes in 256-wide tiles (D = 160 is padded to them), so it asks for pointers there."""
+    asks the chain for the pointer kernel there (D = 160 is padded to 256-wide tiles); the forward's 16-bit
+    TMA tiles fit at every head dim. float32's TMA tiles all spill, in both directions, so float32 asks for
+    pointers everywhere."""
     seen = []
     real = _variants.chain
 
@@ -280,6 +283,73 @@ def test_the_tile_shapes_the_autotuner_picked_are_reported(monkeypatch):
     picked = _variants.tuned_configs()
     assert picked == {"_attn_fwd tma D=64": {"1024 4096 64 torch.float16": str(configs[-1])}}
     assert f"BLOCK_M: {configs[-1].kwargs['BLOCK_M']}" in str(configs[-1])
+
+
+class _Offered(Exception):
+    """Raised by the autotuner spy below once it has seen what a launch offers."""
+
+
+@pytest.mark.parametrize("D", [16, 64, 80, 256])
+@pytest.mark.parametrize("dtype", [F16, F32])
+def test_a_float32_launch_offers_the_autotuner_float32_s_own_tiles(dtype, D, monkeypatch):
+    """A launch through the autotuner (planted here: the interpreter never tunes) offers float32 inputs
+    float32's own tiles (``flash_fwd.FLOAT32_TILES`` and ``FLOAT32_DECODE_TILES``, ``flash_bwd.FLOAT32_TILES``,
+    by the tiles' width) under an autotuner of their own (its tag names float32), and 16-bit inputs the 16-bit
+    lists; float32's 16-bit counterparts spill kilobytes on sm_90 (tests/test_kernels_compile.py)."""
+    fwd, bwd = kernel_module("flash_fwd", torch.device("cpu")), kernel_module("flash_bwd", torch.device("cpu"))
+    offered = {}
+
+    def spy(kernel, variant, configs, tag=None, **_):
+        offered[kernel.__name__] = ([_variants.tile_of(c) for c in configs], tag)
+        raise _Offered
+
+    q, k, v = make_qkv(1, 2, 1, 20, 20, D, dtype)
+    out, lse = flash_attention(q, k, v, return_lse=True)
+    monkeypatch.setattr(_variants, "launch_plan", lambda interpreted, *, interpreter_meta, default:
+                        (interpreter_meta, {}, True))
+    monkeypatch.setattr(_variants, "autotuned", spy)
+    window = kernel_window((-1, -1), False)
+    with pytest.raises(_Offered):
+        fwd.attn_fwd_launch(q, k, v, scale=D ** -0.5, window=window)
+    for need_dq in (False, True):  # (dK/dV first, then, with dK/dV already seen, dQ: each raises when offered)
+        with pytest.raises(_Offered):
+            bwd.attn_bwd_launch(out, q, k, v, out, lse, scale=D ** -0.5, window=window, need_dkdv=not need_dq,
+                                need_dq=need_dq)
+    width = head_dim_tile(D)
+    pointer = _variants.VARIANTS["pointer"]
+    if dtype == F32:
+        key = _variants.float32_width(width)
+        decoding = [t for t in fwd.FLOAT32_DECODE_TILES[key] if t not in fwd.FLOAT32_TILES[key]]  # (once each)
+        want = {"_attn_fwd": fwd.FLOAT32_TILES[key] + decoding,
+                "_bwd_dkdv": bwd.FLOAT32_TILES["dkdv", key], "_bwd_dq": bwd.FLOAT32_TILES["dq", key]}
+        assert {tag for _, tag in offered.values()} == {f"{D} float32"}
+    else:
+        want = {"_attn_fwd": [_variants.tile_of(c) for c in fwd.configs(pointer, width)],
+                "_bwd_dkdv": [_variants.tile_of(c) for c in bwd.configs("dkdv", pointer, width)],
+                "_bwd_dq": [_variants.tile_of(c) for c in bwd.configs("dq", pointer, width)]}
+        assert {tag for _, tag in offered.values()} == {D}
+    assert {name: tiles for name, (tiles, _) in offered.items()} == want
+
+
+def test_float32_launches_ignore_the_16_bit_spill_lists(monkeypatch):
+    """The features' and padding's spill lists (``FEATURE_SPILLS``) are 16-bit surveys: a float32 launch
+    (``IEEE``) keeps all of float32's own tiles whatever they name, even a float32 tile planted in them, while
+    a 16-bit launch skips what they name."""
+    fwd, bwd = kernel_module("flash_fwd", torch.device("cpu")), kernel_module("flash_bwd", torch.device("cpu"))
+    pointer = _variants.VARIANTS["pointer"]
+    planted, planted_dq = fwd.FLOAT32_TILES[128][0], bwd.FLOAT32_TILES["dq", 128][0]
+    monkeypatch.setitem(fwd.FEATURE_SPILLS["DROPOUT"], 128, [*fwd.FEATURE_SPILLS["DROPOUT"][128], (*planted, False)])
+    monkeypatch.setitem(bwd.FEATURE_SPILLS["DROPOUT"], ("dq", 128), [*bwd.FEATURE_SPILLS["DROPOUT"]["dq", 128],
+                                                                    planted_dq])
+    on = dict(HEAD_DIM=128, D_REAL=80, DROPOUT=True, SOFTCAP=True, ALIBI=True)
+    kept = fwd.prune_for_lengths(fwd.configs(pointer, 128, True), {"TUNE_T_Q": 4096}, **on, IEEE=True)
+    assert [_variants.tile_of(c) for c in kept] == fwd.FLOAT32_TILES[128]
+    kept = bwd.prune("dq", True, bwd.configs("dq", pointer, 128, True), {"Q": torch.empty(0, dtype=F32)}, **on,
+                     IS_VARLEN=False, IEEE=True)
+    assert [_variants.tile_of(c) for c in kept] == bwd.FLOAT32_TILES["dq", 128]
+    # (the same lists do prune a 16-bit launch)
+    half = fwd.prune_for_lengths(fwd.configs(pointer, 128), {"TUNE_T_Q": 4096}, **on, IEEE=False)
+    assert not {_variants.tile_of(c) for c in half} & {t[:4] for t in fwd.FEATURE_SPILLS["DROPOUT"][128]}
 
 
 def test_pruning_by_features_skips_every_list_they_name_and_keeps_the_least_named_when_all_spill():
