@@ -11,7 +11,7 @@ and 96 columns masked), 64 and 128 and, for the forward, 256 (and 160); and with
 and with each pair of them and all three, ``forward dropout+softcap`` etc., through TMA at D = 40, 64, 80, 128,
 160 and 256, the backward at 160 and 256 through pointers, as ``auto`` runs it there; and float32's own tile
 lists, dtype ``float32``: forward, decode, dK/dV and dQ through pointers at all six head dims and through TMA at
-64 and 128, no packed batches, caches or features) is compiled for sm_90
+64 and 128, and through pointers with all three features, packed and paged) is compiled for sm_90
 (``attn_course.kernels._compile``) and read back with ``cuobjdump``: registers per thread, bytes of spill
 stack, shared memory, warps, and counts of Hopper's tensor-core (HGMMA) and TMA (UTMALDG) instructions. A
 config that spills, or whose tile is too small for wgmma (HMMA only; not flagged for the decoding tiles,
@@ -111,11 +111,17 @@ def jobs(dtypes=("float16", "float32"), head_dims=HEAD_DIMS):
 FLOAT32_TMA_HEAD_DIMS = (64, 128)
 
 
+# float32's parts beyond the plain ones, through pointers: all three features at once (the most registers), packed
+# batches and paged caches (its defaults avoid the tiles that spill there: tests/test_kernels_compile.py)
+FLOAT32_EXTRA_PARTS = ("dropout+softcap+alibi", "varlen")
+
+
 def float32_jobs(fwd, bwd, head_dims) -> list[tuple]:
     """float32's own tiles (``flash_fwd.FLOAT32_TILES`` and ``FLOAT32_DECODE_TILES``, ``flash_bwd.FLOAT32_TILES``):
     the forward, a decoding step and both backward kernels, through pointers (what ``auto`` runs for float32) at
-    every head dim surveyed, and through TMA at :data:`FLOAT32_TMA_HEAD_DIMS`. No packed batches, caches or
-    features: float32 is surveyed plain."""
+    every head dim surveyed, and through TMA at :data:`FLOAT32_TMA_HEAD_DIMS`; then through pointers with all
+    three features on and for packed batches (:data:`FLOAT32_EXTRA_PARTS`), and on a paged cache (``forward
+    varlen paged``, ``decode paged``). Single features and pairs are not surveyed in float32."""
     out = []
     for D in head_dims:
         for variant in ("pointer", "tma") if D in FLOAT32_TMA_HEAD_DIMS else ("pointer",):
@@ -123,6 +129,15 @@ def float32_jobs(fwd, bwd, head_dims) -> list[tuple]:
             out += [("decode", variant, "float32", D, tuple(t), False) for t in fwd.decode_tiles(D, True)]
             for part in ("dkdv", "dq"):
                 out += [(part, variant, "float32", D, tuple(t), False) for t in bwd.candidate_tiles(part, D, True)]
+        for suffix in FLOAT32_EXTRA_PARTS:
+            out += [(f"forward {suffix}", "pointer", "float32", D, tuple(t), False)
+                    for t in fwd.candidate_tiles(D, False, True)]
+            for part in ("dkdv", "dq"):
+                out += [(f"{part} {suffix}", "pointer", "float32", D, tuple(t), False)
+                        for t in bwd.candidate_tiles(part, D, True)]
+        out += [("forward varlen paged", "pointer", "float32", D, tuple(t), False)
+                for t in fwd.candidate_tiles(D, False, True)]
+        out += [("decode paged", "pointer", "float32", D, tuple(t), False) for t in fwd.decode_tiles(D, True)]
     return out
 
 

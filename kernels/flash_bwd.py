@@ -386,12 +386,14 @@ WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2)]  # (64, 32, 4
 # width or at the head dims padded to it (benchmarks/results/kernel_resources_sm90*.json, dtype "float32";
 # tests/test_kernels_compile.py): dK/dV in 64-wide tiles has one such tile of the 21 probed (the others spill 8 bytes
 # to 13 KB, at D = 40 or under 3.6 where least). Keyed by kernel and width (_variants.float32_width: 64 also serves 16
-# and 32); each list's first runs with the autotuner off; none is timed.
+# and 32); each list's first runs with the autotuner off: where it can, one that spills in no float32 part surveyed
+# (with all three features or packed too), but dK/dV's 16 x 64, 16 bytes with all three features under 3.6, kept for
+# reading q and dO a quarter as often as 16 x 16 (tests/test_kernels_compile.py). None is timed.
 FLOAT32_TILES = {
     ("dkdv", 64): [(16, 32, 8, 2)],
     ("dq", 64): [(32, 64, 8, 2), (16, 64, 4, 2)],
     ("dkdv", 128): [(16, 64, 8, 2), (16, 16, 8, 2)],
-    ("dq", 128): [(32, 64, 8, 2), (16, 64, 4, 2), (32, 64, 8, 3)],
+    ("dq", 128): [(32, 64, 8, 3), (32, 64, 8, 2), (16, 64, 4, 2)],
     ("dkdv", 256): [(16, 16, 8, 2)],
     ("dq", 256): [(16, 16, 8, 2), (16, 16, 4, 2)],
 }

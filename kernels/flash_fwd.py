@@ -346,23 +346,25 @@ WIDE_WS_TILES = [(64, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2)]
 DECODE_ROWS = 16
 DECODE_TILES = [(16, 64, 4, 3), (16, 128, 4, 2), (16, 64, 4, 4), (16, 128, 4, 3)]
 WIDE_DECODE_TILES = [(16, 64, 4, 3), (16, 64, 4, 4)]
-# float32 (full-precision products on the CUDA cores: IEEE, no tensor cores; each element twice a 16-bit one's
-# bytes) has tile lists of its own, keyed by the tiles' width (_variants.float32_width: 64 also serves 16 and 32).
-# Compiled for sm_90 in float32, every 16-bit prefill tile above spills registers (0.4 to 21 KB under triton 3.9),
-# every decoding tile but two at D = 64 does (up to 9 KB), 13 of them overflow shared memory, and ptxas spends
-# tens of seconds on each, which an autotuner offered them would spend on a float32 call's first launch. These are
-# the tiles of those probed in float32 that spill nothing through pointers under triton 3.9 or 3.6 at their width
-# and at the head dims padded to it (40, 80 and 160 surveyed): small query tiles, on 8 warps mostly
+# float32 (full-precision products on the CUDA cores: IEEE, no tensor cores; each element twice a 16-bit one's bytes)
+# has tile lists of its own, keyed by the tiles' width (_variants.float32_width: 64 also serves 16 and 32). Compiled
+# for sm_90 in float32, every 16-bit prefill tile above spills registers (0.4 to 21 KB under triton 3.9), every
+# decoding tile but two at D = 64 does (up to 9 KB), 13 of them overflow shared memory, and ptxas spends tens of
+# seconds on each, which an autotuner offered them would spend on a float32 call's first launch. These are the tiles
+# of those probed in float32 that spill nothing through pointers under triton 3.9 or 3.6 at their width and at the
+# head dims padded to it (40, 80 and 160 surveyed): small query tiles, on 8 warps mostly
 # (benchmarks/results/kernel_resources_sm90*.json, dtype "float32"; tests/test_kernels_compile.py checks them).
 # Through TMA every float32 prefill tile spills (32 bytes to 2.8 KB), so auto runs float32 through pointers
-# (tma_pays). Each list's first runs with the autotuner off; none is timed.
+# (tma_pays). Each list's first runs with the autotuner off: where the list has one, a tile that spills in no float32
+# part surveyed (all three features, packed batches and paged caches too; the autotuner, offered the whole list, may
+# try tiles that spill there, up to about a kilobyte paged). None is timed.
 FLOAT32_TILES = {
     64: [(32, 64, 8, 2), (32, 32, 4, 2), (64, 16, 8, 2), (16, 64, 4, 2), (16, 64, 8, 2), (32, 16, 4, 2)],
     128: [(32, 16, 8, 2), (16, 64, 4, 2), (16, 128, 8, 2), (16, 16, 8, 2)],
     256: [(16, 16, 8, 2)],
 }
 FLOAT32_DECODE_TILES = {
-    64: [(16, 64, 4, 2), (16, 64, 8, 2), (16, 64, 4, 3)],
+    64: [(16, 64, 8, 2), (16, 64, 4, 2), (16, 64, 4, 3)],
     128: [(16, 64, 8, 2), (16, 16, 4, 2)],
     256: [(16, 32, 8, 2)],
 }

@@ -320,6 +320,10 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
                     f"(triton {version}): {bad}"
 
 
+FLOAT32_PLAIN_PARTS = ("forward", "decode", "dkdv", "dq")  # (the survey's other float32 parts: all three features,
+# packed batches, paged caches: test_float32_defaults_...)
+
+
 def float32_offered(r) -> bool:
     """Whether the autotuner tries float32 survey row ``r``'s tile on Hopper under ``auto``: through pointers
     (``tma_pays``), for its part (a decoding step or a 4096-row prefill; dK/dV or dQ), at its head dim."""
@@ -346,7 +350,7 @@ def test_no_float32_config_the_autotuner_tries_on_hopper_spills_registers(versio
     ``flash_bwd.FLOAT32_TILES``), which ``auto`` runs through pointers: each tile the autotuner may try,
     at every surveyed head dim (the padded ones too), compiles, spills nothing and fits Hopper's shared
     memory, per the survey under both compilers. (No tensor cores: float32's products are IEEE FMAs.)"""
-    rows = float32_rows(version)
+    rows = [r for r in float32_rows(version) if r["part"] in FLOAT32_PLAIN_PARTS]
     offered = [r for r in rows if float32_offered(r)]
     assert {(r["part"], r["D"]) for r in offered} == {(part, D) for part in ("forward", "decode", "dkdv", "dq")
                                                       for D in (40, 64, 80, 128, 160, 256)}
@@ -356,6 +360,44 @@ def test_no_float32_config_the_autotuner_tries_on_hopper_spills_registers(versio
     assert not bad, f"float32 configs offered to the autotuner that spill / fail / overflow on sm_90 " \
                     f"(triton {version}): {bad}"
     assert not [r for r in offered if r["HGMMA"] or r["HMMA"]], "float32 ran on tensor cores: TF32, not IEEE?"
+
+
+# float32 lists none of whose tiles spills in no float32 part surveyed (the worst, over both tritons and the head dims
+# the width serves), and one list whose first tile spills there though another does not, with why it stays first
+FLOAT32_EVERY_TILE_SPILLS = {("forward", 64), ("forward", 256), ("decode", 256), ("dkdv", 64), ("dq", 64)}
+FLOAT32_FIRST_SPILLS = {("dkdv", 128): "16 x 64 spills 16 bytes with all three features under triton 3.6 only; "
+                                        "16 x 16 would read q and dO four times as often"}
+
+
+def test_float32_defaults_spill_in_no_surveyed_part_where_their_list_has_such_a_tile():
+    """With the autotuner off float32 runs each list's first tile: where the list has a tile that spills in no
+    float32 part of the surveys (plain, all three features, packed, paged; under triton 3.9 and 3.6; at every head
+    dim its width serves, 40 for 64, 80 for 128, 160 for 256), the first is one, but where named above. The
+    autotuner is offered the whole list whatever the launch (float32's features, packing and pages are surveyed,
+    not pruned: some tiles spill there, up to about a kilobyte on a paged cache)."""
+    fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
+    worst: dict[tuple, int] = {}
+    parts = set()
+    for version in REPORTS:
+        for r in float32_rows(version):
+            if r["variant"] == "pointer":
+                kernel, parts = r["part"].split(" ")[0], parts | {r["part"]}
+                key = (kernel, _variants.float32_width(head_dim_tile(r["D"])), tuple(r["tile"]))
+                worst[key] = max(worst.get(key, 0), r["spill_stack_bytes"], 1 if "error" in r else 0)
+    assert {p.partition(" ")[2] for p in parts} >= {"dropout+softcap+alibi", "varlen", "varlen paged", "paged"}
+    lists = {(kernel, width): tiles for width in (64, 128, 256) for kernel, tiles in (
+        ("forward", fwd.FLOAT32_TILES[width]), ("decode", fwd.FLOAT32_DECODE_TILES[width]),
+        ("dkdv", bwd.FLOAT32_TILES["dkdv", width]), ("dq", bwd.FLOAT32_TILES["dq", width]))}
+    every, first = set(), set()
+    for (kernel, width), tiles in lists.items():
+        clean = [t for t in tiles if worst[kernel, width, t] == 0]
+        if not clean:
+            every.add((kernel, width))
+        elif tiles[0] not in clean:
+            first.add((kernel, width))
+    assert every == FLOAT32_EVERY_TILE_SPILLS, "float32 lists where every tile spills somewhere surveyed"
+    assert first == set(FLOAT32_FIRST_SPILLS), f"float32 lists whose first tile spills though another does not: " \
+                                               f"{sorted(first - set(FLOAT32_FIRST_SPILLS))}"
 
 
 @pytest.mark.parametrize("version", REPORTS)

@@ -250,13 +250,13 @@ def test_tritons_autotuner_runs_the_pruning_step(monkeypatch):
 
 
 @pytest.mark.parametrize("itemsize,D,want", [(2, 128, (16, 64, 4, 3)), (2, 256, (16, 64, 4, 3)),
-                                             (4, 64, (16, 64, 4, 2)), (4, 128, (16, 64, 8, 2)),
+                                             (4, 64, (16, 64, 8, 2)), (4, 128, (16, 64, 8, 2)),
                                              (4, 256, (16, 32, 8, 2))])
 def test_a_decoding_step_defaults_to_16_rows(itemsize, D, want):
     """With the autotuner off, ``T_q <= 16`` runs a 16-row tile in every variant (not warp-specialised:
-    that needs 64 rows per consumer warpgroup; float32 on 8 warps from D = 128, whose 4-warp tiles spill on
-    sm_90: flash_fwd.FLOAT32_DECODE_TILES); longer queries keep their usual tiles (32 rows or more, but
-    float32's 16 x 16 in 256-wide tiles: flash_fwd.FLOAT32_TILES)."""
+    that needs 64 rows per consumer warpgroup; float32 the first of flash_fwd.FLOAT32_DECODE_TILES, on 8
+    warps: at D = 64 the 4-warp tiles spill on a paged cache at D = 40); longer queries keep their usual tiles
+    (32 rows or more, but float32's 16 x 16 in 256-wide tiles: flash_fwd.FLOAT32_TILES)."""
     fwd = kernel_module("flash_fwd", CPU)
     for variant in _variants.VARIANTS.values():
         c = fwd.default_config(variant, D, itemsize, T_q=3)
