@@ -142,7 +142,7 @@ def float32_jobs(fwd, bwd, head_dims) -> list[tuple]:
 
 
 CACHE_NOTE = ("this run's wall time with Triton's on-disk cache as this machine had it: configs compiled by an "
-              "earlier run load from the cache instead, so a cold run takes longer (make survey: about 85 minutes "
+              "earlier run load from the cache instead, so a cold run takes longer (make survey: about 100 minutes "
               "for both tritons on 2 cores)")
 
 
