@@ -568,9 +568,9 @@ def usual_tile(D: int, warp_spec: bool, half: bool) -> tuple[int, int, int, int]
 
 def tma_pays(D: int, dtype: torch.dtype) -> bool:
     """Whether ``auto`` tries the TMA variants for a forward in tiles ``D`` wide: not for float32, whose TMA
-    tiles all spill registers on sm_90 (0.4 to 8 KB) where :data:`FLOAT32_TILES` through pointers spill none.
-    ``ATTN_COURSE_KERNEL=tma`` still runs it. (``D``: kept for the backward's signature, whose answer
-    depends on it.)"""
+    prefill tiles all spill registers on sm_90 (32 bytes to 2.8 KB) where :data:`FLOAT32_TILES` through pointers
+    spill none. ``ATTN_COURSE_KERNEL=tma`` still runs it. (``D``: kept for the backward's signature, whose
+    answer depends on it.)"""
     return dtype != torch.float32
 
 
