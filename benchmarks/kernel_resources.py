@@ -122,22 +122,20 @@ def float32_jobs(fwd, bwd, head_dims) -> list[tuple]:
     every head dim surveyed, and through TMA at :data:`FLOAT32_TMA_HEAD_DIMS`; then through pointers with all
     three features on and for packed batches (:data:`FLOAT32_EXTRA_PARTS`), and on a paged cache (``forward
     varlen paged``, ``decode paged``). Single features and pairs are not surveyed in float32."""
+    def tiles(part: str, D: int) -> list:  # float32's list for a survey part, named by its kernel (first word)
+        kernel = part.split(" ")[0]
+        if kernel == "forward":
+            return fwd.candidate_tiles(D, False, True)
+        return fwd.decode_tiles(D, True) if kernel == "decode" else bwd.candidate_tiles(kernel, D, True)
+
+    plain = ("forward", "decode", "dkdv", "dq")
+    extra = [f"{kernel} {suffix}" for suffix in FLOAT32_EXTRA_PARTS for kernel in ("forward", "dkdv", "dq")]
+    extra += ["forward varlen paged", "decode paged"]
     out = []
     for D in head_dims:
         for variant in ("pointer", "tma") if D in FLOAT32_TMA_HEAD_DIMS else ("pointer",):
-            out += [("forward", variant, "float32", D, tuple(t), False) for t in fwd.candidate_tiles(D, False, True)]
-            out += [("decode", variant, "float32", D, tuple(t), False) for t in fwd.decode_tiles(D, True)]
-            for part in ("dkdv", "dq"):
-                out += [(part, variant, "float32", D, tuple(t), False) for t in bwd.candidate_tiles(part, D, True)]
-        for suffix in FLOAT32_EXTRA_PARTS:
-            out += [(f"forward {suffix}", "pointer", "float32", D, tuple(t), False)
-                    for t in fwd.candidate_tiles(D, False, True)]
-            for part in ("dkdv", "dq"):
-                out += [(f"{part} {suffix}", "pointer", "float32", D, tuple(t), False)
-                        for t in bwd.candidate_tiles(part, D, True)]
-        out += [("forward varlen paged", "pointer", "float32", D, tuple(t), False)
-                for t in fwd.candidate_tiles(D, False, True)]
-        out += [("decode paged", "pointer", "float32", D, tuple(t), False) for t in fwd.decode_tiles(D, True)]
+            out += [(part, variant, "float32", D, tuple(t), False) for part in plain for t in tiles(part, D)]
+        out += [(part, "pointer", "float32", D, tuple(t), False) for part in extra for t in tiles(part, D)]
     return out
 
 

@@ -424,8 +424,9 @@ def configs(variant: _variants.Variant, D: int, float32: bool = False) -> list[t
     space = [_variants.config(*t, hook, WARP_SPEC=False) for t in offered_tiles(D, False, float32)]
     if variant.warp_specialize:
         space += [_variants.config(*t, hook, WARP_SPEC=True) for t in offered_tiles(D, True, float32)]
-    return space + [_variants.config(*t, hook, WARP_SPEC=False) for t in decode_tiles(D, float32)
-                    if t not in (offered_tiles(D, False, True) if float32 else DECODE_SPILLS.get(D, []))]
+    # (not the decoding tiles that spill; float32: not those already offered for prefills, each config once)
+    skip = offered_tiles(D, False, True) if float32 else DECODE_SPILLS.get(D, [])
+    return space + [_variants.config(*t, hook, WARP_SPEC=False) for t in decode_tiles(D, float32) if t not in skip]
 
 
 # A Philox number per score (dropout), a tanh (softcap) or a bias (ALiBi) costs registers: at these head dims
@@ -566,11 +567,10 @@ def usual_tile(D: int, warp_spec: bool, half: bool) -> tuple[int, int, int, int]
     return 128, 64, 4 if D <= 64 else 8, 3
 
 
-def tma_pays(D: int, dtype: torch.dtype) -> bool:
-    """Whether ``auto`` tries the TMA variants for a forward in tiles ``D`` wide: not for float32, whose TMA
+def tma_pays(dtype: torch.dtype) -> bool:
+    """Whether ``auto`` tries the TMA variants for a forward of ``dtype`` inputs: not for float32, whose TMA
     prefill tiles all spill registers on sm_90 (32 bytes to 2.8 KB) where :data:`FLOAT32_TILES` through pointers
-    spill none. ``ATTN_COURSE_KERNEL=tma`` still runs it. (``D``: kept for the backward's signature, whose
-    answer depends on it.)"""
+    spill none. ``ATTN_COURSE_KERNEL=tma`` still runs it."""
     return dtype != torch.float32
 
 
@@ -704,7 +704,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         # (packed batches and caches read a sequence's overhanging tile in a loop of its own, which the
         # warp-specialisation pass, wanting one key loop, does not take)
         chain = _variants.chain(q.device, (q, k, v, out), warp_spec=not (varlen or seqused_k is not None),
-                                tma_pays=tma_pays(tile_d, q.dtype))
+                                tma_pays=tma_pays(q.dtype))
         if block_table is not None:  # (a copy engine's box is consecutive rows; a tile's rows may span pages)
             chain = [_variants.VARIANTS["pointer"]]
         _variants.run(chain, (str(q.device), q.dtype, D, "forward"), launch)

@@ -160,7 +160,7 @@ def test_float32_runs_its_own_first_tiles_through_pointers_and_they_do_not_spill
     survey test below checks every listed tile under both tritons)."""
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
     width = _variants.float32_width(head_dim_tile(D))
-    assert not fwd.tma_pays(head_dim_tile(D), torch.float32) and fwd.tma_pays(head_dim_tile(D), torch.bfloat16)
+    assert not fwd.tma_pays(torch.float32) and fwd.tma_pays(torch.bfloat16)
     assert not bwd.tma_pays(head_dim_tile(D), False, torch.float32)
     (prefill,) = forward_launches("pointer", torch.float32, D)
     decode, _ = decoding_launches("pointer", torch.float32, D)
@@ -336,7 +336,7 @@ def float32_offered(r) -> bool:
                           {"Q": torch.empty(0, dtype=torch.float32)}, HEAD_DIM=width, D_REAL=r["D"], IS_VARLEN=False,
                           IEEE=True)
     else:
-        if variant.tma != fwd.tma_pays(width, torch.float32):
+        if variant.tma != fwd.tma_pays(torch.float32):
             return False
         space = fwd.prune_for_lengths(fwd.configs(variant, width, True),
                                       {"TUNE_T_Q": 1 if r["part"] == "decode" else 4096}, HEAD_DIM=width,
@@ -376,15 +376,10 @@ def test_float32_defaults_spill_in_no_surveyed_part_where_their_list_has_such_a_
     autotuner is offered the whole list whatever the launch (float32's features, packing and pages are surveyed,
     not pruned: some tiles spill there, up to about a kilobyte on a paged cache)."""
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
-    worst: dict[tuple, int] = {}
-    parts = set()
-    for version in REPORTS:
-        for r in float32_rows(version):
-            if r["variant"] == "pointer":
-                kernel, parts = r["part"].split(" ")[0], parts | {r["part"]}
-                key = (kernel, _variants.float32_width(head_dim_tile(r["D"])), tuple(r["tile"]))
-                worst[key] = max(worst.get(key, 0), r["spill_stack_bytes"], 1 if "error" in r else 0)
-    assert {p.partition(" ")[2] for p in parts} >= {"dropout+softcap+alibi", "varlen", "varlen paged", "paged"}
+    rows = [r for version in REPORTS for r in float32_rows(version) if r["variant"] == "pointer"]
+    assert {r["part"].partition(" ")[2] for r in rows} >= {"dropout+softcap+alibi", "varlen", "varlen paged", "paged"}
+    worst = worst_by_tile(rows, lambda r: (r["part"].split(" ")[0], _variants.float32_width(head_dim_tile(r["D"])),
+                                           tuple(r["tile"])))
     lists = {(kernel, width): tiles for width in (64, 128, 256) for kernel, tiles in (
         ("forward", fwd.FLOAT32_TILES[width]), ("decode", fwd.FLOAT32_DECODE_TILES[width]),
         ("dkdv", bwd.FLOAT32_TILES["dkdv", width]), ("dq", bwd.FLOAT32_TILES["dq", width]))}
