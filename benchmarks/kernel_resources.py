@@ -111,17 +111,18 @@ def jobs(dtypes=("float16", "float32"), head_dims=HEAD_DIMS):
 FLOAT32_TMA_HEAD_DIMS = (64, 128)
 
 
-# float32's parts beyond the plain ones, through pointers: all three features at once (the most registers), packed
-# batches and paged caches (its defaults avoid the tiles that spill there: tests/test_kernels_compile.py)
-FLOAT32_EXTRA_PARTS = ("dropout+softcap+alibi", "varlen")
+# float32's parts beyond the plain ones, through pointers: every feature alone, each pair and all three, and packed
+# batches; paged caches beside them (float32's pruning skips the tiles that spill there, flash_fwd and
+# flash_bwd.FLOAT32_SPILLS, and its defaults avoid them: tests/test_kernels_compile.py)
+FLOAT32_EXTRA_PARTS = (*FEATURES, "varlen")
 
 
 def float32_jobs(fwd, bwd, head_dims) -> list[tuple]:
     """float32's own tiles (``flash_fwd.FLOAT32_TILES`` and ``FLOAT32_DECODE_TILES``, ``flash_bwd.FLOAT32_TILES``):
     the forward, a decoding step and both backward kernels, through pointers (what ``auto`` runs for float32) at
-    every head dim surveyed, and through TMA at :data:`FLOAT32_TMA_HEAD_DIMS`; then through pointers with all
-    three features on and for packed batches (:data:`FLOAT32_EXTRA_PARTS`), and on a paged cache (``forward
-    varlen paged``, ``decode paged``). Single features and pairs are not surveyed in float32."""
+    every head dim surveyed, and through TMA at :data:`FLOAT32_TMA_HEAD_DIMS`; then through pointers with each
+    feature, pair and all three, and for packed batches (:data:`FLOAT32_EXTRA_PARTS`), and on a paged cache
+    (``forward varlen paged``, ``decode paged``)."""
     def tiles(part: str, D: int) -> list:  # float32's list for a survey part, named by its kernel (first word)
         kernel = part.split(" ")[0]
         if kernel == "forward":
@@ -140,7 +141,7 @@ def float32_jobs(fwd, bwd, head_dims) -> list[tuple]:
 
 
 CACHE_NOTE = ("this run's wall time with Triton's on-disk cache as this machine had it: configs compiled by an "
-              "earlier run load from the cache instead, so a cold run takes longer (make survey: about 100 minutes "
+              "earlier run load from the cache instead, so a cold run takes longer (make survey: about 115 minutes "
               "for both tritons on 2 cores)")
 
 

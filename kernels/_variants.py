@@ -201,6 +201,29 @@ def float32_width(D: int) -> int:
     return 64 if D <= 64 else 128 if D <= 128 else 256
 
 
+def float32_spills_key(kernel: str, width: int, constexprs: dict) -> tuple[str, int, bool]:
+    """How float32's spill lists (``flash_fwd.FLOAT32_SPILLS``, ``flash_bwd.FLOAT32_SPILLS``) name a launch of
+    ``kernel`` ("forward", "decode", "dkdv" or "dq") in tiles ``width`` columns wide: the kernel, the width its tile
+    lists are keyed by (:func:`float32_width`) and whether the head dim is padded to it (:func:`padded`; surveyed at
+    40, 80 and 160, whose lists serve every padded head dim of that width)."""
+    return kernel, float32_width(width), padded(width, constexprs)
+
+
+FEATURE_FLAGS = ("DROPOUT", "SOFTCAP", "ALIBI")  # (the order the spill lists' combined names use: "DROPOUT+ALIBI")
+
+
+def fewest_float32_spills(items: list, tile, table: dict, kernel: str, width: int, constexprs: dict) -> list:
+    """:func:`fewest_spills` for a float32 launch of ``kernel`` in tiles ``width`` columns wide, whose constexprs are
+    ``constexprs``, over float32's lists ``table`` (``flash_fwd.FLOAT32_SPILLS``, ``flash_bwd.FLOAT32_SPILLS``): the
+    list of exactly the launch's combination of features (each one and each combination is surveyed in float32, and
+    a tile may spill with one feature alone yet not beside another), and those of a packed batch (``IS_VARLEN``) and
+    of a paged cache (``PAGED``) when the launch is one, at :func:`float32_spills_key`."""
+    names = {"+".join(f for f in FEATURE_FLAGS if constexprs.get(f))} | \
+        {name for name in ("IS_VARLEN", "PAGED") if constexprs.get(name)}
+    lists = {name: by_key for name, by_key in table.items() if name in names}
+    return fewest_spills(items, tile, lists, float32_spills_key(kernel, width, constexprs), **constexprs)
+
+
 def feature_spills(table: dict, key, **features) -> list:
     """The tiles ``table`` lists at ``key`` (a head dim, or ``(kernel, head dim)``) for the features switched on
     in ``features``: ``table`` maps a feature's constexpr (``DROPOUT``, ``SOFTCAP``, ``ALIBI``), or a

@@ -386,9 +386,9 @@ WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2)]  # (64, 32, 4
 # width or at the head dims padded to it (benchmarks/results/kernel_resources_sm90*.json, dtype "float32";
 # tests/test_kernels_compile.py): dK/dV in 64-wide tiles has one such tile of the 21 probed (the others spill 8 bytes
 # to 13 KB, at D = 40 or under 3.6 where least). Keyed by kernel and width (_variants.float32_width: 64 also serves 16
-# and 32); each list's first runs with the autotuner off: where it can, one that spills in no float32 part surveyed
-# (with all three features or packed too), but dK/dV's 16 x 64, 16 bytes with all three features under 3.6, kept for
-# reading q and dO a quarter as often as 16 x 16 (tests/test_kernels_compile.py). None is timed.
+# and 32). With features or packed some spill (FLOAT32_SPILLS below), and such a launch skips them; with the
+# autotuner off a launch runs the first tile its pruning keeps (dK/dV's 16 x 64 at 128 wide reads q and dO a quarter as
+# often as 16 x 16, which it falls back to with dropout). None is timed.
 FLOAT32_TILES = {
     ("dkdv", 64): [(16, 32, 8, 2)],
     ("dq", 64): [(32, 64, 8, 2), (16, 64, 4, 2)],
@@ -396,6 +396,50 @@ FLOAT32_TILES = {
     ("dq", 128): [(32, 64, 8, 3), (32, 64, 8, 2), (16, 64, 4, 2)],
     ("dkdv", 256): [(16, 16, 8, 2)],
     ("dq", 256): [(16, 16, 8, 2), (16, 16, 4, 2)],
+}
+# float32's tiles that spill registers on sm_90 through pointers under triton 3.9 or 3.6 with a feature, a pair or all
+# three on, or for a packed batch (parts "dkdv dropout", "dq varlen", ... of the float32 rows of
+# benchmarks/results/kernel_resources_sm90*.json): 8 to 80 bytes. Keyed and skipped as flash_fwd.FLOAT32_SPILLS (by
+# the launch's constexprs, then by (kernel, width, padded)), and as there, where every tile spills in a part the list
+# leaves out the least spilling, which the pruning keeps: dK/dV's one 64-wide tile (16 bytes with dropout, 24 with
+# all three features), its 16 x 16 at 128 wide with dropout and ALiBi (8 bytes, against 32 to 80), dQ's with dropout
+# and ALiBi at D = 64 and 160 and with all three at D = 40 (8 to 24 bytes), and with a softcap at D = 64 (16).
+FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, int]]]] = {
+    "DROPOUT": {
+        ("dkdv", 128, False): [(16, 64, 8, 2)],
+        ("dkdv", 128, True): [(16, 64, 8, 2)],
+        ("dq", 64, False): [(16, 64, 4, 2)],
+        ("dq", 64, True): [(32, 64, 8, 2)],
+        ("dq", 128, False): [(16, 64, 4, 2), (32, 64, 8, 2)],
+        ("dq", 128, True): [(32, 64, 8, 2)],
+    },
+    "SOFTCAP": {
+        ("dq", 64, False): [(16, 64, 4, 2)],
+    },
+    "DROPOUT+SOFTCAP": {
+        ("dq", 64, False): [(16, 64, 4, 2)],
+        ("dq", 64, True): [(32, 64, 8, 2)],
+        ("dq", 128, False): [(16, 64, 4, 2), (32, 64, 8, 2)],
+        ("dq", 128, True): [(16, 64, 4, 2), (32, 64, 8, 2)],
+    },
+    "DROPOUT+ALIBI": {
+        ("dkdv", 128, False): [(16, 64, 8, 2)],
+        ("dkdv", 128, True): [(16, 64, 8, 2)],
+        ("dq", 64, True): [(32, 64, 8, 2)],
+        ("dq", 256, True): [(16, 16, 4, 2)],
+    },
+    "DROPOUT+SOFTCAP+ALIBI": {
+        ("dkdv", 128, False): [(16, 64, 8, 2)],
+        ("dkdv", 128, True): [(16, 64, 8, 2)],
+        ("dq", 64, False): [(32, 64, 8, 2)],
+        ("dq", 64, True): [(32, 64, 8, 2)],
+        ("dq", 128, False): [(16, 64, 4, 2), (32, 64, 8, 2)],
+        ("dq", 128, True): [(16, 64, 4, 2), (32, 64, 8, 2)],
+        ("dq", 256, True): [(16, 16, 4, 2)],
+    },
+    "IS_VARLEN": {
+        ("dq", 64, False): [(16, 64, 4, 2)],
+    },
 }
 TMA_HEAD_DIMS = (16, 32, 64, 128)
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
@@ -517,9 +561,11 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
 def prune_for_features(kernel: str, configs: list[triton.Config], nargs: dict, **kwargs) -> list[triton.Config]:
     """A launch with dropout, a softcap or ALiBi (``DROPOUT``, ``SOFTCAP``, ``ALIBI``) skips the tiles of
     :data:`FEATURE_SPILLS` (if every tile spills with them, keeps those that spill least:
-    :func:`_variants.fewest_spills`)."""
-    if kwargs.get("IEEE"):  # (the lists are 16-bit surveys; float32 has tiles of its own)
-        return configs
+    :func:`_variants.fewest_spills`); a float32 launch (``IEEE``) those of :data:`FLOAT32_SPILLS` with its features
+    or packed (``IS_VARLEN``), at its head dim padded or not."""
+    if kwargs.get("IEEE"):  # (the lists are 16-bit surveys; float32 has tiles and lists of its own)
+        return _variants.fewest_float32_spills(configs, _variants.tile_of, FLOAT32_SPILLS, kernel, kwargs["HEAD_DIM"],
+                                               kwargs)
     return _variants.fewest_spills(configs, _variants.tile_of, FEATURE_SPILLS, (kernel, kwargs["HEAD_DIM"]), **kwargs)
 
 
@@ -563,13 +609,14 @@ def configs(kernel: str, variant: _variants.Variant, D: int, float32: bool = Fal
 def default_config(kernel: str, D: int, itemsize: int, packed: bool = False, **features) -> triton.Config:
     """The config used when autotuning is off: the first candidate for 16-bit inputs (no spills at any
     head dim), or for a packed batch through pointers (``packed``) or with ``DROPOUT``, ``SOFTCAP`` or ``ALIBI``
-    on in ``features`` (the launch's constexprs) the first that does not spill there; float32's first
-    (:data:`FLOAT32_TILES`) for float32."""
+    on in ``features`` (the launch's constexprs) the first that does not spill there; for float32 the first of its
+    own list (:data:`FLOAT32_TILES`) that spills least with the launch's features (:data:`FLOAT32_SPILLS`)."""
     if itemsize == 2:
         spills = packed_pointer_spills(kernel, D, _variants.padded(D, features)) if packed else []
         tiles = [t for t in candidate_tiles(kernel, D) if t not in spills]
         return _variants.config(*_variants.fewest_spills(tiles, tuple, FEATURE_SPILLS, (kernel, D), **features)[0])
-    return _variants.config(*candidate_tiles(kernel, D, True)[0])
+    tiles = candidate_tiles(kernel, D, True)
+    return _variants.config(*_variants.fewest_float32_spills(tiles, tuple, FLOAT32_SPILLS, kernel, D, features)[0])
 
 
 def _views(x: torch.Tensor, varlen: bool):

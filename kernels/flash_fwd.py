@@ -355,9 +355,8 @@ WIDE_DECODE_TILES = [(16, 64, 4, 3), (16, 64, 4, 4)]
 # head dims padded to it (40, 80 and 160 surveyed): small query tiles, on 8 warps mostly
 # (benchmarks/results/kernel_resources_sm90*.json, dtype "float32"; tests/test_kernels_compile.py checks them).
 # Through TMA every float32 prefill tile spills (32 bytes to 2.8 KB), so auto runs float32 through pointers
-# (tma_pays). Each list's first runs with the autotuner off: where the list has one, a tile that spills in no float32
-# part surveyed (all three features, packed batches and paged caches too; the autotuner, offered the whole list, may
-# try tiles that spill there, up to about a kilobyte paged). None is timed.
+# (tma_pays). With features, packed or paged some of these spill (FLOAT32_SPILLS below): such a launch skips them.
+# With the autotuner off a launch runs the first tile its pruning keeps. None is timed.
 FLOAT32_TILES = {
     64: [(32, 64, 8, 2), (32, 32, 4, 2), (64, 16, 8, 2), (16, 64, 4, 2), (16, 64, 8, 2), (32, 16, 4, 2)],
     128: [(32, 16, 8, 2), (16, 64, 4, 2), (16, 128, 8, 2), (16, 16, 8, 2)],
@@ -367,6 +366,66 @@ FLOAT32_DECODE_TILES = {
     64: [(16, 64, 8, 2), (16, 64, 4, 2), (16, 64, 4, 3)],
     128: [(16, 64, 8, 2), (16, 16, 4, 2)],
     256: [(16, 32, 8, 2)],
+}
+# float32's tiles that spill registers on sm_90 through pointers (what auto runs for float32) under triton 3.9 or 3.6
+# with a feature, a pair or all three on (parts "forward dropout", "forward dropout+alibi", ... of the float32 rows of
+# benchmarks/results/kernel_resources_sm90*.json), for a packed batch ("forward varlen") or on a paged cache ("forward
+# varlen paged", "decode paged"): 8 to 48 bytes but paged, up to 1.1 KB there (at D = 40). Keyed, as FEATURE_SPILLS,
+# by the launch's constexprs (IS_VARLEN: packed; PAGED: paged), then by (kernel, width, padded)
+# (_variants.float32_spills_key: "forward" or "decode"; the lists' width; a padded head dim, surveyed at 40, 80 and
+# 160, has lists of its own). A float32 launch's autotuner skips the list of its combination of features and those of
+# its layout, and its default is the first tile left (_variants.fewest_float32_spills). Where every tile spills in a
+# part (decoding paged at D = 160 and 256, 40 and 48 bytes; a packed paged prefill at 160, 8), the list leaves out the
+# least spilling, which the pruning then keeps; tests/test_kernels_compile.py checks the lists against both surveys.
+FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, int]]]] = {
+    "DROPOUT": {
+        ("forward", 64, False): [(32, 32, 4, 2)],
+        ("forward", 64, True): [(32, 32, 4, 2), (32, 64, 8, 2)],
+        ("forward", 128, False): [(16, 128, 8, 2)],
+        ("forward", 128, True): [(16, 128, 8, 2)],
+    },
+    "SOFTCAP": {
+        ("forward", 64, False): [(32, 64, 8, 2), (64, 16, 8, 2)],
+        ("forward", 64, True): [(16, 64, 8, 2), (64, 16, 8, 2)],
+    },
+    "ALIBI": {
+        ("forward", 64, False): [(32, 64, 8, 2)],
+    },
+    "DROPOUT+SOFTCAP": {
+        ("forward", 64, False): [(16, 64, 4, 2), (16, 64, 8, 2), (32, 32, 4, 2)],
+        ("forward", 64, True): [(16, 64, 8, 2), (32, 16, 4, 2), (32, 64, 8, 2), (64, 16, 8, 2)],
+        ("forward", 128, False): [(16, 128, 8, 2)],
+        ("forward", 128, True): [(16, 128, 8, 2)],
+    },
+    "DROPOUT+ALIBI": {
+        ("forward", 64, False): [(16, 64, 4, 2), (32, 64, 8, 2)],
+        ("forward", 64, True): [(16, 64, 8, 2), (32, 64, 8, 2)],
+        ("forward", 128, False): [(16, 128, 8, 2), (32, 16, 8, 2)],
+        ("forward", 128, True): [(16, 128, 8, 2), (32, 16, 8, 2)],
+    },
+    "SOFTCAP+ALIBI": {
+        ("forward", 64, False): [(32, 64, 8, 2), (64, 16, 8, 2)],
+        ("forward", 64, True): [(16, 64, 8, 2), (32, 16, 4, 2), (64, 16, 8, 2)],
+    },
+    "DROPOUT+SOFTCAP+ALIBI": {
+        ("forward", 64, False): [(16, 64, 4, 2), (16, 64, 8, 2), (32, 32, 4, 2)],
+        ("forward", 64, True): [(16, 64, 8, 2), (32, 32, 4, 2), (32, 64, 8, 2), (64, 16, 8, 2)],
+        ("forward", 128, False): [(16, 128, 8, 2)],
+        ("forward", 128, True): [(16, 128, 8, 2)],
+    },
+    "IS_VARLEN": {
+        ("forward", 64, False): [(32, 32, 4, 2)],
+        ("forward", 64, True): [(32, 16, 4, 2), (32, 64, 8, 2)],
+    },
+    "PAGED": {
+        ("decode", 64, False): [(16, 64, 4, 3)],
+        ("decode", 64, True): [(16, 64, 4, 2), (16, 64, 4, 3)],
+        ("decode", 128, False): [(16, 16, 4, 2)],
+        ("forward", 64, False): [(32, 32, 4, 2), (32, 64, 8, 2)],
+        ("forward", 64, True): [(16, 64, 4, 2), (32, 32, 4, 2)],
+        ("forward", 128, False): [(16, 64, 4, 2), (16, 128, 8, 2)],
+        ("forward", 128, True): [(16, 64, 4, 2), (16, 128, 8, 2)],
+    },
 }
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
 INTERPRETER_DECODE_BLOCKS = {"BLOCK_M": DECODE_ROWS, "BLOCK_N": 32}
@@ -521,8 +580,8 @@ def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> li
     (``DROPOUT``, ``SOFTCAP``, ``ALIBI``: constexprs the autotuner passes as keywords) none of their
     :data:`FEATURE_SPILLS`, nor, for a padded head dim (``D_REAL < HEAD_DIM``; a caller that names no ``D_REAL``
     means the tile's own width), the ``PADDED`` list (on a paged cache ``PADDED+PAGED`` too); the autotuner then
-    times what is left. (Those lists are 16-bit surveys: a float32 launch, ``IEEE``, has tiles of its own and keeps
-    them all.)"""
+    times what is left. (Those lists are 16-bit surveys: a float32 launch, ``IEEE``, has tiles of its own and skips
+    those of :data:`FLOAT32_SPILLS` instead.)"""
     width, float32 = kwargs["HEAD_DIM"], bool(kwargs.get("IEEE"))
     if is_decoding(nargs["TUNE_T_Q"]):
         wanted = decode_tiles(width, float32)
@@ -530,7 +589,8 @@ def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> li
         wanted = offered_tiles(width, False, float32) + offered_tiles(width, True, float32)
     kept = [c for c in configs if _variants.tile_of(c) in wanted]
     if float32:
-        return kept
+        kernel = "decode" if is_decoding(nargs["TUNE_T_Q"]) else "forward"
+        return _variants.fewest_float32_spills(kept, _variants.tile_of, FLOAT32_SPILLS, kernel, width, kwargs)
     return _variants.fewest_spills(kept, lambda c: (*_variants.tile_of(c), c.kwargs["WARP_SPEC"]), FEATURE_SPILLS,
                                    kwargs["HEAD_DIM"], **kwargs, PADDED=_variants.padded(kwargs["HEAD_DIM"], kwargs))
 
@@ -538,28 +598,31 @@ def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> li
 def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int | None = None,
                    **features) -> triton.Config:
     """The one config used when autotuning is off: 16-row tiles for ``T_q <= DECODE_ROWS`` (decoding); else
-    big query tiles for 16-bit inputs, smaller ones where float32 or a wide head would overflow shared
-    memory, and the warp-specialised variant with WS on. ``features``: the launch's constexprs; where that
-    tile spills with them (16-bit inputs with ``DROPOUT``, ``SOFTCAP``, ``ALIBI`` or ``PAGED`` on, or a padded
-    head dim, ``D_REAL < D``: :data:`FEATURE_SPILLS`), the first tile :func:`configs` offers that spills
-    least then (:func:`_variants.fewest_spills`)."""
-    if T_q is not None and is_decoding(T_q):
-        tile = decode_tiles(D, float32=itemsize == 4)[0]
+    big query tiles for 16-bit inputs, smaller ones where a wide head would overflow shared memory, and the
+    warp-specialised variant with WS on. ``features``: the launch's constexprs; where that tile spills with them
+    (``DROPOUT``, ``SOFTCAP``, ``ALIBI`` or ``PAGED`` on, or a padded head dim, ``D_REAL < D``:
+    :data:`FEATURE_SPILLS`), the first tile :func:`configs` offers that spills least then
+    (:func:`_variants.fewest_spills`). float32 (``itemsize`` 4): the first of its own list (:data:`FLOAT32_TILES`,
+    :data:`FLOAT32_DECODE_TILES`) that spills least with the launch's features (:data:`FLOAT32_SPILLS`)."""
+    decoding = T_q is not None and is_decoding(T_q)
+    if itemsize == 4:  # (float32's lists, less what spills with the launch's features: FLOAT32_SPILLS)
+        tiles = decode_tiles(D, True) if decoding else candidate_tiles(D, False, True)
+        kernel = "decode" if decoding else "forward"
+        tile = _variants.fewest_float32_spills(tiles, tuple, FLOAT32_SPILLS, kernel, D, features)[0]
         return _variants.config(*tile, WARP_SPEC=False)
-    ws, half = variant.warp_specialize, itemsize == 2
+    if decoding:
+        return _variants.config(*decode_tiles(D)[0], WARP_SPEC=False)
+    ws = variant.warp_specialize
     features = dict(features, PADDED=_variants.padded(D, features))
-    tile = usual_tile(D, ws, half)
-    if half and (*tile, ws) in _variants.feature_spills(FEATURE_SPILLS, D, **features):
+    tile = usual_tile(D, ws)
+    if (*tile, ws) in _variants.feature_spills(FEATURE_SPILLS, D, **features):
         tile = _variants.fewest_spills(offered_tiles(D, ws), lambda t: (*t, ws), FEATURE_SPILLS, D, **features)[0]
     return _variants.config(*tile, WARP_SPEC=ws)
 
 
-def usual_tile(D: int, warp_spec: bool, half: bool) -> tuple[int, int, int, int]:
-    """:func:`default_config`'s tile before any feature: float32's first (:data:`FLOAT32_TILES`); the first
-    warp-specialised candidate with WS on; at D = 256 the first wide tile; else 128 query rows (on 8 warps at
-    D = 128)."""
-    if not half:
-        return candidate_tiles(D, False, True)[0]
+def usual_tile(D: int, warp_spec: bool) -> tuple[int, int, int, int]:
+    """:func:`default_config`'s 16-bit tile before any feature: the first warp-specialised candidate with WS on; at
+    D = 256 the first wide tile; else 128 query rows (on 8 warps at D = 128)."""
     if warp_spec:
         return candidate_tiles(D, True)[0]
     if D > 128:

@@ -320,8 +320,8 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
                     f"(triton {version}): {bad}"
 
 
-FLOAT32_PLAIN_PARTS = ("forward", "decode", "dkdv", "dq")  # (the survey's other float32 parts: all three features,
-# packed batches, paged caches: test_float32_defaults_...)
+FLOAT32_PLAIN_PARTS = ("forward", "decode", "dkdv", "dq")  # (the survey's other float32 parts: each feature, pair and
+# all three, packed batches, paged caches: test_float32_launches_keep_only_tiles_that_spill_...)
 
 
 def float32_offered(r) -> bool:
@@ -362,37 +362,112 @@ def test_no_float32_config_the_autotuner_tries_on_hopper_spills_registers(versio
     assert not [r for r in offered if r["HGMMA"] or r["HMMA"]], "float32 ran on tensor cores: TF32, not IEEE?"
 
 
-# float32 lists none of whose tiles spills in no float32 part surveyed (the worst, over both tritons and the head dims
-# the width serves), and one list whose first tile spills there though another does not, with why it stays first
-FLOAT32_EVERY_TILE_SPILLS = {("forward", 64), ("forward", 256), ("decode", 256), ("dkdv", 64), ("dq", 64)}
-FLOAT32_FIRST_SPILLS = {("dkdv", 128): "16 x 64 spills 16 bytes with all three features under triton 3.6 only; "
-                                        "16 x 16 would read q and dO four times as often"}
+def float32_launch(r) -> dict:
+    """The constexprs of the launch float32 survey row ``r`` compiles (``forward dropout+alibi`` at D = 80: dropout and
+    ALiBi on, head dim 80 in 128-wide tiles; ``forward varlen paged``: packed, on a paged cache), as a pruning step
+    and ``default_config`` get them."""
+    suffix = r["part"].partition(" ")[2]
+    return dict(HEAD_DIM=head_dim_tile(r["D"]), D_REAL=r["D"], IEEE=True, IS_VARLEN=suffix.startswith("varlen"),
+                PAGED=suffix.endswith("paged"), **{flag: flag.lower() in suffix.split("+")
+                                                   for flag in ("DROPOUT", "SOFTCAP", "ALIBI")})
 
 
-def test_float32_defaults_spill_in_no_surveyed_part_where_their_list_has_such_a_tile():
-    """With the autotuner off float32 runs each list's first tile: where the list has a tile that spills in no
-    float32 part of the surveys (plain, all three features, packed, paged; under triton 3.9 and 3.6; at every head
-    dim its width serves, 40 for 64, 80 for 128, 160 for 256), the first is one, but where named above. The
-    autotuner is offered the whole list whatever the launch (float32's features, packing and pages are surveyed,
-    not pruned: some tiles spill there, up to about a kilobyte on a paged cache)."""
+def float32_spills_entry(r) -> tuple[str, tuple[str, int, bool]]:
+    """Where ``FLOAT32_SPILLS`` (flash_fwd's or flash_bwd's, by the kernel) lists the tiles that spill in float32
+    survey row ``r``'s part: the name (``DROPOUT+ALIBI``; a packed batch ``IS_VARLEN``; a paged cache, packed
+    queries or a decoding step, ``PAGED``) and the key ``(kernel, width, padded)``."""
+    kernel, _, suffix = r["part"].partition(" ")
+    name = "PAGED" if suffix.endswith("paged") else "IS_VARLEN" if suffix == "varlen" else suffix.upper()
+    return name, _variants.float32_spills_key(kernel, head_dim_tile(r["D"]), {"D_REAL": r["D"]})
+
+
+def float32_pointer_rows() -> list[dict]:
+    """float32's pointer rows (what ``auto`` runs for float32) of both surveys."""
+    return [r for version in REPORTS for r in float32_rows(version) if r["variant"] == "pointer"]
+
+
+def test_float32_spill_lists_name_exactly_the_tiles_that_spill_in_their_surveyed_part():
+    """``FLOAT32_SPILLS`` of flash_fwd (prefill and decoding tiles) and flash_bwd (dK/dV, dQ) list, for each float32
+    part surveyed beyond the plain ones (each feature alone, each pair and all three; a packed batch; a paged cache)
+    at each head dim (the padded ones apart), exactly the tiles of float32's lists that spill there, or fail to
+    compile, under triton 3.9 or 3.6, but where every tile spills there the least spilling, which the list leaves
+    out so that the pruning keeps it; and nothing else."""
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
-    rows = [r for version in REPORTS for r in float32_rows(version) if r["variant"] == "pointer"]
-    assert {r["part"].partition(" ")[2] for r in rows} >= {"dropout+softcap+alibi", "varlen", "varlen paged", "paged"}
-    worst = worst_by_tile(rows, lambda r: (r["part"].split(" ")[0], _variants.float32_width(head_dim_tile(r["D"])),
-                                           tuple(r["tile"])))
-    lists = {(kernel, width): tiles for width in (64, 128, 256) for kernel, tiles in (
-        ("forward", fwd.FLOAT32_TILES[width]), ("decode", fwd.FLOAT32_DECODE_TILES[width]),
-        ("dkdv", bwd.FLOAT32_TILES["dkdv", width]), ("dq", bwd.FLOAT32_TILES["dq", width]))}
-    every, first = set(), set()
-    for (kernel, width), tiles in lists.items():
-        clean = [t for t in tiles if worst[kernel, width, t] == 0]
-        if not clean:
-            every.add((kernel, width))
-        elif tiles[0] not in clean:
-            first.add((kernel, width))
-    assert every == FLOAT32_EVERY_TILE_SPILLS, "float32 lists where every tile spills somewhere surveyed"
-    assert first == set(FLOAT32_FIRST_SPILLS), f"float32 lists whose first tile spills though another does not: " \
-                                               f"{sorted(first - set(FLOAT32_FIRST_SPILLS))}"
+    parts = {}
+    for r in float32_pointer_rows():
+        if r["part"].partition(" ")[2]:
+            parts.setdefault((r["part"], r["D"]), []).append(r)
+    assert {part.partition(" ")[2] for part, _ in parts} == {*_survey("3.9")[0].FEATURES, "varlen", "varlen paged",
+                                                             "paged"}
+    spilling = {}
+    for group in parts.values():
+        worst = worst_by_tile(group, lambda r: tuple(r["tile"]))
+        for r in group:
+            left_out = all(worst.values()) and worst[tuple(r["tile"])] == min(worst.values())
+            if ("error" in r or r["spill_stack_bytes"]) and not left_out:
+                spilling.setdefault(float32_spills_entry(r), set()).add(tuple(r["tile"]))
+    listed = {}
+    for module in (fwd, bwd):
+        for name, by_key in module.FLOAT32_SPILLS.items():
+            for key, tiles in by_key.items():
+                assert len(set(tiles)) == len(tiles), f"{module.__name__}.FLOAT32_SPILLS[{name!r}][{key}] repeats"
+                assert key[0] in (("dkdv", "dq") if module is bwd else ("forward", "decode")), key
+                listed[name, key] = set(tiles)
+    listed = {k: v for k, v in listed.items() if v}
+    clean = sorted((k, v - spilling.get(k, set())) for k, v in listed.items() if v - spilling.get(k, set()))
+    missing = sorted((k, v - listed.get(k, set())) for k, v in spilling.items() if v - listed.get(k, set()))
+    assert listed == spilling, f"listed but clean (or least where all spill): {clean}; spilling, not listed: {missing}"
+
+
+# float32 parts where every tile of the list spills under triton 3.9 or 3.6: (part, head dim) -> the tiles the
+# pruning keeps there (those named by the fewest of the launch's lists), each with its larger spill in bytes
+FLOAT32_EVERY_TILE_SPILLS = {
+    ("decode paged", 160): {(16, 32, 8, 2): 40}, ("decode paged", 256): {(16, 32, 8, 2): 48},
+    ("forward varlen paged", 160): {(16, 16, 8, 2): 8},
+    ("dkdv dropout", 64): {(16, 32, 8, 2): 16}, ("dkdv dropout+softcap", 64): {(16, 32, 8, 2): 8},
+    ("dkdv dropout+alibi", 64): {(16, 32, 8, 2): 8}, ("dkdv dropout+softcap+alibi", 64): {(16, 32, 8, 2): 24},
+    ("dkdv dropout+alibi", 80): {(16, 16, 8, 2): 8}, ("dkdv dropout+alibi", 128): {(16, 16, 8, 2): 8},
+    ("dq softcap", 64): {(32, 64, 8, 2): 16}, ("dq dropout+alibi", 64): {(16, 64, 4, 2): 8, (32, 64, 8, 2): 8},
+    ("dq dropout+alibi", 160): {(16, 16, 8, 2): 8}, ("dq dropout+softcap+alibi", 40): {(16, 64, 4, 2): 24},
+}
+
+
+def test_float32_launches_keep_only_tiles_that_spill_in_their_part_under_neither_triton():
+    """For every float32 part surveyed (plain; each feature, pair and all three; packed; paged) at every head dim,
+    the launch's pruning step keeps a non-empty set of float32's tiles that spill there under neither triton, and
+    the autotuner-off default is one of them; where every tile spills (only where :data:`FLOAT32_EVERY_TILE_SPILLS`
+    says), the tiles kept are the ones it names, which spill least. A plain launch keeps the whole list."""
+    fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
+    pointer = _variants.VARIANTS["pointer"]
+    groups = {}
+    for r in float32_pointer_rows():
+        groups.setdefault((r["part"], r["D"]), []).append(r)
+    every = {}
+    for (part, D), group in sorted(groups.items()):
+        kernel, flags, width = part.split(" ")[0], float32_launch(group[0]), head_dim_tile(D)
+        worst = worst_by_tile(group, lambda r: tuple(r["tile"]))
+        if kernel in ("dkdv", "dq"):
+            space = bwd.prune(kernel, True, bwd.configs(kernel, pointer, width, True),
+                              {"Q": torch.empty(0, dtype=torch.float32)}, **flags)
+            default = bwd.default_config(kernel, width, 4, flags["IS_VARLEN"], **flags)
+        else:
+            T_q = 1 if kernel == "decode" else 4096
+            space = fwd.prune_for_lengths(fwd.configs(pointer, width, True), {"TUNE_T_Q": T_q}, **flags)
+            default = fwd.default_config(pointer, width, 4, T_q, **flags)
+        kept = {_variants.tile_of(c) for c in space}
+        assert kept <= set(worst), (part, D, kept - set(worst))
+        assert _variants.tile_of(default) in kept, f"{part} at D = {D}: the default {default} is not kept"
+        if part == kernel:
+            assert kept == set(worst), f"a plain float32 {part} at D = {D} skips tiles: {set(worst) - kept}"
+        if all(worst.values()):
+            every[part, D] = {tile: worst[tile] for tile in kept}
+        else:
+            assert kept and all(worst[t] == 0 for t in kept), \
+                f"float32 {part} at D = {D} keeps tiles that spill there: {[(t, worst[t]) for t in kept if worst[t]]}"
+    assert every == FLOAT32_EVERY_TILE_SPILLS
+    for (part, D), kept in every.items():  # (what is kept spills least there)
+        assert max(kept.values()) == min(worst_by_tile(groups[part, D], lambda r: tuple(r["tile"])).values()), \
+            (part, D, kept)
 
 
 @pytest.mark.parametrize("version", REPORTS)

@@ -634,6 +634,19 @@ def test_alibi_on_the_gpu_packed_cached_and_with_dropout():
     check_alibi_with_dropout("cuda")
 
 
+def tuned_with_all_three(tag: str) -> dict[str, set[tuple]]:
+    """Each autotuned kernel of tag ``tag`` ("D=128", "D=64 float32") and the tiles it picked for launches with
+    dropout, a softcap and ALiBi all on (``DROPOUT SOFTCAP ALIBI`` in the tuning key)."""
+    tuned = {}
+    for name, keys in _variants.tuned_configs().items():
+        for key, config in keys.items():
+            if name.endswith(tag) and key.split()[7:10] == ["True"] * 3:
+                tile = tuple(int(re.search(rf"{f}: (\d+)", config)[1])
+                             for f in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
+                tuned.setdefault(name.split()[0], set()).add(tile)
+    return tuned
+
+
 def test_dropout_softcap_and_alibi_at_once_through_the_autotuner(monkeypatch):
     """All three features at D = 128 in float16, through the autotuner: right, and each of its kernels tuned
     only among the tiles its pruning keeps (for dK/dV, where every tile spills under triton 3.6, the one that
@@ -649,16 +662,29 @@ def test_dropout_softcap_and_alibi_at_once_through_the_autotuner(monkeypatch):
                                  HEAD_DIM=128, IS_VARLEN=False, **on),
             "_attn_fwd": fwd.prune_for_lengths(fwd.configs(_variants.VARIANTS["tma+ws"], 128), {"TUNE_T_Q": 32},
                                                HEAD_DIM=128, **on)}
-    seen = set()
-    for name, keys in _variants.tuned_configs().items():
-        kernel = name.split()[0]
-        for key, config in keys.items():
-            if name.endswith("D=128") and key.split()[7:10] == ["True"] * 3:  # (DROPOUT SOFTCAP ALIBI in the key)
-                tile = tuple(int(re.search(rf"{f}: (\d+)", config)[1])
-                             for f in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
-                assert tile in {_variants.tile_of(c) for c in kept[kernel]}, (name, config)
-                seen.add(kernel)
-    assert seen == set(kept), f"tuned with all three features: {seen}"
+    tuned = tuned_with_all_three("D=128")
+    assert set(tuned) == set(kept), f"tuned with all three features: {set(tuned)}"
+    for kernel, tiles in tuned.items():
+        assert tiles <= {_variants.tile_of(c) for c in kept[kernel]}, (kernel, tiles)
+
+
+def test_float32_with_dropout_softcap_and_alibi_through_the_autotuner_skips_its_spilling_tiles(monkeypatch):
+    """The same in float32 at D = 64, through pointers: right, and each kernel tuned only among float32's tiles
+    that its pruning keeps with all three features on (``FLOAT32_SPILLS``: in float32 a prefill skips three of
+    its six, dQ one of two; dK/dV's one tile spills 24 bytes and is kept, there being no other)."""
+    monkeypatch.setenv(_variants.AUTOTUNE_ENV, "1")
+    check_dropout_softcap_and_alibi("cuda", D=64, dtype=torch.float32)
+    fwd, bwd = kernel_module("flash_fwd", torch.device("cuda")), kernel_module("flash_bwd", torch.device("cuda"))
+    pointer, f32 = _variants.VARIANTS["pointer"], {"Q": torch.empty(0, dtype=torch.float32)}
+    on = dict(HEAD_DIM=64, D_REAL=64, IEEE=True, IS_VARLEN=False, DROPOUT=True, SOFTCAP=True, ALIBI=True)
+    kept = {"_bwd_dkdv": bwd.prune("dkdv", True, bwd.configs("dkdv", pointer, 64, True), f32, **on),
+            "_bwd_dq": bwd.prune("dq", True, bwd.configs("dq", pointer, 64, True), f32, **on),
+            "_attn_fwd": fwd.prune_for_lengths(fwd.configs(pointer, 64, True), {"TUNE_T_Q": 32}, **on)}
+    assert len(kept["_attn_fwd"]) == 3 and len(kept["_bwd_dq"]) == 1
+    tuned = tuned_with_all_three("D=64 float32")
+    assert set(tuned) == set(kept), f"tuned with all three features in float32: {set(tuned)}"
+    for kernel, tiles in tuned.items():
+        assert tiles <= {_variants.tile_of(c) for c in kept[kernel]}, (kernel, tiles)
 
 
 @pytest.mark.parametrize("variant", VARIANTS[:2])

@@ -333,23 +333,69 @@ def test_a_float32_launch_offers_the_autotuner_float32_s_own_tiles(dtype, D, mon
 
 def test_float32_launches_ignore_the_16_bit_spill_lists(monkeypatch):
     """The features' and padding's spill lists (``FEATURE_SPILLS``) are 16-bit surveys: a float32 launch
-    (``IEEE``) keeps all of float32's own tiles whatever they name, even a float32 tile planted in them, while
-    a 16-bit launch skips what they name."""
+    (``IEEE``) keeps the same tiles whatever they name, even a float32 tile it keeps planted in them, while a
+    16-bit launch skips what they name."""
     fwd, bwd = kernel_module("flash_fwd", torch.device("cpu")), kernel_module("flash_bwd", torch.device("cpu"))
     pointer = _variants.VARIANTS["pointer"]
-    planted, planted_dq = fwd.FLOAT32_TILES[128][0], bwd.FLOAT32_TILES["dq", 128][0]
+    on = dict(HEAD_DIM=128, D_REAL=80, DROPOUT=True, SOFTCAP=True, ALIBI=True)
+
+    def kept():
+        prefill = fwd.prune_for_lengths(fwd.configs(pointer, 128, True), {"TUNE_T_Q": 4096}, **on, IEEE=True)
+        dq = bwd.prune("dq", True, bwd.configs("dq", pointer, 128, True), {"Q": torch.empty(0, dtype=F32)}, **on,
+                       IS_VARLEN=False, IEEE=True)
+        return [_variants.tile_of(c) for c in prefill], [_variants.tile_of(c) for c in dq]
+
+    before = kept()
+    planted, planted_dq = before[0][0], before[1][0]
     monkeypatch.setitem(fwd.FEATURE_SPILLS["DROPOUT"], 128, [*fwd.FEATURE_SPILLS["DROPOUT"][128], (*planted, False)])
     monkeypatch.setitem(bwd.FEATURE_SPILLS["DROPOUT"], ("dq", 128), [*bwd.FEATURE_SPILLS["DROPOUT"]["dq", 128],
                                                                     planted_dq])
-    on = dict(HEAD_DIM=128, D_REAL=80, DROPOUT=True, SOFTCAP=True, ALIBI=True)
-    kept = fwd.prune_for_lengths(fwd.configs(pointer, 128, True), {"TUNE_T_Q": 4096}, **on, IEEE=True)
-    assert [_variants.tile_of(c) for c in kept] == fwd.FLOAT32_TILES[128]
-    kept = bwd.prune("dq", True, bwd.configs("dq", pointer, 128, True), {"Q": torch.empty(0, dtype=F32)}, **on,
-                     IS_VARLEN=False, IEEE=True)
-    assert [_variants.tile_of(c) for c in kept] == bwd.FLOAT32_TILES["dq", 128]
+    assert kept() == before
     # (the same lists do prune a 16-bit launch)
     half = fwd.prune_for_lengths(fwd.configs(pointer, 128), {"TUNE_T_Q": 4096}, **on, IEEE=False)
     assert not {_variants.tile_of(c) for c in half} & {t[:4] for t in fwd.FEATURE_SPILLS["DROPOUT"][128]}
+
+
+@pytest.mark.parametrize("kernel", ["forward", "decode", "dkdv", "dq"])
+def test_float32_launches_skip_float32_s_spill_lists_for_their_features_and_padding_alone(kernel, monkeypatch):
+    """``FLOAT32_SPILLS`` (flash_fwd's for the prefill and decoding tiles, flash_bwd's for dK/dV and dQ) is keyed by
+    the feature (``SOFTCAP`` here) and by ``(kernel, width, padded)``: a tile planted at 128-wide unpadded softcap
+    is skipped by a float32 softcap launch at D = 128, by the autotuner and by the autotuner-off default, and kept
+    by one without the softcap, by one at D = 80 (padded to the same width: lists of its own) and by a 16-bit one."""
+    fwd, bwd = kernel_module("flash_fwd", torch.device("cpu")), kernel_module("flash_bwd", torch.device("cpu"))
+    pointer = _variants.VARIANTS["pointer"]
+    module = bwd if kernel in ("dkdv", "dq") else fwd
+    if module is bwd:
+        tiles = bwd.FLOAT32_TILES[kernel, 128]
+
+        def kept(dtype=F32, **flags):
+            launch = dict(HEAD_DIM=128, IS_VARLEN=False, IEEE=dtype == F32, **flags)
+            space = bwd.configs(kernel, pointer, 128, dtype == F32)
+            return [_variants.tile_of(c) for c in bwd.prune(kernel, True, space, {"Q": torch.empty(0, dtype=dtype)},
+                                                            **launch)]
+
+        def default(**flags):
+            return _variants.tile_of(bwd.default_config(kernel, 128, 4, IS_VARLEN=False, **flags))
+    else:
+        decoding = kernel == "decode"
+        tiles = (fwd.FLOAT32_DECODE_TILES if decoding else fwd.FLOAT32_TILES)[128]
+
+        def kept(dtype=F32, **flags):
+            space = fwd.configs(pointer, 128, dtype == F32)
+            return [_variants.tile_of(c) for c in fwd.prune_for_lengths(space, {"TUNE_T_Q": 1 if decoding else 4096},
+                                                                        HEAD_DIM=128, IEEE=dtype == F32, **flags)]
+
+        def default(**flags):
+            return _variants.tile_of(fwd.default_config(pointer, 128, 4, 1 if decoding else 4096, **flags))
+    planted, planted16 = tiles[0], kept(F16, SOFTCAP=True, D_REAL=128)[0]  # (and a 16-bit tile the launch keeps)
+    monkeypatch.setattr(module, "FLOAT32_SPILLS", {"SOFTCAP": {(kernel, 128, False): [planted, planted16]}})
+    left = [t for t in tiles if t not in (planted, planted16)]
+    capped = kept(SOFTCAP=True, D_REAL=128)
+    assert planted not in capped and set(capped) == set(left)
+    assert default(SOFTCAP=True, D_REAL=128) == left[0]
+    assert set(kept(SOFTCAP=False, D_REAL=128)) == set(tiles) and default(SOFTCAP=False, D_REAL=128) == planted
+    assert set(kept(SOFTCAP=True, D_REAL=80)) == set(tiles) and default(SOFTCAP=True, D_REAL=80) == planted
+    assert planted16 in kept(F16, SOFTCAP=True, D_REAL=128), "a 16-bit launch read float32's lists"
 
 
 def test_pruning_by_features_skips_every_list_they_name_and_keeps_the_least_named_when_all_spill():
