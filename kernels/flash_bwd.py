@@ -401,8 +401,8 @@ FLOAT32_TILES = {
 # three on, or for a packed batch (parts "dkdv dropout", "dq varlen", ... of the float32 rows of
 # benchmarks/results/kernel_resources_sm90*.json): 8 to 80 bytes. Keyed and skipped as flash_fwd.FLOAT32_SPILLS (by
 # the launch's constexprs, then by (kernel, width, padded)), and as there, where every tile spills in a part the list
-# leaves out the least spilling, which the pruning keeps: dK/dV's one 64-wide tile (16 bytes with dropout, 24 with
-# all three features), its 16 x 16 at 128 wide with dropout and ALiBi (8 bytes, against 32 to 80), dQ's with dropout
+# leaves out the least spilling, which the pruning keeps: dK/dV's one 64-wide tile (8 to 24 bytes with dropout, alone
+# or beside the others), its 16 x 16 at 128 wide with dropout and ALiBi (8 bytes, against 32 to 80), dQ's with dropout
 # and ALiBi at D = 64 and 160 and with all three at D = 40 (8 to 24 bytes), and with a softcap at D = 64 (16).
 FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, int]]]] = {
     "DROPOUT": {
