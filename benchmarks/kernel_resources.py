@@ -68,17 +68,22 @@ FEATURES = {**SINGLE_FEATURES,  # each alone, each pair ("dropout+softcap": both
                              ("dropout", "softcap", "alibi"))}}
 
 
-def jobs(dtypes=("float16", "float32"), head_dims=HEAD_DIMS):
+# float32 also at these (its 32-wide lists serve 16 and 32: _variants.float32_width)
+FLOAT32_HEAD_DIMS = (16, 32, *HEAD_DIMS)
+
+
+def jobs(dtypes=("float16", "float32"), head_dims=None):
     """(part, variant, dtype, D, tile, warp_spec) for every config the autotuner may try: ``float16`` stands for
-    both 16-bit types (one tile list), ``float32`` has lists of its own (:func:`float32_jobs`)."""
+    both 16-bit types (one tile list), ``float32`` has lists of its own (:func:`float32_jobs`). ``head_dims``:
+    :data:`HEAD_DIMS` (16-bit) and :data:`FLOAT32_HEAD_DIMS` (float32) unless given."""
     from attn_course.kernels._compile import CUDA
     from attn_course.kernels._runtime import kernel_module
     from attn_course.kernels._tiles import head_dim_tile
 
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
-    out = float32_jobs(fwd, bwd, head_dims) if "float32" in dtypes else []
+    out = float32_jobs(fwd, bwd, head_dims or FLOAT32_HEAD_DIMS) if "float32" in dtypes else []
     for dtype in (d for d in dtypes if d != "float32"):
-        for D in head_dims:
+        for D in head_dims or HEAD_DIMS:
             for variant in ("pointer", "tma"):
                 out += [("forward", variant, dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
             out += [("forward", "tma+ws", dtype, D, tuple(t), True) for t in fwd.candidate_tiles(D, True)]
@@ -200,7 +205,7 @@ def main(argv=None) -> int:
     p.add_argument("--head-dim", type=head_dim_argument, action="append", metavar="D")
     p.add_argument("--out", type=Path, default=RESULTS / "kernel_resources_sm90.json")
     args = p.parse_args(argv)
-    todo = jobs(tuple(args.dtype or ["float16", "float32"]), tuple(args.head_dim or HEAD_DIMS))
+    todo = jobs(tuple(args.dtype or ["float16", "float32"]), tuple(args.head_dim) if args.head_dim else None)
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(max(1, args.workers)) as pool:
         rows = list(pool.imap(measure, todo))

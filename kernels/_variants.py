@@ -197,8 +197,9 @@ def padded(width: int, constexprs: dict) -> bool:
 
 def float32_width(D: int) -> int:
     """The width float32's tile lists (``flash_fwd.FLOAT32_TILES``, ``flash_bwd.FLOAT32_TILES``) are keyed by for
-    tiles ``D`` columns wide: 64 (which also serves 16 and 32: narrower tiles take fewer registers), 128 or 256."""
-    return 64 if D <= 64 else 128 if D <= 128 else 256
+    tiles ``D`` columns wide: 32 (which also serves 16), 64, 128 or 256. (Narrower is not always lighter: in 16- and
+    32-wide tiles dK/dV's 64-wide 16 x 32 on 8 warps spills 24 bytes under triton 3.6.)"""
+    return 32 if D <= 32 else 64 if D <= 64 else 128 if D <= 128 else 256
 
 
 def float32_spills_key(kernel: str, width: int, constexprs: dict) -> tuple[str, int, bool]:

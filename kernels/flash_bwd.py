@@ -385,11 +385,14 @@ WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2)]  # (64, 32, 4
 # runs float32 through pointers (tma_pays). These spill nothing through pointers under triton 3.9 or 3.6 at their
 # width or at the head dims padded to it (benchmarks/results/kernel_resources_sm90*.json, dtype "float32";
 # tests/test_kernels_compile.py): dK/dV in 64-wide tiles has one such tile of the 21 probed (the others spill 8 bytes
-# to 13 KB, at D = 40 or under 3.6 where least). Keyed by kernel and width (_variants.float32_width: 64 also serves 16
-# and 32). With features or packed some spill (FLOAT32_SPILLS below), and such a launch skips them; with the
-# autotuner off a launch runs the first tile its pruning keeps (dK/dV's 16 x 64 at 128 wide reads q and dO a quarter as
-# often as 16 x 16, which it falls back to with dropout). None is timed.
+# to 13 KB, at D = 40 or under 3.6 where least). Keyed by kernel and width (_variants.float32_width: 32 also serves 16;
+# there dK/dV has tiles of its own, on 4 warps mostly: 4 of the 34 probed spill nothing at D = 16 and 32, plain or
+# with all three features, under either triton). With features or packed some spill (FLOAT32_SPILLS below), and such
+# a launch skips them; with the autotuner off a launch runs the first tile its pruning keeps (dK/dV's 16 x 64 at 128
+# wide reads q and dO a quarter as often as 16 x 16, which it falls back to with dropout). None is timed.
 FLOAT32_TILES = {
+    ("dkdv", 32): [(16, 32, 4, 2), (16, 32, 4, 3), (32, 16, 8, 3)],  # (16 x 32 on 8 warps spills 24 B here, triton 3.6)
+    ("dq", 32): [(32, 64, 8, 2), (16, 64, 4, 2)],
     ("dkdv", 64): [(16, 32, 8, 2)],
     ("dq", 64): [(32, 64, 8, 2), (16, 64, 4, 2)],
     ("dkdv", 128): [(16, 64, 8, 2), (16, 16, 8, 2)],
@@ -406,23 +409,32 @@ FLOAT32_TILES = {
 # and ALiBi at D = 64 and 160 and with all three at D = 40 (8 to 24 bytes), and with a softcap at D = 64 (16).
 FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, int]]]] = {
     "DROPOUT": {
+        ("dkdv", 32, False): [(16, 32, 4, 2), (16, 32, 4, 3)],
         ("dkdv", 128, False): [(16, 64, 8, 2)],
         ("dkdv", 128, True): [(16, 64, 8, 2)],
+        ("dq", 32, False): [(32, 64, 8, 2)],
         ("dq", 64, False): [(16, 64, 4, 2)],
         ("dq", 64, True): [(32, 64, 8, 2)],
         ("dq", 128, False): [(16, 64, 4, 2), (32, 64, 8, 2)],
         ("dq", 128, True): [(32, 64, 8, 2)],
     },
     "SOFTCAP": {
+        ("dkdv", 32, False): [(16, 32, 4, 2), (16, 32, 4, 3)],
         ("dq", 64, False): [(16, 64, 4, 2)],
     },
+    "ALIBI": {
+        ("dkdv", 32, False): [(16, 32, 4, 2), (16, 32, 4, 3)],
+    },
     "DROPOUT+SOFTCAP": {
+        ("dkdv", 32, False): [(16, 32, 4, 3), (32, 16, 8, 3)],
+        ("dq", 32, False): [(32, 64, 8, 2)],
         ("dq", 64, False): [(16, 64, 4, 2)],
         ("dq", 64, True): [(32, 64, 8, 2)],
         ("dq", 128, False): [(16, 64, 4, 2), (32, 64, 8, 2)],
         ("dq", 128, True): [(16, 64, 4, 2), (32, 64, 8, 2)],
     },
     "DROPOUT+ALIBI": {
+        ("dkdv", 32, False): [(32, 16, 8, 3)],
         ("dkdv", 128, False): [(16, 64, 8, 2)],
         ("dkdv", 128, True): [(16, 64, 8, 2)],
         ("dq", 64, True): [(32, 64, 8, 2)],
@@ -438,6 +450,7 @@ FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, 
         ("dq", 256, True): [(16, 16, 4, 2)],
     },
     "IS_VARLEN": {
+        ("dkdv", 32, False): [(16, 32, 4, 3), (32, 16, 8, 3)],
         ("dq", 64, False): [(16, 64, 4, 2)],
     },
 }

@@ -347,7 +347,7 @@ DECODE_ROWS = 16
 DECODE_TILES = [(16, 64, 4, 3), (16, 128, 4, 2), (16, 64, 4, 4), (16, 128, 4, 3)]
 WIDE_DECODE_TILES = [(16, 64, 4, 3), (16, 64, 4, 4)]
 # float32 (full-precision products on the CUDA cores: IEEE, no tensor cores; each element twice a 16-bit one's bytes)
-# has tile lists of its own, keyed by the tiles' width (_variants.float32_width: 64 also serves 16 and 32). Compiled
+# has tile lists of its own, keyed by the tiles' width (_variants.float32_width: 32 also serves 16). Compiled
 # for sm_90 in float32, every 16-bit prefill tile above spills registers (0.4 to 21 KB under triton 3.9), every
 # decoding tile but two at D = 64 does (up to 9 KB), 13 of them overflow shared memory, and ptxas spends tens of
 # seconds on each, which an autotuner offered them would spend on a float32 call's first launch. These are the tiles
@@ -367,6 +367,8 @@ FLOAT32_DECODE_TILES = {
     128: [(16, 64, 8, 2), (16, 16, 4, 2)],
     256: [(16, 32, 8, 2)],
 }
+# (tiles 16 and 32 columns wide: the 64-wide lists, surveyed at D = 16 and 32 too)
+FLOAT32_TILES[32], FLOAT32_DECODE_TILES[32] = FLOAT32_TILES[64], FLOAT32_DECODE_TILES[64]
 # float32's tiles that spill registers on sm_90 through pointers (what auto runs for float32) under triton 3.9 or 3.6
 # with a feature, a pair or all three on (parts "forward dropout", "forward dropout+alibi", ... of the float32 rows of
 # benchmarks/results/kernel_resources_sm90*.json), for a packed batch ("forward varlen") or on a paged cache ("forward
@@ -385,13 +387,16 @@ FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, 
         ("forward", 128, True): [(16, 128, 8, 2)],
     },
     "SOFTCAP": {
+        ("forward", 32, False): [(32, 32, 4, 2), (32, 64, 8, 2)],
         ("forward", 64, False): [(32, 64, 8, 2), (64, 16, 8, 2)],
         ("forward", 64, True): [(16, 64, 8, 2), (64, 16, 8, 2)],
     },
     "ALIBI": {
+        ("forward", 32, False): [(16, 64, 4, 2)],
         ("forward", 64, False): [(32, 64, 8, 2)],
     },
     "DROPOUT+SOFTCAP": {
+        ("forward", 32, False): [(32, 32, 4, 2)],
         ("forward", 64, False): [(16, 64, 4, 2), (16, 64, 8, 2), (32, 32, 4, 2)],
         ("forward", 64, True): [(16, 64, 8, 2), (32, 16, 4, 2), (32, 64, 8, 2), (64, 16, 8, 2)],
         ("forward", 128, False): [(16, 128, 8, 2)],
@@ -408,12 +413,14 @@ FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, 
         ("forward", 64, True): [(16, 64, 8, 2), (32, 16, 4, 2), (64, 16, 8, 2)],
     },
     "DROPOUT+SOFTCAP+ALIBI": {
+        ("forward", 32, False): [(16, 64, 8, 2), (32, 32, 4, 2)],
         ("forward", 64, False): [(16, 64, 4, 2), (16, 64, 8, 2), (32, 32, 4, 2)],
         ("forward", 64, True): [(16, 64, 8, 2), (32, 32, 4, 2), (32, 64, 8, 2), (64, 16, 8, 2)],
         ("forward", 128, False): [(16, 128, 8, 2)],
         ("forward", 128, True): [(16, 128, 8, 2)],
     },
     "IS_VARLEN": {
+        ("forward", 32, False): [(64, 16, 8, 2)],
         ("forward", 64, False): [(32, 32, 4, 2)],
         ("forward", 64, True): [(32, 16, 4, 2), (32, 64, 8, 2)],
     },

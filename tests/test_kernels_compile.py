@@ -152,7 +152,7 @@ def check_float32_tile(launch, tile, what: str):
     assert used["spill_stack_bytes"] == 0, f"{what} in float32 spills: {used}"
 
 
-@pytest.mark.parametrize("D", [256, 128, 40])
+@pytest.mark.parametrize("D", [256, 128, 40, 32])
 def test_float32_runs_its_own_first_tiles_through_pointers_and_they_do_not_spill_on_hopper(D):
     """float32, whose 16-bit tiles spill kilobytes: with the autotuner off a prefill, a decoding step and both
     backward kernels run the first of float32's own lists, through pointers as ``auto`` runs float32 on
@@ -353,7 +353,7 @@ def test_no_float32_config_the_autotuner_tries_on_hopper_spills_registers(versio
     rows = [r for r in float32_rows(version) if r["part"] in FLOAT32_PLAIN_PARTS]
     offered = [r for r in rows if float32_offered(r)]
     assert {(r["part"], r["D"]) for r in offered} == {(part, D) for part in ("forward", "decode", "dkdv", "dq")
-                                                      for D in (40, 64, 80, 128, 160, 256)}
+                                                      for D in (16, 32, 40, 64, 80, 128, 160, 256)}
     assert {r["variant"] for r in offered} == {"pointer"}
     bad = [(r["part"], r["D"], r["tile"], r.get("error") or r["spill_stack_bytes"]) for r in offered
            if "error" in r or r["spill_stack_bytes"] or r["shared_bytes"] > SHARED_MEMORY]

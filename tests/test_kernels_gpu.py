@@ -411,7 +411,7 @@ def test_a_short_batch_of_long_rows_splits_its_keys(case, variant, combines, mon
     assert combines and min(combines) > 1, f"the rule did not split ({combines})"
 
 
-@pytest.mark.parametrize("D", [64, 128, 256])
+@pytest.mark.parametrize("D", [32, 64, 128, 256])
 def test_float32_autotunes_over_its_own_tiles(D, monkeypatch):
     """Through the autotuner, float32 is timed on float32's own tiles only (flash_fwd / flash_bwd
     ``FLOAT32_TILES``: the 16-bit ones spill kilobytes in float32), prefill and decoding, and is right."""
