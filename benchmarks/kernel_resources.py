@@ -70,6 +70,8 @@ FEATURES = {**SINGLE_FEATURES,  # each alone, each pair ("dropout+softcap": both
 
 # float32 also at these (its 32-wide lists serve 16 and 32: _variants.float32_width)
 FLOAT32_HEAD_DIMS = (16, 32, *HEAD_DIMS)
+# 16-bit inputs at these too, in the plain parts only (no features, packed or paged batches: not surveyed there)
+NARROW_HEAD_DIMS = (16, 32)
 
 
 def jobs(dtypes=("float16", "float32"), head_dims=None):
@@ -83,6 +85,13 @@ def jobs(dtypes=("float16", "float32"), head_dims=None):
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
     out = float32_jobs(fwd, bwd, head_dims or FLOAT32_HEAD_DIMS) if "float32" in dtypes else []
     for dtype in (d for d in dtypes if d != "float32"):
+        for D in NARROW_HEAD_DIMS if head_dims is None else ():  # (the 64-wide lists in narrower tiles)
+            for variant in ("pointer", "tma"):
+                out += [("forward", variant, dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
+                out += [("decode", variant, dtype, D, tuple(t), False) for t in fwd.decode_tiles(D)]
+                out += [(part, variant, dtype, D, tuple(t), False) for part in ("dkdv", "dq")
+                        for t in bwd.candidate_tiles(part, D)]
+            out += [("forward", "tma+ws", dtype, D, tuple(t), True) for t in fwd.candidate_tiles(D, True)]
         for D in head_dims or HEAD_DIMS:
             for variant in ("pointer", "tma"):
                 out += [("forward", variant, dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]

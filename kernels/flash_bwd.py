@@ -367,6 +367,8 @@ DQ_TILES = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3), (6
 # machine's) or 3.6 (the GPU machines'): the autotuner does not try them (tests/test_kernels_compile.py
 # checks that no tile it tries spills, against both reports: benchmarks/results/kernel_resources_sm90*.json).
 SPILLS = {
+    ("dkdv", 16): [(64, 64, 8, 3), (64, 128, 8, 2)],  # (triton 3.6; 16- and 32-wide tiles run the 64-wide lists)
+    ("dkdv", 32): [(64, 64, 8, 3), (64, 128, 8, 2)],  # (triton 3.6, 24 to 208 bytes)
     ("dkdv", 64): [(64, 64, 8, 3), (64, 128, 8, 2)],  # (triton 3.6, through TMA)
     ("dkdv", 128): [(32, 128, 8, 2), (64, 64, 8, 3), (16, 64, 4, 3), (64, 128, 8, 2), (32, 64, 8, 3)],
     ("dq", 128): [(128, 128, 8, 2)],  # (triton 3.6, through TMA)

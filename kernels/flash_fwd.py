@@ -457,8 +457,9 @@ def is_decoding(T_q: int) -> bool:
 
 
 # The decoding tiles that spill registers on sm_90 at a head dim (under triton 3.6, the GPU machines':
-# 8 bytes, through TMA at D = 64 and pointers at D = 128): the autotuner does not try them there.
-DECODE_SPILLS = {64: [(16, 128, 4, 3)], 128: [(16, 128, 4, 3)]}
+# 8 bytes, through TMA at D = 64 and pointers at D = 128; at D = 16 up to 24 bytes, through pointers under
+# triton 3.9 or TMA under 3.6): the autotuner does not try them there.
+DECODE_SPILLS = {16: [(16, 128, 4, 2), (16, 128, 4, 3)], 64: [(16, 128, 4, 3)], 128: [(16, 128, 4, 3)]}
 
 
 def decode_tiles(D: int, float32: bool = False) -> list[tuple[int, int, int, int]]:

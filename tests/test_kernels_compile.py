@@ -299,7 +299,7 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
         return (r["part"], r["D"], version) in EVERY_TILE_SPILLS and peers[tuple(r["tile"])] == min(peers.values())
 
     rows = [r for r in report["rows"] if offered(r)]
-    assert len(rows) > 40 and {r["D"] for r in rows} == {40, 64, 80, 128, 160, 256}
+    assert len(rows) > 40 and {r["D"] for r in rows} == {16, 32, 40, 64, 80, 128, 160, 256}
     for D in (160, 256):  # (160: padded to 256-wide tiles, which run what D = 256 runs; features surveyed at 256)
         assert {(r["part"], r["variant"]) for r in rows if r["D"] == D
                 and r["part"].partition(" ")[2].upper() not in FEATURE_PARTS} == {
