@@ -86,24 +86,12 @@ def jobs(dtypes=("float16", "float32"), head_dims=None):
     out = float32_jobs(fwd, bwd, head_dims or FLOAT32_HEAD_DIMS) if "float32" in dtypes else []
     for dtype in (d for d in dtypes if d != "float32"):
         for D in NARROW_HEAD_DIMS if head_dims is None else ():  # (the 64-wide lists in narrower tiles)
-            for variant in ("pointer", "tma"):
-                out += [("forward", variant, dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
-                out += [("decode", variant, dtype, D, tuple(t), False) for t in fwd.decode_tiles(D)]
-                out += [(part, variant, dtype, D, tuple(t), False) for part in ("dkdv", "dq")
-                        for t in bwd.candidate_tiles(part, D)]
-            out += [("forward", "tma+ws", dtype, D, tuple(t), True) for t in fwd.candidate_tiles(D, True)]
+            out += plain_jobs(fwd, bwd, dtype, D)
         for D in head_dims or HEAD_DIMS:
-            for variant in ("pointer", "tma"):
-                out += [("forward", variant, dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
-            out += [("forward", "tma+ws", dtype, D, tuple(t), True) for t in fwd.candidate_tiles(D, True)]
-            for variant in ("pointer", "tma"):
-                out += [("decode", variant, dtype, D, tuple(t), False) for t in fwd.decode_tiles(D)]
+            out += plain_jobs(fwd, bwd, dtype, D)
             out += [("decode paged", "pointer", dtype, D, tuple(t), False) for t in fwd.decode_tiles(D)]
             out += [("forward varlen paged", "pointer", dtype, D, tuple(t), False)
                     for t in fwd.candidate_tiles(D, False)]
-            for part in ("dkdv", "dq"):
-                for variant in ("pointer", "tma"):
-                    out += [(part, variant, dtype, D, tuple(t), False) for t in bwd.candidate_tiles(part, D)]
             for variant in ("pointer", "tma"):  # a packed batch (the same tiles; its own loads and loops)
                 out += [("forward varlen", variant, dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
                 for part in ("dkdv", "dq"):
@@ -118,6 +106,18 @@ def jobs(dtypes=("float16", "float32"), head_dims=None):
                     out += [(f"{part} {feature}", backward, dtype, D, tuple(t), False)
                             for t in bwd.candidate_tiles(part, D)]
     return out
+
+
+def plain_jobs(fwd, bwd, dtype: str, D: int) -> list[tuple]:
+    """The plain parts of a 16-bit survey at head dim ``D``: the forward through pointers, TMA and warp-specialised
+    TMA, a decoding step and both backward kernels through pointers and TMA."""
+    out = []
+    for variant in ("pointer", "tma"):
+        out += [("forward", variant, dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
+        out += [("decode", variant, dtype, D, tuple(t), False) for t in fwd.decode_tiles(D)]
+        out += [(part, variant, dtype, D, tuple(t), False) for part in ("dkdv", "dq")
+                for t in bwd.candidate_tiles(part, D)]
+    return out + [("forward", "tma+ws", dtype, D, tuple(t), True) for t in fwd.candidate_tiles(D, True)]
 
 
 # float32's TMA tiles (evidence for flash_fwd/flash_bwd.tma_pays, which keep float32 on pointers), surveyed at these

@@ -369,7 +369,7 @@ def float32_launch(r) -> dict:
     suffix = r["part"].partition(" ")[2]
     return dict(HEAD_DIM=head_dim_tile(r["D"]), D_REAL=r["D"], IEEE=True, IS_VARLEN=suffix.startswith("varlen"),
                 PAGED=suffix.endswith("paged"), **{flag: flag.lower() in suffix.split("+")
-                                                   for flag in ("DROPOUT", "SOFTCAP", "ALIBI")})
+                                                   for flag in _variants.FEATURE_FLAGS})
 
 
 def float32_spills_entry(r) -> tuple[str, tuple[str, int, bool]]:
