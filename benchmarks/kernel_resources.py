@@ -5,20 +5,20 @@ Each config of each kernel (forward: ``pointer``, ``tma``, ``tma+ws``; the forwa
 paged cache of 16-row pages, ``decode paged``, and a packed batch against one, ``forward varlen paged``:
 ``pointer``, the only variant they run; backward dK/dV
 and dQ: ``pointer``, ``tma``; and the forward, dK/dV and dQ of a packed (varlen) batch, ``forward varlen``
-etc.: ``pointer``, ``tma``, at D = 40, 80 and 160 (padded head dims: 64-, 128- and 256-wide tiles, 24, 48
-and 96 columns masked), 64 and 128 and, for the forward, 256 (and 160); and with attention dropout,
-``forward dropout`` etc., logit soft-capping, ``forward softcap`` etc., or ALiBi, ``forward alibi`` etc.,
-and with each pair of them and all three, ``forward dropout+softcap`` etc., through TMA at D = 40, 64, 80, 128,
-160 and 256, the backward at 160 and 256 through pointers, as ``auto`` runs it there; and float32's own tile
-lists, dtype ``float32``: forward, decode, dK/dV and dQ through pointers at all six head dims and through TMA at
-64 and 128, and through pointers with all three features, packed and paged) is compiled for sm_90
+etc.: ``pointer``, ``tma``, at D = 16 and 32 (16- and 32-wide tiles), 40, 80 and 160 (padded head dims: 64-,
+128- and 256-wide tiles, 24, 48 and 96 columns masked), 64 and 128 and, for the forward, 256 (and 160); and with
+attention dropout, ``forward dropout`` etc., logit soft-capping, ``forward softcap`` etc., or ALiBi, ``forward
+alibi`` etc., and with each pair of them and all three, ``forward dropout+softcap`` etc., through TMA at all eight
+head dims, the backward at 160 and 256 through pointers, as ``auto`` runs it there; and float32's own tile
+lists, dtype ``float32``: forward, decode, dK/dV and dQ through pointers at all eight head dims and through TMA
+at 64 and 128, and through pointers with each feature, pair and all three, packed and paged) is compiled for sm_90
 (``attn_course.kernels._compile``) and read back with ``cuobjdump``: registers per thread, bytes of spill
 stack, shared memory, warps, and counts of Hopper's tensor-core (HGMMA) and TMA (UTMALDG) instructions. A
 config that spills, or whose tile is too small for wgmma (HMMA only; not flagged for the decoding tiles,
 narrow by design, nor for float32, which has no tensor-core products), is flagged: on a GPU it would only cost
 autotuning time. No speed is measured here.
 
-    python benchmarks/kernel_resources.py                 # fp16 and fp32, D = 40, 64, 80, 128, 160 and 256
+    python benchmarks/kernel_resources.py                 # fp16 and fp32, D = 16, 32, 40, 64, 80, 128, 160, 256
     python benchmarks/kernel_resources.py --dtype float32 --out /tmp/f32.json   # float32's lists alone
     python benchmarks/kernel_resources.py --workers 16    # compile in parallel (default: all cores)
     python benchmarks/kernel_resources.py --head-dim 48 --out /tmp/d48.json   # a one-off probe, any D 1..256
@@ -57,10 +57,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # (_tiles.head_dim_tile), offered the configs of their tile's width (the kernels key their lists by it) less their
 # own PADDED spill lists, which the survey is the evidence for
 HEAD_DIMS = (40, 64, 80, 128, 160, 256)
-VARLEN_BACKWARD_HEAD_DIMS = (40, 64, 80, 128)  # (auto runs a packed batch's backward on pointers: flash_bwd.tma_pays)
+# (auto runs a packed batch's backward on pointers, flash_bwd.tma_pays; both variants surveyed at these)
+VARLEN_BACKWARD_HEAD_DIMS = (16, 32, 40, 64, 80, 128)
 # dropout, softcap, ALiBi: the tiles auto runs on Hopper (the forward through TMA, warp-specialised too; the backward
 # through TMA, or in 256-wide tiles through pointers: flash_bwd.tma_pays), padded heads too
-FEATURE_HEAD_DIMS = (40, 64, 80, 128, 160, 256)
+FEATURE_HEAD_DIMS = (16, 32, 40, 64, 80, 128, 160, 256)
 SINGLE_FEATURES = {"dropout": dict(dropout_p=0.1), "softcap": dict(softcap=30.0), "alibi": dict(alibi=True)}
 FEATURES = {**SINGLE_FEATURES,  # each alone, each pair ("dropout+softcap": both on) and all three, at those dims
             **{"+".join(names): {k: v for name in names for k, v in SINGLE_FEATURES[name].items()}
@@ -70,14 +71,15 @@ FEATURES = {**SINGLE_FEATURES,  # each alone, each pair ("dropout+softcap": both
 
 # float32 also at these (its 32-wide lists serve 16 and 32: _variants.float32_width)
 FLOAT32_HEAD_DIMS = (16, 32, *HEAD_DIMS)
-# 16-bit inputs at these too, in the plain parts only (no features, packed or paged batches: not surveyed there)
+# 16-bit inputs at these too, every part as at HEAD_DIMS (tiles 16 and 32 columns wide, offered the 64-wide lists
+# less their own spills)
 NARROW_HEAD_DIMS = (16, 32)
 
 
 def jobs(dtypes=("float16", "float32"), head_dims=None):
     """(part, variant, dtype, D, tile, warp_spec) for every config the autotuner may try: ``float16`` stands for
     both 16-bit types (one tile list), ``float32`` has lists of its own (:func:`float32_jobs`). ``head_dims``:
-    :data:`HEAD_DIMS` (16-bit) and :data:`FLOAT32_HEAD_DIMS` (float32) unless given."""
+    :data:`NARROW_HEAD_DIMS` and :data:`HEAD_DIMS` (16-bit) and :data:`FLOAT32_HEAD_DIMS` (float32) unless given."""
     from attn_course.kernels._compile import CUDA
     from attn_course.kernels._runtime import kernel_module
     from attn_course.kernels._tiles import head_dim_tile
@@ -85,9 +87,7 @@ def jobs(dtypes=("float16", "float32"), head_dims=None):
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
     out = float32_jobs(fwd, bwd, head_dims or FLOAT32_HEAD_DIMS) if "float32" in dtypes else []
     for dtype in (d for d in dtypes if d != "float32"):
-        for D in NARROW_HEAD_DIMS if head_dims is None else ():  # (the 64-wide lists in narrower tiles)
-            out += plain_jobs(fwd, bwd, dtype, D)
-        for D in head_dims or HEAD_DIMS:
+        for D in head_dims or (*NARROW_HEAD_DIMS, *HEAD_DIMS):
             out += plain_jobs(fwd, bwd, dtype, D)
             out += [("decode paged", "pointer", dtype, D, tuple(t), False) for t in fwd.decode_tiles(D)]
             out += [("forward varlen paged", "pointer", dtype, D, tuple(t), False)
@@ -155,7 +155,7 @@ def float32_jobs(fwd, bwd, head_dims) -> list[tuple]:
 
 
 CACHE_NOTE = ("this run's wall time with Triton's on-disk cache as this machine had it: configs compiled by an "
-              "earlier run load from the cache instead, so a cold run takes longer (make survey: about 115 minutes "
+              "earlier run load from the cache instead, so a cold run takes longer (make survey: about 145 minutes "
               "for both tritons on 2 cores)")
 
 

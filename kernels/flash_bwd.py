@@ -464,10 +464,13 @@ _DESCRIPTORS = (("desc_q", "BLOCK_M"), ("desc_k", "BLOCK_N"), ("desc_v", "BLOCK_
 
 
 # A packed batch's backward runs pointers under auto (tma_pays below), and for packed batches these of
-# their 16-bit tiles spill registers on sm_90 under triton 3.9 or 3.6, up to 1464 bytes (parts "dkdv
+# their 16-bit tiles spill registers on sm_90 under triton 3.9 or 3.6, up to 1464 bytes (at D = 16 and 32 dK/dV's
+# 64 x 64 on 8 warps alone, under triton 3.6; parts "dkdv
 # varlen" and "dq varlen" of both reports; tests/test_kernels_compile.py checks the lists against them):
 # the autotuner skips them there.
 PACKED_POINTER_SPILLS = {
+    ("dkdv", 16): [(64, 64, 8, 3)],  # (triton 3.6, as at 32)
+    ("dkdv", 32): [(64, 64, 8, 3)],
     ("dkdv", 64): [(64, 64, 8, 3), (64, 128, 8, 2)],  # (triton 3.6)
     ("dkdv", 128): [(32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3), (16, 64, 4, 3), (64, 128, 8, 2)],
     ("dq", 128): [(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 8, 3), (128, 128, 8, 2)],
@@ -506,8 +509,14 @@ def prune_for_packing(kernel: str, configs: list[triton.Config], nargs: dict, **
 # and the pruning keeps the one named by the fewest lists (16 x 64: 32 bytes there, none under 3.9). At D = 256
 # (through pointers, what auto runs there) dropout leaves dQ only its 128 x 16 tile, and dropout with ALiBi
 # leaves dK/dV only its 32 x 16 (the wide lists' last). (D = 160, padded to 256-wide tiles: the same tiles spill.)
+# In 16- and 32-wide tiles (surveyed through TMA, as auto runs them) every feature spills some tiles too (dK/dV's
+# 64 x 64 on 8 warps with each), up to 2.5 KB in dQ with dropout and a softcap; each kernel keeps tiles that do not.
 FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
     "DROPOUT": {
+        ("dkdv", 16): [(64, 64, 8, 3), (64, 128, 8, 2)],
+        ("dq", 16): [(64, 128, 8, 3), (128, 128, 8, 2)],
+        ("dkdv", 32): [(32, 64, 8, 3), (64, 64, 8, 3), (64, 128, 8, 2)],
+        ("dq", 32): [(64, 128, 8, 3), (128, 128, 8, 2)],
         ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2)],
         ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2),
                         (64, 64, 8, 3), (64, 128, 8, 2)],  # (all but DKDV_TILES' last, added for this)
@@ -517,6 +526,8 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
         ("dq", 256): [(64, 32, 8, 2), (128, 32, 8, 2)],
     },
     "SOFTCAP": {
+        ("dkdv", 16): [(64, 64, 8, 3)],
+        ("dkdv", 32): [(64, 64, 8, 3)],
         ("dkdv", 64): [(64, 64, 8, 3), (64, 128, 8, 2)],
         ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
                         (64, 128, 8, 2)],
@@ -524,6 +535,8 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
         ("dq", 256): [(64, 32, 8, 2)],
     },
     "ALIBI": {
+        ("dkdv", 16): [(64, 64, 8, 3)],
+        ("dkdv", 32): [(64, 64, 8, 3)],
         ("dkdv", 64): [(64, 64, 8, 3)],
         ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2),
                         (64, 64, 8, 3), (64, 128, 8, 2)],  # (all but DKDV_TILES' last)
@@ -532,6 +545,10 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
     },
     # two features at once (parts "dq dropout+softcap" etc.): each pair's own spills
     "DROPOUT+SOFTCAP": {
+        ("dkdv", 16): [(32, 64, 8, 3), (64, 64, 8, 3), (64, 128, 8, 2)],
+        ("dq", 16): [(64, 64, 4, 3), (64, 128, 8, 3), (128, 128, 8, 2)],
+        ("dkdv", 32): [(32, 64, 8, 3), (64, 64, 8, 3), (64, 128, 8, 2)],
+        ("dq", 32): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 128, 8, 2)],
         ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3), (64, 128, 8, 2)],
         ("dq", 64): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
         ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2),
@@ -542,6 +559,10 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
         ("dq", 256): [(64, 32, 8, 2), (128, 32, 8, 2)],
     },
     "DROPOUT+ALIBI": {
+        ("dkdv", 16): [(32, 64, 8, 3), (64, 64, 8, 3), (64, 128, 8, 2)],
+        ("dq", 16): [(64, 128, 8, 3), (128, 128, 8, 2)],
+        ("dkdv", 32): [(16, 64, 4, 3), (32, 64, 8, 3), (64, 64, 8, 3), (64, 128, 8, 2)],
+        ("dq", 32): [(64, 128, 8, 3), (128, 128, 8, 2)],
         ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
                        (64, 128, 8, 2)],
         ("dq", 64): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 128, 8, 2)],
@@ -552,6 +573,8 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
         ("dq", 256): [(64, 32, 8, 2), (128, 32, 8, 2)],
     },
     "SOFTCAP+ALIBI": {
+        ("dkdv", 16): [(64, 64, 8, 3)],
+        ("dkdv", 32): [(64, 64, 8, 3)],
         ("dkdv", 64): [(64, 64, 8, 3), (64, 128, 8, 2)],
         ("dkdv", 128): [(16, 64, 4, 3), (16, 128, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
                         (64, 128, 8, 2)],
@@ -560,6 +583,11 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
         ("dq", 256): [(64, 32, 8, 2)],
     },
     "DROPOUT+SOFTCAP+ALIBI": {  # (all three; at D = 128 under triton 3.6 every dK/dV tile spills)
+        ("dkdv", 16): [(32, 64, 8, 3), (64, 64, 8, 3), (64, 128, 8, 2)],
+        ("dq", 16): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
+        ("dkdv", 32): [(16, 64, 4, 3), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
+                       (64, 128, 8, 2)],
+        ("dq", 32): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
         ("dkdv", 64): [(16, 64, 4, 3), (32, 64, 8, 2), (32, 64, 8, 3), (32, 128, 8, 2), (64, 64, 8, 3),
                        (64, 128, 8, 2)],
         ("dq", 64): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)],

@@ -505,9 +505,15 @@ def configs(variant: _variants.Variant, D: int, float32: bool = False) -> list[t
 # a launch skips every list its features name (_variants.fewest_spills). (Surveyed through TMA, what Hopper
 # runs; the pointer variant uses the same lists.) At D = 256 with dropout every tile spills but 64 x 32 on 8 warps,
 # each warp-specialised one too (8 to 160 bytes): such a launch's autotuner tries that tile alone. (D = 160, padded
-# to 256-wide tiles, spills in the same tiles: surveyed, no list of its own.)
+# to 256-wide tiles, spills in the same tiles: surveyed, no list of its own.) Narrow heads are no lighter here: in
+# 16- and 32-wide tiles dropout, alone or with the others, spills the 128-row and 128-key tiles, up to 2.5 KB with
+# a softcap (the per-score work grows with the tile, not the head); a softcap or ALiBi alone spills nothing.
 FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
     "DROPOUT": {
+        16: [(64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
+             (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
+        32: [(64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
+             (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
         64: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
              (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
              (128, 128, 8, 3, False)],
@@ -525,6 +531,10 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
     },
     # two features at once (parts "forward dropout+softcap" etc.): each pair's own spills
     "DROPOUT+SOFTCAP": {
+        16: [(64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
+             (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
+        32: [(64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
+             (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
         64: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
              (128, 64, 4, 3, False), (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
              (128, 128, 8, 3, False)],
@@ -535,6 +545,10 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
               (64, 32, 4, 3, True), (64, 64, 4, 2, True)],
     },
     "DROPOUT+ALIBI": {
+        16: [(64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
+             (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
+        32: [(64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
+             (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
         64: [(64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False), (128, 64, 4, 3, False),
              (128, 64, 4, 4, False), (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
         128: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
@@ -547,6 +561,10 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
         128: [(128, 32, 4, 4, False), (128, 64, 4, 3, False), (128, 64, 4, 4, False)],
     },
     "DROPOUT+SOFTCAP+ALIBI": {  # (all three: part "forward dropout+softcap+alibi")
+        16: [(64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
+             (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
+        32: [(64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
+             (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
         64: [(64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False), (128, 64, 4, 3, False),
              (128, 64, 4, 4, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
         128: [(64, 64, 4, 3, False), (64, 128, 4, 3, False), (64, 128, 4, 3, True), (128, 32, 4, 4, False),
@@ -557,6 +575,7 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
     },
     # a paged cache (pointers, a page lookup per key): parts "decode paged" and "forward varlen paged"
     "PAGED": {
+        32: [(16, 64, 4, 3, False), (16, 64, 4, 4, False)],  # (8 bytes under triton 3.6)
         64: [(16, 128, 4, 2, False)],
         128: [(64, 128, 4, 3, False), (128, 32, 4, 4, False), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
               (128, 128, 8, 2, False), (128, 128, 8, 3, False)],

@@ -524,7 +524,7 @@ def test_a_packed_batch_s_pointer_backward_skips_exactly_the_tiles_that_spill(mo
     monkeypatch.setattr(_variants, "_autotuned", {})
 
     for kernel in ("dkdv", "dq"):
-        for D in (40, 64, 80, 128):
+        for D in (16, 32, 40, 64, 80, 128):
             width = head_dim_tile(D)
             rows = [r for report in reports for r in report["rows"] if r["part"] == f"{kernel} varlen"
                     and r["variant"] == "pointer" and r["D"] == D]
@@ -738,7 +738,7 @@ def assert_lists_the_spilling(listed, spilling: set, least: set, where) -> None:
 def test_dropout_softcap_and_alibi_skip_exactly_the_tiles_that_spill_with_them(feature):
     """``FEATURE_SPILLS[feature]`` of ``flash_fwd`` and ``flash_bwd`` list, per the two surveys' parts for the
     feature or combination of features ("forward dropout", "dq softcap+alibi", "dkdv dropout+softcap+alibi",
-    ...), at D = 64, 128 and 256 (the backward there through pointers, as auto runs it), exactly the candidate
+    ...), at D = 16, 32, 64, 128 and 256 (the backward at 256 through pointers, as auto runs it), exactly the candidate
     tiles that spill with it under triton 3.9 or 3.6 (where every tile spills, less perhaps the least spilling:
     :func:`assert_lists_the_spilling`). Such a launch's pruning
     step keeps something, and only tiles that spill with it under neither triton (it also drops each part's
@@ -750,7 +750,7 @@ def test_dropout_softcap_and_alibi_skip_exactly_the_tiles_that_spill_with_them(f
     half = {"Q": torch.empty(0, dtype=torch.float16)}
     names = feature.split("+")
     suffix, on, off = feature.lower(), dict.fromkeys(names, True), dict.fromkeys(names, False)
-    for D in (64, 128, 256):
+    for D in (16, 32, 64, 128, 256):
         rows = [r for report in reports for r in report["rows"] if r["part"] == f"forward {suffix}" and r["D"] == D]
         assert len(rows) == 2 * (len(fwd.candidate_tiles(D, False)) + len(fwd.candidate_tiles(D, True)))
         assert not any("error" in r for r in rows)
