@@ -546,6 +546,31 @@ def test_a_packed_batch_s_pointer_backward_skips_exactly_the_tiles_that_spill(mo
             assert _variants.tile_of(default) not in spilling, (kernel, D)
 
 
+@pytest.mark.parametrize("D", [16, 32, 64, 128, 256])
+def test_a_paged_cache_skips_exactly_the_tiles_that_spill_there(D):
+    """``flash_fwd.FEATURE_SPILLS["PAGED"]`` (what a launch on a paged cache, ``PAGED``, skips: a page lookup per
+    key costs registers) names, at each unpadded head dim, exactly the tiles that spill in the surveys' paged
+    parts ("decode paged", "forward varlen paged") under triton 3.9 or 3.6: none needlessly dropped, and every
+    one that spills skipped, but the decoding tiles that no launch at that head dim is offered
+    (``DECODE_SPILLS``). A paged launch's pruning then keeps tiles, and without ``PAGED`` the list is not used."""
+    fwd = kernel_module("flash_fwd", CUDA)
+    rows = [r for version in REPORTS for r in _report(version)[1]["rows"]
+            if r["D"] == D and r["part"] in ("decode paged", "forward varlen paged")]
+    assert {r["part"] for r in rows} == {"decode paged", "forward varlen paged"}, f"no paged rows at D = {D}"
+    assert not [r for r in rows if "error" in r]
+    spilling = {config_of(r) for r in rows if r["spill_stack_bytes"]}
+    listed = set(fwd.FEATURE_SPILLS["PAGED"].get(D, []))
+    never_offered = {(*t, False) for t in fwd.DECODE_SPILLS.get(D, [])}
+    assert listed <= spilling, f"PAGED[{D}] names tiles that spill on no paged cache: {sorted(listed - spilling)}"
+    assert spilling - never_offered <= listed, f"PAGED[{D}] misses tiles that spill paged: " \
+                                               f"{sorted(spilling - never_offered - listed)}"
+    for T_q in (1, 4096):  # (a decoding step, a prefill)
+        paged = forward_kept(fwd, {"part": "decode paged" if T_q == 1 else "forward varlen paged", "D": D,
+                                   "variant": "pointer"})
+        plain = forward_kept(fwd, {"part": "decode" if T_q == 1 else "forward", "D": D, "variant": "pointer"})
+        assert paged and not paged & spilling and paged == plain - listed, (D, T_q)
+
+
 @pytest.mark.parametrize("D", [40, 80, 160])
 def test_a_padded_head_dim_skips_exactly_the_tiles_that_spill_there(D):
     """The kernels key their tile lists by the tiles' width, so D = 40 is offered D = 64's configs, D = 80
