@@ -217,12 +217,13 @@ def fewest_float32_spills(items: list, tile, table: dict, kernel: str, width: in
     """:func:`fewest_spills` for a float32 launch of ``kernel`` in tiles ``width`` columns wide, whose constexprs are
     ``constexprs``, over float32's lists ``table`` (``flash_fwd.FLOAT32_SPILLS``, ``flash_bwd.FLOAT32_SPILLS``): the
     list of exactly the launch's combination of features (each one and each combination is surveyed in float32, and
-    a tile may spill with one feature alone yet not beside another), and those of a packed batch (``IS_VARLEN``) and
-    of a paged cache (``PAGED``) when the launch is one, at :func:`float32_spills_key`."""
-    names = {"+".join(f for f in FEATURE_FLAGS if constexprs.get(f))} | \
+    a tile may spill with one feature alone yet not beside another; with none, ``PLAIN``), and those of a packed
+    batch (``IS_VARLEN``) and of a paged cache (``PAGED``) when the launch is one, at :func:`float32_spills_key`."""
+    names = {"+".join(f for f in FEATURE_FLAGS if constexprs.get(f)) or "PLAIN"} | \
         {name for name in ("IS_VARLEN", "PAGED") if constexprs.get(name)}
     lists = {name: by_key for name, by_key in table.items() if name in names}
-    return fewest_spills(items, tile, lists, float32_spills_key(kernel, width, constexprs), **constexprs)
+    on = {flag: True for name in lists for flag in name.split("+")}  # (every list chosen applies: PLAIN too)
+    return fewest_spills(items, tile, lists, float32_spills_key(kernel, width, constexprs), **on)
 
 
 def feature_spills(table: dict, key, **features) -> list:

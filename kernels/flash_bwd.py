@@ -386,8 +386,11 @@ WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2)]  # (64, 32, 4
 # the wide dQ list's 128 x 16 12.7 KB) and through TMA every float32 tile surveyed spills (0.6 to 8.2 KB), so auto
 # runs float32 through pointers (tma_pays). These spill nothing through pointers under triton 3.9 or 3.6 at their
 # width or at the head dims padded to it (benchmarks/results/kernel_resources_sm90*.json, dtype "float32";
-# tests/test_kernels_compile.py): dK/dV in 64-wide tiles has one such tile of the 21 probed (the others spill 8 bytes
-# to 13 KB, at D = 40 or under 3.6 where least). Keyed by kernel and width (_variants.float32_width: 32 also serves 16;
+# tests/test_kernels_compile.py): dK/dV in 64-wide tiles has one such tile of the 21 probed, 16 x 32 on 8 warps (the
+# others spill 8 bytes to 13 KB, at D = 40 or under 3.6 where least), which spills 8 to 24 bytes with dropout at
+# D = 64; beside it 32 x 16 on 8 warps, which spills at D = 40 (8 to 40 bytes, but with ALiBi alone) and packed
+# (16 under 3.9), but not with dropout at D = 64 (a padded head dim skips it: FLOAT32_SPILLS' PLAIN list). Keyed by
+# kernel and width (_variants.float32_width: 32 also serves 16;
 # there dK/dV has tiles of its own, on 4 warps mostly: 4 of the 34 probed spill nothing at D = 16 and 32, plain or
 # with all three features, under either triton). With features or packed some spill (FLOAT32_SPILLS below), and such
 # a launch skips them; with the autotuner off a launch runs the first tile its pruning keeps (dK/dV's 16 x 64 at 128
@@ -395,7 +398,7 @@ WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2)]  # (64, 32, 4
 FLOAT32_TILES = {
     ("dkdv", 32): [(16, 32, 4, 2), (16, 32, 4, 3), (32, 16, 8, 3)],  # (16 x 32 on 8 warps spills 24 B here, triton 3.6)
     ("dq", 32): [(32, 64, 8, 2), (16, 64, 4, 2)],
-    ("dkdv", 64): [(16, 32, 8, 2)],
+    ("dkdv", 64): [(16, 32, 8, 2), (32, 16, 8, 2)],
     ("dq", 64): [(32, 64, 8, 2), (16, 64, 4, 2)],
     ("dkdv", 128): [(16, 64, 8, 2), (16, 16, 8, 2)],
     ("dq", 128): [(32, 64, 8, 3), (32, 64, 8, 2), (16, 64, 4, 2)],
@@ -406,12 +409,17 @@ FLOAT32_TILES = {
 # three on, or for a packed batch (parts "dkdv dropout", "dq varlen", ... of the float32 rows of
 # benchmarks/results/kernel_resources_sm90*.json): 8 to 80 bytes. Keyed and skipped as flash_fwd.FLOAT32_SPILLS (by
 # the launch's constexprs, then by (kernel, width, padded)), and as there, where every tile spills in a part the list
-# leaves out the least spilling, which the pruning keeps: dK/dV's one 64-wide tile (8 to 24 bytes with dropout, alone
-# or beside the others), its 16 x 16 at 128 wide with dropout and ALiBi (8 bytes, against 32 to 80), dQ's with dropout
-# and ALiBi at D = 64 and 160 and with all three at D = 40 (8 to 24 bytes), and with a softcap at D = 64 (16).
+# leaves out the least spilling, which the pruning keeps: dK/dV's 16 x 16 at 128 wide with dropout and ALiBi (8
+# bytes, against 32 to 80), dQ's with dropout and ALiBi at D = 64 and 160 and with all three at D = 40 (8 to 24
+# bytes), and with a softcap at D = 64 (16). PLAIN: without features, at a padded head dim (unpadded, none spills).
 FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, int]]]] = {
+    "PLAIN": {
+        ("dkdv", 64, True): [(32, 16, 8, 2)],
+    },
     "DROPOUT": {
         ("dkdv", 32, False): [(16, 32, 4, 2), (16, 32, 4, 3)],
+        ("dkdv", 64, False): [(16, 32, 8, 2)],
+        ("dkdv", 64, True): [(32, 16, 8, 2)],
         ("dkdv", 128, False): [(16, 64, 8, 2)],
         ("dkdv", 128, True): [(16, 64, 8, 2)],
         ("dq", 32, False): [(32, 64, 8, 2)],
@@ -422,6 +430,7 @@ FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, 
     },
     "SOFTCAP": {
         ("dkdv", 32, False): [(16, 32, 4, 2), (16, 32, 4, 3)],
+        ("dkdv", 64, True): [(32, 16, 8, 2)],
         ("dq", 64, False): [(16, 64, 4, 2)],
     },
     "ALIBI": {
@@ -429,6 +438,8 @@ FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, 
     },
     "DROPOUT+SOFTCAP": {
         ("dkdv", 32, False): [(16, 32, 4, 3), (32, 16, 8, 3)],
+        ("dkdv", 64, False): [(16, 32, 8, 2)],
+        ("dkdv", 64, True): [(32, 16, 8, 2)],
         ("dq", 32, False): [(32, 64, 8, 2)],
         ("dq", 64, False): [(16, 64, 4, 2)],
         ("dq", 64, True): [(32, 64, 8, 2)],
@@ -437,12 +448,19 @@ FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, 
     },
     "DROPOUT+ALIBI": {
         ("dkdv", 32, False): [(32, 16, 8, 3)],
+        ("dkdv", 64, False): [(16, 32, 8, 2)],
+        ("dkdv", 64, True): [(32, 16, 8, 2)],
         ("dkdv", 128, False): [(16, 64, 8, 2)],
         ("dkdv", 128, True): [(16, 64, 8, 2)],
         ("dq", 64, True): [(32, 64, 8, 2)],
         ("dq", 256, True): [(16, 16, 4, 2)],
     },
+    "SOFTCAP+ALIBI": {
+        ("dkdv", 64, True): [(32, 16, 8, 2)],
+    },
     "DROPOUT+SOFTCAP+ALIBI": {
+        ("dkdv", 64, False): [(16, 32, 8, 2)],
+        ("dkdv", 64, True): [(32, 16, 8, 2)],
         ("dkdv", 128, False): [(16, 64, 8, 2)],
         ("dkdv", 128, True): [(16, 64, 8, 2)],
         ("dq", 64, False): [(32, 64, 8, 2)],
@@ -453,6 +471,8 @@ FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, 
     },
     "IS_VARLEN": {
         ("dkdv", 32, False): [(16, 32, 4, 3), (32, 16, 8, 3)],
+        ("dkdv", 64, False): [(32, 16, 8, 2)],
+        ("dkdv", 64, True): [(32, 16, 8, 2)],
         ("dq", 64, False): [(16, 64, 4, 2)],
     },
 }

@@ -322,7 +322,13 @@ INTERPRET = is_interpreted(_attn_fwd)
 
 
 # Tile shapes for the GPU, as (BLOCK_M, BLOCK_N, num_warps, num_stages); the autotuner keeps the fastest
-# per shape, and skips configs that need more shared memory than the chip has.
+# per shape, and skips configs that need more shared memory than the chip has. Through TMA none it is offered spills
+# on sm_90 (the spill lists below). Through pointers (what runs where TMA refuses a tensor's strides, and on GPUs
+# before Hopper) some do, more with masked columns: at D = 80 and 128 four or five of the six offered, 8 to 88
+# bytes, at 160 and 256 two or three of the four (8 to 152), and at 40 (64-wide) two, 152 to 176 bytes (parts
+# "forward" and "forward varlen", variant "pointer", of benchmarks/results/kernel_resources_sm90*.json). They are
+# still offered: skipping them would leave one or two tiles at D >= 80, and the autotuner, which times them, drops
+# a spilling tile that is slower (untimed). (sm_80, where pointers are the only variant, is not surveyed.)
 GPU_TILES = [
     (128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 4), (128, 32, 4, 4),
     (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 3), (128, 128, 8, 2),
