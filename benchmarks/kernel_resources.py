@@ -2,8 +2,8 @@
 
 Each config of each kernel (forward: ``pointer``, ``tma``, ``tma+ws``; the forward's 16-row decoding tiles,
 ``decode``, for one query against a 4096-key cache split in 4 slices: ``pointer``, ``tma``; the same on a
-paged cache of 16-row pages, ``decode paged``, and a packed batch against one, ``forward varlen paged``:
-``pointer``, the only variant they run; backward dK/dV
+paged cache of 16-row pages, ``decode paged``, a prompt's 256-query chunk against one, ``forward paged``, and a
+packed batch against one, ``forward varlen paged``: ``pointer``, the only variant they run; backward dK/dV
 and dQ: ``pointer``, ``tma``; and the forward, dK/dV and dQ of a packed (varlen) batch, ``forward varlen``
 etc.: ``pointer``, ``tma``, at D = 16 and 32 (16- and 32-wide tiles), 40, 80 and 160 (padded head dims: 64-,
 128- and 256-wide tiles, 24, 48 and 96 columns masked), 64 and 128 and, for the forward, 256 (and 160); and with
@@ -90,8 +90,8 @@ def jobs(dtypes=("float16", "float32"), head_dims=None):
         for D in head_dims or (*NARROW_HEAD_DIMS, *HEAD_DIMS):
             out += plain_jobs(fwd, bwd, dtype, D)
             out += [("decode paged", "pointer", dtype, D, tuple(t), False) for t in fwd.decode_tiles(D)]
-            out += [("forward varlen paged", "pointer", dtype, D, tuple(t), False)
-                    for t in fwd.candidate_tiles(D, False)]
+            out += [(f"forward {paged}", "pointer", dtype, D, tuple(t), False)
+                    for paged in ("paged", "varlen paged") for t in fwd.candidate_tiles(D, False)]
             for variant in ("pointer", "tma"):  # a packed batch (the same tiles; its own loads and loops)
                 out += [("forward varlen", variant, dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
                 for part in ("dkdv", "dq"):
@@ -136,7 +136,7 @@ def float32_jobs(fwd, bwd, head_dims) -> list[tuple]:
     the forward, a decoding step and both backward kernels, through pointers (what ``auto`` runs for float32) at
     every head dim surveyed, and through TMA at :data:`FLOAT32_TMA_HEAD_DIMS`; then through pointers with each
     feature, pair and all three, and for packed batches (:data:`FLOAT32_EXTRA_PARTS`), and on a paged cache
-    (``forward varlen paged``, ``decode paged``)."""
+    (``forward paged``, ``forward varlen paged``, ``decode paged``)."""
     def tiles(part: str, D: int) -> list:  # float32's list for a survey part, named by its kernel (first word)
         kernel = part.split(" ")[0]
         if kernel == "forward":
@@ -145,7 +145,7 @@ def float32_jobs(fwd, bwd, head_dims) -> list[tuple]:
 
     plain = ("forward", "decode", "dkdv", "dq")
     extra = [f"{kernel} {suffix}" for suffix in FLOAT32_EXTRA_PARTS for kernel in ("forward", "dkdv", "dq")]
-    extra += ["forward varlen paged", "decode paged"]
+    extra += ["forward paged", "forward varlen paged", "decode paged"]
     out = []
     for D in head_dims:
         for variant in ("pointer", "tma") if D in FLOAT32_TMA_HEAD_DIMS else ("pointer",):
@@ -176,9 +176,10 @@ def measure(job) -> dict:
         part, _, suffix = part.partition(" ")
         varlen, extra = suffix.startswith("varlen"), FEATURES.get(suffix, {})
         page_size = 16 if suffix.endswith("paged") else None
-        if part == "forward":
+        if part == "forward":  # (paged, not packed: a prompt's chunk against a paged cache of per-sequence lengths)
+            used = torch.tensor([256, 200], dtype=torch.int32) if page_size and not varlen else None
             (fn, args, kwargs), = forward_launches(variant, dtype, D, config=_variants.config(*tile, WARP_SPEC=ws),
-                                                   varlen=varlen, page_size=page_size, **extra)
+                                                   varlen=varlen, page_size=page_size, seqused_k=used, **extra)
         elif part == "decode":
             (fn, args, kwargs), _ = decoding_launches(variant, dtype, D, page_size=page_size,
                                                       config=_variants.config(*tile, WARP_SPEC=False))

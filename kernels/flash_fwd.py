@@ -378,13 +378,14 @@ FLOAT32_TILES[32], FLOAT32_DECODE_TILES[32] = FLOAT32_TILES[64], FLOAT32_DECODE_
 # float32's tiles that spill registers on sm_90 through pointers (what auto runs for float32) under triton 3.9 or 3.6
 # with a feature, a pair or all three on (parts "forward dropout", "forward dropout+alibi", ... of the float32 rows of
 # benchmarks/results/kernel_resources_sm90*.json), for a packed batch ("forward varlen") or on a paged cache ("forward
-# varlen paged", "decode paged"): 8 to 48 bytes but paged, up to 1.1 KB there (at D = 40). Keyed, as FEATURE_SPILLS,
-# by the launch's constexprs (IS_VARLEN: packed; PAGED: paged), then by (kernel, width, padded)
+# paged", "forward varlen paged", "decode paged"): 8 to 48 bytes but paged, up to 1.1 KB there (at D = 40). Keyed,
+# as FEATURE_SPILLS, by the launch's constexprs (IS_VARLEN: packed; PAGED: paged), then by (kernel, width, padded)
 # (_variants.float32_spills_key: "forward" or "decode"; the lists' width; a padded head dim, surveyed at 40, 80 and
 # 160, has lists of its own). A float32 launch's autotuner skips the list of its combination of features and those of
 # its layout, and its default is the first tile left (_variants.fewest_float32_spills). Where every tile spills in a
-# part (decoding paged at D = 160 and 256, 40 and 48 bytes; a packed paged prefill at 160, 8), the list leaves out the
-# least spilling, which the pruning then keeps; tests/test_kernels_compile.py checks the lists against both surveys.
+# part (decoding paged at D = 160 and 256, 40 and 48 bytes; a packed paged prefill at 160 and a prompt's chunk on a
+# paged cache at 128, 8), the list leaves out the least spilling, which the pruning then keeps;
+# tests/test_kernels_compile.py checks the lists against both surveys.
 FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, int]]]] = {
     "DROPOUT": {
         ("forward", 64, False): [(32, 32, 4, 2)],
@@ -434,7 +435,7 @@ FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, 
         ("decode", 64, False): [(16, 64, 4, 3)],
         ("decode", 64, True): [(16, 64, 4, 2), (16, 64, 4, 3)],
         ("decode", 128, False): [(16, 16, 4, 2)],
-        ("forward", 64, False): [(32, 32, 4, 2), (32, 64, 8, 2)],
+        ("forward", 64, False): [(32, 16, 4, 2), (32, 32, 4, 2), (32, 64, 8, 2)],
         ("forward", 64, True): [(16, 64, 4, 2), (32, 32, 4, 2)],
         ("forward", 128, False): [(16, 64, 4, 2), (16, 128, 8, 2)],
         ("forward", 128, True): [(16, 64, 4, 2), (16, 128, 8, 2)],
@@ -579,7 +580,8 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
         256: [(64, 32, 4, 3, False), (64, 64, 8, 2, False), (128, 32, 8, 2, False), (64, 32, 4, 2, True),
               (64, 32, 4, 3, True), (64, 64, 4, 2, True)],
     },
-    # a paged cache (pointers, a page lookup per key): parts "decode paged" and "forward varlen paged"
+    # a paged cache (pointers, a page lookup per key): parts "decode paged", "forward paged" (a prompt's chunk) and
+    # "forward varlen paged" (a packed batch of them)
     "PAGED": {
         32: [(16, 64, 4, 3, False), (16, 64, 4, 4, False)],  # (8 bytes under triton 3.6)
         64: [(16, 128, 4, 2, False)],

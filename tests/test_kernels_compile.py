@@ -305,14 +305,14 @@ def test_no_config_the_autotuner_tries_on_hopper_spills_registers(version):
                 and r["part"].partition(" ")[2].upper() not in FEATURE_PARTS} == {
             ("forward", "tma"), ("forward", "tma+ws"), ("decode", "pointer"), ("decode", "tma"),
             ("decode paged", "pointer"), ("dkdv", "pointer"), ("dq", "pointer"), ("forward varlen", "tma"),
-            ("forward varlen paged", "pointer")}, D
+            ("forward varlen paged", "pointer"), ("forward paged", "pointer")}, D
     assert {(r["part"].partition(" ")[0], r["variant"]) for r in rows if r["D"] == 256
             and r["part"].partition(" ")[2].upper() in FEATURE_PARTS} == {
         ("forward", "tma"), ("forward", "tma+ws"), ("dkdv", "pointer"), ("dq", "pointer")}
     for D in (40, 80, 128):  # (40, 80: padded head dims, through masked pointer loads where auto runs pointers)
         assert {(r["part"], r["variant"]) for r in rows if r["D"] == D} >= {
             ("forward varlen", "tma"), ("dkdv varlen", "pointer"), ("dq varlen", "pointer"),
-            ("forward varlen paged", "pointer"), ("decode paged", "pointer")}
+            ("forward varlen paged", "pointer"), ("forward paged", "pointer"), ("decode paged", "pointer")}
     bad = [(r["part"], r["variant"], r["D"], r["tile"], r.get("error") or r["spill_stack_bytes"]) for r in rows
            if "error" in r or (r["spill_stack_bytes"] and not spills_least_of_all(r)) or not tensor_cores(r)
            or r["shared_bytes"] > SHARED_MEMORY]
@@ -422,7 +422,7 @@ def test_float32_spill_lists_name_exactly_the_tiles_that_spill_in_their_surveyed
 # pruning keeps there (those named by the fewest of the launch's lists), each with its larger spill in bytes
 FLOAT32_EVERY_TILE_SPILLS = {
     ("decode paged", 160): {(16, 32, 8, 2): 40}, ("decode paged", 256): {(16, 32, 8, 2): 48},
-    ("forward varlen paged", 160): {(16, 16, 8, 2): 8},
+    ("forward varlen paged", 160): {(16, 16, 8, 2): 8}, ("forward paged", 128): {(16, 16, 8, 2): 8, (32, 16, 8, 2): 8},
     ("dkdv dropout+alibi", 80): {(16, 16, 8, 2): 8}, ("dkdv dropout+alibi", 128): {(16, 16, 8, 2): 8},
     ("dq softcap", 64): {(32, 64, 8, 2): 16}, ("dq dropout+alibi", 64): {(16, 64, 4, 2): 8, (32, 64, 8, 2): 8},
     ("dq dropout+alibi", 160): {(16, 16, 8, 2): 8}, ("dq dropout+softcap+alibi", 40): {(16, 64, 4, 2): 24},
@@ -544,17 +544,21 @@ def test_a_packed_batch_s_pointer_backward_skips_exactly_the_tiles_that_spill(mo
             assert _variants.tile_of(default) not in spilling, (kernel, D)
 
 
+PAGED_PARTS = ("decode paged", "forward paged", "forward varlen paged")  # (the survey's, 16-bit and float32)
+
+
 @pytest.mark.parametrize("D", [16, 32, 64, 128, 256])
 def test_a_paged_cache_skips_exactly_the_tiles_that_spill_there(D):
     """``flash_fwd.FEATURE_SPILLS["PAGED"]`` (what a launch on a paged cache, ``PAGED``, skips: a page lookup per
     key costs registers) names, at each unpadded head dim, exactly the tiles that spill in the surveys' paged
-    parts ("decode paged", "forward varlen paged") under triton 3.9 or 3.6: none needlessly dropped, and every
+    parts ("decode paged"; "forward paged", a prompt's chunk, and "forward varlen paged", a packed batch of them)
+    under triton 3.9 or 3.6: none needlessly dropped, and every
     one that spills skipped, but the decoding tiles that no launch at that head dim is offered
     (``DECODE_SPILLS``). A paged launch's pruning then keeps tiles, and without ``PAGED`` the list is not used."""
     fwd = kernel_module("flash_fwd", CUDA)
     rows = [r for version in REPORTS for r in _report(version)[1]["rows"]
-            if r["D"] == D and r["part"] in ("decode paged", "forward varlen paged")]
-    assert {r["part"] for r in rows} == {"decode paged", "forward varlen paged"}, f"no paged rows at D = {D}"
+            if r["D"] == D and r["part"] in PAGED_PARTS]
+    assert {r["part"] for r in rows} == set(PAGED_PARTS), f"no paged rows at D = {D}"
     assert not [r for r in rows if "error" in r]
     spilling = {config_of(r) for r in rows if r["spill_stack_bytes"]}
     listed = set(fwd.FEATURE_SPILLS["PAGED"].get(D, []))
@@ -562,11 +566,10 @@ def test_a_paged_cache_skips_exactly_the_tiles_that_spill_there(D):
     assert listed <= spilling, f"PAGED[{D}] names tiles that spill on no paged cache: {sorted(listed - spilling)}"
     assert spilling - never_offered <= listed, f"PAGED[{D}] misses tiles that spill paged: " \
                                                f"{sorted(spilling - never_offered - listed)}"
-    for T_q in (1, 4096):  # (a decoding step, a prefill)
-        paged = forward_kept(fwd, {"part": "decode paged" if T_q == 1 else "forward varlen paged", "D": D,
-                                   "variant": "pointer"})
-        plain = forward_kept(fwd, {"part": "decode" if T_q == 1 else "forward", "D": D, "variant": "pointer"})
-        assert paged and not paged & spilling and paged == plain - listed, (D, T_q)
+    for part in PAGED_PARTS:  # (a decoding step, a prefill)
+        paged = forward_kept(fwd, {"part": part, "D": D, "variant": "pointer"})
+        plain = forward_kept(fwd, {"part": part.split(" ")[0], "D": D, "variant": "pointer"})
+        assert paged and not paged & spilling and paged == plain - listed, (D, part)
 
 
 @pytest.mark.parametrize("D", [40, 80, 160])
@@ -586,7 +589,7 @@ def test_a_padded_head_dim_skips_exactly_the_tiles_that_spill_there(D):
              for name in ("PADDED", "PADDED+PAGED")}
     unpadded = {k: v for k, v in fwd.FEATURE_SPILLS.items() if not k.startswith("PADDED")}
     runs = {"forward": ("tma", "tma+ws"), "forward varlen": ("tma",), "decode": ("pointer", "tma"),
-            "decode paged": ("pointer",), "forward varlen paged": ("pointer",)}
+            "decode paged": ("pointer",), "forward varlen paged": ("pointer",), "forward paged": ("pointer",)}
     rows = [r for version in REPORTS for r in _report(version)[1]["rows"]
             if r["D"] == D and r["variant"] in runs.get(r["part"], ())]
     assert not [r for r in rows if "error" in r], [r for r in rows if "error" in r]
