@@ -552,9 +552,9 @@ def test_a_paged_cache_skips_exactly_the_tiles_that_spill_there(D):
     """``flash_fwd.FEATURE_SPILLS["PAGED"]`` (what a launch on a paged cache, ``PAGED``, skips: a page lookup per
     key costs registers) names, at each unpadded head dim, exactly the tiles that spill in the surveys' paged
     parts ("decode paged"; "forward paged", a prompt's chunk, and "forward varlen paged", a packed batch of them)
-    under triton 3.9 or 3.6: none needlessly dropped, and every
-    one that spills skipped, but the decoding tiles that no launch at that head dim is offered
-    (``DECODE_SPILLS``). A paged launch's pruning then keeps tiles, and without ``PAGED`` the list is not used."""
+    under triton 3.9 or 3.6: none needlessly dropped, and every one that spills skipped, but the decoding tiles that
+    no launch at that head dim is offered (``DECODE_SPILLS``). A paged launch's pruning then keeps tiles, and
+    without ``PAGED`` the list is not used."""
     fwd = kernel_module("flash_fwd", CUDA)
     rows = [r for version in REPORTS for r in _report(version)[1]["rows"]
             if r["D"] == D and r["part"] in PAGED_PARTS]
@@ -566,7 +566,7 @@ def test_a_paged_cache_skips_exactly_the_tiles_that_spill_there(D):
     assert listed <= spilling, f"PAGED[{D}] names tiles that spill on no paged cache: {sorted(listed - spilling)}"
     assert spilling - never_offered <= listed, f"PAGED[{D}] misses tiles that spill paged: " \
                                                f"{sorted(spilling - never_offered - listed)}"
-    for part in PAGED_PARTS:  # (a decoding step, a prefill)
+    for part in PAGED_PARTS:  # (a decoding step, a prompt's chunk, a packed batch)
         paged = forward_kept(fwd, {"part": part, "D": D, "variant": "pointer"})
         plain = forward_kept(fwd, {"part": part.split(" ")[0], "D": D, "variant": "pointer"})
         assert paged and not paged & spilling and paged == plain - listed, (D, part)
