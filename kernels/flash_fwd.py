@@ -322,7 +322,7 @@ INTERPRET = is_interpreted(_attn_fwd)
 
 
 # Tile shapes for the GPU, as (BLOCK_M, BLOCK_N, num_warps, num_stages); the autotuner keeps the fastest
-# per shape, and skips configs that need more shared memory than the chip has. Through TMA none it is offered spills
+# per shape, and skips configs that need more shared memory than the chip has. Through TMA none of those offered spills
 # on sm_90 (the spill lists below). Through pointers (what runs where TMA refuses a tensor's strides, and on GPUs
 # before Hopper) some do, more with masked columns: at D = 80 and 128 four or five of the six offered, 8 to 88
 # bytes, at 160 and 256 two or three of the four (8 to 152), and at 40 (64-wide) two, 152 to 176 bytes (parts
