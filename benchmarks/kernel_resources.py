@@ -52,16 +52,17 @@ import triton
 from attn_course.kernels._checks import head_dim_argument
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# surveyed by default (the kernels' test of the report expects all six); 40, 80 and 160 are padded head dims: tiles
+# surveyed by default, 16-bit and float32 (the kernels' tests of the report expect all eight); 16 and 32: narrow
+# tiles (float32's 32-wide lists serve both: _variants.float32_width); 40, 80 and 160 are padded head dims: tiles
 # 64, 128 and 256 columns wide whose last 24, 48 and 96 are masked on every pointer load and store
 # (_tiles.head_dim_tile), offered the configs of their tile's width (the kernels key their lists by it) less their
 # own PADDED spill lists, which the survey is the evidence for
-HEAD_DIMS = (40, 64, 80, 128, 160, 256)
+HEAD_DIMS = (16, 32, 40, 64, 80, 128, 160, 256)
 # (auto runs a packed batch's backward on pointers, flash_bwd.tma_pays; both variants surveyed at these)
 VARLEN_BACKWARD_HEAD_DIMS = (16, 32, 40, 64, 80, 128)
 # dropout, softcap, ALiBi: the tiles auto runs on Hopper (the forward through TMA, warp-specialised too; the backward
-# through TMA, or in 256-wide tiles through pointers: flash_bwd.tma_pays), padded heads too
-FEATURE_HEAD_DIMS = (16, 32, 40, 64, 80, 128, 160, 256)
+# through TMA, or in 256-wide tiles through pointers: flash_bwd.tma_pays), at every head dim surveyed by default (a
+# one-off probe, --head-dim 48, compiles 16-bit inputs' plain, packed and paged parts only)
 SINGLE_FEATURES = {"dropout": dict(dropout_p=0.1), "softcap": dict(softcap=30.0), "alibi": dict(alibi=True)}
 FEATURES = {**SINGLE_FEATURES,  # each alone, each pair ("dropout+softcap": both on) and all three, at those dims
             **{"+".join(names): {k: v for name in names for k, v in SINGLE_FEATURES[name].items()}
@@ -69,25 +70,18 @@ FEATURES = {**SINGLE_FEATURES,  # each alone, each pair ("dropout+softcap": both
                              ("dropout", "softcap", "alibi"))}}
 
 
-# float32 also at these (its 32-wide lists serve 16 and 32: _variants.float32_width)
-FLOAT32_HEAD_DIMS = (16, 32, *HEAD_DIMS)
-# 16-bit inputs at these too, every part as at HEAD_DIMS (tiles 16 and 32 columns wide, offered the 64-wide lists
-# less their own spills)
-NARROW_HEAD_DIMS = (16, 32)
-
-
 def jobs(dtypes=("float16", "float32"), head_dims=None):
     """(part, variant, dtype, D, tile, warp_spec) for every config the autotuner may try: ``float16`` stands for
     both 16-bit types (one tile list), ``float32`` has lists of its own (:func:`float32_jobs`). ``head_dims``:
-    :data:`NARROW_HEAD_DIMS` and :data:`HEAD_DIMS` (16-bit) and :data:`FLOAT32_HEAD_DIMS` (float32) unless given."""
+    :data:`HEAD_DIMS` unless given."""
     from attn_course.kernels._compile import CUDA
     from attn_course.kernels._runtime import kernel_module
     from attn_course.kernels._tiles import head_dim_tile
 
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
-    out = float32_jobs(fwd, bwd, head_dims or FLOAT32_HEAD_DIMS) if "float32" in dtypes else []
+    out = float32_jobs(fwd, bwd, head_dims or HEAD_DIMS) if "float32" in dtypes else []
     for dtype in (d for d in dtypes if d != "float32"):
-        for D in head_dims or (*NARROW_HEAD_DIMS, *HEAD_DIMS):
+        for D in head_dims or HEAD_DIMS:
             out += plain_jobs(fwd, bwd, dtype, D)
             out += [("decode paged", "pointer", dtype, D, tuple(t), False) for t in fwd.decode_tiles(D)]
             out += [(f"forward {paged}", "pointer", dtype, D, tuple(t), False)
@@ -97,7 +91,7 @@ def jobs(dtypes=("float16", "float32"), head_dims=None):
                 for part in ("dkdv", "dq"):
                     out += [(f"{part} varlen", variant, dtype, D, tuple(t), False) for t in bwd.candidate_tiles(part, D)
                             if D in VARLEN_BACKWARD_HEAD_DIMS]
-            for feature in FEATURES if D in FEATURE_HEAD_DIMS else ():  # a Philox number, a tanh, a bias per score
+            for feature in FEATURES if D in HEAD_DIMS else ():  # a Philox number, a tanh, a bias per score
                 out += [(f"forward {feature}", "tma", dtype, D, tuple(t), False) for t in fwd.candidate_tiles(D, False)]
                 out += [(f"forward {feature}", "tma+ws", dtype, D, tuple(t), True)
                         for t in fwd.candidate_tiles(D, True)]
