@@ -248,16 +248,31 @@ def fewest_spills(items: list, tile, table: dict, key, **features) -> list:
     return [item for item, count in zip(items, counts, strict=True) if count == min(counts, default=0)]
 
 
-def launch_plan(interpreted: bool, *, interpreter_meta: dict, default: triton.Config):
-    """``(tiles, meta, tune)`` for one launch: the block sizes to build descriptors with, the launch's
-    extra keyword arguments, and whether to go through the autotuner (whose pre-hook then resets the
-    descriptors' tiles). ``default``: the config used on the GPU when autotuning is off."""
+def launch_plans(interpreted: bool, *, interpreter_meta: dict, default: triton.Config, offered):
+    """The ways to run one launch, in the order to try them, each ``(tiles, meta, tune)``: the block sizes to build
+    descriptors with, the launch's extra keyword arguments, and whether to go through the autotuner (whose pre-hook
+    then resets the descriptors' tiles). In the interpreter, its blocks alone. On the GPU, the autotuner, or with
+    autotuning off ``default`` (the config used then); then each config of ``offered()`` on its own, in order (what
+    the autotuner would time first, then the rest of its list; called only when reached). A GPU with less shared
+    memory per block than Hopper's may not fit the first: ``_fit.first_that_fits`` takes the next."""
     if interpreted:
-        return interpreter_meta, interpreter_meta, False
+        yield interpreter_meta, interpreter_meta, False
+        return
+    tried = []
     if autotune_enabled():
-        return {"BLOCK_M": 64, "BLOCK_N": 64}, {}, True
-    meta = dict(default.kwargs, num_warps=default.num_warps, num_stages=default.num_stages)
-    return default.kwargs, meta, False
+        yield {"BLOCK_M": 64, "BLOCK_N": 64}, {}, True
+    else:
+        tried.append(default.all_kwargs())
+        yield fixed_plan(default)
+    for c in offered():
+        if c.all_kwargs() not in tried:
+            tried.append(c.all_kwargs())
+            yield fixed_plan(c)
+
+
+def fixed_plan(c: triton.Config) -> tuple[dict, dict, bool]:
+    """``(tiles, meta, tune)`` of :func:`launch_plans` for one config, run as it is (no autotuner)."""
+    return c.kwargs, dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages), False
 
 
 def descriptors(tensors, blocks, D: int, variant: Variant):

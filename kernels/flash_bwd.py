@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attn_course.kernels import _variants
+from attn_course.kernels import _fit, _variants
 from attn_course.kernels._ops import backward_buffers, define_padding_rows
 from attn_course.kernels._runtime import interpreter_scope, is_interpreted
 
@@ -736,27 +736,38 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
     def launch(variant: _variants.Variant):
         plan = [("dkdv", _bwd_dkdv, T_k, "BLOCK_N", (H_kv, H // H_kv))] if need_dkdv else []
         plan += [("dq", _bwd_dq, T_q, "BLOCK_M", (H, H // H_kv))] if need_dq else []
+        float32 = q.dtype == torch.float32  # (float32 has tiles of its own: an autotuner of its own)
         for name, kernel, T, block, heads in plan:
             packed = varlen and not variant.tma
-            tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
-                                                      default=default_config(name, tile_d, q.element_size(), packed,
-                                                                             **flags))
-            if tune:
-                float32 = q.dtype == torch.float32  # (float32 has tiles of its own: an autotuner of its own)
-                kernel = _variants.autotuned(kernel, variant, configs(name, variant, tile_d, float32),
-                                             tag=f"{D} float32" if float32 else D,
-                                             prune=functools.partial(prune, name, not variant.tma))
-            for n, (q_, k_, v_, do_, _, lse_, delta_, dq_, dk_, dv_), cus, drop in parts:
-                descs = _variants.descriptors((q_, k_, v_, do_, dq_, dk_, dv_),
-                                              [tiles[b] for _, b in _DESCRIPTORS], tile_d, variant)
-                per_kernel = ((dk_, dv_, *sq, *sk, *sv, *sg, *sl, *sdk) if name == "dkdv" else
-                              (dq_, *sq, *sk, *sv, *sg, *sl, *sdq))
+            pruning = functools.partial(prune, name, not variant.tma)
 
-                def grid(meta, T=T, block=block, heads=heads, n=n):
-                    return launch_grid(T, meta[block], heads[0], n)
+            def offered(name=name, pruning=pruning):  # (what the autotuner would time first, then the rest)
+                every = configs(name, variant, tile_d, float32)
+                first = pruning(every, {"Q": q}, **flags, TMA=variant.tma)
+                return first + [c for c in every if c not in first]
 
-                kernel[grid](q_, k_, v_, do_, lse_, delta_, *per_kernel, *descs, *cus, T_q, T_k, *tune_lengths, *heads,
-                             *window_args, *drop, **flags, TMA=variant.tma, **meta)
+            plans = _variants.launch_plans(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
+                                           offered=offered,
+                                           default=default_config(name, tile_d, q.element_size(), packed, **flags))
+            what = f"the {name} kernel ({variant.name}) at head dim {D}, {str(q.dtype).removeprefix('torch.')}"
+            _fit.first_that_fits(plans, functools.partial(launch_one, variant, name, kernel, T, block, heads, pruning,
+                                                     float32), what, q.device)
+
+    def launch_one(variant, name, kernel, T, block, heads, pruning, float32, tiles, meta, tune):
+        if tune:
+            kernel = _variants.autotuned(kernel, variant, configs(name, variant, tile_d, float32),
+                                         tag=f"{D} float32" if float32 else D, prune=pruning)
+        for n, (q_, k_, v_, do_, _, lse_, delta_, dq_, dk_, dv_), cus, drop in parts:
+            descs = _variants.descriptors((q_, k_, v_, do_, dq_, dk_, dv_),
+                                          [tiles[b] for _, b in _DESCRIPTORS], tile_d, variant)
+            per_kernel = ((dk_, dv_, *sq, *sk, *sv, *sg, *sl, *sdk) if name == "dkdv" else
+                          (dq_, *sq, *sk, *sv, *sg, *sl, *sdq))
+
+            def grid(meta, T=T, block=block, heads=heads, n=n):
+                return launch_grid(T, meta[block], heads[0], n)
+
+            kernel[grid](q_, k_, v_, do_, lse_, delta_, *per_kernel, *descs, *cus, T_q, T_k, *tune_lengths, *heads,
+                         *window_args, *drop, **flags, TMA=variant.tma, **meta)
 
     with interpreter_scope() if INTERPRET else contextlib.nullcontext():
         for n, (_, _, _, do_, out_, _, delta_, *_), cus, _ in parts:

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attn_course.kernels import _variants
+from attn_course.kernels import _fit, _variants
 from attn_course.kernels._ops import define_padding_rows, forward_buffers
 from attn_course.kernels._runtime import interpreter_scope, is_interpreted
 
@@ -768,12 +768,22 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         # (in the interpreter, tma+ws runs the single-loop code path: checked there too)
         interpreter_meta = dict(blocks or (INTERPRETER_DECODE_BLOCKS if decoding else INTERPRETER_BLOCKS),
                                 WARP_SPEC=variant.warp_specialize and not decoding)
-        tiles, meta, tune = _variants.launch_plan(INTERPRET, interpreter_meta=interpreter_meta,
-                                                  default=default_config(variant, tile_d, q.element_size(), T_q,
-                                                                         **flags))
+        float32 = q.dtype == torch.float32  # (float32 has tiles of its own: an autotuner of its own)
+
+        def offered():  # (what the autotuner would time first, then the rest: see _variants.launch_plans)
+            every = configs(variant, tile_d, float32)
+            first = prune_for_lengths(every, {"TUNE_T_Q": _variants.tuning_lengths(T_q)[0]}, **flags, TMA=variant.tma)
+            return first + [c for c in every if c not in first]
+
+        plans = _variants.launch_plans(INTERPRET, interpreter_meta=interpreter_meta, offered=offered,
+                                       default=default_config(variant, tile_d, q.element_size(), T_q, **flags))
+        what = f"the forward kernel ({variant.name}) at head dim {D}, {str(q.dtype).removeprefix('torch.')}"
+        _fit.first_that_fits(plans, lambda tiles, meta, tune: launch_with(variant, tiles, meta, tune, float32), what,
+                        q.device)
+
+    def launch_with(variant: _variants.Variant, tiles: dict, meta: dict, tune: bool, float32: bool):
         kernel = _attn_fwd
         if tune:  # (SPLIT_K in the key: a slice has fewer keys to walk)
-            float32 = q.dtype == torch.float32  # (float32 has tiles of its own: an autotuner of its own)
             kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, tile_d, float32),
                                          tag=f"{D} float32" if float32 else D,
                                          extra_key=["SPLIT_K", "PACK_GQA", "PAGED"], prune=prune_for_lengths)

@@ -305,8 +305,8 @@ def test_a_float32_launch_offers_the_autotuner_float32_s_own_tiles(dtype, D, mon
 
     q, k, v = make_qkv(1, 2, 1, 20, 20, D, dtype)
     out, lse = flash_attention(q, k, v, return_lse=True)
-    monkeypatch.setattr(_variants, "launch_plan", lambda interpreted, *, interpreter_meta, default:
-                        (interpreter_meta, {}, True))
+    monkeypatch.setattr(_variants, "launch_plans", lambda interpreted, *, interpreter_meta, default, offered:
+                        [(interpreter_meta, {}, True)])
     monkeypatch.setattr(_variants, "autotuned", spy)
     window = kernel_window((-1, -1), False)
     with pytest.raises(_Offered):

@@ -1,0 +1,204 @@
+"""A GPU with less shared memory than Hopper's: the launch takes the next tile that fits (``_fit``).
+
+Hopper gives a program 227 KiB of shared memory; an A100 163 KiB, an A10, L4 or RTX 30 / 40 card 99 KiB, a T4
+64 KiB. A tile that needs more is refused as its compiled kernel loads (Triton's ``OutOfResources``, before it
+runs). Here a stand-in kernel refuses tiles as such a GPU would, the same kernels run the rest in the
+interpreter, and the answer is checked against the reference: the launch must try the default tile first, then
+the autotuner's list in order, run the first that fits, and say clearly when none does.
+(tests/test_kernels_compile.py compiles the real tiles for those GPUs and checks each list has one that fits.)
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_kernels_common import assert_close_by_rule, make_qkv, reference, torch_same_dtype
+from test_kernels_dropout import check_dropout_case
+from triton.runtime.errors import OutOfResources
+
+from attn_course.kernels import _fit, _variants, flash_attention
+from attn_course.kernels._runtime import kernel_module
+
+CPU = torch.device("cpu")
+F32, F16 = torch.float32, torch.float16
+
+
+def need(tile, D: int, itemsize: int) -> int:
+    """A stand-in for a tile's shared memory: its query, key and value rows staged once per pipeline stage."""
+    bm, bn, _, stages = tile
+    return (bm + 2 * bn) * D * itemsize * stages
+
+
+class SmallGPU:
+    """Stands in for ``kernel`` on a GPU that refuses the tiles ``refuse(tile)`` says, for want of shared memory,
+    before they run (as Triton's loader refuses them), and runs the others (in the interpreter). Records what it
+    refused and what it ran."""
+
+    def __init__(self, kernel, refuse):
+        self.kernel, self.refuse = kernel, refuse
+        self.refused, self.ran = [], []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            tile = (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["num_warps"], kwargs["num_stages"])
+            if self.refuse(tile):
+                self.refused.append(tile)
+                raise OutOfResources(need(tile, kwargs["HEAD_DIM"], 2), 101_376, "shared memory")
+            self.ran.append(tile)
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.fixture
+def as_on_a_gpu(monkeypatch):
+    """Launches planned as on a GPU with autotuning off (the default tile, then the autotuner's list), run in the
+    interpreter."""
+    real = _variants.launch_plans
+    monkeypatch.setattr(_variants, "launch_plans", lambda interpreted, **kw: real(False, **kw))
+    monkeypatch.setenv(_variants.AUTOTUNE_ENV, "0")
+    monkeypatch.setenv(_variants.KERNEL_ENV, "pointer")
+
+
+def small_gpu_for(module, name: str, default, every: list, pruned: list, monkeypatch) -> tuple[SmallGPU, list, tuple]:
+    """A :class:`SmallGPU` planted for ``module``'s kernel ``name`` that refuses the launch's ``default`` tile and
+    every tile the autotuner would time (``pruned``, from its list ``every``) but the last, and nothing else; and
+    what the launch should then refuse, in order, and run: that last tile, although the GPU would take a tile of
+    ``every`` that comes before it (one the pruning skips, as it spills registers on Hopper)."""
+    default, pruned = _variants.tile_of(default), [_variants.tile_of(c) for c in pruned]
+    every = [_variants.tile_of(c) for c in every]
+    refuse = {default, *pruned[:-1]}
+    assert pruned[-1] not in refuse, "the stand-in should accept one of the autotuner's tiles"
+    skipped = [t for t in every[:every.index(pruned[-1])] if t not in refuse]
+    assert skipped, f"{name}: no skipped tile before the last of the autotuner's: this would not tell them apart"
+    gpu = SmallGPU(getattr(module, name), lambda t: t in refuse)
+    monkeypatch.setattr(module, name, gpu)
+    return gpu, [default] + [t for t in pruned[:-1] if t != default], pruned[-1]
+
+
+def test_each_kernel_runs_the_first_tile_of_its_list_that_fits(as_on_a_gpu, monkeypatch):
+    """With dropout at D = 32 (whose pruning skips tiles in the middle of each list), the forward, dK/dV and dQ
+    each refused all but the last of their tiles: each runs that one (not a skipped tile the GPU would take),
+    and the results match attention with the same dropout mask."""
+    fwd, bwd = kernel_module("flash_fwd", CPU), kernel_module("flash_bwd", CPU)
+    case = (1, 2, 2, 40, 40, 32, True, (-1, -1), F16, 0.25)
+    D = case[5]
+    pointer = _variants.VARIANTS["pointer"]
+    flags = dict(HEAD_DIM=D, D_REAL=D, IEEE=False, DROPOUT=True, IS_VARLEN=False)
+    every = fwd.configs(pointer, D)
+    gpus = {"forward": small_gpu_for(fwd, "_attn_fwd", fwd.default_config(pointer, D, 2, case[3], **flags), every,
+                                     fwd.prune_for_lengths(every, {"TUNE_T_Q": 64}, **flags), monkeypatch)}
+    q = torch.empty(1, dtype=F16)
+    for name in ("dkdv", "dq"):
+        every = bwd.configs(name, pointer, D)
+        gpus[name] = small_gpu_for(bwd, f"_bwd_{name}", bwd.default_config(name, D, 2, **flags), every,
+                                   bwd.prune(name, True, every, {"Q": q}, **flags), monkeypatch)
+    check_dropout_case(case)
+    for name, (gpu, refused, ran) in gpus.items():
+        assert gpu.refused == refused and gpu.ran == [ran], (name, gpu.refused, gpu.ran)
+
+
+def test_float32_falls_back_through_its_own_tiles(as_on_a_gpu, monkeypatch):
+    """float32 has tile lists of its own: a GPU that takes only the smallest of them (by the stand-in's measure)
+    runs that one, and the answer is right."""
+    fwd = kernel_module("flash_fwd", CPU)
+    D, T = 64, 40
+    tiles = [_variants.tile_of(c) for c in fwd.configs(_variants.VARIANTS["pointer"], D, True)]
+    smallest = min(need(t, D, 4) for t in tiles)
+    gpu = SmallGPU(fwd._attn_fwd, lambda t: need(t, D, 4) > smallest)
+    monkeypatch.setattr(fwd, "_attn_fwd", gpu)
+    q, k, v = make_qkv(1, 2, 2, T, T, D, F32)
+    out = flash_attention(q, k, v, causal=True)
+    assert len(gpu.ran) == 1 and need(gpu.ran[0], D, 4) == smallest and gpu.refused
+    assert set(gpu.refused) <= set(tiles)
+    assert_close_by_rule("out", out, reference(q, k, v, causal=True), torch_same_dtype(q, k, v, causal=True), F32)
+
+
+def test_an_autotuned_launch_that_is_refused_runs_a_tile_of_its_list(monkeypatch):
+    """The autotuner skips a refused config while it times them, but not the one it keeps when its pruned list
+    holds one, nor one when none fits: its refusal moves on to the list's tiles one by one."""
+    fwd = kernel_module("flash_fwd", CPU)
+    D, T = 64, 40
+    real = _variants.launch_plans
+    monkeypatch.setattr(_variants, "launch_plans", lambda interpreted, **kw: real(False, **kw))
+    monkeypatch.setenv(_variants.AUTOTUNE_ENV, "1")
+    monkeypatch.setenv(_variants.KERNEL_ENV, "pointer")
+
+    class RefusingTuner:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise OutOfResources(300_000, 232_448, "shared memory")
+            return launch
+
+    monkeypatch.setattr(_variants, "autotuned", lambda *a, **kw: RefusingTuner())
+    every = fwd.configs(_variants.VARIANTS["pointer"], D)
+    limit = min(need(t, D, 2) for t in map(_variants.tile_of, every))
+    gpu = SmallGPU(fwd._attn_fwd, lambda t: need(t, D, 2) > limit)
+    monkeypatch.setattr(fwd, "_attn_fwd", gpu)
+    q, k, v = make_qkv(1, 2, 2, T, T, D, F16)
+    out = flash_attention(q, k, v)
+    assert len(gpu.ran) == 1 and need(gpu.ran[0], D, 2) <= limit
+    assert all(need(t, D, 2) > limit for t in gpu.refused)
+    assert_close_by_rule("out", out, reference(q, k, v), torch_same_dtype(q, k, v), F16)
+
+
+def test_when_no_tile_fits_the_error_names_the_launch_and_the_limit(as_on_a_gpu, monkeypatch):
+    fwd = kernel_module("flash_fwd", CPU)
+    D = 128
+    every = fwd.configs(_variants.VARIANTS["pointer"], D)
+    smallest = min(need(t, D, 2) for t in map(_variants.tile_of, every))  # (as the stand-in reports each)
+    monkeypatch.setattr(fwd, "_attn_fwd", SmallGPU(fwd._attn_fwd, lambda t: True))
+    q, k, v = make_qkv(1, 1, 1, 20, 20, D, F16)
+    with pytest.raises(_fit.TilesDoNotFit) as caught:
+        flash_attention(q, k, v)
+    message = str(caught.value)
+    for part in ("forward kernel", "head dim 128", "float16", "allows 101376 of shared memory",
+                 f"the smallest needs {smallest}", f"none of the {len(every)} tile shapes"):
+        assert part in message, f"{part!r} not in: {message}"
+
+
+def test_first_that_fits_reads_the_plans_only_as_far_as_it_needs():
+    seen = []
+
+    def plans():
+        for i in range(5):
+            seen.append(i)
+            yield (i,)
+
+    def launch(i):
+        if i < 2:
+            raise OutOfResources(100 + i, 99, "shared memory")
+        return f"ran {i}"
+
+    assert _fit.first_that_fits(plans(), launch, "a launch", CPU) == "ran 2"
+    assert seen == [0, 1, 2]
+
+
+def test_first_that_fits_lets_every_other_error_through():
+    def launch():
+        raise RuntimeError("a compile error")
+
+    with pytest.raises(RuntimeError, match="a compile error"):
+        _fit.first_that_fits([()], launch, "a launch", CPU)
+
+
+def test_launch_plans_on_a_gpu_try_the_default_then_the_list_without_repeats(monkeypatch):
+    cfg = _variants.config
+    default, others = cfg(128, 64, 4, 3), [cfg(128, 64, 4, 3), cfg(64, 64, 4, 3), cfg(64, 32, 4, 4)]
+    calls = []
+
+    def offered():
+        calls.append(1)
+        return others
+
+    monkeypatch.setenv(_variants.AUTOTUNE_ENV, "0")
+    plans = _variants.launch_plans(False, interpreter_meta={}, default=default, offered=offered)
+    first = next(plans)
+    assert first == ({"BLOCK_M": 128, "BLOCK_N": 64}, {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4,
+                                                       "num_stages": 3}, False)
+    assert calls == [], "the list is built only when the default is refused"
+    assert [(m["BLOCK_M"], m["BLOCK_N"], m["num_stages"]) for _, m, _ in plans] == [(64, 64, 3), (64, 32, 4)]
+    monkeypatch.setenv(_variants.AUTOTUNE_ENV, "1")
+    tuned = list(_variants.launch_plans(False, interpreter_meta={}, default=default, offered=offered))
+    assert tuned[0][2] is True and [t for _, _, t in tuned[1:]] == [False] * 3
+    assert list(_variants.launch_plans(True, interpreter_meta={"BLOCK_M": 16}, default=default,
+                                       offered=offered)) == [({"BLOCK_M": 16}, {"BLOCK_M": 16}, False)]
