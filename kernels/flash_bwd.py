@@ -380,7 +380,9 @@ SPILLS = {
 # program, 16-key dQ steps, the only tiles that do not spill with dropout and ALiBi (dK/dV, under triton 3.6)
 # or dropout (dQ, both tritons) at D = 256 (FEATURE_SPILLS; untimed).
 WIDE_DKDV_TILES = [(32, 32, 8, 2), (16, 32, 8, 2), (32, 16, 8, 2)]
-WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2)]  # (64, 32, 4, 2) spills 40 B under triton 3.6
+WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2),  # (64, 32, 4, 2) spills 40 B under triton 3.6
+                 (64, 16, 8, 2)]  # (the last: the one that fits an A10's, L4's or RTX 30 / 40's 99 KiB of shared memory
+# per program, 84 KiB compiled for sm_80, where the others need 100 to 164 KiB: benchmarks/kernel_shared_memory.py)
 # float32 (IEEE products on the CUDA cores) has tiles of its own, as the forward's (flash_fwd.FLOAT32_TILES): in
 # float32 every 16-bit tile above but one (dK/dV's 16 x 64 at D = 128) spills registers on sm_90 (24 bytes to 32 KB;
 # the wide dQ list's 128 x 16 12.7 KB) and through TMA every float32 tile surveyed spills (0.6 to 8.2 KB), so auto
@@ -527,8 +529,9 @@ def prune_for_packing(kernel: str, configs: list[triton.Config], nargs: dict, **
 # is the first candidate not among them (surveyed through TMA; pointers use the same lists). Keyed by the
 # kernels' constexpr, as in flash_fwd; with all three on, every dK/dV tile spills at D = 128 under triton 3.6,
 # and the pruning keeps the one named by the fewest lists (16 x 64: 32 bytes there, none under 3.9). At D = 256
-# (through pointers, what auto runs there) dropout leaves dQ only its 128 x 16 tile, and dropout with ALiBi
-# leaves dK/dV only its 32 x 16 (the wide lists' last). (D = 160, padded to 256-wide tiles: the same tiles spill.)
+# (through pointers, what auto runs there) dropout leaves dQ only its 128 x 16 tile (64 x 16, added to fit a 99 KiB
+# GPU, spills 8 to 120 bytes with dropout), and dropout with ALiBi leaves dK/dV only its 32 x 16. (D = 160, padded
+# to 256-wide tiles: the same tiles spill.)
 # In 16- and 32-wide tiles (surveyed through TMA, as auto runs them) every feature spills some tiles too (dK/dV's
 # 64 x 64 on 8 warps with each), up to 2.5 KB in dQ with dropout and a softcap; each kernel keeps tiles that do not.
 FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
@@ -543,7 +546,7 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
         ("dq", 64): [(64, 128, 8, 3), (128, 128, 8, 2)],
         ("dq", 128): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
         ("dkdv", 256): [(32, 32, 8, 2)],
-        ("dq", 256): [(64, 32, 8, 2), (128, 32, 8, 2)],
+        ("dq", 256): [(64, 16, 8, 2), (64, 32, 8, 2), (128, 32, 8, 2)],
     },
     "SOFTCAP": {
         ("dkdv", 16): [(64, 64, 8, 3)],
@@ -576,7 +579,7 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
         ("dq", 128): [(64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 32, 8, 3), (128, 64, 8, 3),
                       (128, 128, 8, 2)],
         ("dkdv", 256): [(32, 32, 8, 2)],
-        ("dq", 256): [(64, 32, 8, 2), (128, 32, 8, 2)],
+        ("dq", 256): [(64, 16, 8, 2), (64, 32, 8, 2), (128, 32, 8, 2)],
     },
     "DROPOUT+ALIBI": {
         ("dkdv", 16): [(32, 64, 8, 3), (64, 64, 8, 3), (64, 128, 8, 2)],
@@ -590,7 +593,7 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
                         (64, 64, 8, 3), (64, 128, 8, 2)],
         ("dq", 128): [(64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
         ("dkdv", 256): [(16, 32, 8, 2), (32, 32, 8, 2)],
-        ("dq", 256): [(64, 32, 8, 2), (128, 32, 8, 2)],
+        ("dq", 256): [(64, 16, 8, 2), (64, 32, 8, 2), (128, 32, 8, 2)],
     },
     "SOFTCAP+ALIBI": {
         ("dkdv", 16): [(64, 64, 8, 3)],
@@ -616,7 +619,7 @@ FEATURE_SPILLS: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]
         ("dq", 128): [(64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 8, 2), (64, 128, 8, 3), (128, 32, 8, 3),
                       (128, 64, 8, 3), (128, 128, 8, 2)],
         ("dkdv", 256): [(16, 32, 8, 2), (32, 32, 8, 2)],
-        ("dq", 256): [(64, 32, 8, 2), (128, 32, 8, 2)],
+        ("dq", 256): [(64, 16, 8, 2), (64, 32, 8, 2), (128, 32, 8, 2)],
     },
 }
 

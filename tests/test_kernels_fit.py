@@ -1,14 +1,19 @@
 """A GPU with less shared memory than Hopper's: the launch takes the next tile that fits (``_fit``).
 
-Hopper gives a program 227 KiB of shared memory; an A100 163 KiB, an A10, L4 or RTX 30 / 40 card 99 KiB, a T4
-64 KiB. A tile that needs more is refused as its compiled kernel loads (Triton's ``OutOfResources``, before it
-runs). Here a stand-in kernel refuses tiles as such a GPU would, the same kernels run the rest in the
-interpreter, and the answer is checked against the reference: the launch must try the default tile first, then
-the autotuner's list in order, run the first that fits, and say clearly when none does.
-(tests/test_kernels_compile.py compiles the real tiles for those GPUs and checks each list has one that fits.)
+Hopper gives a program 227 KiB of shared memory; an A100 163 KiB, an A10, L4 or RTX 30 / 40 card 99 KiB. A tile
+that needs more is refused as its compiled kernel loads (Triton's ``OutOfResources``, before it runs). Here a
+stand-in kernel refuses tiles as such a GPU would, the same kernels run the rest in the interpreter, and the answer
+is checked against the reference: the launch must try the default tile first, then the autotuner's list in order,
+run the first that fits, and say clearly when none does. The tests at the end read the real tiles' needs, compiled
+for sm_80 by benchmarks/kernel_shared_memory.py, and check that each list has one that fits those GPUs.
 """
 
 from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,3 +207,82 @@ def test_launch_plans_on_a_gpu_try_the_default_then_the_list_without_repeats(mon
     assert tuned[0][2] is True and [t for _, _, t in tuned[1:]] == [False] * 3
     assert list(_variants.launch_plans(True, interpreter_meta={"BLOCK_M": 16}, default=default,
                                        offered=offered)) == [({"BLOCK_M": 16}, {"BLOCK_M": 16}, False)]
+
+
+# The real tiles on real GPUs: benchmarks/kernel_shared_memory.py compiles every tile of every pointer list for
+# sm_80 (under both tritons: make survey) and records the shared memory each needs.
+SHARED_REPORTS = {"3.9": "kernel_shared_memory.json", "3.6": "kernel_shared_memory_triton3.6.json"}
+
+
+@functools.cache
+def _shared(version: str):
+    """The shared-memory tool and its committed report compiled by triton ``version`` (read once, never modified)."""
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("kernel_shared_memory", root / "benchmarks" /
+                                                  "kernel_shared_memory.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    report = json.loads((root / "benchmarks" / "results" / SHARED_REPORTS[version]).read_text())
+    assert report["triton"].startswith(version), f"{SHARED_REPORTS[version]} was compiled by {report['triton']}"
+    return tool, report
+
+
+@pytest.mark.parametrize("version", SHARED_REPORTS)
+def test_the_shared_memory_report_covers_exactly_the_current_tile_lists(version):
+    """Change a tile list and this fails until ``make survey`` is rerun; every tile compiled for both targets."""
+    tool, report = _shared(version)
+    want = set(tool.jobs())
+    got = {(r["part"], r["dtype"], r["D"], tuple(r["tile"])) for r in report["rows"]}
+    assert got == want, (f"benchmarks/results/{SHARED_REPORTS[version]} is stale (missing {sorted(want - got)[:4]}, "
+                         f"extra {sorted(got - want)[:4]}): run make survey")
+    failed = [r for r in report["rows"] if not all(isinstance(r[t], int) for t in report["targets"])]
+    assert not failed, f"tiles that do not compile before Hopper: {failed[:4]}"
+
+
+def offered_tiles(tool, part: str, dtype: str, D: int) -> list[tuple]:
+    """The tiles a pointer launch of ``part`` may run, default and fallbacks alike: its kernel's autotuning list."""
+    fwd, bwd = kernel_module("flash_fwd", CPU), kernel_module("flash_bwd", CPU)
+    pointer, float32 = _variants.VARIANTS["pointer"], dtype == "float32"
+    configs = fwd.configs(pointer, D, float32) if part in ("forward", "decode") else bwd.configs(part, pointer, D,
+                                                                                                   float32)
+    return [_variants.tile_of(c) for c in configs]
+
+
+@pytest.mark.parametrize("version", SHARED_REPORTS)
+@pytest.mark.parametrize("gpu", ["A100 (sm_80)", "A10, L4, RTX 30 / 40 (sm_86, sm_89)"])
+def test_every_kernel_has_a_tile_that_fits_each_gpu_before_hopper(gpu, version):
+    """For each kernel, dtype and head dim, some tile the launch may run fits the GPU's shared memory per program
+    (so a launch there falls back to it rather than failing); and the report's own summary agrees."""
+    tool, report = _shared(version)
+    cc, limit = tool.GPUS[gpu]
+    need = {(r["part"], r["dtype"], r["D"], tuple(r["tile"])): r[f"sm_{cc}"] for r in report["rows"]}
+    missing = []
+    for part, dtype, D in sorted({key[:3] for key in need}):
+        # (the forward's list holds its prefill and its decoding tiles, and a launch of either may fall back to
+        # any: a tile of the other kind is read as measured in a launch of its own kind)
+        other = {"forward": "decode", "decode": "forward"}.get(part, part)
+        needs = [need.get((part, dtype, D, t), need.get((other, dtype, D, t)))
+                 for t in offered_tiles(tool, part, dtype, D)]
+        assert None not in needs, f"{dtype} {part} at D = {D}: a tile offered is not in the report"
+        if min(needs) > limit:
+            missing.append(f"{dtype} {part} at D = {D} (least {min(needs)} B)")
+    assert not missing, f"{gpu}, {limit} B per program: no tile fits for {missing}"
+    assert not [g for g in report["gaps"] if g.startswith(gpu)], report["gaps"]
+
+
+def test_the_shared_memory_report_matches_this_triton_and_sm_86_compiles_as_sm_80():
+    """A row recompiled here (a forward tile at D = 256, for sm_80 and for sm_86) agrees with the report of this
+    machine's triton: the report is what this code compiles to, and the later pre-Hopper GPUs need what sm_80
+    does."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from attn_course.kernels._compile import compile_launch, forward_launches
+
+    version = next(v for v in SHARED_REPORTS if triton.__version__.startswith(v))
+    _, report = _shared(version)
+    row = next(r for r in report["rows"] if (r["part"], r["dtype"], r["D"]) == ("forward", "float16", 256))
+    (fn, args, kwargs), = forward_launches("pointer", F16, 256, config=_variants.config(*row["tile"], WARP_SPEC=False))
+    for cc in (80, 86):
+        shared = compile_launch(fn, args, dict(kwargs), GPUTarget("cuda", cc, 32)).metadata.shared
+        assert shared == row["sm_80"], f"sm_{cc}: {shared} B, the report's sm_80 says {row['sm_80']}"

@@ -1,0 +1,149 @@
+"""How much shared memory each tile shape needs on GPUs older than Hopper, measured without a GPU.
+
+The tile lists are chosen on Hopper, where one program may use 227 KiB of shared memory. Before Hopper the
+kernels run the ``pointer`` variant (``auto`` picks TMA only from compute capability 9.0), and a GPU gives a
+program less: an A100 (sm_80) 163 KiB; an A10, A40, RTX 30 series (sm_86), L4, L40 or RTX 40 series (sm_89)
+99 KiB. A tile that needs more is refused as it loads, and the launch takes the next of its list
+(``attn_course.kernels._fit``), so each list must hold one that fits.
+
+This compiles every tile of the pointer forward, decoding step, dK/dV and dQ lists (16-bit and float32, at the
+survey's eight head dims) for sm_80, whose code the later pre-Hopper GPUs share (cp.async pipelining from 8.0;
+``tests/test_kernels_fit.py`` checks an sm_86 compile against it), and records the shared memory each needs.
+Registers do not decide here (the sm_90 survey, ``kernel_resources.py``, covers spills); no speed is measured.
+
+Not surveyed: sm_75 (T4, RTX 20 series: 64 KiB), which Triton does not support (its README asks for compute
+capability 8.0; there ``tl.dot`` runs on the CUDA cores). Probed once (triton 3.9, 16-bit inputs, D up to 80):
+every list has a tile that fits up to D = 64, but at D = 80 no dK/dV or dQ tile does (72 and 80 KiB at least), so
+there the backward stops with ``_fit.TilesDoNotFit``; compiling for sm_75 also takes several times as long.
+
+    python benchmarks/kernel_shared_memory.py                       # writes results/kernel_shared_memory.json
+    python benchmarks/kernel_shared_memory.py --out /tmp/shared.json --workers 2
+
+``make survey`` runs it under this machine's triton and under triton 3.6, as on the GPU machines
+(``kernel_shared_memory_triton3.6.json``): shared memory is the compiler's choice, and may differ between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = (80,)  # compute capabilities compiled for (sm_86 and sm_89 compile as sm_80 does)
+PARTS = ("forward", "decode", "dkdv", "dq")
+# each GPU class: the capability its code is compiled as, and the shared memory one program may use (bytes:
+# cudaDevAttrMaxSharedMemoryPerBlockOptin, the figure Triton compares a kernel's need against)
+GPUS = {
+    "A100 (sm_80)": (80, 166_912),
+    "A10, L4, RTX 30 / 40 (sm_86, sm_89)": (80, 101_376),
+}
+
+
+CACHE_NOTE = ("this run's wall time with Triton's on-disk cache as this machine had it: tiles compiled by an earlier "
+              "run load from the cache instead; from a cold cache, about 10 minutes per triton on 2 cores")
+
+
+def head_dims() -> tuple[int, ...]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from kernel_resources import HEAD_DIMS
+
+    return HEAD_DIMS
+
+
+def tiles(part: str, dtype: str, D: int) -> list[tuple[int, int, int, int]]:
+    """Every tile of ``part``'s list for ``dtype`` inputs at head dim ``D`` (what the launch may fall back to)."""
+    from attn_course.kernels._compile import CUDA
+    from attn_course.kernels._runtime import kernel_module
+
+    fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
+    float32 = dtype == "float32"
+    if part == "forward":
+        return [tuple(t) for t in fwd.candidate_tiles(D, False, float32)]
+    if part == "decode":
+        return [tuple(t) for t in fwd.decode_tiles(D, float32)]
+    return [tuple(t) for t in bwd.candidate_tiles(part, D, float32)]
+
+
+def jobs() -> list[tuple]:
+    """(part, dtype, D, tile) for every tile of every list: float16 stands for both 16-bit types."""
+    return [(part, dtype, D, t) for dtype in ("float16", "float32") for D in head_dims() for part in PARTS
+            for t in tiles(part, dtype, D)]
+
+
+def measure(job) -> dict:
+    part, dtype_name, D, tile = job
+    from triton.backends.compiler import GPUTarget
+
+    from attn_course.kernels import _variants
+    from attn_course.kernels._compile import backward_launches, compile_launch, decoding_launches, forward_launches
+
+    dtype = getattr(torch, dtype_name)
+    row = {"part": part, "dtype": dtype_name, "D": D, "tile": list(tile)}
+    if part == "forward":
+        (fn, args, kwargs), = forward_launches("pointer", dtype, D, config=_variants.config(*tile, WARP_SPEC=False))
+    elif part == "decode":
+        (fn, args, kwargs), _ = decoding_launches("pointer", dtype, D, config=_variants.config(*tile, WARP_SPEC=False))
+    else:
+        launches = backward_launches("pointer", dtype, D, config=_variants.config(*tile))
+        (fn, args, kwargs), = [c for c in launches if c[0].__name__ == f"_bwd_{part}"]
+    for cc in TARGETS:
+        try:
+            row[f"sm_{cc}"] = compile_launch(fn, args, dict(kwargs), GPUTarget("cuda", cc, 32)).metadata.shared
+        except Exception as e:  # a tile that does not compile is a finding, not a crash of the report
+            row[f"sm_{cc}"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return row
+
+
+def kernel_of(part: str) -> str:
+    """The kernel whose list a part's tiles are in: a decoding step runs the forward kernel, whose autotuning list
+    holds both its prefill and its decoding tiles (a launch may fall back to any of them)."""
+    return "forward" if part == "decode" else part
+
+
+def gaps(rows: list[dict]) -> list[str]:
+    """Each (GPU class, dtype, head dim, kernel) none of whose tiles fits, in words."""
+    found = []
+    for gpu, (cc, limit) in GPUS.items():
+        for dtype, D, kernel in sorted({(r["dtype"], r["D"], kernel_of(r["part"])) for r in rows}):
+            needs = [r[f"sm_{cc}"] for r in rows if (r["dtype"], r["D"], kernel_of(r["part"])) == (dtype, D, kernel)]
+            if not any(isinstance(n, int) and n <= limit for n in needs):
+                least = min((n for n in needs if isinstance(n, int)), default=None)
+                found.append(f"{gpu}: {dtype} {kernel} at D = {D}: no tile fits {limit} B (least {least})")
+    return found
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--out", type=Path, default=RESULTS / "kernel_shared_memory.json")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(max(1, args.workers)) as pool:
+        rows = list(pool.imap(measure, jobs()))
+    rows.sort(key=lambda r: (r["dtype"], r["D"], PARTS.index(r["part"]), r["tile"]))
+    for r in rows:
+        print(f"{r['dtype']:8s} D={r['D']:3d} {r['part']:8s} {'x'.join(map(str, r['tile'][:2]))} w{r['tile'][2]} "
+              f"s{r['tile'][3]}  " + "  ".join(f"sm_{cc} {r[f'sm_{cc}']}" for cc in TARGETS))
+    report = {"targets": [f"sm_{cc}" for cc in TARGETS], "gpus": {name: {"compiled_as": f"sm_{cc}", "limit": limit}
+                                                                   for name, (cc, limit) in GPUS.items()},
+              "triton": triton.__version__, "torch": torch.__version__, "machine": platform.machine(),
+              "compile_seconds": round(time.perf_counter() - start, 1), "compile_seconds_note": CACHE_NOTE,
+              "rows": rows, "gaps": gaps(rows)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print("\n".join(report["gaps"]) or "every list has a tile that fits each GPU class")
+    print(f"{len(rows)} tiles; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
