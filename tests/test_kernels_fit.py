@@ -21,7 +21,7 @@ from test_kernels_common import assert_close_by_rule, make_qkv, reference, torch
 from test_kernels_dropout import check_dropout_case
 from triton.runtime.errors import OutOfResources
 
-from attn_course.kernels import _fit, _variants, flash_attention
+from attn_course.kernels import _fit, _variants, flash_attention, flash_attention_kvcache
 from attn_course.kernels._runtime import kernel_module
 
 CPU = torch.device("cpu")
@@ -41,7 +41,7 @@ class SmallGPU:
 
     def __init__(self, kernel, refuse):
         self.kernel, self.refuse = kernel, refuse
-        self.refused, self.ran = [], []
+        self.refused, self.ran, self.flags = [], [], []
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
@@ -50,6 +50,7 @@ class SmallGPU:
                 self.refused.append(tile)
                 raise OutOfResources(need(tile, kwargs["HEAD_DIM"], 2), 101_376, "shared memory")
             self.ran.append(tile)
+            self.flags.append({name: value for name, value in kwargs.items() if isinstance(value, bool)})
             return self.kernel[grid](*args, **kwargs)
         return launch
 
@@ -116,6 +117,25 @@ def test_float32_falls_back_through_its_own_tiles(as_on_a_gpu, monkeypatch):
     assert len(gpu.ran) == 1 and need(gpu.ran[0], D, 4) == smallest and gpu.refused
     assert set(gpu.refused) <= set(tiles)
     assert_close_by_rule("out", out, reference(q, k, v, causal=True), torch_same_dtype(q, k, v, causal=True), F32)
+
+
+def test_a_decoding_step_whose_16_row_tiles_do_not_fit_runs_a_prefill_tile(as_on_a_gpu, monkeypatch):
+    """A 99 KiB GPU at D = 256 fits none of the 16-row decoding tiles (138 KiB and more on sm_80): a decoding step
+    then runs one of the forward's prefill tiles, which its launch never otherwise gets, with the query heads of a
+    GQA group packed into the rows and the keys split in 3 slices; the answer must not change. (Stood in for at
+    D = 32, which the interpreter runs quicker: the same code paths.)"""
+    fwd = kernel_module("flash_fwd", CPU)
+    B, H, H_kv, T_q, T_k, D = 2, 4, 2, 1, 70, 32
+    decoding = set(fwd.decode_tiles(D))
+    gpu = SmallGPU(fwd._attn_fwd, lambda t: t in decoding)
+    monkeypatch.setattr(fwd, "_attn_fwd", gpu)
+    q, k, v = make_qkv(B, H, H_kv, T_q, T_k, D, F16)
+    with torch.no_grad():
+        out = flash_attention_kvcache(q, k, v, num_splits=3)
+    assert gpu.refused and set(gpu.refused) <= decoding and len(gpu.ran) == 1
+    assert gpu.ran[0] not in decoding and gpu.ran[0][0] > fwd.DECODE_ROWS, gpu.ran
+    assert gpu.flags[0]["SPLIT_K"] and gpu.flags[0]["PACK_GQA"], gpu.flags
+    assert_close_by_rule("out", out, reference(q, k, v), torch_same_dtype(q, k, v), F16)
 
 
 def test_an_autotuned_launch_that_is_refused_runs_a_tile_of_its_list(monkeypatch):
