@@ -753,8 +753,8 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
                                            offered=offered,
                                            default=default_config(name, tile_d, q.element_size(), packed, **flags))
             what = f"the {name} kernel ({variant.name}) at head dim {D}, {str(q.dtype).removeprefix('torch.')}"
-            _fit.first_that_fits(plans, functools.partial(launch_one, variant, name, kernel, T, block, heads, pruning,
-                                                     float32), what, q.device)
+            run_plan = functools.partial(launch_one, variant, name, kernel, T, block, heads, pruning, float32)
+            _fit.first_that_fits(plans, run_plan, what, q.device)
 
     def launch_one(variant, name, kernel, T, block, heads, pruning, float32, tiles, meta, tune):
         if tune:
