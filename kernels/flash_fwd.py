@@ -351,7 +351,8 @@ WIDE_WS_TILES = [(64, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2)]
 # mma.sync rather than wgmma, which needs 64 rows. Float32 (no tensor cores to feed) gets the smallest.
 DECODE_ROWS = 16
 DECODE_TILES = [(16, 64, 4, 3), (16, 128, 4, 2), (16, 64, 4, 4), (16, 128, 4, 3)]
-WIDE_DECODE_TILES = [(16, 64, 4, 3), (16, 64, 4, 4)]
+WIDE_DECODE_TILES = [(16, 64, 4, 3), (16, 64, 4, 4), (16, 64, 4, 2)]  # (the last: 74 KiB of shared memory on sm_80,
+# where the others need 138 and 202, fits an A10's, L4's or RTX 30 / 40's 99 KiB: benchmarks/kernel_shared_memory.py)
 # float32 (full-precision products on the CUDA cores: IEEE, no tensor cores; each element twice a 16-bit one's bytes)
 # has tile lists of its own, keyed by the tiles' width (_variants.float32_width: 32 also serves 16). Compiled
 # for sm_90 in float32, every 16-bit prefill tile above spills registers (0.4 to 21 KB under triton 3.9), every
@@ -604,6 +605,7 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
     "PADDED+PAGED": {
         64: [(64, 64, 4, 3, False), (128, 32, 4, 4, False), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
              (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
+        256: [(16, 64, 4, 2, False)],  # (paged decoding at D = 160: 32 bytes under triton 3.9)
     },
 }
 

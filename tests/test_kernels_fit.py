@@ -120,10 +120,10 @@ def test_float32_falls_back_through_its_own_tiles(as_on_a_gpu, monkeypatch):
 
 
 def test_a_decoding_step_whose_16_row_tiles_do_not_fit_runs_a_prefill_tile(as_on_a_gpu, monkeypatch):
-    """A 99 KiB GPU at D = 256 fits none of the 16-row decoding tiles (138 KiB and more on sm_80): a decoding step
-    then runs one of the forward's prefill tiles, which its launch never otherwise gets, with the query heads of a
-    GQA group packed into the rows and the keys split in 3 slices; the answer must not change. (Stood in for at
-    D = 32, which the interpreter runs quicker: the same code paths.)"""
+    """A GPU that fits none of the 16-row decoding tiles (before WIDE_DECODE_TILES gained a 2-stage tile, a 99 KiB
+    one at D = 256: 138 KiB and more on sm_80) runs a decoding step in one of the forward's prefill tiles, which its
+    launch never otherwise gets, with the query heads of a GQA group packed into the rows and the keys split in 3
+    slices; the answer must not change. (At D = 32, which the interpreter runs quicker: the same code paths.)"""
     fwd = kernel_module("flash_fwd", CPU)
     B, H, H_kv, T_q, T_k, D = 2, 4, 2, 1, 70, 32
     decoding = set(fwd.decode_tiles(D))
