@@ -259,7 +259,7 @@ def test_the_shared_memory_report_covers_exactly_the_current_tile_lists(version)
     assert not failed, f"tiles that do not compile before Hopper: {failed[:4]}"
 
 
-def offered_tiles(tool, part: str, dtype: str, D: int) -> list[tuple]:
+def offered_tiles(part: str, dtype: str, D: int) -> list[tuple]:
     """The tiles a pointer launch of ``part`` may run, default and fallbacks alike: its kernel's autotuning list."""
     fwd, bwd = kernel_module("flash_fwd", CPU), kernel_module("flash_bwd", CPU)
     pointer, float32 = _variants.VARIANTS["pointer"], dtype == "float32"
@@ -282,7 +282,7 @@ def test_every_kernel_has_a_tile_that_fits_each_gpu_before_hopper(gpu, version):
         # any: a tile of the other kind is read as measured in a launch of its own kind)
         other = {"forward": "decode", "decode": "forward"}.get(part, part)
         needs = [need.get((part, dtype, D, t), need.get((other, dtype, D, t)))
-                 for t in offered_tiles(tool, part, dtype, D)]
+                 for t in offered_tiles(part, dtype, D)]
         assert None not in needs, f"{dtype} {part} at D = {D}: a tile offered is not in the report"
         if min(needs) > limit:
             missing.append(f"{dtype} {part} at D = {D} (least {min(needs)} B)")
