@@ -79,7 +79,7 @@ def jobs(dtypes=("float16", "float32"), head_dims=None):
     from attn_course.kernels._tiles import head_dim_tile
 
     fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
-    out = float32_jobs(fwd, bwd, head_dims or HEAD_DIMS) if "float32" in dtypes else []
+    out = float32_jobs(head_dims or HEAD_DIMS) if "float32" in dtypes else []
     for dtype in (d for d in dtypes if d != "float32"):
         for D in head_dims or HEAD_DIMS:
             out += plain_jobs(fwd, bwd, dtype, D)
@@ -125,27 +125,34 @@ FLOAT32_TMA_HEAD_DIMS = (64, 128)
 FLOAT32_EXTRA_PARTS = (*FEATURES, "varlen")
 
 
-def float32_jobs(fwd, bwd, head_dims) -> list[tuple]:
+def float32_jobs(head_dims) -> list[tuple]:
     """float32's own tiles (``flash_fwd.FLOAT32_TILES`` and ``FLOAT32_DECODE_TILES``, ``flash_bwd.FLOAT32_TILES``):
     the forward, a decoding step and both backward kernels, through pointers (what ``auto`` runs for float32) at
     every head dim surveyed, and through TMA at :data:`FLOAT32_TMA_HEAD_DIMS`; then through pointers with each
     feature, pair and all three, and for packed batches (:data:`FLOAT32_EXTRA_PARTS`), and on a paged cache
     (``forward paged``, ``forward varlen paged``, ``decode paged``)."""
-    def tiles(part: str, D: int) -> list:  # float32's list for a survey part, named by its kernel (first word)
-        kernel = part.split(" ")[0]
-        if kernel == "forward":
-            return fwd.candidate_tiles(D, False, True)
-        return fwd.decode_tiles(D, True) if kernel == "decode" else bwd.candidate_tiles(kernel, D, True)
-
     plain = ("forward", "decode", "dkdv", "dq")
     extra = [f"{kernel} {suffix}" for suffix in FLOAT32_EXTRA_PARTS for kernel in ("forward", "dkdv", "dq")]
     extra += ["forward paged", "forward varlen paged", "decode paged"]
     out = []
     for D in head_dims:
         for variant in ("pointer", "tma") if D in FLOAT32_TMA_HEAD_DIMS else ("pointer",):
-            out += [(part, variant, "float32", D, tuple(t), False) for part in plain for t in tiles(part, D)]
-        out += [(part, "pointer", "float32", D, tuple(t), False) for part in extra for t in tiles(part, D)]
+            out += [(part, variant, "float32", D, tuple(t), False) for part in plain for t in tile_list(part, D, True)]
+        out += [(part, "pointer", "float32", D, tuple(t), False) for part in extra for t in tile_list(part, D, True)]
     return out
+
+
+def tile_list(part: str, D: int, float32: bool = False) -> list:
+    """The tile list a survey part's kernel (its first word: forward, decode, dkdv, dq) has at head dim ``D``, for
+    16-bit inputs (not warp-specialised) or, ``float32``, float32's own."""
+    from attn_course.kernels._compile import CUDA
+    from attn_course.kernels._runtime import kernel_module
+
+    fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
+    kernel = part.split(" ")[0]
+    if kernel == "forward":
+        return fwd.candidate_tiles(D, False, float32)
+    return fwd.decode_tiles(D, float32) if kernel == "decode" else bwd.candidate_tiles(kernel, D, float32)
 
 
 CACHE_NOTE = ("this run's wall time with Triton's on-disk cache as this machine had it: configs compiled by an "
@@ -153,37 +160,46 @@ CACHE_NOTE = ("this run's wall time with Triton's on-disk cache as this machine 
               "for both tritons on 2 cores)")
 
 
+def launch_of(part: str, variant: str, dtype, D: int, tile, ws: bool):
+    """``(fn, args, kwargs)``: the launch of survey part ``part`` (``forward``, ``decode``, ``dkdv``, ``dq``, with a
+    suffix: a feature of :data:`FEATURES`, ``varlen``, ``paged`` or ``varlen paged``) in ``tile``, recorded on the
+    CPU (``attn_course.kernels._compile``) to be compiled for any target."""
+    from attn_course.kernels import _variants
+    from attn_course.kernels._compile import backward_launches, decoding_launches, forward_launches
+
+    part, _, suffix = part.partition(" ")
+    varlen, extra = suffix.startswith("varlen"), FEATURES.get(suffix, {})
+    page_size = 16 if suffix.endswith("paged") else None
+    if part == "forward":  # (paged, not packed: a prompt's chunk against a paged cache of per-sequence lengths)
+        used = torch.tensor([256, 200], dtype=torch.int32) if page_size and not varlen else None
+        (launch,) = forward_launches(variant, dtype, D, config=_variants.config(*tile, WARP_SPEC=ws), varlen=varlen,
+                                     page_size=page_size, seqused_k=used, **extra)
+        return launch
+    if part == "decode":
+        launch, _ = decoding_launches(variant, dtype, D, page_size=page_size,
+                                      config=_variants.config(*tile, WARP_SPEC=False))
+        return launch
+    launches = backward_launches(variant, dtype, D, config=_variants.config(*tile), varlen=varlen, **extra)
+    (launch,) = [c for c in launches if c[0].__name__ == f"_bwd_{part}"]
+    return launch
+
+
 def measure(job) -> dict:
     part, variant, dtype_name, D, tile, ws = job
-    from attn_course.kernels import _variants
-    from attn_course.kernels._compile import (
-        backward_launches,
-        compile_launch,
-        decoding_launches,
-        forward_launches,
-        resources,
-    )
+    from attn_course.kernels._compile import compile_launch, resources
 
-    dtype = getattr(torch, dtype_name)
     row = {"part": part, "variant": variant, "dtype": dtype_name, "D": D, "tile": list(tile)}
     try:
-        part, _, suffix = part.partition(" ")
-        varlen, extra = suffix.startswith("varlen"), FEATURES.get(suffix, {})
-        page_size = 16 if suffix.endswith("paged") else None
-        if part == "forward":  # (paged, not packed: a prompt's chunk against a paged cache of per-sequence lengths)
-            used = torch.tensor([256, 200], dtype=torch.int32) if page_size and not varlen else None
-            (fn, args, kwargs), = forward_launches(variant, dtype, D, config=_variants.config(*tile, WARP_SPEC=ws),
-                                                   varlen=varlen, page_size=page_size, seqused_k=used, **extra)
-        elif part == "decode":
-            (fn, args, kwargs), _ = decoding_launches(variant, dtype, D, page_size=page_size,
-                                                      config=_variants.config(*tile, WARP_SPEC=False))
-        else:
-            launches = backward_launches(variant, dtype, D, config=_variants.config(*tile), varlen=varlen, **extra)
-            (fn, args, kwargs), = [c for c in launches if c[0].__name__ == f"_bwd_{part}"]
+        fn, args, kwargs = launch_of(part, variant, getattr(torch, dtype_name), D, tile, ws)
         row.update(resources(compile_launch(fn, args, kwargs)))
     except Exception as e:  # a config that does not compile is a finding, not a crash of the report
-        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        row["error"] = error_text(e)
     return row
+
+
+def error_text(e: Exception) -> str:
+    """A compile error in one line, for a report's row."""
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
 
 
 def flags(row) -> list[str]:

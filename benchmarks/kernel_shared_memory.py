@@ -52,54 +52,29 @@ CACHE_NOTE = ("this run's wall time with Triton's on-disk cache as this machine 
               "run load from the cache instead; from a cold cache, about 10 minutes per triton on 2 cores")
 
 
-def head_dims() -> tuple[int, ...]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from kernel_resources import HEAD_DIMS
-
-    return HEAD_DIMS
-
-
-def tiles(part: str, dtype: str, D: int) -> list[tuple[int, int, int, int]]:
-    """Every tile of ``part``'s list for ``dtype`` inputs at head dim ``D`` (what the launch may fall back to)."""
-    from attn_course.kernels._compile import CUDA
-    from attn_course.kernels._runtime import kernel_module
-
-    fwd, bwd = kernel_module("flash_fwd", CUDA), kernel_module("flash_bwd", CUDA)
-    float32 = dtype == "float32"
-    if part == "forward":
-        return [tuple(t) for t in fwd.candidate_tiles(D, False, float32)]
-    if part == "decode":
-        return [tuple(t) for t in fwd.decode_tiles(D, float32)]
-    return [tuple(t) for t in bwd.candidate_tiles(part, D, float32)]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kernel_resources  # noqa: E402  (the sm_90 survey: its head dims, and how it records a part's launch)
 
 
 def jobs() -> list[tuple]:
     """(part, dtype, D, tile) for every tile of every list: float16 stands for both 16-bit types."""
-    return [(part, dtype, D, t) for dtype in ("float16", "float32") for D in head_dims() for part in PARTS
-            for t in tiles(part, dtype, D)]
+    return [(part, dtype, D, t) for dtype in ("float16", "float32") for D in kernel_resources.HEAD_DIMS
+            for part in PARTS for t in map(tuple, kernel_resources.tile_list(part, D, dtype == "float32"))]
 
 
 def measure(job) -> dict:
     part, dtype_name, D, tile = job
     from triton.backends.compiler import GPUTarget
 
-    from attn_course.kernels import _variants
-    from attn_course.kernels._compile import backward_launches, compile_launch, decoding_launches, forward_launches
+    from attn_course.kernels._compile import compile_launch
 
-    dtype = getattr(torch, dtype_name)
     row = {"part": part, "dtype": dtype_name, "D": D, "tile": list(tile)}
-    if part == "forward":
-        (fn, args, kwargs), = forward_launches("pointer", dtype, D, config=_variants.config(*tile, WARP_SPEC=False))
-    elif part == "decode":
-        (fn, args, kwargs), _ = decoding_launches("pointer", dtype, D, config=_variants.config(*tile, WARP_SPEC=False))
-    else:
-        launches = backward_launches("pointer", dtype, D, config=_variants.config(*tile))
-        (fn, args, kwargs), = [c for c in launches if c[0].__name__ == f"_bwd_{part}"]
+    fn, args, kwargs = kernel_resources.launch_of(part, "pointer", getattr(torch, dtype_name), D, tile, False)
     for cc in TARGETS:
         try:
             row[f"sm_{cc}"] = compile_launch(fn, args, dict(kwargs), GPUTarget("cuda", cc, 32)).metadata.shared
         except Exception as e:  # a tile that does not compile is a finding, not a crash of the report
-            row[f"sm_{cc}"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            row[f"sm_{cc}"] = kernel_resources.error_text(e)
     return row
 
 
