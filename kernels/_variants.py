@@ -270,6 +270,12 @@ def launch_plans(interpreted: bool, *, interpreter_meta: dict, default: triton.C
             yield fixed_plan(c)
 
 
+def pruned_first(configs: list, pruned: list) -> list:
+    """``offered()`` of :func:`launch_plans`: ``pruned`` (what the autotuner would time of ``configs``), then the
+    rest of ``configs`` in order (the tiles the pruning skips: better to spill registers than not to run)."""
+    return pruned + [c for c in configs if c not in pruned]
+
+
 def fixed_plan(c: triton.Config) -> tuple[dict, dict, bool]:
     """``(tiles, meta, tune)`` of :func:`launch_plans` for one config, run as it is (no autotuner)."""
     return c.kwargs, dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages), False

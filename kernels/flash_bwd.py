@@ -744,10 +744,9 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
             packed = varlen and not variant.tma
             pruning = functools.partial(prune, name, not variant.tma)
 
-            def offered(name=name, pruning=pruning):  # (what the autotuner would time first, then the rest)
+            def offered(name=name, pruning=pruning):  # (see _variants.launch_plans)
                 every = configs(name, variant, tile_d, float32)
-                first = pruning(every, {"Q": q}, **flags, TMA=variant.tma)
-                return first + [c for c in every if c not in first]
+                return _variants.pruned_first(every, pruning(every, {"Q": q}, **flags, TMA=variant.tma))
 
             plans = _variants.launch_plans(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
                                            offered=offered,

@@ -772,16 +772,15 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
                                 WARP_SPEC=variant.warp_specialize and not decoding)
         float32 = q.dtype == torch.float32  # (float32 has tiles of its own: an autotuner of its own)
 
-        def offered():  # (what the autotuner would time first, then the rest: see _variants.launch_plans)
-            every = configs(variant, tile_d, float32)
-            first = prune_for_lengths(every, {"TUNE_T_Q": _variants.tuning_lengths(T_q)[0]}, **flags, TMA=variant.tma)
-            return first + [c for c in every if c not in first]
+        def offered():  # (see _variants.launch_plans)
+            every, nargs = configs(variant, tile_d, float32), {"TUNE_T_Q": _variants.tuning_lengths(T_q)[0]}
+            return _variants.pruned_first(every, prune_for_lengths(every, nargs, **flags, TMA=variant.tma))
 
         plans = _variants.launch_plans(INTERPRET, interpreter_meta=interpreter_meta, offered=offered,
                                        default=default_config(variant, tile_d, q.element_size(), T_q, **flags))
         what = f"the forward kernel ({variant.name}) at head dim {D}, {str(q.dtype).removeprefix('torch.')}"
         _fit.first_that_fits(plans, lambda tiles, meta, tune: launch_with(variant, tiles, meta, tune, float32), what,
-                        q.device)
+                             q.device)
 
     def launch_with(variant: _variants.Variant, tiles: dict, meta: dict, tune: bool, float32: bool):
         kernel = _attn_fwd
