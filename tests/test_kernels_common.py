@@ -16,6 +16,20 @@ from attn_course.attention import masked_softmax
 from attn_course.masks import causal_mask, sliding_window_mask
 from attn_course.mha import repeat_kv
 
+
+def benchmark_report(tool_name: str, report_name: str, triton_version: str):
+    """``(tool, report)``: the survey script ``benchmarks/<tool_name>.py`` (test_bench_harness.benchmark_script) and
+    its committed report ``benchmarks/results/<report_name>``, checked to have been compiled by triton
+    ``triton_version``."""
+    import json
+
+    from test_bench_harness import ROOT, benchmark_script
+
+    report = json.loads((ROOT / "benchmarks" / "results" / report_name).read_text())
+    assert report["triton"].startswith(triton_version), f"{report_name} was compiled by {report['triton']}"
+    return benchmark_script(tool_name), report
+
+
 FLOOR = {torch.float32: 2e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 # float32 has no lower precision to take a budget from: twice torch.testing's float32 tolerances, an absolute
 # 1e-5 (FLOOR) and a relative 1.3e-6 of each reference element. A float32 sum of n terms of size M rounds by

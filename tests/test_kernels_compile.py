@@ -19,6 +19,7 @@ import functools
 
 import pytest
 import torch
+from test_kernels_common import benchmark_report
 
 from attn_course.kernels import _variants
 from attn_course.kernels._compile import (
@@ -178,17 +179,7 @@ REPORTS = {"3.9": "kernel_resources_sm90.json", "3.6": "kernel_resources_sm90_tr
 def _survey(triton_version: str = "3.9"):
     """The survey tool and its committed report compiled by ``triton_version`` (this machine's 3.9; the GPU
     machines' 3.6, whose ptxas allocates registers differently): read once per test process (never modified)."""
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("kernel_resources", root / "benchmarks" / "kernel_resources.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    report = json.loads((root / "benchmarks" / "results" / REPORTS[triton_version]).read_text())
-    assert report["triton"].startswith(triton_version), f"{REPORTS[triton_version]} was compiled by {report['triton']}"
-    return tool, report
+    return benchmark_report("kernel_resources", REPORTS[triton_version], triton_version)
 
 
 @functools.cache

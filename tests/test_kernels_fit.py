@@ -11,13 +11,10 @@ for sm_80 by benchmarks/kernel_shared_memory.py, and check that each list has on
 from __future__ import annotations
 
 import functools
-import importlib.util
-import json
-from pathlib import Path
 
 import pytest
 import torch
-from test_kernels_common import assert_close_by_rule, make_qkv, reference, torch_same_dtype
+from test_kernels_common import assert_close_by_rule, benchmark_report, make_qkv, reference, torch_same_dtype
 from test_kernels_dropout import check_dropout_case
 from triton.runtime.errors import OutOfResources
 
@@ -138,15 +135,12 @@ def test_a_decoding_step_whose_16_row_tiles_do_not_fit_runs_a_prefill_tile(as_on
     assert_close_by_rule("out", out, reference(q, k, v), torch_same_dtype(q, k, v), F16)
 
 
-def test_an_autotuned_launch_that_is_refused_runs_a_tile_of_its_list(monkeypatch):
+def test_an_autotuned_launch_that_is_refused_runs_a_tile_of_its_list(as_on_a_gpu, monkeypatch):
     """The autotuner skips a refused config while it times them, but not the one it keeps when its pruned list
     holds one, nor one when none fits: its refusal moves on to the list's tiles one by one."""
     fwd = kernel_module("flash_fwd", CPU)
     D, T = 64, 40
-    real = _variants.launch_plans
-    monkeypatch.setattr(_variants, "launch_plans", lambda interpreted, **kw: real(False, **kw))
-    monkeypatch.setenv(_variants.AUTOTUNE_ENV, "1")
-    monkeypatch.setenv(_variants.KERNEL_ENV, "pointer")
+    monkeypatch.setenv(_variants.AUTOTUNE_ENV, "1")  # (the autotuner on, as it is by default)
 
     class RefusingTuner:
         def __getitem__(self, grid):
@@ -237,14 +231,7 @@ SHARED_REPORTS = {"3.9": "kernel_shared_memory.json", "3.6": "kernel_shared_memo
 @functools.cache
 def _shared(version: str):
     """The shared-memory tool and its committed report compiled by triton ``version`` (read once, never modified)."""
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("kernel_shared_memory", root / "benchmarks" /
-                                                  "kernel_shared_memory.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    report = json.loads((root / "benchmarks" / "results" / SHARED_REPORTS[version]).read_text())
-    assert report["triton"].startswith(version), f"{SHARED_REPORTS[version]} was compiled by {report['triton']}"
-    return tool, report
+    return benchmark_report("kernel_shared_memory", SHARED_REPORTS[version], version)
 
 
 @pytest.mark.parametrize("version", SHARED_REPORTS)
