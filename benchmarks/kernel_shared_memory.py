@@ -7,9 +7,16 @@ program less: an A100 (sm_80) 163 KiB; an A10, A40, RTX 30 series (sm_86), L4, L
 (``attn_course.kernels._fit``), so each list must hold one that fits.
 
 This compiles every tile of the pointer forward, decoding step, dK/dV and dQ lists (16-bit and float32, at the
-survey's eight head dims) for sm_80, whose code the later pre-Hopper GPUs share (cp.async pipelining from 8.0;
-``tests/test_kernels_fit.py`` checks an sm_86 compile against it), and records the shared memory each needs.
-Registers do not decide here (the sm_90 survey, ``kernel_resources.py``, covers spills); no speed is measured.
+survey's eight head dims), and of the forward and decoding step on a paged cache (``forward paged``, ``decode
+paged``: compiled deeper, ``flash_paged.deeper``, with a ring of page numbers beside the rows') for sm_80, whose
+code the later pre-Hopper GPUs share (cp.async pipelining from 8.0; ``tests/test_kernels_fit.py`` checks an sm_86
+compile against it), and records the shared memory each needs. Registers do not decide here (the sm_90 survey,
+``kernel_resources.py``, covers spills); no speed is measured.
+
+Not compiled here: dropout, softcap and ALiBi (alone, in pairs, all three) and packed batches, whose tiles stage
+what the plain ones do. Probed once (triton 3.9, sm_80, every tile of the forward, dK/dV and dQ lists at D = 128
+and 256, 16-bit and float32): each needed the bytes of the plain part's same tile, or (float32's 16 x 128 at
+D = 128 with dropout) 128 fewer.
 
 Not surveyed: sm_75 (T4, RTX 20 series: 64 KiB), which Triton does not support (its README asks for compute
 capability 8.0; there ``tl.dot`` runs on the CUDA cores). Probed once (triton 3.9, 16-bit inputs, D up to 80):
@@ -39,7 +46,7 @@ import triton
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = (80,)  # compute capabilities compiled for (sm_86 and sm_89 compile as sm_80 does)
-PARTS = ("forward", "decode", "dkdv", "dq")
+PARTS = ("forward", "decode", "dkdv", "dq", "forward paged", "decode paged")
 # each GPU class: the capability its code is compiled as, and the shared memory one program may use (bytes:
 # cudaDevAttrMaxSharedMemoryPerBlockOptin, the figure Triton compares a kernel's need against)
 GPUS = {
@@ -80,8 +87,9 @@ def measure(job) -> dict:
 
 def kernel_of(part: str) -> str:
     """The kernel whose list a part's tiles are in: a decoding step runs the forward kernel, whose autotuning list
-    holds both its prefill and its decoding tiles (a launch may fall back to any of them)."""
-    return "forward" if part == "decode" else part
+    holds both its prefill and its decoding tiles (a launch may fall back to any of them); on a paged cache, the
+    forward's list compiled deeper (``forward paged``)."""
+    return part.replace("decode", "forward")
 
 
 def gaps(rows: list[dict]) -> list[str]:
@@ -106,7 +114,7 @@ def main(argv=None) -> int:
         rows = list(pool.imap(measure, jobs()))
     rows.sort(key=lambda r: (r["dtype"], r["D"], PARTS.index(r["part"]), r["tile"]))
     for r in rows:
-        print(f"{r['dtype']:8s} D={r['D']:3d} {r['part']:8s} {'x'.join(map(str, r['tile'][:2]))} w{r['tile'][2]} "
+        print(f"{r['dtype']:8s} D={r['D']:3d} {r['part']:12s} {'x'.join(map(str, r['tile'][:2]))} w{r['tile'][2]} "
               f"s{r['tile'][3]}  " + "  ".join(f"sm_{cc} {r[f'sm_{cc}']}" for cc in TARGETS))
     report = {"targets": [f"sm_{cc}" for cc in TARGETS], "gpus": {name: {"compiled_as": f"sm_{cc}", "limit": limit}
                                                                    for name, (cc, limit) in GPUS.items()},

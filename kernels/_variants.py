@@ -184,8 +184,9 @@ def config(bm: int, bn: int, warps: int, stages: int, hook=None, **meta) -> trit
 
 
 def tile_of(c: triton.Config) -> tuple[int, int, int, int]:
-    """``(BLOCK_M, BLOCK_N, warps, stages)``: what :func:`config` was given."""
-    return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages
+    """``(BLOCK_M, BLOCK_N, warps, stages)``: what :func:`config` was given (for a paged launch's config, compiled
+    deeper, the tile as listed: ``flash_paged.deeper``)."""
+    return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, getattr(c, "listed_stages", c.num_stages)
 
 
 def padded(width: int, constexprs: dict) -> bool:

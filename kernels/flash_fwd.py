@@ -64,8 +64,8 @@ from .flash_alibi import bias as alibi_bias
 from .flash_alibi import launch_args as alibi_args
 from .flash_alibi import slopes_of
 from .flash_dropout import counters, kept, launch_args
+from .flash_paged import deeper, load_paged, pages_of
 from .flash_paged import launch_args as paged_args
-from .flash_paged import load_paged, pages_of
 from .flash_softcap import kernel_scales, tanh
 
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2): log(x) = log2(x) * LN2 (a constexpr: used inside the kernel)
@@ -488,20 +488,22 @@ def offered_tiles(D: int, warp_spec: bool, float32: bool = False) -> list[tuple[
     return [t for t in candidate_tiles(D, False) if D != 128 or not (t[0] == 128 and t[2] == 4)]
 
 
-def configs(variant: _variants.Variant, D: int, float32: bool = False) -> list[triton.Config]:
+def configs(variant: _variants.Variant, D: int, float32: bool = False, paged: bool = False) -> list[triton.Config]:
     """The autotuner's search space for ``variant`` at head dim ``D`` (for float32 inputs, ``float32``: their own
     tiles): the candidate tiles without warp specialisation, plus the warp-specialised ones when the variant allows
-    it, plus the decoding tiles (which :func:`prune_for_lengths` keeps apart). At D = 128, 128 query rows on 4 warps
-    spill registers on sm_90 (a 128 x 128 float32 accumulator is 128 registers per thread before anything else; see
-    benchmarks/results/kernel_resources_sm90.json), so those are not tried, nor are warp-specialised 128-key tiles,
-    which overflow shared memory."""
+    it, plus the decoding tiles (which :func:`prune_for_lengths` keeps apart); on a paged cache, ``paged``, each
+    compiled deeper (``flash_paged.deeper``: as many buffers for its keys and values as on a plain cache). At
+    D = 128, 128 query rows on 4 warps spill registers on sm_90 (a 128 x 128 float32 accumulator is 128 registers
+    per thread before anything else; see benchmarks/results/kernel_resources_sm90.json), so those are not tried,
+    nor are warp-specialised 128-key tiles, which overflow shared memory."""
     hook = _variants.tile_hook(_DESCRIPTORS) if variant.tma else None
     space = [_variants.config(*t, hook, WARP_SPEC=False) for t in offered_tiles(D, False, float32)]
     if variant.warp_specialize:
         space += [_variants.config(*t, hook, WARP_SPEC=True) for t in offered_tiles(D, True, float32)]
     # (not the decoding tiles that spill; float32: not those already offered for prefills, each config once)
     skip = offered_tiles(D, False, True) if float32 else DECODE_SPILLS.get(D, [])
-    return space + [_variants.config(*t, hook, WARP_SPEC=False) for t in decode_tiles(D, float32) if t not in skip]
+    space += [_variants.config(*t, hook, WARP_SPEC=False) for t in decode_tiles(D, float32) if t not in skip]
+    return [deeper(c) for c in space] if paged else space
 
 
 # A Philox number per score (dropout), a tanh (softcap) or a bias (ALiBi) costs registers: at these head dims
@@ -764,7 +766,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
                  WIDE=needs_wide_offsets(0 if varlen else 2, q, k, v, targets[0][:, 0] if splits > 1 else out))
 
     decoding = is_decoding(T_q)  # (packed: the longest sequence)
-    page_size = 1 if block_table is None else k.shape[2]  # (a pool's rows per page)
+    paged = block_table is not None  # (its tiles compiled deeper: flash_paged.deeper)
+    page_size = k.shape[2] if paged else 1  # (a pool's rows per page)
 
     def launch(variant: _variants.Variant):
         # (in the interpreter, tma+ws runs the single-loop code path: checked there too)
@@ -773,20 +776,22 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         float32 = q.dtype == torch.float32  # (float32 has tiles of its own: an autotuner of its own)
 
         def offered():  # (see _variants.launch_plans)
-            every, nargs = configs(variant, tile_d, float32), {"TUNE_T_Q": _variants.tuning_lengths(T_q)[0]}
+            every, nargs = configs(variant, tile_d, float32, paged), {"TUNE_T_Q": _variants.tuning_lengths(T_q)[0]}
             return _variants.pruned_first(every, prune_for_lengths(every, nargs, **flags, TMA=variant.tma))
 
+        default = default_config(variant, tile_d, q.element_size(), T_q, **flags)
         plans = _variants.launch_plans(INTERPRET, interpreter_meta=interpreter_meta, offered=offered,
-                                       default=default_config(variant, tile_d, q.element_size(), T_q, **flags))
+                                       default=deeper(default) if paged else default)
         what = f"the forward kernel ({variant.name}) at head dim {D}, {str(q.dtype).removeprefix('torch.')}"
         _fit.first_that_fits(plans, lambda tiles, meta, tune: launch_with(variant, tiles, meta, tune, float32), what,
                              q.device)
 
     def launch_with(variant: _variants.Variant, tiles: dict, meta: dict, tune: bool, float32: bool):
         kernel = _attn_fwd
-        if tune:  # (SPLIT_K in the key: a slice has fewer keys to walk)
-            kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, tile_d, float32),
-                                         tag=f"{D} float32" if float32 else D,
+        if tune:  # (SPLIT_K in the key: a slice has fewer keys to walk; a paged cache: configs of its own)
+            tag = f"{D} float32" if float32 else D
+            kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, tile_d, float32, paged),
+                                         tag=f"{tag} paged" if paged else tag,
                                          extra_key=["SPLIT_K", "PACK_GQA", "PAGED"], prune=prune_for_lengths)
         for b0, b1 in batch_chunks(B):  # (one launch unless B passes the grid's limit)
             tensors, cus = batch_part(b0, b1, (q, k, v, *targets), (cu_seqlens_q, cu_seqlens_k) if varlen else None)

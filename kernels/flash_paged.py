@@ -67,6 +67,30 @@ def launch_args(block_table, b0: int, b1: int, placeholder) -> tuple:
     return part, part.stride(0)
 
 
+# How deep a paged launch pipelines. Triton's pipeliner copies a loop's loads ahead into rings of shared-memory
+# buffers, one per iteration in flight: with ``num_stages`` S, a load that feeds a product directly (a plain
+# tile's keys and values) gets S - 1 buffers (one more where Hopper's wgmma reads them). Here the rows' addresses
+# come from another load (the page numbers): a chain of two loads, between which the pipeliner shares the stages
+# out, leaving the rows ceil((S - 2) / 2) buffers. So a tile listed with S = 3 or 4, compiled as it is, single-
+# buffers its keys and values on a paged cache where on a plain one it double- or triple-buffers them: the next
+# tile's copy cannot start until this one's product has read the buffer. (Read from the compiled code for sm_80
+# and sm_90 under triton 3.9 and 3.6 at S = 2 ... 8; tests/test_kernels_compile.py checks it.) A paged launch
+# compiles each listed tile with 2 S - 1 stages instead: its rows get the buffers S gives a plain cache's.
+
+
+def stages(listed: int) -> int:
+    """The ``num_stages`` a paged launch compiles a tile listed with ``listed`` stages with (see above)."""
+    return 2 * listed - 1
+
+
+def deeper(c: triton.Config) -> triton.Config:
+    """Config ``c`` (a listed tile) as a paged launch runs it: :func:`stages` of its stages, ``c``'s own kept in
+    ``.listed_stages`` (what ``_variants.tile_of`` reports, so the tile lists and spill lists still name it)."""
+    deep = triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=stages(c.num_stages), pre_hook=c.pre_hook)
+    deep.listed_stages = c.num_stages
+    return deep
+
+
 if __name__ == "__main__":
     # A check: a decoding step against a paged cache, and the same step against the same keys laid out in
     # one contiguous cache per sequence, both against attn_course.attention.

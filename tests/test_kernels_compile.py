@@ -16,6 +16,7 @@ here (that needs a GPU: ``make bench``); registers and spills are (``benchmarks/
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 import torch
@@ -231,10 +232,10 @@ def forward_kept(fwd, r) -> set[tuple]:
     """The forward's configs, ``(*tile, warp-specialised)``, that the autotuner keeps for the launch of survey
     row ``r``: its variant, its head dim's tile width (the lists are keyed by it) and real width, on a paged
     cache or not, a decoding step or a 4096-row prefill."""
-    width = head_dim_tile(r["D"])
-    kept = fwd.prune_for_lengths(fwd.configs(_variants.VARIANTS[r["variant"]], width),
+    width, paged = head_dim_tile(r["D"]), r["part"].endswith("paged")
+    kept = fwd.prune_for_lengths(fwd.configs(_variants.VARIANTS[r["variant"]], width, paged=paged),
                                  {"TUNE_T_Q": 1 if r["part"].startswith("decode") else 4096}, HEAD_DIM=width,
-                                 D_REAL=r["D"], PAGED=r["part"].endswith("paged"))
+                                 D_REAL=r["D"], PAGED=paged)
     return {(*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) for c in kept}
 
 
@@ -561,6 +562,48 @@ def test_a_paged_cache_skips_exactly_the_tiles_that_spill_there(D):
         paged = forward_kept(fwd, {"part": part, "D": D, "variant": "pointer"})
         plain = forward_kept(fwd, {"part": part.split(" ")[0], "D": D, "variant": "pointer"})
         assert paged and not paged & spilling and paged == plain - listed, (D, part)
+
+
+def shared_rings(kernel) -> list[str]:
+    """The rings of 16-bit shared-memory buffers a compiled kernel allocates (its TTGIR's ``local_alloc``s of no
+    initial value), each ``depth x rows x cols``: a pipelined load's ring has one buffer per iteration in flight."""
+    return sorted(re.findall(r"local_alloc\s*:\s*\(\)\s*->\s*!ttg\.memdesc<(\d+x\d+x\d+)xf16", kernel.asm["ttgir"]))
+
+
+def ring_depths(kernel) -> list[int]:
+    """How deep each of :func:`shared_rings` is."""
+    return [int(ring.split("x")[0]) for ring in shared_rings(kernel)]
+
+
+@pytest.mark.parametrize("target", [AMPERE, HOPPER], ids=["sm_80", "sm_90"])
+@pytest.mark.parametrize("part, tile", [("forward", (64, 64, 4, 3)), ("decode", (16, 64, 4, 3))])
+def test_a_paged_cache_buffers_its_keys_and_values_as_deep_as_a_plain_one(target, part, tile):
+    """A tile on a paged cache gets the same rings of key and value buffers as on a plain one, as deep (the
+    launch compiles it deeper: ``flash_paged.deeper``); compiled with its listed stages as it is, the page-number
+    load ahead of the rows' would leave them one buffer fewer (Triton's pipeliner shares the stages out along a
+    chain of loads), so a mistake either way (no deepening, or a pipeliner that no longer needs it) fails here."""
+    def compiled(paged: bool, tile):
+        config = _variants.config(*tile, WARP_SPEC=False)
+        if part == "decode":
+            (fn, args, kwargs), _ = decoding_launches("pointer", torch.float16, 64, config=config,
+                                                      page_size=16 if paged else None)
+        else:
+            used = torch.tensor([256, 200], dtype=torch.int32) if paged else None
+            ((fn, args, kwargs),) = forward_launches("pointer", torch.float16, 64, config=config, seqused_k=used,
+                                                     page_size=16 if paged else None)
+        deeper = kernel_module("flash_fwd", CUDA).deeper
+        want = 2 * tile[3] - 1 if paged else tile[3]
+        assert kwargs["num_stages"] == (deeper(config) if paged else config).num_stages == want, kwargs
+        return compile_launch(fn, args, dict(kwargs), target)
+
+    plain, paged = compiled(False, tile), compiled(True, tile)
+    assert min(ring_depths(plain)) >= 2, f"the plain {part} is not double-buffered: {shared_rings(plain)}"
+    assert shared_rings(paged) == shared_rings(plain), (f"{part} {tile} on a paged cache: {shared_rings(paged)}, "
+                                                        f"on a plain one: {shared_rings(plain)}")
+    # (listed with 2 stages, a paged tile compiles with 3: what the listed 3-stage tile would be without deepening)
+    undeepened = compiled(True, (*tile[:3], tile[3] - 1))
+    assert undeepened.metadata.num_stages == tile[3]
+    assert max(ring_depths(undeepened)) < min(ring_depths(plain)), shared_rings(undeepened)
 
 
 @pytest.mark.parametrize("D", [40, 80, 160])

@@ -135,6 +135,33 @@ def test_a_decoding_step_whose_16_row_tiles_do_not_fit_runs_a_prefill_tile(as_on
     assert_close_by_rule("out", out, reference(q, k, v), torch_same_dtype(q, k, v), F16)
 
 
+def compiled_tile(c) -> tuple[int, int, int, int]:
+    """The tile config ``c`` launches with, its stages as compiled (a paged launch's deepened ones)."""
+    return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages
+
+
+def test_a_paged_cache_runs_its_tiles_deeper_and_falls_back_through_them(as_on_a_gpu, monkeypatch):
+    """On a paged cache every tile runs with ``flash_paged.deeper``'s stages (``2 S - 1`` for a tile listed with
+    ``S``): the default, and, where the GPU refuses that, the first of the autotuner's pruned list (paged spill lists
+    applied, by the listed tile), deepened too; the answer does not change."""
+    from test_kernels_paged import check_paged
+
+    fwd = kernel_module("flash_fwd", CPU)
+    D, pointer = 32, _variants.VARIANTS["pointer"]
+    flags = dict(HEAD_DIM=D, D_REAL=D, IEEE=False, PAGED=True)
+    default = fwd.deeper(fwd.default_config(pointer, D, 2, 1, **flags))  # (a decoding step: T_q = 1)
+    every = fwd.configs(pointer, D, paged=True)
+    assert [c.num_stages for c in every] == [2 * _variants.tile_of(c)[3] - 1 for c in every]
+    assert [_variants.tile_of(c) for c in every] == [_variants.tile_of(c) for c in fwd.configs(pointer, D)]
+    pruned = fwd.prune_for_lengths(every, {"TUNE_T_Q": 1}, **flags)
+    nxt = next(c for c in pruned if c.all_kwargs() != default.all_kwargs())
+    gpu = SmallGPU(fwd._attn_fwd, lambda t: t == compiled_tile(default))
+    monkeypatch.setattr(fwd, "_attn_fwd", gpu)
+    check_paged(16, 1, 1, dtype=F16, D=D)
+    assert gpu.refused == [compiled_tile(default)] and gpu.ran == [compiled_tile(nxt)], (gpu.refused, gpu.ran)
+    assert all(flags["PAGED"] for flags in gpu.flags)
+
+
 def test_an_autotuned_launch_that_is_refused_runs_a_tile_of_its_list(as_on_a_gpu, monkeypatch):
     """The autotuner skips a refused config while it times them, but not the one it keeps when its pruned list
     holds one, nor one when none fits: its refusal moves on to the list's tiles one by one."""
@@ -250,8 +277,9 @@ def offered_tiles(part: str, dtype: str, D: int) -> list[tuple]:
     """The tiles a pointer launch of ``part`` may run, default and fallbacks alike: its kernel's autotuning list."""
     fwd, bwd = kernel_module("flash_fwd", CPU), kernel_module("flash_bwd", CPU)
     pointer, float32 = _variants.VARIANTS["pointer"], dtype == "float32"
-    configs = fwd.configs(pointer, D, float32) if part in ("forward", "decode") else bwd.configs(part, pointer, D,
-                                                                                                   float32)
+    kernel, _, paged = part.partition(" ")  # (a paged cache: the forward's list, compiled deeper; tiles as listed)
+    configs = fwd.configs(pointer, D, float32, paged=bool(paged)) if kernel in ("forward", "decode") else \
+        bwd.configs(part, pointer, D, float32)
     return [_variants.tile_of(c) for c in configs]
 
 
@@ -267,7 +295,8 @@ def test_every_kernel_has_a_tile_that_fits_each_gpu_before_hopper(gpu, version):
     for part, dtype, D in sorted({key[:3] for key in need}):
         # (the forward's list holds its prefill and its decoding tiles, and a launch of either may fall back to
         # any: a tile of the other kind is read as measured in a launch of its own kind)
-        other = {"forward": "decode", "decode": "forward"}.get(part, part)
+        other = {"forward": "decode", "decode": "forward", "forward paged": "decode paged",
+                 "decode paged": "forward paged"}.get(part, part)
         needs = [need.get((part, dtype, D, t), need.get((other, dtype, D, t)))
                  for t in offered_tiles(part, dtype, D)]
         assert None not in needs, f"{dtype} {part} at D = {D}: a tile offered is not in the report"

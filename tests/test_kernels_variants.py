@@ -331,6 +331,34 @@ def test_a_float32_launch_offers_the_autotuner_float32_s_own_tiles(dtype, D, mon
     assert {name: tiles for name, (tiles, _) in offered.items()} == want
 
 
+@pytest.mark.parametrize("dtype", [F16, F32], ids=["float16", "float32"])
+def test_a_paged_launch_tunes_its_tiles_compiled_deeper_under_an_autotuner_of_its_own(dtype, monkeypatch):
+    """On a paged cache the autotuner is offered the same tiles, each with ``flash_paged.deeper``'s stages
+    (``2 S - 1``), under an autotuner tagged ``paged`` (a plain launch's keeps its own configs)."""
+    from test_kernels_paged import make_paged_cache
+
+    fwd, D = kernel_module("flash_fwd", torch.device("cpu")), 64
+    offered = []
+
+    def spy(kernel, variant, configs, tag=None, **_):
+        offered.append((configs, tag))
+        raise _Offered
+
+    monkeypatch.setattr(_variants, "launch_plans", lambda interpreted, *, interpreter_meta, default, offered:
+                        [(interpreter_meta, {}, True)])
+    monkeypatch.setattr(_variants, "autotuned", spy)
+    k_pool, v_pool, block_table = make_paged_cache(2, 1, D, 16, [5, 30], 0, dtype)
+    q = make_qkv(2, 2, 1, 1, 1, D, dtype)[0]
+    with pytest.raises(_Offered):
+        fwd.attn_fwd_launch(q, k_pool, v_pool, scale=D ** -0.5, window=kernel_window((-1, -1), False),
+                            seqused_k=torch.tensor([5, 30], dtype=torch.int32), block_table=block_table)
+    (configs, tag), = offered
+    plain = fwd.configs(_variants.VARIANTS["pointer"], D, dtype == F32)
+    assert tag == (f"{D} float32 paged" if dtype == F32 else f"{D} paged")
+    assert [_variants.tile_of(c) for c in configs] == [_variants.tile_of(c) for c in plain]
+    assert [c.num_stages for c in configs] == [2 * c.num_stages - 1 for c in plain]
+
+
 def test_float32_launches_ignore_the_16_bit_spill_lists(monkeypatch):
     """The features' and padding's spill lists (``FEATURE_SPILLS``) are 16-bit surveys: a float32 launch
     (``IEEE``) keeps the same tiles whatever they name, even a float32 tile it keeps planted in them, while a
