@@ -3,7 +3,8 @@
 Each config of each kernel (forward: ``pointer``, ``tma``, ``tma+ws``; the forward's 16-row decoding tiles,
 ``decode``, for one query against a 4096-key cache split in 4 slices: ``pointer``, ``tma``; the same on a
 paged cache of 16-row pages, ``decode paged``, a prompt's 256-query chunk against one, ``forward paged``, and a
-packed batch against one, ``forward varlen paged``: ``pointer``, the only variant they run; backward dK/dV
+packed batch against one, ``forward varlen paged``: ``pointer``, the only variant they run, each tile with the
+stages a paged launch compiles it with, ``flash_paged.deeper``; backward dK/dV
 and dQ: ``pointer``, ``tma``; and the forward, dK/dV and dQ of a packed (varlen) batch, ``forward varlen``
 etc.: ``pointer``, ``tma``, at D = 16 and 32 (16- and 32-wide tiles), 40, 80 and 160 (padded head dims: 64-,
 128- and 256-wide tiles, 24, 48 and 96 columns masked), 64 and 128 and, for the forward, 256 (and 160); and with

@@ -384,9 +384,8 @@ FLOAT32_TILES[32], FLOAT32_DECODE_TILES[32] = FLOAT32_TILES[64], FLOAT32_DECODE_
 # (_variants.float32_spills_key: "forward" or "decode"; the lists' width; a padded head dim, surveyed at 40, 80 and
 # 160, has lists of its own). A float32 launch's autotuner skips the list of its combination of features and those of
 # its layout, and its default is the first tile left (_variants.fewest_float32_spills). Where every tile spills in a
-# part (decoding paged at D = 160 and 256, 40 and 48 bytes; a packed paged prefill at 160 and a prompt's chunk on a
-# paged cache at 128, 8), the list leaves out the least spilling, which the pruning then keeps;
-# tests/test_kernels_compile.py checks the lists against both surveys.
+# part (a prompt's chunk on a paged cache at D = 160, whose list is one tile: 8 bytes), the list leaves out the least
+# spilling, which the pruning then keeps; tests/test_kernels_compile.py checks the lists against both surveys.
 FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, int]]]] = {
     "DROPOUT": {
         ("forward", 64, False): [(32, 32, 4, 2)],
@@ -432,14 +431,15 @@ FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, 
         ("forward", 64, False): [(32, 32, 4, 2)],
         ("forward", 64, True): [(32, 16, 4, 2), (32, 64, 8, 2)],
     },
-    "PAGED": {
-        ("decode", 64, False): [(16, 64, 4, 3)],
+    "PAGED": {  # (each tile compiled deeper: flash_paged.deeper)
+        ("decode", 32, False): [(16, 64, 8, 2)],
+        ("decode", 64, False): [(16, 64, 4, 2), (16, 64, 4, 3)],
         ("decode", 64, True): [(16, 64, 4, 2), (16, 64, 4, 3)],
-        ("decode", 128, False): [(16, 16, 4, 2)],
-        ("forward", 64, False): [(32, 16, 4, 2), (32, 32, 4, 2), (32, 64, 8, 2)],
+        ("forward", 32, False): [(16, 64, 4, 2), (16, 64, 8, 2), (32, 16, 4, 2), (32, 64, 8, 2)],
+        ("forward", 64, False): [(32, 32, 4, 2)],
         ("forward", 64, True): [(16, 64, 4, 2), (32, 32, 4, 2)],
-        ("forward", 128, False): [(16, 64, 4, 2), (16, 128, 8, 2)],
-        ("forward", 128, True): [(16, 64, 4, 2), (16, 128, 8, 2)],
+        ("forward", 128, False): [(16, 64, 4, 2), (32, 16, 8, 2)],
+        ("forward", 128, True): [(32, 16, 8, 2)],
     },
 }
 INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
@@ -583,14 +583,13 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
         256: [(64, 32, 4, 3, False), (64, 64, 8, 2, False), (128, 32, 8, 2, False), (64, 32, 4, 2, True),
               (64, 32, 4, 3, True), (64, 64, 4, 2, True)],
     },
-    # a paged cache (pointers, a page lookup per key): parts "decode paged", "forward paged" (a prompt's chunk) and
-    # "forward varlen paged" (a packed batch of them)
+    # a paged cache (pointers, a page lookup per key, each tile compiled deeper: flash_paged.deeper): parts "decode
+    # paged", "forward paged" (a prompt's chunk) and "forward varlen paged" (a packed batch of them)
     "PAGED": {
-        32: [(16, 64, 4, 3, False), (16, 64, 4, 4, False)],  # (8 bytes under triton 3.6)
-        64: [(16, 128, 4, 2, False)],
+        64: [(128, 64, 4, 3, False), (128, 64, 4, 4, False)],  # (8 bytes, packed)
         128: [(64, 128, 4, 3, False), (128, 32, 4, 4, False), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
               (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
-        256: [(64, 32, 4, 3, False)],
+        256: [(16, 64, 4, 3, False), (16, 64, 4, 4, False), (64, 32, 4, 3, False), (64, 64, 8, 2, False)],
     },
     # a padded head dim (D_REAL < HEAD_DIM: its columns masked on every pointer load and store), surveyed at
     # D = 40 in 64-wide tiles and D = 80 in 128-wide ones (rows with "D": 40 and 80). Where every decoding tile
@@ -600,14 +599,12 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
         64: [(16, 128, 4, 2, False), (64, 128, 4, 3, False)],
         128: [(16, 128, 4, 2, False)],  # (triton 3.6, through pointers; at D = 128 its 3-stage twin instead)
     },
-    # a padded head dim on a paged cache (parts "decode paged" and "forward varlen paged" at D = 40; beyond
-    # PADDED's and PAGED's tiles): up to 360 bytes under triton 3.9 and 1048 under 3.6. Paged decoding at
-    # D = 40 spills in every tile, 16 x 64 under triton 3.9 (152 bytes), 16 x 128 under 3.6 (976): the list
-    # leaves out the former, and the pruning keeps it
+    # a padded head dim on a paged cache (parts "forward paged" and "forward varlen paged" at D = 40; beyond
+    # PADDED's and PAGED's tiles): 8 to 128 bytes. Paged decoding at D = 40 spills in every tile, 16 x 64 (152
+    # bytes, under triton 3.9) and 16 x 128 (976, under 3.6): PADDED names the latter, and the pruning keeps the
+    # former. (At D = 80 and 160 nothing beyond PAGED's tiles spills.)
     "PADDED+PAGED": {
-        64: [(64, 64, 4, 3, False), (128, 32, 4, 4, False), (128, 64, 4, 3, False), (128, 64, 4, 4, False),
-             (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
-        256: [(16, 64, 4, 2, False)],  # (paged decoding at D = 160: 32 bytes under triton 3.9)
+        64: [(64, 64, 4, 3, False), (128, 32, 4, 4, False), (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
     },
 }
 
@@ -649,10 +646,11 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
         kernel = "decode" if decoding else "forward"
         tile = _variants.fewest_float32_spills(tiles, tuple, FLOAT32_SPILLS, kernel, D, features)[0]
         return _variants.config(*tile, WARP_SPEC=False)
-    if decoding:
-        return _variants.config(*decode_tiles(D)[0], WARP_SPEC=False)
-    ws = variant.warp_specialize
     features = dict(features, PADDED=_variants.padded(D, features))
+    if decoding:  # (on a paged cache the first decoding tile may spill: PAGED at 256)
+        return _variants.config(*_variants.fewest_spills(decode_tiles(D), lambda t: (*t, False), FEATURE_SPILLS, D,
+                                                         **features)[0], WARP_SPEC=False)
+    ws = variant.warp_specialize
     tile = usual_tile(D, ws)
     if (*tile, ws) in _variants.feature_spills(FEATURE_SPILLS, D, **features):
         tile = _variants.fewest_spills(offered_tiles(D, ws), lambda t: (*t, ws), FEATURE_SPILLS, D, **features)[0]

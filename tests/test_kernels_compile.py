@@ -413,8 +413,7 @@ def test_float32_spill_lists_name_exactly_the_tiles_that_spill_in_their_surveyed
 # float32 parts where every tile of the list spills under triton 3.9 or 3.6: (part, head dim) -> the tiles the
 # pruning keeps there (those named by the fewest of the launch's lists), each with its larger spill in bytes
 FLOAT32_EVERY_TILE_SPILLS = {
-    ("decode paged", 160): {(16, 32, 8, 2): 40}, ("decode paged", 256): {(16, 32, 8, 2): 48},
-    ("forward varlen paged", 160): {(16, 16, 8, 2): 8}, ("forward paged", 128): {(16, 16, 8, 2): 8, (32, 16, 8, 2): 8},
+    ("forward paged", 160): {(16, 16, 8, 2): 8},
     ("dkdv dropout+alibi", 80): {(16, 16, 8, 2): 8}, ("dkdv dropout+alibi", 128): {(16, 16, 8, 2): 8},
     ("dq softcap", 64): {(32, 64, 8, 2): 16}, ("dq dropout+alibi", 64): {(16, 64, 4, 2): 8, (32, 64, 8, 2): 8},
     ("dq dropout+alibi", 160): {(16, 16, 8, 2): 8}, ("dq dropout+softcap+alibi", 40): {(16, 64, 4, 2): 24},
