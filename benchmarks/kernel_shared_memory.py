@@ -16,7 +16,8 @@ compile against it), and records the shared memory each needs. Registers do not 
 Not compiled here: dropout, softcap and ALiBi (alone, in pairs, all three) and packed batches, whose tiles stage
 what the plain ones do. Probed once (triton 3.9, sm_80, every tile of the forward, dK/dV and dQ lists at D = 128
 and 256, 16-bit and float32): each needed the bytes of the plain part's same tile, or (float32's 16 x 128 at
-D = 128 with dropout) 128 fewer.
+D = 128 with dropout) 128 fewer; and a packed batch on a paged cache those of the paged forward's (three tiles
+probed, at D = 64, 128 and 256).
 
 Not surveyed: sm_75 (T4, RTX 20 series: 64 KiB), which Triton does not support (its README asks for compute
 capability 8.0; there ``tl.dot`` runs on the CUDA cores). Probed once (triton 3.9, 16-bit inputs, D up to 80):
