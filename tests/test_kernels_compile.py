@@ -561,6 +561,9 @@ def test_a_paged_cache_skips_exactly_the_tiles_that_spill_there(D):
         paged = forward_kept(fwd, {"part": part, "D": D, "variant": "pointer"})
         plain = forward_kept(fwd, {"part": part.split(" ")[0], "D": D, "variant": "pointer"})
         assert paged and not paged & spilling and paged == plain - listed, (D, part)
+        c = fwd.default_config(_variants.VARIANTS["pointer"], D, 2, T_q=1 if part.startswith("decode") else 4096,
+                               HEAD_DIM=D, D_REAL=D, PAGED=True)  # (the autotuner off)
+        assert (*_variants.tile_of(c), False) in paged, f"{part} at D = {D}: the untuned default {c} spills paged"
 
 
 def shared_rings(kernel) -> list[str]:
