@@ -249,6 +249,13 @@ def fewest_spills(items: list, tile, table: dict, key, **features) -> list:
     return [item for item, count in zip(items, counts, strict=True) if count == min(counts, default=0)]
 
 
+# Compile options every GPU launch names (:func:`launch_plans`' plans, the backward's preprocess, the split keys'
+# combine) rather than leave to Triton's defaults: fused multiply-adds on, what the surveys compiled and every triton
+# so far has defaulted to. Triton 3.9 warns that 3.10 turns that default off, which would change the kernels' code,
+# speed and rounding with the installed triton. The interpreter ignores them.
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
+
+
 def launch_plans(interpreted: bool, *, interpreter_meta: dict, default: triton.Config, offered):
     """The ways to run one launch, in the order to try them, each ``(tiles, meta, tune)``: the block sizes to build
     descriptors with, the launch's extra keyword arguments, and whether to go through the autotuner (whose pre-hook
@@ -261,7 +268,7 @@ def launch_plans(interpreted: bool, *, interpreter_meta: dict, default: triton.C
         return
     tried = []
     if autotune_enabled():
-        yield {"BLOCK_M": 64, "BLOCK_N": 64}, {}, True
+        yield {"BLOCK_M": 64, "BLOCK_N": 64}, dict(COMPILE_OPTIONS), True
     else:
         tried.append(default.all_kwargs())
         yield fixed_plan(default)
@@ -279,7 +286,7 @@ def pruned_first(configs: list, pruned: list) -> list:
 
 def fixed_plan(c: triton.Config) -> tuple[dict, dict, bool]:
     """``(tiles, meta, tune)`` of :func:`launch_plans` for one config, run as it is (no autotuner)."""
-    return c.kwargs, dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages), False
+    return c.kwargs, dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, **COMPILE_OPTIONS), False
 
 
 def descriptors(tensors, blocks, D: int, variant: Variant):

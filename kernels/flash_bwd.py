@@ -775,7 +775,7 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
         for n, (_, _, _, do_, out_, _, delta_, *_), cus, _ in parts:
             _bwd_preprocess[launch_grid(T_q, PREPROCESS_BLOCK, H, n)](
                 out_, do_, delta_, *so, *sg, *sl, cus[0], T_q, H,
-                HEAD_DIM=tile_d, D_REAL=D, BLOCK_M=PREPROCESS_BLOCK, IS_VARLEN=varlen,
+                HEAD_DIM=tile_d, D_REAL=D, BLOCK_M=PREPROCESS_BLOCK, IS_VARLEN=varlen, **_variants.COMPILE_OPTIONS,
             )
         if dlse is not None:  # lse's gradient enters as dS = P * (dP - (delta - dlse)); see _ops
             delta -= dlse.masked_fill(torch.isneginf(lse), 0.0)  # a row with no key: lse is a constant -inf

@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from attn_course.kernels._variants import COMPILE_OPTIONS
+
 from ._tiles import head_dim_tile, narrow, tile_mask
 
 MAX_SPLITS = 128  # more slices only add partial results to write and combine
@@ -144,7 +146,7 @@ def combine_splits(part: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor
     S, D = part.shape[1], part.shape[-1]
     _combine_splits[grid](part, part_lse, out, lse, *part.stride(), *part_lse.stride(), *out.stride(),
                           *lse.stride(), out.shape[2], S, HEAD_DIM=head_dim_tile(D), D_REAL=D, BLOCK_M=COMBINE_ROWS,
-                          INTERP_BF16=interpreted and out.dtype == torch.bfloat16)
+                          INTERP_BF16=interpreted and out.dtype == torch.bfloat16, **COMPILE_OPTIONS)
 
 
 if __name__ == "__main__":

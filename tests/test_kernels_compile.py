@@ -146,6 +146,22 @@ def test_pointer_kernels_compile_for_ampere(D):
             assert "mma.sync" in ptx and "wgmma" not in ptx, f"{fn.__name__}: expected Ampere's mma.sync"
 
 
+def test_every_gpu_launch_names_its_compile_options():
+    """Every GPU launch (a prefill, a decoding step with its combine, the backward's three kernels, autotuned or not)
+    names ``_variants.COMPILE_OPTIONS`` (fused multiply-adds on, what the surveys compiled) rather than leave them to
+    the installed triton's defaults, which triton 3.10 changes; and the compiled kernel holds it."""
+    launches = [*forward_launches("pointer", torch.float16, 64), *decoding_launches("pointer", torch.float16, 64),
+                *backward_launches("pointer", torch.float16, 64)]
+    assert {fn.__name__ for fn, _, _ in launches} == {"_attn_fwd", "_combine_splits", "_bwd_preprocess", "_bwd_dkdv",
+                                                      "_bwd_dq"}
+    for fn, _, kwargs in launches:
+        assert {k: kwargs.get(k) for k in _variants.COMPILE_OPTIONS} == _variants.COMPILE_OPTIONS, fn.__name__
+    fn, args, kwargs = launches[0]
+    assert compile_launch(fn, args, dict(kwargs), AMPERE).metadata.enable_fp_fusion is True
+    assert all(meta["enable_fp_fusion"] for _, meta, _ in _variants.launch_plans(
+        False, interpreter_meta={}, default=_variants.config(64, 64, 4, 2), offered=lambda: []))
+
+
 def check_float32_tile(launch, tile, what: str):
     """One float32 launch recorded with the autotuner off runs ``tile`` and spills no registers on sm_90."""
     fn, args, kwargs = launch

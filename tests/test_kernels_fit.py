@@ -240,7 +240,7 @@ def test_launch_plans_on_a_gpu_try_the_default_then_the_list_without_repeats(mon
     plans = _variants.launch_plans(False, interpreter_meta={}, default=default, offered=offered)
     first = next(plans)
     assert first == ({"BLOCK_M": 128, "BLOCK_N": 64}, {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4,
-                                                       "num_stages": 3}, False)
+                                                       "num_stages": 3, **_variants.COMPILE_OPTIONS}, False)
     assert calls == [], "the list is built only when the default is refused"
     assert [(m["BLOCK_M"], m["BLOCK_N"], m["num_stages"]) for _, m, _ in plans] == [(64, 64, 3), (64, 32, 4)]
     monkeypatch.setenv(_variants.AUTOTUNE_ENV, "1")
