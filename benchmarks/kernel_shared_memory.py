@@ -10,8 +10,11 @@ This compiles every tile of the pointer forward, decoding step, dK/dV and dQ lis
 survey's eight head dims), and of the forward and decoding step on a paged cache (``forward paged``, ``decode
 paged``: compiled deeper, ``flash_paged.deeper``, with a ring of page numbers beside the rows') for sm_80, whose
 code the later pre-Hopper GPUs share (cp.async pipelining from 8.0; ``tests/test_kernels_fit.py`` checks an sm_86
-compile against it), and records the shared memory each needs. Registers do not decide here (the sm_90 survey,
-``kernel_resources.py``, covers spills); no speed is measured.
+compile against it), and records the shared memory each needs, and its registers and spill there. No speed is
+measured. The lists are pruned by the sm_90 survey's spills (``kernel_resources.py``); compiled for sm_80, where the
+products are mma.sync's and hold their operands differently, other tiles spill, the untuned default of some
+launches among them: the report lists both (``spilling``, ``untuned_defaults_that_spill``), and nothing acts on
+them yet (the autotuner times a spilling tile with the rest; only a launch with autotuning off runs one untimed).
 
 Not compiled here: dropout, softcap and ALiBi (alone, in pairs, all three) and packed batches, whose tiles stage
 what the plain ones do. Probed once (triton 3.9, sm_80, every tile of the forward, dK/dV and dQ lists at D = 128
@@ -74,16 +77,55 @@ def measure(job) -> dict:
     part, dtype_name, D, tile = job
     from triton.backends.compiler import GPUTarget
 
-    from attn_course.kernels._compile import compile_launch
+    from attn_course.kernels._compile import compile_launch, resources
 
     row = {"part": part, "dtype": dtype_name, "D": D, "tile": list(tile)}
     fn, args, kwargs = kernel_resources.launch_of(part, "pointer", getattr(torch, dtype_name), D, tile, False)
     for cc in TARGETS:
         try:
-            row[f"sm_{cc}"] = compile_launch(fn, args, dict(kwargs), GPUTarget("cuda", cc, 32)).metadata.shared
+            kernel = compile_launch(fn, args, dict(kwargs), GPUTarget("cuda", cc, 32))
         except Exception as e:  # a tile that does not compile is a finding, not a crash of the report
             row[f"sm_{cc}"] = kernel_resources.error_text(e)
+            continue
+        used = resources(kernel)  # (its shared bytes are the metadata's: the field the tests and gaps read)
+        row[f"sm_{cc}"] = used["shared_bytes"]
+        row[f"sm_{cc}_registers"], row[f"sm_{cc}_spill_bytes"] = used["registers"], used["spill_stack_bytes"]
     return row
+
+
+def untuned_default(part: str, dtype: str, D: int) -> tuple:
+    """The tile a launch of ``part`` at head dim ``D`` runs with autotuning off (its list's names: a paged launch's
+    deepened stages read back as listed)."""
+    from attn_course.kernels import _variants
+    from attn_course.kernels._compile import CUDA
+    from attn_course.kernels._runtime import kernel_module
+    from attn_course.kernels._tiles import head_dim_tile
+
+    kernel, width, itemsize = part.split(" ")[0], head_dim_tile(D), 4 if dtype == "float32" else 2
+    flags = dict(HEAD_DIM=width, D_REAL=D, IEEE=dtype == "float32", PAGED=part.endswith("paged"), IS_VARLEN=False)
+    if kernel in ("dkdv", "dq"):
+        c = kernel_module("flash_bwd", CUDA).default_config(kernel, width, itemsize, False, **flags)
+    else:
+        c = kernel_module("flash_fwd", CUDA).default_config(_variants.VARIANTS["pointer"], width, itemsize,
+                                                            1 if kernel == "decode" else 4096, **flags)
+    return _variants.tile_of(c)
+
+
+def spilling(rows: list[dict], cc: int = TARGETS[0]) -> list[str]:
+    """Each tile that spills registers compiled for ``sm_<cc>``, in words."""
+    return [f"{r['dtype']} {r['part']} at D = {r['D']}: {tuple(r['tile'])} spills {r[f'sm_{cc}_spill_bytes']} B"
+            for r in rows if r.get(f"sm_{cc}_spill_bytes")]
+
+
+def untuned_defaults_that_spill(rows: list[dict], cc: int = TARGETS[0]) -> list[str]:
+    """Each (dtype, part, head dim) whose untuned default tile (:func:`untuned_default`) spills on ``sm_<cc>``."""
+    spills = {(r["dtype"], r["part"], r["D"], tuple(r["tile"])): r.get(f"sm_{cc}_spill_bytes") for r in rows}
+    found = []
+    for dtype, part, D in sorted({(r["dtype"], r["part"], r["D"]) for r in rows}):
+        tile = untuned_default(part, dtype, D)
+        if spills.get((dtype, part, D, tile)):
+            found.append(f"{dtype} {part} at D = {D}: {tile} spills {spills[dtype, part, D, tile]} B")
+    return found
 
 
 def kernel_of(part: str) -> str:
@@ -116,15 +158,19 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: (r["dtype"], r["D"], PARTS.index(r["part"]), r["tile"]))
     for r in rows:
         print(f"{r['dtype']:8s} D={r['D']:3d} {r['part']:12s} {'x'.join(map(str, r['tile'][:2]))} w{r['tile'][2]} "
-              f"s{r['tile'][3]}  " + "  ".join(f"sm_{cc} {r[f'sm_{cc}']}" for cc in TARGETS))
+              f"s{r['tile'][3]}  " + "  ".join(f"sm_{cc} {r[f'sm_{cc}']} B, {r.get(f'sm_{cc}_registers')} regs, spill "
+                                                  f"{r.get(f'sm_{cc}_spill_bytes')}" for cc in TARGETS))
     report = {"targets": [f"sm_{cc}" for cc in TARGETS], "gpus": {name: {"compiled_as": f"sm_{cc}", "limit": limit}
                                                                    for name, (cc, limit) in GPUS.items()},
               "triton": triton.__version__, "torch": torch.__version__, "machine": platform.machine(),
               "compile_seconds": round(time.perf_counter() - start, 1), "compile_seconds_note": CACHE_NOTE,
-              "rows": rows, "gaps": gaps(rows)}
+              "rows": rows, "gaps": gaps(rows), "spilling": spilling(rows),
+              "untuned_defaults_that_spill": untuned_defaults_that_spill(rows)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print("\n".join(report["gaps"]) or "every list has a tile that fits each GPU class")
+    print(f"{len(report['spilling'])} tiles spill on sm_80; untuned defaults that do: "
+          f"{'; '.join(report['untuned_defaults_that_spill']) or 'none'}")
     print(f"{len(rows)} tiles; wrote {args.out}")
     return 0
 

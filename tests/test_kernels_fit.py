@@ -269,8 +269,21 @@ def test_the_shared_memory_report_covers_exactly_the_current_tile_lists(version)
     got = {(r["part"], r["dtype"], r["D"], tuple(r["tile"])) for r in report["rows"]}
     assert got == want, (f"benchmarks/results/{SHARED_REPORTS[version]} is stale (missing {sorted(want - got)[:4]}, "
                          f"extra {sorted(got - want)[:4]}): run make survey")
-    failed = [r for r in report["rows"] if not all(isinstance(r[t], int) for t in report["targets"])]
+    failed = [r for r in report["rows"] if not all(isinstance(r[f"{t}{field}"], int) for t in report["targets"]
+                                                   for field in ("", "_registers", "_spill_bytes"))]
     assert not failed, f"tiles that do not compile before Hopper: {failed[:4]}"
+
+
+@pytest.mark.parametrize("version", SHARED_REPORTS)
+def test_the_shared_memory_report_s_spill_summaries_are_current(version):
+    """The report's lists of tiles that spill on sm_80 and of untuned defaults that do are what its rows and the
+    current defaults give (a default changed without rerunning make survey fails here), and they are not empty:
+    the lists are pruned by Hopper's spills, and sm_80's are others (mma.sync products hold their operands in
+    registers differently)."""
+    tool, report = _shared(version)
+    assert report["spilling"] == tool.spilling(report["rows"])
+    assert report["untuned_defaults_that_spill"] == tool.untuned_defaults_that_spill(report["rows"])
+    assert len(report["spilling"]) > 50 and report["untuned_defaults_that_spill"]
 
 
 def offered_tiles(part: str, dtype: str, D: int) -> list[tuple]:
@@ -313,12 +326,14 @@ def test_the_shared_memory_report_matches_this_triton_and_sm_86_compiles_as_sm_8
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from attn_course.kernels._compile import compile_launch, forward_launches
+    from attn_course.kernels._compile import compile_launch, forward_launches, resources
 
     version = next(v for v in SHARED_REPORTS if triton.__version__.startswith(v))
     _, report = _shared(version)
     row = next(r for r in report["rows"] if (r["part"], r["dtype"], r["D"]) == ("forward", "float16", 256))
     (fn, args, kwargs), = forward_launches("pointer", F16, 256, config=_variants.config(*row["tile"], WARP_SPEC=False))
     for cc in (80, 86):
-        shared = compile_launch(fn, args, dict(kwargs), GPUTarget("cuda", cc, 32)).metadata.shared
-        assert shared == row["sm_80"], f"sm_{cc}: {shared} B, the report's sm_80 says {row['sm_80']}"
+        used = resources(compile_launch(fn, args, dict(kwargs), GPUTarget("cuda", cc, 32)))
+        got = used["shared_bytes"], used["registers"], used["spill_stack_bytes"]
+        want = row["sm_80"], row["sm_80_registers"], row["sm_80_spill_bytes"]
+        assert got == want, f"sm_{cc}: (shared, registers, spill) {got}, the report's sm_80 says {want}"
