@@ -60,7 +60,7 @@ GPUS = {
 
 
 CACHE_NOTE = ("this run's wall time with Triton's on-disk cache as this machine had it: tiles compiled by an earlier "
-              "run load from the cache instead; from a cold cache, about 10 minutes per triton on 2 cores")
+              "run load from the cache instead; from a cold cache, about 15 minutes per triton on 2 cores")
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
