@@ -600,15 +600,11 @@ def test_a_paged_cache_buffers_its_keys_and_values_as_deep_as_a_plain_one(target
     launch compiles it deeper: ``flash_paged.deeper``); compiled with its listed stages as it is, the page-number
     load ahead of the rows' would leave them one buffer fewer (Triton's pipeliner shares the stages out along a
     chain of loads), so a mistake either way (no deepening, or a pipeliner that no longer needs it) fails here."""
+    launch_of = _survey("3.9")[0].launch_of  # (as the survey records a part's launch)
+
     def compiled(paged: bool, tile):
+        fn, args, kwargs = launch_of(f"{part} paged" if paged else part, "pointer", torch.float16, 64, tile, False)
         config = _variants.config(*tile, WARP_SPEC=False)
-        if part == "decode":
-            (fn, args, kwargs), _ = decoding_launches("pointer", torch.float16, 64, config=config,
-                                                      page_size=16 if paged else None)
-        else:
-            used = torch.tensor([256, 200], dtype=torch.int32) if paged else None
-            ((fn, args, kwargs),) = forward_launches("pointer", torch.float16, 64, config=config, seqused_k=used,
-                                                     page_size=16 if paged else None)
         deeper = kernel_module("flash_fwd", CUDA).deeper
         want = 2 * tile[3] - 1 if paged else tile[3]
         assert kwargs["num_stages"] == (deeper(config) if paged else config).num_stages == want, kwargs
