@@ -135,8 +135,9 @@ _autotuned: dict = {}
 
 
 def autotuned(kernel, variant: Variant, configs, tag=None, extra_key=(), prune=None):
-    """``kernel`` wrapped in Triton's autotuner over ``configs`` (which the kernel file builds for the
-    variant), once per (kernel, variant, tag); ``tag`` names what else the configs depend on (the head dim).
+    """``kernel`` wrapped in Triton's autotuner over the list ``configs()`` returns (which the kernel file builds for
+    the variant; called only when the autotuner is built, not on every launch), once per (kernel, variant, tag);
+    ``tag`` names what else the configs depend on (the head dim).
     The tuning key is the lengths, head dim, window and variant (:data:`TUNE_KEY`), plus ``extra_key``:
     more of the kernel's arguments that change which tiles win. ``prune(configs, nargs, **kwargs)``, if
     given, narrows the configs for a launch before any is timed (Triton's ``early_config_prune``)."""
@@ -144,7 +145,7 @@ def autotuned(kernel, variant: Variant, configs, tag=None, extra_key=(), prune=N
     if cache_key not in _autotuned:
         key = [*TUNE_KEY, *extra_key]
         pruning = None if prune is None else {"early_config_prune": prune}
-        _autotuned[cache_key] = triton.autotune(configs=configs, key=key, prune_configs_by=pruning,
+        _autotuned[cache_key] = triton.autotune(configs=configs(), key=key, prune_configs_by=pruning,
                                                 do_bench=_tuning_bench)(kernel)
     return _autotuned[cache_key]
 

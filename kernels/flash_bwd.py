@@ -757,7 +757,7 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
 
     def launch_one(variant, name, kernel, T, block, heads, pruning, float32, tiles, meta, tune):
         if tune:
-            kernel = _variants.autotuned(kernel, variant, configs(name, variant, tile_d, float32),
+            kernel = _variants.autotuned(kernel, variant, lambda: configs(name, variant, tile_d, float32),
                                          tag=f"{D} float32" if float32 else D, prune=pruning)
         for n, (q_, k_, v_, do_, _, lse_, delta_, dq_, dk_, dv_), cus, drop in parts:
             descs = _variants.descriptors((q_, k_, v_, do_, dq_, dk_, dv_),

@@ -788,7 +788,7 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
         kernel = _attn_fwd
         if tune:  # (SPLIT_K in the key: a slice has fewer keys to walk; a paged cache: configs of its own)
             tag = f"{D} float32" if float32 else D
-            kernel = _variants.autotuned(_attn_fwd, variant, configs(variant, tile_d, float32, paged),
+            kernel = _variants.autotuned(_attn_fwd, variant, lambda: configs(variant, tile_d, float32, paged),
                                          tag=f"{tag} paged" if paged else tag,
                                          extra_key=["SPLIT_K", "PACK_GQA", "PAGED"], prune=prune_for_lengths)
         for b0, b1 in batch_chunks(B):  # (one launch unless B passes the grid's limit)

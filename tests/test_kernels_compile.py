@@ -539,7 +539,7 @@ def test_a_packed_batch_s_pointer_backward_skips_exactly_the_tiles_that_spill(mo
             assert not set(bwd.PADDED_PACKED_POINTER_SPILLS.get((kernel, width), [])) & \
                 set(bwd.PACKED_POINTER_SPILLS.get((kernel, width), [])), (kernel, width)
             space = bwd.configs(kernel, pointer, width)
-            tuner = _variants.autotuned(getattr(bwd, f"_bwd_{kernel}"), pointer, space, tag=D,
+            tuner = _variants.autotuned(getattr(bwd, f"_bwd_{kernel}"), pointer, lambda space=space: space, tag=D,
                                         prune=functools.partial(bwd.prune_for_packing, kernel))
             for dtype, varlen in ((torch.bfloat16, True), (torch.bfloat16, False), (torch.float32, True)):
                 tuner.nargs = {"Q": torch.empty(0, dtype=dtype)}

@@ -241,8 +241,8 @@ def test_tritons_autotuner_runs_the_pruning_step(monkeypatch):
     monkeypatch.setattr(_variants, "_autotuned", {})
     fwd = kernel_module("flash_fwd", CUDA)
     variant = _variants.VARIANTS["tma"]
-    tuner = _variants.autotuned(fwd._attn_fwd, variant, fwd.configs(variant, 128), tag=128, extra_key=["SPLIT_K"],
-                                prune=fwd.prune_for_lengths)
+    tuner = _variants.autotuned(fwd._attn_fwd, variant, lambda: fwd.configs(variant, 128), tag=128,
+                                extra_key=["SPLIT_K"], prune=fwd.prune_for_lengths)
     for T_q, decoding in ((1, True), (512, False)):
         tuner.nargs = {"TUNE_T_Q": T_q}
         rows = {c.kwargs["BLOCK_M"] for c in tuner.prune_configs({"HEAD_DIM": 128})}

@@ -267,6 +267,21 @@ def test_the_autotuner_keys_on_lengths_rounded_to_a_power_of_two():
     assert _tuning_keys(1000, 777) != _tuning_keys(1000, 1025)
 
 
+def test_an_autotuner_builds_its_configs_once_not_on_every_launch(monkeypatch):
+    """``_variants.autotuned`` is called on every autotuned launch: it builds the configs (tens of microseconds of
+    host work per launch) only when it builds the autotuner, and returns that one autotuner after."""
+    monkeypatch.setattr(_variants, "_autotuned", {})
+    fwd, tma, built = kernel_module("flash_fwd", torch.device("cuda")), _variants.VARIANTS["tma"], []
+
+    def configs():
+        built.append(1)
+        return fwd.configs(tma, 64)
+
+    first = _variants.autotuned(fwd._attn_fwd, tma, configs, tag=64)
+    assert _variants.autotuned(fwd._attn_fwd, tma, configs, tag=64) is first and built == [1]
+    assert len(first.configs) == len(fwd.configs(tma, 64))
+
+
 def test_the_tile_shapes_the_autotuner_picked_are_reported(monkeypatch):
     """The benchmark records what won, per kernel, variant, head dim and tuning key (the tiles are the first
     thing to look at when a shape is slow). The interpreter never autotunes, so a pick is planted where
@@ -275,9 +290,9 @@ def test_the_tile_shapes_the_autotuner_picked_are_reported(monkeypatch):
     fwd = kernel_module("flash_fwd", torch.device("cuda"))
     tma = _variants.VARIANTS["tma"]
     configs = fwd.configs(tma, 64)
-    tuner = _variants.autotuned(fwd._attn_fwd, tma, configs, tag=64)
-    _variants.autotuned(fwd._attn_fwd, _variants.VARIANTS["pointer"], fwd.configs(_variants.VARIANTS["pointer"], 64),
-                        tag=64)  # not run yet: left out
+    tuner = _variants.autotuned(fwd._attn_fwd, tma, lambda: configs, tag=64)
+    _variants.autotuned(fwd._attn_fwd, _variants.VARIANTS["pointer"],
+                        lambda: fwd.configs(_variants.VARIANTS["pointer"], 64), tag=64)  # not run yet: left out
     assert _variants.tuned_configs() == {}
     tuner.cache[(1024, 4096, 64, "torch.float16")] = configs[-1]
     picked = _variants.tuned_configs()
@@ -300,7 +315,7 @@ def test_a_float32_launch_offers_the_autotuner_float32_s_own_tiles(dtype, D, mon
     offered = {}
 
     def spy(kernel, variant, configs, tag=None, **_):
-        offered[kernel.__name__] = ([_variants.tile_of(c) for c in configs], tag)
+        offered[kernel.__name__] = ([_variants.tile_of(c) for c in configs()], tag)
         raise _Offered
 
     q, k, v = make_qkv(1, 2, 1, 20, 20, D, dtype)
@@ -341,7 +356,7 @@ def test_a_paged_launch_tunes_its_tiles_compiled_deeper_under_an_autotuner_of_it
     offered = []
 
     def spy(kernel, variant, configs, tag=None, **_):
-        offered.append((configs, tag))
+        offered.append((configs(), tag))
         raise _Offered
 
     monkeypatch.setattr(_variants, "launch_plans", lambda interpreted, *, interpreter_meta, default, offered:
