@@ -12,9 +12,12 @@ paged``: compiled deeper, ``flash_paged.deeper``, with a ring of page numbers be
 code the later pre-Hopper GPUs share (cp.async pipelining from 8.0; ``tests/test_kernels_fit.py`` checks an sm_86
 compile against it), and records the shared memory each needs, and its registers and spill there. No speed is
 measured. The lists are pruned by the sm_90 survey's spills (``kernel_resources.py``); compiled for sm_80, where the
-products are mma.sync's and hold their operands differently, other tiles spill, the untuned default of some
-launches among them: the report lists both (``spilling``, ``untuned_defaults_that_spill``), and nothing acts on
-them yet (the autotuner times a spilling tile with the rest; only a launch with autotuning off runs one untimed).
+products are mma.sync's and hold their operands differently, other tiles spill (``spilling``), among them the tile
+Hopper runs with autotuning off for some launches (``hopper_defaults_that_spill``). A launch with autotuning off
+on a GPU older than Hopper skips the tiles that spill there (``attn_course.kernels._pre_hopper``, whose table
+``tests/test_kernels_fit.py`` checks against these reports); what it then runs and still spills, where every tile
+would, is ``untuned_defaults_that_spill``. (The autotuner times a spilling tile with the rest: nothing prunes by
+sm_80's spills.)
 
 Not compiled here: dropout, softcap and ALiBi (alone, in pairs, all three) and packed batches, whose tiles stage
 what the plain ones do. Probed once (triton 3.9, sm_80, every tile of the forward, dK/dV and dQ lists at D = 128
@@ -93,9 +96,9 @@ def measure(job) -> dict:
     return row
 
 
-def untuned_default(part: str, dtype: str, D: int) -> tuple:
-    """The tile a launch of ``part`` at head dim ``D`` runs with autotuning off (its list's names: a paged launch's
-    deepened stages read back as listed)."""
+def untuned_default(part: str, dtype: str, D: int, pre_hopper: bool = True) -> tuple:
+    """The tile a launch of ``part`` at head dim ``D`` runs with autotuning off on a GPU older than Hopper, or with
+    ``pre_hopper=False`` on Hopper (its list's names: a paged launch's deepened stages read back as listed)."""
     from attn_course.kernels import _variants
     from attn_course.kernels._compile import CUDA
     from attn_course.kernels._runtime import kernel_module
@@ -104,10 +107,12 @@ def untuned_default(part: str, dtype: str, D: int) -> tuple:
     kernel, width, itemsize = part.split(" ")[0], head_dim_tile(D), 4 if dtype == "float32" else 2
     flags = dict(HEAD_DIM=width, D_REAL=D, IEEE=dtype == "float32", PAGED=part.endswith("paged"), IS_VARLEN=False)
     if kernel in ("dkdv", "dq"):
-        c = kernel_module("flash_bwd", CUDA).default_config(kernel, width, itemsize, False, **flags)
+        c = kernel_module("flash_bwd", CUDA).default_config(kernel, width, itemsize, False, pre_hopper=pre_hopper,
+                                                            **flags)
     else:
         c = kernel_module("flash_fwd", CUDA).default_config(_variants.VARIANTS["pointer"], width, itemsize,
-                                                            1 if kernel == "decode" else 4096, **flags)
+                                                            1 if kernel == "decode" else 4096, pre_hopper=pre_hopper,
+                                                            **flags)
     return _variants.tile_of(c)
 
 
@@ -117,12 +122,13 @@ def spilling(rows: list[dict], cc: int = TARGETS[0]) -> list[str]:
             for r in rows if r.get(f"sm_{cc}_spill_bytes")]
 
 
-def untuned_defaults_that_spill(rows: list[dict], cc: int = TARGETS[0]) -> list[str]:
-    """Each (dtype, part, head dim) whose untuned default tile (:func:`untuned_default`) spills on ``sm_<cc>``."""
+def untuned_defaults_that_spill(rows: list[dict], cc: int = TARGETS[0], pre_hopper: bool = True) -> list[str]:
+    """Each (dtype, part, head dim) whose untuned default tile (:func:`untuned_default`: before Hopper, or with
+    ``pre_hopper=False`` Hopper's) spills on ``sm_<cc>``."""
     spills = {(r["dtype"], r["part"], r["D"], tuple(r["tile"])): r.get(f"sm_{cc}_spill_bytes") for r in rows}
     found = []
     for dtype, part, D in sorted({(r["dtype"], r["part"], r["D"]) for r in rows}):
-        tile = untuned_default(part, dtype, D)
+        tile = untuned_default(part, dtype, D, pre_hopper)
         if spills.get((dtype, part, D, tile)):
             found.append(f"{dtype} {part} at D = {D}: {tile} spills {spills[dtype, part, D, tile]} B")
     return found
@@ -165,11 +171,13 @@ def main(argv=None) -> int:
               "triton": triton.__version__, "torch": torch.__version__, "machine": platform.machine(),
               "compile_seconds": round(time.perf_counter() - start, 1), "compile_seconds_note": CACHE_NOTE,
               "rows": rows, "gaps": gaps(rows), "spilling": spilling(rows),
+              "hopper_defaults_that_spill": untuned_defaults_that_spill(rows, pre_hopper=False),
               "untuned_defaults_that_spill": untuned_defaults_that_spill(rows)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print("\n".join(report["gaps"]) or "every list has a tile that fits each GPU class")
-    print(f"{len(report['spilling'])} tiles spill on sm_80; untuned defaults that do: "
+    print(f"{len(report['spilling'])} tiles spill on sm_80, {len(report['hopper_defaults_that_spill'])} of them "
+          f"Hopper's untuned defaults; pre-Hopper untuned defaults that do: "
           f"{'; '.join(report['untuned_defaults_that_spill']) or 'none'}")
     print(f"{len(rows)} tiles; wrote {args.out}")
     return 0

@@ -215,17 +215,19 @@ def float32_spills_key(kernel: str, width: int, constexprs: dict) -> tuple[str, 
 FEATURE_FLAGS = ("DROPOUT", "SOFTCAP", "ALIBI")  # (the order the spill lists' combined names use: "DROPOUT+ALIBI")
 
 
-def fewest_float32_spills(items: list, tile, table: dict, kernel: str, width: int, constexprs: dict) -> list:
+def fewest_float32_spills(items: list, tile, table: dict, kernel: str, width: int, constexprs: dict,
+                          also=()) -> list:
     """:func:`fewest_spills` for a float32 launch of ``kernel`` in tiles ``width`` columns wide, whose constexprs are
     ``constexprs``, over float32's lists ``table`` (``flash_fwd.FLOAT32_SPILLS``, ``flash_bwd.FLOAT32_SPILLS``): the
     list of exactly the launch's combination of features (each one and each combination is surveyed in float32, and
     a tile may spill with one feature alone yet not beside another; with none, ``PLAIN``), and those of a packed
-    batch (``IS_VARLEN``) and of a paged cache (``PAGED``) when the launch is one, at :func:`float32_spills_key`."""
+    batch (``IS_VARLEN``) and of a paged cache (``PAGED``) when the launch is one, at :func:`float32_spills_key`;
+    ``also`` as for :func:`fewest_spills`."""
     names = {"+".join(f for f in FEATURE_FLAGS if constexprs.get(f)) or "PLAIN"} | \
         {name for name in ("IS_VARLEN", "PAGED") if constexprs.get(name)}
     lists = {name: by_key for name, by_key in table.items() if name in names}
     on = {flag: True for name in lists for flag in name.split("+")}  # (every list chosen applies: PLAIN too)
-    return fewest_spills(items, tile, lists, float32_spills_key(kernel, width, constexprs), **on)
+    return fewest_spills(items, tile, lists, float32_spills_key(kernel, width, constexprs), also, **on)
 
 
 def feature_spills(table: dict, key, **features) -> list:
@@ -238,14 +240,15 @@ def feature_spills(table: dict, key, **features) -> list:
             for t in by_key.get(key, [])]
 
 
-def fewest_spills(items: list, tile, table: dict, key, **features) -> list:
+def fewest_spills(items: list, tile, table: dict, key, also=(), **features) -> list:
     """Of ``items`` (configs or tiles; ``tile(item)`` is how ``table`` names one), those named by the fewest
     of :func:`feature_spills`' lists: every item that spills with none of the launch's features where there
     is one, as the pruning steps want. Where every candidate spills with some combination (dK/dV at D = 128
     with dropout, a softcap and ALiBi all on, under triton 3.6), those spilling in the fewest surveyed
     combinations, which there is also the smallest spill (tests/test_kernels_compile.py checks that against
-    the surveys), rather than none or all of them."""
-    named = feature_spills(table, key, **features)
+    the surveys), rather than none or all of them. ``also``: one more list, in ``tile``'s terms (the tiles that
+    spill before Hopper on a GPU older than it: ``_pre_hopper``)."""
+    named = feature_spills(table, key, **features) + list(also)
     counts = [named.count(tile(item)) for item in items]
     return [item for item, count in zip(items, counts, strict=True) if count == min(counts, default=0)]
 
@@ -257,13 +260,14 @@ def fewest_spills(items: list, tile, table: dict, key, **features) -> list:
 COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
 
-def launch_plans(interpreted: bool, *, interpreter_meta: dict, default: triton.Config, offered):
+def launch_plans(interpreted: bool, *, interpreter_meta: dict, default, offered):
     """The ways to run one launch, in the order to try them, each ``(tiles, meta, tune)``: the block sizes to build
     descriptors with, the launch's extra keyword arguments, and whether to go through the autotuner (whose pre-hook
     then resets the descriptors' tiles). In the interpreter, its blocks alone. On the GPU, the autotuner, or with
-    autotuning off ``default`` (the config used then); then each config of ``offered()`` on its own, in order (what
-    the autotuner would time first, then the rest of its list; called only when reached). A GPU with less shared
-    memory per block than Hopper's may not fit the first: ``_fit.first_that_fits`` takes the next."""
+    autotuning off ``default()`` (the config used then; called only then); then each config of ``offered()`` on its
+    own, in order (what the autotuner would time first, then the rest of its list; called only when reached). A GPU
+    with less shared memory per block than Hopper's may not fit the first: ``_fit.first_that_fits`` takes the
+    next."""
     if interpreted:
         yield interpreter_meta, interpreter_meta, False
         return
@@ -271,8 +275,9 @@ def launch_plans(interpreted: bool, *, interpreter_meta: dict, default: triton.C
     if autotune_enabled():
         yield {"BLOCK_M": 64, "BLOCK_N": 64}, dict(COMPILE_OPTIONS), True
     else:
-        tried.append(default.all_kwargs())
-        yield fixed_plan(default)
+        chosen = default()
+        tried.append(chosen.all_kwargs())
+        yield fixed_plan(chosen)
     for c in offered():
         if c.all_kwargs() not in tried:
             tried.append(c.all_kwargs())

@@ -237,16 +237,20 @@ def test_launch_plans_on_a_gpu_try_the_default_then_the_list_without_repeats(mon
         return others
 
     monkeypatch.setenv(_variants.AUTOTUNE_ENV, "0")
-    plans = _variants.launch_plans(False, interpreter_meta={}, default=default, offered=offered)
+    plans = _variants.launch_plans(False, interpreter_meta={}, default=lambda: default, offered=offered)
     first = next(plans)
     assert first == ({"BLOCK_M": 128, "BLOCK_N": 64}, {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4,
                                                        "num_stages": 3, **_variants.COMPILE_OPTIONS}, False)
     assert calls == [], "the list is built only when the default is refused"
     assert [(m["BLOCK_M"], m["BLOCK_N"], m["num_stages"]) for _, m, _ in plans] == [(64, 64, 3), (64, 32, 4)]
     monkeypatch.setenv(_variants.AUTOTUNE_ENV, "1")
-    tuned = list(_variants.launch_plans(False, interpreter_meta={}, default=default, offered=offered))
+
+    def unwanted():  # (the default is chosen only with autotuning off: it asks the GPU's capability)
+        raise AssertionError("the untuned default was built for an autotuned or interpreted launch")
+
+    tuned = list(_variants.launch_plans(False, interpreter_meta={}, default=unwanted, offered=offered))
     assert tuned[0][2] is True and [t for _, _, t in tuned[1:]] == [False] * 3
-    assert list(_variants.launch_plans(True, interpreter_meta={"BLOCK_M": 16}, default=default,
+    assert list(_variants.launch_plans(True, interpreter_meta={"BLOCK_M": 16}, default=unwanted,
                                        offered=offered)) == [({"BLOCK_M": 16}, {"BLOCK_M": 16}, False)]
 
 
@@ -276,14 +280,138 @@ def test_the_shared_memory_report_covers_exactly_the_current_tile_lists(version)
 
 @pytest.mark.parametrize("version", SHARED_REPORTS)
 def test_the_shared_memory_report_s_spill_summaries_are_current(version):
-    """The report's lists of tiles that spill on sm_80 and of untuned defaults that do are what its rows and the
-    current defaults give (a default changed without rerunning make survey fails here), and they are not empty:
-    the lists are pruned by Hopper's spills, and sm_80's are others (mma.sync products hold their operands in
-    registers differently)."""
+    """The report's lists of tiles that spill on sm_80, of Hopper's untuned defaults that do there and of the
+    pre-Hopper untuned defaults that still do are what its rows and the current defaults give (a default changed
+    without rerunning make survey fails here). The first two are not empty: the lists are pruned by Hopper's
+    spills, and sm_80's are others (mma.sync products hold their operands in registers differently)."""
     tool, report = _shared(version)
     assert report["spilling"] == tool.spilling(report["rows"])
+    assert report["hopper_defaults_that_spill"] == tool.untuned_defaults_that_spill(report["rows"], pre_hopper=False)
     assert report["untuned_defaults_that_spill"] == tool.untuned_defaults_that_spill(report["rows"])
-    assert len(report["spilling"]) > 50 and report["untuned_defaults_that_spill"]
+    assert len(report["spilling"]) > 50 and len(report["hopper_defaults_that_spill"]) > 10
+
+
+def sm_80_spills() -> dict:
+    """``{(dtype, part, D): {tile: bytes}}``: what each tile of the sm_80 reports spills, the more of the two
+    tritons' (0 where neither spills)."""
+    found = {}
+    for version in SHARED_REPORTS:
+        for r in _shared(version)[1]["rows"]:
+            tiles = found.setdefault((r["dtype"], r["part"], r["D"]), {})
+            tiles[tuple(r["tile"])] = max(tiles.get(tuple(r["tile"]), 0), r["sm_80_spill_bytes"])
+    return found
+
+
+def test_the_pre_hopper_spill_table_is_exactly_what_spills_in_the_sm_80_reports():
+    """``_pre_hopper.SPILLS`` names every tile that spills compiled for sm_80 under either triton, with the larger
+    spill, and nothing else (a tile list or a survey changed without it fails here)."""
+    from attn_course.kernels import _pre_hopper
+
+    want = {}
+    for (dtype, part, D), tiles in sm_80_spills().items():
+        if spilled := {t: b for t, b in tiles.items() if b}:
+            want.setdefault(dtype, {})[part, D] = spilled
+    assert _pre_hopper.SPILLS == want
+
+
+def default_options(part: str, dtype: str, D: int) -> list[tuple]:
+    """The tiles an untuned pointer launch of ``part`` chooses its default among (what the autotuner is offered of
+    the kernel's prefill or decoding tiles, warp specialisation aside)."""
+    fwd, bwd = kernel_module("flash_fwd", CPU), kernel_module("flash_bwd", CPU)
+    kernel, width, float32 = part.split(" ")[0], max(16, 1 << (D - 1).bit_length()), dtype == "float32"
+    if kernel == "forward":
+        return fwd.offered_tiles(width, False, float32)
+    return fwd.decode_tiles(width, float32) if kernel == "decode" else bwd.candidate_tiles(kernel, width, float32)
+
+
+def test_untuned_defaults_before_hopper_are_the_tiles_that_spill_least_on_sm_80():
+    """With autotuning off on a GPU older than Hopper, each (dtype, part, head dim) of the sm_80 survey runs a tile
+    that spills nothing there under either triton where one exists, else the one that spills least: the 16-bit
+    prefill's usual tile if it is clean, else the first of its list that spills least (Hopper's lists for padded
+    head dims and paged caches, which sm_80's survey replaces, play no part). Hopper's own defaults are unchanged,
+    and some of them spill on sm_80 (what this is for)."""
+    tool, _ = _shared("3.9")
+    fwd = kernel_module("flash_fwd", CPU)
+    wrong, changed = [], 0
+    for (dtype, part, D), spilled in sorted(sm_80_spills().items()):
+        options = default_options(part, dtype, D)
+        want = min(options, key=spilled.__getitem__)  # (the first of the least)
+        usual = fwd.usual_tile(max(16, 1 << (D - 1).bit_length()), False)
+        if part.startswith("forward") and dtype == "float16" and spilled[usual] == 0:
+            want = usual
+        chosen = tool.untuned_default(part, dtype, D)
+        if chosen != want:
+            wrong.append(f"{dtype} {part} at D = {D}: {chosen} (spills {spilled.get(chosen)} B), not {want} "
+                         f"({spilled[want]} B)")
+        changed += chosen != tool.untuned_default(part, dtype, D, pre_hopper=False)
+    assert not wrong, wrong
+    assert changed >= 20
+
+
+@pytest.mark.parametrize("feature", ["DROPOUT", "SOFTCAP", "ALIBI"])
+def test_untuned_defaults_before_hopper_with_a_feature_avoid_both_lists(feature):
+    """A feature's launch before Hopper skips the tiles that spill with that feature on Hopper (the only survey of
+    it) and those that spill plainly on sm_80, where some tile is in neither: the 16-bit forward at D = 80 and 128
+    (where Hopper's own default, 128 x 64 on 8 warps, spills on sm_80) and dQ at D = 64."""
+    from attn_course.kernels import _pre_hopper
+
+    fwd, bwd = kernel_module("flash_fwd", CPU), kernel_module("flash_bwd", CPU)
+    pointer, on = _variants.VARIANTS["pointer"], {feature: True}
+    for kernel, D, width in [("forward", 80, 128), ("forward", 128, 128), ("dq", 64, 64)]:
+        flags = dict(on, HEAD_DIM=width, D_REAL=D)
+        if kernel == "forward":
+            hopper = _variants.feature_spills(fwd.FEATURE_SPILLS, width, **flags, PADDED=D < width)
+            hopper = [t[:4] for t in hopper if not t[4]]
+            c = fwd.default_config(pointer, width, 2, 4096, pre_hopper=True, **flags)
+            options = fwd.offered_tiles(width, False)
+        else:
+            hopper = _variants.feature_spills(bwd.FEATURE_SPILLS, (kernel, width), **flags)
+            c = bwd.default_config(kernel, width, 2, pre_hopper=True, **flags)
+            options = bwd.candidate_tiles(kernel, width)
+        older = _pre_hopper.spills(kernel, False, width, flags)
+        assert older, f"{kernel} at D = {D}: no sm_80 spills to avoid"
+        clean = [t for t in options if t not in older and t not in hopper]
+        assert clean, f"{kernel} at D = {D} with {feature}: every tile is in a list"
+        assert _variants.tile_of(c) in clean, f"{kernel} at D = {D} with {feature}: {c} is in a list; {clean} are not"
+
+
+def test_before_hopper_asks_the_gpu_s_compute_capability(monkeypatch):
+    """An A100 (8.0) or an RTX 40 card (8.9) is older than Hopper, an H100 (9.0) or a Blackwell (10.0) is not, and a
+    CPU is not a GPU at all (nothing is asked)."""
+    from attn_course.kernels import _pre_hopper
+
+    asked = []
+    for capability, older in [((8, 0), True), ((8, 9), True), ((9, 0), False), ((10, 0), False)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: asked.append(c) or c)
+        assert _pre_hopper.before_hopper(torch.device("cuda", 0)) is older, capability
+    assert not _pre_hopper.before_hopper(CPU) and len(asked) == 4
+
+
+def test_an_untuned_launch_before_hopper_runs_the_pre_hopper_default(monkeypatch):
+    """The launches themselves (recorded, with autotuning off) take the pre-Hopper default on a GPU older than
+    Hopper and Hopper's otherwise: the 16-bit forward at D = 128 (Hopper's 128 x 64 on 8 warps spills on sm_80)
+    and dQ at D = 64, with a paged cache's default compiled deeper as ever."""
+    from attn_course.kernels import _pre_hopper
+    from attn_course.kernels._compile import backward_launches, forward_launches
+
+    def tiles(launches):
+        return {fn.__name__: (kw["BLOCK_M"], kw["BLOCK_N"], kw["num_warps"], kw["num_stages"])
+                for fn, _, kw in launches if "BLOCK_N" in kw}  # (not the backward's preprocess)
+
+    def recorded():
+        return {**tiles(forward_launches("pointer", F16, 128)), **tiles(backward_launches("pointer", F16, 64)),
+                "paged": tiles(forward_launches("pointer", F16, 128, page_size=16))["_attn_fwd"]}
+
+    fwd, bwd = kernel_module("flash_fwd", CPU), kernel_module("flash_bwd", CPU)
+    pointer = _variants.VARIANTS["pointer"]
+    hopper = recorded()
+    monkeypatch.setattr(_pre_hopper, "before_hopper", lambda device: True)
+    older = recorded()
+    for name, want in [("_attn_fwd", fwd.default_config(pointer, 128, 2, 256, pre_hopper=True)),
+                       ("_bwd_dq", bwd.default_config("dq", 64, 2, pre_hopper=True)),
+                       ("paged", fwd.deeper(fwd.default_config(pointer, 128, 2, 256, pre_hopper=True, PAGED=True)))]:
+        assert older[name] == (*_variants.tile_of(want)[:2], want.num_warps, want.num_stages), name
+        assert older[name] != hopper[name], f"{name}: the same tile before Hopper as on it"
 
 
 def offered_tiles(part: str, dtype: str, D: int) -> list[tuple]:
