@@ -24,7 +24,7 @@ Files, in reading order:
 * ``_packed.py``: the packed forms' gradient (``dqkv``) written in place by the backward kernels;
 * ``_vmap.py``: the operators' batching rules, for ``torch.func.vmap`` (a vmapped dim is more sequences);
 * ``_variants.py``: which variant runs (``pointer``, ``tma``, ``tma+ws``) and whether tiles are autotuned;
-* ``_pre_hopper.py``: the tiles that spill on GPUs older than Hopper, which an untuned launch there skips;
+* ``_mma_sync.py``: the tiles that spill on GPUs before Hopper and on RTX 50s, which an untuned launch skips;
 * ``_checks.py``: input checks; ``_runtime.py``: compiled vs interpreted kernels, chosen per device;
 * ``_compile.py``: compiling a launch for a GPU target on a machine without one (tests, resource survey).
 

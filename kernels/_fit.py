@@ -3,8 +3,8 @@
 Each tile shape needs its own amount of shared memory per program: the K and V tiles it stages, times the
 pipeline's stages, plus whatever the compiler keeps there for the softmax and the matrix products. The tile
 lists are chosen on Hopper, which lets one program use 227 KiB; other GPUs offer less (an A100 163 KiB, an A10,
-L4 or RTX 30 / 40 card 99 KiB, a T4 64 KiB), and a program that asks for more is refused when its compiled kernel
-is loaded, *before* it runs (Triton raises ``OutOfResources``; nothing has been written).
+L4, RTX 30 / 40 or RTX 50 card 99 KiB, a T4 64 KiB), and a program that asks for more is refused when its compiled
+kernel is loaded, *before* it runs (Triton raises ``OutOfResources``; nothing has been written).
 
 Triton's autotuner already skips a refused config while it times them, but two launches would still fail: the
 one config used with autotuning off (``ATTN_COURSE_AUTOTUNE=0``), and an autotuned launch whose pruned list

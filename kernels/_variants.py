@@ -18,10 +18,10 @@ from global memory to the chip:
   warpgroups do the matrix products and the softmax), keeping them only where they are faster.
 
 ``ATTN_COURSE_KERNEL`` picks: ``auto`` (the default), ``pointer``, ``tma`` or ``tma+ws``. ``auto`` on a
-Hopper-or-newer GPU with TMA-ready tensors tries ``tma+ws`` (16-bit inputs only), then ``tma``, then
-``pointer``; everywhere else (older GPUs, CPU tensors in the interpreter, the backward at head dim 256 or
-of a packed batch, and float32 inputs, whose TMA tiles spill registers: ``flash_bwd.tma_pays``,
-``flash_fwd.tma_pays``) it runs ``pointer``.
+Hopper or datacenter Blackwell GPU (:data:`TMA_AUTO_MAJORS`) with TMA-ready tensors tries ``tma+ws`` (16-bit
+inputs only), then ``tma``, then ``pointer``; everywhere else (older GPUs, consumer Blackwell, CPU tensors in the
+interpreter, the backward at head dim 256 or of a packed batch, and float32 inputs, whose TMA tiles spill
+registers: ``flash_bwd.tma_pays``, ``flash_fwd.tma_pays``) it runs ``pointer``.
 Packed batches and caches are never warp-specialised.
 
 Why a chain: the TMA variants are checked on the CPU through the interpreter, which emulates the
@@ -55,6 +55,12 @@ except ImportError:  # triton < 3.4 has no host-side tensor descriptors
 
 KERNEL_ENV = "ATTN_COURSE_KERNEL"
 TMA_MIN_CAPABILITY = (9, 0)  # Hopper: the first GPUs with the bulk tensor copy engine
+# The compute capabilities (their major) ``auto`` runs TMA on: those whose products are warpgroup-wide (Hopper's
+# wgmma, 9.x; datacenter Blackwell's tcgen05, 10.x). Consumer Blackwell (12.x: RTX 50) has the copy engine too,
+# but multiplies with mma.sync, and compiled for sm_120 every warp-specialised tile spills (1.5 KB and more) and,
+# at D = 128, every TMA forward and dK/dV tile, where pointers keep tiles that spill nothing
+# (benchmarks/results/kernel_shared_memory*.json, "tma_summary"): it runs pointers, as the GPUs before Hopper.
+TMA_AUTO_MAJORS = (9, 10)
 AUTOTUNE_ENV = "ATTN_COURSE_AUTOTUNE"
 CAN_WARP_SPECIALIZE = "warp_specialize" in inspect.signature(tl.range.__init__).parameters
 
@@ -247,7 +253,7 @@ def fewest_spills(items: list, tile, table: dict, key, also=(), **features) -> l
     with dropout, a softcap and ALiBi all on, under triton 3.6), those spilling in the fewest surveyed
     combinations, which there is also the smallest spill (tests/test_kernels_compile.py checks that against
     the surveys), rather than none or all of them. ``also``: one more list, in ``tile``'s terms (the tiles that
-    spill before Hopper on a GPU older than it: ``_pre_hopper``)."""
+    spill on an mma.sync GPU, on such a GPU: ``_mma_sync``)."""
     named = feature_spills(table, key, **features) + list(also)
     counts = [named.count(tile(item)) for item in items]
     return [item for item, count in zip(items, counts, strict=True) if count == min(counts, default=0)]
@@ -313,12 +319,12 @@ def described(x: torch.Tensor) -> torch.Tensor:
 
 
 def may_use_tma(device: torch.device) -> bool:
-    """Whether a launch on ``device`` may pick a TMA variant: one is asked for by name, or ``auto`` on a
-    GPU of compute capability TMA_MIN_CAPABILITY or newer."""
+    """Whether a launch on ``device`` may pick a TMA variant: one is asked for by name, or ``auto`` on a GPU
+    whose compute capability's major is one of :data:`TMA_AUTO_MAJORS` (Hopper, datacenter Blackwell)."""
     name = requested()
     if name != "auto":
         return VARIANTS[name].tma
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= TMA_MIN_CAPABILITY
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] in TMA_AUTO_MAJORS
 
 
 @contextlib.contextmanager

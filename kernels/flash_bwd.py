@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attn_course.kernels import _fit, _pre_hopper, _variants
+from attn_course.kernels import _fit, _mma_sync, _variants
 from attn_course.kernels._ops import backward_buffers, define_padding_rows
 from attn_course.kernels._runtime import interpreter_scope, is_interpreted
 
@@ -672,25 +672,25 @@ def configs(kernel: str, variant: _variants.Variant, D: int, float32: bool = Fal
     return [_variants.config(*t, hook) for t in candidate_tiles(kernel, D, float32) if t not in spills]
 
 
-def default_config(kernel: str, D: int, itemsize: int, packed: bool = False, *, pre_hopper: bool = False,
+def default_config(kernel: str, D: int, itemsize: int, packed: bool = False, *, sm: int | None = None,
                    **features) -> triton.Config:
     """The config used when autotuning is off: the first candidate for 16-bit inputs (no spills at any
     head dim), or for a packed batch through pointers (``packed``) or with ``DROPOUT``, ``SOFTCAP`` or ``ALIBI``
     on in ``features`` (the launch's constexprs) the first that does not spill there; for float32 the first of its
     own list (:data:`FLOAT32_TILES`) that spills least with the launch's features (:data:`FLOAT32_SPILLS`).
-    ``pre_hopper`` (a GPU older than Hopper: ``_pre_hopper.before_hopper``): the tiles that spill there
-    (``_pre_hopper.SPILLS``) instead of float32's plain Hopper list, as one more list beside the features', and of
-    the tiles named least the one that spills least there (``_pre_hopper.least_spilling``)."""
-    older = _pre_hopper.spills(kernel, itemsize == 4, D, features) if pre_hopper else {}
+    ``sm`` (an mma.sync GPU's surveyed target, 80 or 120: ``_mma_sync.target``): the tiles that spill there
+    (``_mma_sync.SPILLS``) instead of float32's plain Hopper list, as one more list beside the features', and of
+    the tiles named least the one that spills least there (``_mma_sync.least_spilling``)."""
+    older = _mma_sync.spills(sm, kernel, itemsize == 4, D, features) if sm else {}
     if itemsize == 2:
         spills = packed_pointer_spills(kernel, D, _variants.padded(D, features)) if packed else []
         tiles = [t for t in candidate_tiles(kernel, D) if t not in spills]
         least = _variants.fewest_spills(tiles, tuple, FEATURE_SPILLS, (kernel, D), list(older), **features)
-    else:  # (float32's plain list is Hopper's: before Hopper, sm_80's instead)
-        table = _pre_hopper.hopper_proxies(FLOAT32_SPILLS) if pre_hopper else FLOAT32_SPILLS
+    else:  # (float32's plain list is Hopper's: on an mma.sync GPU, its target's instead)
+        table = _mma_sync.hopper_proxies(FLOAT32_SPILLS) if sm else FLOAT32_SPILLS
         least = _variants.fewest_float32_spills(candidate_tiles(kernel, D, True), tuple, table, kernel, D, features,
                                                 list(older))
-    return _variants.config(*_pre_hopper.least_spilling(least, tuple, older))
+    return _variants.config(*_mma_sync.least_spilling(least, tuple, older))
 
 
 def _views(x: torch.Tensor, varlen: bool):
@@ -756,9 +756,8 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
                 every = configs(name, variant, tile_d, float32)
                 return _variants.pruned_first(every, pruning(every, {"Q": q}, **flags, TMA=variant.tma))
 
-            def default(name=name, packed=packed):  # (autotuning off; before Hopper, what spills there skipped)
-                return default_config(name, tile_d, q.element_size(), packed, **flags,
-                                      pre_hopper=_pre_hopper.before_hopper(q.device))
+            def default(name=name, packed=packed):  # (autotuning off; on an mma.sync GPU, what spills there skipped)
+                return default_config(name, tile_d, q.element_size(), packed, **flags, sm=_mma_sync.target(q.device))
 
             plans = _variants.launch_plans(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
                                            offered=offered, default=default)

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attn_course.kernels import _fit, _pre_hopper, _variants
+from attn_course.kernels import _fit, _mma_sync, _variants
 from attn_course.kernels._ops import define_padding_rows, forward_buffers
 from attn_course.kernels._runtime import interpreter_scope, is_interpreted
 
@@ -632,7 +632,7 @@ def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> li
 
 
 def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int | None = None, *,
-                   pre_hopper: bool = False, **features) -> triton.Config:
+                   sm: int | None = None, **features) -> triton.Config:
     """The one config used when autotuning is off: 16-row tiles for ``T_q <= DECODE_ROWS`` (decoding); else
     big query tiles for 16-bit inputs, smaller ones where a wide head would overflow shared memory, and the
     warp-specialised variant with WS on. ``features``: the launch's constexprs; where that tile spills with them
@@ -640,29 +640,29 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
     :data:`FEATURE_SPILLS`), the first tile :func:`configs` offers that spills least then
     (:func:`_variants.fewest_spills`). float32 (``itemsize`` 4): the first of its own list (:data:`FLOAT32_TILES`,
     :data:`FLOAT32_DECODE_TILES`) that spills least with the launch's features (:data:`FLOAT32_SPILLS`).
-    ``pre_hopper`` (a GPU older than Hopper: ``_pre_hopper.before_hopper``): the tiles that spill there
-    (``_pre_hopper.SPILLS``) instead of Hopper's padded and paged lists, as one more list beside the features', and
-    of the tiles named least the one that spills least there (``_pre_hopper.least_spilling``)."""
+    ``sm`` (an mma.sync GPU's surveyed target, 80 or 120: ``_mma_sync.target``): the tiles that spill there
+    (``_mma_sync.SPILLS``) instead of Hopper's padded and paged lists, as one more list beside the features', and
+    of the tiles named least the one that spills least there (``_mma_sync.least_spilling``)."""
     decoding = T_q is not None and is_decoding(T_q)
     kernel = "decode" if decoding else "forward"
     part = f"{kernel} paged" if features.get("PAGED") else kernel  # (paged tiles are listed as they are here)
-    older = _pre_hopper.spills(part, itemsize == 4, D, features) if pre_hopper else {}
+    older = _mma_sync.spills(sm, part, itemsize == 4, D, features) if sm else {}
     if itemsize == 4:  # (float32's lists, less what spills with the launch's features: FLOAT32_SPILLS)
         tiles = decode_tiles(D, True) if decoding else candidate_tiles(D, False, True)
-        table = _pre_hopper.hopper_proxies(FLOAT32_SPILLS) if pre_hopper else FLOAT32_SPILLS
+        table = _mma_sync.hopper_proxies(FLOAT32_SPILLS) if sm else FLOAT32_SPILLS
         least = _variants.fewest_float32_spills(tiles, tuple, table, kernel, D, features, list(older))
-        return _variants.config(*_pre_hopper.least_spilling(least, tuple, older), WARP_SPEC=False)
+        return _variants.config(*_mma_sync.least_spilling(least, tuple, older), WARP_SPEC=False)
     features = dict(features, PADDED=_variants.padded(D, features))
-    table = _pre_hopper.hopper_proxies(FEATURE_SPILLS) if pre_hopper else FEATURE_SPILLS
-    named = [(*t, False) for t in older]  # (as FEATURE_SPILLS names a tile; sm_80 ran no warp-specialised one)
+    table = _mma_sync.hopper_proxies(FEATURE_SPILLS) if sm else FEATURE_SPILLS
+    named = [(*t, False) for t in older]  # (as FEATURE_SPILLS names a tile; none surveyed there is warp-specialised)
     if decoding:  # (on a paged cache the first decoding tile may spill: PAGED at 256)
         least = _variants.fewest_spills(decode_tiles(D), lambda t: (*t, False), table, D, named, **features)
-        return _variants.config(*_pre_hopper.least_spilling(least, tuple, older), WARP_SPEC=False)
+        return _variants.config(*_mma_sync.least_spilling(least, tuple, older), WARP_SPEC=False)
     ws = variant.warp_specialize
     tile = usual_tile(D, ws)
     if (*tile, ws) in _variants.feature_spills(table, D, **features) + named:
         least = _variants.fewest_spills(offered_tiles(D, ws), lambda t: (*t, ws), table, D, named, **features)
-        tile = _pre_hopper.least_spilling(least, tuple, {} if ws else older)
+        tile = _mma_sync.least_spilling(least, tuple, {} if ws else older)
     return _variants.config(*tile, WARP_SPEC=ws)
 
 
@@ -786,9 +786,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
             every, nargs = configs(variant, tile_d, float32, paged), {"TUNE_T_Q": _variants.tuning_lengths(T_q)[0]}
             return _variants.pruned_first(every, prune_for_lengths(every, nargs, **flags, TMA=variant.tma))
 
-        def default():  # (autotuning off; the tiles that spill before Hopper skipped there: _pre_hopper)
-            c = default_config(variant, tile_d, q.element_size(), T_q, **flags,
-                               pre_hopper=_pre_hopper.before_hopper(q.device))
+        def default():  # (autotuning off; on an mma.sync GPU the tiles that spill there skipped: _mma_sync)
+            c = default_config(variant, tile_d, q.element_size(), T_q, **flags, sm=_mma_sync.target(q.device))
             return deeper(c) if paged else c
 
         plans = _variants.launch_plans(INTERPRET, interpreter_meta=interpreter_meta, offered=offered, default=default)

@@ -29,7 +29,7 @@ SURVEY36_VENV  ?= .venv-triton3.6
 SURVEY36_SPECS ?= "$(TORCH_SPEC)" triton==3.6.0 numpy==2.3.5
 
 .PHONY: survey
-## survey: compile every autotuning config for sm_90 under both tritons (3.9 here, 3.6 as on the GPUs) and record registers and spills in benchmarks/results/kernel_resources_sm90*.json, and every pointer tile for sm_80 (the forward's on a paged cache too) with the shared memory, registers and spill each needs in kernel_shared_memory*.json (about 175 minutes on 2 cores from a cold Triton cache)
+## survey: compile every autotuning config for sm_90 under both tritons (3.9 here, 3.6 as on the GPUs) and record registers and spills in benchmarks/results/kernel_resources_sm90*.json, and every pointer tile for sm_80 and sm_120 (the forward's on a paged cache too) with the shared memory, registers and spill each needs, and sm_120's TMA tiles beside them, in kernel_shared_memory*.json (about 205 minutes on 2 cores from a cold Triton cache)
 survey: setup $(SURVEY36_VENV)/.installed
 	$(PY) benchmarks/kernel_resources.py
 	PYTHONPATH=$(CURDIR) $(SURVEY36_VENV)/bin/python benchmarks/kernel_resources.py \

@@ -5,7 +5,8 @@ that needs more is refused as its compiled kernel loads (Triton's ``OutOfResourc
 stand-in kernel refuses tiles as such a GPU would, the same kernels run the rest in the interpreter, and the answer
 is checked against the reference: the launch must try the default tile first, then the autotuner's list in order,
 run the first that fits, and say clearly when none does. The tests at the end read the real tiles' needs, compiled
-for sm_80 by benchmarks/kernel_shared_memory.py, and check that each list has one that fits those GPUs.
+for sm_80 and sm_120 by benchmarks/kernel_shared_memory.py, check that each list has one that fits those GPUs, and
+that an untuned launch there runs the tile that spills least on its target.
 """
 
 from __future__ import annotations
@@ -255,8 +256,9 @@ def test_launch_plans_on_a_gpu_try_the_default_then_the_list_without_repeats(mon
 
 
 # The real tiles on real GPUs: benchmarks/kernel_shared_memory.py compiles every tile of every pointer list for
-# sm_80 (under both tritons: make survey) and records the shared memory each needs.
+# sm_80 and sm_120 (under both tritons: make survey) and records the shared memory, registers and spill of each.
 SHARED_REPORTS = {"3.9": "kernel_shared_memory.json", "3.6": "kernel_shared_memory_triton3.6.json"}
+MMA_SYNC_TARGETS = (80, 120)
 
 
 @functools.cache
@@ -267,51 +269,62 @@ def _shared(version: str):
 
 @pytest.mark.parametrize("version", SHARED_REPORTS)
 def test_the_shared_memory_report_covers_exactly_the_current_tile_lists(version):
-    """Change a tile list and this fails until ``make survey`` is rerun; every tile compiled for both targets."""
+    """Change a tile list and this fails until ``make survey`` is rerun; every tile compiled for both targets, and
+    the sm_120 comparison of the variants covers its lists too."""
     tool, report = _shared(version)
+    assert tuple(tool.TARGETS) == MMA_SYNC_TARGETS and report["targets"] == [f"sm_{cc}" for cc in MMA_SYNC_TARGETS]
     want = set(tool.jobs())
     got = {(r["part"], r["dtype"], r["D"], tuple(r["tile"])) for r in report["rows"]}
     assert got == want, (f"benchmarks/results/{SHARED_REPORTS[version]} is stale (missing {sorted(want - got)[:4]}, "
                          f"extra {sorted(got - want)[:4]}): run make survey")
     failed = [r for r in report["rows"] if not all(isinstance(r[f"{t}{field}"], int) for t in report["targets"]
                                                    for field in ("", "_registers", "_spill_bytes"))]
-    assert not failed, f"tiles that do not compile before Hopper: {failed[:4]}"
+    assert not failed, f"tiles that do not compile for these targets: {failed[:4]}"
+    probed = {(r["variant"], r["part"], r["D"], tuple(r["tile"]), r["warp_specialized"]) for r in report["tma_rows"]}
+    assert probed == set(tool.tma_jobs()), "the sm_120 comparison of the variants is stale: run make survey"
+    assert all(isinstance(r["sm_120_spill_bytes"], int) for r in report["tma_rows"])
 
 
 @pytest.mark.parametrize("version", SHARED_REPORTS)
 def test_the_shared_memory_report_s_spill_summaries_are_current(version):
-    """The report's lists of tiles that spill on sm_80, of Hopper's untuned defaults that do there and of the
-    pre-Hopper untuned defaults that still do are what its rows and the current defaults give (a default changed
-    without rerunning make survey fails here). The first two are not empty: the lists are pruned by Hopper's
-    spills, and sm_80's are others (mma.sync products hold their operands in registers differently)."""
+    """The report's lists, per target, of tiles that spill, of Hopper's untuned defaults that do there and of the
+    target's own untuned defaults that still do are what its rows and the current defaults give (a default
+    changed without rerunning make survey fails here). The first two are not empty on either target: the lists are
+    pruned by Hopper's spills, and mma.sync products hold their operands in registers differently."""
     tool, report = _shared(version)
-    assert report["spilling"] == tool.spilling(report["rows"])
-    assert report["hopper_defaults_that_spill"] == tool.untuned_defaults_that_spill(report["rows"], pre_hopper=False)
-    assert report["untuned_defaults_that_spill"] == tool.untuned_defaults_that_spill(report["rows"])
-    assert len(report["spilling"]) > 50 and len(report["hopper_defaults_that_spill"]) > 10
+    for cc in MMA_SYNC_TARGETS:
+        target = f"sm_{cc}"
+        assert report["spilling"][target] == tool.spilling(report["rows"], cc)
+        assert report["hopper_defaults_that_spill"][target] == \
+            tool.untuned_defaults_that_spill(report["rows"], cc, hopper=True)
+        assert report["untuned_defaults_that_spill"][target] == tool.untuned_defaults_that_spill(report["rows"], cc)
+        assert len(report["spilling"][target]) > 50 and len(report["hopper_defaults_that_spill"][target]) > 10
+    assert report["tma_summary"] == tool.tma_summary(report["tma_rows"])
 
 
-def sm_80_spills() -> dict:
-    """``{(dtype, part, D): {tile: bytes}}``: what each tile of the sm_80 reports spills, the more of the two
-    tritons' (0 where neither spills)."""
+def target_spills(cc: int) -> dict:
+    """``{(dtype, part, D): {tile: bytes}}``: what each tile of the reports spills compiled for ``sm_<cc>``, the
+    more of the two tritons' (0 where neither spills)."""
     found = {}
     for version in SHARED_REPORTS:
         for r in _shared(version)[1]["rows"]:
             tiles = found.setdefault((r["dtype"], r["part"], r["D"]), {})
-            tiles[tuple(r["tile"])] = max(tiles.get(tuple(r["tile"]), 0), r["sm_80_spill_bytes"])
+            tiles[tuple(r["tile"])] = max(tiles.get(tuple(r["tile"]), 0), r[f"sm_{cc}_spill_bytes"])
     return found
 
 
-def test_the_pre_hopper_spill_table_is_exactly_what_spills_in_the_sm_80_reports():
-    """``_pre_hopper.SPILLS`` names every tile that spills compiled for sm_80 under either triton, with the larger
-    spill, and nothing else (a tile list or a survey changed without it fails here)."""
-    from attn_course.kernels import _pre_hopper
+@pytest.mark.parametrize("cc", MMA_SYNC_TARGETS)
+def test_the_mma_sync_spill_tables_are_exactly_what_spills_in_the_reports(cc):
+    """``_mma_sync.SPILLS[cc]`` names every tile that spills compiled for ``sm_<cc>`` under either triton, with the
+    larger spill, and nothing else (a tile list or a survey changed without it fails here)."""
+    from attn_course.kernels import _mma_sync
 
     want = {}
-    for (dtype, part, D), tiles in sm_80_spills().items():
+    for (dtype, part, D), tiles in target_spills(cc).items():
         if spilled := {t: b for t, b in tiles.items() if b}:
             want.setdefault(dtype, {})[part, D] = spilled
-    assert _pre_hopper.SPILLS == want
+    assert _mma_sync.SPILLS[cc] == want
+    assert set(_mma_sync.SURVEYED.values()) == set(MMA_SYNC_TARGETS)
 
 
 def default_options(part: str, dtype: str, D: int) -> list[tuple]:
@@ -324,36 +337,37 @@ def default_options(part: str, dtype: str, D: int) -> list[tuple]:
     return fwd.decode_tiles(width, float32) if kernel == "decode" else bwd.candidate_tiles(kernel, width, float32)
 
 
-def test_untuned_defaults_before_hopper_are_the_tiles_that_spill_least_on_sm_80():
-    """With autotuning off on a GPU older than Hopper, each (dtype, part, head dim) of the sm_80 survey runs a tile
-    that spills nothing there under either triton where one exists, else the one that spills least: the 16-bit
-    prefill's usual tile if it is clean, else the first of its list that spills least (Hopper's lists for padded
-    head dims and paged caches, which sm_80's survey replaces, play no part). Hopper's own defaults are unchanged,
-    and some of them spill on sm_80 (what this is for)."""
+@pytest.mark.parametrize("cc", MMA_SYNC_TARGETS)
+def test_untuned_defaults_on_an_mma_sync_gpu_are_the_tiles_that_spill_least_there(cc):
+    """With autotuning off on a GPU whose code is ``sm_<cc>``'s, each (dtype, part, head dim) of the survey runs a
+    tile that spills nothing there under either triton where one exists, else the one that spills least: the
+    16-bit prefill's usual tile if it is clean, else the first of its list that spills least (Hopper's lists for
+    padded head dims and paged caches, which the survey replaces, play no part). Hopper's own defaults are
+    unchanged, and some of them spill on the target (what this is for)."""
     tool, _ = _shared("3.9")
     fwd = kernel_module("flash_fwd", CPU)
     wrong, changed = [], 0
-    for (dtype, part, D), spilled in sorted(sm_80_spills().items()):
+    for (dtype, part, D), spilled in sorted(target_spills(cc).items()):
         options = default_options(part, dtype, D)
         want = min(options, key=spilled.__getitem__)  # (the first of the least)
         usual = fwd.usual_tile(max(16, 1 << (D - 1).bit_length()), False)
         if part.startswith("forward") and dtype == "float16" and spilled[usual] == 0:
             want = usual
-        chosen = tool.untuned_default(part, dtype, D)
+        chosen = tool.untuned_default(part, dtype, D, cc)
         if chosen != want:
             wrong.append(f"{dtype} {part} at D = {D}: {chosen} (spills {spilled.get(chosen)} B), not {want} "
                          f"({spilled[want]} B)")
-        changed += chosen != tool.untuned_default(part, dtype, D, pre_hopper=False)
+        changed += chosen != tool.untuned_default(part, dtype, D, None)
     assert not wrong, wrong
     assert changed >= 20
 
 
 @pytest.mark.parametrize("feature", ["DROPOUT", "SOFTCAP", "ALIBI"])
-def test_untuned_defaults_before_hopper_with_a_feature_avoid_both_lists(feature):
-    """A feature's launch before Hopper skips the tiles that spill with that feature on Hopper (the only survey of
-    it) and those that spill plainly on sm_80, where some tile is in neither: the 16-bit forward at D = 80 and 128
+def test_untuned_defaults_on_sm_80_with_a_feature_avoid_both_lists(feature):
+    """A feature's launch on sm_80 skips the tiles that spill with that feature on Hopper (the only survey of it)
+    and those that spill plainly on sm_80, where some tile is in neither: the 16-bit forward at D = 80 and 128
     (where Hopper's own default, 128 x 64 on 8 warps, spills on sm_80) and dQ at D = 64."""
-    from attn_course.kernels import _pre_hopper
+    from attn_course.kernels import _mma_sync
 
     fwd, bwd = kernel_module("flash_fwd", CPU), kernel_module("flash_bwd", CPU)
     pointer, on = _variants.VARIANTS["pointer"], {feature: True}
@@ -362,36 +376,38 @@ def test_untuned_defaults_before_hopper_with_a_feature_avoid_both_lists(feature)
         if kernel == "forward":
             hopper = _variants.feature_spills(fwd.FEATURE_SPILLS, width, **flags, PADDED=D < width)
             hopper = [t[:4] for t in hopper if not t[4]]
-            c = fwd.default_config(pointer, width, 2, 4096, pre_hopper=True, **flags)
+            c = fwd.default_config(pointer, width, 2, 4096, sm=80, **flags)
             options = fwd.offered_tiles(width, False)
         else:
             hopper = _variants.feature_spills(bwd.FEATURE_SPILLS, (kernel, width), **flags)
-            c = bwd.default_config(kernel, width, 2, pre_hopper=True, **flags)
+            c = bwd.default_config(kernel, width, 2, sm=80, **flags)
             options = bwd.candidate_tiles(kernel, width)
-        older = _pre_hopper.spills(kernel, False, width, flags)
+        older = _mma_sync.spills(80, kernel, False, width, flags)
         assert older, f"{kernel} at D = {D}: no sm_80 spills to avoid"
         clean = [t for t in options if t not in older and t not in hopper]
         assert clean, f"{kernel} at D = {D} with {feature}: every tile is in a list"
         assert _variants.tile_of(c) in clean, f"{kernel} at D = {D} with {feature}: {c} is in a list; {clean} are not"
 
 
-def test_before_hopper_asks_the_gpu_s_compute_capability(monkeypatch):
-    """An A100 (8.0) or an RTX 40 card (8.9) is older than Hopper, an H100 (9.0) or a Blackwell (10.0) is not, and a
-    CPU is not a GPU at all (nothing is asked)."""
-    from attn_course.kernels import _pre_hopper
+def test_the_mma_sync_target_follows_the_gpu_s_compute_capability(monkeypatch):
+    """An A100 (8.0) or an RTX 40 card (8.9) runs sm_80's code, an RTX 50 (12.0) or a DGX Spark (12.1) sm_120's; an
+    H100 (9.0) or a B200 (10.0) is not an mma.sync GPU, and a CPU is not a GPU at all (nothing is asked)."""
+    from attn_course.kernels import _mma_sync
 
     asked = []
-    for capability, older in [((8, 0), True), ((8, 9), True), ((9, 0), False), ((10, 0), False)]:
+    for capability, sm in [((8, 0), 80), ((8, 9), 80), ((9, 0), None), ((10, 0), None), ((12, 0), 120),
+                           ((12, 1), 120)]:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: asked.append(c) or c)
-        assert _pre_hopper.before_hopper(torch.device("cuda", 0)) is older, capability
-    assert not _pre_hopper.before_hopper(CPU) and len(asked) == 4
+        assert _mma_sync.target(torch.device("cuda", 0)) == sm, capability
+    assert _mma_sync.target(CPU) is None and len(asked) == 6
 
 
-def test_an_untuned_launch_before_hopper_runs_the_pre_hopper_default(monkeypatch):
-    """The launches themselves (recorded, with autotuning off) take the pre-Hopper default on a GPU older than
-    Hopper and Hopper's otherwise: the 16-bit forward at D = 128 (Hopper's 128 x 64 on 8 warps spills on sm_80)
-    and dQ at D = 64, with a paged cache's default compiled deeper as ever."""
-    from attn_course.kernels import _pre_hopper
+@pytest.mark.parametrize("cc", MMA_SYNC_TARGETS)
+def test_an_untuned_launch_on_an_mma_sync_gpu_runs_its_target_s_default(monkeypatch, cc):
+    """The launches themselves (recorded, with autotuning off) take the target's default on an mma.sync GPU and
+    Hopper's otherwise: the 16-bit forward at D = 128 (Hopper's 128 x 64 on 8 warps spills on both) and dQ at
+    D = 64, with a paged cache's default compiled deeper as ever."""
+    from attn_course.kernels import _mma_sync
     from attn_course.kernels._compile import backward_launches, forward_launches
 
     def tiles(launches):
@@ -405,13 +421,27 @@ def test_an_untuned_launch_before_hopper_runs_the_pre_hopper_default(monkeypatch
     fwd, bwd = kernel_module("flash_fwd", CPU), kernel_module("flash_bwd", CPU)
     pointer = _variants.VARIANTS["pointer"]
     hopper = recorded()
-    monkeypatch.setattr(_pre_hopper, "before_hopper", lambda device: True)
-    older = recorded()
-    for name, want in [("_attn_fwd", fwd.default_config(pointer, 128, 2, 256, pre_hopper=True)),
-                       ("_bwd_dq", bwd.default_config("dq", 64, 2, pre_hopper=True)),
-                       ("paged", fwd.deeper(fwd.default_config(pointer, 128, 2, 256, pre_hopper=True, PAGED=True)))]:
-        assert older[name] == (*_variants.tile_of(want)[:2], want.num_warps, want.num_stages), name
-        assert older[name] != hopper[name], f"{name}: the same tile before Hopper as on it"
+    monkeypatch.setattr(_mma_sync, "target", lambda device: cc)
+    theirs = recorded()
+    for name, want in [("_attn_fwd", fwd.default_config(pointer, 128, 2, 256, sm=cc)),
+                       ("_bwd_dq", bwd.default_config("dq", 64, 2, sm=cc)),
+                       ("paged", fwd.deeper(fwd.default_config(pointer, 128, 2, 256, sm=cc, PAGED=True)))]:
+        assert theirs[name] == (*_variants.tile_of(want)[:2], want.num_warps, want.num_stages), name
+        assert theirs[name] != hopper[name], f"{name}: the same tile on sm_{cc} as on Hopper"
+
+
+@pytest.mark.parametrize("version", SHARED_REPORTS)
+def test_consumer_blackwell_runs_pointers_because_tma_tiles_spill_there(version):
+    """Why ``auto`` runs pointers on sm_120 (``_variants.TMA_AUTO_MAJORS``): compiled for it, no warp-specialised
+    forward tile is clean (spills nothing, fits 99 KiB) at D = 64 or 128, and at D = 128 no TMA forward or dK/dV
+    tile is, where the pointer lists keep clean tiles for every kernel at both head dims."""
+    _, report = _shared(version)
+    clean = {name: int(count.split(" of ")[0]) for name, count in report["tma_summary"].items()}
+    for D in (64, 128):
+        assert clean[f"tma+ws forward at D = {D}"] == 0
+        assert all(clean[f"pointer {kernel} at D = {D}"] > 0 for kernel in ("forward", "dkdv", "dq"))
+    assert clean["tma forward at D = 128"] == 0 and clean["tma dkdv at D = 128"] == 0
+    assert 12 not in _variants.TMA_AUTO_MAJORS and 9 in _variants.TMA_AUTO_MAJORS
 
 
 def offered_tiles(part: str, dtype: str, D: int) -> list[tuple]:
@@ -425,8 +455,8 @@ def offered_tiles(part: str, dtype: str, D: int) -> list[tuple]:
 
 
 @pytest.mark.parametrize("version", SHARED_REPORTS)
-@pytest.mark.parametrize("gpu", ["A100 (sm_80)", "A10, L4, RTX 30 / 40 (sm_86, sm_89)"])
-def test_every_kernel_has_a_tile_that_fits_each_gpu_before_hopper(gpu, version):
+@pytest.mark.parametrize("gpu", ["A100 (sm_80)", "A10, L4, RTX 30 / 40 (sm_86, sm_89)", "RTX 50 (sm_120)"])
+def test_every_kernel_has_a_tile_that_fits_each_mma_sync_gpu(gpu, version):
     """For each kernel, dtype and head dim, some tile the launch may run fits the GPU's shared memory per program
     (so a launch there falls back to it rather than failing); and the report's own summary agrees."""
     tool, report = _shared(version)

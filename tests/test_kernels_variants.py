@@ -90,8 +90,10 @@ def test_auto_runs_the_pointer_kernel_on_the_cpu():
     assert [v.name for v in _variants.chain(q.device, (q, k, v))] == ["pointer"]
 
 
-def test_auto_prefers_tma_on_hopper_only(monkeypatch):
-    """The choice itself, with the GPU's compute capability faked (the tensors' layout is what matters)."""
+def test_auto_prefers_tma_on_hopper_and_datacenter_blackwell_only(monkeypatch):
+    """The choice itself, with the GPU's compute capability faked (the tensors' layout is what matters): TMA on
+    9.x and 10.x, pointers before Hopper and on consumer Blackwell (12.x), whose mma.sync products spill registers
+    with TMA's tiles (the sm_120 comparison of benchmarks/results/kernel_shared_memory*.json)."""
     q, k, v = make_qkv(1, 2, 2, 17, 17, 64, F16)
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
@@ -106,8 +108,13 @@ def test_auto_prefers_tma_on_hopper_only(monkeypatch):
     assert [v.name for v in _variants.chain(cuda, packed, warp_spec=False)] == ["tma", "pointer"], \
         "packed batches run TMA too (not warp-specialised: their overhanging tile has a loop of its own)"
     assert [v.name for v in _variants.chain(cuda, (q[..., ::2], k, v))] == ["pointer"]
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert [v.name for v in _variants.chain(cuda, (q, k, v))] == ["pointer"]
+    for capability, names in [((10, 0), list(_variants.AUTO_CHAIN)), ((10, 3), list(_variants.AUTO_CHAIN)),
+                              ((8, 0), ["pointer"]), ((8, 9), ["pointer"]), ((12, 0), ["pointer"]),
+                              ((12, 1), ["pointer"])]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert [v.name for v in _variants.chain(cuda, (q, k, v))] == names, capability
+    with _variants.settings(kernel="tma"):
+        assert [v.name for v in _variants.chain(cuda, (q, k, v))] == ["tma"], "asked for by name, it runs anywhere"
 
 
 def test_tma_unready_names_the_rule_that_fails():
