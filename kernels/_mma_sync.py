@@ -230,11 +230,12 @@ def spills(sm: int, part: str, float32: bool, width: int, constexprs: dict) -> d
     return SPILLS[sm].get("float32" if float32 else "float16", {}).get((part, surveyed_dim(width, constexprs)), {})
 
 
-def hopper_proxies(table: dict) -> dict:
-    """``table`` (a kernel's Hopper spill lists, by feature) less those :data:`MEASURED` says the survey covers for
-    each target: what a launch on an mma.sync GPU still reads of it, for what was compiled for Hopper alone
-    (dropout, softcap, ALiBi, packed batches), as the best evidence there is of the registers each costs."""
-    return {name: lists for name, lists in table.items() if name not in MEASURED}
+def hopper_proxies(table: dict, sm: int | None) -> dict:
+    """What a launch on target ``sm`` reads of ``table`` (a kernel's Hopper spill lists, by feature): all of it on
+    Hopper (``sm`` None); on an mma.sync GPU those :data:`MEASURED` does not say the survey covers, for what was
+    compiled for Hopper alone (dropout, softcap, ALiBi, packed batches), as the best evidence there is of the
+    registers each costs."""
+    return table if sm is None else {name: lists for name, lists in table.items() if name not in MEASURED}
 
 
 def least_spilling(items: list, tile, spilled: dict):

@@ -687,7 +687,7 @@ def default_config(kernel: str, D: int, itemsize: int, packed: bool = False, *, 
         tiles = [t for t in candidate_tiles(kernel, D) if t not in spills]
         least = _variants.fewest_spills(tiles, tuple, FEATURE_SPILLS, (kernel, D), list(older), **features)
     else:  # (float32's plain list is Hopper's: on an mma.sync GPU, its target's instead)
-        table = _mma_sync.hopper_proxies(FLOAT32_SPILLS) if sm else FLOAT32_SPILLS
+        table = _mma_sync.hopper_proxies(FLOAT32_SPILLS, sm)
         least = _variants.fewest_float32_spills(candidate_tiles(kernel, D, True), tuple, table, kernel, D, features,
                                                 list(older))
     return _variants.config(*_mma_sync.least_spilling(least, tuple, older))

@@ -649,11 +649,11 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
     older = _mma_sync.spills(sm, part, itemsize == 4, D, features) if sm else {}
     if itemsize == 4:  # (float32's lists, less what spills with the launch's features: FLOAT32_SPILLS)
         tiles = decode_tiles(D, True) if decoding else candidate_tiles(D, False, True)
-        table = _mma_sync.hopper_proxies(FLOAT32_SPILLS) if sm else FLOAT32_SPILLS
+        table = _mma_sync.hopper_proxies(FLOAT32_SPILLS, sm)
         least = _variants.fewest_float32_spills(tiles, tuple, table, kernel, D, features, list(older))
         return _variants.config(*_mma_sync.least_spilling(least, tuple, older), WARP_SPEC=False)
     features = dict(features, PADDED=_variants.padded(D, features))
-    table = _mma_sync.hopper_proxies(FEATURE_SPILLS) if sm else FEATURE_SPILLS
+    table = _mma_sync.hopper_proxies(FEATURE_SPILLS, sm)
     named = [(*t, False) for t in older]  # (as FEATURE_SPILLS names a tile; none surveyed there is warp-specialised)
     if decoding:  # (on a paged cache the first decoding tile may spill: PAGED at 256)
         least = _variants.fewest_spills(decode_tiles(D), lambda t: (*t, False), table, D, named, **features)

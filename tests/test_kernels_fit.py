@@ -21,6 +21,7 @@ from triton.runtime.errors import OutOfResources
 
 from attn_course.kernels import _fit, _variants, flash_attention, flash_attention_kvcache
 from attn_course.kernels._runtime import kernel_module
+from attn_course.kernels._tiles import head_dim_tile
 
 CPU = torch.device("cpu")
 F32, F16 = torch.float32, torch.float16
@@ -331,7 +332,7 @@ def default_options(part: str, dtype: str, D: int) -> list[tuple]:
     """The tiles an untuned pointer launch of ``part`` chooses its default among (what the autotuner is offered of
     the kernel's prefill or decoding tiles, warp specialisation aside)."""
     fwd, bwd = kernel_module("flash_fwd", CPU), kernel_module("flash_bwd", CPU)
-    kernel, width, float32 = part.split(" ")[0], max(16, 1 << (D - 1).bit_length()), dtype == "float32"
+    kernel, width, float32 = part.split(" ")[0], head_dim_tile(D), dtype == "float32"
     if kernel == "forward":
         return fwd.offered_tiles(width, False, float32)
     return fwd.decode_tiles(width, float32) if kernel == "decode" else bwd.candidate_tiles(kernel, width, float32)
@@ -350,7 +351,7 @@ def test_untuned_defaults_on_an_mma_sync_gpu_are_the_tiles_that_spill_least_ther
     for (dtype, part, D), spilled in sorted(target_spills(cc).items()):
         options = default_options(part, dtype, D)
         want = min(options, key=spilled.__getitem__)  # (the first of the least)
-        usual = fwd.usual_tile(max(16, 1 << (D - 1).bit_length()), False)
+        usual = fwd.usual_tile(head_dim_tile(D), False)
         if part.startswith("forward") and dtype == "float16" and spilled[usual] == 0:
             want = usual
         chosen = tool.untuned_default(part, dtype, D, cc)
