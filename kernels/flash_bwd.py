@@ -396,14 +396,18 @@ WIDE_DQ_TILES = [(64, 32, 8, 2), (128, 32, 8, 2), (128, 16, 8, 2),  # (64, 32, 4
 # there dK/dV has tiles of its own, on 4 warps mostly: 4 of the 34 probed spill nothing at D = 16 and 32, plain or
 # with all three features, under either triton). With features or packed some spill (FLOAT32_SPILLS below), and such
 # a launch skips them; with the autotuner off a launch runs the first tile its pruning keeps (dK/dV's 16 x 64 at 128
-# wide reads q and dO a quarter as often as 16 x 16, which it falls back to with dropout). None is timed.
+# wide reads q and dO a quarter as often as 16 x 16, which it falls back to with dropout). dQ's 128-wide list ends
+# with 16 x 64 on 8 warps for GPUs before Hopper: compiled for sm_80 under triton 3.9 its other three spill 112 to
+# 200 bytes at D = 80 and 128 (and 16 x 64 on 4 warps, the one of them that fits 99 KiB, 200), where it spills
+# nothing on sm_80, sm_90 or sm_120 under either triton (on sm_90 8 to 16 bytes with dropout, under 3.6), in 84 KiB;
+# an untuned launch on sm_80 runs it (_mma_sync). None is timed.
 FLOAT32_TILES = {
     ("dkdv", 32): [(16, 32, 4, 2), (16, 32, 4, 3), (32, 16, 8, 3)],  # (16 x 32 on 8 warps spills 24 B here, triton 3.6)
     ("dq", 32): [(32, 64, 8, 2), (16, 64, 4, 2)],
     ("dkdv", 64): [(16, 32, 8, 2), (32, 16, 8, 2)],
     ("dq", 64): [(32, 64, 8, 2), (16, 64, 4, 2)],
     ("dkdv", 128): [(16, 64, 8, 2), (16, 16, 8, 2)],
-    ("dq", 128): [(32, 64, 8, 3), (32, 64, 8, 2), (16, 64, 4, 2)],
+    ("dq", 128): [(32, 64, 8, 3), (32, 64, 8, 2), (16, 64, 4, 2), (16, 64, 8, 2)],
     ("dkdv", 256): [(16, 16, 8, 2)],
     ("dq", 256): [(16, 16, 8, 2), (16, 16, 4, 2)],
 }
@@ -427,8 +431,8 @@ FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, 
         ("dq", 32, False): [(32, 64, 8, 2)],
         ("dq", 64, False): [(16, 64, 4, 2)],
         ("dq", 64, True): [(32, 64, 8, 2)],
-        ("dq", 128, False): [(16, 64, 4, 2), (32, 64, 8, 2)],
-        ("dq", 128, True): [(32, 64, 8, 2)],
+        ("dq", 128, False): [(16, 64, 4, 2), (16, 64, 8, 2), (32, 64, 8, 2)],
+        ("dq", 128, True): [(16, 64, 8, 2), (32, 64, 8, 2)],
     },
     "SOFTCAP": {
         ("dkdv", 32, False): [(16, 32, 4, 2), (16, 32, 4, 3)],
@@ -455,6 +459,8 @@ FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, 
         ("dkdv", 128, False): [(16, 64, 8, 2)],
         ("dkdv", 128, True): [(16, 64, 8, 2)],
         ("dq", 64, True): [(32, 64, 8, 2)],
+        ("dq", 128, False): [(16, 64, 8, 2)],
+        ("dq", 128, True): [(16, 64, 8, 2)],
         ("dq", 256, True): [(16, 16, 4, 2)],
     },
     "SOFTCAP+ALIBI": {
@@ -468,7 +474,7 @@ FLOAT32_SPILLS: dict[str, dict[tuple[str, int, bool], list[tuple[int, int, int, 
         ("dq", 64, False): [(32, 64, 8, 2)],
         ("dq", 64, True): [(32, 64, 8, 2)],
         ("dq", 128, False): [(16, 64, 4, 2), (32, 64, 8, 2)],
-        ("dq", 128, True): [(16, 64, 4, 2), (32, 64, 8, 2)],
+        ("dq", 128, True): [(16, 64, 4, 2), (16, 64, 8, 2), (32, 64, 8, 2)],
         ("dq", 256, True): [(16, 16, 4, 2)],
     },
     "IS_VARLEN": {

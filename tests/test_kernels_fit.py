@@ -496,3 +496,91 @@ def test_the_shared_memory_report_matches_this_triton_and_sm_86_compiles_as_sm_8
         got = used["shared_bytes"], used["registers"], used["spill_stack_bytes"]
         want = row["sm_80"], row["sm_80_registers"], row["sm_80_spill_bytes"]
         assert got == want, f"sm_{cc}: (shared, registers, spill) {got}, the report's sm_80 says {want}"
+
+
+MMA_SYNC_GPUS = ["A100 (sm_80)", "A10, L4, RTX 30 / 40 (sm_86, sm_89)", "RTX 50 (sm_120)"]
+
+
+def launched_untuned(part: str, dtype: str, D: int, fits) -> tuple[int, int, int, int]:
+    """The tile (as listed) that an untuned pointer launch of ``part`` runs through the real host wrapper, on a GPU
+    that refuses every tile ``fits(kernel, tile)`` says is too big for it (as Triton's loader would, before it runs)
+    and takes the first that fits; nothing runs (``_compile``'s recorded launches)."""
+    from attn_course.kernels import _compile, flash_paged
+    from attn_course.kernels._compile import backward_launches, decoding_launches, forward_launches
+
+    kernel, _, paged = part.partition(" ")
+    name = {"dkdv": "_bwd_dkdv", "dq": "_bwd_dq"}.get(kernel, "_attn_fwd")
+
+    class Refusing(_compile._Recorder):
+        def __getitem__(self, grid):
+            record = super().__getitem__(grid)
+
+            def launch(*args, **kwargs):
+                if self.fn.__name__ == name:
+                    stages = kwargs["num_stages"]
+                    listed = (stages + 1) // 2 if paged else stages  # (a paged tile runs deeper: flash_paged)
+                    assert not paged or flash_paged.stages(listed) == stages
+                    tile = (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["num_warps"], listed)
+                    if not fits(tile):
+                        raise OutOfResources(1 << 20, 1, "shared memory")
+                record(*args, **kwargs)
+            return launch
+
+    real = _compile._Recorder
+    _compile._Recorder = Refusing
+    try:
+        dt = F32 if dtype == "float32" else F16
+        page = dict(page_size=16) if paged else {}
+        if kernel == "decode":
+            calls = decoding_launches("pointer", dt, D, **page)
+        elif kernel == "forward":
+            calls = forward_launches("pointer", dt, D, **page)
+        else:
+            calls = backward_launches("pointer", dt, D)
+    finally:
+        _compile._Recorder = real
+    (kw,) = [kw for fn, _, kw in calls if fn.__name__ == name]
+    stages = (kw["num_stages"] + 1) // 2 if paged else kw["num_stages"]
+    return kw["BLOCK_M"], kw["BLOCK_N"], kw["num_warps"], stages
+
+
+@pytest.mark.parametrize("gpu", MMA_SYNC_GPUS)
+def test_an_untuned_launch_on_each_mma_sync_gpu_runs_the_lightest_tile_of_its_kind_that_fits(gpu, monkeypatch):
+    """Through the real launch path (host wrapper, autotuning off, ``_fit.first_that_fits``) on a GPU that refuses
+    what the reports say exceeds its shared memory per program, each (dtype, part, head dim) of the survey runs a
+    tile that fits and spills (the more of the two tritons) no more, compiled for its target, than any other tile
+    of its kind (prefill or decoding) that fits (where a decoding step fits none of its 16-row tiles, any tile
+    counts). An A100 runs every default; a 99 KiB card falls back for some (16-bit tiles at D = 160 and 256,
+    float32 dQ at 80 and 128 on an RTX 50), and there, today, one tile of the kind fits or all that fit are clean,
+    so the order it falls back in (Hopper's pruned list) cannot choose worse: a list change that breaks that fails
+    here."""
+    from attn_course.kernels import _mma_sync
+
+    tool, _ = _shared("3.9")
+    cc, limit = tool.GPUS[gpu]
+    monkeypatch.setattr(_mma_sync, "target", lambda device: cc)
+    spilled = target_spills(cc)
+    shared = {}
+    for version in SHARED_REPORTS:
+        for r in _shared(version)[1]["rows"]:
+            key = (r["dtype"], tool.kernel_of(r["part"]), r["D"], tuple(r["tile"]))
+            shared[key] = max(shared.get(key, 0), r[f"sm_{cc}"])
+    wrong, fell_back = [], 0
+    for dtype, part, D in sorted(spilled):
+        bytes_of = dict(spilled[dtype, part, D])
+        other = {"forward": "decode", "decode": "forward"}.get(part.split(" ")[0])
+        if other:  # (a decoding step may fall back to a prefill tile, and the reverse: as measured in their part)
+            for t, b in spilled[dtype, part.replace(part.split(" ")[0], other), D].items():
+                bytes_of.setdefault(t, b)
+
+        def fits(tile, dtype=dtype, part=part, D=D):
+            return shared[dtype, tool.kernel_of(part), D, tile] <= limit
+
+        ran = launched_untuned(part, dtype, D, fits)
+        kind = [t for t in spilled[dtype, part, D] if fits(t)] or [t for t in bytes_of if fits(t)]
+        lightest = min(bytes_of[t] for t in kind)
+        if bytes_of[ran] != lightest:
+            wrong.append(f"{dtype} {part} at D = {D}: ran {ran} ({bytes_of[ran]} B), lightest that fits {lightest} B")
+        fell_back += ran != tool.untuned_default(part, dtype, D, cc)
+    assert not wrong, f"{gpu}: {wrong}"
+    assert fell_back > 0 if limit < 150_000 else fell_back == 0, fell_back
