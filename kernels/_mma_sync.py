@@ -5,8 +5,8 @@ The tile lists, and the spill lists that prune them, are chosen on Hopper (sm_90
 sm_86 and sm_89 cards compile the same code) and consumer Blackwell (sm_120: RTX 50 series) multiply with
 ``mma.sync``, which holds its operands in registers differently, and run the ``pointer`` variant (``auto``:
 ``_variants.may_use_tma``). Compiled for them (``benchmarks/kernel_shared_memory.py``) other tiles spill, among
-them the tile Hopper runs with autotuning off: for 21 (dtype, kernel, head dim) launches on sm_80 under triton 3.9
-and 24 under 3.6 (the forward's 128 x 64 on 8 warps at D = 80 and 128, dQ's 64 x 64 at every head dim from 40 to
+them the tile Hopper runs with autotuning off: for 20 (dtype, kernel, head dim) launches on sm_80 under triton 3.9
+and 23 under 3.6 (the forward's 128 x 64 on 8 warps at D = 80 and 128, dQ's 64 x 64 at every head dim from 40 to
 128, dK/dV's 32 x 64 at D = 40 and 64, ...), and more on sm_120.
 
 With the autotuner on nothing here applies: it times a spilling tile with the rest, and a few bytes of spill
@@ -39,7 +39,7 @@ SURVEYED = {8: 80, 12: 120}
 PADDED_SURVEYED = {64: 40, 128: 80, 256: 160}  # tile width -> the padded head dim surveyed in it
 # The kernels' Hopper spill lists (flash_fwd.FEATURE_SPILLS, ...) that the survey measured for each target itself:
 # no feature, a padded head dim, a paged cache. On such a GPU SPILLS stands in for them.
-MEASURED = ("PLAIN", "PADDED", "PAGED", "PADDED+PAGED")
+MEASURED = ("PLAIN", "PADDED", "PADDED+POINTER", "PAGED", "PADDED+PAGED")
 
 SPILLS: dict[int, dict[str, dict[tuple[str, int], dict[tuple[int, int, int, int], int]]]] = {
     80: {
@@ -49,7 +49,7 @@ SPILLS: dict[int, dict[str, dict[tuple[str, int], dict[tuple[int, int, int, int]
             ("decode", 160): {(16, 64, 4, 2): 8},
             ("decode paged", 40): {(16, 64, 4, 3): 88, (16, 64, 4, 4): 88, (16, 128, 4, 2): 3176,
                                    (16, 128, 4, 3): 3176},
-            ("decode paged", 80): {(16, 64, 4, 4): 8},
+            ("decode paged", 80): {(16, 64, 4, 4): 8, (16, 64, 8, 3): 8},
             ("decode paged", 160): {(16, 64, 4, 2): 8, (16, 64, 4, 3): 120, (16, 64, 4, 4): 264},
             ("decode paged", 256): {(16, 64, 4, 2): 8, (16, 64, 4, 3): 152, (16, 64, 4, 4): 264},
             ("dkdv", 16): {(64, 64, 8, 3): 32},

@@ -348,9 +348,12 @@ WIDE_WS_TILES = [(64, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2)]
 # keys and values, and an accumulator that at D = 128 fills the register file (255 registers and a spill on
 # sm_90, against 134-192 for these: benchmarks/results/kernel_resources_sm90.json, part "decode"). The keys
 # and values read, what a decoding step waits on, are the same whatever BLOCK_M. On Hopper these tiles run
-# mma.sync rather than wgmma, which needs 64 rows. Float32 (no tensor cores to feed) gets the smallest.
+# mma.sync rather than wgmma, which needs 64 rows. Float32 (no tensor cores to feed) gets the smallest. The last,
+# 16 x 64 on 8 warps, is there for pointer launches at D = 40: on 4 warps 16 x 64 spills there through pointers
+# (48 bytes on sm_90, paged 152; paged 64 to 88 on sm_80), and 16 x 128 through either variant, where it spills on
+# none of sm_80, sm_90 and sm_120 under either triton (not offered where it spills 8 bytes: DECODE_SPILLS).
 DECODE_ROWS = 16
-DECODE_TILES = [(16, 64, 4, 3), (16, 128, 4, 2), (16, 64, 4, 4), (16, 128, 4, 3)]
+DECODE_TILES = [(16, 64, 4, 3), (16, 128, 4, 2), (16, 64, 4, 4), (16, 128, 4, 3), (16, 64, 8, 3)]
 WIDE_DECODE_TILES = [(16, 64, 4, 3), (16, 64, 4, 4), (16, 64, 4, 2)]  # (the last: 74 KiB of shared memory on sm_80,
 # where the others need 138 and 202, fits an A10's, L4's or RTX 30 / 40's 99 KiB: benchmarks/kernel_shared_memory.py)
 # float32 (full-precision products on the CUDA cores: IEEE, no tensor cores; each element twice a 16-bit one's bytes)
@@ -464,10 +467,18 @@ def is_decoding(T_q: int) -> bool:
     return T_q <= DECODE_ROWS
 
 
-# The decoding tiles that spill registers on sm_90 at a head dim (under triton 3.6, the GPU machines':
-# 8 bytes, through TMA at D = 64 and pointers at D = 128; at D = 16 up to 24 bytes, through pointers under
-# triton 3.9 or TMA under 3.6): the autotuner does not try them there.
-DECODE_SPILLS = {16: [(16, 128, 4, 2), (16, 128, 4, 3)], 64: [(16, 128, 4, 3)], 128: [(16, 128, 4, 3)]}
+# The decoding tiles that spill registers on sm_90 at a head dim through each variant (``"tma"`` for both TMA ones),
+# under triton 3.9 or 3.6 (8 bytes; at D = 16 through TMA up to 24, under 3.6): the autotuner does not offer them
+# there (:func:`decode_spills`). Padded head dims are the PADDED lists' (FEATURE_SPILLS).
+DECODE_SPILLS = {
+    "pointer": {16: [(16, 128, 4, 3)], 128: [(16, 128, 4, 3), (16, 64, 8, 3)]},
+    "tma": {16: [(16, 128, 4, 2), (16, 128, 4, 3)], 64: [(16, 128, 4, 3), (16, 64, 8, 3)]},
+}
+
+
+def decode_spills(variant: _variants.Variant, D: int) -> list[tuple[int, int, int, int]]:
+    """:data:`DECODE_SPILLS` for a launch of ``variant`` in tiles ``D`` wide."""
+    return DECODE_SPILLS["tma" if variant.tma else "pointer"].get(D, [])
 
 
 def decode_tiles(D: int, float32: bool = False) -> list[tuple[int, int, int, int]]:
@@ -501,7 +512,7 @@ def configs(variant: _variants.Variant, D: int, float32: bool = False, paged: bo
     if variant.warp_specialize:
         space += [_variants.config(*t, hook, WARP_SPEC=True) for t in offered_tiles(D, True, float32)]
     # (not the decoding tiles that spill; float32: not those already offered for prefills, each config once)
-    skip = offered_tiles(D, False, True) if float32 else DECODE_SPILLS.get(D, [])
+    skip = offered_tiles(D, False, True) if float32 else decode_spills(variant, D)
     space += [_variants.config(*t, hook, WARP_SPEC=False) for t in decode_tiles(D, float32) if t not in skip]
     return [deeper(c) for c in space] if paged else space
 
@@ -592,17 +603,19 @@ FEATURE_SPILLS: dict[str, dict[int, list[tuple[int, int, int, int, bool]]]] = {
         256: [(16, 64, 4, 3, False), (16, 64, 4, 4, False), (64, 32, 4, 3, False), (64, 64, 8, 2, False)],
     },
     # a padded head dim (D_REAL < HEAD_DIM: its columns masked on every pointer load and store), surveyed at
-    # D = 40 in 64-wide tiles and D = 80 in 128-wide ones (rows with "D": 40 and 80). Where every decoding tile
-    # offered spills at D = 40 (through pointers under triton 3.9: 48 bytes at 16 x 64, 96 at 16 x 128), the
-    # list leaves out the least spilling, which the pruning then keeps (tests/test_kernels_compile.py)
+    # D = 40 in 64-wide tiles and D = 80 in 128-wide ones (rows with "D": 40 and 80). Decoding at D = 40 spills in
+    # 16 x 128 through either variant (32 to 976 bytes) and through pointers in 16 x 64 on 4 warps too (48 bytes,
+    # paged 152, under triton 3.9: PADDED+POINTER, for pointer launches alone), where 16 x 64 on 8 warps, offered to
+    # pointer launches in 64-wide tiles (DECODE_SPILLS), spills in neither (tests/test_kernels_compile.py)
     "PADDED": {
-        64: [(16, 128, 4, 2, False), (64, 128, 4, 3, False)],
+        64: [(16, 128, 4, 2, False), (16, 128, 4, 3, False), (64, 128, 4, 3, False)],
         128: [(16, 128, 4, 2, False)],  # (triton 3.6, through pointers; at D = 128 its 3-stage twin instead)
     },
+    "PADDED+POINTER": {
+        64: [(16, 64, 4, 3, False), (16, 64, 4, 4, False)],
+    },
     # a padded head dim on a paged cache (parts "forward paged" and "forward varlen paged" at D = 40; beyond
-    # PADDED's and PAGED's tiles): 8 to 128 bytes. Paged decoding at D = 40 spills in every tile, 16 x 64 (152
-    # bytes, under triton 3.9) and 16 x 128 (976, under 3.6): PADDED names the latter, and the pruning keeps the
-    # former. (At D = 80 and 160 nothing beyond PAGED's tiles spills.)
+    # PADDED's and PAGED's tiles): 8 to 128 bytes. (At D = 80 and 160 nothing beyond PAGED's tiles spills.)
     "PADDED+PAGED": {
         64: [(64, 64, 4, 3, False), (128, 32, 4, 4, False), (128, 128, 8, 2, False), (128, 128, 8, 3, False)],
     },
@@ -615,9 +628,10 @@ def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> li
     tiles have 16-row ones too; a tile in both lists serves both), and with dropout, a softcap or ALiBi
     (``DROPOUT``, ``SOFTCAP``, ``ALIBI``: constexprs the autotuner passes as keywords) none of their
     :data:`FEATURE_SPILLS`, nor, for a padded head dim (``D_REAL < HEAD_DIM``; a caller that names no ``D_REAL``
-    means the tile's own width), the ``PADDED`` list (on a paged cache ``PADDED+PAGED`` too); the autotuner then
-    times what is left. (Those lists are 16-bit surveys: a float32 launch, ``IEEE``, has tiles of its own and skips
-    those of :data:`FLOAT32_SPILLS` instead.)"""
+    means the tile's own width), the ``PADDED`` list (on a paged cache ``PADDED+PAGED`` too, and for a pointer
+    launch, ``TMA`` false or absent, ``PADDED+POINTER``); the autotuner then times what is left. (Those lists are
+    16-bit surveys: a float32 launch, ``IEEE``, has tiles of its own and skips those of :data:`FLOAT32_SPILLS`
+    instead.)"""
     width, float32 = kwargs["HEAD_DIM"], bool(kwargs.get("IEEE"))
     if is_decoding(nargs["TUNE_T_Q"]):
         wanted = decode_tiles(width, float32)
@@ -627,8 +641,15 @@ def prune_for_lengths(configs: list[triton.Config], nargs: dict, **kwargs) -> li
     if float32:
         kernel = "decode" if is_decoding(nargs["TUNE_T_Q"]) else "forward"
         return _variants.fewest_float32_spills(kept, _variants.tile_of, FLOAT32_SPILLS, kernel, width, kwargs)
+    flags = spill_flags(width, kwargs, kwargs.get("TMA", False))
     return _variants.fewest_spills(kept, lambda c: (*_variants.tile_of(c), c.kwargs["WARP_SPEC"]), FEATURE_SPILLS,
-                                   kwargs["HEAD_DIM"], **kwargs, PADDED=_variants.padded(kwargs["HEAD_DIM"], kwargs))
+                                   width, **flags)
+
+
+def spill_flags(width: int, constexprs: dict, tma: bool) -> dict:
+    """A launch's constexprs as :data:`FEATURE_SPILLS` names them: ``PADDED`` for a padded head dim (``D_REAL <
+    width``) and ``POINTER`` for a pointer launch (``tma`` false), beside its features."""
+    return dict(constexprs, PADDED=_variants.padded(width, constexprs), POINTER=not tma)
 
 
 def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int | None = None, *,
@@ -652,7 +673,7 @@ def default_config(variant: _variants.Variant, D: int, itemsize: int, T_q: int |
         table = _mma_sync.hopper_proxies(FLOAT32_SPILLS, sm)
         least = _variants.fewest_float32_spills(tiles, tuple, table, kernel, D, features, list(older))
         return _variants.config(*_mma_sync.least_spilling(least, tuple, older), WARP_SPEC=False)
-    features = dict(features, PADDED=_variants.padded(D, features))
+    features = spill_flags(D, features, variant.tma)
     table = _mma_sync.hopper_proxies(FEATURE_SPILLS, sm)
     named = [(*t, False) for t in older]  # (as FEATURE_SPILLS names a tile; none surveyed there is warp-specialised)
     if decoding:  # (on a paged cache the first decoding tile may spill: PAGED at 256)

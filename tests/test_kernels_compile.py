@@ -248,10 +248,10 @@ def forward_kept(fwd, r) -> set[tuple]:
     """The forward's configs, ``(*tile, warp-specialised)``, that the autotuner keeps for the launch of survey
     row ``r``: its variant, its head dim's tile width (the lists are keyed by it) and real width, on a paged
     cache or not, a decoding step or a 4096-row prefill."""
-    width, paged = head_dim_tile(r["D"]), r["part"].endswith("paged")
-    kept = fwd.prune_for_lengths(fwd.configs(_variants.VARIANTS[r["variant"]], width, paged=paged),
+    width, paged, variant = head_dim_tile(r["D"]), r["part"].endswith("paged"), _variants.VARIANTS[r["variant"]]
+    kept = fwd.prune_for_lengths(fwd.configs(variant, width, paged=paged),
                                  {"TUNE_T_Q": 1 if r["part"].startswith("decode") else 4096}, HEAD_DIM=width,
-                                 D_REAL=r["D"], PAGED=paged)
+                                 D_REAL=r["D"], PAGED=paged, TMA=variant.tma)
     return {(*_variants.tile_of(c), c.kwargs["WARP_SPEC"]) for c in kept}
 
 
@@ -569,7 +569,7 @@ def test_a_paged_cache_skips_exactly_the_tiles_that_spill_there(D):
     assert not [r for r in rows if "error" in r]
     spilling = {config_of(r) for r in rows if r["spill_stack_bytes"]}
     listed = set(fwd.FEATURE_SPILLS["PAGED"].get(D, []))
-    never_offered = {(*t, False) for t in fwd.DECODE_SPILLS.get(D, [])}
+    never_offered = {(*t, False) for t in fwd.decode_spills(_variants.VARIANTS["pointer"], D)}
     assert listed <= spilling, f"PAGED[{D}] names tiles that spill on no paged cache: {sorted(listed - spilling)}"
     assert spilling - never_offered <= listed, f"PAGED[{D}] misses tiles that spill paged: " \
                                                f"{sorted(spilling - never_offered - listed)}"
@@ -627,14 +627,15 @@ def test_a_padded_head_dim_skips_exactly_the_tiles_that_spill_there(D):
     the forward's configs at all three. For every launch ``auto`` runs on Hopper (prefill through TMA, decoding
     through either variant, paged caches through pointers), the forward's pruning must keep, of the tiles it
     would otherwise try there, exactly those that spill under neither triton 3.9 nor 3.6, or where every one of
-    them spills (:data:`EVERY_TILE_SPILLS`), those whose larger spill is smallest. And the ``PADDED`` and
-    ``PADDED+PAGED`` lists that do it name only tiles that spill at D in a launch they apply to (unpaged,
-    paged): none needlessly dropped but where a list is shared by launches whose spills differ. With the autotuner off,
-    each launch's default tile is one of those it keeps."""
+    them spills (:data:`EVERY_TILE_SPILLS`, which names no part where some tile is clean), those whose larger
+    spill is smallest. And the ``PADDED``, ``PADDED+PAGED`` and ``PADDED+POINTER`` lists that do it name only tiles
+    that spill at D in a launch they apply to (any, paged, through pointers): none needlessly dropped but where a
+    list is shared by launches whose spills differ. With the autotuner off, each launch's default tile is one of
+    those it keeps."""
     fwd = kernel_module("flash_fwd", CUDA)
     width = head_dim_tile(D)
     lists = {name: {tuple(t) for t in fwd.FEATURE_SPILLS.get(name, {}).get(width, [])}
-             for name in ("PADDED", "PADDED+PAGED")}
+             for name in ("PADDED", "PADDED+PAGED", "PADDED+POINTER")}
     unpadded = {k: v for k, v in fwd.FEATURE_SPILLS.items() if not k.startswith("PADDED")}
     runs = {"forward": ("tma", "tma+ws"), "forward varlen": ("tma",), "decode": ("pointer", "tma"),
             "decode paged": ("pointer",), "forward varlen paged": ("pointer",), "forward paged": ("pointer",)}
@@ -645,7 +646,8 @@ def test_a_padded_head_dim_skips_exactly_the_tiles_that_spill_there(D):
     groups = {g: worst_by_tile([r for r in rows if (r["part"], r["variant"]) == g], config_of)
               for g in {(r["part"], r["variant"]) for r in rows}}
     assert {part for part, _ in groups} == set(runs), f"the surveys lack D = {D} rows of some parts: run make survey"
-    spilling = {"PADDED": set(), "PADDED+PAGED": set()}
+    spilling = {"PADDED": set(), "PADDED+PAGED": set(), "PADDED+POINTER": set()}
+    every_tile_spills = set()
     for (part, variant), worst in groups.items():
         r = {"part": part, "variant": variant, "D": D}
         kept = forward_kept(fwd, r)
@@ -662,7 +664,10 @@ def test_a_padded_head_dim_skips_exactly_the_tiles_that_spill_there(D):
             assert (part, D) in EVERY_TILE_SPILLS_PARTS, \
                 f"every tile spills at D = {D} in {part} ({variant}): {tried}; not in EVERY_TILE_SPILLS"
             assert {tried[t] for t in kept & set(tried)} == {min(tried.values())}, (part, variant, tried)
+            every_tile_spills.add((part, D))
         spilling["PADDED+PAGED" if part.endswith("paged") else "PADDED"] |= set(tried) - clean
+        if variant == "pointer":
+            spilling["PADDED+POINTER"] |= set(tried) - clean
         c = fwd.default_config(_variants.VARIANTS[variant], width, 2, T_q=1 if part.startswith("decode") else 4096,
                                HEAD_DIM=width, D_REAL=D, PAGED=part.endswith("paged"))  # (the autotuner off)
         default = (*_variants.tile_of(c), c.kwargs["WARP_SPEC"])
@@ -671,6 +676,11 @@ def test_a_padded_head_dim_skips_exactly_the_tiles_that_spill_there(D):
     assert lists["PADDED"] <= spilling["PADDED"], \
         f"flash_fwd.FEATURE_SPILLS['PADDED'][{width}] names tiles that do not spill at D = {D}: " \
         f"{sorted(lists['PADDED'] - spilling['PADDED'])}"
+    assert lists["PADDED+POINTER"] <= spilling["PADDED+POINTER"] - lists["PADDED"], \
+        f"flash_fwd.FEATURE_SPILLS['PADDED+POINTER'][{width}] names tiles that do not spill through pointers at " \
+        f"D = {D}, or that PADDED already names"
+    stale = {(part, dim) for part, dim in EVERY_TILE_SPILLS_PARTS if dim == D and part in runs} - every_tile_spills
+    assert not stale, f"EVERY_TILE_SPILLS names parts at D = {D} where some tile no longer spills: {sorted(stale)}"
     assert lists["PADDED+PAGED"] <= spilling["PADDED+PAGED"] - lists["PADDED"], \
         f"flash_fwd.FEATURE_SPILLS['PADDED+PAGED'][{width}] names tiles that do not spill paged at D = {D}, or " \
         f"that PADDED already names: {sorted(lists['PADDED+PAGED'] - (spilling['PADDED+PAGED'] - lists['PADDED']))}"
@@ -703,12 +713,10 @@ FEATURE_PARTS = [*FEATURES, "DROPOUT+SOFTCAP", "DROPOUT+ALIBI", "SOFTCAP+ALIBI",
                  "DROPOUT+SOFTCAP+ALIBI"]  # all three at once)
 # Where every candidate tile spills with a combination of features in one of the surveys (survey part, head
 # dim, triton): the pruning then keeps the tile that spills least (_variants.fewest_spills).
-# (Decoding at D = 40, a head dim padded to 64, through pointers: every offered tile spills under triton 3.9, the
-# 16 x 64 ones least; on a paged cache 16 x 64 spills under 3.9 and 16 x 128 under 3.6, 976 bytes, the former
-# less. D = 80 with all three features spills as D = 128 does, 32 bytes at 16 x 64 on 8 warps. At D = 256 and 160,
-# the backward's wide lists end in a tile that does not spill with any of them: flash_bwd's WIDE_*_TILES.)
-EVERY_TILE_SPILLS = {("dkdv dropout+softcap+alibi", 128, "3.6"), ("dkdv dropout+softcap+alibi", 80, "3.6"),
-                     ("decode", 40, "3.9"), ("decode paged", 40, "3.9")}
+# (D = 80 with all three features spills as D = 128 does, 32 bytes at 16 x 64 on 8 warps. At D = 256 and 160, the
+# backward's wide lists end in a tile that does not spill with any of them: flash_bwd's WIDE_*_TILES. Decoding at
+# D = 40 through pointers, where every tile spilled under triton 3.9, plain or paged, has 16 x 64 on 8 warps since.)
+EVERY_TILE_SPILLS = {("dkdv dropout+softcap+alibi", 128, "3.6"), ("dkdv dropout+softcap+alibi", 80, "3.6")}
 EVERY_TILE_SPILLS_PARTS = {(part, dim) for part, dim, _ in EVERY_TILE_SPILLS}  # (under either triton)
 
 
