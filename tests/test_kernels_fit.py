@@ -503,7 +503,7 @@ MMA_SYNC_GPUS = ["A100 (sm_80)", "A10, L4, RTX 30 / 40 (sm_86, sm_89)", "RTX 50 
 
 def launched_untuned(part: str, dtype: str, D: int, fits) -> tuple[int, int, int, int]:
     """The tile (as listed) that an untuned pointer launch of ``part`` runs through the real host wrapper, on a GPU
-    that refuses every tile ``fits(kernel, tile)`` says is too big for it (as Triton's loader would, before it runs)
+    that refuses each tile (as listed) for which ``fits(tile)`` is false, as Triton's loader would before it runs,
     and takes the first that fits; nothing runs (``_compile``'s recorded launches)."""
     from attn_course.kernels import _compile, flash_paged
     from attn_course.kernels._compile import backward_launches, decoding_launches, forward_launches
@@ -526,19 +526,15 @@ def launched_untuned(part: str, dtype: str, D: int, fits) -> tuple[int, int, int
                 record(*args, **kwargs)
             return launch
 
-    real = _compile._Recorder
-    _compile._Recorder = Refusing
-    try:
-        dt = F32 if dtype == "float32" else F16
-        page = dict(page_size=16) if paged else {}
+    dt, page = F32 if dtype == "float32" else F16, dict(page_size=16) if paged else {}
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_compile, "_Recorder", Refusing)
         if kernel == "decode":
             calls = decoding_launches("pointer", dt, D, **page)
         elif kernel == "forward":
             calls = forward_launches("pointer", dt, D, **page)
         else:
             calls = backward_launches("pointer", dt, D)
-    finally:
-        _compile._Recorder = real
     (kw,) = [kw for fn, _, kw in calls if fn.__name__ == name]
     stages = (kw["num_stages"] + 1) // 2 if paged else kw["num_stages"]
     return kw["BLOCK_M"], kw["BLOCK_N"], kw["num_warps"], stages
