@@ -23,17 +23,24 @@ class TilesDoNotFit(RuntimeError):
     """No tile shape offered for a launch fits the GPU's shared memory per block."""
 
 
-def first_that_fits(plans, launch, what: str, device: torch.device):
+def launch_name(kernel: str, variant: str, D: int, dtype: torch.dtype) -> str:
+    """How :class:`TilesDoNotFit` names a launch: ``"the dq kernel (pointer) at head dim 80, bfloat16"``."""
+    return f"the {kernel} kernel ({variant}) at head dim {D}, {str(dtype).removeprefix('torch.')}"
+
+
+def first_that_fits(plans, launch, what, device: torch.device):
     """``launch(*plan)`` for the first of ``plans`` (an iterable, read only as far as needed:
     ``_variants.launch_plans``) whose kernel the GPU can load; a plan refused for want of shared memory, or of
     threads, moves on to the next. ``what`` names the launch for the error raised when every plan is refused
-    (:class:`TilesDoNotFit`)."""
+    (:class:`TilesDoNotFit`): a string, or a function that returns one, called only then (a launch that fits
+    formats nothing)."""
     refused = []
     for plan in plans:
         try:
             return launch(*plan)
         except OutOfResources as e:  # (raised as the kernel loads: nothing has run)
             refused.append(e)
+    what = what() if callable(what) else what
     if not refused:
         raise ValueError(f"{what}: no tile shape to launch (an empty list of plans)")
     least = min(refused, key=lambda e: (e.name != "shared memory", e.required))  # (threads: too many warps)

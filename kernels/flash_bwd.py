@@ -767,7 +767,7 @@ def attn_bwd_launch(dout, q, k, v, out, lse, *, scale, window, dlse=None, cu_seq
 
             plans = _variants.launch_plans(INTERPRET, interpreter_meta=dict(blocks or INTERPRETER_BLOCKS),
                                            offered=offered, default=default)
-            what = f"the {name} kernel ({variant.name}) at head dim {D}, {str(q.dtype).removeprefix('torch.')}"
+            what = functools.partial(_fit.launch_name, name, variant.name, D, q.dtype)  # (formatted on failure)
             run_plan = functools.partial(launch_one, variant, name, kernel, T, block, heads, pruning, float32)
             _fit.first_that_fits(plans, run_plan, what, q.device)
 

@@ -812,9 +812,8 @@ def attn_fwd_launch(q, k, v, *, scale, window, cu_seqlens_q=None, cu_seqlens_k=N
             return deeper(c) if paged else c
 
         plans = _variants.launch_plans(INTERPRET, interpreter_meta=interpreter_meta, offered=offered, default=default)
-        what = f"the forward kernel ({variant.name}) at head dim {D}, {str(q.dtype).removeprefix('torch.')}"
-        _fit.first_that_fits(plans, lambda tiles, meta, tune: launch_with(variant, tiles, meta, tune, float32), what,
-                             q.device)
+        _fit.first_that_fits(plans, lambda tiles, meta, tune: launch_with(variant, tiles, meta, tune, float32),
+                             lambda: _fit.launch_name("forward", variant.name, D, q.dtype), q.device)
 
     def launch_with(variant: _variants.Variant, tiles: dict, meta: dict, tune: bool, float32: bool):
         kernel = _attn_fwd

@@ -220,6 +220,14 @@ def test_first_that_fits_reads_the_plans_only_as_far_as_it_needs():
     assert _fit.first_that_fits(plans(), launch, "a launch", CPU) == "ran 2"
     assert seen == [0, 1, 2]
 
+    def unnamed():  # (the launches pass a function: a launch that fits formats no name)
+        raise AssertionError("a launch that fits formatted its name")
+
+    assert _fit.first_that_fits(plans(), launch, unnamed, CPU) == "ran 2"
+    named = r"^the dq kernel \(pointer\) at head dim 80, bfloat16: none of the 2 "
+    with pytest.raises(_fit.TilesDoNotFit, match=named):
+        _fit.first_that_fits([(0,), (1,)], launch, lambda: _fit.launch_name("dq", "pointer", 80, torch.bfloat16), CPU)
+
 
 def test_first_that_fits_lets_every_other_error_through():
     def launch():
