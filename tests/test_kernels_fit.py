@@ -311,15 +311,21 @@ def test_the_shared_memory_report_s_spill_summaries_are_current(version):
     assert report["tma_summary"] == tool.tma_summary(report["tma_rows"])
 
 
-def target_spills(cc: int) -> dict:
-    """``{(dtype, part, D): {tile: bytes}}``: what each tile of the reports spills compiled for ``sm_<cc>``, the
-    more of the two tritons' (0 where neither spills)."""
+def both_reports(cc: int, field: str) -> dict:
+    """``{(dtype, part, D): {tile: value}}``: each tile's ``sm_<cc><field>`` in the reports (``""``: the shared
+    bytes it needs, ``"_spill_bytes"``: what it spills), the larger of the two tritons'."""
     found = {}
     for version in SHARED_REPORTS:
         for r in _shared(version)[1]["rows"]:
             tiles = found.setdefault((r["dtype"], r["part"], r["D"]), {})
-            tiles[tuple(r["tile"])] = max(tiles.get(tuple(r["tile"]), 0), r[f"sm_{cc}_spill_bytes"])
+            tiles[tuple(r["tile"])] = max(tiles.get(tuple(r["tile"]), 0), r[f"sm_{cc}{field}"])
     return found
+
+
+def target_spills(cc: int) -> dict:
+    """``{(dtype, part, D): {tile: bytes}}``: what each tile of the reports spills compiled for ``sm_<cc>``, the
+    more of the two tritons' (0 where neither spills)."""
+    return both_reports(cc, "_spill_bytes")
 
 
 @pytest.mark.parametrize("cc", MMA_SYNC_TARGETS)
@@ -519,18 +525,19 @@ def launched_untuned(part: str, dtype: str, D: int, fits) -> tuple[int, int, int
     kernel, _, paged = part.partition(" ")
     name = {"dkdv": "_bwd_dkdv", "dq": "_bwd_dq"}.get(kernel, "_attn_fwd")
 
+    def listed_tile(kwargs) -> tuple[int, int, int, int]:
+        stages = kwargs["num_stages"]
+        listed = (stages + 1) // 2 if paged else stages  # (a paged tile runs deeper: flash_paged)
+        assert not paged or flash_paged.stages(listed) == stages
+        return kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["num_warps"], listed
+
     class Refusing(_compile._Recorder):
         def __getitem__(self, grid):
             record = super().__getitem__(grid)
 
             def launch(*args, **kwargs):
-                if self.fn.__name__ == name:
-                    stages = kwargs["num_stages"]
-                    listed = (stages + 1) // 2 if paged else stages  # (a paged tile runs deeper: flash_paged)
-                    assert not paged or flash_paged.stages(listed) == stages
-                    tile = (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["num_warps"], listed)
-                    if not fits(tile):
-                        raise OutOfResources(1 << 20, 1, "shared memory")
+                if self.fn.__name__ == name and not fits(listed_tile(kwargs)):
+                    raise OutOfResources(1 << 20, 1, "shared memory")
                 record(*args, **kwargs)
             return launch
 
@@ -544,8 +551,7 @@ def launched_untuned(part: str, dtype: str, D: int, fits) -> tuple[int, int, int
         else:
             calls = backward_launches("pointer", dt, D)
     (kw,) = [kw for fn, _, kw in calls if fn.__name__ == name]
-    stages = (kw["num_stages"] + 1) // 2 if paged else kw["num_stages"]
-    return kw["BLOCK_M"], kw["BLOCK_N"], kw["num_warps"], stages
+    return listed_tile(kw)
 
 
 @pytest.mark.parametrize("gpu", MMA_SYNC_GPUS)
@@ -564,11 +570,11 @@ def test_an_untuned_launch_on_each_mma_sync_gpu_runs_the_lightest_tile_of_its_ki
     cc, limit = tool.GPUS[gpu]
     monkeypatch.setattr(_mma_sync, "target", lambda device: cc)
     spilled = target_spills(cc)
-    shared = {}
-    for version in SHARED_REPORTS:
-        for r in _shared(version)[1]["rows"]:
-            key = (r["dtype"], tool.kernel_of(r["part"]), r["D"], tuple(r["tile"]))
-            shared[key] = max(shared.get(key, 0), r[f"sm_{cc}"])
+    shared = {}  # (a kernel's list holds its prefill and decoding tiles: either part's need, the larger)
+    for (dtype, part, D), tiles in both_reports(cc, "").items():
+        for tile, need_ in tiles.items():
+            key = (dtype, tool.kernel_of(part), D, tile)
+            shared[key] = max(shared.get(key, 0), need_)
     wrong, fell_back = [], 0
     for dtype, part, D in sorted(spilled):
         bytes_of = dict(spilled[dtype, part, D])
