@@ -198,6 +198,22 @@ def measure(job) -> dict:
     return row
 
 
+def progress(results, total: int, what: str, *, every_s: float = 60.0, clock=time.monotonic, out=None):
+    """``results`` (a pool's ``imap``) passed through in order, with a line on ``out`` (stderr) at most every
+    ``every_s`` seconds and after the last: how many of ``total`` are done, the minutes so far and, at the pace so
+    far, the minutes left. A survey from a cold Triton cache runs for hours and writes its report only at the end;
+    rerun after an interruption, the configs already compiled load from the cache (a second or so each, for the
+    disassembly that counts their instructions)."""
+    start = last = clock()
+    for done, result in enumerate(results, 1):
+        now = clock()
+        if now - last >= every_s or done == total:
+            last, elapsed = now, now - start
+            print(f"{what}: {done}/{total} compiled in {elapsed / 60:.1f} min; at this pace about "
+                  f"{elapsed / done * (total - done) / 60:.0f} min left", file=out or sys.stderr, flush=True)
+        yield result
+
+
 def error_text(e: Exception) -> str:
     """A compile error in one line, for a report's row."""
     return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
@@ -229,7 +245,7 @@ def main(argv=None) -> int:
     todo = jobs(tuple(args.dtype or ["float16", "float32"]), tuple(args.head_dim) if args.head_dim else None)
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(max(1, args.workers)) as pool:
-        rows = list(pool.imap(measure, todo))
+        rows = list(progress(pool.imap(measure, todo), len(todo), "sm_90 configs"))
     rows.sort(key=lambda r: (r["dtype"], r["D"], r["part"], r["variant"], r["tile"]))
     for r in rows:
         tile = "x".join(map(str, r["tile"][:2])) + f" w{r['tile'][2]} s{r['tile'][3]}"

@@ -213,8 +213,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(max(1, args.workers)) as pool:
-        rows = list(pool.imap(measure, jobs()))
-        tma_rows = list(pool.imap(measure_tma, tma_jobs()))
+        todo, tma_todo = jobs(), tma_jobs()
+        rows = list(kernel_resources.progress(pool.imap(measure, todo), len(todo), "pointer tiles"))
+        tma_rows = list(kernel_resources.progress(pool.imap(measure_tma, tma_todo), len(tma_todo),
+                                                  f"sm_{TMA_TARGET} variant tiles"))
     rows.sort(key=lambda r: (r["dtype"], r["D"], PARTS.index(r["part"]), r["tile"]))
     for r in rows:
         print(f"{r['dtype']:8s} D={r['D']:3d} {r['part']:12s} {'x'.join(map(str, r['tile'][:2]))} w{r['tile'][2]} "

@@ -390,6 +390,22 @@ def test_a_head_dim_out_of_range_is_refused_by_naming_the_range(bench, bad, says
     assert says in capsys.readouterr().err
 
 
+def test_a_survey_says_how_far_it_is_and_how_long_is_left(capsys):
+    """The surveys run for hours from a cold cache and write their reports only at the end, so each says, at most
+    once a minute and after its last config, how many are done and what is left at the pace so far: here 61 s for
+    the first 2 of 5 (about 1.5 min left), 150 s for 4 (38 s left), 200 s for all. The results pass through in
+    order, every one of them."""
+    survey = benchmark_script("kernel_resources")
+    readings = iter([0, 30, 61, 90, 150, 200])  # the start, then one per result
+    passed = list(survey.progress(iter("abcde"), 5, "sm_90 configs", clock=lambda: next(readings)))
+    assert passed == list("abcde")
+    assert capsys.readouterr().err.splitlines() == [
+        "sm_90 configs: 2/5 compiled in 1.0 min; at this pace about 2 min left",
+        "sm_90 configs: 4/5 compiled in 2.5 min; at this pace about 1 min left",
+        "sm_90 configs: 5/5 compiled in 3.3 min; at this pace about 0 min left",
+    ]
+
+
 def test_the_notes_quote_the_floors_as_computed():
     """benchmarks/NOTES.md's table is floors.py's output (so the notes and the code cannot drift), and
     floors.py's numbers are the goal's arithmetic: 4 B H T^2 D FLOPs (halved causal) at 798 TFLOP/s, four
