@@ -201,16 +201,17 @@ def measure(job) -> dict:
 def progress(results, total: int, what: str, *, every_s: float = 60.0, clock=time.monotonic, out=None):
     """``results`` (a pool's ``imap``) passed through in order, with a line on ``out`` (stderr) at most every
     ``every_s`` seconds and after the last: how many of ``total`` are done, the minutes so far and, at the pace so
-    far, the minutes left. A survey from a cold Triton cache runs for hours and writes its report only at the end;
-    rerun after an interruption, the configs already compiled load from the cache (a second or so each, for the
-    disassembly that counts their instructions)."""
+    far, the minutes left (the last line: the total). A survey from a cold Triton cache runs for hours and writes its
+    report only at the end; rerun after an interruption, the configs already compiled load from the cache (a second
+    or so each, for the disassembly that counts their instructions)."""
     start = last = clock()
     for done, result in enumerate(results, 1):
         now = clock()
         if now - last >= every_s or done == total:
             last, elapsed = now, now - start
-            print(f"{what}: {done}/{total} compiled in {elapsed / 60:.1f} min; at this pace about "
-                  f"{elapsed / done * (total - done) / 60:.0f} min left", file=out or sys.stderr, flush=True)
+            left = "" if done == total else f"; at this pace about {elapsed / done * (total - done) / 60:.0f} min left"
+            print(f"{what}: {done}/{total} compiled in {elapsed / 60:.1f} min{left}", file=out or sys.stderr,
+                  flush=True)
         yield result
 
 
