@@ -35,6 +35,17 @@ kernel source lines, with the compiled code otherwise the same op for op, has mo
 bfloat16 rounding for the interpreter went in, ``_tiles.narrow``, and again by toggling
 ``TRITON_DISABLE_LINE_INFO``). A tile a few bytes from spilling may tip over on an unrelated edit; rerun
 ``make survey`` after editing a kernel file, and the tests say whether an offered tile now spills.
+
+Triton 3.6's ``ptxas`` (12.8.93, the GPU machines') also varies from run to run on the *same* PTX: its allocation
+follows the process's address layout. One 16-bit TMA dK/dV tile at D = 80 (64 x 64, 8 warps, 3 stages) spilled 184 B
+in seven of twelve runs and 208 B in five, and 184 B in all twelve with address randomisation off (``setarch -R``).
+A rerun of the 3.6 report, two thirds of it compiled cold, changed 34 of its 3095 rows this way, every one a 16-bit
+TMA dK/dV tile, by 8 to 32 B of spill or 2 to 6 registers, and moved no tile between clean and spilling; the 302
+clean 16-bit forward, dQ and dK/dV rows at 240 registers or more each stayed clean in four more runs. (The 296 to
+320 B above may have been this rather than the moved lines.) Triton 3.9's ``ptxas`` (13.4) gave the same result
+every time it was tried on those tiles, and a rerun of its report, the last 966 configs compiled cold, equalled the
+committed one. A warm rerun loads the cubins from Triton's cache, so it shows neither: it checks the tile lists and
+the parsing, not ``ptxas``.
 """
 
 from __future__ import annotations
