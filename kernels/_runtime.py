@@ -40,6 +40,8 @@ import torch
 import triton
 import triton.language as tl  # Triton's own @jit library is built now, in the process's mode
 
+from attn_course.kernels._data_stack import call_on_fresh_chunk
+
 try:  # imported lazily by triton's launcher on first use; importing it mid-launch would trip an assert
     import triton.experimental.gluon  # noqa: F401
 except ImportError:  # older triton
@@ -178,12 +180,20 @@ _MISSING = object()
 def interpreter_scope():
     """Run an interpreted launch: ``TRITON_INTERPRET=1`` and interpreted twins of Triton's ``@jit``
     library functions, both undone on exit, and ``triton.language`` exactly as it was before (see
-    :func:`_restore`). A no-op when triton itself was imported in interpreter mode."""
-    from triton.runtime.interpreter import InterpretedFunction
+    :func:`_restore`). A no-op when triton itself was imported in interpreter mode. Each grid the
+    interpreter runs meanwhile starts from a data-stack chunk of its own (:mod:`._data_stack`: otherwise
+    the same launch runs up to four times slower at some depths of its caller than at others)."""
+    from triton.runtime.interpreter import GridExecutor, InterpretedFunction
     from triton.runtime.jit import JITFunction
 
     with _lock:
         snapshot = _snapshot()
+        run_grid = GridExecutor.__call__
+
+        def run_grid_on_fresh_chunk(executor, *args, **kwargs):
+            return call_on_fresh_chunk(run_grid, executor, *args, **kwargs)
+
+        GridExecutor.__call__ = run_grid_on_fresh_chunk
         swapped = []
         for module in (tl, tl.standard, tl.random):  # (tl.rand calls the random module's own helpers)
             for name, fn in list(vars(module).items()):
@@ -201,6 +211,7 @@ def interpreter_scope():
                 raise RuntimeError(_numpy_too_new()) from e
             raise
         finally:
+            GridExecutor.__call__ = run_grid
             _restore(snapshot)
             for module, name, fn in swapped:
                 setattr(module, name, fn)

@@ -82,6 +82,41 @@ def test_unsupported_devices_are_named():
         mode_for(torch.device("meta"))
 
 
+def _minor_faults_at_depths(launch, depths) -> list[int]:
+    """The minor page faults of ``launch()`` called ``n`` frames deeper than here, for each ``n`` of ``depths``."""
+    import resource
+
+    def deeper(n):
+        return launch() if n == 0 else deeper(n - 1)
+
+    faults = []
+    for n in depths:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        deeper(n)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return faults
+
+
+def test_an_interpreted_launch_costs_the_same_at_every_depth_of_its_caller():
+    """CPython 3.11+ keeps frames in 16 KiB chunks, mapped and unmapped as calls cross them; a launch whose
+    caller sits at the wrong depth had the interpreter's per-operation calls cross a boundary and fault in fresh
+    pages millions of times (up to 4x slower: ``_data_stack``). Stepping the caller's depth through more than a
+    chunk (160 frames of about 100 bytes) finds such a depth if there is one: without ``call_on_fresh_chunk`` this
+    launch faulted thousands of times at a third of the depths (14,075 at worst, under pytest), against a few at
+    the others; with it, a few hundred at most. Counted, not timed."""
+    from attn_course.kernels import _data_stack
+
+    assert _data_stack.call_on_fresh_chunk.__code__.co_nlocals * 8 > 16 * 1024, "its frame must overflow a chunk"
+    q, k, v = (torch.randn(1, 1, 33, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    flash_attention(q, k, v, causal=True)  # (built and warm)
+    faults = _minor_faults_at_depths(lambda: flash_attention(q, k, v, causal=True), range(0, 160, 4))
+    assert max(faults) < 1000, (
+        f"an interpreted launch page-faulted {max(faults)} times at caller depth {4 * faults.index(max(faults))} "
+        f"(faults by depth, in steps of 4 frames: {faults}): its hot calls straddle a data-stack chunk boundary; "
+        f"is interpreter_scope still running each grid through _data_stack.call_on_fresh_chunk?"
+    )
+
+
 def test_old_triton_interpreter_with_new_numpy_gets_a_clear_error():
     """Triton 3.6's interpreter with numpy >= 2.4 fails deep inside with a numpy TypeError (checked by hand: the
     CPU kernel tests pass on triton 3.6.0 with numpy 2.3.5 and fail this way with numpy 2.4.6). The launch scope
