@@ -10,7 +10,7 @@ Triton's interpreter is exactly such a loop: it runs every program of the grid, 
 of each one, as ordinary Python calls, each a few frames deep. Where the launch sits on the data stack
 depends on how deep its caller is: in a script, a pytest worker or a Jupyter cell the same launch lands
 at different depths. About one depth in three puts a boundary inside the hot calls, and there the same
-launch takes up to four times as long, most of it in the kernel's page-fault handler (measured with Triton
+launch takes up to four times as long, most of it in the operating system's page-fault handler (measured with Triton
 3.9 on Python 3.11: an ``[1, 2, 65, 64]`` causal forward took 0.2 s at most depths and up to 0.84 s at the
 bad ones, with 68,000 minor faults instead of none; under ``pytest -n 2`` the kernel tests spent a fifth
 of their CPU time in the kernel).
@@ -18,7 +18,7 @@ of their CPU time in the kernel).
 :func:`call_on_fresh_chunk` takes the depth out of it: it calls through a frame too big for any 16 KiB
 chunk, so that frame always starts a chunk of its own (64 KiB: CPython sizes a chunk to the frame plus
 1,000 words of room, rounded up to a power of two times 16 KiB), and everything the call pushes after it
-finds about 40 KiB free in that chunk, at the same place whatever the caller's depth. The interpreter's
+finds about 39 KiB free in that chunk, at the same place whatever the caller's depth. The interpreter's
 deepest calls need a few KiB, so they never cross a boundary. Before 3.11 frames are separate objects and
 this is merely a harmless extra call; the chunk costs one ``mmap`` per launch.
 """
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 # Unused locals make the frame big: a frame holds a slot for each local (8 bytes), and CPython's compiler
 # keeps the locals of dead code. 3,200 slots (25 KiB) overflow a 16 KiB chunk, and with CPython's 1,000 words
-# of room ask for 64 KiB, leaving ~40 KiB after this frame.
+# of room ask for 64 KiB, leaving about 39 KiB after this frame.
 _SLOTS = 3200
 _SOURCE = (
     "def call_on_fresh_chunk(fn, /, *args, **kwargs):\n"

@@ -188,12 +188,6 @@ def interpreter_scope():
 
     with _lock:
         snapshot = _snapshot()
-        run_grid = GridExecutor.__call__
-
-        def run_grid_on_fresh_chunk(executor, *args, **kwargs):
-            return call_on_fresh_chunk(run_grid, executor, *args, **kwargs)
-
-        GridExecutor.__call__ = run_grid_on_fresh_chunk
         swapped = []
         for module in (tl, tl.standard, tl.random):  # (tl.rand calls the random module's own helpers)
             for name, fn in list(vars(module).items()):
@@ -204,6 +198,12 @@ def interpreter_scope():
                     setattr(module, name, _twins[fn])
         before = os.environ.get("TRITON_INTERPRET")
         os.environ["TRITON_INTERPRET"] = "1"
+        run_grid = GridExecutor.__call__
+
+        def run_grid_on_fresh_chunk(executor, *args, **kwargs):
+            return call_on_fresh_chunk(run_grid, executor, *args, **kwargs)
+
+        GridExecutor.__call__ = run_grid_on_fresh_chunk
         try:
             yield
         except Exception as e:

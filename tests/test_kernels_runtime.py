@@ -104,11 +104,15 @@ def test_an_interpreted_launch_costs_the_same_at_every_depth_of_its_caller():
     chunk (160 frames of about 100 bytes) finds such a depth if there is one: without ``call_on_fresh_chunk`` this
     launch faulted thousands of times at a third of the depths (14,075 at worst, under pytest), against a few at
     the others; with it, a few hundred at most. Counted, not timed."""
+    from triton.runtime.interpreter import GridExecutor
+
     from attn_course.kernels import _data_stack
 
     assert _data_stack.call_on_fresh_chunk.__code__.co_nlocals * 8 > 16 * 1024, "its frame must overflow a chunk"
     q, k, v = (torch.randn(1, 1, 33, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    run_grid = GridExecutor.__call__
     flash_attention(q, k, v, causal=True)  # (built and warm)
+    assert GridExecutor.__call__ is run_grid, "the launch left Triton's GridExecutor patched"
     faults = _minor_faults_at_depths(lambda: flash_attention(q, k, v, causal=True), range(0, 160, 4))
     assert max(faults) < 1000, (
         f"an interpreted launch page-faulted {max(faults)} times at caller depth {4 * faults.index(max(faults))} "
