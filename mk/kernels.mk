@@ -12,7 +12,7 @@ bench-kernels: setup
 	$(PY) benchmarks/bench_attention.py $(BENCH_ARGS)
 
 .PHONY: sweep
-## sweep: the kernels' seeded random cases, SWEEP (25) times as many as make test draws (1,903 cases, about 19 minutes on 2 cores)
+## sweep: the kernels' seeded random cases, SWEEP (25) times as many as make test draws (1,903 cases, about 13 minutes on 2 cores)
 SWEEP ?= 25
 sweep: setup
 	ATTN_COURSE_SWEEP=$(SWEEP) $(BIN)/pytest -q -n 2 tests/test_kernels_random.py
