@@ -10,10 +10,10 @@ Triton's interpreter is exactly such a loop: it runs every program of the grid, 
 of each one, as ordinary Python calls, each a few frames deep. Where the launch sits on the data stack
 depends on how deep its caller is: in a script, a pytest worker or a Jupyter cell the same launch lands
 at different depths. About one depth in three puts a boundary inside the hot calls, and there the same
-launch takes up to four times as long, most of it in the operating system's page-fault handler (measured with Triton
-3.9 on Python 3.11: an ``[1, 2, 65, 64]`` causal forward took 0.2 s at most depths and up to 0.84 s at the
-bad ones, with 68,000 minor faults instead of none; under ``pytest -n 2`` the kernel tests spent a fifth
-of their CPU time in the kernel).
+launch takes up to four times as long, most of it in the operating system's page-fault handler
+(measured with Triton 3.9 on Python 3.11: an ``[1, 2, 65, 64]`` causal forward took 0.2 s at most depths
+and up to 0.84 s at the bad ones, with 68,000 minor faults instead of none; under ``pytest -n 2`` the
+kernel tests spent a fifth of their CPU time in system time, handling those faults).
 
 :func:`call_on_fresh_chunk` takes the depth out of it: it calls through a frame too big for any 16 KiB
 chunk, so that frame always starts a chunk of its own (64 KiB: CPython sizes a chunk to the frame plus

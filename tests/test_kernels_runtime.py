@@ -113,11 +113,12 @@ def test_an_interpreted_launch_costs_the_same_at_every_depth_of_its_caller():
     run_grid = GridExecutor.__call__
     flash_attention(q, k, v, causal=True)  # (built and warm)
     assert GridExecutor.__call__ is run_grid, "the launch left Triton's GridExecutor patched"
-    faults = _minor_faults_at_depths(lambda: flash_attention(q, k, v, causal=True), range(0, 160, 4))
+    depths = range(0, 160, 4)
+    faults = _minor_faults_at_depths(lambda: flash_attention(q, k, v, causal=True), depths)
     assert max(faults) < 1000, (
-        f"an interpreted launch page-faulted {max(faults)} times at caller depth {4 * faults.index(max(faults))} "
-        f"(faults by depth, in steps of 4 frames: {faults}): its hot calls straddle a data-stack chunk boundary; "
-        f"is interpreter_scope still running each grid through _data_stack.call_on_fresh_chunk?"
+        f"an interpreted launch page-faulted {max(faults)} times at caller depth {depths[faults.index(max(faults))]} "
+        f"(faults by depth, in steps of {depths.step} frames: {faults}): its hot calls straddle a data-stack chunk "
+        f"boundary; is interpreter_scope still running each grid through _data_stack.call_on_fresh_chunk?"
     )
 
 
