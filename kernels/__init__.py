@@ -26,7 +26,6 @@ Files, in reading order:
 * ``_variants.py``: which variant runs (``pointer``, ``tma``, ``tma+ws``) and whether tiles are autotuned;
 * ``_mma_sync.py``: the tiles that spill on GPUs before Hopper and on RTX 50s, which an untuned launch skips;
 * ``_checks.py``: input checks; ``_runtime.py``: compiled vs interpreted kernels, chosen per device;
-* ``_data_stack.py``: each interpreted grid run from a Python data-stack chunk of its own (speed);
 * ``_compile.py``: compiling a launch for a GPU target on a machine without one (tests, resource survey).
 
 CPU tensors run in Triton's interpreter, picked automatically and without touching the rest of the

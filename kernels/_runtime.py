@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl  # Triton's own @jit library is built now, in the process's mode
 
-from attn_course.kernels._data_stack import call_on_fresh_chunk
+from attn_course._data_stack import call_on_fresh_chunk
 
 try:  # imported lazily by triton's launcher on first use; importing it mid-launch would trip an assert
     import triton.experimental.gluon  # noqa: F401
@@ -181,8 +181,8 @@ def interpreter_scope():
     """Run an interpreted launch: ``TRITON_INTERPRET=1`` and interpreted twins of Triton's ``@jit``
     library functions, both undone on exit, and ``triton.language`` exactly as it was before (see
     :func:`_restore`). A no-op when triton itself was imported in interpreter mode. Each grid the
-    interpreter runs meanwhile starts from a data-stack chunk of its own (:mod:`._data_stack`: otherwise
-    the same launch runs up to four times slower at some depths of its caller than at others)."""
+    interpreter runs meanwhile starts from a data-stack chunk of its own (:mod:`attn_course._data_stack`:
+    otherwise the same launch runs up to four times slower at some depths of its caller than at others)."""
     from triton.runtime.interpreter import GridExecutor, InterpretedFunction
     from triton.runtime.jit import JITFunction
 

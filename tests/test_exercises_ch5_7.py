@@ -19,8 +19,12 @@ The Triton kernel of Task 7.3 runs in the interpreter here; on a GPU machine it 
 from __future__ import annotations
 
 import copy
+import json
 import linecache
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -183,3 +187,49 @@ def test_triton_kernel_compiles_and_passes_on_the_gpu(monkeypatch):
     CHECKS["triton_forward"](ns["triton_forward"], hidden=True)
     with pytest.raises(NotImplementedYet):  # the stub's raise inside @triton.jit, seen through the compiler
         CHECKS["triton_forward"](namespace_of(student_version(nb), monkeypatch)["triton_forward"])
+
+
+# In a fresh process, as a learner's notebook runs: the setup cell sets TRITON_INTERPRET before triton is imported,
+# so the kernel runs in Triton's own interpreter, outside attn_course.kernels' interpreter scope.
+_CHECK_AT_DEPTHS = """
+import json, linecache, resource, sys
+import nbformat
+nb = nbformat.read(sys.argv[1], as_version=4)
+ns = {}
+for i, cell in enumerate(nb.cells):
+    if cell.cell_type == "code" and not cell.metadata.get("nbgrader", {}).get("grade", False):
+        name = f"<cell-{i}>"
+        linecache.cache[name] = (len(cell.source), None, cell.source.splitlines(True), name)
+        exec(compile(cell.source, name, "exec"), ns)
+check, fn = ns["check"], ns["triton_forward"]
+check.triton_forward(fn)  # (warm)
+
+def deeper(n):
+    return check.triton_forward(fn) if n == 0 else deeper(n - 1)
+
+faults = []
+for n in range(0, 160, 8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    deeper(n)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps(faults))
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="measures the CPU interpreter; a GPU runs the kernel compiled")
+def test_the_kernel_check_costs_the_same_at_every_depth_it_is_called_from():
+    """A learner's kernel runs in Triton's interpreter straight from the notebook, so nothing in attn_course.kernels
+    steadies where it lands on Python's data stack (attn_course/_data_stack.py). Without running each case from a
+    fresh chunk, ``check.triton_forward`` of the solution faulted up to 36,096 times per check at caller depths 104-124
+    (0.54 s against 0.2 s), and a few dozen at the other depths from 0 to 156; steps of 8 frames meet that window
+    three times. Counted, not timed."""
+    notebook = ROOT / "solutions" / "ch7_flash" / "ch7_flash.ipynb"
+    run = subprocess.run([sys.executable, "-c", _CHECK_AT_DEPTHS, str(notebook)], capture_output=True, text=True,
+                         timeout=300, env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    faults = json.loads(run.stdout.splitlines()[-1])
+    assert len(faults) == 20 and max(faults) < 1000, (
+        f"check.triton_forward page-faulted {max(faults)} times at caller depth {8 * faults.index(max(faults))} "
+        f"(by depth, in steps of 8 frames: {faults}); is TritonForward.call still calling through "
+        f"attn_course._data_stack.call_on_fresh_chunk?"
+    )

@@ -106,7 +106,7 @@ def test_an_interpreted_launch_costs_the_same_at_every_depth_of_its_caller():
     the others; with it, a few hundred at most. Counted, not timed."""
     from triton.runtime.interpreter import GridExecutor
 
-    from attn_course.kernels import _data_stack
+    from attn_course import _data_stack
 
     assert _data_stack.call_on_fresh_chunk.__code__.co_nlocals * 8 > 16 * 1024, "its frame must overflow a chunk"
     q, k, v = (torch.randn(1, 1, 33, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))

@@ -21,6 +21,11 @@ chunk, so that frame always starts a chunk of its own (64 KiB: CPython sizes a c
 finds about 39 KiB free in that chunk, at the same place whatever the caller's depth. The interpreter's
 deepest calls need a few KiB, so they never cross a boundary. Before 3.11 frames are separate objects and
 this is merely a harmless extra call; the chunk costs one ``mmap`` per launch.
+
+Two places call through it: ``attn_course.kernels``' interpreter scope runs every interpreted grid of the
+course's kernels through it, and the chapter 7 check (``check.triton_forward``) runs each call of a learner's
+own kernel through it, since a notebook that sets ``TRITON_INTERPRET`` itself never enters that scope. It is
+plain Python, outside the kernels package, so the checks use it without importing Triton.
 """
 
 from __future__ import annotations
