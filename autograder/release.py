@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -53,7 +54,12 @@ def validate_notebook(notebook: Path, config_dir: Path, invert: bool) -> list[st
     ensure_venv_on_path()
     config = PyFileConfigLoader("nbgrader_config.py", path=str(config_dir)).load_config()
     config.Validator.invert = invert
-    results = Validator(config=config).validate(str(notebook))
+    with tempfile.TemporaryDirectory(prefix="attn-validate-") as sockets:
+        # The kernel talks over Unix sockets in a folder of its own, not over TCP ports on localhost: nothing
+        # else on the machine can connect to it (ipykernel 7 warns, once per kernel, about unencrypted TCP).
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = os.path.join(sockets, "kernel")
+        results = Validator(config=config).validate(str(notebook))
     problems = []
     for cell in results.get("type_changed", []):
         problems.append(f"a cell changed type from {cell['old_type']} to {cell['new_type']}: {_first_line(cell)}")

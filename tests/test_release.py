@@ -197,6 +197,23 @@ def test_validation_catches_a_broken_solution_and_a_stub_that_earns_points(tmp_p
     assert not out.exists()
 
 
+def test_validation_kernels_listen_on_private_unix_sockets_not_tcp(tmp_path, fast_tmp):
+    """The kernels nbgrader validate starts run the course's solutions; they talk to nbgrader over Unix sockets
+    in a folder made for each notebook (which no other user can enter), not over TCP ports on localhost that any
+    process on the machine could connect to. The notebook's test asks its own kernel; without the setting it
+    fails ('tcp'), and ipykernel 7 warns once per kernel."""
+    check = (
+        "from pathlib import Path\nfrom ipykernel.kernelapp import IPKernelApp\n"
+        "app = IPKernelApp.instance()\n"
+        "assert app.transport == 'ipc', f'transport {app.transport}'\n"
+        "folder = Path(app.ip).parent\n"
+        "assert folder.name.startswith('attn-validate-') and oct(folder.stat().st_mode & 0o777) == '0o700', app.ip\n"
+        "assert add_one(1) == 2"
+    )
+    sols = write_solutions(tmp_path / "solutions", tiny_notebook(visible=check))
+    validate_all(prepare_course(fast_tmp / "course", solutions=sols), ["ch1_intuition"], jobs=2)
+
+
 def test_release_refuses_a_missing_book_and_a_leaky_book(tmp_path, fast_tmp):
     sols = write_solutions(tmp_path / "solutions", tiny_notebook(hidden=LONG_HIDDEN))
     kw = dict(course_dir=fast_tmp / "course", solutions=sols, validate=False)
