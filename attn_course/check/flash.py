@@ -104,7 +104,7 @@ class TritonForward(ReferenceCheck):
 
     def call(self, fn, case):
         # In the interpreter, where a launch sits on Python's data stack decides its speed: called from a window
-        # of about 20 depths in every 135, this check of the same kernel ran 2.7x slower (_data_stack). So each
+        # of about 24 depths in every 135, this check of the same kernel ran 2.7x slower (_data_stack). So each
         # case calls the learner's function from a fresh data-stack chunk.
         return call_on_fresh_chunk(super().call, fn, case)
 
