@@ -55,10 +55,7 @@ def validate_notebook(notebook: Path, config_dir: Path, invert: bool) -> list[st
     config = PyFileConfigLoader("nbgrader_config.py", path=str(config_dir)).load_config()
     config.Validator.invert = invert
     with tempfile.TemporaryDirectory(prefix="attn-validate-") as sockets:
-        # The kernel talks over Unix sockets in a folder of its own, not over TCP ports on localhost: nothing
-        # else on the machine can connect to it (ipykernel 7 warns, once per kernel, about unencrypted TCP).
-        config.KernelManager.transport = "ipc"
-        config.KernelManager.ip = os.path.join(sockets, "kernel")
+        use_private_sockets(config, Path(sockets))
         results = Validator(config=config).validate(str(notebook))
     problems = []
     for cell in results.get("type_changed", []):
@@ -70,6 +67,24 @@ def validate_notebook(notebook: Path, config_dir: Path, invert: bool) -> list[st
     for cell in results.get("passed", []):
         problems.append(f"test cell PASSED on the student version (the stub earns points): {_first_line(cell)}")
     return problems
+
+
+# A Unix socket's path must fit in 108 bytes (Linux's sun_path, with its terminating NUL); jupyter_client names
+# a kernel's sockets "<ip>-<n>", n a small number.
+_SOCKET_PATH_BYTES = 107 - len("-65535")
+
+
+def use_private_sockets(config, folder: Path) -> bool:
+    """Have nbgrader's kernel talk over Unix sockets in ``folder`` (made private, 0o700, by ``tempfile``), not
+    over TCP ports on localhost, which any process on the machine may connect to (ipykernel 7 warns, once per
+    kernel, that such traffic is unencrypted). False, leaving TCP, when ``folder`` is too deep for a socket
+    path (a long ``TMPDIR``): a socket the kernel cannot bind would fail the whole release."""
+    ip = folder / "kernel"
+    if len(os.fsencode(ip)) > _SOCKET_PATH_BYTES:
+        return False
+    config.KernelManager.transport = "ipc"
+    config.KernelManager.ip = str(ip)
+    return True
 
 
 def _first_line(cell: dict) -> str:

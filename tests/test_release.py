@@ -214,6 +214,20 @@ def test_validation_kernels_listen_on_private_unix_sockets_not_tcp(tmp_path, fas
     validate_all(prepare_course(fast_tmp / "course", solutions=sols), ["ch1_intuition"], jobs=2)
 
 
+def test_a_socket_folder_too_deep_for_a_unix_socket_keeps_tcp():
+    """Linux caps a socket's path at 107 bytes; under a long TMPDIR the kernel could not bind its sockets, so
+    validation keeps TCP there rather than fail the release."""
+    from traitlets.config import Config
+
+    from autograder.release import use_private_sockets
+
+    shallow, deep = Config(), Config()
+    assert use_private_sockets(shallow, Path("/tmp/attn-validate-x1y2z3"))
+    assert shallow.KernelManager.transport == "ipc" and shallow.KernelManager.ip == "/tmp/attn-validate-x1y2z3/kernel"
+    assert not use_private_sockets(deep, Path("/home/" + "a-long-user-name/" * 6 + "tmp/attn-validate-x1y2z3"))
+    assert "transport" not in deep.KernelManager
+
+
 def test_release_refuses_a_missing_book_and_a_leaky_book(tmp_path, fast_tmp):
     sols = write_solutions(tmp_path / "solutions", tiny_notebook(hidden=LONG_HIDDEN))
     kw = dict(course_dir=fast_tmp / "course", solutions=sols, validate=False)
