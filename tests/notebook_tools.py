@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import linecache
 from pathlib import Path
 
 import nbformat
@@ -25,6 +26,19 @@ def is_test_cell(cell) -> bool:
     """An autograded test cell: code, graded, not a solution."""
     m = nbgrader_meta(cell)
     return cell.cell_type == "code" and m.get("grade", False) and not m.get("solution", False)
+
+
+def run_cells(nb) -> dict:
+    """Run every non-test code cell of ``nb`` in this process, in order, and return the names they define. Cell
+    sources go into ``linecache`` because ``@triton.jit`` reads its function's source."""
+    ns: dict = {}
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or is_test_cell(cell):
+            continue
+        name = f"<{nbgrader_meta(cell).get('grade_id', 'cell')}-{i}-{id(nb)}>"
+        linecache.cache[name] = (len(cell.source), None, cell.source.splitlines(True), name)
+        exec(compile(cell.source, name, "exec"), ns)
+    return ns
 
 
 def spec(assignment: str) -> dict:

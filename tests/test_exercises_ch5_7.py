@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import linecache
 import os
 import re
 import subprocess
@@ -31,7 +30,7 @@ import nbformat
 import pytest
 import torch
 from nbgrader.nbgraderformat import MetadataValidator
-from notebook_tools import is_test_cell, load, nbgrader_meta, spec, student_version
+from notebook_tools import is_test_cell, load, nbgrader_meta, run_cells, spec, student_version
 
 from attn_course.check import CHECKS, CheckFailed, NotImplementedYet
 
@@ -65,13 +64,7 @@ def namespace_of(nb, monkeypatch) -> dict:
     names it defines. Cell sources go into ``linecache`` because ``@triton.jit`` reads its function's source."""
     if not torch.cuda.is_available():
         monkeypatch.setenv("TRITON_INTERPRET", "1")  # the notebook sets it too; this keeps it out of other tests
-    ns: dict = {}
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type != "code" or is_test_cell(cell):
-            continue
-        name = f"<{nbgrader_meta(cell).get('grade_id', 'cell')}-{i}-{id(nb)}>"
-        linecache.cache[name] = (len(cell.source), None, cell.source.splitlines(True), name)
-        exec(compile(cell.source, name, "exec"), ns)
+    ns = run_cells(nb)
     if "triton_forward" in ns and not torch.cuda.is_available():
         ns["triton_forward"] = in_fresh_interpreter(ns["triton_forward"])
     return ns
@@ -192,27 +185,15 @@ def test_triton_kernel_compiles_and_passes_on_the_gpu(monkeypatch):
 # In a fresh process, as a learner's notebook runs: the setup cell sets TRITON_INTERPRET before triton is imported,
 # so the kernel runs in Triton's own interpreter, outside attn_course.kernels' interpreter scope.
 _CHECK_AT_DEPTHS = """
-import json, linecache, resource, sys
+import json, sys
 import nbformat
-nb = nbformat.read(sys.argv[1], as_version=4)
-ns = {}
-for i, cell in enumerate(nb.cells):
-    if cell.cell_type == "code" and not cell.metadata.get("nbgrader", {}).get("grade", False):
-        name = f"<cell-{i}>"
-        linecache.cache[name] = (len(cell.source), None, cell.source.splitlines(True), name)
-        exec(compile(cell.source, name, "exec"), ns)
+sys.path.insert(0, sys.argv[2])
+from depth_probe import minor_faults_at_depths
+from notebook_tools import run_cells
+ns = run_cells(nbformat.read(sys.argv[1], as_version=4))
 check, fn = ns["check"], ns["triton_forward"]
 check.triton_forward(fn)  # (warm)
-
-def deeper(n):
-    return check.triton_forward(fn) if n == 0 else deeper(n - 1)
-
-faults = []
-for n in range(0, 160, 8):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    deeper(n)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps(faults))
+print(json.dumps(minor_faults_at_depths(lambda: check.triton_forward(fn), range(0, 160, 8))))
 """
 
 
@@ -224,8 +205,9 @@ def test_the_kernel_check_costs_the_same_at_every_depth_it_is_called_from():
     (0.54 s against 0.2 s), and a few dozen at the other depths from 0 to 156; steps of 8 frames meet that window
     three times. Counted, not timed."""
     notebook = ROOT / "solutions" / "ch7_flash" / "ch7_flash.ipynb"
-    run = subprocess.run([sys.executable, "-c", _CHECK_AT_DEPTHS, str(notebook)], capture_output=True, text=True,
-                         timeout=300, env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    run = subprocess.run([sys.executable, "-c", _CHECK_AT_DEPTHS, str(notebook), str(ROOT / "tests")],
+                         capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
     assert run.returncode == 0, run.stderr[-3000:]
     faults = json.loads(run.stdout.splitlines()[-1])
     assert len(faults) == 20 and max(faults) < 1000, (

@@ -8,6 +8,7 @@ from unittest import mock
 import pytest
 import torch
 import triton.language as tl
+from depth_probe import minor_faults_at_depths
 from triton.runtime.jit import JITFunction
 
 from attn_course.kernels import flash_attention
@@ -82,21 +83,6 @@ def test_unsupported_devices_are_named():
         mode_for(torch.device("meta"))
 
 
-def _minor_faults_at_depths(launch, depths) -> list[int]:
-    """The minor page faults of ``launch()`` called ``n`` frames deeper than here, for each ``n`` of ``depths``."""
-    import resource
-
-    def deeper(n):
-        return launch() if n == 0 else deeper(n - 1)
-
-    faults = []
-    for n in depths:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        deeper(n)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    return faults
-
-
 def test_an_interpreted_launch_costs_the_same_at_every_depth_of_its_caller():
     """CPython 3.11+ keeps frames in 16 KiB chunks, mapped and unmapped as calls cross them; a launch whose
     caller sits at the wrong depth had the interpreter's per-operation calls cross a boundary and fault in fresh
@@ -114,7 +100,7 @@ def test_an_interpreted_launch_costs_the_same_at_every_depth_of_its_caller():
     flash_attention(q, k, v, causal=True)  # (built and warm)
     assert GridExecutor.__call__ is run_grid, "the launch left Triton's GridExecutor patched"
     depths = range(0, 160, 4)
-    faults = _minor_faults_at_depths(lambda: flash_attention(q, k, v, causal=True), depths)
+    faults = minor_faults_at_depths(lambda: flash_attention(q, k, v, causal=True), depths)
     assert max(faults) < 1000, (
         f"an interpreted launch page-faulted {max(faults)} times at caller depth {depths[faults.index(max(faults))]} "
         f"(faults by depth, in steps of {depths.step} frames: {faults}): its hot calls straddle a data-stack chunk "
