@@ -180,7 +180,7 @@ _MISSING = object()
 def interpreter_scope():
     """Run an interpreted launch: ``TRITON_INTERPRET=1`` and interpreted twins of Triton's ``@jit``
     library functions, both undone on exit, and ``triton.language`` exactly as it was before (see
-    :func:`_restore`). A no-op when triton itself was imported in interpreter mode. Each grid the
+    :func:`_restore`). Swaps nothing when triton itself was imported in interpreter mode. Each grid the
     interpreter runs meanwhile starts from a data-stack chunk of its own (:mod:`attn_course._data_stack`:
     otherwise the same launch runs up to four times slower at some depths of its caller than at others)."""
     from triton.runtime.interpreter import GridExecutor, InterpretedFunction
