@@ -28,6 +28,20 @@ IMPLEMENTATIONS = ("naive", "tiled", "kernel")
 STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
+def rss_reading_slack_bytes(cpus: int | None = None) -> int:
+    """How far one reading of ``VmRSS`` or ``VmHWM`` may sit from the true resident size, in bytes.
+
+    The kernel does not count resident pages exactly at every fault. Since Linux 6.2 a process's RSS
+    counters are per-CPU ``percpu_counter``s, and ``/proc/<pid>/status`` reads the shared total without
+    the per-CPU remainders; each remainder stays below the counter batch, ``max(32, 2 * CPUs)`` pages.
+    Older kernels batched per thread instead, up to 64 page events each. So a reading may be off by up to
+    ``CPUs * max(64, 2 * CPUs)`` pages (512 KiB on 2 CPUs): two measurements of the same call differ by
+    tens of pages (we saw 0.24 MB between runs at T = 1024 and at T = 2048) for no other reason, and only
+    differences well above this are memory."""
+    cpus = cpus or os.cpu_count() or 1
+    return cpus * max(64, 2 * cpus) * resource.getpagesize()
+
+
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -86,6 +100,7 @@ def _run_child(impl: str, T: int, d: int, dtype: str, causal: bool, block: int) 
         "impl": impl, "T": T, "d": d, "dtype": dtype, "causal": causal, "block": block,
         "rss_before_bytes": before, "peak_bytes": peak, "peak_extra_bytes": max(peak - before, 0),
         "output_bytes": out.numel() * out.element_size(), "peak_reset": reset,
+        "reading_slack_bytes": rss_reading_slack_bytes(),
     }
 
 
@@ -109,7 +124,8 @@ def peak_memory(impl: str, T: int, d: int = 64, *, dtype: str = "float32", causa
     """Run ``impl`` ("naive" = :func:`attn_course.attention`, "tiled" = :func:`flash_attention_reference`
     with ``block``-sized tiles, "kernel" = :func:`attn_course.kernels.flash_attention`) once on one head of
     ``[1, 1, T, d]`` inputs in a fresh subprocess, and return a dict whose ``peak_extra_bytes`` is how far the
-    peak resident memory rose above what was in use just before the call."""
+    peak resident memory rose above what was in use just before the call, good to within two of
+    :func:`rss_reading_slack_bytes` (``reading_slack_bytes``: the kernel's RSS counters are approximate)."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {impl!r}; choose from {IMPLEMENTATIONS}")
     cmd = [sys.executable, "-m", "attn_course.memory", impl, str(T), "--d", str(d), "--dtype", dtype,
