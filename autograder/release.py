@@ -25,6 +25,8 @@ import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from attn_course._kernel_sockets import use_private_sockets
+
 from .course import DEFAULT_COURSE_DIR, SOLUTIONS, available_assignments, ensure_venv_on_path, prepare_course
 from .leakcheck import check_paths
 
@@ -67,24 +69,6 @@ def validate_notebook(notebook: Path, config_dir: Path, invert: bool) -> list[st
     for cell in results.get("passed", []):
         problems.append(f"test cell PASSED on the student version (the stub earns points): {_first_line(cell)}")
     return problems
-
-
-# A Unix socket's path must fit in 108 bytes (Linux's sun_path, with its terminating NUL); jupyter_client names
-# a kernel's sockets "<ip>-<n>", n a small number.
-_SOCKET_PATH_BYTES = 107 - len("-65535")
-
-
-def use_private_sockets(config, folder: Path) -> bool:
-    """Have nbgrader's kernel talk over Unix sockets in ``folder`` (made private, 0o700, by ``tempfile``), not
-    over TCP ports on localhost, which any process on the machine may connect to (ipykernel 7 warns, once per
-    kernel, that such traffic is unencrypted). False, leaving TCP, when ``folder`` is too deep for a socket
-    path (a long ``TMPDIR``): a socket the kernel cannot bind would fail the whole release."""
-    ip = folder / "kernel"
-    if len(os.fsencode(ip)) > _SOCKET_PATH_BYTES:
-        return False
-    config.KernelManager.transport = "ipc"
-    config.KernelManager.ip = str(ip)
-    return True
 
 
 def _first_line(cell: dict) -> str:

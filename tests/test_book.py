@@ -353,15 +353,40 @@ def test_the_browser_check_reports_raw_maths_and_broken_images(tmp_path):
     assert "JavaScript error" in f and "maths not typeset" in f and "raw TeX" in f and "image did not load" in f
 
 
-def test_a_failing_cell_fails_the_build(tmp_path, built_book):
-    book = tmp_path / "book"
-    book.mkdir()
-    shutil.copy(BOOK / "_config.yml", book / "_config.yml")
-    shutil.copytree(BOOK / "_ext", book / "_ext")
-    (book / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
+def mini_book(folder: Path, cells: list[str]) -> Path:
+    """A one-page book with the real configuration and extensions, whose page runs ``cells``."""
+    folder.mkdir()
+    shutil.copy(BOOK / "_config.yml", folder / "_config.yml")
+    shutil.copytree(BOOK / "_ext", folder / "_ext")
+    (folder / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
     header = sources()["ch1_intuition"].split("---", 2)[1]
-    (book / "intro.md").write_text(f"---{header}---\n\n# Broken\n\n```{{code-cell}} ipython3\n"
-                                   "raise ValueError('a deliberately failing cell')\n```\n")
+    body = "".join(f"```{{code-cell}} ipython3\n{cell}\n```\n\n" for cell in cells)
+    (folder / "intro.md").write_text(f"---{header}---\n\n# Mini\n\n{body}")
+    return folder
+
+
+def test_the_chapter_kernels_talk_over_private_unix_sockets_not_tcp(tmp_path, built_book):
+    """jupyter-cache starts each chapter's kernel without any traitlets configuration, so it would listen on
+    localhost TCP ports (which any local process may connect to; ipykernel 7 warns once per chapter). The
+    page's cell asks its own kernel; without book/_ext/private_kernels.py it fails ('transport tcp')."""
+    probe = (
+        "from pathlib import Path\nfrom ipykernel.kernelapp import IPKernelApp\napp = IPKernelApp.instance()\n"
+        "assert app.transport == 'ipc', f'transport {app.transport}'\nfolder = Path(app.ip).parent\n"
+        "assert folder.name.startswith('attn-book-') and oct(folder.stat().st_mode & 0o777) == '0o700', app.ip\n"
+        "print('SOCKETS IN', folder)"
+    )
+    proc = build_book(mini_book(tmp_path / "book", [probe]), tmp_path / "out")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"the probe cell failed:\n{log[-3000:]}"
+    assert "without encryption" not in log, "a kernel still listened on TCP"
+    page = (tmp_path / "out" / "html" / "intro.html").read_text()
+    folder = re.search(r"SOCKETS IN (\S+attn-book-\w+)", page)
+    assert folder, "the probe's output is missing from the page"
+    assert not Path(folder.group(1)).exists(), "the build left its socket folder behind"
+
+
+def test_a_failing_cell_fails_the_build(tmp_path, built_book):
+    book = mini_book(tmp_path / "book", ["raise ValueError('a deliberately failing cell')"])
     proc = build_book(book, tmp_path / "out")
     assert proc.returncode != 0, "a chapter whose cell raises must fail the build"
     assert "deliberately failing cell" in proc.stdout + proc.stderr

@@ -219,7 +219,7 @@ def test_a_socket_folder_too_deep_for_a_unix_socket_keeps_tcp():
     validation keeps TCP there rather than fail the release."""
     from traitlets.config import Config
 
-    from autograder.release import use_private_sockets
+    from attn_course._kernel_sockets import use_private_sockets
 
     shallow, deep = Config(), Config()
     assert use_private_sockets(shallow, Path("/tmp/attn-validate-x1y2z3"))
