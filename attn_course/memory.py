@@ -29,15 +29,15 @@ STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
 def rss_reading_slack_bytes(cpus: int | None = None) -> int:
-    """How far one reading of ``VmRSS`` or ``VmHWM`` may sit from the true resident size, in bytes.
+    """How far a peak reading (``VmHWM``) may sit below the true peak resident size, in bytes.
 
     The kernel does not count resident pages exactly at every fault. Since Linux 6.2 a process's RSS
-    counters are per-CPU ``percpu_counter``s, and ``/proc/<pid>/status`` reads the shared total without
-    the per-CPU remainders; each remainder stays below the counter batch, ``max(32, 2 * CPUs)`` pages.
-    Older kernels batched per thread instead, up to 64 page events each. So a reading may be off by up to
-    ``CPUs * max(64, 2 * CPUs)`` pages (512 KiB on 2 CPUs): two measurements of the same call differ by
-    tens of pages (we saw 0.24 MB between runs at T = 1024 and at T = 2048) for no other reason, and only
-    differences well above this are memory."""
+    counters are per-CPU ``percpu_counter``s; the high-water mark is recorded from their shared total, which
+    leaves out each CPU's unfolded remainder (below the counter batch, ``max(32, 2 * CPUs)`` pages). Older
+    kernels batched per thread instead, up to 64 page events each. So a peak may read up to
+    ``CPUs * max(64, 2 * CPUs)`` pages low (512 KiB on 2 CPUs). Measured on 2 CPUs (Linux 6.18): mapping and
+    touching n pages moves ``VmRSS`` by exactly n, while ``VmHWM`` reads 32 to 63 pages short; the same call
+    measured twice differs by up to 0.24 MB for this reason alone."""
     cpus = cpus or os.cpu_count() or 1
     return cpus * max(64, 2 * cpus) * resource.getpagesize()
 
@@ -124,8 +124,8 @@ def peak_memory(impl: str, T: int, d: int = 64, *, dtype: str = "float32", causa
     """Run ``impl`` ("naive" = :func:`attn_course.attention`, "tiled" = :func:`flash_attention_reference`
     with ``block``-sized tiles, "kernel" = :func:`attn_course.kernels.flash_attention`) once on one head of
     ``[1, 1, T, d]`` inputs in a fresh subprocess, and return a dict whose ``peak_extra_bytes`` is how far the
-    peak resident memory rose above what was in use just before the call, good to within two of
-    :func:`rss_reading_slack_bytes` (``reading_slack_bytes``: the kernel's RSS counters are approximate)."""
+    peak resident memory rose above what was in use just before the call, to within
+    :func:`rss_reading_slack_bytes` (``reading_slack_bytes``: the kernel's peak counter is approximate)."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {impl!r}; choose from {IMPLEMENTATIONS}")
     cmd = [sys.executable, "-m", "attn_course.memory", impl, str(T), "--d", str(d), "--dtype", dtype,
