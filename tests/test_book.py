@@ -385,6 +385,29 @@ def test_the_chapter_kernels_talk_over_private_unix_sockets_not_tcp(tmp_path, bu
     assert not Path(folder.group(1)).exists(), "the build left its socket folder behind"
 
 
+def test_the_socket_extension_restores_jupyter_cache_and_keeps_tcp_under_a_deep_tmpdir(tmp_path, monkeypatch):
+    """Between builds jupyter-cache's call into nbclient is its own again and the socket folder is gone; where
+    the temporary folder is too deep for a socket path the build keeps TCP (and says so) instead of failing."""
+    from jupyter_cache.executors import utils
+
+    ext = _load("_book_private_kernels", BOOK / "_ext" / "private_kernels.py")
+    original = utils.executenb
+    folder = ext.install()
+    try:
+        assert folder is not None and folder.is_dir() and utils.executenb is not original
+        assert utils.executenb.__wrapped__ is original
+    finally:
+        ext.uninstall()
+    assert utils.executenb is original and not folder.exists()
+
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(deep))
+    assert ext.install() is None, "a socket path over 107 bytes cannot be bound: the kernels must keep TCP"
+    assert utils.executenb is original and not any(deep.iterdir())
+    ext.uninstall()
+
+
 def test_a_failing_cell_fails_the_build(tmp_path, built_book):
     book = mini_book(tmp_path / "book", ["raise ValueError('a deliberately failing cell')"])
     proc = build_book(book, tmp_path / "out")
