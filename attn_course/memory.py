@@ -60,6 +60,18 @@ def _reset_peak() -> bool:
         return False
 
 
+def measure_peak(fn):
+    """Call ``fn()`` once in this process; return ``(its result, resident bytes just before, peak resident bytes
+    during the call, whether the peak could be reset first)``. The peak reads low by up to
+    :func:`rss_reading_slack_bytes`."""
+    reset = _reset_peak()
+    before = _status_kib("VmRSS") * 1024
+    if not reset:  # fall back to the lifetime peak; the call's own peak can only be larger
+        before = max(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    out = fn()
+    return out, before, _status_kib("VmHWM") * 1024, reset
+
+
 def _run_child(impl: str, T: int, d: int, dtype: str, causal: bool, block: int) -> dict:
     import torch
 
@@ -90,12 +102,7 @@ def _run_child(impl: str, T: int, d: int, dtype: str, causal: bool, block: int) 
     small = min(T, 2 * block)
     q_s, k_s, v_s = q[..., :small, :].clone(), k[..., :small, :].clone(), v[..., :small, :].clone()
     _warm(impl, q_s, k_s, v_s, causal, block)
-    reset = _reset_peak()
-    before = _status_kib("VmRSS") * 1024
-    if not reset:  # fall back to the lifetime peak; the call's own peak can only be larger
-        before = max(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    out = fn()
-    peak = _status_kib("VmHWM") * 1024
+    out, before, peak, reset = measure_peak(fn)
     return {
         "impl": impl, "T": T, "d": d, "dtype": dtype, "causal": causal, "block": block,
         "rss_before_bytes": before, "peak_bytes": peak, "peak_extra_bytes": max(peak - before, 0),

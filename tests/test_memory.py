@@ -1,10 +1,11 @@
 """O(T) memory, measured: the tiled reference against the naive scores tensor at T = 16384."""
 
+import functools
 import mmap
 import resource
 
-from attn_course import cost, memory
-from attn_course.memory import peak_memory, rss_reading_slack_bytes
+from attn_course import cost
+from attn_course.memory import measure_peak, peak_memory, rss_reading_slack_bytes
 
 
 def test_tiled_peak_memory_is_20x_below_the_naive_scores_tensor_at_16k():
@@ -37,13 +38,16 @@ def test_a_peak_reading_is_within_the_stated_slack_of_the_pages_touched():
     """Map and touch a known number of pages, unmap them, and read the peak: it must be within the slack that
     peak_memory's results carry (this kernel's counters are approximate), run after run."""
     page, slack = resource.getpagesize(), rss_reading_slack_bytes()
-    errors = []
-    for n in range(1000, 3000, 97):
-        assert memory._reset_peak(), "cannot reset the peak RSS here"
-        before = memory._status_kib("VmRSS") * 1024
+
+    def touch_and_unmap(n):
         block = mmap.mmap(-1, n * page)
         for i in range(n):
             block[i * page] = 1  # resident now
         block.close()
-        errors.append(memory._status_kib("VmHWM") * 1024 - before - n * page)
+
+    errors = []
+    for n in range(1000, 3000, 97):
+        _, before, peak, reset = measure_peak(functools.partial(touch_and_unmap, n))
+        assert reset, "cannot reset the peak RSS here"
+        errors.append(peak - before - n * page)
     assert all(-slack <= e <= slack for e in errors), (errors, slack)
