@@ -41,6 +41,16 @@ def run_cells(nb) -> dict:
     return ns
 
 
+def private_socket_probe(prefix: str) -> str:
+    """A cell that asks its own kernel how it talks to its client: it fails unless over Unix sockets ("ipc") in a
+    folder named ``prefix...`` that only its owner may enter (mode 0o700)."""
+    return (
+        "from pathlib import Path\nfrom ipykernel.kernelapp import IPKernelApp\napp = IPKernelApp.instance()\n"
+        "assert app.transport == 'ipc', f'transport {app.transport}'\nfolder = Path(app.ip).parent\n"
+        f"assert folder.name.startswith({prefix!r}) and oct(folder.stat().st_mode & 0o777) == '0o700', app.ip\n"
+    )
+
+
 def spec(assignment: str) -> dict:
     """The trusted-verdict spec ``GRADED`` of ``autograder/specs/<assignment>.py``."""
     return importlib.import_module(f"autograder.specs.{assignment}").GRADED

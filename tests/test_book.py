@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from notebook_tools import private_socket_probe
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -369,12 +370,7 @@ def test_the_chapter_kernels_talk_over_private_unix_sockets_not_tcp(tmp_path, bu
     """jupyter-cache starts each chapter's kernel without any traitlets configuration, so it would listen on
     localhost TCP ports (which any local process may connect to; ipykernel 7 warns once per chapter). The
     page's cell asks its own kernel; without book/_ext/private_kernels.py it fails ('transport tcp')."""
-    probe = (
-        "from pathlib import Path\nfrom ipykernel.kernelapp import IPKernelApp\napp = IPKernelApp.instance()\n"
-        "assert app.transport == 'ipc', f'transport {app.transport}'\nfolder = Path(app.ip).parent\n"
-        "assert folder.name.startswith('attn-book-') and oct(folder.stat().st_mode & 0o777) == '0o700', app.ip\n"
-        "print('SOCKETS IN', folder)"
-    )
+    probe = private_socket_probe("attn-book-") + "print('SOCKETS IN', folder)"
     proc = build_book(mini_book(tmp_path / "book", [probe]), tmp_path / "out")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"the probe cell failed:\n{log[-3000:]}"

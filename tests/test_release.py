@@ -22,6 +22,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from nbgrader.preprocessors import ClearHiddenTests, ClearSolutions
+from notebook_tools import private_socket_probe
 
 from autograder import leakcheck
 from autograder.course import ASSIGNMENTS, available_assignments, prepare_course
@@ -202,14 +203,7 @@ def test_validation_kernels_listen_on_private_unix_sockets_not_tcp(tmp_path, fas
     in a folder made for each notebook (which no other user can enter), not over TCP ports on localhost that any
     process on the machine could connect to. The notebook's test asks its own kernel; without the setting it
     fails ('tcp'), and ipykernel 7 warns once per kernel."""
-    check = (
-        "from pathlib import Path\nfrom ipykernel.kernelapp import IPKernelApp\n"
-        "app = IPKernelApp.instance()\n"
-        "assert app.transport == 'ipc', f'transport {app.transport}'\n"
-        "folder = Path(app.ip).parent\n"
-        "assert folder.name.startswith('attn-validate-') and oct(folder.stat().st_mode & 0o777) == '0o700', app.ip\n"
-        "assert add_one(1) == 2"
-    )
+    check = private_socket_probe("attn-validate-") + "assert add_one(1) == 2"
     sols = write_solutions(tmp_path / "solutions", tiny_notebook(visible=check))
     validate_all(prepare_course(fast_tmp / "course", solutions=sols), ["ch1_intuition"], jobs=2)
 

@@ -37,13 +37,13 @@ def _executor_module():
 def install(app=None) -> Path | None:
     """Route the chapter kernels' sockets into a fresh private folder; return it (None: TCP was kept)."""
     uninstall()
+    utils = _executor_module()  # (before making the folder: a failure here leaves nothing behind)
     folder = Path(tempfile.mkdtemp(prefix="attn-book-"))
     config = Config()
     if not use_private_sockets(config, folder):
         shutil.rmtree(folder, ignore_errors=True)
         logger.info(f"private_kernels: {folder} is too deep for a Unix socket path; the kernels use TCP")
         return None
-    utils = _executor_module()
     executenb = utils.executenb
 
     @functools.wraps(executenb)
