@@ -12,10 +12,11 @@ bench-kernels: setup
 	$(PY) benchmarks/bench_attention.py $(BENCH_ARGS)
 
 .PHONY: sweep
-## sweep: the kernels' seeded random cases, SWEEP (25) times as many as make test draws (1,903 cases, about 13 minutes on 2 cores)
+## sweep: the kernels' seeded random cases, SWEEP (25) times as many as make test draws (1,903 cases, about 13 minutes on 2 cores), after skipping SWEEP_FROM (0) times as many
 SWEEP ?= 25
+SWEEP_FROM ?= 0
 sweep: setup
-	ATTN_COURSE_SWEEP=$(SWEEP) $(BIN)/pytest -q -n 2 tests/test_kernels_random.py
+	ATTN_COURSE_SWEEP=$(SWEEP) ATTN_COURSE_SWEEP_FROM=$(SWEEP_FROM) $(BIN)/pytest -q -n 2 tests/test_kernels_random.py
 
 .PHONY: gpu-session
 ## gpu-session: on a GPU machine, the GPU kernel tests and the benchmark as one time-boxed run (benchmarks/gpu_session.sh)

@@ -36,10 +36,23 @@ DTYPES = (torch.float32, torch.float32, torch.float16, torch.bfloat16)  # float3
 LENGTHS = (1, 2, 15, 16, 17, 31, 33, 63, 64, 65, 97)  # either side of the 16/32/64-row tile edges
 WINDOWS = ((-1, -1), (-1, -1), (0, 0), (0, -1), (-1, 0), (3, -1), (-1, 2), (5, 7), (40, 0), (200, 200))
 VARIANTS = ("pointer", "tma")
-# cases drawn per kind (each run through both variants); ATTN_COURSE_SWEEP=n draws n times as many (make sweep)
-SWEEP = int(os.environ.get("ATTN_COURSE_SWEEP", "1") or 1)
-SEEDS = {kind: n * SWEEP for kind, n in {"fixed": 8, "packed": 6, "cache": 8, "scored": 8, "dropout": 4,
-                                          "paged": 4}.items()}
+# cases drawn per kind (each run through both variants); ATTN_COURSE_SWEEP=n draws n times as many (make sweep),
+# and ATTN_COURSE_SWEEP_FROM=m skips the first m times as many, so that a sweep can draw seeds no earlier one ran
+PER_KIND = {"fixed": 8, "packed": 6, "cache": 8, "scored": 8, "dropout": 4, "paged": 4}
+
+
+def sweep_setting(name: str, default: int, least: int) -> int:
+    """An integer from the environment, or a message naming the variable and what it takes."""
+    text = os.environ.get(name, "").strip() or str(default)
+    if not text.isdigit() or int(text) < least:
+        raise pytest.UsageError(f"{name}={text!r}: expected a whole number >= {least} "
+                                "(e.g. make sweep SWEEP=25 SWEEP_FROM=100)")
+    return int(text)
+
+
+SWEEP, SWEEP_FROM = sweep_setting("ATTN_COURSE_SWEEP", 1, 1), sweep_setting("ATTN_COURSE_SWEEP_FROM", 0, 0)
+SEEDS = {kind: range(n * SWEEP_FROM, n * (SWEEP_FROM + SWEEP)) for kind, n in PER_KIND.items()}  # seeds in use
+DEFAULT_SEEDS = {kind: range(n) for kind, n in PER_KIND.items()}  # what make test draws
 GPU_SEEDS = {"fixed": range(100, 106), "packed": range(100, 104), "cache": range(100, 106)}  # test_kernels_gpu's
 
 
@@ -127,7 +140,7 @@ def cache_draws(seeds) -> list[tuple]:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case", [fixed_case(s) for s in range(SEEDS["fixed"])], ids=case_id)
+@pytest.mark.parametrize("case", [fixed_case(s) for s in SEEDS["fixed"]], ids=case_id)
 def test_random_fixed_length_cases(case, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_case(case)
@@ -144,14 +157,14 @@ def packed_draw_id(x) -> str:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case,tails", packed_draws(range(SEEDS["packed"])), ids=packed_draw_id)
+@pytest.mark.parametrize("case,tails", packed_draws(SEEDS["packed"]), ids=packed_draw_id)
 def test_random_packed_cases(case, tails, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_varlen_case(*case, tails=tails)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case,splits,recency", cache_draws(range(SEEDS["cache"])), ids=cache_draw_id)
+@pytest.mark.parametrize("case,splits,recency", cache_draws(SEEDS["cache"]), ids=cache_draw_id)
 def test_random_cache_cases(case, splits, recency, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_kvcache_case(case, num_splits=splits, recency=recency)
@@ -187,7 +200,7 @@ def check_scored_case(case, softcap, alibi, device="cpu"):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case,softcap,alibi", [scored_case(s) for s in range(SEEDS["scored"])], ids=scored_id)
+@pytest.mark.parametrize("case,softcap,alibi", [scored_case(s) for s in SEEDS["scored"]], ids=scored_id)
 def test_random_cases_with_a_softcap_and_alibi(case, softcap, alibi, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_scored_case(case, softcap, alibi)
@@ -203,7 +216,7 @@ def dropout_case(seed: int) -> tuple:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case", [dropout_case(s) for s in range(SEEDS["dropout"])], ids=dropout_case_id)
+@pytest.mark.parametrize("case", [dropout_case(s) for s in SEEDS["dropout"]], ids=dropout_case_id)
 def test_random_cases_with_dropout(case, variant):
     check_dropout_case(case, variant=variant, fa2_budget=True)
 
@@ -229,7 +242,7 @@ def paged_draw_id(draw: dict) -> str:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("draw", [paged_draw(s) for s in range(SEEDS["paged"])], ids=paged_draw_id)
+@pytest.mark.parametrize("draw", [paged_draw(s) for s in SEEDS["paged"]], ids=paged_draw_id)
 def test_random_paged_cache_steps(draw, variant):
     draw = dict(draw)
     check_paged(draw.pop("page_size"), draw.pop("T_q"), draw.pop("T_new"), variant=variant, **draw)
@@ -244,28 +257,53 @@ def test_a_softcap_and_alibi_at_the_widest_and_a_padded_head_dim(case, softcap, 
 
 
 def test_the_draws_cover_what_they_promise():
-    """The seeds in use do reach the edges named above (a generator change that lost them fails here)."""
-    fixed = [fixed_case(s) for s in range(SEEDS["fixed"])]
-    packed = [packed_case(s) for s in range(SEEDS["packed"])]
-    caches = [cache_case(s) for s in range(SEEDS["cache"])]
+    """The seeds ``make test`` draws do reach the edges named above (a generator change that lost them fails here;
+    a sweep draws many times as many, and with ``ATTN_COURSE_SWEEP_FROM`` seeds no earlier sweep ran)."""
+    fixed = [fixed_case(s) for s in DEFAULT_SEEDS["fixed"]]
+    packed = [packed_case(s) for s in DEFAULT_SEEDS["packed"]]
+    caches = [cache_case(s) for s in DEFAULT_SEEDS["cache"]]
     assert {c[-1] for c in fixed} == set(DTYPES)
     assert any(c[1] != c[2] for c in fixed) and any(c[6] for c in fixed) and any(not c[6] for c in fixed)
     assert any(c[7] != (-1, -1) for c in fixed) and any(c[3] != c[4] for c in fixed)
     assert any(0 in c[0] or 0 in c[1] for c in packed) and any(len(c[0]) > 1 for c in packed)
     assert any(c[5] for c in packed) and any(not c[5] for c in packed)
-    tails = [packed_tails(s) for s in range(SEEDS["packed"])]
+    tails = [packed_tails(s) for s in DEFAULT_SEEDS["packed"]]
     assert (0, 0) in tails and any(t[0] for t in tails) and any(t[1] for t in tails)
     assert any(0 in c[6] for c in caches) and any(c[5] == 0 for c in caches) and any(c[4] > 1 for c in caches)
-    splits = [cache_splits(s) for s in range(SEEDS["cache"])]
+    splits = [cache_splits(s) for s in DEFAULT_SEEDS["cache"]]
     assert 0 in splits and len(set(splits)) > 2
-    recency = [cache_recency(s) for s in range(SEEDS["cache"])]
+    recency = [cache_recency(s) for s in DEFAULT_SEEDS["cache"]]
     split_recency = {r > 0 for n, r in zip(splits, recency, strict=True) if n > 1}
     assert split_recency == {True, False}  # split cases with and without climbing scores
-    scored = [scored_case(s) for s in range(SEEDS["scored"])]
+    scored = [scored_case(s) for s in DEFAULT_SEEDS["scored"]]
     caps, slopes = {c for _, c, _ in scored}, {a for _, _, a in scored}
     assert slopes == set(ALIBI) and 0.0 in caps and len(caps) >= 3 and any(c and a for _, c, a in scored)
     assert {c[-1] for c, _, _ in scored} == {torch.float32, torch.float16, torch.bfloat16}
-    dropout = [dropout_case(s) for s in range(SEEDS["dropout"])]
+    dropout = [dropout_case(s) for s in DEFAULT_SEEDS["dropout"]]
     assert len({c[-1] for c in dropout}) > 1 and any(c[-2] != torch.float32 for c in dropout)
-    paged = [paged_draw(s) for s in range(SEEDS["paged"])]
+    paged = [paged_draw(s) for s in DEFAULT_SEEDS["paged"]]
     assert len({d["page_size"] for d in paged}) > 1 and any(d["T_new"] for d in paged)
+
+
+def collected(tmp_path, **env) -> tuple[int, str]:
+    """``(exit status, output)`` of collecting this file's tests with the sweep settings in ``env``."""
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider",
+                          "-p", "no:xdist", __file__], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, **env}, timeout=120)
+    return run.returncode, run.stdout + run.stderr
+
+
+def test_a_sweep_from_an_offset_draws_the_seeds_after_it_and_bad_settings_are_named(tmp_path):
+    """``make sweep SWEEP_FROM=m`` runs seeds no smaller sweep ran: with SWEEP=1 and SWEEP_FROM=1, exactly the
+    fixed-length cases of seeds 8 to 15; a setting that is not a whole number stops collection, naming it."""
+    status, out = collected(tmp_path, ATTN_COURSE_SWEEP="1", ATTN_COURSE_SWEEP_FROM="1")
+    assert status == 0, out
+    ran = {line.split("[", 1)[1].rsplit("-", 1)[0] for line in out.splitlines()
+           if "test_random_fixed_length_cases[" in line}
+    assert ran == {case_id(fixed_case(s)) for s in range(8, 16)}
+    assert ran.isdisjoint({case_id(fixed_case(s)) for s in DEFAULT_SEEDS["fixed"]})
+    for name, value in (("ATTN_COURSE_SWEEP_FROM", "-1"), ("ATTN_COURSE_SWEEP", "0"), ("ATTN_COURSE_SWEEP", "ten")):
+        status, out = collected(tmp_path, **{name: value})
+        assert status != 0 and f"{name}={value!r}: expected a whole number" in out, out
