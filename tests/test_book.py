@@ -354,10 +354,13 @@ def test_the_browser_check_reports_raw_maths_and_broken_images(tmp_path):
     assert "JavaScript error" in f and "maths not typeset" in f and "raw TeX" in f and "image did not load" in f
 
 
-def mini_book(folder: Path, cells: list[str]) -> Path:
-    """A one-page book with the real configuration and extensions, whose page runs ``cells``."""
+def mini_book(folder: Path, cells: list[str], mode: str = "cache") -> Path:
+    """A one-page book with the real configuration and extensions (myst-nb's execution ``mode`` aside), whose
+    page runs ``cells``."""
     folder.mkdir()
-    shutil.copy(BOOK / "_config.yml", folder / "_config.yml")
+    config = (BOOK / "_config.yml").read_text()
+    assert "execute_notebooks: cache" in config, "the book's execution mode changed: update mini_book"
+    (folder / "_config.yml").write_text(config.replace("execute_notebooks: cache", f"execute_notebooks: {mode}"))
     shutil.copytree(BOOK / "_ext", folder / "_ext")
     (folder / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
     header = sources()["ch1_intuition"].split("---", 2)[1]
@@ -366,12 +369,14 @@ def mini_book(folder: Path, cells: list[str]) -> Path:
     return folder
 
 
-def test_the_chapter_kernels_talk_over_private_unix_sockets_not_tcp(tmp_path, built_book):
-    """jupyter-cache starts each chapter's kernel without any traitlets configuration, so it would listen on
-    localhost TCP ports (which any local process may connect to; ipykernel 7 warns once per chapter). The
-    page's cell asks its own kernel; without book/_ext/private_kernels.py it fails ('transport tcp')."""
+@pytest.mark.parametrize("mode", ["cache", "inline"])
+def test_the_chapter_kernels_talk_over_private_unix_sockets_not_tcp(tmp_path, built_book, mode):
+    """myst-nb starts each chapter's kernel without any traitlets configuration (through jupyter-cache in the
+    book's ``cache`` mode, by itself in ``inline`` mode), so it would listen on localhost TCP ports (which any
+    local process may connect to; ipykernel 7 warns once per chapter). The page's cell asks its own kernel;
+    without book/_ext/private_kernels.py it fails ('transport tcp')."""
     probe = private_socket_probe("attn-book-") + "print('SOCKETS IN', folder)"
-    proc = build_book(mini_book(tmp_path / "book", [probe]), tmp_path / "out")
+    proc = build_book(mini_book(tmp_path / "book", [probe], mode), tmp_path / "out")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"the probe cell failed:\n{log[-3000:]}"
     assert "without encryption" not in log, "a kernel still listened on TCP"
@@ -382,25 +387,29 @@ def test_the_chapter_kernels_talk_over_private_unix_sockets_not_tcp(tmp_path, bu
 
 
 def test_the_socket_extension_restores_jupyter_cache_and_keeps_tcp_under_a_deep_tmpdir(tmp_path, monkeypatch):
-    """Between builds jupyter-cache's call into nbclient is its own again and the socket folder is gone; where
-    the temporary folder is too deep for a socket path the build keeps TCP (and says so) instead of failing."""
+    """Between builds jupyter-cache's and myst-nb's calls into nbclient are their own again and the socket
+    folder is gone; where the temporary folder is too deep for a socket path the build keeps TCP (and says so)
+    instead of failing."""
     from jupyter_cache.executors import utils
+    from myst_nb.core.execute import inline
 
     ext = _load("_book_private_kernels", BOOK / "_ext" / "private_kernels.py")
-    original = utils.executenb
+    sites = [(utils, "executenb"), (inline, "ModifiedNotebookClient")]
+    originals = [getattr(module, name) for module, name in sites]
     folder = ext.install()
     try:
-        assert folder is not None and folder.is_dir() and utils.executenb is not original
-        assert utils.executenb.__wrapped__ is original
+        assert folder is not None and folder.is_dir()
+        for (module, name), original in zip(sites, originals, strict=True):
+            assert getattr(module, name) is not original and getattr(module, name).__wrapped__ is original, name
     finally:
         ext.uninstall()
-    assert utils.executenb is original and not folder.exists()
+    assert [getattr(module, name) for module, name in sites] == originals and not folder.exists()
 
     deep = tmp_path / ("d" * 100)
     deep.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(deep))
     assert ext.install() is None, "a socket path over 107 bytes cannot be bound: the kernels must keep TCP"
-    assert utils.executenb is original and not any(deep.iterdir())
+    assert [getattr(module, name) for module, name in sites] == originals and not any(deep.iterdir())
     ext.uninstall()
 
 
