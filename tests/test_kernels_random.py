@@ -295,7 +295,7 @@ def collected(tmp_path, **env) -> tuple[int, str]:
     return run.returncode, run.stdout + run.stderr
 
 
-def test_a_sweep_from_an_offset_draws_the_seeds_after_it_and_bad_settings_are_named(tmp_path):
+def test_a_sweep_from_an_offset_draws_the_seeds_after_it_and_bad_settings_are_named(tmp_path, monkeypatch):
     """``make sweep SWEEP_FROM=m`` runs seeds no smaller sweep ran: with SWEEP=1 and SWEEP_FROM=1, exactly the
     fixed-length cases of seeds 8 to 15; a setting that is not a whole number stops collection, naming it."""
     status, out = collected(tmp_path, ATTN_COURSE_SWEEP="1", ATTN_COURSE_SWEEP_FROM="1")
@@ -304,6 +304,9 @@ def test_a_sweep_from_an_offset_draws_the_seeds_after_it_and_bad_settings_are_na
            if "test_random_fixed_length_cases[" in line}
     assert ran == {case_id(fixed_case(s)) for s in range(8, 16)}
     assert ran.isdisjoint({case_id(fixed_case(s)) for s in DEFAULT_SEEDS["fixed"]})
-    for name, value in (("ATTN_COURSE_SWEEP_FROM", "-1"), ("ATTN_COURSE_SWEEP", "0"), ("ATTN_COURSE_SWEEP", "ten")):
-        status, out = collected(tmp_path, **{name: value})
-        assert status != 0 and f"{name}={value!r}: expected a whole number" in out, out
+    status, out = collected(tmp_path, ATTN_COURSE_SWEEP="ten")
+    assert status != 0 and "ATTN_COURSE_SWEEP='ten': expected a whole number >= 1" in out, out
+    for name, value, least in (("ATTN_COURSE_SWEEP_FROM", "-1", 0), ("ATTN_COURSE_SWEEP", "0", 1)):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(pytest.UsageError, match=f"{name}='{value}': expected a whole number >= {least}"):
+            sweep_setting(name, 1, least)
