@@ -16,6 +16,7 @@ gradients with FlashAttention-2's own error as a second budget: test_kernels_dro
 
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -38,7 +39,7 @@ WINDOWS = ((-1, -1), (-1, -1), (0, 0), (0, -1), (-1, 0), (3, -1), (-1, 2), (5, 7
 VARIANTS = ("pointer", "tma")
 # cases drawn per kind (each run through both variants); ATTN_COURSE_SWEEP=n draws n times as many (make sweep),
 # and ATTN_COURSE_SWEEP_FROM=m skips the first m times as many, so that a sweep can draw seeds no earlier one ran
-PER_KIND = {"fixed": 8, "packed": 6, "cache": 8, "scored": 8, "dropout": 4, "paged": 4}
+PER_KIND = {"fixed": 8, "packed": 6, "cache": 8, "scored": 8, "dropout": 4, "paged": 4, "widths": 3}
 
 
 def sweep_setting(name: str, default: int, least: int) -> int:
@@ -144,6 +145,40 @@ def cache_draws(seeds) -> list[tuple]:
 def test_random_fixed_length_cases(case, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_case(case)
+
+
+# head dims the other draws leave out (they keep to 16, 32 and 64, where the interpreter is quickest): odd ones,
+# ones padded to the next tile (40 -> 64, 72 -> 128, 200 -> 256) and the widest
+WIDTHS = (1, 3, 8, 12, 24, 40, 48, 72, 80, 96, 100, 128, 160, 200, 256)
+
+
+def width_case(seed: int) -> tuple:
+    """A :func:`fixed_case`-like shape at a head dim of :data:`WIDTHS`."""
+    case = list(fixed_case(9000 + seed))
+    case[5] = random.Random(9500 + seed).choice(WIDTHS)
+    return tuple(case)
+
+
+def descriptor_ready(shape: tuple, dtype: torch.dtype) -> bool:
+    """Whether a contiguous tensor of ``shape`` meets TMA's rule: every stride but the last, along a dim of
+    size > 1, a multiple of 16 bytes (written out here, independently of ``_variants.tma_unready``)."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    strides = [math.prod(shape[i + 1:]) for i in range(len(shape) - 1)]  # a contiguous tensor's, bar the last
+    return all(n == 1 or stride * size % 16 == 0 for n, stride in zip(shape[:-1], strides, strict=True))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", [width_case(s) for s in SEEDS["widths"]], ids=case_id)
+def test_random_cases_at_other_head_dims(case, variant, monkeypatch):
+    """Forced to ``tma`` with tensors whose strides the copy engine cannot take (odd head dims, odd lengths),
+    the kernel refuses, naming the stride; otherwise it matches the reference."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    B, H, H_kv, T_q, T_k, D, _, _, dtype = case
+    if variant == "tma" and not all(descriptor_ready(s, dtype) for s in ((B, H, T_q, D), (B, H_kv, T_k, D))):
+        with pytest.raises(ValueError, match="ATTN_COURSE_KERNEL=tma cannot run these tensors: stride"):
+            check_case(case)
+    else:
+        check_case(case)
 
 
 def packed_draws(seeds) -> list[tuple]:
@@ -281,6 +316,11 @@ def test_the_draws_cover_what_they_promise():
     assert {c[-1] for c, _, _ in scored} == {torch.float32, torch.float16, torch.bfloat16}
     dropout = [dropout_case(s) for s in DEFAULT_SEEDS["dropout"]]
     assert len({c[-1] for c in dropout}) > 1 and any(c[-2] != torch.float32 for c in dropout)
+    widths = [width_case(s) for s in DEFAULT_SEEDS["widths"]]
+    assert {c[5] for c in widths}.isdisjoint({16, 32, 64})
+    ready = {all(descriptor_ready(x, c[-1]) for x in ((c[0], c[1], c[3], c[5]), (c[0], c[2], c[4], c[5])))
+             for c in widths}
+    assert ready == {True, False}  # tma runs some, and refuses others
     paged = [paged_draw(s) for s in DEFAULT_SEEDS["paged"]]
     assert len({d["page_size"] for d in paged}) > 1 and any(d["T_new"] for d in paged)
 
