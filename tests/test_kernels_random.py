@@ -42,7 +42,8 @@ WINDOWS = ((-1, -1), (-1, -1), (0, 0), (0, -1), (-1, 0), (3, -1), (-1, 2), (5, 7
 VARIANTS = ("pointer", "tma")
 # cases drawn per kind (each run through both variants); ATTN_COURSE_SWEEP=n draws n times as many (make sweep),
 # and ATTN_COURSE_SWEEP_FROM=m skips the first m times as many, so that a sweep can draw seeds no earlier one ran
-PER_KIND = {"fixed": 8, "packed": 6, "cache": 8, "scored": 8, "dropout": 4, "paged": 4, "widths": 3}
+PER_KIND = {"fixed": 8, "packed": 6, "cache": 8, "scored": 8, "dropout": 4, "paged": 4, "widths": 3,
+            "packed_widths": 2, "cache_widths": 2}
 
 
 def sweep_setting(name: str, default: int, least: int) -> int:
@@ -155,11 +156,39 @@ def test_random_fixed_length_cases(case, variant, monkeypatch):
 WIDTHS = (1, 3, 8, 12, 24, 40, 48, 72, 80, 96, 100, 128, 160, 200, 256)
 
 
+def at_other_width(case: tuple, d_index: int, seed: int) -> tuple:
+    """``case`` with its head dim (at ``d_index``) replaced by one of :data:`WIDTHS`, drawn from ``seed``."""
+    case = list(case)
+    case[d_index] = random.Random(seed).choice(WIDTHS)
+    return tuple(case)
+
+
 def width_case(seed: int) -> tuple:
     """A :func:`fixed_case`-like shape at a head dim of :data:`WIDTHS`."""
-    case = list(fixed_case(9000 + seed))
-    case[5] = random.Random(9500 + seed).choice(WIDTHS)
-    return tuple(case)
+    return at_other_width(fixed_case(9000 + seed), 5, 9500 + seed)
+
+
+def packed_width_draws(seeds) -> list[tuple]:
+    """``(case, tails)`` of :func:`packed_draws` at head dims of :data:`WIDTHS`."""
+    return [(at_other_width(packed_case(10000 + s), 4, 10500 + s), packed_tails(10000 + s)) for s in seeds]
+
+
+def cache_width_draws(seeds) -> list[tuple]:
+    """``(case, splits, recency)`` of :func:`cache_draws` at head dims of :data:`WIDTHS`."""
+    return [(at_other_width(cache_case(11000 + s), 9, 11500 + s), cache_splits(11000 + s), cache_recency(11000 + s))
+            for s in seeds]
+
+
+def run_or_refused(check, variant: str, D: int, dtype: torch.dtype) -> None:
+    """Run ``check``. Forced to ``tma``, the kernel may instead refuse, naming a stride, but only where a row of
+    ``D`` elements is not a multiple of 16 bytes: every stride of a contiguous tensor whose rows are, TMA takes."""
+    try:
+        check()
+    except ValueError as error:
+        if variant != "tma" or "ATTN_COURSE_KERNEL=tma cannot run these tensors: stride" not in str(error):
+            raise
+        row_bytes = D * torch.tensor([], dtype=dtype).element_size()
+        assert row_bytes % 16, f"tma refused contiguous tensors with rows of {row_bytes} bytes: {error}"
 
 
 def descriptor_ready(shape: tuple, dtype: torch.dtype) -> bool:
@@ -206,6 +235,20 @@ def test_random_packed_cases(case, tails, variant, monkeypatch):
 def test_random_cache_cases(case, splits, recency, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_kvcache_case(case, num_splits=splits, recency=recency)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case,tails", packed_width_draws(SEEDS["packed_widths"]), ids=packed_draw_id)
+def test_random_packed_cases_at_other_head_dims(case, tails, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    run_or_refused(lambda: check_varlen_case(*case, tails=tails), variant, case[4], case[-1])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case,splits,recency", cache_width_draws(SEEDS["cache_widths"]), ids=cache_draw_id)
+def test_random_cache_cases_at_other_head_dims(case, splits, recency, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    run_or_refused(lambda: check_kvcache_case(case, num_splits=splits, recency=recency), variant, case[9], case[-1])
 
 
 SOFTCAPS = (0.0, 1.5, 5.0, 30.0)
