@@ -7,12 +7,12 @@ edge, windows that are empty on one side or wider than the sequence, GQA groups 
 caches of length zero, a cache's keys split between programs (with scores that sometimes climb towards the
 newest keys, so later slices outweigh earlier ones), every dtype; and on top of the fixed-length and packed
 shapes, the scores changed by a softcap, ALiBi slopes (per head or per sequence and head), or both; dropout
-at rates from 0.1 to 0.9; single calls on paged caches (pages of 1 to 64 positions); and fixed-length shapes at
-the head dims the others leave out (odd, padded and 256; forced to ``tma`` where the strides cannot take it, the
-kernel must refuse, naming the stride). Each case is drawn
-from its seed alone, and its test id spells it out, so a failure can be rerun and read without the
-generator. They are checked with the same helpers and tolerance rule as the hand-picked cases (dropout's
-gradients with FlashAttention-2's own error as a second budget: test_kernels_dropout). ``make sweep``
+at rates from 0.1 to 0.9; single calls on paged caches (pages of 1 to 64 positions); and fixed-length, packed
+and cache shapes at the head dims the others leave out (odd, padded and 256; forced to ``tma`` where the
+strides cannot take it, the kernel must refuse, naming the stride). Each case is drawn from its seed alone,
+and its test id spells it out, so a failure can be rerun and read without the generator. They are checked
+with the same helpers and tolerance rule as the hand-picked cases (dropout's gradients with
+FlashAttention-2's own error as a second budget: test_kernels_dropout). ``make sweep``
 (``ATTN_COURSE_SWEEP=n``) draws n times as many; ``SWEEP_FROM=m`` (``ATTN_COURSE_SWEEP_FROM``) starts past the
 first m times as many, so a sweep can run seeds no earlier one ran.
 """
