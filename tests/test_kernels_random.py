@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -199,14 +201,19 @@ def descriptor_ready(shape: tuple, dtype: torch.dtype) -> bool:
     return all(n == 1 or stride * size % 16 == 0 for n, stride in zip(shape[:-1], strides, strict=True))
 
 
+def tma_takes(case: tuple) -> bool:
+    """Whether the contiguous q, k and v of fixed-length ``case`` meet :func:`descriptor_ready`."""
+    B, H, H_kv, T_q, T_k, D, _, _, dtype = case
+    return all(descriptor_ready(shape, dtype) for shape in ((B, H, T_q, D), (B, H_kv, T_k, D)))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case", [width_case(s) for s in SEEDS["widths"]], ids=case_id)
 def test_random_cases_at_other_head_dims(case, variant, monkeypatch):
     """Forced to ``tma`` with tensors whose strides the copy engine cannot take (odd head dims, odd lengths),
     the kernel refuses, naming the stride; otherwise it matches the reference."""
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
-    B, H, H_kv, T_q, T_k, D, _, _, dtype = case
-    if variant == "tma" and not all(descriptor_ready(s, dtype) for s in ((B, H, T_q, D), (B, H_kv, T_k, D))):
+    if variant == "tma" and not tma_takes(case):
         with pytest.raises(ValueError, match="ATTN_COURSE_KERNEL=tma cannot run these tensors: stride"):
             check_case(case)
     else:
@@ -364,17 +371,13 @@ def test_the_draws_cover_what_they_promise():
     assert len({c[-1] for c in dropout}) > 1 and any(c[-2] != torch.float32 for c in dropout)
     widths = [width_case(s) for s in DEFAULT_SEEDS["widths"]]
     assert {c[5] for c in widths}.isdisjoint({16, 32, 64})
-    ready = {all(descriptor_ready(x, c[-1]) for x in ((c[0], c[1], c[3], c[5]), (c[0], c[2], c[4], c[5])))
-             for c in widths}
-    assert ready == {True, False}  # tma runs some, and refuses others
+    assert {tma_takes(c) for c in widths} == {True, False}  # tma runs some, and refuses others
     paged = [paged_draw(s) for s in DEFAULT_SEEDS["paged"]]
     assert len({d["page_size"] for d in paged}) > 1 and any(d["T_new"] for d in paged)
 
 
 def collected(tmp_path, **env) -> tuple[int, str]:
     """``(exit status, output)`` of collecting this file's tests with the sweep settings in ``env``."""
-    import subprocess
-    import sys
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider",
                           "-p", "no:xdist", __file__], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, **env}, timeout=120)
