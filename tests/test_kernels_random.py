@@ -189,14 +189,14 @@ def run_or_refused(check, variant: str, D: int, dtype: torch.dtype) -> None:
     except ValueError as error:
         if variant != "tma" or "ATTN_COURSE_KERNEL=tma cannot run these tensors: stride" not in str(error):
             raise
-        row_bytes = D * torch.tensor([], dtype=dtype).element_size()
+        row_bytes = D * dtype.itemsize
         assert row_bytes % 16, f"tma refused contiguous tensors with rows of {row_bytes} bytes: {error}"
 
 
 def descriptor_ready(shape: tuple, dtype: torch.dtype) -> bool:
     """Whether a contiguous tensor of ``shape`` meets TMA's rule: every stride but the last, along a dim of
     size > 1, a multiple of 16 bytes (written out here, independently of ``_variants.tma_unready``)."""
-    size = torch.tensor([], dtype=dtype).element_size()
+    size = dtype.itemsize
     strides = [math.prod(shape[i + 1:]) for i in range(len(shape) - 1)]  # a contiguous tensor's, bar the last
     return all(n == 1 or stride * size % 16 == 0 for n, stride in zip(shape[:-1], strides, strict=True))
 
