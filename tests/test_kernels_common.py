@@ -333,6 +333,25 @@ def test_the_float32_rule_scales_with_each_element_and_no_further():
 
 
 
+def test_the_float32_rule_takes_twice_pytorchs_own_float32_error_where_float64_measures_it():
+    """Given the truth in float64, an element may be off by floor + twice PyTorch's own float32 error (its max
+    over the tensor) where that is more than the relative term, and by a little more fails; without the truth,
+    or with a truth PyTorch's float32 matches, the relative rule alone decides."""
+    ref = torch.tensor([0.5, -2.0, 3.0])
+    own = 1e-5  # PyTorch's float32 result is off by this at one element, as with scores near -117
+    same, truth = ref.clone(), ref.double()
+    same[1] += own
+    near = ref + torch.tensor([0.0, 0.0, 0.98 * (FLOOR[torch.float32] + 2 * own)])
+    assert_close_by_rule("dv", near, ref, same, torch.float32, truth)
+    far = ref + torch.tensor([0.0, 0.0, 1.02 * (FLOOR[torch.float32] + 2 * own)])
+    with pytest.raises(AssertionError, match=r"2\.0e-05, twice PyTorch's own float32 error against float64\)"):
+        assert_close_by_rule("dv", far, ref, same, torch.float32, truth)
+    with pytest.raises(AssertionError, match="not measured here"):
+        assert_close_by_rule("dv", near, ref, same, torch.float32)
+    with pytest.raises(AssertionError, match="dv .*exceeds"):
+        assert_close_by_rule("dv", near, ref, ref, torch.float32, truth)
+
+
 def test_kernel_outputs_start_as_nan_in_the_kernel_tests():
     """The conftest fixture is on here: a buffer the kernels would write starts as NaN, not as recycled memory."""
     from attn_course.kernels._runtime import kernel_module
