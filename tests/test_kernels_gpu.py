@@ -43,7 +43,16 @@ from test_kernels_kvcache import case_id as kvcache_case_id
 from test_kernels_kvcache import check_cache_map, check_kvcache_case, make_cache
 from test_kernels_packed_grads import check_qkv_gradient_in_place, written  # noqa: F401 (written: a fixture)
 from test_kernels_paged import check_paged, make_paged_cache
-from test_kernels_random import GPU_SEEDS, cache_draw_id, cache_draws, fixed_case, packed_draw_id, packed_draws
+from test_kernels_random import (
+    GPU_SEEDS,
+    cache_draw_id,
+    cache_draws,
+    check_width_case,
+    fixed_case,
+    packed_draw_id,
+    packed_draws,
+    width_case,
+)
 from test_kernels_rotary import check_generation_with_rotary
 from test_kernels_runtime import check_bfloat16_output_rounds_to_nearest
 from test_kernels_softcap import case_id as softcap_case_id
@@ -506,6 +515,15 @@ def test_a_paged_cache_compiled(page_size, lengths, dtype, D, num_splits):
 def test_random_fixed_length_cases_compiled(case, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_case(case)
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:2])
+@pytest.mark.parametrize("case", [width_case(s) for s in GPU_SEEDS["widths"]], ids=case_id)
+def test_random_cases_at_other_head_dims_compiled(case, variant, monkeypatch):
+    """Head dims from 1 to 256 other than 16, 32 and 64 (D = 200, 72 and 160 here), compiled."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_width_case(case, variant, "cuda")
+    assert not kernel_module("flash_fwd", torch.device("cuda")).INTERPRET
 
 
 @pytest.mark.parametrize("variant", VARIANTS[:2])

@@ -60,7 +60,8 @@ def sweep_setting(name: str, default: int, least: int) -> int:
 SWEEP, SWEEP_FROM = sweep_setting("ATTN_COURSE_SWEEP", 1, 1), sweep_setting("ATTN_COURSE_SWEEP_FROM", 0, 0)
 SEEDS = {kind: range(n * SWEEP_FROM, n * (SWEEP_FROM + SWEEP)) for kind, n in PER_KIND.items()}  # seeds in use
 DEFAULT_SEEDS = {kind: range(n) for kind, n in PER_KIND.items()}  # what make test draws
-GPU_SEEDS = {"fixed": range(100, 106), "packed": range(100, 104), "cache": range(100, 106)}  # test_kernels_gpu's
+GPU_SEEDS = {"fixed": range(100, 106), "packed": range(100, 104), "cache": range(100, 106),  # test_kernels_gpu's
+             "widths": range(100, 104)}
 
 
 def heads(rnd: random.Random) -> tuple[int, int]:
@@ -207,17 +208,21 @@ def tma_takes(case: tuple) -> bool:
     return all(descriptor_ready(shape, dtype) for shape in ((B, H, T_q, D), (B, H_kv, T_k, D)))
 
 
+def check_width_case(case: tuple, variant: str, device="cpu") -> None:
+    """Forced to ``tma`` with tensors whose strides the copy engine cannot take (odd head dims, odd lengths),
+    the kernel refuses, naming the stride; otherwise it matches the reference (``variant`` must be set)."""
+    if variant == "tma" and not tma_takes(case):
+        with pytest.raises(ValueError, match="ATTN_COURSE_KERNEL=tma cannot run these tensors: stride"):
+            check_case(case, device)
+    else:
+        check_case(case, device)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case", [width_case(s) for s in SEEDS["widths"]], ids=case_id)
 def test_random_cases_at_other_head_dims(case, variant, monkeypatch):
-    """Forced to ``tma`` with tensors whose strides the copy engine cannot take (odd head dims, odd lengths),
-    the kernel refuses, naming the stride; otherwise it matches the reference."""
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
-    if variant == "tma" and not tma_takes(case):
-        with pytest.raises(ValueError, match="ATTN_COURSE_KERNEL=tma cannot run these tensors: stride"):
-            check_case(case)
-    else:
-        check_case(case)
+    check_width_case(case, variant)
 
 
 def packed_draws(seeds) -> list[tuple]:
