@@ -48,11 +48,13 @@ def launches(monkeypatch):
     return log
 
 
-def expected(q, k, v, causal, window=(-1, -1)):
-    """``(out, lse)`` from ``attn_course.attention`` in float32. With no head, query or key there is no score
-    to mask (and the course's masks want lengths >= 1), so it runs unmasked."""
+def expected(q, k, v, causal, window=(-1, -1), **changes):
+    """``(out, lse)`` from ``attn_course.attention`` in float32, with the score ``changes`` (``softcap=...``,
+    ``bias=...``) if any. With no head, query or key there is no score to mask (and the course's masks want
+    lengths >= 1), so it runs unmasked (and unchanged)."""
     if min(q.shape[1], q.shape[2], k.shape[2]) > 0:
-        return reference(q, k, v, causal=causal, window=window), reference_lse(q, k, causal=causal, window=window)
+        return (reference(q, k, v, causal=causal, window=window, **changes),
+                reference_lse(q, k, causal=causal, window=window, **changes))
     G = q.shape[1] // k.shape[1] if k.shape[1] else 1
     q, k, v = q.float(), repeat_kv(k.float(), G), repeat_kv(v.float(), G)
     return attention(q, k, v), torch.logsumexp(q @ k.transpose(-2, -1), dim=-1)  # scores (B, H, T_q, 0 or T_k)

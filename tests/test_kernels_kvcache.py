@@ -43,12 +43,14 @@ def make_cache(B, H_kv, T_cache, D, lengths, dtype, device="cpu", seed=0):
     return caches
 
 
-def check_against_each_sequence(q, k_cache, v_cache, lengths, causal, window, out, lse, dtype):
-    """Sequence ``b``'s output and lse against attention on its filled cache ``[:lengths[b]]`` alone."""
+def check_against_each_sequence(q, k_cache, v_cache, lengths, causal, window, out, lse, dtype, ref_of=None):
+    """Sequence ``b``'s output and lse against attention on its filled cache ``[:lengths[b]]`` alone, with the
+    score changes ``ref_of(b, n)`` for its ``n`` keys (``softcap=...``, ``bias=...``) if given."""
     for b, n in enumerate(lengths):
         qb, kb, vb = q[b:b + 1], k_cache[b:b + 1, :, :n], v_cache[b:b + 1, :, :n]  # (1, H or H_kv, T, D)
-        want, want_lse = expected(qb, kb, vb, causal, window)
-        budget = torch_same_dtype(qb, kb, vb, causal, window) if min(n, qb.shape[2]) else want
+        extra = ref_of(b, n) if ref_of is not None and min(n, qb.shape[2]) else {}
+        want, want_lse = expected(qb, kb, vb, causal, window, **extra)
+        budget = torch_same_dtype(qb, kb, vb, causal, window, **extra) if min(n, qb.shape[2]) else want
         assert_close_by_rule(f"out of sequence {b} (cache length {n})", out[b:b + 1], want, budget, dtype)
         assert torch.equal(torch.isneginf(lse[b]), torch.isneginf(want_lse[0].to(lse.device)))
         finite = torch.isfinite(want_lse[0])
@@ -108,12 +110,17 @@ def favour_recent_keys(q, k_cache, k, recency: float):
     return q, k_cache, k
 
 
-def check_kvcache_case(case, device="cpu", num_splits=0, recency=0.0):
+def check_kvcache_case(case, device="cpu", num_splits=0, recency=0.0, scores=None, q_scale=1.0):
     """``case`` as in ``CASES``; ``num_splits`` is passed on; ``recency > 0`` applies
-    :func:`favour_recent_keys` to the data."""
+    :func:`favour_recent_keys` to the data. ``scores``: ``(kernel_kwargs, ref_of)``, score changes for the
+    kernel (``softcap=...``, ``alibi_slopes=...``) and ``ref_of(b, n)``, the same for the reference on
+    sequence ``b``'s ``n`` filled keys; ``q_scale`` multiplies the queries."""
     B, H, H_kv, T_cache, T_q, T_new, lengths, causal, window, D, dtype = case
+    kernel_kwargs, ref_of = scores or ({}, None)
     k_cache, v_cache = make_cache(B, H_kv, T_cache, D, lengths, dtype, device)
     q, k, v = make_qkv(B, H, H_kv, T_q, T_new, D, dtype, device=device, seed=1)
+    if q_scale != 1.0:
+        q = (q.float() * q_scale).to(dtype)
     if recency:
         q, k_cache, k = favour_recent_keys(q, k_cache, k, recency)
     new = dict(k=k, v=v) if T_new else {}
@@ -121,7 +128,7 @@ def check_kvcache_case(case, device="cpu", num_splits=0, recency=0.0):
     seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
     with torch.no_grad():
         out, lse = flash_attention_kvcache(q, k_cache, v_cache, seqlens, **new, causal=causal, window=window,
-                                           num_splits=num_splits, return_lse=True)
+                                           num_splits=num_splits, return_lse=True, **kernel_kwargs)
     assert out.shape == q.shape and out.dtype == dtype and lse.shape == (B, H, T_q)
     filled = [n + T_new for n in lengths]
     for cache, old, x in zip((k_cache, v_cache), before, (k, v), strict=True):  # appended in place, nothing else
@@ -129,7 +136,7 @@ def check_kvcache_case(case, device="cpu", num_splits=0, recency=0.0):
         for b, n in enumerate(lengths):
             want[b, :, n:n + T_new] = x[b]
         torch.testing.assert_close(cache, want, atol=0, rtol=0, equal_nan=True)
-    check_against_each_sequence(q, k_cache, v_cache, filled, causal, window, out, lse, dtype)
+    check_against_each_sequence(q, k_cache, v_cache, filled, causal, window, out, lse, dtype, ref_of)
     assert seqlens.tolist() == lengths, "cache_seqlens is the caller's: it must not change"
 
 

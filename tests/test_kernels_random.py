@@ -45,7 +45,7 @@ VARIANTS = ("pointer", "tma")
 # cases drawn per kind (each run through both variants); ATTN_COURSE_SWEEP=n draws n times as many (make sweep),
 # and ATTN_COURSE_SWEEP_FROM=m skips the first m times as many, so that a sweep can draw seeds no earlier one ran
 PER_KIND = {"fixed": 8, "packed": 6, "cache": 8, "scored": 8, "dropout": 4, "paged": 4, "widths": 3,
-            "packed_widths": 2, "cache_widths": 2}
+            "packed_widths": 2, "cache_widths": 2, "packed_scored": 2, "cache_scored": 2}
 
 
 def sweep_setting(name: str, default: int, least: int) -> int:
@@ -276,14 +276,17 @@ SOFTCAPS = (0.0, 1.5, 5.0, 30.0)
 ALIBI = (None, "H", "BH")  # no slopes, one per head, one per (sequence, head)
 
 
-def scored_case(seed: int) -> tuple:
-    """``(fixed-length case, softcap, alibi)``: a :func:`fixed_case`-like shape whose scores are capped, biased
-    by ALiBi, or both (never neither)."""
-    rnd = random.Random(6000 + seed)
+def score_changes(rnd: random.Random) -> tuple[float, str | None]:
+    """``(softcap, alibi)``: scores capped, biased by ALiBi, or both (never neither)."""
     softcap, alibi = rnd.choice(SOFTCAPS), rnd.choice(ALIBI)
     if not softcap and alibi is None:
         alibi = rnd.choice(ALIBI[1:])
-    return fixed_case(6000 + seed), softcap, alibi
+    return softcap, alibi
+
+
+def scored_case(seed: int) -> tuple:
+    """``(fixed-length case, softcap, alibi)``: a :func:`fixed_case`-like shape with :func:`score_changes`."""
+    return fixed_case(6000 + seed), *score_changes(random.Random(6000 + seed))
 
 
 def scored_id(x) -> str:
@@ -306,6 +309,60 @@ def check_scored_case(case, softcap, alibi, device="cpu"):
 def test_random_cases_with_a_softcap_and_alibi(case, softcap, alibi, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_scored_case(case, softcap, alibi)
+
+
+def per_sequence_changes(softcap: float, alibi: str | None, B: int, H: int, q_rows=None) -> tuple:
+    """``(kernel_kwargs, ref_of)`` for ``check_varlen_case`` and ``check_kvcache_case``: the cap, and ALiBi's
+    slopes (one per head, or one per sequence and head) for the kernel; for the reference on sequence ``b``
+    alone, ``ref_of(b, n_q, n_k)`` (packed) or ``ref_of(b, n_k)`` with ``q_rows`` queries (a cache) gives the
+    cap and that sequence's bias from ALiBi's definition, bottom-right aligned."""
+    slopes = None if alibi is None else geometric_slopes(H, B if alibi == "BH" else None)  # (H,) or (B, H)
+
+    def ref_of(b, n_q, n_k=None):
+        n_q, n_k = (q_rows, n_q) if n_k is None else (n_q, n_k)
+        rows = None if slopes is None else slopes[b] if slopes.dim() == 2 else slopes  # (H,)
+        return dict(softcap=softcap, bias=None if rows is None else alibi_bias(rows, n_q, n_k))
+
+    return dict(softcap=softcap, alibi_slopes=slopes), ref_of
+
+
+def packed_scored_draws(seeds) -> list[tuple]:
+    """``(case, tails, softcap, alibi)``: a packed draw with :func:`score_changes`."""
+    return [(packed_case(12000 + s), packed_tails(12000 + s), *score_changes(random.Random(12500 + s)))
+            for s in seeds]
+
+
+def cache_scored_draws(seeds) -> list[tuple]:
+    """``(case, splits, softcap, alibi)``: a cache draw with :func:`score_changes`."""
+    return [(cache_case(13000 + s), cache_splits(13000 + s), *score_changes(random.Random(13500 + s)))
+            for s in seeds]
+
+
+def scored_draw_id(draw: tuple) -> str:
+    """A test id for one of :func:`packed_scored_draws` or :func:`cache_scored_draws`."""
+    case, extra, softcap, alibi = draw
+    shape = (packed_id(case) + f"-tail{extra[0]},{extra[1]}") if len(case) == 8 else cache_id(case) + f"-splits{extra}"
+    return f"{shape}-cap{softcap:g}-{alibi or 'noalibi'}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case,tails,softcap,alibi", packed_scored_draws(SEEDS["packed_scored"]),
+                         ids=[scored_draw_id(d) for d in packed_scored_draws(SEEDS["packed_scored"])])
+def test_random_packed_cases_with_a_softcap_and_alibi(case, tails, softcap, alibi, variant, monkeypatch):
+    """Each sequence of the batch against the reference with its own bias (its own row of slopes)."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    changes = per_sequence_changes(softcap, alibi, len(case[0]), case[2])
+    check_varlen_case(*case, tails=tails, scores=changes, q_scale=3.0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case,splits,softcap,alibi", cache_scored_draws(SEEDS["cache_scored"]),
+                         ids=[scored_draw_id(d) for d in cache_scored_draws(SEEDS["cache_scored"])])
+def test_random_cache_cases_with_a_softcap_and_alibi(case, splits, softcap, alibi, variant, monkeypatch):
+    """Each sequence's new queries against the reference on its filled cache with its own bias."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    changes = per_sequence_changes(softcap, alibi, case[0], case[1], q_rows=case[4])
+    check_kvcache_case(case, num_splits=splits, scores=changes, q_scale=3.0)
 
 
 DROPOUT_RATES = (0.1, 0.3, 0.5, 0.9)

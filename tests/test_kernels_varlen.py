@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 from test_kernels_common import (
-    assert_close_by_rule,
     assert_matches_by_rule,
     max_err,
     reference,
@@ -56,20 +55,26 @@ def check_packed_with(device, variant, kernel_kwargs, ref_kwargs_of, q_scale=1.0
     assert not per_sequence(got[1], cu_k, 1).any(), "a sequence with no query gives its keys no gradient"
 
 
-def check_varlen_case(lens_q, lens_k, H, H_kv, D, causal, window, dtype, device="cpu", tails=(0, 0)):
+def check_varlen_case(lens_q, lens_k, H, H_kv, D, causal, window, dtype, device="cpu", tails=(0, 0), scores=None,
+                      q_scale=1.0):
     """Packed sequences of lengths ``lens_q`` / ``lens_k``: each sequence's out, lse and gradients against
     attention on that sequence alone, by the tolerance rule. A sequence with no query leaves its keys'
     gradients exactly zero; one with no key gives zeros, ``lse = -inf`` and a zero dq. ``tails``: NaN
     padding rows after the queries' and the keys' sequences, whose out, gradients (zeros) and lse (-inf)
-    are checked too."""
+    are checked too. ``scores``: ``(kernel_kwargs, ref_of)``, score changes for the kernel (``softcap=...``,
+    ``alibi_slopes=...``) and ``ref_of(b, len_q, len_k)``, the same for the reference on sequence ``b``
+    alone; ``q_scale`` multiplies the queries (scores large enough for a cap to bite)."""
+    kernel_kwargs, ref_of = scores or ({}, lambda b, n_q, n_k: {})
     draws = ((lens_q, H, 0, tails[0]), (lens_k, H_kv, 1, tails[1]), (lens_k, H_kv, 2, tails[1]),
              (lens_q, H, 3, tails[0]))  # q, k, v, dout: (lengths, heads, seed, padding rows)
     (q, cu_q), (k, cu_k), (v, _), (dout, _) = (
         (with_tail(x, tail).to(device), cu.to(device))
         for (x, cu), tail in ((packed(lens, h, D, dtype, seed), tail) for lens, h, seed, tail in draws))
+    if q_scale != 1.0:
+        q = (q.float() * q_scale).to(dtype)
     leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
     out, lse = flash_attention_varlen(*leaves, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal, window=window,
-                                      return_lse=True)
+                                      return_lse=True, **kernel_kwargs)
     assert out.shape == q.shape and lse.shape == (H, q.shape[0])
     dq, dk, dv = torch.autograd.grad(out, leaves, dout)
     for name, x, used in (("out", out, sum(lens_q)), ("dq", dq, sum(lens_q)), ("dk", dk, sum(lens_k)),
@@ -85,19 +90,15 @@ def check_varlen_case(lens_q, lens_k, H, H_kv, D, causal, window, dtype, device=
             assert not ob.abs().sum() and torch.isneginf(got_lse).all(), f"sequence {b} with no query or key"
             assert not any(g.abs().sum() for g in got), f"sequence {b} with no query or key has a gradient"
             continue
-        assert_close_by_rule(f"out of sequence {b}", ob, reference(qb, kb, vb, causal, window),
-                             torch_same_dtype(qb, kb, vb, causal, window), dtype)
-        want_lse = reference_lse(qb, kb, causal, window)[0]  # (H, T_b)
+        extra = ref_of(b, lens_q[b], lens_k[b])
+        want_lse = reference_lse(qb, kb, causal, window, **extra)[0]  # (H, T_b)
         assert torch.equal(torch.isneginf(got_lse), torch.isneginf(want_lse))
         fin = torch.isfinite(want_lse)
         assert max_err(got_lse[fin], want_lse[fin]) < 1e-2
-        # gradients of sequence b alone, by autograd through the reference and the same-dtype budget
-        ref_leaves = [x.detach().float().requires_grad_(True) for x in (qb, kb, vb)]
-        want = torch.autograd.grad(reference(*ref_leaves, causal, window), ref_leaves, gb.float())
-        low_leaves = [x.detach().clone().requires_grad_(True) for x in (qb, kb, vb)]
-        budget = torch.autograd.grad(torch_same_dtype(*low_leaves, causal, window), low_leaves, gb)
-        for name, g, w, bud in zip(("dq", "dk", "dv"), got, want, budget, strict=True):
-            assert_close_by_rule(f"{name} of sequence {b}", g, w, bud, dtype)
+        # out and the gradients of sequence b alone, by autograd through the reference and the same-dtype budget
+        assert_matches_by_rule(f"of sequence {b}", ob, got, (qb, kb, vb), gb,
+                               lambda q, k, v, extra=extra: reference(q, k, v, causal, window, **extra),
+                               lambda q, k, v, extra=extra: torch_same_dtype(q, k, v, causal, window, **extra), dtype)
 
 
 @pytest.mark.parametrize("causal,window,dtype,H_kv,D,variant", [
