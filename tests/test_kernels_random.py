@@ -5,8 +5,8 @@ The other kernel tests pick their shapes by hand, one awkward feature at a time.
 at once, from the values where tiles, masks and loops change behaviour: lengths just either side of a tile
 edge, windows that are empty on one side or wider than the sequence, GQA groups of 1 to 4, sequences and
 caches of length zero, a cache's keys split between programs (with scores that sometimes climb towards the
-newest keys, so later slices outweigh earlier ones), every dtype; and on top of the fixed-length and packed
-shapes, the scores changed by a softcap, ALiBi slopes (per head or per sequence and head), or both; dropout
+newest keys, so later slices outweigh earlier ones), every dtype; and on top of the fixed-length, packed and
+cache shapes, the scores changed by a softcap, ALiBi slopes (per head or per sequence and head), or both; dropout
 at rates from 0.1 to 0.9; single calls on paged caches (pages of 1 to 64 positions); and fixed-length, packed
 and cache shapes at the head dims the others leave out (odd, padded and 256; forced to ``tma`` where the
 strides cannot take it, the kernel must refuse, naming the stride). Each case is drawn from its seed alone,
@@ -459,6 +459,9 @@ def test_the_draws_cover_what_they_promise():
     widths = [width_case(s) for s in DEFAULT_SEEDS["widths"]]
     assert {c[5] for c in widths}.isdisjoint({16, 32, 64})
     assert {tma_takes(c) for c in widths} == {True, False}  # tma runs some, and refuses others
+    changed = [d[2:] for d in packed_scored_draws(DEFAULT_SEEDS["packed_scored"])
+               + cache_scored_draws(DEFAULT_SEEDS["cache_scored"])]
+    assert any(a == "BH" for _, a in changed) and any(c for c, _ in changed)  # per-sequence slopes; a cap
     paged = [paged_draw(s) for s in DEFAULT_SEEDS["paged"]]
     assert len({d["page_size"] for d in paged}) > 1 and any(d["T_new"] for d in paged)
 
