@@ -70,24 +70,29 @@ def with_appended(pool, block_table, lengths, new):
 
 
 def check_paged(page_size, T_q, T_new, *, lengths=(0, 37, 90), causal=True, window=NONE, num_splits=0, dtype=F32,
-                H=8, H_kv=2, D=32, device="cpu", variant="auto", **kwargs):
+                H=8, H_kv=2, D=32, device="cpu", variant="auto", scores=None, q_scale=1.0, **kwargs):
     """One call on a paged cache: the new keys and values land in their pages and rows and nothing else
-    changes; each sequence's output and lse are attention's on its gathered keys alone. Returns out."""
+    changes; each sequence's output and lse are attention's on its gathered keys alone. ``scores``:
+    ``(kernel_kwargs, ref_of)`` as ``check_kvcache_case`` takes it (``ref_of(b, n)``: the reference's score
+    changes for sequence ``b``'s ``n`` keys); ``q_scale`` multiplies the queries. Returns out."""
     B, lengths = len(lengths), list(lengths)
+    kernel_kwargs, ref_of = scores or ({}, None)
     k_pool, v_pool, block_table = make_paged_cache(B, H_kv, D, page_size, lengths, T_new, dtype, device)
     q, k, v = make_qkv(B, H, H_kv, T_q, T_new, D, dtype, device=device, seed=1)
+    if q_scale != 1.0:
+        q = (q.float() * q_scale).to(dtype)
     new = dict(k=k, v=v) if T_new else {}
     want_k, want_v = (with_appended(p, block_table, lengths, x) for p, x in ((k_pool, k), (v_pool, v)))
     seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
     with torch.no_grad(), _variants.settings(kernel=variant):
         out, lse = flash_attention_kvcache(q, k_pool, v_pool, seqlens, **new, causal=causal, window=window,
                                            num_splits=num_splits, block_table=block_table, return_lse=True,
-                                           **kwargs)
+                                           **kernel_kwargs, **kwargs)
     torch.testing.assert_close(k_pool, want_k, atol=0, rtol=0, equal_nan=True)
     torch.testing.assert_close(v_pool, want_v, atol=0, rtol=0, equal_nan=True)
     assert seqlens.tolist() == lengths, "cache_seqlens is the caller's: it must not change"
     check_against_each_sequence(q, gathered(k_pool, block_table), gathered(v_pool, block_table),
-                                [n + T_new for n in lengths], causal, window, out, lse, dtype)
+                                [n + T_new for n in lengths], causal, window, out, lse, dtype, ref_of)
     return out
 
 

@@ -5,10 +5,10 @@ The other kernel tests pick their shapes by hand, one awkward feature at a time.
 at once, from the values where tiles, masks and loops change behaviour: lengths just either side of a tile
 edge, windows that are empty on one side or wider than the sequence, GQA groups of 1 to 4, sequences and
 caches of length zero, a cache's keys split between programs (with scores that sometimes climb towards the
-newest keys, so later slices outweigh earlier ones), every dtype; and on top of the fixed-length, packed and
-cache shapes, the scores changed by a softcap, ALiBi slopes (per head or per sequence and head), or both; dropout
-at rates from 0.1 to 0.9; single calls on paged caches (pages of 1 to 64 positions); and fixed-length, packed
-and cache shapes at the head dims the others leave out (odd, padded and 256; forced to ``tma`` where the
+newest keys, so later slices outweigh earlier ones), every dtype; single calls on paged caches (pages of 1 to
+64 positions); on top of the fixed-length, packed, cache and paged shapes, the scores changed by a softcap,
+ALiBi slopes (per head or per sequence and head), or both; dropout at rates from 0.1 to 0.9; and fixed-length,
+packed and cache shapes at the head dims the others leave out (odd, padded and 256; forced to ``tma`` where the
 strides cannot take it, the kernel must refuse, naming the stride). Each case is drawn from its seed alone,
 and its test id spells it out, so a failure can be rerun and read without the generator. They are checked
 with the same helpers and tolerance rule as the hand-picked cases (dropout's gradients with
@@ -45,7 +45,7 @@ VARIANTS = ("pointer", "tma")
 # cases drawn per kind (each run through both variants); ATTN_COURSE_SWEEP=n draws n times as many (make sweep),
 # and ATTN_COURSE_SWEEP_FROM=m skips the first m times as many, so that a sweep can draw seeds no earlier one ran
 PER_KIND = {"fixed": 8, "packed": 6, "cache": 8, "scored": 8, "dropout": 4, "paged": 4, "widths": 3,
-            "packed_widths": 2, "cache_widths": 2, "packed_scored": 2, "cache_scored": 2}
+            "packed_widths": 2, "cache_widths": 2, "packed_scored": 2, "cache_scored": 2, "paged_scored": 2}
 
 
 def sweep_setting(name: str, default: int, least: int) -> int:
@@ -407,6 +407,22 @@ def test_random_paged_cache_steps(draw, variant):
     check_paged(draw.pop("page_size"), draw.pop("T_q"), draw.pop("T_new"), variant=variant, **draw)
 
 
+def paged_scored_draws(seeds) -> list[tuple]:
+    """``(draw, softcap, alibi)``: a :func:`paged_draw` with :func:`score_changes`."""
+    return [(paged_draw(14000 + s), *score_changes(random.Random(14500 + s))) for s in seeds]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("draw,softcap,alibi", paged_scored_draws(SEEDS["paged_scored"]),
+                         ids=[f"{paged_draw_id(d)}-cap{c:g}-{a or 'noalibi'}"
+                              for d, c, a in paged_scored_draws(SEEDS["paged_scored"])])
+def test_random_paged_cache_steps_with_a_softcap_and_alibi(draw, softcap, alibi, variant):
+    draw = dict(draw)
+    changes = per_sequence_changes(softcap, alibi, len(draw["lengths"]), draw["H"], q_rows=draw["T_q"])
+    check_paged(draw.pop("page_size"), draw.pop("T_q"), draw.pop("T_new"), variant=variant, scores=changes,
+                q_scale=3.0, **draw)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_float32_rows_far_below_zero_are_held_to_pytorchs_own_float32_error(variant, monkeypatch):
     """A draw a sweep found (scored seed 1711): ALiBi with 97 queries on 17 keys puts row logsumexps near -117,
@@ -459,8 +475,8 @@ def test_the_draws_cover_what_they_promise():
     widths = [width_case(s) for s in DEFAULT_SEEDS["widths"]]
     assert {c[5] for c in widths}.isdisjoint({16, 32, 64})
     assert {tma_takes(c) for c in widths} == {True, False}  # tma runs some, and refuses others
-    changed = [d[2:] for d in packed_scored_draws(DEFAULT_SEEDS["packed_scored"])
-               + cache_scored_draws(DEFAULT_SEEDS["cache_scored"])]
+    changed = [d[-2:] for d in packed_scored_draws(DEFAULT_SEEDS["packed_scored"])
+               + cache_scored_draws(DEFAULT_SEEDS["cache_scored"]) + paged_scored_draws(DEFAULT_SEEDS["paged_scored"])]
     assert any(a == "BH" for _, a in changed) and any(c for c, _ in changed)  # per-sequence slopes; a cap
     paged = [paged_draw(s) for s in DEFAULT_SEEDS["paged"]]
     assert len({d["page_size"] for d in paged}) > 1 and any(d["T_new"] for d in paged)
