@@ -44,6 +44,7 @@ from test_kernels_kvcache import check_cache_map, check_kvcache_case, make_cache
 from test_kernels_packed_grads import check_qkv_gradient_in_place, written  # noqa: F401 (written: a fixture)
 from test_kernels_paged import check_paged, make_paged_cache
 from test_kernels_random import (
+    GPU_LENGTHS,
     GPU_SEEDS,
     cache_draw_id,
     cache_draws,
@@ -509,9 +510,10 @@ def test_a_paged_cache_compiled(page_size, lengths, dtype, D, num_splits):
 
 
 # Seeded random cases (tests/test_kernels_random.py's generators, other seeds), compiled: every feature at
-# once, lengths either side of the tile edges. Last in the file, so that a time-boxed run reaches the rest first.
+# once, lengths either side of the compiled tiles' edges (64 and 128 rows) and up to 1000. Last in the file, so
+# that a time-boxed run reaches the rest first.
 @pytest.mark.parametrize("variant", VARIANTS[:2])
-@pytest.mark.parametrize("case", [fixed_case(s) for s in GPU_SEEDS["fixed"]], ids=case_id)
+@pytest.mark.parametrize("case", [fixed_case(s, GPU_LENGTHS) for s in GPU_SEEDS["fixed"]], ids=case_id)
 def test_random_fixed_length_cases_compiled(case, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_case(case)
@@ -527,7 +529,7 @@ def test_random_cases_at_other_head_dims_compiled(case, variant, monkeypatch):
 
 
 @pytest.mark.parametrize("variant", VARIANTS[:2])
-@pytest.mark.parametrize("case,tails", packed_draws(GPU_SEEDS["packed"]), ids=packed_draw_id)
+@pytest.mark.parametrize("case,tails", packed_draws(GPU_SEEDS["packed"], GPU_LENGTHS), ids=packed_draw_id)
 def test_random_packed_cases_compiled(case, tails, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_varlen_case(*case, device="cuda", tails=tails)

@@ -40,6 +40,8 @@ from attn_course.kernels import _variants
 
 DTYPES = (torch.float32, torch.float32, torch.float16, torch.bfloat16)  # float32 twice: the tightest check
 LENGTHS = (1, 2, 15, 16, 17, 31, 33, 63, 64, 65, 97)  # either side of the 16/32/64-row tile edges
+# test_kernels_gpu's draws: either side of the compiled kernels' 64- and 128-row tiles too, and longer
+GPU_LENGTHS = (1, 2, 17, 63, 64, 65, 127, 128, 129, 255, 257, 1000)
 WINDOWS = ((-1, -1), (-1, -1), (0, 0), (0, -1), (-1, 0), (3, -1), (-1, 2), (5, 7), (40, 0), (200, 200))
 VARIANTS = ("pointer", "tma")
 # cases drawn per kind (each run through both variants); ATTN_COURSE_SWEEP=n draws n times as many (make sweep),
@@ -70,20 +72,21 @@ def heads(rnd: random.Random) -> tuple[int, int]:
     return H_kv * group, H_kv
 
 
-def fixed_case(seed: int) -> tuple:
-    """``(B, H, H_kv, T_q, T_k, D, causal, window, dtype)`` as ``check_case`` takes it."""
+def fixed_case(seed: int, lengths: tuple = LENGTHS) -> tuple:
+    """``(B, H, H_kv, T_q, T_k, D, causal, window, dtype)`` as ``check_case`` takes it, T_q and T_k from
+    ``lengths``."""
     rnd = random.Random(seed)
     H, H_kv = heads(rnd)
-    return (rnd.choice((1, 2)), H, H_kv, rnd.choice(LENGTHS), rnd.choice(LENGTHS), rnd.choice((16, 32, 64)),
+    return (rnd.choice((1, 2)), H, H_kv, rnd.choice(lengths), rnd.choice(lengths), rnd.choice((16, 32, 64)),
             rnd.random() < 0.5, rnd.choice(WINDOWS), rnd.choice(DTYPES))
 
 
-def packed_case(seed: int) -> tuple:
-    """``(lens_q, lens_k, H, H_kv, D, causal, window, dtype)``: 1 to 4 sequences, one of them sometimes empty
-    on one side."""
+def packed_case(seed: int, lengths: tuple = LENGTHS) -> tuple:
+    """``(lens_q, lens_k, H, H_kv, D, causal, window, dtype)``: 1 to 4 sequences of ``lengths``, one of them
+    sometimes empty on one side."""
     rnd = random.Random(1000 + seed)
     n = rnd.choice((1, 2, 3, 4))
-    lens_q, lens_k = ([rnd.choice(LENGTHS) for _ in range(n)] for _ in "qk")
+    lens_q, lens_k = ([rnd.choice(lengths) for _ in range(n)] for _ in "qk")
     if n > 1 and rnd.random() < 0.5:  # one sequence with no query, or no key
         rnd.choice((lens_q, lens_k))[rnd.randrange(n)] = 0
     H, H_kv = heads(rnd)
@@ -232,9 +235,9 @@ def test_random_cases_at_other_head_dims(case, variant, monkeypatch):
     check_width_case(case, variant)
 
 
-def packed_draws(seeds) -> list[tuple]:
+def packed_draws(seeds, lengths: tuple = LENGTHS) -> list[tuple]:
     """``(case, tails)`` for each seed."""
-    return [(packed_case(s), packed_tails(s)) for s in seeds]
+    return [(packed_case(s, lengths), packed_tails(s)) for s in seeds]
 
 
 def packed_draw_id(x) -> str:
