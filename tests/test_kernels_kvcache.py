@@ -16,7 +16,6 @@ from test_kernels_common import (
     make_qkv,
     max_err,
     reference,
-    reference_lse,
     torch_same_dtype,
 )
 from test_kernels_empty import expected
@@ -62,22 +61,12 @@ def check_decoding_step_with(num_splits, device, variant, dtype, kernel_kwargs, 
                              T_cache=96):
     """One decoding step with GQA (a key/value head's 4 query heads are rows of one program), caches of three
     lengths (NaN past them), one new key each, ``num_splits`` slices of the keys combined, with the score
-    changes ``kernel_kwargs``: each sequence's output and lse against the reference given
-    ``ref_kwargs_of(b, n)`` (the same changes, for sequence ``b`` and its ``n`` keys)."""
-    B, H, H_kv, D, lengths = 3, 8, 2, 64, [0, 41, T_cache - 1]
-    k_cache, v_cache = make_cache(B, H_kv, T_cache, D, lengths, dtype, device)
-    q, k, v = make_qkv(B, H, H_kv, 1, 1, D, torch.float32, seed=1)
-    q, k, v = (x.to(device, dtype) for x in (q * q_scale, k, v))
-    seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
-    with torch.no_grad(), _variants.settings(kernel=variant):
-        out, lse = flash_attention_kvcache(q, k_cache, v_cache, seqlens, k, v, causal=True, num_splits=num_splits,
-                                           return_lse=True, **kernel_kwargs)
-    for b, n in enumerate(n + 1 for n in lengths):  # (each with its new key appended)
-        qb, kb, vb = q[b:b + 1], k_cache[b:b + 1, :, :n], v_cache[b:b + 1, :, :n]  # (1, H or H_kv, T, D)
-        extra = ref_kwargs_of(b, n)
-        assert_close_by_rule(f"out of sequence {b}", out[b:b + 1], reference(qb, kb, vb, True, **extra),
-                             torch_same_dtype(qb, kb, vb, True, **extra), dtype)
-        assert max_err(lse[b:b + 1], reference_lse(qb, kb, True, **extra)) < 1e-2
+    changes ``kernel_kwargs``, forced to ``variant``: each sequence's output and lse against the reference
+    given ``ref_kwargs_of(b, n)`` (the same changes, for sequence ``b`` and its ``n`` keys), by
+    :func:`check_kvcache_case`."""
+    case = (3, 8, 2, T_cache, 1, 1, [0, 41, T_cache - 1], True, NONE, 64, dtype)
+    with _variants.settings(kernel=variant):
+        check_kvcache_case(case, device, num_splits, scores=(kernel_kwargs, ref_kwargs_of), q_scale=q_scale)
 
 
 CASES = [  # (B, H, H_kv, T_cache, T_q, T_new, lengths before appending, causal, window, D, dtype)

@@ -33,26 +33,13 @@ def per_sequence(x, cu, b):
 
 def check_packed_with(device, variant, kernel_kwargs, ref_kwargs_of, q_scale=1.0, dtype=torch.float16):
     """Three packed sequences (one with no query: its keys must get no gradient), GQA, causal, with the score
-    changes ``kernel_kwargs`` (``softcap=...``, ``alibi_slopes=...``): sequences 0 and 2 against the
-    reference given ``ref_kwargs_of(b, len_q, len_k)`` (the same changes, for sequence ``b`` alone), by the
-    tolerance rule. ``q_scale`` multiplies the queries (scores large enough for a cap to bite)."""
-    lens_q, lens_k, H, H_kv, D = [5, 0, 33], [9, 23, 33], 4, 2, 32
-    (q, cu_q), (k, cu_k), (v, _), (dout, _) = (packed(lens, h, D, torch.float32, seed) for lens, h, seed in (
-        (lens_q, H, 0), (lens_k, H_kv, 1), (lens_k, H_kv, 2), (lens_q, H, 3)))
-    q, k, v, dout = (x.to(device, dtype) for x in (q * q_scale, k, v, dout))
-    cu_q, cu_k = cu_q.to(device), cu_k.to(device)
-    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    changes ``kernel_kwargs`` (``softcap=...``, ``alibi_slopes=...``), forced to ``variant``: each sequence
+    against the reference given ``ref_kwargs_of(b, len_q, len_k)`` (the same changes, for sequence ``b``
+    alone), by :func:`check_varlen_case`. ``q_scale`` multiplies the queries (scores large enough for a cap to
+    bite)."""
     with _variants.settings(kernel=variant):
-        out = flash_attention_varlen(*leaves, cu_q, cu_k, max(lens_q), max(lens_k), causal=True, **kernel_kwargs)
-        got = torch.autograd.grad(out, leaves, dout)
-    for b in (0, 2):
-        extra = ref_kwargs_of(b, lens_q[b], lens_k[b])
-        qb, kb, vb, gb = (per_sequence(x, c, b) for x, c in ((q, cu_q), (k, cu_k), (v, cu_k), (dout, cu_q)))
-        assert_matches_by_rule(f"of sequence {b}", per_sequence(out, cu_q, b),
-                               [per_sequence(g, cu, b) for g, cu in zip(got, (cu_q, cu_k, cu_k), strict=True)],
-                               (qb, kb, vb), gb, lambda q, k, v, extra=extra: reference(q, k, v, True, **extra),
-                               lambda q, k, v, extra=extra: torch_same_dtype(q, k, v, True, **extra), dtype)
-    assert not per_sequence(got[1], cu_k, 1).any(), "a sequence with no query gives its keys no gradient"
+        check_varlen_case([5, 0, 33], [9, 23, 33], 4, 2, 32, True, (-1, -1), dtype, device,
+                          scores=(kernel_kwargs, ref_kwargs_of), q_scale=q_scale)
 
 
 def check_varlen_case(lens_q, lens_k, H, H_kv, D, causal, window, dtype, device="cpu", tails=(0, 0), scores=None,
