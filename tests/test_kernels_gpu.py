@@ -48,10 +48,15 @@ from test_kernels_random import (
     GPU_SEEDS,
     cache_draw_id,
     cache_draws,
+    cache_scored_draws,
+    check_cache_scored,
+    check_packed_scored,
     check_width_case,
     fixed_case,
     packed_draw_id,
     packed_draws,
+    packed_scored_draws,
+    scored_draw_id,
     width_case,
 )
 from test_kernels_rotary import check_generation_with_rotary
@@ -540,6 +545,22 @@ def test_random_packed_cases_compiled(case, tails, variant, monkeypatch):
 def test_random_cache_cases_compiled(case, splits, recency, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_kvcache_case(case, "cuda", num_splits=splits, recency=recency)
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:2])
+@pytest.mark.parametrize("case,tails,softcap,alibi", packed_scored_draws(GPU_SEEDS["packed_scored"], GPU_LENGTHS),
+                         ids=[scored_draw_id(d) for d in packed_scored_draws(GPU_SEEDS["packed_scored"], GPU_LENGTHS)])
+def test_random_packed_cases_with_a_softcap_and_alibi_compiled(case, tails, softcap, alibi, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_packed_scored(case, tails, softcap, alibi, "cuda")
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:2])
+@pytest.mark.parametrize("case,splits,softcap,alibi", cache_scored_draws(GPU_SEEDS["cache_scored"]),
+                         ids=[scored_draw_id(d) for d in cache_scored_draws(GPU_SEEDS["cache_scored"])])
+def test_random_cache_cases_with_a_softcap_and_alibi_compiled(case, splits, softcap, alibi, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_cache_scored(case, splits, softcap, alibi, "cuda")
 
 
 PADDED = [(2, 8, 2, 1000, 1000, 80, True, NONE, torch.float16),  # (Phi-2's head dim)

@@ -63,7 +63,7 @@ SWEEP, SWEEP_FROM = sweep_setting("ATTN_COURSE_SWEEP", 1, 1), sweep_setting("ATT
 SEEDS = {kind: range(n * SWEEP_FROM, n * (SWEEP_FROM + SWEEP)) for kind, n in PER_KIND.items()}  # seeds in use
 DEFAULT_SEEDS = {kind: range(n) for kind, n in PER_KIND.items()}  # what make test draws
 GPU_SEEDS = {"fixed": range(100, 106), "packed": range(100, 104), "cache": range(100, 106),  # test_kernels_gpu's
-             "widths": range(100, 104)}
+             "widths": range(100, 104), "packed_scored": range(100, 102), "cache_scored": range(100, 102)}
 
 
 def heads(rnd: random.Random) -> tuple[int, int]:
@@ -314,12 +314,12 @@ def test_random_cases_with_a_softcap_and_alibi(case, softcap, alibi, variant, mo
     check_scored_case(case, softcap, alibi)
 
 
-def per_sequence_changes(softcap: float, alibi: str | None, B: int, H: int, q_rows=None) -> tuple:
+def per_sequence_changes(softcap: float, alibi: str | None, B: int, H: int, q_rows=None, device="cpu") -> tuple:
     """``(kernel_kwargs, ref_of)`` for ``check_varlen_case`` and ``check_kvcache_case``: the cap, and ALiBi's
     slopes (one per head, or one per sequence and head) for the kernel; for the reference on sequence ``b``
     alone, ``ref_of(b, n_q, n_k)`` (packed) or ``ref_of(b, n_k)`` with ``q_rows`` queries (a cache) gives the
     cap and that sequence's bias from ALiBi's definition, bottom-right aligned."""
-    slopes = None if alibi is None else geometric_slopes(H, B if alibi == "BH" else None)  # (H,) or (B, H)
+    slopes = None if alibi is None else geometric_slopes(H, B if alibi == "BH" else None, device)  # (H,) or (B, H)
 
     def ref_of(b, n_q, n_k=None):
         n_q, n_k = (q_rows, n_q) if n_k is None else (n_q, n_k)
@@ -329,9 +329,9 @@ def per_sequence_changes(softcap: float, alibi: str | None, B: int, H: int, q_ro
     return dict(softcap=softcap, alibi_slopes=slopes), ref_of
 
 
-def packed_scored_draws(seeds) -> list[tuple]:
+def packed_scored_draws(seeds, lengths: tuple = LENGTHS) -> list[tuple]:
     """``(case, tails, softcap, alibi)``: a packed draw with :func:`score_changes`."""
-    return [(packed_case(12000 + s), packed_tails(12000 + s), *score_changes(random.Random(12500 + s)))
+    return [(packed_case(12000 + s, lengths), packed_tails(12000 + s), *score_changes(random.Random(12500 + s)))
             for s in seeds]
 
 
@@ -348,24 +348,32 @@ def scored_draw_id(draw: tuple) -> str:
     return f"{shape}-cap{softcap:g}-{alibi or 'noalibi'}"
 
 
+def check_packed_scored(case, tails, softcap, alibi, device="cpu") -> None:
+    """Each sequence of the batch against the reference with its own bias (its own row of slopes)."""
+    changes = per_sequence_changes(softcap, alibi, len(case[0]), case[2], device=device)
+    check_varlen_case(*case, device=device, tails=tails, scores=changes, q_scale=3.0)
+
+
+def check_cache_scored(case, splits, softcap, alibi, device="cpu") -> None:
+    """Each sequence's new queries against the reference on its filled cache with its own bias."""
+    changes = per_sequence_changes(softcap, alibi, case[0], case[1], q_rows=case[4], device=device)
+    check_kvcache_case(case, device, num_splits=splits, scores=changes, q_scale=3.0)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case,tails,softcap,alibi", packed_scored_draws(SEEDS["packed_scored"]),
                          ids=[scored_draw_id(d) for d in packed_scored_draws(SEEDS["packed_scored"])])
 def test_random_packed_cases_with_a_softcap_and_alibi(case, tails, softcap, alibi, variant, monkeypatch):
-    """Each sequence of the batch against the reference with its own bias (its own row of slopes)."""
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
-    changes = per_sequence_changes(softcap, alibi, len(case[0]), case[2])
-    check_varlen_case(*case, tails=tails, scores=changes, q_scale=3.0)
+    check_packed_scored(case, tails, softcap, alibi)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case,splits,softcap,alibi", cache_scored_draws(SEEDS["cache_scored"]),
                          ids=[scored_draw_id(d) for d in cache_scored_draws(SEEDS["cache_scored"])])
 def test_random_cache_cases_with_a_softcap_and_alibi(case, splits, softcap, alibi, variant, monkeypatch):
-    """Each sequence's new queries against the reference on its filled cache with its own bias."""
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
-    changes = per_sequence_changes(softcap, alibi, case[0], case[1], q_rows=case[4])
-    check_kvcache_case(case, num_splits=splits, scores=changes, q_scale=3.0)
+    check_cache_scored(case, splits, softcap, alibi)
 
 
 DROPOUT_RATES = (0.1, 0.3, 0.5, 0.9)
