@@ -307,8 +307,8 @@ def _bwd_dq(
     do = load_rows(dOh, desc_do, tb, h, m_start, q_start, stride_gt, stride_gd, T_q, BLOCK_M, HEAD_DIM, D_REAL, True,
                    TMA, False, WIDE)
     rows = q_start64 + offs_m
-    lse = tl.load(Lse + b64 * stride_lb + h64 * stride_lh + rows * stride_lt, mask=row_ok, other=0.0)
-    lse = lse * 1.4426950408889634  # to log2 units, like the scores
+    lse = tl.load(Lse + b64 * stride_lb + h64 * stride_lh + rows * stride_lt, mask=row_ok, other=float("inf"))
+    lse = lse * 1.4426950408889634  # to log2 units, like the scores (+inf past T_q: p = 0 there)
     delta = tl.load(Delta + b64 * stride_lb + h64 * stride_lh + rows * stride_lt, mask=row_ok, other=0.0)
     Kh = K + b64 * stride_kb + h_kv.to(tl.int64) * stride_kh + k_start.to(tl.int64) * stride_kt
     Vh = V + b64 * stride_vb + h_kv.to(tl.int64) * stride_vh + k_start.to(tl.int64) * stride_vt

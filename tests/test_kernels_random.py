@@ -24,6 +24,7 @@ import os
 import random
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -366,6 +367,19 @@ def check_cache_scored(case, splits, softcap, alibi, device="cpu") -> None:
 def test_random_packed_cases_with_a_softcap_and_alibi(case, tails, softcap, alibi, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_packed_scored(case, tails, softcap, alibi)
+
+
+def test_a_blocks_rows_past_its_sequence_get_no_probability_in_the_dq_pass(monkeypatch):
+    """Through tensor descriptors, a block's rows past its sequence's end hold the next sequence's queries. The
+    dQ pass must give them zero probabilities (their logsumexp loads as +inf), not ``exp2(score - 0)``: with
+    a cap of 30 and queries scaled by 3 that reached 2^43, and its float16 cast overflowed (harmless, the rows
+    are never stored, but the interpreter warned). A draw a sweep found, with that warning as an error."""
+    monkeypatch.setenv(_variants.KERNEL_ENV, "tma")
+    lens_q, lens_k = [65, 63, 15, 33], [64, 2, 63, 33]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="overflow encountered in cast", category=RuntimeWarning)
+        check_varlen_case(lens_q, lens_k, 1, 1, 32, False, (40, 0), torch.float16, tails=(1, 0), q_scale=3.0,
+                          scores=per_sequence_changes(30.0, "H", len(lens_q), 1))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
