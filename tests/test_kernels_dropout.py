@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 from test_kernels_autograd import assert_compiled_matches_eager, check_checkpointing, check_operators_with
-from test_kernels_common import FLOOR, allowed_mask, assert_matches_by_rule, make_qkv, max_err
+from test_kernels_common import FLOOR, allowed_mask, assert_matches_by_rule, fa2_grads, make_qkv, max_err
 from test_kernels_varlen import packed, per_sequence
 
 from attn_course.attention import masked_softmax
@@ -108,24 +108,6 @@ def check_dropout_case(case, device="cpu", variant="auto", fa2_budget=False):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_dropout_matches_attention_with_the_same_mask(case):
     check_dropout_case(case)
-
-
-def fa2_grads(q, k, v, keep, p, causal, window, dout):
-    """FlashAttention-2's ``(dq, dk, dv)``, computed by PyTorch in float32 with the one rounding its algorithm
-    makes: ``delta = rowsum(dO * O)`` from the output as stored, in the inputs' dtype (then ``dS = P (dP -
-    delta)``; GQA's key/value gradients summed over each group)."""
-    B, H, H_kv = q.shape[0], q.shape[1], k.shape[1]
-    G, dtype, scale = H // H_kv, q.dtype, q.shape[-1] ** -0.5
-    q, k, v, dout = q.float(), repeat_kv(k.float(), G), repeat_kv(v.float(), G), dout.float()  # (B, H, T, D)
-    s = (q @ k.transpose(-2, -1)) * scale  # (B, H, T_q, T_k)
-    probs = masked_softmax(s.masked_fill(~allowed_mask(q.shape[2], k.shape[2], causal, window), float("-inf")))
-    drop = keep.float() / (1 - p)
-    out = (probs * drop) @ v  # (B, H, T_q, D), then stored in the inputs' dtype
-    delta = (dout * out.to(dtype).float()).sum(-1, keepdim=True)  # (B, H, T_q, 1)
-    ds = probs * ((dout @ v.transpose(-2, -1)) * drop - delta)  # (B, H, T_q, T_k)
-    dk = (ds.transpose(-2, -1) @ q * scale).view(B, H_kv, G, -1, q.shape[-1]).sum(2)  # (B, H_kv, T_k, D)
-    dv = ((probs * drop).transpose(-2, -1) @ dout).view(B, H_kv, G, -1, q.shape[-1]).sum(2)
-    return ds @ k * scale, dk, dv
 
 
 # rows whose attention falls on one key: a window of 0 around the diagonal, or the causal corner of (0, -1)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_kernels_common import (
     assert_matches_by_rule,
+    fa2_grads,
     max_err,
     reference,
     reference_lse,
@@ -82,10 +83,14 @@ def check_varlen_case(lens_q, lens_k, H, H_kv, D, causal, window, dtype, device=
         assert torch.equal(torch.isneginf(got_lse), torch.isneginf(want_lse))
         fin = torch.isfinite(want_lse)
         assert max_err(got_lse[fin], want_lse[fin]) < 1e-2
-        # out and the gradients of sequence b alone, by autograd through the reference and the same-dtype budget
+        # out and the gradients of sequence b alone, by autograd through the reference and the same-dtype budget,
+        # or FlashAttention-2's own error where that is larger (its delta from the output rounded to 16 bits:
+        # rows whose weight sits almost all on one key, as a large cap or ALiBi makes them)
+        fa2 = None if dtype == torch.float32 else fa2_grads(qb, kb, vb, None, 0.0, causal, window, gb, **extra)
         assert_matches_by_rule(f"of sequence {b}", ob, got, (qb, kb, vb), gb,
                                lambda q, k, v, extra=extra: reference(q, k, v, causal, window, **extra),
-                               lambda q, k, v, extra=extra: torch_same_dtype(q, k, v, causal, window, **extra), dtype)
+                               lambda q, k, v, extra=extra: torch_same_dtype(q, k, v, causal, window, **extra), dtype,
+                               fa2)
 
 
 @pytest.mark.parametrize("causal,window,dtype,H_kv,D,variant", [
