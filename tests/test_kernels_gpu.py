@@ -548,16 +548,16 @@ def test_random_cache_cases_compiled(case, splits, recency, variant, monkeypatch
 
 
 @pytest.mark.parametrize("variant", VARIANTS[:2])
-@pytest.mark.parametrize("case,tails,softcap,alibi", packed_scored_draws(GPU_SEEDS["packed_scored"], GPU_LENGTHS),
-                         ids=[scored_draw_id(d) for d in packed_scored_draws(GPU_SEEDS["packed_scored"], GPU_LENGTHS)])
+@pytest.mark.parametrize("case,tails,softcap,alibi", [
+    pytest.param(*d, id=scored_draw_id(d)) for d in packed_scored_draws(GPU_SEEDS["packed_scored"], GPU_LENGTHS)])
 def test_random_packed_cases_with_a_softcap_and_alibi_compiled(case, tails, softcap, alibi, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_packed_scored(case, tails, softcap, alibi, "cuda")
 
 
 @pytest.mark.parametrize("variant", VARIANTS[:2])
-@pytest.mark.parametrize("case,splits,softcap,alibi", cache_scored_draws(GPU_SEEDS["cache_scored"]),
-                         ids=[scored_draw_id(d) for d in cache_scored_draws(GPU_SEEDS["cache_scored"])])
+@pytest.mark.parametrize("case,splits,softcap,alibi", [
+    pytest.param(*d, id=scored_draw_id(d)) for d in cache_scored_draws(GPU_SEEDS["cache_scored"])])
 def test_random_cache_cases_with_a_softcap_and_alibi_compiled(case, splits, softcap, alibi, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_cache_scored(case, splits, softcap, alibi, "cuda")

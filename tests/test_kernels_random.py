@@ -197,23 +197,31 @@ def cache_width_draws(seeds) -> list[tuple]:
             for s in seeds]
 
 
+TMA_REFUSAL = "ATTN_COURSE_KERNEL=tma cannot run these tensors: stride"
+
+
+def refused_or_run(check, refuse: bool, may_refuse: bool = False) -> None:
+    """``check()`` must raise the forced-tma refusal naming a stride if ``refuse``; may if ``may_refuse``;
+    otherwise it must run (any other error, or a refusal not allowed, is raised)."""
+    if refuse:
+        with pytest.raises(ValueError, match=TMA_REFUSAL):
+            check()
+        return
+    try:
+        check()
+    except ValueError as error:
+        if not may_refuse or TMA_REFUSAL not in str(error):
+            raise
+
+
 def run_or_refused(check, variant: str, D: int, dtype: torch.dtype, one_row: bool = False) -> None:
     """Run ``check``. Forced to ``tma``, the kernel must instead refuse, naming a stride, exactly where a row of
     ``D`` elements is not a multiple of 16 bytes: the stride from one head or one position to the next is then
     ``D`` elements (a head's are ``H x D``, a multiple of 16 bytes only if ``D``'s are not all that is off), and
     every stride of a contiguous tensor whose rows are 16-byte multiples, TMA takes. ``one_row``: every tensor
     has one head and one position (no stride is stepped along, so TMA may run it either way)."""
-    row_bytes = D * dtype.itemsize
-    if variant == "tma" and row_bytes % 16 and not one_row:
-        with pytest.raises(ValueError, match="ATTN_COURSE_KERNEL=tma cannot run these tensors: stride"):
-            check()
-        return
-    try:
-        check()
-    except ValueError as error:
-        if variant != "tma" or "ATTN_COURSE_KERNEL=tma cannot run these tensors: stride" not in str(error):
-            raise
-        assert row_bytes % 16, f"tma refused contiguous tensors with rows of {row_bytes} bytes: {error}"
+    off = variant == "tma" and D * dtype.itemsize % 16 != 0
+    refused_or_run(check, refuse=off and not one_row, may_refuse=off and one_row)
 
 
 def descriptor_ready(shape: tuple, dtype: torch.dtype) -> bool:
@@ -233,11 +241,7 @@ def tma_takes(case: tuple) -> bool:
 def check_width_case(case: tuple, variant: str, device="cpu") -> None:
     """Forced to ``tma`` with tensors whose strides the copy engine cannot take (odd head dims, odd lengths),
     the kernel refuses, naming the stride; otherwise it matches the reference (``variant`` must be set)."""
-    if variant == "tma" and not tma_takes(case):
-        with pytest.raises(ValueError, match="ATTN_COURSE_KERNEL=tma cannot run these tensors: stride"):
-            check_case(case, device)
-    else:
-        check_case(case, device)
+    refused_or_run(lambda: check_case(case, device), refuse=variant == "tma" and not tma_takes(case))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -373,11 +377,19 @@ def check_cache_scored(case, splits, softcap, alibi, device="cpu") -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case,tails,softcap,alibi", packed_scored_draws(SEEDS["packed_scored"]),
-                         ids=[scored_draw_id(d) for d in packed_scored_draws(SEEDS["packed_scored"])])
+@pytest.mark.parametrize("case,tails,softcap,alibi", [pytest.param(*d, id=scored_draw_id(d))
+                                                       for d in packed_scored_draws(SEEDS["packed_scored"])])
 def test_random_packed_cases_with_a_softcap_and_alibi(case, tails, softcap, alibi, variant, monkeypatch):
     monkeypatch.setenv(_variants.KERNEL_ENV, variant)
     check_packed_scored(case, tails, softcap, alibi)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case,splits,softcap,alibi", [pytest.param(*d, id=scored_draw_id(d))
+                                                        for d in cache_scored_draws(SEEDS["cache_scored"])])
+def test_random_cache_cases_with_a_softcap_and_alibi(case, splits, softcap, alibi, variant, monkeypatch):
+    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
+    check_cache_scored(case, splits, softcap, alibi)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -412,14 +424,6 @@ def test_a_blocks_rows_past_its_sequence_get_no_probability_in_the_dq_pass(monke
         warnings.filterwarnings("error", message="overflow encountered in cast", category=RuntimeWarning)
         check_varlen_case(lens_q, lens_k, 1, 1, 32, False, (40, 0), torch.float16, tails=(1, 0), q_scale=3.0,
                           scores=per_sequence_changes(30.0, "H", len(lens_q), 1))
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("case,splits,softcap,alibi", cache_scored_draws(SEEDS["cache_scored"]),
-                         ids=[scored_draw_id(d) for d in cache_scored_draws(SEEDS["cache_scored"])])
-def test_random_cache_cases_with_a_softcap_and_alibi(case, splits, softcap, alibi, variant, monkeypatch):
-    monkeypatch.setenv(_variants.KERNEL_ENV, variant)
-    check_cache_scored(case, splits, softcap, alibi)
 
 
 DROPOUT_RATES = (0.1, 0.3, 0.5, 0.9)
@@ -470,9 +474,9 @@ def paged_scored_draws(seeds) -> list[tuple]:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("draw,softcap,alibi", paged_scored_draws(SEEDS["paged_scored"]),
-                         ids=[f"{paged_draw_id(d)}-cap{c:g}-{a or 'noalibi'}"
-                              for d, c, a in paged_scored_draws(SEEDS["paged_scored"])])
+@pytest.mark.parametrize("draw,softcap,alibi", [
+    pytest.param(d, c, a, id=f"{paged_draw_id(d)}-cap{c:g}-{a or 'noalibi'}")
+    for d, c, a in paged_scored_draws(SEEDS["paged_scored"])])
 def test_random_paged_cache_steps_with_a_softcap_and_alibi(draw, softcap, alibi, variant):
     draw = dict(draw)
     changes = per_sequence_changes(softcap, alibi, len(draw["lengths"]), draw["H"], q_rows=draw["T_q"])
